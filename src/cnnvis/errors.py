@@ -1,0 +1,32 @@
+"""User-facing errors: one clear line naming the problem and the fix."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class CnnvisError(Exception):
+    """A problem with the user's input. The CLI prints it on one line and exits with code 2."""
+
+
+class UnknownNameError(CnnvisError, KeyError):
+    """An unknown model, layer or class name; the message lists close matches."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+def unknown_name(kind: str, name: str, valid: Iterable[str], *, hint: str = "", show: int = 12) -> UnknownNameError:
+    """Build an error for an unknown `name` of `kind`, suggesting close matches among `valid`."""
+    valid = list(valid)
+    close = difflib.get_close_matches(str(name), valid, n=5, cutoff=0.5)
+    msg = f"unknown {kind} {name!r}"
+    if close:
+        msg += f"; did you mean: {', '.join(close)}?"
+    elif valid:
+        shown = ", ".join(valid[:show]) + (f", ... ({len(valid)} in all)" if len(valid) > show else "")
+        msg += f"; valid: {shown}"
+    if hint:
+        msg += f" ({hint})"
+    return UnknownNameError(msg)

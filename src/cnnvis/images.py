@@ -1,0 +1,125 @@
+"""Reading photos robustly: any PIL mode, EXIF rotation, clear errors for bad files.
+
+    img = load_image('photo.jpg')            # PIL RGB
+    x = to_tensor(img)                       # (1, 3, H, W) float in [0, 1]
+    x = resize_center_crop(img, 256, 224)    # (1, 3, 224, 224)
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from torch import Tensor
+
+from cnnvis.errors import CnnvisError
+
+MAX_PIXELS = 100_000_000  # refuse larger declared sizes (decompression bombs); 12 MP photos are fine
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+def load_image(path: str | os.PathLike, *, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Open any PIL-readable image as 8-bit RGB, applying EXIF orientation.
+
+    RGBA/LA/P-with-transparency are composited on white; 16-bit and float images are scaled
+    to 8 bits by their range; CMYK is converted. Raises CnnvisError naming the file and reason.
+    """
+    path = Path(path)
+    name = str(path)
+    if not path.exists():
+        raise CnnvisError(f"image {name!r} does not exist")
+    if path.is_dir():
+        raise CnnvisError(f"image {name!r} is a directory, not an image file")
+    if path.stat().st_size == 0:
+        raise CnnvisError(f"image {name!r} is empty (0 bytes)")
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(path)
+            w, h = img.size
+            if w * h > max_pixels:
+                raise CnnvisError(
+                    f"image {name!r} declares {w}x{h} = {w * h / 1e6:.0f} megapixels, over the limit of "
+                    f"{max_pixels / 1e6:.0f}; refusing it as a possible decompression bomb (shrink it first)"
+                )
+            if w == 0 or h == 0:
+                raise CnnvisError(f"image {name!r} has zero size")
+            img.load()
+    except CnnvisError:
+        raise
+    except UnidentifiedImageError:
+        raise CnnvisError(f"image {name!r} is not an image PIL can read (unknown format or corrupt)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise CnnvisError(f"image {name!r} is too large, refusing it as a possible decompression bomb ({e})") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise CnnvisError(f"image {name!r} could not be decoded ({e}); is it truncated or corrupt?") from None
+    return to_rgb(img)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL image -> 8-bit RGB (EXIF orientation applied)."""
+    try:
+        img = ImageOps.exif_transpose(img)
+    except Exception:  # broken EXIF must not stop us
+        pass
+    mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        a = np.asarray(img, dtype=np.float64)
+        lo, hi = float(a.min()), float(a.max())
+        a = (a - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(a)
+        return Image.fromarray(a.round().astype(np.uint8), "L").convert("RGB")
+    if mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+        mode = img.mode
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(bg, rgba).convert("RGB")
+    if mode == "1":
+        img = img.convert("L")
+    return img.convert("RGB") if img.mode != "RGB" else img
+
+
+def to_tensor(img: Image.Image) -> Tensor:
+    """PIL RGB -> (1, 3, H, W) float32 in [0, 1]."""
+    a = np.asarray(to_rgb(img), dtype=np.float32) / 255.0
+    return torch.from_numpy(a.copy()).permute(2, 0, 1).unsqueeze(0)
+
+
+def resize_center_crop(img: Image.Image, resize: int, crop: int) -> Tensor:
+    """Shorter side to `resize` (bilinear, antialiased), centre crop `crop` -> (1, 3, crop, crop)."""
+    img = to_rgb(img)
+    w, h = img.size
+    s = resize / min(w, h)
+    nw, nh = max(crop, round(w * s)), max(crop, round(h * s))
+    img = img.resize((nw, nh), Image.BILINEAR, reducing_gap=None)
+    left, top = (nw - crop) // 2, (nh - crop) // 2
+    return to_tensor(img.crop((left, top, left + crop, top + crop)))
+
+
+def find_images(folder: str | os.PathLike) -> list[Path]:
+    """Image files (by extension) directly inside `folder`, sorted."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CnnvisError(f"images folder {str(folder)!r} does not exist or is not a folder")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise CnnvisError(f"images folder {str(folder)!r} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    return files
+
+
+def sample_photos() -> list[tuple[str, Image.Image]]:
+    """Photos that ship with scikit-image (no download): cat, coffee, rocket, astronaut."""
+    try:
+        from skimage import data
+    except ImportError:
+        raise CnnvisError("sample photos need scikit-image (pip install scikit-image); or pass --images DIR") from None
+    out = []
+    for name in ("chelsea", "coffee", "rocket", "astronaut"):
+        out.append((name, Image.fromarray(getattr(data, name)()).convert("RGB")))
+    return out

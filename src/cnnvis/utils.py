@@ -1,0 +1,104 @@
+"""Small shared helpers: device choice, progress bars, atomic file writes, model state guard."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cnnvis.errors import CnnvisError
+
+Progress = bool | Callable[..., Iterable] | None
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """'cpu', 'cuda', 'cuda:1', 'auto' or None (= auto) -> torch.device; clear error if CUDA is missing."""
+    if isinstance(device, torch.device):
+        return device
+    name = (device or "auto").lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise CnnvisError(f"device {device!r} asked for, but no CUDA GPU is available; use --device cpu")
+        return torch.device(name)
+    if name == "cpu":
+        return torch.device("cpu")
+    raise CnnvisError(f"unknown device {device!r}; use cpu, cuda or auto")
+
+
+def progress_iter(iterable: Iterable, *, total: int | None = None, desc: str = "", progress: Progress = None) -> Iterable:
+    """Wrap `iterable` in a progress bar when `progress` is True (tqdm on stderr) or a tqdm-like callable."""
+    if not progress:
+        return iterable
+    if progress is True:
+        from tqdm.auto import tqdm
+
+        return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True)
+    return progress(iterable, total=total, desc=desc)
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
+    """Write to a temp file next to `path`, then rename: never a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def check_output_path(out: str | os.PathLike, inputs: Iterable[str | os.PathLike] = ()) -> Path:
+    """Refuse an output path that is one of the input files (it would destroy the input)."""
+    out = Path(out)
+    for inp in inputs:
+        inp = Path(inp)
+        try:
+            same = out.exists() and inp.exists() and os.path.samefile(out, inp)
+        except OSError:
+            same = False
+        if same or out.resolve() == inp.resolve():
+            raise CnnvisError(f"output {str(out)!r} is the input file; choose another --out so the input is kept")
+    if out.exists() and out.is_dir():
+        raise CnnvisError(f"output {str(out)!r} is a directory; give a file name such as {out / 'out.png'}")
+    return out
+
+
+@contextlib.contextmanager
+def model_guard(model: nn.Module, *, eval_mode: bool = True, freeze: bool = True) -> Iterator[nn.Module]:
+    """Put `model` in eval mode with parameters frozen; restore every flag afterwards, also on error.
+
+    In-place activations are switched off inside the block. Restores each module's `training`
+    and `inplace` flags and each parameter's `requires_grad`.
+    """
+    training = {m: m.training for m in model.modules()}
+    grads = {p: p.requires_grad for p in model.parameters()}
+    inplace = {m: m.inplace for m in model.modules() if isinstance(getattr(m, "inplace", None), bool)}
+    try:
+        for m in inplace:  # in-place activations would overwrite captured pre-activation tensors
+            m.inplace = False
+        if eval_mode:
+            model.eval()
+        if freeze:
+            for p in grads:
+                p.requires_grad_(False)
+        yield model
+    finally:
+        for m, flag in training.items():
+            m.training = flag
+        for p, flag in grads.items():
+            p.requires_grad_(flag)
+        for m, flag in inplace.items():
+            m.inplace = flag

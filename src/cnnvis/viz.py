@@ -1,0 +1,142 @@
+"""Pixels: tensor -> image, grids with labels, heat-map overlays, colour maps, PNG writing.
+
+The only module that makes images; compute code returns tensors.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+from torch import Tensor
+
+from cnnvis.utils import atomic_write
+
+# anchors of a perceptually ordered map (black-purple-orange-yellow, like 'inferno')
+_INFERNO = np.array([
+    [0, 0, 4], [40, 11, 84], [101, 21, 110], [159, 42, 99], [212, 72, 66],
+    [245, 125, 21], [250, 193, 39], [252, 255, 164]], dtype=np.float64)
+# blue-white-red for signed maps
+_DIVERGING = np.array([[5, 48, 97], [67, 147, 195], [247, 247, 247], [214, 96, 77], [103, 0, 31]], dtype=np.float64)
+
+
+def to_pil(x: Tensor | np.ndarray) -> Image.Image:
+    """(3, H, W) / (1, 3, H, W) / (H, W) in [0, 1] -> 8-bit PIL image (clamped, rounded)."""
+    if isinstance(x, Tensor):
+        x = x.detach().float().cpu()
+        if x.dim() == 4:
+            x = x[0]
+        if x.dim() == 3:
+            x = x.permute(1, 2, 0)
+        x = x.numpy()
+    a = np.clip(np.asarray(x, dtype=np.float64), 0, 1)
+    a = (a * 255.0 + 0.5).astype(np.uint8)
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[:, :, 0]
+    return Image.fromarray(a, "L" if a.ndim == 2 else "RGB")
+
+
+def save_png(img: Image.Image | Tensor, path: str | os.PathLike) -> Path:
+    """Write an image atomically (PNG or, by extension, JPEG/WebP); returns the path."""
+    if not isinstance(img, Image.Image):
+        img = to_pil(img)
+    path = Path(path)
+    fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF"}.get(
+        path.suffix.lower(), "PNG")
+    with atomic_write(path) as f:
+        img.save(f, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+    return path
+
+
+def colormap(m: Tensor | np.ndarray, cmap: str = "inferno", signed: bool = False) -> Image.Image:
+    """(H, W) map -> RGB image. Unsigned maps are scaled to [0, 1] by their max; signed maps
+    use a diverging map centred on 0."""
+    a = m.detach().float().cpu().numpy() if isinstance(m, Tensor) else np.asarray(m, dtype=np.float64)
+    a = np.nan_to_num(a.astype(np.float64))
+    if signed:
+        s = np.abs(a).max() or 1.0
+        a = (a / s + 1) / 2
+        lut = _DIVERGING
+    else:
+        lo, hi = a.min(), a.max()
+        a = (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
+        lut = _INFERNO
+    pos = a * (len(lut) - 1)
+    i = np.clip(np.floor(pos).astype(int), 0, len(lut) - 2)
+    f = (pos - i)[..., None]
+    rgb = lut[i] * (1 - f) + lut[i + 1] * f
+    return Image.fromarray(rgb.round().astype(np.uint8), "RGB")
+
+
+def overlay(photo: Image.Image | Tensor, heat: Tensor | np.ndarray, alpha: float = 0.5) -> Image.Image:
+    """Blend a colour-mapped (h, w) heat map over a photo (resized to the photo)."""
+    if not isinstance(photo, Image.Image):
+        photo = to_pil(photo)
+    hm = colormap(heat).resize(photo.size, Image.BILINEAR)
+    return Image.blend(photo.convert("RGB"), hm, alpha)
+
+
+def font(size: int = 12) -> ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # old Pillow
+        return ImageFont.load_default()
+
+
+def grid(
+    images: Sequence[Sequence[Image.Image | Tensor | None]],
+    *,
+    row_labels: Sequence[str] | None = None,
+    col_labels: Sequence[str] | None = None,
+    cell: int | None = None,
+    pad: int = 4,
+    label_width: int | None = None,
+    title: str | None = None,
+) -> Image.Image:
+    """Rows x columns of images on white, with optional row/column labels. None = empty cell."""
+    rows = [[(to_pil(im) if im is not None and not isinstance(im, Image.Image) else im) for im in r] for r in images]
+    n_cols = max((len(r) for r in rows), default=0)
+    if cell is None:
+        cell = max((im.size[0] for r in rows for im in r if im is not None), default=64)
+    f = font(max(10, min(14, cell // 6)))
+    lw = label_width if label_width is not None else (max((_text_w(f, s) for s in row_labels), default=0) + 8 if row_labels else 0)
+    th = 16 if col_labels else 0
+    tt = 20 if title else 0
+    W = lw + n_cols * (cell + pad) + pad
+    H = tt + th + len(rows) * (cell + pad) + pad
+    canvas = Image.new("RGB", (W, H), "white")
+    d = ImageDraw.Draw(canvas)
+    if title:
+        d.text((pad, 3), title, fill="black", font=font(14))
+    if col_labels:
+        for j, s in enumerate(col_labels):
+            d.text((lw + pad + j * (cell + pad), tt + 2), str(s), fill="black", font=f)
+    for i, r in enumerate(rows):
+        y = tt + th + pad + i * (cell + pad)
+        if row_labels:
+            d.text((4, y + cell // 2 - 6), str(row_labels[i]), fill="black", font=f)
+        for j, im in enumerate(r):
+            if im is None:
+                continue
+            if im.size != (cell, cell):
+                im = im.resize((cell, cell), Image.BILINEAR)
+            canvas.paste(im.convert("RGB"), (lw + pad + j * (cell + pad), y))
+    return canvas
+
+
+def _text_w(f, s: str) -> int:
+    try:
+        return int(f.getlength(str(s)))
+    except AttributeError:
+        return 7 * len(str(s))
+
+
+def normalize_map(m: Tensor) -> Tensor:
+    """Scale a non-negative map to [0, 1] by its max (all-zero stays zero)."""
+    m = m.detach().float()
+    mx = m.max()
+    return m / mx if mx > 0 else torch.zeros_like(m)
