@@ -296,7 +296,7 @@ def _torchvision_builder(name: str, extra: dict):
                 apply_state_dict(model, sd, source=src)
                 if "aux_logits" in kw:
                     _drop_aux(model)
-                return VisModel(name, model, Preprocess.caffe_bgr(), labels, aliases=vgg_aliases(model),
+                return VisModel(name, model, Preprocess.caffe_bgr((103.939, 116.779, 123.68)), labels, aliases=vgg_aliases(model),
                                 description=f"torchvision {name} with Keras weights {os.path.basename(path)}")
             sd = read_state_dict(path)
             _fit_classifier(model, sd)

@@ -141,7 +141,8 @@ def read_keras_h5(path: str | os.PathLike) -> "OrderedDict[str, list]":
             def visit(name, obj):
                 if isinstance(obj, h5py.Group) and name.split("/")[-1] == "vars" and len(obj):
                     keys = sorted(obj.keys(), key=lambda s: int(s) if s.isdigit() else s)
-                    label = obj.attrs.get("name", name.rsplit("/", 2)[0])
+                    parts = name.split("/")
+                    label = obj.attrs.get("name", parts[-2] if len(parts) > 1 else name)
                     label = label.decode() if isinstance(label, bytes) else str(label)
                     layers[label] = [obj[k][()] for k in keys]
 

@@ -1,0 +1,48 @@
+"""Shared fixtures: real models (loaded once), the shared photos, tiny nets."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+SHARED = Path(os.environ.get("CNNVIS_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
+SAMPLES = SHARED / "data" / "imagenet-samples"
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def sample(name: str) -> Path:
+    """Path of the shared ImageNet sample whose class part is `name` (e.g. 'pelican')."""
+    hits = sorted(SAMPLES.glob(f"*_{name}.JPEG"))
+    if not hits:
+        pytest.fail(f"shared photo for {name!r} not found under {SAMPLES}")
+    return hits[0]
+
+
+@pytest.fixture(scope="session")
+def lite0():
+    from cnnvis.models import load
+
+    return load("efficientnet_lite0")
+
+
+@pytest.fixture(scope="session")
+def hed():
+    from cnnvis.models import load
+
+    return load("vgg16_hed")
+
+
+@pytest.fixture
+def tiny_cnn():
+    """A small conv net with BN, ReLU, max-pool and a linear head (random, seeded)."""
+    torch.manual_seed(0)
+    from torch import nn
+
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 5),
+    )
