@@ -40,7 +40,7 @@ def progress_iter(iterable: Iterable, *, total: int | None = None, desc: str = "
     if progress is True:
         from tqdm.auto import tqdm
 
-        return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True)
+        return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True, disable=None)  # off when not a TTY
     return progress(iterable, total=total, desc=desc)
 
 

@@ -55,13 +55,16 @@ def layers_cmd(model: str, weights: str, size: int | None, show_all: bool, as_js
 @click.option("--top", default=5, show_default=True, type=click.IntRange(1, 1000), help="How many classes to show.")
 @json_option
 def classify_cmd(images, model, weights, device, top, as_json) -> None:
-    """Top-k classes of each IMAGE, with probabilities."""
-    from cnnvis.classify import classify
-    from cnnvis.images import load_image
+    """Top-k classes of each IMAGE (files or folders of images), with probabilities."""
+    from pathlib import Path
 
+    from cnnvis.classify import classify
+    from cnnvis.images import find_images, load_image
+
+    images = [str(f) for p in images for f in (find_images(p) if Path(p).is_dir() else [p])]
     photos = [load_image(p) for p in images]  # all read (and checked) before the model loads
     vm = load_model(model, weights, device)
-    preds = classify(vm, photos, top=top)
+    preds = classify(vm, photos, top=top, progress=True)
     if as_json:
         echo_json([{"image": p, "top": [{"index": q.index, "label": q.label, "prob": round(q.prob, 6)} for q in pr]}
                    for p, pr in zip(images, preds)])
