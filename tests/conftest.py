@@ -8,7 +8,16 @@ from pathlib import Path
 import pytest
 import torch
 
-SHARED = Path(os.environ.get("CNNVIS_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
+def _find_shared() -> Path:
+    """../shared beside the checkout (developers and CI), or $CNNVIS_SHARED."""
+    here = Path(__file__).resolve().parents[1]
+    for cand in (os.environ.get("CNNVIS_SHARED"), here.parent / "shared", here.parent.parent / "shared"):
+        if cand and (Path(cand) / "data" / "imagenet-samples").is_dir():
+            return Path(cand)
+    return here.parent / "shared"
+
+
+SHARED = _find_shared()
 SAMPLES = SHARED / "data" / "imagenet-samples"
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
