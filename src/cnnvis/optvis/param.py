@@ -1,0 +1,135 @@
+"""Image parameterizations: nn.Modules whose forward() returns a (B, 3, H, W) RGB image in [0, 1].
+
+    PixelImage(1, 224, 224)                 # plain pixels (Erhan 2009, Simonyan 2013, Chollet 2016)
+    PixelImage.from_image(photo)            # start from a photo (DeepDream), any H x W
+    FourierImage(16, 224, 224)              # Fourier spectrum + decorrelated colour + sigmoid (Olah et al. 2017)
+    FourierImage.from_image(photo)          # exact inverse: forward() returns the photo
+
+Every parameterization has `shape` (B, 3, H, W), `from_image(x, **kw)` and `resized(h, w)`
+(the same image, resampled, as a new parameterization: used by octaves).
+Random initialisation takes an explicit torch.Generator (CPU) so renders are reproducible.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+# square root of the ImageNet colour correlation matrix (Lucid), columns scaled to max norm 1
+_COLOR_SQRT = torch.tensor([[0.26, 0.09, 0.02],
+                            [0.27, 0.00, -0.05],
+                            [0.27, -0.09, 0.03]])
+COLOR_CORRELATION = _COLOR_SQRT / _COLOR_SQRT.norm(dim=0).max()
+
+
+def _randn(shape, sd: float, generator: torch.Generator | None) -> Tensor:
+    return torch.randn(*shape, generator=generator) * sd
+
+
+class ImageParam(nn.Module):
+    """Base class: `forward() -> (B, 3, H, W)` in [0, 1] (PixelImage may leave it between steps)."""
+
+    shape: tuple[int, int, int, int]
+
+    @classmethod
+    def from_image(cls, x: Tensor, **kw) -> "ImageParam":  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def resized(self, h: int, w: int) -> "ImageParam":
+        """The current image resampled to h x w (bilinear), as a new parameterization of the same kind."""
+        with torch.no_grad():
+            x = self().detach()
+            x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=h < x.shape[2])
+        return type(self).from_image(x.clamp(0, 1), **self._kw())
+
+    def _kw(self) -> dict:
+        return {}
+
+
+class PixelImage(ImageParam):
+    """Plain pixels (B, 3, H, W) in [0, 1], starting at grey 0.5 + noise of std `sd`.
+
+    The image is not squashed: keep it in range with the BoundedRange regularizer (a projection).
+    """
+
+    def __init__(self, batch: int = 1, h: int = 224, w: int | None = None, *, sd: float = 0.01, mean: float = 0.5,
+                 generator: torch.Generator | None = None, init: Tensor | None = None, device=None):
+        super().__init__()
+        w = h if w is None else w
+        if init is None:
+            init = mean + _randn((batch, 3, h, w), sd, generator)
+        self.pixels = nn.Parameter(init.detach().clone().float().to(device))
+        self.shape = tuple(self.pixels.shape)
+
+    @classmethod
+    def from_image(cls, x: Tensor, **kw) -> "PixelImage":
+        """(B, 3, H, W) or (3, H, W) in [0, 1] -> a PixelImage starting exactly there."""
+        x = x if x.dim() == 4 else x.unsqueeze(0)
+        return cls(x.shape[0], x.shape[2], x.shape[3], init=x, device=x.device)
+
+    def forward(self) -> Tensor:
+        return self.pixels
+
+
+class FourierImage(ImageParam):
+    """Lucid's image: a (B, 3, H, W//2+1) complex spectrum scaled by 1/frequency**decay_power, inverse
+    FFT, optional decorrelated colour (ImageNet colour correlation), then a sigmoid into [0, 1].
+
+    Gradient steps on this spectrum move low frequencies first and all colours together, which
+    removes most of the high-frequency adversarial noise of pixel-space ascent (Olah et al. 2017).
+    """
+
+    def __init__(self, batch: int = 1, h: int = 224, w: int | None = None, *, sd: float = 0.01,
+                 decay_power: float = 1.0, decorrelate: bool = True, generator: torch.Generator | None = None,
+                 device=None):
+        super().__init__()
+        w = h if w is None else w
+        self.shape = (batch, 3, h, w)
+        self.decay_power, self.decorrelate = decay_power, decorrelate
+        fy = torch.fft.fftfreq(h).view(-1, 1)
+        fx = torch.fft.rfftfreq(w).view(1, -1)
+        freqs = (fx * fx + fy * fy).sqrt()
+        scale = 1.0 / freqs.clamp_min(1.0 / max(h, w)) ** decay_power
+        # the 1/4 keeps Lucid's image statistics (its "magic" constant)
+        self.register_buffer("scale", (scale / 4.0).view(1, 1, h, w // 2 + 1, 1).to(device), persistent=False)
+        self.register_buffer("color", COLOR_CORRELATION.t().contiguous().to(device), persistent=False)
+        self.spectrum = nn.Parameter(_randn((batch, 3, h, w // 2 + 1, 2), sd, generator).to(device))
+
+    def _kw(self) -> dict:
+        return {"decay_power": self.decay_power, "decorrelate": self.decorrelate}
+
+    def forward(self) -> Tensor:
+        _, _, h, w = self.shape
+        spec = torch.view_as_complex(self.scale * self.spectrum)
+        x = torch.fft.irfft2(spec, s=(h, w), norm="ortho")
+        if self.decorrelate:
+            x = torch.einsum("bchw,cd->bdhw", x, self.color)
+        return torch.sigmoid(x)
+
+    @classmethod
+    def from_image(cls, x: Tensor, *, decay_power: float = 1.0, decorrelate: bool = True, eps: float = 1e-3,
+                   **kw) -> "FourierImage":
+        """(B, 3, H, W) in [0, 1] -> a FourierImage whose forward() returns x (clamped to [eps, 1-eps])."""
+        x = (x if x.dim() == 4 else x.unsqueeze(0)).detach().float()
+        b, _, h, w = x.shape
+        p = cls(b, h, w, sd=0.0, decay_power=decay_power, decorrelate=decorrelate, device=x.device)
+        y = torch.logit(x.clamp(eps, 1 - eps))
+        if decorrelate:
+            y = torch.einsum("bdhw,dc->bchw", y, torch.linalg.inv(p.color))
+        spec = torch.view_as_real(torch.fft.rfft2(y, norm="ortho")) / p.scale
+        with torch.no_grad():
+            p.spectrum.copy_(spec)
+        return p
+
+
+def make_param(kind: str, batch: int, h: int, w: int, generator: torch.Generator | None = None, device=None,
+               **kw) -> ImageParam:
+    """'pixel' | 'fourier' -> a new parameterization."""
+    from cnnvis.errors import CnnvisError
+
+    if kind == "pixel":
+        return PixelImage(batch, h, w, generator=generator, device=device, **kw)
+    if kind == "fourier":
+        return FourierImage(batch, h, w, generator=generator, device=device, **kw)
+    raise CnnvisError(f"unknown parameterization {kind!r}; use 'pixel' or 'fourier'")

@@ -1,0 +1,71 @@
+"""Is a class image a picture or adversarial noise? Re-classify it after four small perturbations.
+
+    robustness(vm, x, 144) -> {'png': 0.999, 'blur1': 0.97, 'down_up2': 0.95, 'shift8': 0.99, 'resize256_crop224': 0.98}
+
+x: (B, 3, H, W) in [0, 1] (e.g. a saved PNG re-read); values: (B,) target probabilities.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from cnnvis.optvis.regularizers import gaussian_blur
+
+PERTURBATIONS = {
+    "blur1": "Gaussian blur, sigma 1 px",
+    "down_up2": "2x downscale then upscale (bilinear, antialiased)",
+    "shift8": "shift 8 px right and down (edges replicated)",
+    "resize256_crop224": "resize to 256/224 of the size, centre crop back",
+}
+
+
+def blur1(x: Tensor) -> Tensor:
+    return gaussian_blur(x, 1.0)
+
+
+def down_up2(x: Tensor) -> Tensor:
+    h, w = x.shape[-2:]
+    small = F.interpolate(x, size=(h // 2, w // 2), mode="bilinear", antialias=True, align_corners=False)
+    return F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
+
+
+def shift8(x: Tensor, d: int = 8) -> Tensor:
+    h, w = x.shape[-2:]
+    return F.pad(x, (d, 0, d, 0), mode="replicate")[..., :h, :w]
+
+
+def resize_crop(x: Tensor, resize: int = 256, crop: int = 224) -> Tensor:
+    h, w = x.shape[-2:]
+    nh, nw = round(h * resize / crop), round(w * resize / crop)
+    big = F.interpolate(x, size=(nh, nw), mode="bilinear", antialias=False, align_corners=False)
+    top, left = (nh - h) // 2, (nw - w) // 2
+    return big[..., top:top + h, left:left + w]
+
+
+_FUNCS = {"blur1": blur1, "down_up2": down_up2, "shift8": shift8, "resize256_crop224": resize_crop}
+
+
+def perturb(x: Tensor) -> dict[str, Tensor]:
+    """The four perturbed versions of x, each re-quantized to 8 bits like a saved file."""
+    from cnnvis.optvis.render import quantize
+
+    return {k: quantize(f(x)) for k, f in _FUNCS.items()}
+
+
+def robustness(vm, x: Tensor, target: int | list[int]) -> dict[str, Tensor]:
+    """Target-class probability of x ('png') and of its four perturbations, each (B,)."""
+    from cnnvis.classify import predict_probs
+
+    x = x.float().cpu()
+    b = x.shape[0]
+    t = torch.as_tensor([target] * b if isinstance(target, int) else list(target))
+    versions = {"png": x, **perturb(x)}
+    allx = torch.cat(list(versions.values()))
+    probs = predict_probs(vm, allx)
+    out = {}
+    for k, (name, _) in enumerate(versions.items()):
+        p = probs[k * b:(k + 1) * b]
+        out[name] = p[torch.arange(b), t]
+    return out
