@@ -1,0 +1,376 @@
+"""Zeiler & Fergus (2014) deconvnet visualization: project top feature maps back to pixels.
+
+    res = deconvnet(vm, x, layers=['conv1_2', 'conv3_3', 'conv5_3'], top=3)
+    res.reconstructions[i]   # (k, 3, H, W) pixel-space projection of layer i's top-k channels
+    res.activations[i]       # (k, h, w) their rectified feature maps; res.channels[i] (k,) indices
+
+The rule, applied from the chosen layer down to the pixels: max-pool -> unpool with the switches
+recorded in the forward pass; ReLU -> ReLU of the signal (the forward mask is ignored);
+conv -> transposed conv with the layer's own filters (BatchNorm in eval: its per-channel scale;
+residual sums: the signal goes down both branches). That is exactly the backward pass of the
+network with the deconvnet ReLU rule (`cnnvis.attribution.modified_relu`), so autograd runs it:
+autograd's max-pool backward scatters into the recorded argmax positions (the switches) and a
+conv's input-gradient is the transposed convolution with the same weights.
+
+One forward pass (batch 1) records everything. Every chosen layer's top-k channels are then
+projected in ONE batched backward sweep: the sweep starts at the deepest layer with its k seeds,
+goes down segment by segment, and at each shallower chosen layer appends that layer's k seeds to
+the batch. The work is the floor: the sum of each layer's own backward cost, batched.
+Seed of a channel (Z&F): its rectified feature map, all other channels zero (`seed='max'`:
+only its strongest unit).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from cnnvis.attribution.base import check_input, model_parts
+from cnnvis.attribution.modified_relu import modified_relu
+from cnnvis.errors import CnnvisError
+
+
+class _Stop(Exception):
+    pass
+
+
+@dataclass
+class DeconvResult:
+    """Per chosen layer (in the order asked): names, top channels, their maps and projections."""
+
+    layers: list[str]                 # dotted module names
+    labels: list[str]                 # the names as given (aliases kept)
+    channels: list[Tensor]            # (k,) channel indices, strongest first
+    norms: list[Tensor]               # (k,) L2 norms of the rectified feature maps
+    activations: list[Tensor]         # (k, h, w) rectified feature maps
+    reconstructions: list[Tensor]     # (k, 3, H, W) projections into input space
+    max_pools: int = 0                # max-pool layers crossed (0: the rule is ReLU + transposed convs)
+    notes: list[str] = field(default_factory=list)
+
+
+def default_layers(model) -> list[str]:
+    """VGG: conv1_1..conv5_3 (13); models with stage aliases: the stages; else every Conv2d."""
+    from cnnvis.layers import conv_layers
+
+    _, _, vm = model_parts(model)
+    aliases = getattr(vm, "aliases", {}) or {}
+    convs = [a for a in aliases if a.startswith("conv") and "_" in a]
+    if convs:
+        return convs
+    stages = [a for a in aliases if a.startswith("stage")]
+    if stages:
+        return stages
+    return conv_layers(model)
+
+
+def _seeds(act: Tensor, top: int, seed: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(1, C, h, w) activation -> channels (k,), norms (k,), rectified maps (k, h, w), seeds (k, 1, C, h, w)."""
+    r = act.detach()[0].clamp(min=0)
+    C = r.shape[0]
+    norms = r.flatten(1).norm(dim=1)
+    k = min(top, C)
+    nk, ch = norms.topk(k)
+    maps = r[ch]
+    seeds = torch.zeros((k, 1, *r.shape), dtype=r.dtype, device=r.device)
+    if seed == "max":
+        flat = maps.flatten(1)
+        pos = flat.argmax(1)
+        one = torch.zeros_like(flat).scatter_(1, pos[:, None], flat.gather(1, pos[:, None]))
+        sel = one.view_as(maps)
+    else:
+        sel = maps
+    seeds[torch.arange(k), 0, ch] = sel
+    return ch, nk, maps, seeds
+
+
+def deconvnet(model, x: Tensor, layers: Sequence[str] | None = None, top: int = 3, *, seed: str = "map"
+              ) -> DeconvResult:
+    """Project the `top` strongest channels of each layer in `layers` to input space, one backward sweep.
+
+    x: (1, 3, H, W) (in [0, 1] for a VisModel). Returns a DeconvResult; the model is unchanged.
+    """
+    from cnnvis.layers import resolve_layer
+    from cnnvis.utils import model_guard
+
+    module, normalize, _ = model_parts(model)
+    labels, names = _check_args(model, x, layers, top, seed)
+    uniq = list(dict.fromkeys(names))
+    x = check_input(x, _device(module))
+    if x.shape[0] != 1:
+        raise CnnvisError(f"deconvnet projects one image at a time; got a batch of {x.shape[0]}")
+    order: list[str] = []
+    orig: dict[str, Tensor] = {}
+    pools = [0]
+
+    def hook(name):
+        def fn(mod, inp, out):
+            if name in orig or not torch.is_tensor(out):
+                return None
+            orig[name] = out
+            order.append(name)
+            if len(orig) == len(uniq):
+                raise _Stop
+            return None
+        return fn
+
+    def count_pool(mod, inp, out):
+        pools[0] += 1
+
+    handles = []
+    with model_guard(module), torch.enable_grad(), modified_relu(module, "deconvnet", _relu_types()):
+        try:
+            handles += _zf_hooks(module)
+            for n in uniq:  # after the ReLU-rule hooks, so a ReLU layer's seed goes through its rule
+                handles.append(module.get_submodule(n).register_forward_hook(hook(n)))
+            for m in module.modules():
+                if isinstance(m, (nn.MaxPool2d, nn.MaxPool1d, nn.MaxPool3d)):
+                    handles.append(m.register_forward_hook(count_pool))
+            xg = x.requires_grad_(True)
+            try:
+                module(normalize(xg) if normalize is not None else xg)
+            except _Stop:
+                pass
+            missing = [n for n in uniq if n not in orig]
+            if missing:
+                raise CnnvisError(f"layers {missing} did not run in the forward pass; pick layers the model uses")
+            for n in uniq:
+                if orig[n].dim() != 4:
+                    raise CnnvisError(f"layer {n!r} has no feature maps (output shape {tuple(orig[n].shape[1:])}); "
+                                      f"deconvnet needs conv layers")
+            per = {n: _seeds(orig[n], top, seed) for n in uniq}
+            recon = _sweep(order, orig, xg, {n: per[n][3] for n in uniq})
+        finally:
+            for h in handles:
+                h.remove()
+    notes = []
+    if pools[0] == 0:
+        notes.append("no max-pool layers on the way down: the rule reduces to ReLU + transposed convolutions")
+    return DeconvResult(
+        layers=names, labels=labels,
+        channels=[per[n][0].cpu() for n in names], norms=[per[n][1].cpu() for n in names],
+        activations=[per[n][2].cpu() for n in names], reconstructions=[recon[n].cpu() for n in names],
+        max_pools=pools[0], notes=notes)
+
+
+def _sweep(order: list[str], orig: dict[str, Tensor], x: Tensor, seeds: dict[str, Tensor]) -> dict[str, Tensor]:
+    """One batched backward sweep from the deepest layer to x; returns {layer: (k, 3, H, W)}.
+
+    Rows of the batch are (layer, channel) pairs, deepest layer first. The sweep stops at each
+    shallower chosen layer whose output every path down to x goes through (always so in VGG),
+    and joins that layer's seeds to the batch there: each segment is back-propagated once, for
+    exactly the rows that reach it. Where a skip connection jumps over a layer, that layer is
+    seeded in the same segment instead (zero rows elsewhere), because the ReLU rule is not
+    linear: signals must merge before they cross a ReLU.
+    """
+    rows: list[tuple[str, int]] = []
+    group: list[str] = []                # outputs seeded in the current segment
+    grads_at: dict[str, Tensor] = {}     # (n, 1, C, h, w) signal per group output
+    n = 0
+
+    def seed(name: str) -> None:
+        nonlocal n
+        s = seeds[name]
+        k = s.shape[0]
+        for g in group:  # earlier outputs get zero rows for the new channels
+            grads_at[g] = torch.cat([grads_at[g], grads_at[g].new_zeros((k, *grads_at[g].shape[1:]))])
+        grads_at[name] = torch.cat([s.new_zeros((n, *s.shape[1:])), s]) if n else s
+        group.append(name)
+        rows.append((name, k))
+        n += k
+
+    for i in range(len(order) - 1, -1, -1):
+        name = order[i]
+        if name not in grads_at:
+            seed(name)
+        below = orig[order[i - 1]] if i > 0 else None
+        if below is not None and not _all_paths_through([orig[g] for g in group], below, x):
+            continue  # a skip connection jumps over `below`: seed it in this segment
+        target = below if below is not None else x
+        (g,) = torch.autograd.grad([orig[g] for g in group], [target], [grads_at[g] for g in group],
+                                   is_grads_batched=True, retain_graph=below is not None, allow_unused=True)
+        if g is None:
+            g = torch.zeros((n, *target.shape), dtype=x.dtype, device=x.device)
+        group.clear()
+        grads_at.clear()
+        if below is None:
+            gx = g
+        else:
+            # the shallower layer's own seeds are appended to the signal that arrived there
+            s = seeds[order[i - 1]]
+            k = s.shape[0]
+            grads_at[order[i - 1]] = torch.cat([g, s])
+            group.append(order[i - 1])
+            rows.append((order[i - 1], k))
+            n += k
+    out, at = {}, 0
+    for name, k in rows:
+        out[name] = gx[at:at + k, 0].detach()
+        at += k
+    return out
+
+
+def _all_paths_through(starts: list[Tensor], stop: Tensor, x: Tensor) -> bool:
+    """Does every autograd path from `starts` down to `x` pass through `stop`'s node?"""
+    stop_node = stop.grad_fn
+    if stop_node is None:
+        return False
+    stack = [t.grad_fn for t in starts if t.grad_fn is not None]
+    seen = set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if node is stop_node:
+            continue
+        if getattr(node, "variable", None) is x:
+            return False
+        stack.extend(nf for nf, _ in node.next_functions)
+    return True
+
+
+def deconvnet_loop(model, x: Tensor, layers: Sequence[str] | None = None, top: int = 3, *, seed: str = "map"
+                   ) -> DeconvResult:
+    """Reference: the same projections, one forward + one backward per (layer, channel).
+
+    Slow on purpose; tests check `deconvnet` against it and the benchmark times both.
+    """
+    from cnnvis.hooks import capture
+    from cnnvis.utils import model_guard
+
+    module, _, _ = model_parts(model)
+    labels, names = _check_args(model, x, layers, top, seed)
+    x = check_input(x, _device(module))
+    chans, norms, maps, recons = [], [], [], []
+    with model_guard(module), torch.enable_grad(), modified_relu(module, "deconvnet", _relu_types()):
+        for n in names:
+            with capture(model, [n]) as cap:
+                cap.run(x)
+                ch, nk, mp, sd = _seeds(cap[n], top, seed)
+            rs = []
+            for j in range(len(ch)):
+                xg = x.detach().requires_grad_(True)
+                with capture(model, [n]) as cap:
+                    cap.run(xg)
+                    (g,) = torch.autograd.grad(cap[n], xg, sd[j])
+                rs.append(g[0])
+            chans.append(ch.cpu()), norms.append(nk.cpu()), maps.append(mp.cpu())
+            recons.append(torch.stack(rs).cpu())
+    return DeconvResult(names, labels, chans, norms, maps, recons)
+
+
+class _ConvT(torch.autograd.Function):
+    """Forward: the conv's own output. Backward: transposed conv with the same filters."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x, y, weight, stride, pad, dilation, groups, out_pad, crop):
+        return y.view_as(y)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _, _, ctx.weight, ctx.stride, ctx.pad, ctx.dilation, ctx.groups, ctx.out_pad, ctx.crop = inputs
+
+    @staticmethod
+    def backward(ctx, g):
+        gx = F.conv_transpose2d(g, ctx.weight, None, ctx.stride, ctx.pad, ctx.out_pad, ctx.groups, ctx.dilation)
+        if ctx.crop is not None:  # TF-style 'same' padding: drop the padded border
+            t, h, left, w = ctx.crop
+            gx = gx[..., t:t + h, left:left + w]
+        return gx, None, None, None, None, None, None, None, None
+
+
+class _Unpool(torch.autograd.Function):
+    """Forward: the pool's own output. Backward: unpool into the recorded switches (argmax positions)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x, y, switches):
+        return y.view_as(y)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, _, ctx.switches = inputs
+        ctx.in_shape = tuple(x.shape)
+
+    @staticmethod
+    def backward(ctx, g):
+        C, H, W = ctx.in_shape[-3:]
+        flat = g.new_zeros((*g.shape[:-2], H * W))
+        idx = ctx.switches.reshape(*ctx.switches.shape[:-2], -1)
+        gx = flat.scatter_add(-1, idx, g.reshape(*g.shape[:-2], -1)).reshape(*g.shape[:-2], H, W)
+        return gx, None, None
+
+
+def _conv_hook(mod: nn.Conv2d, inp, out):
+    x = inp[0]
+    if not (torch.is_tensor(x) and x.dim() == 4 and out.dim() == 4 and x.requires_grad):
+        return None
+    k, s, d = mod.kernel_size, mod.stride, mod.dilation
+    if type(mod).__name__ == "Conv2dSame":  # timm: pad_same() then an unpadded conv
+        from timm.layers.padding import get_same_padding
+
+        ph = get_same_padding(x.shape[-2], k[0], s[0], d[0])
+        pw = get_same_padding(x.shape[-1], k[1], s[1], d[1])
+        size = (x.shape[-2] + ph, x.shape[-1] + pw)
+        pad, crop = (0, 0), (ph // 2, x.shape[-2], pw // 2, x.shape[-1])
+    elif type(mod) is nn.Conv2d and mod.padding_mode == "zeros" and not isinstance(mod.padding, str):
+        size, pad, crop = tuple(x.shape[-2:]), tuple(mod.padding), None
+    else:
+        return None  # anything else: autograd's own conv backward (the same rule, unbatched kernels)
+    full = [(out.shape[-2 + i] - 1) * s[i] - 2 * pad[i] + d[i] * (k[i] - 1) + 1 for i in range(2)]
+    out_pad = tuple(size[i] - full[i] for i in range(2))
+    if min(out_pad) < 0 or any(out_pad[i] >= max(s[i], d[i]) for i in range(2)):
+        return None
+    return _ConvT.apply(x, out, mod.weight.detach(), s, pad, d, mod.groups, out_pad, crop)
+
+
+def _pool_hook(mod: nn.MaxPool2d, inp, out):
+    x = inp[0]
+    if not (torch.is_tensor(x) and x.dim() == 4 and x.requires_grad) or mod.return_indices:
+        return None
+    with torch.no_grad():  # record the switches
+        _, sw = F.max_pool2d(x, mod.kernel_size, mod.stride, mod.padding, mod.dilation, mod.ceil_mode, True)
+    return _Unpool.apply(x, out, sw)
+
+
+def _zf_hooks(module: nn.Module) -> list:
+    """Explicit Z&F backward rules for plain convs and max-pools (batched kernels under vmap)."""
+    hs = []
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            hs.append(m.register_forward_hook(_conv_hook))
+        elif isinstance(m, nn.MaxPool2d):
+            hs.append(m.register_forward_hook(_pool_hook))
+    return hs
+
+
+def _relu_types():
+    from cnnvis.attribution.modified_relu import RELU_LIKE
+
+    return RELU_LIKE
+
+
+def _device(module: nn.Module) -> torch.device:
+    p = next(module.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def _check_args(model, x, layers, top, seed) -> tuple[list[str], list[str]]:
+    from cnnvis.layers import resolve_layer
+
+    if top < 1:
+        raise CnnvisError(f"--top must be at least 1, got {top}")
+    if seed not in ("map", "max"):
+        raise CnnvisError(f"seed must be 'map' (the whole feature map) or 'max' (its strongest unit), got {seed!r}")
+    labels = list(layers) if layers else default_layers(model)
+    if not labels:
+        raise CnnvisError("no layers to project; give some with --layers")
+    names = [resolve_layer(model, n) for n in labels]
+    return labels, names
