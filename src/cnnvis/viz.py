@@ -92,39 +92,46 @@ def grid(
     *,
     row_labels: Sequence[str] | None = None,
     col_labels: Sequence[str] | None = None,
-    cell: int | None = None,
+    cell: int | tuple[int, int] | None = None,
     pad: int = 4,
     label_width: int | None = None,
     title: str | None = None,
 ) -> Image.Image:
-    """Rows x columns of images on white, with optional row/column labels. None = empty cell."""
+    """Rows x columns of images on white, with optional row/column labels. None = empty cell.
+
+    cell: the cell size, an int (square) or (width, height); images are fitted inside it keeping
+    their aspect ratio. Default: the largest image width."""
     rows = [[(to_pil(im) if im is not None and not isinstance(im, Image.Image) else im) for im in r] for r in images]
     n_cols = max((len(r) for r in rows), default=0)
     if cell is None:
         cell = max((im.size[0] for r in rows for im in r if im is not None), default=64)
-    f = font(max(10, min(14, cell // 6)))
+    cw, ch = (cell, cell) if isinstance(cell, int) else cell
+    f = font(max(10, min(14, min(cw, ch) // 6)))
     lw = label_width if label_width is not None else (max((_text_w(f, s) for s in row_labels), default=0) + 8 if row_labels else 0)
     th = 16 if col_labels else 0
     tt = 20 if title else 0
-    W = lw + n_cols * (cell + pad) + pad
-    H = tt + th + len(rows) * (cell + pad) + pad
+    W = lw + n_cols * (cw + pad) + pad
+    H = tt + th + len(rows) * (ch + pad) + pad
     canvas = Image.new("RGB", (W, H), "white")
     d = ImageDraw.Draw(canvas)
     if title:
         d.text((pad, 3), title, fill="black", font=font(14))
     if col_labels:
         for j, s in enumerate(col_labels):
-            d.text((lw + pad + j * (cell + pad), tt + 2), str(s), fill="black", font=f)
+            d.text((lw + pad + j * (cw + pad), tt + 2), str(s), fill="black", font=f)
     for i, r in enumerate(rows):
-        y = tt + th + pad + i * (cell + pad)
+        y = tt + th + pad + i * (ch + pad)
         if row_labels:
-            d.text((4, y + cell // 2 - 6), str(row_labels[i]), fill="black", font=f)
+            d.text((4, y + ch // 2 - 6), str(row_labels[i]), fill="black", font=f)
         for j, im in enumerate(r):
             if im is None:
                 continue
-            if im.size != (cell, cell):
-                im = im.resize((cell, cell), Image.BILINEAR)
-            canvas.paste(im.convert("RGB"), (lw + pad + j * (cell + pad), y))
+            ox = oy = 0
+            if im.size != (cw, ch):  # fit inside the cell, keeping the aspect ratio
+                s = min(cw / im.size[0], ch / im.size[1])
+                im = im.resize((max(1, round(im.size[0] * s)), max(1, round(im.size[1] * s))), Image.BILINEAR)
+                ox, oy = (cw - im.size[0]) // 2, (ch - im.size[1]) // 2
+            canvas.paste(im.convert("RGB"), (lw + pad + j * (cw + pad) + ox, y + oy))
     return canvas
 
 

@@ -23,6 +23,13 @@ def tile_starts(n: int, tile: int) -> list[int]:
     return starts + [n - tile]
 
 
+def _new_pixels(starts: list[int], n: int, tile: int) -> list[int]:
+    """Pixels each tile adds that the previous tiles did not cover (the last tile may overlap)."""
+    if len(starts) == 1:
+        return [n]
+    return [tile] * (len(starts) - 1) + [n - (starts[-2] + tile)]
+
+
 def tiled_backward(value_fn: Callable[[Tensor], Tensor], x: Tensor, tile: int) -> Tensor:
     """Back-propagate -sum(value) of every tile of `x` (B, 3, H, W) into x's graph; returns (B,) values.
 
@@ -38,13 +45,7 @@ def tiled_backward(value_fn: Callable[[Tensor], Tensor], x: Tensor, tile: int) -
     leaf = x.detach().requires_grad_(True)
     total = None
     ys, xs = tile_starts(h, tile), tile_starts(w, tile)
-    covered_y = [min(tile, (ys[i + 1] - ys[i]) if i + 1 < len(ys) else h - ys[i]) for i in range(len(ys))]
-    covered_x = [min(tile, (xs[i + 1] - xs[i]) if i + 1 < len(xs) else w - xs[i]) for i in range(len(xs))]
-    # new pixels of the last tile are those not covered by the previous one
-    if len(ys) > 1:
-        covered_y[-1] = h - (ys[-2] + tile)
-    if len(xs) > 1:
-        covered_x[-1] = w - (xs[-2] + tile)
+    covered_y, covered_x = _new_pixels(ys, h, tile), _new_pixels(xs, w, tile)
     for y0, cy in zip(ys, covered_y):
         for x0, cx in zip(xs, covered_x):
             t = leaf[..., y0:y0 + min(tile, h), x0:x0 + min(tile, w)]

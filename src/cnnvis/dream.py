@@ -1,0 +1,187 @@
+"""DeepDream (Mordvintsev, Olah & Tyka 2015) on a user's photo, built on cnnvis.optvis.
+
+    out = dream(vm, photo, layers=["stage4"])                 # PIL in -> PIL out, same size
+    out = dream(vm, x, layers=["conv4_3"], channels=[12, 40])  # (1, 3, H, W) in [0, 1] -> same shape
+
+Gradient ascent on the mean squared activation ('l2', the Keras example) or the mean activation
+('mean', the TensorFlow tutorial) of the chosen layers or channels, with the gradient divided by
+its RMS each step, a random roll (jitter) each step, and octaves from small to full size; each
+octave starts from the photo at that size plus the detail the previous octaves dreamed in.
+Large photos are processed in tiles (`tile` pixels) so memory stays bounded; the random roll
+moves the tile seams every step. The optimization is optvis.render: no second loop here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor
+
+from cnnvis.errors import CnnvisError
+from cnnvis.optvis.objectives import Objective
+from cnnvis.utils import Progress
+
+
+def dream_objective(layers: Sequence[str], channels: Sequence[int] | None = None, mode: str = "l2",
+                    guide_feats: dict[str, Tensor] | None = None) -> Objective:
+    """Sum over `layers` of the mean squared ('l2') or mean ('mean') activation, of all channels
+    or only `channels`; with `guide_feats` {layer: (C, N) guide features}, each position's
+    activation is dotted with its best-matching guide feature instead (Google's guided dream)."""
+    if mode not in ("l2", "mean"):
+        raise CnnvisError(f"unknown dream objective {mode!r}; use 'l2' or 'mean'")
+    layers = list(layers)
+    if not layers:
+        raise CnnvisError("give at least one layer to dream at (e.g. --layers stage4)")
+    chans = list(channels) if channels else None
+
+    def fn(acts):
+        total = 0
+        for name in layers:
+            a = acts[name]
+            if a.dim() != 4:
+                raise CnnvisError(f"layer {name!r} has no spatial output (shape {tuple(a.shape)}); dream at a conv layer")
+            if chans is not None:
+                bad = [c for c in chans if not 0 <= c < a.shape[1]]
+                if bad:
+                    raise CnnvisError(f"channel {bad[0]} is out of range for layer {name!r} (0..{a.shape[1] - 1})")
+                a = a[:, chans]
+            if guide_feats is not None:
+                g = guide_feats[name].to(a.device, a.dtype)  # (C, N)
+                f = a.flatten(2)  # (B, C, M)
+                sim = torch.einsum("bcm,cn->bmn", f, g)
+                best = g[:, sim.argmax(2)]  # (C, B, M)
+                total = total + (f * best.permute(1, 0, 2)).sum(1).mean(1)
+            elif mode == "l2":
+                total = total + a.pow(2).flatten(1).mean(1)
+            else:
+                total = total + a.flatten(1).mean(1)
+        return total
+
+    return Objective(fn, layers, f"dream({','.join(layers)})")
+
+
+def octave_sizes(h: int, w: int, octaves: int, scale: float, min_size: int) -> list[tuple[int, int]]:
+    """Sizes from small to (h, w): each octave `scale` times the previous; octaves below
+    `min_size` on the shorter side are dropped."""
+    if octaves < 1:
+        raise CnnvisError(f"octaves must be at least 1, got {octaves}")
+    if not scale > 1:
+        raise CnnvisError(f"octave_scale must be > 1, got {scale}")
+    sizes = []
+    for k in range(octaves - 1, -1, -1):
+        f = scale ** k
+        sh, sw = round(h / f), round(w / f)
+        if min(sh, sw) >= min_size or k == 0:
+            sizes.append((sh, sw))
+    return sizes
+
+
+def _resize(x: Tensor, size: tuple[int, int]) -> Tensor:
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=size[0] < x.shape[-2])
+
+
+def dream(
+    model,
+    image: Image.Image | Tensor,
+    layers: Sequence[str] = ("stage4",),
+    channels: Sequence[int] | None = None,
+    *,
+    octaves: int = 4,
+    octave_scale: float = 1.4,
+    steps_per_octave: int = 10,
+    step_size: float = 0.02,
+    jitter: int = 32,
+    tile: int = 512,
+    objective: str = "l2",
+    guide: Image.Image | Tensor | None = None,
+    seed: int = 0,
+    progress: Progress = None,
+) -> Image.Image | Tensor:
+    """Dream on `image` (PIL, or (1, 3, H, W) in [0, 1]); returns the same type and size.
+
+    step_size is in [0, 1] pixel units per step (the gradient is RMS-normalized); jitter is the
+    largest random roll in pixels; tile bounds the pixels per forward pass (memory).
+    """
+    from cnnvis.images import to_rgb, to_tensor
+    from cnnvis.layers import resolve_layer
+    from cnnvis.models.registry import VisModel, wrap
+    from cnnvis.optvis import BoundedRange, GradientRMS, PixelImage, Roll, render
+
+    vm = model if isinstance(model, VisModel) else wrap(model)
+    as_pil = isinstance(image, Image.Image)
+    x0 = to_tensor(to_rgb(image)) if as_pil else image
+    if x0.dim() == 3:
+        x0 = x0.unsqueeze(0)
+    if x0.dim() != 4 or x0.shape[0] != 1 or x0.shape[1] != 3:
+        raise CnnvisError(f"dream takes one RGB image (1, 3, H, W) or a PIL image, got shape {tuple(x0.shape)}")
+    h, w = x0.shape[-2:]
+    if min(h, w) < vm.min_size:
+        raise CnnvisError(f"image is {w}x{h} pixels, too small for {vm.name}; give at least {vm.min_size} pixels a side")
+    for name, v in (("steps_per_octave", steps_per_octave), ("tile", tile), ("jitter", jitter + 1)):
+        if not isinstance(v, int) or v < 1:
+            raise CnnvisError(f"{name} must be a positive integer, got {v!r}")
+    if tile < vm.min_size:
+        raise CnnvisError(f"tile {tile} is smaller than the model's minimum input {vm.min_size}")
+    if not step_size > 0:
+        raise CnnvisError(f"step_size must be positive, got {step_size}")
+    for name in layers:
+        resolve_layer(vm, name)  # unknown layers: clear error listing names, before any work
+    device = vm.device
+    x0 = x0.float().clamp(0, 1).to(device)
+    gen = torch.Generator().manual_seed(int(seed))
+    sizes = octave_sizes(h, w, octaves, octave_scale, vm.min_size)
+
+    guide_feats = _guide_features(vm, guide, layers, channels) if guide is not None else None
+    obj = dream_objective(layers, channels, objective, guide_feats)
+    detail = torch.zeros_like(_resize(x0, sizes[0]))
+    x = x0
+    for k, size in enumerate(sizes):
+        base = _resize(x0, size)
+        detail = _resize(detail, size)
+        param = PixelImage.from_image((base + detail).clamp(0, 1))
+        res = render(
+            vm, obj, param=param, steps=steps_per_octave, lr=step_size, optimizer="sgd",
+            transforms=Roll(jitter) if jitter else None, regularizers=[GradientRMS(), BoundedRange()],
+            copies=1, octaves=1, tile=tile, generator=gen, progress=progress,
+            desc=f"octave {k + 1}/{len(sizes)} {size[1]}x{size[0]}",
+        )
+        if res.stopped == "non-finite":
+            raise CnnvisError(f"dream stopped: {res.message}")
+        x = res.images.to(device)
+        detail = x - base
+    x = x.clamp(0, 1).cpu()
+    if as_pil:
+        from cnnvis.viz import to_pil
+
+        return to_pil(x)
+    return x
+
+
+def _guide_features(vm, guide, layers, channels) -> dict[str, Tensor]:
+    """(C, N) activations of the guide image (at the model's input size) for each layer."""
+    from cnnvis.hooks import capture
+    from cnnvis.images import to_rgb
+    from cnnvis.utils import model_guard
+
+    g = vm.preprocess.prepare(to_rgb(guide)) if isinstance(guide, Image.Image) else guide
+    feats = {}
+    with model_guard(vm.model), capture(vm, list(layers)) as cap, torch.no_grad():
+        cap.run(g.to(vm.device).float())
+        for name in layers:
+            a = cap[name][0]
+            if a.dim() != 3:
+                raise CnnvisError(f"layer {name!r} has no spatial output; a guided dream needs a conv layer")
+            if channels:
+                a = a[list(channels)]
+            feats[name] = a.flatten(1).detach()
+    return feats
+
+
+def dream_row(model, image, layers: Sequence[str], **kw) -> list:
+    """The same photo dreamed at each layer separately (the classic row of increasing depth)."""
+    return [dream(model, image, [layer], **kw) for layer in layers]
