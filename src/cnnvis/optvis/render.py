@@ -20,6 +20,7 @@ from cnnvis.optvis.objectives import LOGITS, Objective, as_objective
 from cnnvis.optvis.param import ImageParam, make_param
 from cnnvis.optvis.presets import Preset, get_preset
 from cnnvis.optvis.regularizers import Regularizer
+from cnnvis.optvis.tiling import tiled_backward
 from cnnvis.utils import Progress, model_guard, progress_iter
 
 
@@ -65,8 +66,10 @@ def _as_vismodel(model):
 
     if isinstance(model, VisModel):
         return model
-    if isinstance(model, nn.Module):  # a bare module gets the [0, 1] image as is
-        return wrap(model, preprocess=Preprocess(mean=(0.0,) * 3, std=(1.0,) * 3))
+    if isinstance(model, nn.Module):  # a bare module gets the [0, 1] image as is, any size
+        vm = wrap(model, preprocess=Preprocess(mean=(0.0,) * 3, std=(1.0,) * 3))
+        vm.min_size = 1
+        return vm
     raise CnnvisError(f"expected a VisModel or a torch.nn.Module, got {type(model).__name__}")
 
 
@@ -106,11 +109,13 @@ def render(
     copies: int | None = None,
     octaves: int | None = None,
     until_prob: float | None = None,
+    until_robust: float | None = None,
     check_every: int = 16,
     seed: int = 0,
     generator: torch.Generator | None = None,
     progress: Progress = None,
     desc: str = "render",
+    tile: int | None = None,
 ) -> RenderResult:
     """Optimize an image so that `objective` is maximal; the model comes back unchanged.
 
@@ -131,6 +136,8 @@ def render(
       transformations). octaves: n sizes from size/1.4**(n-1) up to size, steps split evenly.
     until_prob: for class objectives, stop once every image's target probability on its 8-bit
       version reaches this (checked every `check_every` steps).
+    tile: images larger than `tile` pixels get their objective gradient tile by tile (memory: one
+      tile's activations; see optvis.tiling). The objective should be a spatial mean (DeepDream).
     A non-finite objective or image stops the render and keeps the last finite image
     (stopped='non-finite', message says so). seed/generator: all randomness (initial image,
     transforms) comes from this CPU generator: same seed, same machine -> same image.
@@ -147,6 +154,12 @@ def render(
     tf = pre.transforms() if isinstance(transforms, str) and transforms == "preset" else transforms
     regs = list(pre.regularizers() if regularizers is None else regularizers)
     _validate(steps, lr, optimizer, copies, octaves, until_prob, check_every)
+    if tile is not None and (not isinstance(tile, int) or tile < vm.min_size or copies > 1):
+        raise CnnvisError(f"tile must be an integer >= {vm.min_size} and needs copies=1, got tile={tile!r}")
+    if until_robust is not None:
+        _validate(steps, lr, optimizer, copies, octaves, until_robust, check_every)
+        if until_prob is None:
+            until_prob = until_robust
 
     objective.setup(vm)
     targets = objective.class_targets()
@@ -219,17 +232,22 @@ def render(
             xt = x.repeat(copies, 1, 1, 1) if copies > 1 else x
             if tf is not None:
                 xt = tf(xt, g)
-            vals = objective(forward(xt))
-            if vals.dim() == 0:
-                vals = vals.expand(xt.shape[0])
-            if copies > 1:
-                vals = vals.view(copies, -1).mean(0)
-            total = vals
-            for r in regs:
-                pen = r.penalty(x)
-                if pen is not None:
-                    total = total - pen
-            (-total.sum()).backward()
+            if tile is not None and max(xt.shape[-2:]) > tile:
+                # large images: objective gradient tile by tile (bounded memory), penalties on the whole
+                vals = tiled_backward(lambda t: _per_image(objective(forward(t)), t.shape[0]), xt, tile)
+                pens = [p for r in regs if (p := r.penalty(x)) is not None]
+                if pens:
+                    torch.stack([p.sum() for p in pens]).sum().backward()
+            else:
+                vals = _per_image(objective(forward(xt)), xt.shape[0])
+                if copies > 1:
+                    vals = vals.view(copies, -1).mean(0)
+                total = vals
+                for r in regs:
+                    pen = r.penalty(x)
+                    if pen is not None:
+                        total = total - pen
+                (-total.sum()).backward()
             for r in regs:
                 r.on_grad(param)
             opt.step()
@@ -253,12 +271,10 @@ def render(
                         break
                     last_good, good_step = img.detach().clone(), n_run
                     if until_prob is not None and img.shape[-2:] == sizes[-1]:
-                        out = cap.run(normalize(quantize(img)))
-                        p = torch.softmax(out.float(), 1)[torch.arange(img.shape[0], device=device),
-                                                          tgt.repeat(img.shape[0] // len(targets))]
-                        if bool((p >= until_prob).all()):
+                        if _reached(cap, normalize, img, tgt, until_prob, until_robust):
                             stopped = "until_prob"
-                            message = f"reached probability {until_prob} at step {n_run}"
+                            message = f"reached probability {until_prob} at step {n_run}" + (
+                                f" (>= {until_robust} under each perturbation)" if until_robust else "")
                             break
     images = last_good.float().cpu().clamp(0, 1)
     values = torch.stack(history).float().cpu() if history else torch.zeros(0, b)
@@ -272,6 +288,27 @@ def render(
         res.top5 = topk(probs, vm, 5)
     res.seconds = time.perf_counter() - t0
     return res
+
+
+def _reached(cap, normalize, img: Tensor, tgt: Tensor, p_min: float, robust_min: float | None) -> bool:
+    """True when every image's target probability on its 8-bit version is >= p_min (and, with
+    robust_min, >= robust_min under each of the four perturbations)."""
+    from cnnvis.optvis.robustness import perturb
+
+    q = quantize(img)
+    xs = [q] + (list(perturb(q).values()) if robust_min is not None else [])
+    out = cap.run(normalize(torch.cat(xs)))
+    b = img.shape[0]
+    n = len(xs)
+    t = tgt.repeat(n * b // tgt.numel())
+    p = torch.softmax(out.float(), 1)[torch.arange(n * b, device=out.device), t].view(n, b)
+    if not bool((p[0] >= p_min).all()):
+        return False
+    return robust_min is None or bool((p[1:] >= robust_min).all())
+
+
+def _per_image(vals: Tensor, b: int) -> Tensor:
+    return vals.expand(b) if vals.dim() == 0 else vals
 
 
 def _validate(steps, lr, optimizer, copies, octaves, until_prob, check_every) -> None:

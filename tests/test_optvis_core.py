@@ -1,0 +1,273 @@
+"""optvis on tiny nets with known answers: objectives, parameterizations, transforms, render loop."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from cnnvis.errors import CnnvisError
+from cnnvis.hooks import hook_count
+from cnnvis.optvis import (
+    LOGITS, BoundedRange, FourierImage, GradientRMS, Jitter, Pad, PixelImage, RandomAffine, RandomRotate,
+    RandomScale, Roll, channel, class_logit, direction, diversity, layer_l2, neuron, render, standard_transforms,
+)
+from cnnvis.optvis.objectives import Objective
+
+
+def colour_net() -> nn.Module:
+    """conv '0' (1x1): channel 0 = R - B + 1, channel 1 = G, channel 2 = -G; then ReLU '1', pool, linear '4'.
+
+    For images in [0, 1] the logits are: class 0 = mean(R - B) + 1, class 1 = mean(G), class 2 = 0.
+    """
+    conv = nn.Conv2d(3, 3, 1)
+    lin = nn.Linear(3, 3, bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor([[1.0, 0, -1], [0, 1, 0], [0, -1, 0]]).view(3, 3, 1, 1))
+        conv.bias.copy_(torch.tensor([1.0, 0, 0]))
+        lin.weight.copy_(torch.eye(3))
+    return nn.Sequential(conv, nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), lin)
+
+
+PIXEL = dict(preset="chollet2016", size=16)
+
+
+def test_channel_known_answer():
+    """Maximizing R - B over images in [0, 1] has one answer: R = 1, B = 0 everywhere."""
+    net = colour_net()
+    res = render(net, channel("0", 0), steps=200, lr=0.05, **PIXEL)
+    img = res.images[0]
+    assert img[0].min() > 0.99 and img[2].max() < 0.01
+    assert res.final_values[0] == pytest.approx(2.0, abs=0.01)
+
+
+def test_class_logit_known_answer_and_top5():
+    net = colour_net()
+    res = render(net, class_logit(1), steps=150, lr=0.05, **PIXEL)
+    assert res.images[0, 1].min() > 0.99  # green saturated
+    assert res.targets == [1] and res.top5[0][0].index == 1
+    assert res.probs.shape == (1,)
+
+
+@pytest.mark.parametrize("preset", ["chollet2016", "yosinski2015", "lucid2017", "robust"])
+def test_each_preset_improves_channel(tiny_cnn, preset):
+    res = render(tiny_cnn, channel("4", [0, 1, 2]), preset=preset, size=32, steps=24)
+    assert res.values.shape == (24, 3)
+    assert (res.values[-4:].mean(0) > res.values[:4].mean(0)).all()
+
+
+@pytest.mark.parametrize("make", [
+    lambda: channel("4", 3),
+    lambda: neuron("4", 3),
+    lambda: neuron("4", 2, x=1, y=2),
+    lambda: class_logit(2),
+    lambda: layer_l2("4"),
+    lambda: direction("4", torch.linspace(-1, 1, 16)),
+    lambda: channel("4", 3) - 0.5 * layer_l2("1") + 2 * neuron("4", 1),
+])
+def test_each_objective_improves(tiny_cnn, make):
+    res = render(tiny_cnn, make(), preset="lucid2017", size=32, steps=30, lr=0.1, transforms=None)
+    assert res.values[-3:].mean() > res.values[:3].mean()
+
+
+def test_diversity_improves():
+    torch.manual_seed(1)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1))
+    res = render(net, diversity("1"), batch=3, preset="lucid2017", size=24, steps=40, lr=0.1, transforms=None)
+    assert res.values.shape == (40, 3)
+    assert res.values[-1].mean() > res.values[0].mean()
+
+
+def test_objective_algebra_and_layers():
+    a, b = channel("conv3_1", 1), layer_l2("stage4")
+    o = a - 2 * b + 0.5 * class_logit("pelican")
+    assert o.layers == ("conv3_1", "stage4", LOGITS)
+    acts = {"conv3_1": torch.ones(2, 4, 3, 3), "stage4": torch.full((2, 5, 2, 2), 2.0)}
+    assert torch.allclose((a - 2 * b)(acts), torch.tensor([1 - 8.0, 1 - 8.0]))
+    assert torch.allclose((-a / 2 + 1)(acts), torch.tensor([0.5, 0.5]))
+    assert sum([a, a])(acts).tolist() == [2.0, 2.0]
+    with pytest.raises(CnnvisError):
+        channel("x", [0, 1]) + channel("x", [0, 1, 2])
+
+
+def test_batched_channel_picks_one_channel_per_image():
+    acts = {"l": torch.arange(2 * 3 * 4, dtype=torch.float32).view(2, 3, 2, 2)}
+    v = channel("l", [2, 0])(acts)
+    assert v.tolist() == [acts["l"][0, 2].mean().item(), acts["l"][1, 0].mean().item()]
+
+
+def test_forward_stops_after_deepest_layer():
+    ran = []
+    net = colour_net()
+    net[4].register_forward_hook(lambda *a: ran.append(1))
+    render(net, channel("1", 0), steps=3, **PIXEL)
+    assert ran == []  # the linear head never ran
+    render(net, class_logit(0), steps=3, **PIXEL)
+    assert len(ran) >= 3
+
+
+def test_model_unchanged(tiny_cnn):
+    tiny_cnn.train()
+    tiny_cnn[0].weight.requires_grad_(False)
+    before = {k: v.clone() for k, v in tiny_cnn.state_dict().items()}
+    flags = [m.training for m in tiny_cnn.modules()]
+    grads = [p.requires_grad for p in tiny_cnn.parameters()]
+    n_hooks = hook_count(tiny_cnn)
+    render(tiny_cnn, channel("4", 1) + class_logit(0), size=32, steps=5, preset="robust")
+    after = tiny_cnn.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # incl. BN running stats
+    assert [m.training for m in tiny_cnn.modules()] == flags
+    assert [p.requires_grad for p in tiny_cnn.parameters()] == grads
+    assert all(p.grad is None for p in tiny_cnn.parameters())
+    assert hook_count(tiny_cnn) == n_hooks
+    assert tiny_cnn[2].inplace is True
+
+
+def test_model_unchanged_when_render_raises(tiny_cnn):
+    tiny_cnn.train()
+    flags = [m.training for m in tiny_cnn.modules()]
+    grads = [p.requires_grad for p in tiny_cnn.parameters()]
+    with pytest.raises(CnnvisError, match="out of range"):
+        render(tiny_cnn, channel("4", 99), size=32, steps=5)  # raises inside the loop, hooks installed
+    assert [m.training for m in tiny_cnn.modules()] == flags
+    assert [p.requires_grad for p in tiny_cnn.parameters()] == grads
+    assert hook_count(tiny_cnn) == 0
+
+
+def test_seeded_reproducibility(tiny_cnn):
+    kw = dict(size=32, steps=10, preset="robust")
+    a = render(tiny_cnn, channel("4", [1, 2]), seed=3, **kw)
+    b = render(tiny_cnn, channel("4", [1, 2]), seed=3, **kw)
+    c = render(tiny_cnn, channel("4", [1, 2]), seed=4, **kw)
+    assert torch.equal(a.images, b.images) and torch.equal(a.values, b.values)
+    assert not torch.equal(a.images, c.images)
+    g1, g2 = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+    assert torch.equal(render(tiny_cnn, channel("4", 0), generator=g1, **kw).images,
+                       render(tiny_cnn, channel("4", 0), generator=g2, **kw).images)
+
+
+def test_batched_matches_one_at_a_time():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.LeakyReLU(0.2), nn.Conv2d(8, 8, 3, padding=1))
+    with torch.no_grad():
+        for m in (net[0], net[2]):
+            m.weight.mul_(4)
+    chans = [0, 3, 5, 7]
+    kw = dict(size=16, steps=150, preset="chollet2016", lr=0.05)
+    batched = render(net, channel("2", chans), **kw).final_values
+    single = torch.stack([render(net, channel("2", c), seed=i + 1, **kw).final_values[0] for i, c in enumerate(chans)])
+    assert batched.shape == (4,) and (single > 0.1).all()
+    assert ((batched - single).abs() <= 0.10 * single.abs()).all(), (batched, single)
+
+
+def test_bad_inputs(tiny_cnn):
+    with pytest.raises(CnnvisError, match="out of range"):
+        render(tiny_cnn, channel("4", 16), size=32, steps=2)
+    with pytest.raises(CnnvisError, match="spatial"):
+        render(tiny_cnn, neuron("8", 0), size=32, steps=2)  # Linear output (B, 5)
+    with pytest.raises(CnnvisError, match="unknown layer"):
+        render(tiny_cnn, channel("conv9", 0), size=32, steps=2)
+    from cnnvis.models import wrap
+
+    with pytest.raises(CnnvisError, match="too small"):
+        render(wrap(tiny_cnn), channel("4", 0), size=16, steps=2)  # VisModel min_size 32
+    for bad in (dict(steps=0), dict(lr=float("nan")), dict(lr=-1), dict(until_prob=1.5), dict(optimizer="lbfgs"),
+                dict(preset="lucid2071")):
+        with pytest.raises(CnnvisError):
+            render(tiny_cnn, class_logit(0), size=32, **{"steps": 2, **bad})
+    with pytest.raises(CnnvisError, match="class objective"):
+        render(tiny_cnn, channel("4", 0), size=32, steps=2, until_prob=0.9)
+    with pytest.raises(CnnvisError, match="batch"):
+        render(tiny_cnn, channel("4", [0, 1]), batch=3, size=32, steps=2)
+
+
+class NaNAfter(nn.Module):
+    """A conv whose output turns NaN after `n` forward calls."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 2, 1)
+        self.n, self.calls = n, 0
+
+    def forward(self, x):
+        self.calls += 1
+        out = self.conv._conv_forward(x, self.conv.weight, self.conv.bias)
+        return out * float("nan") if self.calls > self.n else out
+
+
+def nan_net(n: int) -> nn.Module:
+    return nn.Sequential(NaNAfter(n), nn.ReLU())
+
+
+def test_nan_stops_and_keeps_last_good_image():
+    net = nan_net(20)
+    res = render(net, channel("0", 0), size=16, steps=100, check_every=8, preset="lucid2017")
+    assert res.stopped == "non-finite" and not res.ok
+    assert "NaN" in res.message and "step 21" in res.message
+    assert torch.isfinite(res.images).all()
+    assert res.steps == 24 and hook_count(net) == 0
+
+
+def test_until_prob_stops_early():
+    net = colour_net()
+    res = render(net, class_logit(0), steps=500, lr=0.05, until_prob=0.5, check_every=4, **PIXEL)
+    assert res.stopped == "until_prob" and res.steps < 500
+    assert res.probs[0] >= 0.5
+
+
+def test_octaves_and_custom_photo_param(tiny_cnn):
+    res = render(tiny_cnn, channel("4", 0), size=48, steps=12, octaves=3, preset="lucid2017")
+    assert res.images.shape == (1, 3, 48, 48) and res.values.shape == (12, 1)
+    photo = torch.rand(1, 3, 40, 56)
+    p = PixelImage.from_image(photo)
+    res = render(tiny_cnn, layer_l2("4"), param=p, steps=5, lr=0.01, transforms=Roll(4), regularizers=[BoundedRange()])
+    assert res.images.shape == (1, 3, 40, 56)
+    assert (res.images - photo).abs().max() < 0.1 and not torch.equal(res.images, photo)
+
+
+def test_fourier_param_round_trip_and_range():
+    x = torch.rand(2, 3, 20, 33) * 0.9 + 0.05
+    p = FourierImage.from_image(x)
+    assert p().shape == (2, 3, 20, 33)
+    assert (p() - x).abs().max() < 1e-4
+    q = FourierImage(3, 24, 24, sd=5.0, generator=torch.Generator().manual_seed(0))
+    y = q()
+    assert y.min() >= 0 and y.max() <= 1
+    r = q.resized(32, 40)
+    assert r().shape == (3, 3, 32, 40)
+
+
+def test_transforms_shapes_and_generator():
+    x = torch.rand(2, 3, 32, 32)
+    g = torch.Generator().manual_seed(0)
+    assert Jitter(4)(x, g).shape == (2, 3, 28, 28)
+    assert Pad(3)(x, g).shape == (2, 3, 38, 38)
+    assert Roll(3)(x, g).shape == x.shape
+    assert RandomRotate([0])(x, g) is x
+    assert RandomScale([0.5])(x, g).shape == (2, 3, 16, 16)
+    assert RandomAffine(scale=(1, 1), degrees=0)(x, g).sub(x).abs().max() < 1e-5
+    t = standard_transforms()
+    a = t(x, torch.Generator().manual_seed(5))
+    b = t(x, torch.Generator().manual_seed(5))
+    assert torch.equal(a, b)
+    # differentiable
+    x.requires_grad_(True)
+    RandomAffine(degrees=20, translate=3)(x, g).sum().backward()
+    assert x.grad is not None and math.isfinite(float(x.grad.sum()))
+
+
+def test_gradient_rms_normalizes():
+    p = PixelImage(2, 8, 8)
+    p.pixels.grad = torch.randn(2, 3, 8, 8) * torch.tensor([100.0, 0.01]).view(2, 1, 1, 1)
+    GradientRMS().on_grad(p)
+    rms = p.pixels.grad.pow(2).flatten(1).mean(1).sqrt()
+    assert torch.allclose(rms, torch.ones(2), atol=1e-4)
+
+
+def test_custom_objective():
+    net = colour_net()
+    obj = Objective(lambda acts: -acts["0"][:, 1].flatten(1).mean(1), ["0"], "less green")
+    res = render(net, obj, steps=100, lr=0.05, **PIXEL)
+    assert res.images[0, 1].max() < 0.01
