@@ -50,6 +50,7 @@ class DeconvResult:
     reconstructions: list[Tensor]     # (k, 3, H, W) projections into input space
     max_pools: int = 0                # max-pool layers crossed (0: the rule is ReLU + transposed convs)
     notes: list[str] = field(default_factory=list)
+    engine: str = "chain"             # 'chain': explicit batched rules; 'autograd': graph with skips
 
 
 def default_layers(model) -> list[str]:
@@ -120,18 +121,27 @@ def deconvnet(model, x: Tensor, layers: Sequence[str] | None = None, top: int = 
     def count_pool(mod, inp, out):
         pools[0] += 1
 
+    tape: list[tuple[nn.Module, object, Tensor]] = []
+
+    def record(mod, inp, out):
+        tape.append((mod, inp[0] if inp else None, out))
+
     handles = []
     with model_guard(module), torch.enable_grad(), modified_relu(module, "deconvnet", _relu_types()):
         try:
             handles += _zf_hooks(module)
+            for m in module.modules():
+                if not list(m.children()):
+                    handles.append(m.register_forward_hook(record))
             for n in uniq:  # after the ReLU-rule hooks, so a ReLU layer's seed goes through its rule
                 handles.append(module.get_submodule(n).register_forward_hook(hook(n)))
             for m in module.modules():
                 if isinstance(m, (nn.MaxPool2d, nn.MaxPool1d, nn.MaxPool3d)):
                     handles.append(m.register_forward_hook(count_pool))
             xg = x.requires_grad_(True)
+            x_in = normalize(xg) if normalize is not None else xg
             try:
-                module(normalize(xg) if normalize is not None else xg)
+                module(x_in)
             except _Stop:
                 pass
             missing = [n for n in uniq if n not in orig]
@@ -142,7 +152,11 @@ def deconvnet(model, x: Tensor, layers: Sequence[str] | None = None, top: int = 
                     raise CnnvisError(f"layer {n!r} has no feature maps (output shape {tuple(orig[n].shape[1:])}); "
                                       f"deconvnet needs conv layers")
             per = {n: _seeds(orig[n], top, seed) for n in uniq}
-            recon = _sweep(order, orig, xg, {n: per[n][3] for n in uniq})
+            sd = {n: per[n][3] for n in uniq}
+            recon = _chain_sweep(tape, order, orig, x_in, xg, sd)
+            engine = "chain"
+            if recon is None:
+                recon, engine = _sweep(order, orig, xg, sd), "autograd"
         finally:
             for h in handles:
                 h.remove()
@@ -153,7 +167,7 @@ def deconvnet(model, x: Tensor, layers: Sequence[str] | None = None, top: int = 
         layers=names, labels=labels,
         channels=[per[n][0].cpu() for n in names], norms=[per[n][1].cpu() for n in names],
         activations=[per[n][2].cpu() for n in names], reconstructions=[recon[n].cpu() for n in names],
-        max_pools=pools[0], notes=notes)
+        max_pools=pools[0], notes=notes, engine=engine)
 
 
 def _sweep(order: list[str], orig: dict[str, Tensor], x: Tensor, seeds: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -190,10 +204,7 @@ def _sweep(order: list[str], orig: dict[str, Tensor], x: Tensor, seeds: dict[str
         if below is not None and not _all_paths_through([orig[g] for g in group], below, x):
             continue  # a skip connection jumps over `below`: seed it in this segment
         target = below if below is not None else x
-        (g,) = torch.autograd.grad([orig[g] for g in group], [target], [grads_at[g] for g in group],
-                                   is_grads_batched=True, retain_graph=below is not None, allow_unused=True)
-        if g is None:
-            g = torch.zeros((n, *target.shape), dtype=x.dtype, device=x.device)
+        g = _batched_vjp([orig[g] for g in group], target, [grads_at[g] for g in group], keep=below is not None)
         group.clear()
         grads_at.clear()
         if below is None:
@@ -206,6 +217,111 @@ def _sweep(order: list[str], orig: dict[str, Tensor], x: Tensor, seeds: dict[str
             group.append(order[i - 1])
             rows.append((order[i - 1], k))
             n += k
+    out, at = {}, 0
+    for name, k in rows:
+        out[name] = gx[at:at + k, 0].detach()
+        at += k
+    return out
+
+
+def _batched_vjp(outputs: list[Tensor], target: Tensor, grads: list[Tensor], keep: bool) -> Tensor:
+    """(n, ...) cotangents per output -> (n, 1, ...) signal at `target`, one autograd call per row.
+
+    (autograd's is_grads_batched runs convolutions row by row anyway, slower than this loop.)
+    """
+    n = grads[0].shape[0]
+    out = []
+    for r in range(n):
+        (g,) = torch.autograd.grad(outputs, [target], [gr[r] for gr in grads], retain_graph=keep or r < n - 1,
+                                   allow_unused=True)
+        out.append(torch.zeros_like(target) if g is None else g)
+    return torch.stack(out)
+
+
+def _conv_geometry(mod: nn.Conv2d, x: Tensor, out: Tensor):
+    """(pad, output_padding, crop) for the transposed conv that maps `out` back onto `x`, or None."""
+    k, s, d = mod.kernel_size, mod.stride, mod.dilation
+    if type(mod).__name__ == "Conv2dSame":  # timm: pad_same() then an unpadded conv
+        from timm.layers.padding import get_same_padding
+
+        ph = get_same_padding(x.shape[-2], k[0], s[0], d[0])
+        pw = get_same_padding(x.shape[-1], k[1], s[1], d[1])
+        size = (x.shape[-2] + ph, x.shape[-1] + pw)
+        pad, crop = (0, 0), (ph // 2, x.shape[-2], pw // 2, x.shape[-1])
+    elif type(mod) is nn.Conv2d and mod.padding_mode == "zeros" and not isinstance(mod.padding, str):
+        size, pad, crop = tuple(x.shape[-2:]), tuple(mod.padding), None
+    else:
+        return None
+    full = [(out.shape[-2 + i] - 1) * s[i] - 2 * pad[i] + d[i] * (k[i] - 1) + 1 for i in range(2)]
+    out_pad = tuple(size[i] - full[i] for i in range(2))
+    if min(out_pad) < 0 or any(out_pad[i] >= max(s[i], d[i]) for i in range(2)):
+        return None
+    return pad, out_pad, crop
+
+
+def _conv_t(g: Tensor, mod: nn.Conv2d, geom) -> Tensor:
+    pad, out_pad, crop = geom
+    gx = F.conv_transpose2d(g, mod.weight.detach(), None, mod.stride, pad, out_pad, mod.groups, mod.dilation)
+    if crop is not None:
+        t, h, left, w = crop
+        gx = gx[..., t:t + h, left:left + w]
+    return gx
+
+
+def _chain_sweep(tape, order, orig, x_in: Tensor, x: Tensor, seeds: dict[str, Tensor]) -> dict[str, Tensor] | None:
+    """The Z&F rules run explicitly, batched, on a plain chain of modules (VGG-like trunks).
+
+    Returns None when the network is not a simple chain of conv / max-pool / ReLU-like / BN /
+    identity modules from the input to the deepest chosen layer (then autograd does the sweep).
+    """
+    from cnnvis.attribution.modified_relu import RELU_LIKE
+
+    if not tape:
+        return None
+    deepest = orig[order[-1]]
+    end = next((j for j, (_, _, o) in enumerate(tape) if o is deepest), None)
+    if end is None or tape[0][1] is not x_in:
+        return None
+    tape = tape[:end + 1]
+    for j, (m, inp, out) in enumerate(tape):
+        if j and inp is not tape[j - 1][2]:
+            return None
+        ok = (isinstance(m, RELU_LIKE) or type(m) in (nn.Identity, nn.Dropout, nn.Dropout2d)
+              or (type(m) is nn.BatchNorm2d and not m.training and m.track_running_stats)
+              or (isinstance(m, nn.Conv2d) and _conv_geometry(m, inp, out) is not None)
+              or (type(m) is nn.MaxPool2d and not m.return_indices))
+        if not ok or not torch.is_tensor(inp) or inp.dim() != 4:
+            return None
+    at_out = {id(o): n for n, o in orig.items()}
+    rows: list[tuple[str, int]] = []
+    G: Tensor | None = None
+    with torch.no_grad():
+        for m, inp, out in reversed(tape):
+            name = at_out.get(id(out))
+            if name is not None and all(r[0] != name for r in rows):
+                s = seeds[name][:, 0]
+                G = s if G is None else torch.cat([G, s])
+                rows.append((name, s.shape[0]))
+            if G is None:
+                continue
+            if isinstance(m, RELU_LIKE):
+                G = G.clamp(min=0)
+            elif isinstance(m, nn.Conv2d):
+                G = _conv_t(G, m, _conv_geometry(m, inp, out))
+            elif isinstance(m, nn.BatchNorm2d):
+                scale = torch.rsqrt(m.running_var + m.eps)
+                if m.weight is not None:
+                    scale = scale * m.weight
+                G = G * scale.view(1, -1, 1, 1)
+            elif isinstance(m, nn.MaxPool2d):
+                _, sw = F.max_pool2d(inp, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode, True)
+                H, W = inp.shape[-2:]
+                flat = G.new_zeros((*G.shape[:2], H * W))
+                idx = sw.reshape(1, sw.shape[1], -1).expand(G.shape[0], -1, -1)
+                G = flat.scatter_add(2, idx, G.reshape(*G.shape[:2], -1)).reshape(*G.shape[:2], H, W)
+    # the preprocessing (per-channel affine, maybe an RGB->BGR flip) back to [0, 1] pixels
+    gx = torch.stack([torch.autograd.grad(x_in, x, G[r:r + 1], retain_graph=True)[0] for r in range(G.shape[0])]) \
+        if x_in is not x else G.unsqueeze(1)
     out, at = {}, 0
     for name, k in rows:
         out[name] = gx[at:at + k, 0].detach()
@@ -260,7 +376,7 @@ def deconvnet_loop(model, x: Tensor, layers: Sequence[str] | None = None, top: i
                 rs.append(g[0])
             chans.append(ch.cpu()), norms.append(nk.cpu()), maps.append(mp.cpu())
             recons.append(torch.stack(rs).cpu())
-    return DeconvResult(names, labels, chans, norms, maps, recons)
+    return DeconvResult(names, labels, chans, norms, maps, recons, engine="loop")
 
 
 class _ConvT(torch.autograd.Function):
