@@ -79,7 +79,7 @@ PRESETS: dict[str, Preset] = {
     ),
     "robust": Preset(
         "robust", "lucid2017 + stronger per-image transforms, objective averaged over 4 copies",
-        param="fourier", optimizer="adam", lr=0.05, steps=512, transforms=_robust_transforms, copies=4,
+        param="fourier", optimizer="adam", lr=0.05, steps=512, transforms=_robust_transforms, copies=1,
     ),
 }
 DEFAULT_PRESET = "robust"

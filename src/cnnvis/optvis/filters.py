@@ -1,0 +1,65 @@
+"""Filter grids: render the first N (or chosen) channels of several layers, one batch per layer.
+
+    rows = render_filters(vm, default_layers(vm), 10, steps=128, size=128)
+    # [(layer, [0..9], images (10, 3, 128, 128), final objective values (10,)), ...]
+"""
+
+from __future__ import annotations
+
+
+def default_layers(vm) -> list[str]:
+    """Classic conv aliases (conv1_1..conv5_3), else stage aliases, else every Conv2d."""
+    import re
+
+    from cnnvis.layers import conv_layers
+
+    convs = [a for a in vm.aliases if re.fullmatch(r"conv\d+_\d+", a)]
+    if convs:
+        return convs
+    stages = [a for a in vm.aliases if re.fullmatch(r"stage\d+", a)]
+    return stages or conv_layers(vm)
+
+
+def all_conv_layers(vm) -> list[str]:
+    """Every Conv2d, named by its alias where it has one."""
+    from cnnvis.layers import conv_layers
+
+    rev = {}
+    for a, n in vm.aliases.items():
+        rev.setdefault(n, a)
+    return [rev.get(n, n) for n in conv_layers(vm)]
+
+
+def render_filters(vm, layers, channels, *, preset=None, steps=None, size=128, seed=0, batch=16, progress=None):
+    """Render `channels` (list, or an int = first n) of each layer; returns [(layer, chans, images (n,3,H,W), values (n,))]."""
+    import torch
+
+    from cnnvis.errors import CnnvisError
+    from cnnvis.layers import list_layers, resolve_layer
+    from cnnvis.optvis import channel, render
+    from cnnvis.utils import progress_iter
+
+    shapes = {i.name: i.shape for i in list_layers(vm, size)}
+    plan = []
+    for layer in layers:
+        name = resolve_layer(vm, layer)
+        shape = shapes.get(name)
+        if not shape:
+            raise CnnvisError(f"layer {layer!r} did not produce a tensor output for a {size}px input")
+        c = shape[0]
+        chans = list(range(min(channels, c))) if isinstance(channels, int) else list(channels)
+        bad = [k for k in chans if not 0 <= k < c]
+        if bad:
+            raise CnnvisError(f"channel {bad[0]} is out of range for layer {layer!r}, which has {c} channels (0..{c - 1})")
+        plan.append((layer, chans))
+    rows = []
+    for layer, chans in progress_iter(plan, total=len(plan), desc="layers", progress=progress):
+        imgs, vals = [], []
+        for k in range(0, len(chans), batch):
+            part = chans[k:k + batch]
+            res = render(vm, channel(layer, part), preset=preset, steps=steps, size=size, seed=seed,
+                         progress=progress, desc=f"{layer}")
+            imgs.append(res.images)
+            vals.append(res.final_values)
+        rows.append((layer, chans, torch.cat(imgs), torch.cat(vals)))
+    return rows
