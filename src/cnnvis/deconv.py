@@ -133,11 +133,11 @@ def deconvnet(model, x: Tensor, layers: Sequence[str] | None = None, top: int = 
             for m in module.modules():
                 if not list(m.children()):
                     handles.append(m.register_forward_hook(record))
-            for n in uniq:  # after the ReLU-rule hooks, so a ReLU layer's seed goes through its rule
-                handles.append(module.get_submodule(n).register_forward_hook(hook(n)))
             for m in module.modules():
                 if isinstance(m, (nn.MaxPool2d, nn.MaxPool1d, nn.MaxPool3d)):
                     handles.append(m.register_forward_hook(count_pool))
+            for n in uniq:  # after the ReLU-rule hooks, so a ReLU layer's seed goes through its rule
+                handles.append(module.get_submodule(n).register_forward_hook(hook(n)))
             xg = x.requires_grad_(True)
             x_in = normalize(xg) if normalize is not None else xg
             try:
