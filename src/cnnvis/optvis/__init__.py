@@ -21,7 +21,7 @@ from cnnvis.optvis.regularizers import (
 from cnnvis.optvis.render import RenderResult, quantize, render
 from cnnvis.optvis.robustness import PERTURBATIONS, robustness
 from cnnvis.optvis.transforms import (
-    Compose, Jitter, Pad, RandomAffine, RandomRotate, RandomScale, Roll, standard_transforms,
+    Compose, Jitter, Pad, RandomAffine, RandomBlur, RandomRotate, RandomScale, Roll, standard_transforms,
 )
 
 __all__ = [
@@ -31,5 +31,5 @@ __all__ = [
     "BoundedRange", "ClipSmallContribution", "ClipSmallNorm", "GaussianBlur", "GradientRMS", "L2Decay",
     "Regularizer", "TotalVariation", "gaussian_blur", "total_variation",
     "RenderResult", "quantize", "render", "PERTURBATIONS", "robustness",
-    "Compose", "Jitter", "Pad", "RandomAffine", "RandomRotate", "RandomScale", "Roll", "standard_transforms",
+    "Compose", "Jitter", "Pad", "RandomAffine", "RandomBlur", "RandomRotate", "RandomScale", "Roll", "standard_transforms",
 ]

@@ -137,7 +137,7 @@ class ClipSmallNorm(Regularizer):
             return
         p = param.pixels
         norm = (p - GREY).norm(dim=1)
-        keep = (norm >= _per_image_threshold(norm, self.percentile)).unsqueeze(1)
+        keep = (norm > _per_image_threshold(norm, self.percentile)).unsqueeze(1)
         p.copy_(torch.where(keep, p, torch.full_like(p, GREY)))
 
 
@@ -161,7 +161,7 @@ class ClipSmallContribution(Regularizer):
             return
         p = param.pixels
         contrib = ((p - GREY) * self._grad).abs().sum(1)
-        keep = (contrib >= _per_image_threshold(contrib, self.percentile)).unsqueeze(1)
+        keep = (contrib > _per_image_threshold(contrib, self.percentile)).unsqueeze(1)
         p.copy_(torch.where(keep, p, torch.full_like(p, GREY)))
 
 

@@ -169,3 +169,23 @@ def standard_transforms() -> Compose:
         RandomRotate(list(range(-10, 11)) + [0] * 5),
         Jitter(4),
     ])
+
+
+class RandomBlur:
+    """Gaussian blur with sigma drawn uniformly from [0, max_sigma] (px); with probability `p`, else identity.
+
+    Asks the objective to survive the loss of the finest detail (as after a rescale or blur)."""
+
+    def __init__(self, max_sigma: float = 1.0, p: float = 0.5):
+        self.max_sigma, self.p = float(max_sigma), float(p)
+
+    def __call__(self, x: Tensor, g: torch.Generator) -> Tensor:
+        from cnnvis.optvis.regularizers import gaussian_blur
+
+        u = torch.rand(2, generator=g)
+        if float(u[0]) >= self.p:
+            return x
+        return gaussian_blur(x, max(0.05, float(u[1]) * self.max_sigma))
+
+    def __repr__(self):
+        return f"RandomBlur({self.max_sigma}, p={self.p})"
