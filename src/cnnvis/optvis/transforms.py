@@ -114,11 +114,15 @@ class RandomAffine:
     """Scale, rotation and translation in ONE bilinear resampling, drawn independently per image.
 
     scale: (lo, hi) zoom factor range; degrees: max |angle|; translate: max shift in pixels.
-    Same output size; pixels pulled from outside are reflected.
+    soften: (p, f) with probability p the batch is resampled on a grid up to f times coarser and
+    bilinearly upsampled back: a random loss of fine detail (like a blur or a rescale) at no extra
+    cost. Same output size; pixels pulled from outside are reflected.
     """
 
-    def __init__(self, scale: tuple[float, float] = (0.95, 1.05), degrees: float = 5.0, translate: float = 0.0):
+    def __init__(self, scale: tuple[float, float] = (0.95, 1.05), degrees: float = 5.0, translate: float = 0.0,
+                 soften: tuple[float, float] = (0.0, 1.0)):
         self.scale, self.degrees, self.translate = scale, float(degrees), float(translate)
+        self.soften = (float(soften[0]), float(soften[1]))
 
     def __call__(self, x: Tensor, g: torch.Generator) -> Tensor:
         b, _, h, w = x.shape
@@ -127,21 +131,32 @@ class RandomAffine:
         s = lo + (hi - lo) * u[:, 0]
         ang = (2 * u[:, 1] - 1) * math.radians(self.degrees)
         t = (2 * u[:, 2:] - 1) * self.translate * 2 / torch.tensor([w, h], dtype=torch.float32)
+        p, f = self.soften
+        if p > 0:
+            v = torch.rand(2, generator=g)
+            if float(v[0]) < p:
+                k = 1 + float(v[1]) * (f - 1)
+                y = _affine(x, ang, s, t, size=(max(1, round(h / k)), max(1, round(w / k))))
+                return F.interpolate(y, size=(h, w), mode="bilinear", align_corners=False)
         return _affine(x, ang, s, t)
 
     def __repr__(self):
-        return f"RandomAffine(scale={self.scale}, degrees={self.degrees}, translate={self.translate})"
+        return (f"RandomAffine(scale={self.scale}, degrees={self.degrees}, translate={self.translate}, "
+                f"soften={self.soften})")
 
 
-def _affine(x: Tensor, angle: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
-    """Per-image rotation (radians), zoom and shift (normalized units) via one grid_sample. CPU params in."""
+def _affine(x: Tensor, angle: Tensor, scale: Tensor, shift: Tensor, size: tuple[int, int] | None = None) -> Tensor:
+    """Per-image rotation (radians), zoom and shift (normalized units) via one grid_sample. CPU params in.
+
+    size: output (h, w) (default: x's); a smaller size samples the same view more coarsely."""
     b, _, h, w = x.shape
+    oh, ow = size or (h, w)
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     ar = w / h  # rotate in pixel space, not in the unit square
     theta = torch.stack([
         torch.stack([cos, -sin / ar, shift[:, 0]], 1),
         torch.stack([sin * ar, cos, shift[:, 1]], 1)], 1).to(device=x.device, dtype=x.dtype, non_blocking=True)
-    grid = F.affine_grid(theta, [b, x.shape[1], h, w], align_corners=False)
+    grid = F.affine_grid(theta, [b, x.shape[1], oh, ow], align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
