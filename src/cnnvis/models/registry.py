@@ -261,6 +261,9 @@ def _download_hint(name: str, url: str) -> str:
     )
 
 
+KERAS_VGG_MEAN_BGR = (103.939, 116.779, 123.68)  # keras.applications.vgg16 'caffe' preprocessing
+
+
 def _torchvision_builder(name: str, extra: dict):
     def build(weights) -> VisModel:
         from torchvision.models import get_model, get_model_weights
@@ -268,49 +271,41 @@ def _torchvision_builder(name: str, extra: dict):
         from cnnvis.models.weights import apply_state_dict, keras_vgg16_to_torchvision, read_keras_h5, read_state_dict
 
         enum = get_model_weights(name).DEFAULT
-        kw = dict(extra)
-        if weights == "random":
-            kw = {k: v for k, v in kw.items() if k != "init_weights"}
-            kw["aux_logits"] = False if "aux_logits" in kw else None
-            kw = {k: v for k, v in kw.items() if v is not None}
-            kw.pop("transform_input", None)
+        random = weights == "random"
+        # pretrained layouts (aux heads, transform_input) as torchvision's builders make them
+        kw = ({"aux_logits": False, "init_weights": False} if "aux_logits" in extra else {}) if random else dict(extra)
         model = get_model(name, weights=None, **kw)
-        labels: Sequence[str] | None = imagenet_labels()
+        t = enum.transforms()
+        prep = Preprocess(tuple(t.mean), tuple(t.std), resize=int(t.resize_size[0]), crop=int(t.crop_size[0]))
+        desc = _REGISTRY[name].description
         if weights in (None, "pretrained"):
+            source = f"torchvision weights for {name!r}"
             try:
                 sd = enum.get_state_dict(progress=True, check_hash=False)
             except Exception as e:  # URLError, socket errors, HTTP errors
                 raise CnnvisError(_download_hint(name, enum.url) + f" [{type(e).__name__}]") from None
-            apply_state_dict(model, sd, source=f"torchvision weights for {name!r}")
-        elif weights != "random":
+        elif not random:
             path = str(weights)
-            src = f"weights {os.path.basename(path)!r}"
+            source = f"weights {os.path.basename(path)!r}"
             if path.lower().endswith((".h5", ".hdf5")):
-                if not name.startswith("vgg16") or name == "vgg16_bn":
+                if name != "vgg16":
                     raise CnnvisError(f"Keras .h5 weights are supported for vgg16 (and vgg16_hed), not {name!r}")
                 layers = read_keras_h5(path)
                 _fit_vgg_classifier(model, layers)
-                sd = keras_vgg16_to_torchvision(layers, model, source=src)
-                labels = imagenet_labels() if model.classifier[-1].out_features == 1000 else None
-                # Keras VGG16 expects caffe-style BGR minus mean
-                apply_state_dict(model, sd, source=src)
-                if "aux_logits" in kw:
-                    _drop_aux(model)
-                return VisModel(name, model, Preprocess.caffe_bgr((103.939, 116.779, 123.68)), labels, aliases=vgg_aliases(model),
-                                description=f"torchvision {name} with Keras weights {os.path.basename(path)}")
-            sd = read_state_dict(path)
-            _fit_classifier(model, sd)
-            apply_state_dict(model, sd, source=src)
-            n_out = [m for m in model.modules() if isinstance(m, nn.Linear)]
-            if n_out and n_out[-1].out_features != 1000:
-                labels = None
-        if "aux_logits" in kw and weights != "random":
-            _drop_aux(model)
-        t = enum.transforms()
-        prep = Preprocess(tuple(t.mean), tuple(t.std), resize=int(t.resize_size[0]), crop=int(t.crop_size[0]))
+                sd = keras_vgg16_to_torchvision(layers, model, source=source)
+                prep = Preprocess.caffe_bgr(KERAS_VGG_MEAN_BGR)  # Keras VGG16 wants BGR minus the mean
+                desc = f"torchvision {name} with Keras weights {os.path.basename(path)}"
+            else:
+                sd = read_state_dict(path)
+                _fit_classifier(model, sd)
+        if not random:
+            apply_state_dict(model, sd, source=source)
+            if "aux_logits" in kw:
+                _drop_aux(model)
+        linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+        labels = imagenet_labels() if not linears or linears[-1].out_features == 1000 else None
         return VisModel(name, model, prep, labels, aliases=vgg_aliases(model),
-                        min_size=75 if name == "inception_v3" else 32,
-                        description=_REGISTRY[name].description)
+                        min_size=75 if name == "inception_v3" else 32, description=desc)
 
     return build
 

@@ -11,8 +11,9 @@ def _prob_table(rob: dict) -> str:
     from cnnvis.optvis import PERTURBATIONS
 
     rows = [("PNG re-read from disk", rob["png"])] + [(PERTURBATIONS[k], rob[k]) for k in PERTURBATIONS]
+    red = ' style="color:#b00"'
     return "<table>" + "".join(
-        f"<tr><td>{esc(n)}</td><td class='num'{' style=\"color:#b00\"' if v < 0.9 else ''}>{v:.3f}</td></tr>"
+        f"<tr><td>{esc(n)}</td><td class='num'{red if v < 0.9 else ''}>{v:.3f}</td></tr>"
         for n, v in rows) + "</table>"
 
 
