@@ -48,10 +48,13 @@ def parse_ints(s: str | None, what: str) -> list[int] | None:
               help="Stop once the 8-bit image reaches this probability (0 = run all steps).")
 @click.option("--robust-prob", type=float, default=0.95, show_default=True,
               help="...and this probability under each of the four perturbations (0 = do not require it).")
+@click.option("--min-steps", type=click.IntRange(0, 100000), default=128, show_default=True,
+              help="Never stop before this many steps (early stops give faint images).")
 @click.option("--out", "-o", required=True, type=click.Path(), help="Output PNG.")
 @seed_option
 @json_option
-def class_cmd(args, model, weights, device, preset, steps, size, until_prob, robust_prob, out, seed, as_json) -> None:
+def class_cmd(args, model, weights, device, preset, steps, size, until_prob, robust_prob, min_steps, out, seed,
+              as_json) -> None:
     """Render an image the model sees as CLASS (name or index), save it, and check it.
 
     Prints the probability the model gives the saved PNG re-read from disk, its top-5, and the
@@ -76,7 +79,7 @@ def class_cmd(args, model, weights, device, preset, steps, size, until_prob, rob
     target = vm.class_index(targets[0])
     res = render(vm, class_logit(target), preset=pre, steps=steps, size=size,
                  until_prob=until_prob or None, until_robust=(robust_prob or None) if until_prob else None,
-                 seed=seed, progress=not no_progress() and not as_json, desc=f"class {vm.label(target)}")
+                 min_steps=min_steps, seed=seed, progress=not no_progress() and not as_json, desc=f"class {vm.label(target)}")
     save_png(res.images, out)
     x = to_tensor(load_image(out))  # the 8-bit file, as a user would feed it back
     probs = predict_probs(vm, x)

@@ -7,10 +7,10 @@
                   networks through deep visualization", 2015)
     lucid2017     Fourier spectrum + decorrelated colour + sigmoid, Adam, Lucid's standard
                   transforms (Olah, Mordvintsev & Schubert, "Feature Visualization", Distill 2017)
-    robust        (the default) lucid2017's parameterization with stronger random transforms that
-                  keep the image size: reflect padding, jitter 16 + 8 px, per-image zoom 0.85-1.2,
-                  rotation +-10 degrees and shift +-8 px in one bilinear resampling, and a random
-                  Gaussian blur (sigma 0-1 px) on half the steps
+    robust        (the default) lucid2017's parameterization with stronger random transforms in
+                  ONE bilinear resampling that keeps the image size: per-image zoom 0.85-1.2,
+                  rotation +-10 degrees, shift +-16 px, and on half the steps a grid up to 2x
+                  coarser (a random loss of fine detail, like a blur or a rescale); then jitter 8
 
 Why `robust` is the default. A class image should be a picture the model recognises, not
 adversarial noise, so `cnnvis class` re-classifies the saved PNG after a 1-px blur, 2x
@@ -27,8 +27,8 @@ decay/blur/clipping remove part of them; the Fourier/decorrelated parameterizati
 gives natural colours and low frequencies first. `robust` keeps that and asks the objective to
 hold under the whole family of shifts, zooms, rotations and blurs at every step (a form of
 expectation over transformations, Athalye et al. 2018), at the same cost per step as lucid2017
-(its transforms do not enlarge the image). The same transforms without the random blur left
-magpie at 0.72 after 2x down/up-scaling. `copies=` averages the objective over several
+(its transforms do not enlarge the image). Without the random coarsening, the same transforms
+left magpie at 0.72 after 2x down/up-scaling. `copies=` averages the objective over several
 transformed copies per step, for yet more robustness at that many times the compute.
 """
 

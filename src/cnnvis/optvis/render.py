@@ -110,6 +110,7 @@ def render(
     octaves: int | None = None,
     until_prob: float | None = None,
     until_robust: float | None = None,
+    min_steps: int = 0,
     check_every: int = 16,
     seed: int = 0,
     generator: torch.Generator | None = None,
@@ -270,7 +271,7 @@ def render(
                                    f"kept the last finite image (from step {good_step})")
                         break
                     last_good, good_step = img.detach().clone(), n_run
-                    if until_prob is not None and img.shape[-2:] == sizes[-1]:
+                    if until_prob is not None and n_run >= min_steps and img.shape[-2:] == sizes[-1]:
                         if _reached(cap, normalize, img, tgt, until_prob, until_robust):
                             stopped = "until_prob"
                             message = f"reached probability {until_prob} at step {n_run}" + (

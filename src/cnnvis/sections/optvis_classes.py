@@ -32,16 +32,18 @@ def render(ctx: ReportContext) -> str:
     vm = ctx.vm
     if vm.task != "classification":
         return f"<p>{esc(vm.name)} is not a classifier ({esc(vm.task)}); no class images.</p>"
-    steps = 192 if ctx.quick else 512
+    steps, min_steps = (192, 64) if ctx.quick else (512, 256)
     html, data = [], {}
-    note = (f"<p class='note'>Quick mode: at most {steps} steps per class (full report: 512), and the preset "
-            f"comparison uses 48 steps.</p>") if ctx.quick else ""
-    html.append(note + f"<p>Preset <b>{DEFAULT_PRESET}</b>, 224 px, seed {ctx.seed}; each render stops once the "
-                "8-bit image reaches probability 0.99 and at least 0.95 under each perturbation. Numbers are the "
-                "model's probability for the class, measured on the PNG file as saved.</p>")
+    note = (f"<p class='note'>Quick mode: {min_steps} to {steps} steps per class (full report: 256 to 512), and "
+            f"the preset comparison uses 48 steps.</p>") if ctx.quick else ""
+    html.append(note + f"<p>Preset <b>{DEFAULT_PRESET}</b>, 224 px, seed {ctx.seed}; after at least {min_steps} "
+                "steps each render stops once the 8-bit image reaches probability 0.99 and at least 0.95 under each "
+                "perturbation. Numbers are the model's probability for the class, measured on the PNG file as "
+                "saved.</p>")
     for name in CLASSES:
         t = vm.class_index(name)
-        res = optimize(vm, class_logit(t), steps=steps, until_prob=0.99, until_robust=0.95, seed=ctx.seed,
+        res = optimize(vm, class_logit(t), steps=steps, until_prob=0.99, until_robust=0.95, min_steps=min_steps,
+                       seed=ctx.seed,
                        progress=ctx.progress, desc=f"class {name}")
         rel = ctx.save(res.images, f"class_{name.replace(' ', '_')}.png")
         rob = _check(ctx, rel, t)
