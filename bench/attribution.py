@@ -1,18 +1,26 @@
-"""Attribution benchmark (not a test): ratios measured in one run.
+"""Attribution benchmark (not a test): ratios measured in one run, interleaved, medians of rounds.
 
-    .venv/bin/python bench/attribution.py [--size 224] [--quick]
+    .venv/bin/python bench/attribution.py [--size 224] [--rounds 3] [--skip-deconv] [--skip-methods]
+
+The machine may be shared (noisy): every contender is timed once per round, in turn, for
+`--rounds` rounds; the report gives the median time of each and the median of the per-round
+ratios (each ratio taken between runs made seconds apart, under the same load).
 
 1. Deconvnet, all 13 conv layers x top-3 of a random torchvision vgg16:
    ours (one forward + one batched sweep) vs a loop of 39 Captum `Deconvolution` calls vs
    one forward + 39 separate backward passes (`retain_graph`), and the floor = one forward + the
-   sum of each layer's backward cost (measured: one backward per layer, times k).
-2. Every method vs one forward+backward of the embedded model (the physical limit); IG(50) and
-   SmoothGrad(25) vs 50 / 25 batched passes.
+   sum of the backward costs from each layer (each of the 39 backward passes timed on its own,
+   Python overhead between them left out).
+2. Every method vs one forward+backward of the embedded model (the physical limit); IG and
+   SmoothGrad vs the same number of batched forward+backward passes, with the same chunking
+   (batch size) the method uses, on the same image size: e.g. IG(50 steps, batch_size=50) vs
+   one forward+backward of a batch of 50.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 import warnings
 
@@ -22,16 +30,27 @@ from torch import nn
 warnings.filterwarnings("ignore")
 
 
-def best(fn, reps: int = 2) -> float:
-    ts = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return min(ts)
+def interleaved(fns: dict, rounds: int) -> dict[str, list[float]]:
+    """Time every fn once per round, in turn. A fn may return its own measured time (float)."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            r = fn()
+            times[k].append(r if isinstance(r, float) else time.perf_counter() - t)
+    return times
 
 
-def deconv_bench(size: int, reps: int) -> None:
+def med(v: list[float]) -> float:
+    return statistics.median(v)
+
+
+def ratio(times, a: str, b: str) -> float:
+    """Median over rounds of times[a] / times[b]."""
+    return med([x / y for x, y in zip(times[a], times[b])])
+
+
+def deconv_bench(size: int, rounds: int) -> None:
     from captum.attr import Deconvolution
 
     from cnnvis.attribution.modified_relu import modified_relu
@@ -44,7 +63,7 @@ def deconv_bench(size: int, reps: int) -> None:
     vm = load("vgg16", weights="random")
     x = torch.rand(1, 3, size, size)
     layers = [f"conv{b}_{i}" for b, n in zip(range(1, 6), (2, 2, 3, 3, 3)) for i in range(1, n + 1)]
-    res = deconvnet(vm, x, layers, 3)
+    res = deconvnet(vm, x, layers, 3)  # warm-up; also gives the seeds the others use
     seeds = [(l, int(c), a) for l, ch, acts in zip(res.layers, res.channels, res.activations) for c, a in zip(ch, acts)]
     feats = vm.model.features
 
@@ -71,37 +90,35 @@ def deconv_bench(size: int, reps: int) -> None:
                 s[0, c] = a
                 torch.autograd.grad(outs[l], xg, s, retain_graph=True)
 
-    def floor_parts():
+    def floor():
         with model_guard(vm.model), modified_relu(vm.model, "deconvnet"):
             xg = x.clone().requires_grad_(True)
             t = time.perf_counter()
             with capture(vm, res.layers) as cap:
                 cap.run(xg)
                 outs = {n: cap[n] for n in res.layers}
-            fwd = time.perf_counter() - t
-            bwd = 0.0
-            for l in res.layers:  # one backward per layer, batched over its 3 seeds (what batching can reach)
-                s = torch.zeros((3, *outs[l].shape))
-                for j, (_, c, a) in enumerate([q for q in seeds if q[0] == l]):
-                    s[j, 0, c] = a
+            total = time.perf_counter() - t
+            for l, c, a in seeds:  # one backward per (layer, channel), each timed on its own
+                s = torch.zeros_like(outs[l])
+                s[0, c] = a
                 t = time.perf_counter()
-                for j in range(3):
-                    torch.autograd.grad(outs[l], xg, s[j], retain_graph=True)
-                bwd += time.perf_counter() - t
-            return fwd + bwd
+                torch.autograd.grad(outs[l], xg, s, retain_graph=True)
+                total += time.perf_counter() - t
+            return total
 
-    ours = best(lambda: deconvnet(vm, x, layers, 3), reps)
-    loop = best(captum_loop, 1)
-    many = best(fwd_many_bwd, reps)
-    floor = min(floor_parts() for _ in range(reps))
-    print(f"deconvnet vgg16 13 convs x top-3, {size}px, {torch.get_num_threads()} threads")
-    print(f"  ours, one batched sweep      {ours:7.2f} s")
-    print(f"  39 Captum Deconvolution      {loop:7.2f} s   speed-up {loop / ours:5.2f}x (goal >= 1.8x)")
-    print(f"  1 forward + 39 backward      {many:7.2f} s   speed-up {many / ours:5.2f}x")
-    print(f"  floor (fwd + sum of bwd)     {floor:7.2f} s   ours / floor {ours / floor:5.2f} (goal <= 1.15)")
+    t = interleaved({"ours": lambda: deconvnet(vm, x, layers, 3), "loop": captum_loop,
+                     "many": fwd_many_bwd, "floor": floor}, rounds)
+    print(f"deconvnet vgg16 13 convs x top-3, {size}px, {torch.get_num_threads()} threads, "
+          f"median of {rounds} interleaved rounds (per-round times in brackets)")
+    fmt = lambda k: f"{med(t[k]):7.2f} s  [{' '.join(f'{v:.2f}' for v in t[k])}]"  # noqa: E731
+    print(f"  ours, one batched sweep      {fmt('ours')}")
+    print(f"  39 Captum Deconvolution      {fmt('loop')}   speed-up {ratio(t, 'loop', 'ours'):5.2f}x (goal >= 1.8x)")
+    print(f"  1 forward + 39 backward      {fmt('many')}   speed-up {ratio(t, 'many', 'ours'):5.2f}x")
+    print(f"  floor (fwd + sum of bwd)     {fmt('floor')}   ours / floor {ratio(t, 'ours', 'floor'):5.2f} "
+          f"(goal <= 1.15)")
 
 
-def methods_bench(size: int, reps: int) -> None:
+def methods_bench(size: int, rounds: int) -> None:
     from cnnvis.attribution import method
     from cnnvis.models import load
     from cnnvis.utils import model_guard
@@ -109,30 +126,41 @@ def methods_bench(size: int, reps: int) -> None:
     vm = load("efficientnet_lite0")
     x = torch.rand(1, 3, size, size)
 
-    def fb(batch=1):
-        with model_guard(vm.model):
-            xg = x.repeat(batch, 1, 1, 1).requires_grad_(True)
-            torch.autograd.grad(vm(xg)[:, 0].sum(), xg)
+    def passes(total: int, chunk: int):
+        """`total` images' forward+backward, in batches of `chunk` (the method's own chunking)."""
+        def run():
+            with model_guard(vm.model):
+                for i in range(0, total, chunk):
+                    xg = x.repeat(min(chunk, total - i), 1, 1, 1).requires_grad_(True)
+                    torch.autograd.grad(vm(xg)[:, 0].sum(), xg)
+        return run
 
-    one = best(fb, reps + 1)
-    print(f"\nmethods on efficientnet_lite0, {size}px; one forward+backward = {one * 1000:.0f} ms")
-    for name, opts, limit_batch in [("saliency", {}, 1), ("gradxinput", {}, 1), ("guided", {}, 1),
-                                    ("deconvnet", {}, 1), ("gradcam", {}, 1), ("guided_gradcam", {}, 1),
-                                    ("smoothgrad", {"samples": 25, "batch_size": 25}, 25),
-                                    ("ig", {"steps": 50, "batch_size": 50}, 50)]:
+    print(f"\nmethods on efficientnet_lite0, {size}px, median of {rounds} interleaved rounds "
+          f"(method, then its limit, in turn)")
+    for name, opts, n, chunk in [("saliency", {}, 1, 1), ("gradxinput", {}, 1, 1), ("guided", {}, 1, 1),
+                                 ("deconvnet", {}, 1, 1), ("gradcam", {}, 1, 1), ("guided_gradcam", {}, 1, 1),
+                                 ("smoothgrad", {"samples": 25, "batch_size": 25}, 25, 25),
+                                 ("ig", {"steps": 50, "batch_size": 50}, 50, 50),
+                                 ("ig", {"steps": 50, "batch_size": 10}, 50, 10)]:
         m = method(name, vm, **opts)
-        t = best(lambda: m.attribute(x, 1), reps)
-        lim = one if limit_batch == 1 else best(lambda: fb(limit_batch), reps)
-        what = "1 pass" if limit_batch == 1 else f"{limit_batch} batched passes"
-        print(f"  {name:<15} {t * 1000:8.0f} ms   {t / lim:5.2f}x of {what}")
+        lim = passes(n, chunk)
+        m.attribute(x, 1), lim()  # warm-up
+        t = interleaved({"m": lambda: m.attribute(x, 1), "lim": lim}, rounds)
+        what = "1 forward+backward" if n == 1 else \
+            f"{n} images' forward+backward in {-(-n // chunk)} batch(es) of {chunk}"
+        label = name if n == 1 else f"{name}({n}, batch {chunk})"
+        print(f"  {label:<22} {med(t['m']) * 1000:8.0f} ms   {ratio(t, 'm', 'lim'):5.2f}x of {what} "
+              f"({med(t['lim']) * 1000:.0f} ms)")
 
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--size", type=int, default=224)
-    ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--skip-deconv", action="store_true")
+    ap.add_argument("--skip-methods", action="store_true")
     a = ap.parse_args()
     if not a.skip_deconv:
-        deconv_bench(a.size, a.reps)
-    methods_bench(a.size, a.reps)
+        deconv_bench(a.size, a.rounds)
+    if not a.skip_methods:
+        methods_bench(a.size, a.rounds)
