@@ -16,6 +16,11 @@ One forward pass (batch 1) records everything. Every chosen layer's top-k channe
 projected in ONE batched backward sweep: the sweep starts at the deepest layer with its k seeds,
 goes down segment by segment, and at each shallower chosen layer appends that layer's k seeds to
 the batch. The work is the floor: the sum of each layer's own backward cost, batched.
+On a CPU the batch is cut into blocks of rows of at most `_CPU_BLOCK_NUMEL` elements per tensor
+(at 224 px: one row at full resolution, more deeper down), each carried down to the pixels
+before the next: fresh multi-hundred-MB buffers cost a page fault per 4 KiB (measured: as much
+as the transposed convolutions themselves), while blocks this small are recycled by malloc. On a
+GPU the whole batch goes down as one.
 Seed of a channel (Z&F): its rectified feature map, all other channels zero (`seed='max'`:
 only its strongest unit).
 """

@@ -74,6 +74,7 @@ class IntegratedGradients(Attribution):
     """Sundararajan et al. 2017: (x - baseline) * integral of the gradient along the straight path.
 
     baseline: 0.0 (black), any float (grey = 0.5), or a tensor broadcastable to x.
+    batch_size: path images per forward+backward (default: 10 on a CPU, 64 on a GPU).
     steps / method: 'gausslegendre' (default, as Captum) or 'riemann_left|right|middle|trapezoid'.
     After a call, `self.delta` (B,) = sum(attribution) - (f(x) - f(baseline)) (completeness check).
     """
@@ -81,7 +82,7 @@ class IntegratedGradients(Attribution):
     name = "ig"
 
     def __init__(self, model, *, steps: int = 50, baseline: float | Tensor = 0.0, method: str = "gausslegendre",
-                 batch_size: int = 64) -> None:
+                 batch_size: int | None = None) -> None:
         super().__init__(model)
         if steps < 1:
             raise CnnvisError(f"integrated gradients needs at least 1 step, got {steps}")
@@ -90,7 +91,8 @@ class IntegratedGradients(Attribution):
             from cnnvis.errors import unknown_name
 
             raise unknown_name("integration method", method, valid)
-        self.steps, self.baseline, self.method, self.batch_size = steps, baseline, method, max(1, batch_size)
+        self.steps, self.baseline, self.method = steps, baseline, method
+        self.batch_size = None if batch_size is None else max(1, batch_size)
         self.delta: Tensor | None = None
 
     def alphas(self) -> tuple[Tensor, Tensor]:
@@ -121,7 +123,10 @@ class IntegratedGradients(Attribution):
         B = x.shape[0]
         diff = x - base
         total = torch.zeros_like(x)
-        per = max(1, self.batch_size // B)
+        # default chunk: 10 path images per batch on a CPU (measured 2-5x faster than all 50 at once:
+        # fresh big activation buffers cost a page fault per 4 KiB), 64 on a GPU
+        bs = self.batch_size or (10 if x.device.type == "cpu" else 64)
+        per = max(1, bs // B)
         for i in range(0, self.steps, per):
             a = alphas[i:i + per]
             r = a.shape[0]
