@@ -139,11 +139,14 @@ def dream(
     guide_feats = _guide_features(vm, guide, layers, channels) if guide is not None else None
     obj = dream_objective(layers, channels, objective, guide_feats)
     detail = torch.zeros_like(_resize(x0, sizes[0]))
-    x = x0
     for k, size in enumerate(sizes):
+        # memory: a few copies of the image at most (x0, detail/start, the parameter and its
+        # gradient, render's last good image), plus one tile's activations
         base = _resize(x0, size)
-        detail = _resize(detail, size)
-        param = PixelImage.from_image((base + detail).clamp(0, 1))
+        start = _resize(detail, size).add_(base).clamp_(0, 1)
+        del detail
+        param = PixelImage.from_image(start)
+        del start
         res = render(
             vm, obj, param=param, steps=steps_per_octave, lr=step_size, optimizer="sgd",
             transforms=Roll(jitter) if jitter else None, regularizers=[GradientRMS(), BoundedRange()],
@@ -152,9 +155,13 @@ def dream(
         )
         if res.stopped == "non-finite":
             raise CnnvisError(f"dream stopped: {res.message}")
-        x = res.images.to(device)
-        detail = x - base
-    x = x.clamp(0, 1).cpu()
+        del param
+        detail = res.images.to(device)
+        res = None
+        if k + 1 < len(sizes):
+            detail.sub_(base)  # what the dream added at this octave, carried to the next
+        del base
+    x = detail.cpu()  # the last octave is the full-size dream, already in [0, 1]
     if as_pil:
         from cnnvis.viz import to_pil
 

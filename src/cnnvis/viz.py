@@ -52,18 +52,29 @@ def save_png(img: Image.Image | Tensor, path: str | os.PathLike) -> Path:
     return path
 
 
-def colormap(m: Tensor | np.ndarray, cmap: str = "inferno", signed: bool = False) -> Image.Image:
-    """(H, W) map -> RGB image. Unsigned maps are scaled to [0, 1] by their max; signed maps
-    use a diverging map centred on 0."""
+def robust_max(a: Tensor | np.ndarray, percentile: float = 99.5) -> float:
+    """The `percentile` of a's values (at least a tiny positive number when a has any non-zero)."""
+    v = np.asarray(a.detach().float().cpu() if isinstance(a, Tensor) else a, dtype=np.float64).ravel()
+    if v.size == 0:
+        return 0.0
+    q = float(np.percentile(v, percentile))
+    return q if q > 0 else float(v.max())
+
+
+def colormap(m: Tensor | np.ndarray, cmap: str = "inferno", signed: bool = False, percentile: float = 99.5) -> Image.Image:
+    """(H, W) map -> RGB image. Unsigned maps: min .. `percentile` -> [0, 1] (saliency maps are
+    sparse: a handful of pixels would otherwise darken the rest); signed maps: a diverging map
+    centred on 0, scaled by the percentile of |m|. Values beyond saturate."""
     a = m.detach().float().cpu().numpy() if isinstance(m, Tensor) else np.asarray(m, dtype=np.float64)
     a = np.nan_to_num(a.astype(np.float64))
     if signed:
-        s = np.abs(a).max() or 1.0
-        a = (a / s + 1) / 2
+        s = robust_max(np.abs(a), percentile) or 1.0
+        a = np.clip((a / s + 1) / 2, 0, 1)
         lut = _DIVERGING
     else:
-        lo, hi = a.min(), a.max()
-        a = (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
+        lo = a.min()
+        hi = lo + robust_max(a - lo, percentile)
+        a = np.clip((a - lo) / (hi - lo), 0, 1) if hi > lo else np.zeros_like(a)
         lut = _INFERNO
     pos = a * (len(lut) - 1)
     i = np.clip(np.floor(pos).astype(int), 0, len(lut) - 2)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 from PIL import Image, ImageDraw
 from torch import Tensor
@@ -13,10 +12,11 @@ from torch import Tensor
 from cnnvis import viz
 
 
-def signed_image(r: Tensor) -> Image.Image:
-    """(3, H, W) signed reconstruction -> RGB on grey: 0.5 + r / (2 max|r|)."""
+def signed_image(r: Tensor, percentile: float = 99.5) -> Image.Image:
+    """(3, H, W) signed reconstruction -> RGB on grey: 0.5 + r / (2 s), s = the `percentile`
+    of |r| (a few extreme pixels would otherwise leave the rest flat grey), clipped."""
     r = r.detach().float()
-    s = r.abs().max()
+    s = viz.robust_max(r.abs(), percentile)
     return viz.to_pil(0.5 + r / (2 * s) if s > 0 else torch.full_like(r, 0.5))
 
 
@@ -105,7 +105,3 @@ def stack(images: Sequence[Image.Image]) -> Image.Image:
         out.paste(i, (0, y))
         y += i.size[1]
     return out
-
-
-def _unused(_: np.ndarray) -> None:  # keep numpy import for type users
-    pass

@@ -216,5 +216,6 @@ class GradientRMS(Regularizer):
         for p in param.parameters():
             if p.grad is not None:
                 g = p.grad
-                rms = g.pow(2).flatten(1).mean(1).sqrt().add_(self.eps)
+                n = g[0].numel()  # vector_norm needs no full-size temporary (large DeepDream images)
+                rms = torch.linalg.vector_norm(g.flatten(1), dim=1).div_(n ** 0.5).add_(self.eps)
                 g.div_(rms.view(-1, *([1] * (g.dim() - 1))))

@@ -270,14 +270,18 @@ def render(
                         message = (f"the objective or the image became NaN/inf at step {bad + 1}; stopped there and "
                                    f"kept the last finite image (from step {good_step})")
                         break
-                    last_good, good_step = img.detach().clone(), n_run
+                    if last_good.shape == img.shape:  # reuse the buffer: no second full-size copy
+                        last_good.copy_(img)
+                    else:
+                        last_good = img.detach().clone()
+                    good_step = n_run
                     if until_prob is not None and n_run >= min_steps and img.shape[-2:] == sizes[-1]:
                         if _reached(cap, normalize, img, tgt, until_prob, until_robust):
                             stopped = "until_prob"
                             message = f"reached probability {until_prob} at step {n_run}" + (
                                 f" (>= {until_robust} under each perturbation)" if until_robust else "")
                             break
-    images = last_good.float().cpu().clamp(0, 1)
+    images = last_good.float().cpu().clamp_(0, 1)
     values = torch.stack(history).float().cpu() if history else torch.zeros(0, b)
     res = RenderResult(images, values, n_run, stopped, message, targets, seconds=0.0, param=param)
     if targets is not None and vm.task == "classification":

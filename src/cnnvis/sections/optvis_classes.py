@@ -32,9 +32,9 @@ def render(ctx: ReportContext) -> str:
     vm = ctx.vm
     if vm.task != "classification":
         return f"<p>{esc(vm.name)} is not a classifier ({esc(vm.task)}); no class images.</p>"
-    steps, min_steps = (192, 64) if ctx.quick else (512, 256)
+    steps, min_steps = (256, 192) if ctx.quick else (512, 448)
     html, data = [], {}
-    note = (f"<p class='note'>Quick mode: {min_steps} to {steps} steps per class (full report: 256 to 512), and "
+    note = (f"<p class='note'>Quick mode: {min_steps} to {steps} steps per class (full report: 448 to 512), and "
             f"the preset comparison uses 48 steps.</p>") if ctx.quick else ""
     html.append(note + f"<p>Preset <b>{DEFAULT_PRESET}</b>, 224 px, seed {ctx.seed}; after at least {min_steps} "
                 "steps each render stops once the 8-bit image reaches probability 0.99 and at least 0.95 under each "
