@@ -1,0 +1,34 @@
+"""Copy the README's pictures out of a report folder (run `cnnvis report --quick --out demo-report` first).
+
+    .venv/bin/python docs/make_images.py demo-report
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from PIL import Image
+
+from cnnvis.viz import grid
+
+
+def main(report: str) -> None:
+    src, dst = Path(report) / "img", Path(__file__).parent / "img"
+    dst.mkdir(exist_ok=True)
+    classes = ["pelican", "magpie", "sea_snake", "flamingo", "golden_retriever"]
+    cells = [Image.open(src / f"class_{c}.png") for c in classes]
+    cmp = [Image.open(src / f"class_pelican_{p}.png") for p in ("chollet2016", "lucid2017")]
+    strip = grid([cells + cmp], col_labels=[c.replace("_", " ") for c in classes] + ["chollet2016", "lucid2017"],
+                 cell=224)
+    strip.save(dst / "classes.jpg", quality=88)
+    for name in ("filters_vgg16_hed", "filters_efficientnet_lite0", "attribution_methods", "deconv_vgg16_hed",
+                 "deconv_efficientnet_lite0", "sanity", "dream_chelsea"):
+        im = Image.open(src / f"{name}.png").convert("RGB")
+        if im.size[0] > 1400:
+            im = im.resize((1400, round(im.size[1] * 1400 / im.size[0])), Image.LANCZOS)
+        im.save(dst / f"{name}.jpg", quality=85)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "demo-report")
