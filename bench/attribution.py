@@ -161,6 +161,9 @@ if __name__ == "__main__":
     ap.add_argument("--skip-deconv", action="store_true")
     ap.add_argument("--skip-methods", action="store_true")
     a = ap.parse_args()
+    from cnnvis.utils import tune_malloc
+
+    tune_malloc()  # as the CLI does: glibc keeps freed buffers (ours and the baselines alike)
     if not a.skip_deconv:
         deconv_bench(a.size, a.rounds)
     if not a.skip_methods:

@@ -83,6 +83,9 @@ def rss_child(mp: float, layer: str, device: str) -> None:
 
 
 def main() -> None:
+    from cnnvis.utils import tune_malloc
+
+    tune_malloc()  # as the CLI does: glibc keeps freed buffers (ours and the baselines alike)
     ap = argparse.ArgumentParser()
     ap.add_argument("--layer", default="stage3")
     ap.add_argument("--device", default="cpu")

@@ -86,6 +86,9 @@ def lucent_time(vm, layer_module: str, n: int, size: int, steps: int) -> float |
 
 
 def main() -> None:
+    from cnnvis.utils import tune_malloc
+
+    tune_malloc()  # as the CLI does: glibc keeps freed buffers (ours and the baselines alike)
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=48)
     ap.add_argument("--threads", type=int, default=2)

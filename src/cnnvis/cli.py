@@ -37,6 +37,9 @@ _collect()
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: runs the CLI, maps CnnvisError to 'error: ...' and exit code 2."""
+    from cnnvis.utils import tune_malloc
+
+    tune_malloc()  # the CLI owns its process: keep freed buffers (about 1.5x faster steps on CPU)
     try:
         cli.main(args=argv, prog_name="cnnvis", standalone_mode=False)
     except CnnvisError as e:
