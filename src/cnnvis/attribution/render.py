@@ -54,7 +54,7 @@ def deconv_panel(photo: Tensor, res, cell: int = 128, title: str = "") -> Image.
 def curve(steps: Sequence[str], series: dict[str, Sequence[float]], title: str = "", size=(720, 420)) -> Image.Image:
     """Line chart of rank correlation (y in [-1, 1]) per randomization step, one line per method."""
     W, H = size
-    left, right, top, bottom = 50, 150, 30, 110
+    left, right, top, bottom = 80, 150, 30, 110
     img = Image.new("RGB", (W, H), "white")
     d = ImageDraw.Draw(img)
     f = viz.font(11)
@@ -74,7 +74,7 @@ def curve(steps: Sequence[str], series: dict[str, Sequence[float]], title: str =
         lbl = Image.new("RGBA", (100, 14), (255, 255, 255, 0))
         ImageDraw.Draw(lbl).text((0, 0), str(s)[:16], fill="black", font=f)
         lbl = lbl.rotate(60, expand=True)
-        img.paste(lbl, (int(x - lbl.size[0] + 6), top + ph + 6), lbl)
+        img.paste(lbl, (max(0, int(x - lbl.size[0] + 6)), top + ph + 6), lbl)
     colors = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14), (23, 190, 207)]
     for k, (name, vals) in enumerate(series.items()):
         c = colors[k % len(colors)]
