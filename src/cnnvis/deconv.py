@@ -529,23 +529,11 @@ def _conv_hook(mod: nn.Conv2d, inp, out):
     x = inp[0]
     if not (torch.is_tensor(x) and x.dim() == 4 and out.dim() == 4 and x.requires_grad):
         return None
-    k, s, d = mod.kernel_size, mod.stride, mod.dilation
-    if type(mod).__name__ == "Conv2dSame":  # timm: pad_same() then an unpadded conv
-        from timm.layers.padding import get_same_padding
-
-        ph = get_same_padding(x.shape[-2], k[0], s[0], d[0])
-        pw = get_same_padding(x.shape[-1], k[1], s[1], d[1])
-        size = (x.shape[-2] + ph, x.shape[-1] + pw)
-        pad, crop = (0, 0), (ph // 2, x.shape[-2], pw // 2, x.shape[-1])
-    elif type(mod) is nn.Conv2d and mod.padding_mode == "zeros" and not isinstance(mod.padding, str):
-        size, pad, crop = tuple(x.shape[-2:]), tuple(mod.padding), None
-    else:
+    geom = _conv_geometry(mod, x, out)
+    if geom is None:
         return None  # anything else: autograd's own conv backward (the same rule, unbatched kernels)
-    full = [(out.shape[-2 + i] - 1) * s[i] - 2 * pad[i] + d[i] * (k[i] - 1) + 1 for i in range(2)]
-    out_pad = tuple(size[i] - full[i] for i in range(2))
-    if min(out_pad) < 0 or any(out_pad[i] >= max(s[i], d[i]) for i in range(2)):
-        return None
-    return _ConvT.apply(x, out, mod.weight.detach(), s, pad, d, mod.groups, out_pad, crop)
+    pad, out_pad, crop = geom
+    return _ConvT.apply(x, out, mod.weight.detach(), mod.stride, pad, mod.dilation, mod.groups, out_pad, crop)
 
 
 def _pool_hook(mod: nn.MaxPool2d, inp, out):
