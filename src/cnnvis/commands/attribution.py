@@ -148,7 +148,7 @@ def saliency_cmd(photo, model, weights, device, method, target, size, layer, cha
 @click.option("--layers", default=None, help="Comma-separated layers (default: VGG conv1_1..conv5_3 / the stages).")
 @click.option("--all", "all_convs", is_flag=True, help="Every Conv2d layer of the model.")
 @click.option("--top", default=3, show_default=True, type=click.IntRange(1, 64), help="Channels per layer.")
-@click.option("--seed", "seed_kind", default="map", show_default=True, type=click.Choice(["map", "max"]),
+@click.option("--project", "seed_kind", default="map", show_default=True, type=click.Choice(["map", "max"]),
               help="Project the whole feature map, or only its strongest unit.")
 @click.option("--size", default=None, type=int, help="Input size in pixels (default: the model's).")
 @click.option("--out", "-o", required=True, type=click.Path(), help="Output PNG (rows = layers).")
