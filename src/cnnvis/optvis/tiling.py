@@ -42,18 +42,21 @@ def tiled_backward(value_fn: Callable[[Tensor], Tensor], x: Tensor, tile: int) -
         vals = value_fn(x)
         (-vals.sum()).backward()
         return vals.detach()
-    leaf = x.detach().requires_grad_(True)
+    base = x.detach()
+    grad = torch.zeros_like(base)  # the only full-size buffer: tiles add their gradients in place
     total = None
     ys, xs = tile_starts(h, tile), tile_starts(w, tile)
     covered_y, covered_x = _new_pixels(ys, h, tile), _new_pixels(xs, w, tile)
     for y0, cy in zip(ys, covered_y):
         for x0, cx in zip(xs, covered_x):
-            t = leaf[..., y0:y0 + min(tile, h), x0:x0 + min(tile, w)]
+            region = (..., slice(y0, y0 + min(tile, h)), slice(x0, x0 + min(tile, w)))
+            t = base[region].requires_grad_(True)  # a view: no copy, and no full-size gradient per tile
             weight = (cy * cx) / float(h * w)
             v = value_fn(t) * weight
             (-v.sum()).backward()
+            grad[region] += t.grad
             v = v.detach()
             total = v if total is None else total + v
     if x.requires_grad:
-        x.backward(leaf.grad)
+        x.backward(grad)
     return total
