@@ -109,10 +109,10 @@ def dream(
     """
     from cnnvis.images import to_rgb, to_tensor
     from cnnvis.layers import resolve_layer
-    from cnnvis.models.registry import VisModel, wrap
     from cnnvis.optvis import BoundedRange, GradientRMS, PixelImage, Roll, render
+    from cnnvis.optvis.render import as_vismodel
 
-    vm = model if isinstance(model, VisModel) else wrap(model)
+    vm = as_vismodel(model)
     as_pil = isinstance(image, Image.Image)
     x0 = to_tensor(to_rgb(image)) if as_pil else image
     if x0.dim() == 3:

@@ -65,9 +65,10 @@ def capture(model, layers: Sequence[str], *, stop: bool = True) -> Iterator[Capt
     With stop=True the forward pass ends right after every requested layer has produced its
     output: nothing deeper is computed.
     """
-    from cnnvis.layers import resolve_layer
+    from cnnvis.layers import _parts, resolve_layer
 
-    module, normalize = _unwrap(model)
+    module, _, vm = _parts(model)
+    normalize = vm.preprocess.normalize if vm is not None else None
     names = [resolve_layer(model, n) for n in layers]
     uniq = list(dict.fromkeys(names))
     cap = Capture(module, uniq, normalize, stop and bool(uniq))
@@ -80,14 +81,6 @@ def capture(model, layers: Sequence[str], *, stop: bool = True) -> Iterator[Capt
     finally:
         for h in handles:
             h.remove()
-
-
-def _unwrap(model):
-    from cnnvis.models.registry import VisModel
-
-    if isinstance(model, VisModel):
-        return model.model, model.preprocess.normalize
-    return model, None
 
 
 def hook_count(model: nn.Module) -> int:

@@ -46,3 +46,18 @@ def echo_json(obj) -> None:
 
 def no_progress() -> bool:
     return bool(os.environ.get("CNNVIS_NO_PROGRESS"))
+
+
+def parse_ints(s: str | None, what: str) -> list[int] | None:
+    """'0,5,9' -> [0, 5, 9]; None stays None; anything else is a CnnvisError naming the option."""
+    from cnnvis.errors import CnnvisError
+
+    if s is None:
+        return None
+    try:
+        out = [int(x) for x in s.split(",") if x.strip()]
+    except ValueError:
+        raise CnnvisError(f"{what} must be comma-separated integers, e.g. 0,5,9; got {s!r}") from None
+    if not out:
+        raise CnnvisError(f"{what} is empty")
+    return out

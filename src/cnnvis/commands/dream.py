@@ -6,20 +6,9 @@ from pathlib import Path
 
 import click
 
-from cnnvis.commands.common import load_model, model_options, seed_option
+from cnnvis.commands.common import load_model, model_options, parse_ints, seed_option
 
 OUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
-
-
-def _int_list(s: str | None) -> list[int] | None:
-    from cnnvis.errors import CnnvisError
-
-    if not s:
-        return None
-    try:
-        return [int(v) for v in s.split(",") if v.strip()]
-    except ValueError:
-        raise CnnvisError(f"--channels must be comma-separated integers, got {s!r}") from None
 
 
 def _check_out(path: str | None, photo: str, flag: str) -> Path | None:
@@ -73,7 +62,7 @@ def dream_cmd(photo, model, weights, device, layers, channels, octaves, octave_s
     if out_p is not None and row_p is not None and out_p.resolve() == row_p.resolve():
         raise CnnvisError("--out and --row name the same file; give two names")
     names = [s.strip() for s in layers.split(",") if s.strip()]
-    chans = _int_list(channels)
+    chans = parse_ints(channels, "--channels")
     img = load_image(photo)
     guide_img = load_image(guide) if guide else None
     vm = load_model(model, weights, device)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import click
 
-from cnnvis.commands.common import echo_json, json_option, load_model, model_options, no_progress, seed_option
+from cnnvis.commands.common import (
+    echo_json, json_option, load_model, model_options, no_progress, parse_ints, seed_option,
+)
 
 _PRESETS = ["robust", "lucid2017", "yosinski2015", "chollet2016"]
 
@@ -22,20 +24,6 @@ def _split_model(args: tuple[str, ...], model: str, what: str) -> tuple[str, lis
     if len(args) >= 2 and args[0] in list_models():
         return args[0], args[1:]
     return model, args
-
-
-def parse_ints(s: str | None, what: str) -> list[int] | None:
-    from cnnvis.errors import CnnvisError
-
-    if s is None:
-        return None
-    try:
-        out = [int(x) for x in s.split(",") if x.strip()]
-    except ValueError:
-        raise CnnvisError(f"{what} must be comma-separated integers, e.g. 0,5,9; got {s!r}") from None
-    if not out:
-        raise CnnvisError(f"{what} is empty")
-    return out
 
 
 @click.command("class")

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 from PIL import Image
@@ -40,9 +41,10 @@ class Preprocess:
 
     def normalize(self, x: Tensor) -> Tensor:
         """(B, 3, H, W) RGB in [0, 1] -> the model's input (B, 3, H, W)."""
-        mean = torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-        y = (x - mean) / std
+        if self.mean == (0.0, 0.0, 0.0) and self.std == (1.0, 1.0, 1.0) and not self.bgr:
+            return x
+        mean, inv = _constants(self.mean, self.std, x.device, x.dtype)
+        y = (x - mean) * inv
         return y.flip(1) if self.bgr else y
 
     def denormalize(self, y: Tensor) -> Tensor:
@@ -66,6 +68,14 @@ class Preprocess:
         crop = size or self.crop
         resize = round(crop * self.resize / self.crop)
         return resize_center_crop(img, resize, crop)
+
+
+@lru_cache(maxsize=64)
+def _constants(mean, std, device, dtype) -> tuple[Tensor, Tensor]:
+    """(mean, 1/std) as (1, 3, 1, 1) tensors, built once per device and dtype (hot loops call normalize)."""
+    m = torch.tensor(mean, dtype=torch.float64).view(1, 3, 1, 1)
+    inv = 1.0 / torch.tensor(std, dtype=torch.float64).view(1, 3, 1, 1)
+    return m.to(device, dtype), inv.to(device, dtype)
 
 
 class _Normalize(nn.Module):

@@ -60,28 +60,18 @@ def quantize(x: Tensor) -> Tensor:
     return (x.clamp(0, 1) * 255).round() / 255
 
 
-def _as_vismodel(model):
+def as_vismodel(model):
     from cnnvis.models.preprocess import Preprocess
     from cnnvis.models.registry import VisModel, wrap
 
+    """VisModel as is; a bare nn.Module is fed the [0, 1] image as is, at any size."""
     if isinstance(model, VisModel):
         return model
-    if isinstance(model, nn.Module):  # a bare module gets the [0, 1] image as is, any size
+    if isinstance(model, nn.Module):
         vm = wrap(model, preprocess=Preprocess(mean=(0.0,) * 3, std=(1.0,) * 3))
         vm.min_size = 1
         return vm
     raise CnnvisError(f"expected a VisModel or a torch.nn.Module, got {type(model).__name__}")
-
-
-def _normalizer(prep, device) -> Callable[[Tensor], Tensor]:
-    """prep.normalize with its constants built once (no per-step tensor creation)."""
-    mean = torch.tensor(prep.mean, device=device).view(1, 3, 1, 1)
-    inv = 1.0 / torch.tensor(prep.std, device=device).view(1, 3, 1, 1)
-    if mean.abs().max() == 0 and (inv == 1).all() and not prep.bgr:
-        return lambda x: x
-    if prep.bgr:
-        return lambda x: ((x - mean) * inv).flip(1)
-    return lambda x: (x - mean) * inv
 
 
 def _sizes(size, octaves: int, scale: float, min_size: int) -> list[tuple[int, int]]:
@@ -144,7 +134,7 @@ def render(
     transforms) comes from this CPU generator: same seed, same machine -> same image.
     """
     t0 = time.perf_counter()
-    vm = _as_vismodel(model)
+    vm = as_vismodel(model)
     pre = get_preset(preset)
     objective = as_objective(objective)
     steps = pre.steps if steps is None else steps
@@ -197,7 +187,7 @@ def render(
     layers = [n for n in objective.layers if n != LOGITS]
     resolved = {n: resolve_layer(vm, n) for n in layers}
     needs_out = LOGITS in objective.layers
-    normalize = _normalizer(vm.preprocess, device)
+    normalize = vm.preprocess.normalize
     bounds = [round(steps * (i + 1) / octaves) for i in range(octaves)]
 
     def make_opt(p):
