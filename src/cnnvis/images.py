@@ -85,21 +85,28 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB") if img.mode != "RGB" else img
 
 
-def to_tensor(img: Image.Image) -> Tensor:
-    """PIL RGB -> (1, 3, H, W) float32 in [0, 1]."""
-    a = np.asarray(to_rgb(img), dtype=np.float32) / 255.0
+def to_tensor(img: Image.Image, mode: str = "RGB") -> Tensor:
+    """PIL image -> (1, C, H, W) float32 in [0, 1]; mode 'RGB' (C=3, default), 'L' (C=1) or 'RGBA'."""
+    img = to_rgb(img)
+    if mode != "RGB":
+        img = img.convert(mode)
+    a = np.asarray(img, dtype=np.float32) / 255.0
+    if a.ndim == 2:
+        a = a[:, :, None]
     return torch.from_numpy(a.copy()).permute(2, 0, 1).unsqueeze(0)
 
 
-def resize_center_crop(img: Image.Image, resize: int, crop: int) -> Tensor:
-    """Shorter side to `resize` (bilinear, antialiased), centre crop `crop` -> (1, 3, crop, crop)."""
+def resize_center_crop(img: Image.Image, resize: int, crop: int, mode: str = "RGB") -> Tensor:
+    """Shorter side to `resize` (bilinear, antialiased), centre crop `crop` -> (1, C, crop, crop).
+
+    mode: 'RGB' (C=3), 'L' (grey, C=1) or 'RGBA' (C=4), as in `to_tensor`."""
     img = to_rgb(img)
     w, h = img.size
     s = resize / min(w, h)
     nw, nh = max(crop, round(w * s)), max(crop, round(h * s))
     img = img.resize((nw, nh), Image.BILINEAR, reducing_gap=None)
     left, top = (nw - crop) // 2, (nh - crop) // 2
-    return to_tensor(img.crop((left, top, left + crop, top + crop)))
+    return to_tensor(img.crop((left, top, left + crop, top + crop)), mode)
 
 
 def find_images(folder: str | os.PathLike) -> list[Path]:

@@ -28,11 +28,11 @@ class LayerInfo:
 
 
 def _parts(model):
-    from cnnvis.models.registry import VisModel
+    """VisModel or nn.Module -> (module, aliases, VisModel) via `cnnvis.models.as_vismodel`."""
+    from cnnvis.models.registry import as_vismodel
 
-    if isinstance(model, VisModel):
-        return model.model, model.aliases, model
-    return model, {}, None
+    vm = as_vismodel(model)
+    return vm.model, vm.aliases, vm
 
 
 def resolve_layer(model, name: str) -> str:
@@ -54,12 +54,18 @@ def conv_layers(model) -> list[str]:
 
 
 def list_layers(model, input_size: int | tuple[int, int] | None = None, *, leaves_only: bool = False) -> list[LayerInfo]:
-    """All named modules in execution order, with output shapes for a (1, 3, H, W) probe input."""
+    """All named modules in execution order, with output shapes for a (1, C, H, W) probe input.
+
+    C, H, W come from the model's `input_shape` (a bare nn.Module: C = its first Conv2d's
+    `in_channels`, H = W = 224; say otherwise with `wrap(module, input_shape=(1, 28, 28))`).
+    `input_size` (an int or (H, W)) overrides H, W.
+    """
     from cnnvis.utils import model_guard
 
     module, aliases, vm = _parts(model)
-    size = input_size or (vm.input_size if vm is not None else 224)
-    h, w = (size, size) if isinstance(size, int) else size
+    c, h, w = vm.input_shape
+    if input_size:
+        h, w = (input_size, input_size) if isinstance(input_size, int) else input_size
     rev = {}
     for a, n in aliases.items():
         rev.setdefault(n, a)
@@ -84,10 +90,8 @@ def list_layers(model, input_size: int | tuple[int, int] | None = None, *, leave
             handles.append(m.register_forward_hook(hook(n)))
         with model_guard(module), torch.no_grad():
             p = next(module.parameters(), None)
-            x = torch.zeros(1, 3, h, w, device=p.device if p is not None else "cpu")
-            if vm is not None:
-                x = vm.preprocess.normalize(x + 0.5)
-            module(x)
+            x = torch.full((1, c, h, w), 0.5, device=p.device if p is not None else "cpu")
+            module(vm.preprocess.normalize(x))
     finally:
         for hd in handles:
             hd.remove()

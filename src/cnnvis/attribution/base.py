@@ -55,14 +55,17 @@ class LayerTarget:
 
 
 def model_parts(model) -> tuple[nn.Module, Callable[[Tensor], Tensor] | None, object]:
-    """VisModel or nn.Module -> (module, normalize or None, VisModel or None)."""
-    from cnnvis.models.registry import VisModel
+    """VisModel or nn.Module -> (module, normalize or None, VisModel or None).
 
+    A thin view of `cnnvis.models.as_vismodel` (the one adapter): a bare module has no
+    normalization and no VisModel here; `as_vismodel(model)` gives its inferred contract.
+    """
+    from cnnvis.models.registry import VisModel, as_vismodel
+
+    vm = as_vismodel(model)
     if isinstance(model, VisModel):
-        return model.model, model.preprocess.normalize, model
-    if isinstance(model, nn.Module):
-        return model, None, None
-    raise CnnvisError(f"expected a cnnvis VisModel or a torch.nn.Module, got {type(model).__name__}")
+        return vm.model, vm.preprocess.normalize, vm
+    return vm.model, None, None
 
 
 def check_input(x: Tensor, device: torch.device) -> Tensor:

@@ -5,6 +5,8 @@ from cnnvis.models.preprocess import Preprocess
 from cnnvis.models.registry import (
     DEFAULT_MODEL,
     VisModel,
+    as_vismodel,
+    infer_channels,
     list_models,
     load,
     model_info,
@@ -14,6 +16,6 @@ from cnnvis.models.registry import (
 )
 
 __all__ = [
-    "DEFAULT_MODEL", "Preprocess", "VisModel", "class_index", "imagenet_labels", "label_of",
+    "DEFAULT_MODEL", "Preprocess", "VisModel", "as_vismodel", "class_index", "infer_channels", "imagenet_labels", "label_of",
     "list_models", "load", "model_info", "register_model", "vgg_aliases", "wrap",
 ]

@@ -4,6 +4,10 @@
     load('efficientnet_lite0')       -> VisModel (embedded ImageNet weights, offline)
     load('vgg16', weights='x.h5')    -> torchvision VGG16 with converted Keras weights
     wrap(my_module, preprocess=..., labels=...) -> VisModel for any nn.Module
+    as_vismodel(vm_or_module)        -> VisModel (the one adapter every method uses)
+
+Every VisModel carries its input contract (like timm's `pretrained_cfg`): `vm.input_shape`
+(C, H, W), `vm.channels`, and the per-channel normalization in `vm.preprocess`.
 """
 
 from __future__ import annotations
@@ -27,7 +31,10 @@ from cnnvis.models.preprocess import Preprocess
 class VisModel:
     """A model plus everything needed to show what it sees.
 
-    `model(preprocess.normalize(x))` for x in [0, 1] RGB (B, 3, H, W); `vm(x)` does exactly that.
+    `model(preprocess.normalize(x))` for x (B, C, H, W) in [0, 1] (RGB when C = 3, grey when
+    C = 1); `vm(x)` does exactly that and raises a CnnvisError for a wrong channel count.
+    `input_shape` is (C, H, W): C = `preprocess.channels`, (H, W) the size the model was made
+    for (default: the preprocessing's crop). `min_size` is the smallest side it accepts.
     `task` is 'classification' (output (B, classes) logits) or 'edges' (output (B, 1, H, W) logits).
     `aliases` maps classic names (conv1_1, pool5, fc8) to dotted module names.
     """
@@ -40,9 +47,31 @@ class VisModel:
     aliases: dict[str, str] = field(default_factory=dict)
     min_size: int = 32
     description: str = ""
+    input_shape: tuple[int, int, int] | None = None
+
+    def __post_init__(self) -> None:
+        c = self.preprocess.channels
+        if self.input_shape is None:
+            self.input_shape = (c, self.preprocess.crop, self.preprocess.crop)
+        shape = tuple(int(v) for v in self.input_shape)
+        if len(shape) != 3 or min(shape) < 1:
+            raise CnnvisError(f"input_shape must be (C, H, W) with positive sizes, got {self.input_shape!r}")
+        if shape[0] != c:
+            raise CnnvisError(f"input_shape {shape} has {shape[0]} channel(s) but the preprocessing normalizes "
+                              f"{c}; give one mean/std per channel (Preprocess(mean=..., std=...))")
+        self.input_shape = shape
 
     def __call__(self, x: Tensor) -> Tensor:
         return self.model(self.preprocess.normalize(x))
+
+    @property
+    def channels(self) -> int:
+        """C, the number of input channels (1 = grey, 3 = RGB)."""
+        return self.input_shape[0]
+
+    def check_input(self, x: Tensor, what: str = "input") -> None:
+        """Raise a CnnvisError naming the shapes unless x is (B, C, H, W) with this model's C."""
+        self.preprocess.check(x, what)
 
     @property
     def device(self) -> torch.device:
@@ -55,6 +84,7 @@ class VisModel:
 
     @property
     def input_size(self) -> int:
+        """The side of the preprocessing's centre crop (H of `input_shape` for registry models)."""
         return self.preprocess.crop
 
     def class_index(self, target: str | int) -> int:
@@ -139,11 +169,64 @@ def wrap(
     labels: Sequence[str] | None = None,
     task: str = "classification",
     aliases: dict[str, str] | None = None,
+    input_shape: Sequence[int] | None = None,
+    min_size: int = 32,
 ) -> VisModel:
-    """Wrap any nn.Module. The module is not modified or copied."""
+    """Wrap any nn.Module. The module is not modified or copied.
+
+    input_shape: (C, H, W) the module takes, e.g. (1, 28, 28); default: C from the first
+    Conv2d's `in_channels` (3 without one), H = W = the preprocessing's crop (224).
+    preprocess: default ImageNet mean/std for 3 channels, no normalization for other C
+    (a Preprocess resized/cropped to H for a small input_shape).
+    """
     if not isinstance(model, nn.Module):
         raise CnnvisError(f"expected a torch.nn.Module, got {type(model).__name__}")
-    return VisModel(name, model, preprocess or Preprocess(), labels, task, dict(aliases or {}) or vgg_aliases(model))
+    shape = _input_shape_arg(input_shape, preprocess, model)
+    if preprocess is None:
+        c, h = shape[0], shape[1]
+        size = {"resize": 256 if h == 224 else h, "crop": h}
+        preprocess = Preprocess(**size) if c == 3 else Preprocess.identity(c, **size)
+    return VisModel(name, model, preprocess, labels, task, dict(aliases or {}) or vgg_aliases(model),
+                    min_size=min_size, input_shape=shape)
+
+
+def as_vismodel(model, *, input_shape: Sequence[int] | None = None) -> VisModel:
+    """The one adapter for "a VisModel or a bare nn.Module" that every method uses.
+
+    A VisModel comes back as is. A bare nn.Module is wrapped (not changed or copied) with its
+    inferred contract: it is fed the [0, 1] image as is (no normalization), at any size
+    (min_size 1), with C = the first Conv2d's `in_channels` (3 without a Conv2d) unless
+    `input_shape` (C, H, W) says otherwise; H = W = 224 by default.
+    """
+    if isinstance(model, VisModel):
+        return model
+    if isinstance(model, nn.Module):
+        shape = _input_shape_arg(input_shape, None, model)
+        prep = Preprocess.identity(shape[0], resize=256 if shape[1] == 224 else shape[1], crop=shape[1])
+        return VisModel("custom", model, prep, None, "classification", vgg_aliases(model), min_size=1, input_shape=shape)
+    raise CnnvisError(f"expected a cnnvis VisModel or a torch.nn.Module, got {type(model).__name__}")
+
+
+def infer_channels(model: nn.Module, default: int = 3) -> int:
+    """Input channels of a bare module: the first Conv2d's `in_channels` (`default` without one)."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            return int(m.in_channels)
+    return default
+
+
+def _input_shape_arg(input_shape, preprocess: Preprocess | None, model: nn.Module) -> tuple[int, int, int]:
+    if input_shape is not None:
+        try:
+            shape = tuple(int(v) for v in input_shape)
+        except (TypeError, ValueError):
+            shape = ()
+        if len(shape) != 3 or min(shape) < 1:
+            raise CnnvisError(f"input_shape must be (C, H, W), e.g. (1, 28, 28), got {input_shape!r}")
+        return shape
+    if preprocess is not None:
+        return (preprocess.channels, preprocess.crop, preprocess.crop)
+    return (infer_channels(model), 224, 224)
 
 
 # ----------------------------------------------------------------------------- aliases

@@ -13,9 +13,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from cnnvis.errors import CnnvisError
+from cnnvis.models.registry import as_vismodel  # the one adapter; re-exported for old callers
 from cnnvis.optvis.objectives import LOGITS, Objective, as_objective
 from cnnvis.optvis.param import ImageParam, make_param
 from cnnvis.optvis.presets import Preset, get_preset
@@ -58,20 +59,6 @@ class RenderResult:
 def quantize(x: Tensor) -> Tensor:
     """[0, 1] image -> the same values an 8-bit PNG stores (round to 1/255)."""
     return (x.clamp(0, 1) * 255).round() / 255
-
-
-def as_vismodel(model):
-    from cnnvis.models.preprocess import Preprocess
-    from cnnvis.models.registry import VisModel, wrap
-
-    """VisModel as is; a bare nn.Module is fed the [0, 1] image as is, at any size."""
-    if isinstance(model, VisModel):
-        return model
-    if isinstance(model, nn.Module):
-        vm = wrap(model, preprocess=Preprocess(mean=(0.0,) * 3, std=(1.0,) * 3))
-        vm.min_size = 1
-        return vm
-    raise CnnvisError(f"expected a VisModel or a torch.nn.Module, got {type(model).__name__}")
 
 
 def _sizes(size, octaves: int, scale: float, min_size: int) -> list[tuple[int, int]]:
