@@ -92,7 +92,7 @@ def saliency_cmd(photo, model, weights, device, method, target, size, layer, cha
                  baseline, out, raw, as_json) -> None:
     """Attribution map of PHOTO: which pixels drive the class score (or a layer's activation)."""
     from cnnvis.attribution import LayerTarget, method as make
-    from cnnvis.attribution.render import map_panel
+    from cnnvis.viz.panels import map_panel
     from cnnvis.errors import CnnvisError
     from cnnvis.utils import check_output_path
     from cnnvis.viz import normalize_map, save_png
@@ -155,7 +155,7 @@ def saliency_cmd(photo, model, weights, device, method, target, size, layer, cha
 @json_option
 def deconv_cmd(photo, model, weights, device, layers, all_convs, top, seed_kind, size, out, as_json) -> None:
     """Zeiler & Fergus deconvnet: the top channels of each layer projected back to pixels."""
-    from cnnvis.attribution.render import deconv_panel
+    from cnnvis.viz.panels import deconv_panel
     from cnnvis.deconv import deconvnet
     from cnnvis.errors import CnnvisError
     from cnnvis.layers import conv_layers
@@ -194,7 +194,7 @@ def deconv_cmd(photo, model, weights, device, layers, all_convs, top, seed_kind,
 def sanity_cmd(photo, model, weights, device, methods, target, size, layer, steps, samples, noise, baseline, max_steps,
                out, as_json) -> None:
     """Adebayo et al. sanity check: randomize weights from the top down, compare the maps."""
-    from cnnvis.attribution.render import curve, stack
+    from cnnvis.viz.panels import curve, stack
     from cnnvis.errors import CnnvisError, unknown_name
     from cnnvis.sanity import sanity_check
     from cnnvis.utils import check_output_path

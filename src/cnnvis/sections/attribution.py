@@ -19,7 +19,7 @@ def _target_label(vm, x) -> tuple[int | None, str]:
 
 def render_maps(ctx: ReportContext) -> str:
     from cnnvis.attribution import method
-    from cnnvis.attribution.render import methods_grid
+    from cnnvis.viz.panels import methods_grid
 
     vm = ctx.vm
     photos = ctx.photos[:2] if ctx.quick else ctx.photos
@@ -49,7 +49,7 @@ def render_maps(ctx: ReportContext) -> str:
 
 
 def render_deconv(ctx: ReportContext) -> str:
-    from cnnvis.attribution.render import deconv_panel
+    from cnnvis.viz.panels import deconv_panel
     from cnnvis.deconv import deconvnet
 
     parts, data = [], {}
@@ -82,7 +82,7 @@ def render_deconv(ctx: ReportContext) -> str:
 
 
 def render_sanity(ctx: ReportContext) -> str:
-    from cnnvis.attribution.render import curve, stack
+    from cnnvis.viz.panels import curve, stack
     from cnnvis.sanity import sanity_check
     from cnnvis.viz import colormap, grid, to_pil
 

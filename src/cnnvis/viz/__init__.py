@@ -158,3 +158,25 @@ def normalize_map(m: Tensor) -> Tensor:
     m = m.detach().float()
     mx = m.max()
     return m / mx if mx > 0 else torch.zeros_like(m)
+
+
+_JINJA = None
+
+
+def render_template(name: str, **values) -> str:
+    """Render `cnnvis/templates/<name>` (Jinja2, HTML-escaped) with `values`; the report and the web share them."""
+    global _JINJA
+    if _JINJA is None:
+        import jinja2
+
+        _JINJA = jinja2.Environment(loader=jinja2.PackageLoader("cnnvis", "templates"),
+                                    autoescape=jinja2.select_autoescape(["html"]), trim_blocks=True, lstrip_blocks=True)
+    return _JINJA.get_template(name).render(**values)
+
+
+# pictures of attribution, deconvnet and sanity results (built on the functions above)
+from cnnvis.viz.panels import (  # noqa: E402
+    curve, deconv_panel, map_panel, methods_grid, sanity_strip, signed_image, stack,
+)
+
+attribution_panel = map_panel

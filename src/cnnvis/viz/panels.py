@@ -9,7 +9,7 @@ import torch
 from PIL import Image, ImageDraw
 from torch import Tensor
 
-from cnnvis import viz
+from cnnvis import viz  # the package: colour maps, grids, overlays
 
 
 def signed_image(r: Tensor, percentile: float = 99.5) -> Image.Image:

@@ -1,0 +1,18 @@
+"""The job layer: every capability as a typed spec, one `run`, results that keep and show themselves.
+
+    from cnnvis.jobs import run, make_spec, Store, KINDS
+    spec = make_spec("attribution", image="cat.jpg", method="gradcam", target="tabby")
+    res = run(spec, store=Store("cache/"))     # a second identical call is served from the store
+    res.save("out/"); res.to_dict(); res      # (in Jupyter: the picture)
+
+The CLI, the report, the web app and Ray workers build specs and call `run`; nothing else.
+"""
+
+from cnnvis.jobs import kinds as _kinds  # noqa: F401  (registers the job kinds)
+from cnnvis.jobs.result import Result
+from cnnvis.jobs.runner import Cancelled, JobContext, ModelPool, default_pool, file_hash, job_key, run
+from cnnvis.jobs.spec import KINDS, Spec, make_spec, parse_spec, register
+from cnnvis.jobs.store import Store
+
+__all__ = ["KINDS", "Spec", "Result", "Store", "ModelPool", "JobContext", "Cancelled", "run", "make_spec",
+           "parse_spec", "register", "job_key", "file_hash", "default_pool"]

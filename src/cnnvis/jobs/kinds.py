@@ -1,0 +1,398 @@
+"""The registered job kinds: one spec class per capability, each with its `run(vm, ctx)`.
+
+Every kind returns (data, files, main): JSON-able numbers, encoded files (PNG/NPY) and the
+name of the file that shows the result. Pictures come from `cnnvis.viz`; compute from the
+method modules. The faces (CLI, report, web, Ray) build specs and call `jobs.run`.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from cnnvis.errors import CnnvisError
+from cnnvis.jobs.result import npy_bytes, png_bytes
+from cnnvis.jobs.spec import Spec, register
+
+MAX_SIDE = 4096  # pixels: larger renders/inputs need tens of GB; refused up front
+Size = Field(default=None, ge=8, le=MAX_SIDE)
+
+
+def load_input(ref: str):
+    """'path/to/photo.jpg' or 'sample:NAME' (scikit-image's photos) -> PIL image (RGB)."""
+    from cnnvis.images import load_image, sample_photos
+
+    if ref.startswith("sample:"):
+        name = ref.split(":", 1)[1]
+        photos = dict(sample_photos())
+        if name not in photos:
+            from cnnvis.errors import unknown_name
+
+            raise unknown_name("sample photo", name, list(photos))
+        return photos[name]
+    return load_image(ref)
+
+
+def prepare(vm, ref: str, size: int | None):
+    """Photo ref -> (1, C, H, W) in [0, 1] on the model's device, resized/cropped as the model expects."""
+    if size is not None and size < vm.min_size:
+        raise CnnvisError(f"size {size} is too small for {vm.name}; use at least {vm.min_size}")
+    return vm.preprocess.prepare(load_input(ref), size=size).to(vm.device)
+
+
+def _layer_label(vm, dotted: str) -> str:
+    for a, n in vm.aliases.items():
+        if n == dotted:
+            return a
+    return dotted
+
+
+def _resolve_layers(vm, layers):
+    from cnnvis.layers import resolve_layer
+
+    return [resolve_layer(vm, n) for n in layers] if layers is not None else None
+
+
+def _class_target(vm, target):
+    """Class name / index / None -> index or None; CnnvisError for a non-classifier given a class."""
+    if target is None:
+        return None
+    if vm.task != "classification":
+        raise CnnvisError(f"model {vm.name!r} is not a classifier ({vm.task}); give no target")
+    t = target.strip() if isinstance(target, str) else target
+    if isinstance(t, str) and t.lstrip("-").isdigit():
+        t = int(t)
+    return vm.class_index(t)
+
+
+class _PhotoSpec(Spec):
+    image: str  # a path, or 'sample:chelsea' for scikit-image's photos
+    size: int | None = Size  # input size in pixels (default: the model's)
+
+    def inputs(self) -> list[str]:
+        return [self.image]
+
+
+# ---------------------------------------------------------------------- classify
+@register
+class ClassifySpec(Spec):
+    """Top-k classes of each photo."""
+
+    kind = "classify"
+    title = "top-k classes of photos"
+    images: list[str] = Field(min_length=1)
+    top: int = Field(5, ge=1, le=1000)
+
+    def inputs(self) -> list[str]:
+        return list(self.images)
+
+    def run(self, vm, ctx):
+        from cnnvis.classify import classify
+
+        photos = [load_input(p) for p in self.images]
+        preds = classify(vm, photos, top=self.top, progress=ctx.bar)
+        return {"predictions": [{"image": p, "top": [{"index": q.index, "label": q.label, "prob": round(q.prob, 6)}
+                                                      for q in pr]} for p, pr in zip(self.images, preds)]}, {}, None
+
+
+# ---------------------------------------------------------------------- class image
+@register
+class ClassImageSpec(Spec):
+    """An image the model sees as `target`, re-checked from its 8-bit PNG and under four perturbations."""
+
+    kind = "class_image"
+    title = "class image (activation maximization of a class logit)"
+    target: int | str
+    preset: str | None = None
+    steps: int = Field(512, ge=1, le=100000)
+    size: int = Field(224, ge=8, le=MAX_SIDE)
+    until_prob: float = Field(0.99, ge=0, le=1)
+    robust_prob: float = Field(0.95, ge=0, le=1)
+    min_steps: int = Field(128, ge=0, le=100000)
+
+    def normalized(self, vm):
+        from cnnvis.optvis import get_preset
+
+        return self.model_copy(update={"target": _class_target(vm, self.target),
+                                       "preset": get_preset(self.preset).name})
+
+    def run(self, vm, ctx):
+        from cnnvis.classify import predict_probs, topk
+        from cnnvis.images import to_tensor
+        from cnnvis.optvis import class_logit, get_preset, render, robustness
+
+        if self.size < vm.min_size:
+            raise CnnvisError(f"size {self.size} is too small for {vm.name}; use at least {vm.min_size}")
+        t = int(self.target)
+        res = render(vm, class_logit(t), preset=get_preset(self.preset), steps=self.steps, size=self.size,
+                     until_prob=self.until_prob or None,
+                     until_robust=(self.robust_prob or None) if self.until_prob else None,
+                     min_steps=self.min_steps, seed=self.seed, progress=ctx.bar, desc=f"class {vm.label(t)}")
+        png = png_bytes(res.images[0])
+        import io
+
+        from PIL import Image
+
+        x = to_tensor(Image.open(io.BytesIO(png)).convert("RGB"))  # the 8-bit file, as a user would feed it back
+        probs = predict_probs(vm, x)
+        rob = {k: round(float(v[0]), 6) for k, v in robustness(vm, x, t).items()}
+        data = {"class": {"index": t, "label": vm.label(t)}, "preset": self.preset, "steps": res.steps,
+                "seconds": round(res.seconds, 2), "stopped": res.stopped, "message": res.message, "ok": res.ok,
+                "prob_png": round(float(probs[0, t]), 6),
+                "top5": [{"index": q.index, "label": q.label, "prob": round(q.prob, 6)} for q in topk(probs, vm, 5)[0]],
+                "robustness": {k: v for k, v in rob.items() if k != "png"}}
+        return data, {"image.png": png}, "image.png"
+
+
+# ---------------------------------------------------------------------- filter grid
+@register
+class FiltersSpec(Spec):
+    """Feature visualizations of the first N (or chosen) channels of each layer, as a grid."""
+
+    kind = "filters"
+    title = "filter grid (activation maximization of channels)"
+    layers: list[str] | None = None  # default: the model's classic layers (conv1_1.., stage0..)
+    channels: list[int] | None = None
+    first: int = Field(10, ge=1, le=4096)
+    preset: str | None = None
+    steps: int = Field(128, ge=1, le=100000)
+    size: int = Field(128, ge=8, le=MAX_SIDE)
+    batch: int = Field(16, ge=1, le=256, exclude=True)  # speed only: not part of the result's identity
+
+    def normalized(self, vm):
+        from cnnvis.layers import default_layers
+        from cnnvis.optvis import get_preset
+
+        layers = self.layers if self.layers is not None else default_layers(vm)
+        if not layers:
+            raise CnnvisError(f"model {vm.name!r} has no conv layers; give layers")
+        chans = self.channels if self.channels is not None else list(range(self.first))
+        return self.model_copy(update={"layers": _resolve_layers(vm, layers), "channels": chans,
+                                       "first": len(chans), "preset": get_preset(self.preset).name})
+
+    def run(self, vm, ctx):
+        from cnnvis.optvis.filters import render_filters
+        from cnnvis.viz import grid
+
+        if self.size < vm.min_size:
+            raise CnnvisError(f"size {self.size} is too small for {vm.name}; use at least {vm.min_size}")
+        rows = render_filters(vm, self.layers, self.channels, preset=self.preset, steps=self.steps, size=self.size,
+                              seed=self.seed, batch=self.batch, progress=ctx.bar)
+        labels = [_layer_label(vm, r[0]) for r in rows]
+        img = grid([list(im) for _, _, im, _ in rows], row_labels=labels, col_labels=[str(c) for c in rows[0][1]],
+                   title=f"{vm.name}: {len(rows[0][1])} filters per layer")
+        data = {"layers": [{"layer": lab, "module": r[0], "channels": list(r[1]),
+                            "values": [round(float(v), 5) for v in r[3]]} for lab, r in zip(labels, rows)]}
+        files = {"grid.png": png_bytes(img)}
+        return data, files, "grid.png"
+
+
+# ---------------------------------------------------------------------- DeepDream
+@register
+class DreamSpec(_PhotoSpec):
+    """DeepDream of a photo at some layers (output: the photo's size, or `max_side`)."""
+
+    kind = "dream"
+    title = "DeepDream"
+    layers: list[str] | None = None  # default: one layer about two thirds deep
+    channels: list[int] | None = None
+    octaves: int = Field(4, ge=1, le=12)
+    octave_scale: float = Field(1.4, ge=1.01, le=4)
+    steps: int = Field(10, ge=1, le=10000)  # per octave
+    step_size: float = Field(0.02, gt=0, le=1)
+    jitter: int = Field(32, ge=0, le=512)
+    tile: int = Field(512, ge=32, le=8192)
+    objective: Literal["l2", "mean"] = "l2"
+    guide: str | None = None
+    max_side: int | None = Field(None, ge=8, le=100000)  # shrink the photo first so its longest side is this
+
+    def inputs(self) -> list[str]:
+        return [self.image] + ([self.guide] if self.guide else [])
+
+    def normalized(self, vm):
+        from cnnvis.layers import dream_layers
+
+        layers = self.layers if self.layers is not None else dream_layers(vm, 1)
+        return self.model_copy(update={"layers": _resolve_layers(vm, layers)})
+
+    def run(self, vm, ctx):
+        from cnnvis.dream import dream
+
+        img = load_input(self.image)
+        if self.max_side and max(img.size) > self.max_side:
+            s = self.max_side / max(img.size)
+            img = img.resize((max(1, round(img.size[0] * s)), max(1, round(img.size[1] * s))))
+        guide = load_input(self.guide) if self.guide else None
+        out = dream(vm, img, self.layers, self.channels, octaves=self.octaves, octave_scale=self.octave_scale,
+                    steps_per_octave=self.steps, step_size=self.step_size, jitter=self.jitter, tile=self.tile,
+                    objective=self.objective, guide=guide, seed=self.seed, progress=ctx.bar)
+        return ({"size": list(out.size), "layers": [_layer_label(vm, n) for n in self.layers]},
+                {"dream.png": png_bytes(out)}, "dream.png")
+
+
+# ---------------------------------------------------------------------- attribution
+def _attribution_methods() -> list[str]:
+    from cnnvis.attribution import METHODS
+
+    return list(METHODS)
+
+
+@register
+class AttributionSpec(_PhotoSpec):
+    """An attribution map (saliency, IG, Grad-CAM, ...) of a photo for a class or a layer's activation."""
+
+    kind = "attribution"
+    title = "attribution map"
+    method: str = "saliency"
+    target: int | str | None = None  # class (default: top-1); or use layer/channel/unit
+    layer: str | None = None  # CAM methods: the layer the map is computed at; others: explain this activation
+    channel: int | None = None
+    unit: tuple[int, int] | None = None
+    options: dict[str, float | int | str | bool | None] = Field(default_factory=dict)  # method options (steps, ...)
+
+    @field_validator("method")
+    @classmethod
+    def _known(cls, v):
+        methods = _attribution_methods()
+        if v not in methods:
+            raise ValueError(f"unknown method {v!r}; one of {', '.join(methods)}")
+        return v
+
+    def normalized(self, vm):
+        from cnnvis.attribution import LAYER_METHODS
+
+        cam = self.method in LAYER_METHODS
+        if (self.channel is not None or self.unit is not None) and (self.layer is None or cam):
+            raise CnnvisError("channel/unit need a layer, with a method that is not a CAM method")
+        if not cam and self.layer is not None and self.target is not None:
+            raise CnnvisError("give either a target (a class) or a layer (an activation), not both")
+        upd = {"target": _class_target(vm, self.target)}
+        if self.layer is not None:
+            upd["layer"] = _resolve_layers(vm, [self.layer])[0]
+        return self.model_copy(update=upd)
+
+    def run(self, vm, ctx):
+        from cnnvis.attribution import LAYER_METHODS, LayerTarget, method as make
+        from cnnvis.viz import attribution_panel
+
+        x = prepare(vm, self.image, self.size)
+        cam = self.method in LAYER_METHODS
+        opts = dict(self.options)
+        if cam:
+            opts["layer"] = self.layer
+        info: dict = {"method": self.method}
+        if not cam and self.layer is not None:
+            tgt = LayerTarget(self.layer, self.channel, self.unit)
+            lab = _layer_label(vm, self.layer)
+            title = f"{vm.name}: {lab}" + (f" channel {self.channel}" if self.channel is not None else "") + \
+                (f" unit {self.unit}" if self.unit else "")
+            info.update({"layer": lab, "channel": self.channel, "unit": self.unit})
+        else:
+            tgt, (title, more) = self.target, describe(vm, x, self.target)
+            info.update(more)
+            if tgt is None and vm.task == "classification":
+                tgt = more["target"]
+        m = make(self.method, vm, **opts)
+        a = m.attribute(x, tgt)
+        heat = a.abs().amax(1)[0] if a.shape[1] > 1 else a[0, 0]
+        if cam:
+            info["layer"] = getattr(m, "layer", None) or getattr(getattr(m, "gradcam", None), "layer", None)
+        delta = getattr(m, "delta", None)
+        if delta is not None:
+            info["ig_completeness_delta"] = float(delta[0])
+        files = {"panel.png": png_bytes(attribution_panel(x, heat, f"{self.method}: {title}")),
+                 "map.npy": npy_bytes(heat.float()), "attribution.npy": npy_bytes(a[0].float())}
+        return info, files, "panel.png"
+
+
+def describe(vm, x, target) -> tuple[str, dict]:
+    """Title text and JSON info: which class a map explains, with its probability."""
+    if vm.task != "classification":
+        return f"{vm.name}: sum of the {vm.task} output", {"target": None}
+    from cnnvis.classify import predict_probs
+
+    probs = predict_probs(vm, x)[0]
+    idx = int(probs.argmax()) if target is None else int(target)
+    return (f"{vm.label(idx)} ({idx}), p={float(probs[idx]):.3f}",
+            {"target": idx, "label": vm.label(idx), "prob": round(float(probs[idx]), 6), "top1": int(probs.argmax())})
+
+
+# ---------------------------------------------------------------------- deconvnet
+@register
+class DeconvSpec(_PhotoSpec):
+    """Zeiler & Fergus deconvnet: the top channels of each layer projected back to pixels."""
+
+    kind = "deconv"
+    title = "deconvnet (Zeiler & Fergus)"
+    layers: list[str] | None = None  # default: the model's classic layers
+    top: int = Field(3, ge=1, le=64)
+    project: Literal["map", "max"] = "map"
+
+    def normalized(self, vm):
+        from cnnvis.layers import default_layers
+
+        layers = self.layers if self.layers is not None else default_layers(vm)
+        return self.model_copy(update={"layers": [_layer_label(vm, n) for n in _resolve_layers(vm, layers)]})
+
+    def run(self, vm, ctx):
+        from cnnvis.deconv import deconvnet
+        from cnnvis.viz import deconv_panel
+
+        x = prepare(vm, self.image, self.size)
+        res = deconvnet(vm, x, self.layers, self.top, seed=self.project)
+        note = "; ".join(res.notes)
+        img = deconv_panel(x, res, title=f"{vm.name} deconvnet" + (f" ({note})" if note else ""))
+        data = {"max_pools": res.max_pools, "notes": res.notes, "engine": res.engine,
+                "layers": [{"layer": lab, "module": n, "channels": c.tolist(), "norms": [round(float(v), 4) for v in k]}
+                           for lab, n, c, k in zip(res.labels, res.layers, res.channels, res.norms)]}
+        return data, {"panel.png": png_bytes(img)}, "panel.png"
+
+
+# ---------------------------------------------------------------------- sanity check
+@register
+class SanitySpec(_PhotoSpec):
+    """Adebayo et al. cascading randomization: how much each method's map depends on the weights."""
+
+    kind = "sanity"
+    title = "sanity check (cascading randomization)"
+    methods: list[str] = Field(default_factory=lambda: ["saliency"], min_length=1)
+    target: int | str | None = None
+    layer: str | None = None  # CAM methods' layer
+    max_steps: int = Field(16, ge=1, le=1000)
+    options: dict[str, float | int | str | bool | None] = Field(default_factory=dict)
+
+    @field_validator("methods")
+    @classmethod
+    def _known(cls, v):
+        methods = _attribution_methods()
+        bad = [m for m in v if m not in methods]
+        if bad:
+            raise ValueError(f"unknown method {bad[0]!r}; one of {', '.join(methods)}")
+        return v
+
+    def normalized(self, vm):
+        return self.model_copy(update={"target": _class_target(vm, self.target)})
+
+    def run(self, vm, ctx):
+        from cnnvis.attribution import LAYER_METHODS
+        from cnnvis.sanity import sanity_check
+        from cnnvis.viz import colormap, curve, grid, stack, to_pil
+
+        x = prepare(vm, self.image, self.size)
+        results = []
+        for n in self.methods:
+            opts = dict(self.options)
+            if n in LAYER_METHODS:
+                opts["layer"] = self.layer
+            results.append(sanity_check(vm, x, n, self.target, max_steps=self.max_steps, seed=self.seed,
+                                        progress=ctx.bar, **opts))
+        steps = results[0].steps
+        img = curve(steps, {r.method: r.spearman for r in results})
+        rows = [[to_pil(x)] + [colormap(m) for m in r.maps] for r in results]
+        strip = grid(rows, row_labels=[r.method for r in results], col_labels=["photo"] + [s[:10] for s in steps],
+                     cell=72)
+        data = {"target": results[0].target, "steps": steps,
+                "spearman": {r.method: [round(v, 4) for v in r.spearman] for r in results}}
+        files = {"panel.png": png_bytes(stack([img, strip])), "curve.png": png_bytes(img)}
+        return data, files, "panel.png"

@@ -1,0 +1,219 @@
+"""run(spec) -> Result: the one entry point every face (CLI, report, web, Ray) calls.
+
+    res = run({"kind": "attribution", "method": "gradcam", "image": "cat.jpg"}, store=Store("cache/"))
+    res = run(spec, progress=lambda done, total, desc: ..., cancel=threading.Event())
+
+The store is asked first with the spec's hash as given (milliseconds, no model loaded); on a
+miss the model is loaded (once per pool), the spec normalized (class names -> indices, layer
+aliases -> dotted names), asked again, and otherwise computed and stored under both hashes.
+
+Thread safety: a `ModelPool` keeps one loaded model per (name, weights, device) and a lock per
+model; a job holds its model's lock while it computes, so hooks and flag changes of one call
+never meet another's. Two jobs on different models run in parallel.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from cnnvis import __version__
+from cnnvis.errors import CnnvisError
+from cnnvis.jobs.result import Result
+from cnnvis.jobs.spec import Spec, parse_spec
+from cnnvis.jobs.store import Store
+
+
+class Cancelled(CnnvisError):
+    """Raised inside a job when its `cancel` flag is set."""
+
+
+# ---------------------------------------------------------------------- identity of inputs
+_FILE_HASHES: dict[tuple, str] = {}
+_HASH_LOCK = threading.Lock()
+
+
+def file_hash(path: str | os.PathLike) -> str:
+    """sha256 of a file's content, memoized by (path, size, mtime)."""
+    p = Path(path)
+    try:
+        st = p.stat()
+    except OSError as e:
+        raise CnnvisError(f"cannot read {str(path)!r}: {e.strerror or e}") from None
+    if p.is_dir():
+        h = hashlib.sha256()
+        for f in sorted(q for q in p.rglob("*") if q.is_file()):
+            h.update(f.relative_to(p).as_posix().encode() + file_hash(f).encode())
+        return h.hexdigest()
+    memo = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+    with _HASH_LOCK:
+        if memo in _FILE_HASHES:
+            return _FILE_HASHES[memo]
+    h = hashlib.sha256()
+    with open(p, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    with _HASH_LOCK:
+        _FILE_HASHES[memo] = h.hexdigest()
+    return h.hexdigest()
+
+
+def weights_id(model: str, weights: str | None) -> str:
+    """What identifies the numbers of a model: its registry entry + weights tag, or file hashes."""
+    parts = []
+    if os.sep in model or model.endswith((".safetensors", ".pth", ".pt", ".json")) or Path(model).exists():
+        parts.append("file:" + file_hash(model))
+        meta = Path(model).with_suffix(".json")
+        if meta.exists() and meta != Path(model):
+            parts.append(file_hash(meta))
+    else:
+        parts.append("name:" + model)
+    if weights in (None, "random", "pretrained"):
+        parts.append(str(weights))
+    else:
+        parts.append("file:" + file_hash(weights))
+    return "/".join(parts)
+
+
+def job_key(spec: Spec) -> str:
+    """The store key: hash of the canonical spec, the weights, the input files and the code version."""
+    extra = "|".join([weights_id(spec.model, spec.weights), *(file_hash(p) for p in spec.inputs()
+                                                                  if not str(p).startswith("sample:")),
+                      f"cnnvis {__version__}"])
+    return spec.hash(extra)
+
+
+# ---------------------------------------------------------------------- models
+class ModelPool:
+    """Loaded models by (name, weights, device), each with its own lock."""
+
+    def __init__(self, device: str | None = None) -> None:
+        self.device = device
+        self._models: dict[tuple, object] = {}
+        self._locks: dict[int, threading.RLock] = {}
+        self._lock = threading.Lock()
+
+    def get(self, name: str, weights: str | None = None):
+        from cnnvis.models import load
+
+        key = (name, weights, self.device)
+        with self._lock:
+            if key not in self._models:
+                vm = load(name, weights=weights, device=self.device or "auto")
+                self._models[key] = vm
+                self._locks[id(vm)] = threading.RLock()
+            return self._models[key]
+
+    def add(self, vm, name: str | None = None, weights: str | None = None):
+        """Put an already-loaded VisModel into the pool (the report's model, a user's wrap())."""
+        with self._lock:
+            self._models[(name or vm.name, weights, self.device)] = vm
+            self._locks.setdefault(id(vm), threading.RLock())
+        return vm
+
+    def lock(self, vm) -> threading.RLock:
+        with self._lock:
+            return self._locks.setdefault(id(vm), threading.RLock())
+
+
+_DEFAULT_POOL: ModelPool | None = None
+
+
+def default_pool() -> ModelPool:
+    global _DEFAULT_POOL
+    if _DEFAULT_POOL is None:
+        _DEFAULT_POOL = ModelPool()
+    return _DEFAULT_POOL
+
+
+# ---------------------------------------------------------------------- progress and cancel
+class JobContext:
+    """What a running job gets besides its spec: progress reporting, cancellation, the device."""
+
+    def __init__(self, progress=None, cancel=None, desc: str = "") -> None:
+        self._progress, self._cancel, self.desc = progress, cancel, desc
+
+    def cancelled(self) -> bool:
+        c = self._cancel
+        if c is None:
+            return False
+        return bool(c.is_set() if hasattr(c, "is_set") else c())
+
+    def check(self) -> None:
+        if self.cancelled():
+            raise Cancelled("the job was cancelled")
+
+    @property
+    def bar(self):
+        """The `progress=` argument for compute functions: an iterable wrapper that reports and checks cancel."""
+        if self._progress is None and self._cancel is None:
+            return None
+        outer = self
+
+        def wrap(iterable, total=None, desc=""):
+            if total is None:
+                try:
+                    total = len(iterable)
+                except TypeError:
+                    total = None
+            inner = iterable
+            if outer._progress is True:
+                from cnnvis.utils import progress_iter
+
+                inner = progress_iter(iterable, total=total, desc=desc or outer.desc, progress=True)
+            done = 0
+            for item in inner:
+                outer.check()
+                yield item
+                done += 1
+                if callable(outer._progress):
+                    outer._progress(done, total, desc or outer.desc)
+
+        return wrap
+
+
+# ---------------------------------------------------------------------- run
+def run(spec, *, store: Store | str | os.PathLike | None = None, progress=None, cancel=None,
+        device: str | None = None, pool: ModelPool | None = None, vm=None) -> Result:
+    """Compute (or fetch from `store`) the result of a job spec (a Spec, dict or JSON text).
+
+    progress: None, True (a bar on stderr) or `fn(done, total, desc)`; cancel: a threading.Event
+    or a callable returning True to stop (raises `Cancelled`). `vm`: use this loaded model
+    instead of loading `spec.model` (the report and the API pass theirs).
+    """
+    spec = parse_spec(spec)
+    if store is not None and not isinstance(store, Store):
+        store = Store(store)
+    raw_key = job_key(spec) if vm is None else None
+    if store is not None and raw_key is not None:
+        hit = store.get(raw_key)
+        if hit is not None:
+            return hit
+    pool = pool or default_pool()
+    if vm is None:
+        if device is not None and pool.device != device:
+            pool = ModelPool(device)
+        vm = pool.get(spec.model, spec.weights)
+    else:
+        pool.add(vm, spec.model, spec.weights)
+    ctx = JobContext(progress, cancel, desc=spec.kind)
+    with pool.lock(vm):
+        nspec = spec.normalized(vm)
+        key = job_key(nspec)
+        if store is not None:
+            hit = store.get(key)
+            if hit is not None:
+                if raw_key and raw_key != key:
+                    store.put(hit, aliases=(raw_key,))
+                return hit
+        ctx.check()
+        t0 = time.perf_counter()
+        data, files, main = nspec.run(vm, ctx)
+        res = Result(nspec.kind, nspec.to_dict(), key, data, files, main, time.perf_counter() - t0)
+    if store is not None:
+        store.put(res, aliases=(raw_key,) if raw_key and raw_key != key else ())
+    return res

@@ -1,0 +1,116 @@
+"""Job specs: one typed, JSON-serializable description per capability, with a stable hash.
+
+    spec = parse_spec({"kind": "class_image", "target": "pelican", "steps": 256})
+    spec.canonical_json()   # sorted keys, defaults filled in: the same job asked two ways is one string
+    KINDS                   # kind name -> spec class (the CLI, the report, the web and Ray read it)
+
+A spec says WHAT to compute (model, weights, method, parameters, seed), never where (device)
+or how fast (progress, batch sizes that do not change the result). Each kind's `run(vm, ctx)`
+computes a `Result`; `normalized(vm)` rewrites names that mean the same thing (class names ->
+indices, layer aliases -> dotted names) so that their hashes agree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from cnnvis.errors import CnnvisError
+
+DEFAULT_MODEL = "efficientnet_lite0"
+
+KINDS: dict[str, type["Spec"]] = {}
+
+
+class Spec(BaseModel):
+    """Base of every job spec. Subclasses set `kind` and implement `run(vm, ctx) -> Result`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: ClassVar[str] = ""
+    title: ClassVar[str] = ""  # one line for --help, the web page and the report
+
+    model: str = DEFAULT_MODEL  # registry name or path to a checkpoint
+    weights: str | None = None  # None: the model's own; 'random'; or a path
+    seed: int = 0
+
+    # ------------------------------------------------------------------ identity
+    def to_dict(self) -> dict:
+        """The canonical JSON-able form: every field (defaults included) plus the kind."""
+        return {"kind": self.kind, **self.model_dump(mode="json")}
+
+    def canonical_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+    def inputs(self) -> list[str]:
+        """Paths of input files whose CONTENT is part of the job's identity (photos)."""
+        return []
+
+    def hash(self, extra: str = "") -> str:
+        """sha256 of the canonical form (+ `extra`: weights and input file hashes, code version)."""
+        return hashlib.sha256((self.canonical_json() + "|" + extra).encode()).hexdigest()
+
+    # ------------------------------------------------------------------ behaviour
+    def normalized(self, vm) -> "Spec":
+        """The same job with model-specific names resolved (default: unchanged)."""
+        return self
+
+    def run(self, vm, ctx) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+def register(cls: type[Spec]) -> type[Spec]:
+    """Class decorator: make a spec kind known to `parse_spec`, the CLI, the report and the tests."""
+    if not cls.kind or cls.kind in KINDS:
+        raise ValueError(f"job kind {cls.kind!r} is empty or registered twice")
+    KINDS[cls.kind] = cls
+    return cls
+
+
+def _loc(err: dict) -> str:
+    return ".".join(str(p) for p in err.get("loc", ())) or "(spec)"
+
+
+def validation_message(e: ValidationError, kind: str) -> str:
+    """A pydantic error -> one line naming each bad field and what it should be."""
+    parts = []
+    for err in e.errors():
+        if err.get("type") == "extra_forbidden":
+            parts.append(f"unknown field {_loc(err)!r}")
+        else:
+            parts.append(f"field {_loc(err)!r}: {err.get('msg', 'invalid')}")
+    fields = ", ".join(sorted(KINDS[kind].model_fields)) if kind in KINDS else ""
+    return f"bad {kind} spec: " + "; ".join(parts) + (f" (fields: {fields})" if fields else "")
+
+
+def make_spec(kind: str, **fields) -> Spec:
+    """`make_spec('attribution', method='gradcam', image='cat.jpg')` -> validated spec."""
+    from cnnvis.errors import unknown_name
+
+    if kind not in KINDS:
+        raise unknown_name("job kind", kind, sorted(KINDS))
+    try:
+        return KINDS[kind](**fields)
+    except ValidationError as e:
+        raise CnnvisError(validation_message(e, kind)) from None
+
+
+def parse_spec(obj: "Spec | dict | str | bytes") -> Spec:
+    """A spec, a dict with a 'kind' key, or its JSON text -> a validated spec (CnnvisError if not)."""
+    if isinstance(obj, Spec):
+        return obj
+    if isinstance(obj, (str, bytes)):
+        try:
+            obj = json.loads(obj)
+        except json.JSONDecodeError as e:
+            raise CnnvisError(f"the job spec is not valid JSON: {e}") from None
+    if not isinstance(obj, dict):
+        raise CnnvisError(f"a job spec is a JSON object with a 'kind' field, got {type(obj).__name__}")
+    obj = dict(obj)
+    kind = obj.pop("kind", None)
+    if not isinstance(kind, str):
+        raise CnnvisError(f"the job spec has no 'kind'; one of: {', '.join(sorted(KINDS))}")
+    return make_spec(kind, **obj)
