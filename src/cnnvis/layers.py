@@ -103,3 +103,35 @@ def list_layers(model, input_size: int | tuple[int, int] | None = None, *, leave
                   sum(p.numel() for p in mods[n].parameters(recurse=False)))
         for n in ran
     ]
+
+
+def default_layers(model) -> list[str]:
+    """The layers a grid or panel shows by default: VGG conv1_1..conv5_3, else the stage aliases
+    (stage0..stage6), else every Conv2d. One chooser for filters, the deconvnet and DeepDream."""
+    import re
+
+    _, aliases, _ = _parts(model)
+    for pattern in (r"conv\d+_\d+", r"stage\d+"):
+        found = [a for a in aliases if re.fullmatch(pattern, a)]
+        if found:
+            return found
+    return conv_layers(model)
+
+
+def dream_layers(model, n: int = 3) -> list[str]:
+    """`n` layers of increasing depth for DeepDream: VGG's pools (pool3..pool5), else spread over
+    `default_layers` from about a third of the depth to the last (n=1: about two thirds deep)."""
+    _, aliases, _ = _parts(model)
+    pools = [p for p in ("pool3", "pool4", "pool5") if p in aliases]
+    if len(pools) == 3:
+        return ["pool4"] if n == 1 else pools[-n:] if n < 3 else pools
+    cands = default_layers(model)
+    if not cands:
+        from cnnvis.errors import CnnvisError
+
+        raise CnnvisError("this model has no conv layers to dream at; give layers")
+    if n == 1:
+        return [cands[min(len(cands) - 1, (2 * len(cands)) // 3)]]
+    lo = len(cands) // 3
+    idx = [round(lo + (len(cands) - 1 - lo) * i / (n - 1)) for i in range(n)]
+    return [cands[i] for i in dict.fromkeys(idx)]
