@@ -5,6 +5,14 @@
         acts = cap["conv4_3"]       # (B, C, h, w), still attached to the autograd graph
 
 Hooks are removed when the block exits, also after an exception.
+
+A captured tensor is what the layer really produced, even when the model's own forward later
+writes into it in place (torchvision's BasicBlock: `out += identity` after `bn2`): the hook hands
+the rest of the network a copy (`clone`, which stays in the autograd graph, so gradients with
+respect to the captured tensor are the true ones) and keeps the original. The layer that ends a
+stopped forward is not copied: nothing runs after it. A copy costs one activation-sized memcpy
+per captured layer and forward; detecting the write instead (`_version`) would need a second
+forward once it has happened, so the copy is always made and `_version` only double-checks.
 """
 
 from __future__ import annotations
@@ -12,7 +20,10 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Sequence
 
+import torch
 from torch import Tensor, nn
+
+from cnnvis.errors import CnnvisError
 
 
 class _StopForward(Exception):
@@ -33,29 +44,58 @@ class Capture:
     def run(self, x: Tensor) -> Tensor | None:
         """Forward `x`; returns the model output, or None when stopped after the last layer."""
         self.outputs = {}
+        self._versions: dict[str, int] = {}
         self.finished = False
         if self.normalize is not None:
             x = self.normalize(x)
         try:
             out = self.model(x)
         except _StopForward:
-            return None
-        self.finished = True
-        missing = [n for n in self.names if n not in self.outputs]
-        if missing:
-            raise RuntimeError(f"layers {missing} did not run in the forward pass")
+            out = None
+        else:
+            self.finished = True
+            missing = [n for n in self.names if n not in self.outputs]
+            if missing:
+                raise RuntimeError(f"layers {missing} did not run in the forward pass")
+        self._check_unchanged()
         return out
+
+    def _check_unchanged(self) -> None:
+        """Raise if a captured tensor was written in place although the network got a copy
+        (the layer returned an alias of a tensor the model keeps, e.g. an Identity's input)."""
+        for n, v in self._versions.items():
+            if self.outputs[n]._version != v:
+                raise CnnvisError(f"layer {n!r} returns a tensor that the model's forward later overwrites in place "
+                                  f"(an alias such as an Identity's input); capture the layer that computes it")
 
     def _hook(self, name: str):
         def hook(module, inputs, output):
-            if isinstance(output, (tuple, list)):
-                output = output[0]
-            if name not in self.outputs:
-                self.outputs[name] = output
+            first = output[0] if isinstance(output, (tuple, list)) else output
+            if name in self.outputs:  # a module called twice: the first call counts
+                return None
+            self.outputs[name] = first
             if self.stop and len(self.outputs) == len(self.names):
                 raise _StopForward
+            if not torch.is_tensor(first):
+                return None
+            if not first.is_inference():
+                self._versions[name] = first._version
+            return _with_first(output, first.clone())  # later in-place ops write into the copy
 
         return hook
+
+
+def _with_first(output, first: Tensor):
+    """`output` (a tensor, or a tuple/list led by one) with its first tensor replaced by `first`."""
+    if torch.is_tensor(output):
+        return first
+    if type(output) is tuple:
+        return (first, *output[1:])
+    if type(output) is list:
+        return [first, *output[1:]]
+    if hasattr(output, "_make"):  # a namedtuple
+        return output._make((first, *output[1:]))
+    return None  # an unknown container: keep the original output
 
 
 @contextlib.contextmanager
