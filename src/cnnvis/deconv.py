@@ -1,7 +1,7 @@
 """Zeiler & Fergus (2014) deconvnet visualization: project top feature maps back to pixels.
 
     res = deconvnet(vm, x, layers=['conv1_2', 'conv3_3', 'conv5_3'], top=3)
-    res.reconstructions[i]   # (k, 3, H, W) pixel-space projection of layer i's top-k channels
+    res.reconstructions[i]   # (k, C, H, W) pixel-space projection of layer i's top-k channels
     res.activations[i]       # (k, h, w) their rectified feature maps; res.channels[i] (k,) indices
 
 The rule, applied from the chosen layer down to the pixels: max-pool -> unpool with the switches
@@ -52,7 +52,7 @@ class DeconvResult:
     channels: list[Tensor]            # (k,) channel indices, strongest first
     norms: list[Tensor]               # (k,) L2 norms of the rectified feature maps
     activations: list[Tensor]         # (k, h, w) rectified feature maps
-    reconstructions: list[Tensor]     # (k, 3, H, W) projections into input space
+    reconstructions: list[Tensor]     # (k, C, H, W) projections into input space
     max_pools: int = 0                # max-pool layers crossed (0: the rule is ReLU + transposed convs)
     notes: list[str] = field(default_factory=list)
     engine: str = "chain"             # 'chain': explicit batched rules; 'autograd': graph with skips
@@ -97,7 +97,7 @@ def deconvnet(model, x: Tensor, layers: Sequence[str] | None = None, top: int = 
               ) -> DeconvResult:
     """Project the `top` strongest channels of each layer in `layers` to input space, one backward sweep.
 
-    x: (1, 3, H, W) (in [0, 1] for a VisModel). Returns a DeconvResult; the model is unchanged.
+    x: (1, C, H, W) with the model's C channels (3 = RGB, 1 = grey; in [0, 1] for a VisModel). Returns a DeconvResult; the model is unchanged.
     """
     from cnnvis.layers import resolve_layer
     from cnnvis.utils import model_guard
@@ -105,7 +105,7 @@ def deconvnet(model, x: Tensor, layers: Sequence[str] | None = None, top: int = 
     module, normalize, _ = model_parts(model)
     labels, names = _check_args(model, x, layers, top, seed)
     uniq = list(dict.fromkeys(names))
-    x = check_input(x, _device(module))
+    x = check_input(x, _device(module), model)
     if x.shape[0] != 1:
         raise CnnvisError(f"deconvnet projects one image at a time; got a batch of {x.shape[0]}")
     order: list[str] = []
@@ -176,7 +176,7 @@ def deconvnet(model, x: Tensor, layers: Sequence[str] | None = None, top: int = 
 
 
 def _sweep(order: list[str], orig: dict[str, Tensor], x: Tensor, seeds: dict[str, Tensor]) -> dict[str, Tensor]:
-    """One batched backward sweep from the deepest layer to x; returns {layer: (k, 3, H, W)}.
+    """One batched backward sweep from the deepest layer to x; returns {layer: (k, C, H, W)}.
 
     Rows of the batch are (layer, channel) pairs, deepest layer first. The sweep stops at each
     shallower chosen layer whose output every path down to x goes through (always so in VGG),
@@ -461,7 +461,7 @@ def deconvnet_loop(model, x: Tensor, layers: Sequence[str] | None = None, top: i
 
     module, _, _ = model_parts(model)
     labels, names = _check_args(model, x, layers, top, seed)
-    x = check_input(x, _device(module))
+    x = check_input(x, _device(module), model)
     chans, norms, maps, recons = [], [], [], []
     with model_guard(module), torch.enable_grad(), modified_relu(module, "deconvnet", _relu_types()):
         for n in names:

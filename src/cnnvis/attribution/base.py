@@ -1,8 +1,10 @@
 """The shared part of every attribution method: inputs, targets, one forward + gradient.
 
     sal = Saliency(vm)                       # vm: a VisModel (inputs in [0, 1]) or any nn.Module
-    a = sal.attribute(x, target='pelican')   # x (B, 3, H, W) -> (B, 3, H, W) signed attribution
-    m = sal.map(x)                           # (B, H, W) >= 0: max |a| over colour channels
+    a = sal.attribute(x, target='pelican')   # x (B, C, H, W) -> (B, C, H, W) signed attribution
+    m = sal.map(x)                           # (B, H, W) >= 0: max |a| over the channels
+
+C is the model's input channels (`as_vismodel(model).channels`): 3 (RGB) or 1 (grey), checked.
 
 Targets: None (top-1 class per image; for non-classifiers the sum of the outputs), a class
 index or name, a list/tensor of indices (one per image), a callable `output -> (B,)` score, or
@@ -68,15 +70,23 @@ def model_parts(model) -> tuple[nn.Module, Callable[[Tensor], Tensor] | None, ob
     return vm.model, None, None
 
 
-def check_input(x: Tensor, device: torch.device) -> Tensor:
-    """(B, 3, H, W) or (3, H, W) float tensor -> detached float copy (B, C, H, W) on `device`."""
+def check_input(x: Tensor, device: torch.device, model=None) -> Tensor:
+    """(B, C, H, W) or (C, H, W) float tensor -> detached float copy (B, C, H, W) on `device`.
+
+    With `model` (a VisModel or nn.Module), C must be the model's input channels
+    (`as_vismodel(model).channels`: 3 for RGB models, 1 for grey ones such as MNIST nets).
+    """
     if not torch.is_tensor(x):
-        raise CnnvisError(f"expected an image tensor (B, 3, H, W), got {type(x).__name__}; "
+        raise CnnvisError(f"expected an image tensor (B, C, H, W), got {type(x).__name__}; "
                           f"use vm.preprocess.prepare(pil_image) for a PIL image")
     if x.dim() == 3:
         x = x.unsqueeze(0)
     if x.dim() != 4 or x.shape[0] == 0:
-        raise CnnvisError(f"expected an image batch (B, 3, H, W), got shape {tuple(x.shape)}")
+        raise CnnvisError(f"expected an image batch (B, C, H, W), got shape {tuple(x.shape)}")
+    if model is not None:
+        from cnnvis.models.registry import as_vismodel
+
+        as_vismodel(model).check_input(x, "the input image x")
     if not x.is_floating_point():
         raise CnnvisError(f"expected a float image tensor in [0, 1], got dtype {x.dtype}")
     if not torch.isfinite(x).all():
@@ -103,7 +113,7 @@ class Attribution:
         """Attribution for images `x` ((B, 3, H, W), in [0, 1] for a VisModel) and `target`."""
         from cnnvis.utils import model_guard
 
-        x = check_input(x, self.device)
+        x = check_input(x, self.device, self.model)
         with model_guard(self.module), torch.enable_grad():
             out = self._attribute(x, target)
         return out.detach()

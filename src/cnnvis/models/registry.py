@@ -139,21 +139,34 @@ def model_info(name: str) -> ModelEntry:
     return _REGISTRY[name]
 
 
-def load(name: str = DEFAULT_MODEL, weights: str | os.PathLike | None = None, device: str | torch.device | None = "cpu") -> VisModel:
-    """Build a registered model.
+def _looks_like_checkpoint(name) -> bool:
+    from cnnvis.models.checkpoint import looks_like_checkpoint
 
-    weights: None = the model's default (embedded or downloaded pretrained weights),
-    'random' = untrained, or a path to a .pth/.pt/.safetensors/.h5 file.
+    return looks_like_checkpoint(name)
+
+
+def load(name: str | os.PathLike = DEFAULT_MODEL, weights: str | os.PathLike | None = None, device: str | torch.device | None = "cpu") -> VisModel:
+    """Build a registered model, or load a user's checkpoint by path.
+
+    name: a registered name (`list_models()`) or a checkpoint path: a folder holding
+    model.json + model.safetensors, or one of those files (see `cnnvis.models.checkpoint`).
+    weights: None = the model's default (embedded or downloaded pretrained weights, or the
+    checkpoint's own), 'random' = untrained, or a path to a .pth/.pt/.safetensors/.h5 file.
     """
     from cnnvis.utils import resolve_device
 
-    entry = model_info(name)
+    name = os.fspath(name) if isinstance(name, os.PathLike) else name
     if weights is not None and str(weights) not in ("random", "pretrained", "DEFAULT"):
         if not Path(weights).is_file():
             raise CnnvisError(f"weights file {str(weights)!r} does not exist")
     if str(weights) == "DEFAULT":
         weights = "pretrained"
-    vm = entry.builder(weights)
+    if name not in _REGISTRY and _looks_like_checkpoint(name):
+        from cnnvis.models.checkpoint import load_checkpoint
+
+        vm = load_checkpoint(name, weights)
+    else:
+        vm = model_info(name).builder(weights)
     vm.model.eval()
     for m in vm.model.modules():  # hooks need the pre-activation tensors intact
         if hasattr(m, "inplace"):

@@ -1,0 +1,117 @@
+"""Architectures by name: small reference nets a checkpoint's metadata can name.
+
+    list_archs()                                   -> ['mnist_cnn']
+    build_arch('mnist_cnn', num_classes=10)        -> nn.Module, random weights
+    arch_info('mnist_cnn').input_shape             -> (1, 28, 28); .mean, .std: its normalization
+
+A checkpoint (`cnnvis.models.checkpoint`) names its architecture: one registered here, or a
+torchvision / timm model ('torchvision:resnet18', 'timm:resnet18', or the bare name when it is
+unambiguous). Training code registers nothing new: it builds a registered arch and saves it.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from cnnvis.errors import CnnvisError, unknown_name
+
+
+@dataclass(frozen=True)
+class ArchEntry:
+    """A registered architecture: `builder(num_classes, input_shape, **arch_args) -> nn.Module`
+    and its default input contract (shape (C, H, W), per-channel mean/std in [0, 1] units)."""
+
+    name: str
+    builder: Callable[..., nn.Module]
+    description: str
+    input_shape: tuple[int, int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    num_classes: int
+    labels: tuple[str, ...] | None = None
+    aliases: dict[str, str] = field(default_factory=dict)
+    min_size: int = 1
+
+
+_ARCHS: "OrderedDict[str, ArchEntry]" = OrderedDict()
+
+
+def register_arch(name: str, *, description: str, input_shape, mean, std, num_classes: int,
+                  labels=None, aliases: dict[str, str] | None = None, min_size: int = 1):
+    """Decorator: register `builder(num_classes, input_shape, **arch_args) -> nn.Module` as `name`."""
+
+    def deco(fn):
+        _ARCHS[name] = ArchEntry(name, fn, description, tuple(input_shape), tuple(mean), tuple(std),
+                                 num_classes, tuple(labels) if labels else None, dict(aliases or {}), min_size)
+        return fn
+
+    return deco
+
+
+def list_archs() -> list[str]:
+    """Names of the registered architectures."""
+    return list(_ARCHS)
+
+
+def arch_info(name: str) -> ArchEntry:
+    if name not in _ARCHS:
+        raise unknown_name("architecture", name, list_archs(),
+                           hint="register it with cnnvis.models.archs.register_arch, or name a "
+                                "torchvision/timm model as 'torchvision:NAME' or 'timm:NAME'")
+    return _ARCHS[name]
+
+
+def build_arch(name: str, num_classes: int | None = None, input_shape=None, **arch_args) -> nn.Module:
+    """A registered architecture with random weights (defaults: its own classes and input shape)."""
+    e = arch_info(name)
+    shape = tuple(input_shape) if input_shape is not None else e.input_shape
+    try:
+        return e.builder(num_classes or e.num_classes, shape, **arch_args)
+    except TypeError as err:
+        raise CnnvisError(f"architecture {name!r} does not take these arguments: {arch_args} ({err})") from None
+
+
+# ----------------------------------------------------------------------------- reference nets
+
+class MnistCNN(nn.Module):
+    """The classic TensorFlow 'Deep MNIST' net: conv32 5x5 - pool - conv64 5x5 - pool - fc1024 -
+    dropout - fc(num_classes), for (B, C, 28, 28) input (C = 1 by default).
+
+    An adaptive average pool to 7x7 sits before the classifier: the identity at 28 px, so the
+    weights are those of the classic net, and any input of at least 4 px still gives logits.
+    """
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, dropout: float = 0.5):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, 32, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+        )
+        self.avgpool = nn.AdaptiveAvgPool2d((7, 7))
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Linear(64 * 7 * 7, 1024), nn.ReLU(), nn.Dropout(dropout), nn.Linear(1024, num_classes),
+        )
+
+    def forward(self, x):
+        return self.classifier(self.avgpool(self.features(x)))
+
+
+MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
+
+
+@register_arch(
+    "mnist_cnn",
+    description="conv32-pool-conv64-pool-fc1024-dropout-fc10 for 1x28x28 digits (TensorFlow's Deep MNIST net)",
+    input_shape=(1, 28, 28), mean=MNIST_MEAN, std=MNIST_STD, num_classes=10,
+    labels=[str(i) for i in range(10)],
+    aliases={"conv1": "features.0", "relu1": "features.1", "pool1": "features.2",
+             "conv2": "features.3", "relu2": "features.4", "pool2": "features.5",
+             "fc1": "classifier.1", "relu3": "classifier.2", "fc2": "classifier.4"},
+    min_size=4,
+)
+def _mnist_cnn(num_classes: int, input_shape, dropout: float = 0.5) -> nn.Module:
+    return MnistCNN(num_classes, in_channels=int(input_shape[0]), dropout=dropout)

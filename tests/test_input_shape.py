@@ -1,0 +1,268 @@
+"""Any input shape: the model's input contract (C, H, W) + per-channel normalization, the one
+"VisModel or nn.Module" adapter, checkpoints by path, and a 1-channel 28x28 net through every method."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from cnnvis.errors import CnnvisError
+from cnnvis.models import Preprocess, VisModel, as_vismodel, build_arch, load, save_checkpoint, wrap
+
+
+# ----------------------------------------------------------------------------- contract
+
+def test_preprocess_takes_c_channels():
+    p = Preprocess(mean=(0.5,), std=(0.25,), resize=28, crop=28)
+    assert p.channels == 1 and p.pil_mode == "L"
+    x = torch.tensor([0.0, 0.5, 1.0]).view(1, 1, 1, 3)
+    assert torch.allclose(p.normalize(x), torch.tensor([-2.0, 0.0, 2.0]).view(1, 1, 1, 3))
+    assert torch.allclose(p.denormalize(p.normalize(x)), x)
+    so = Preprocess.scale_offset((2.0, 1.0), (-1.0, 0.0))  # x * scale + offset
+    y = so.normalize(torch.full((1, 2, 1, 1), 0.25))
+    assert torch.allclose(y.flatten(), torch.tensor([-0.5, 0.25]))
+    with pytest.raises(CnnvisError, match="one mean and one std per channel"):
+        Preprocess(mean=(0.5, 0.5), std=(0.2,))
+    with pytest.raises(CnnvisError, match="bgr=True needs 3 channels"):
+        Preprocess(mean=(0.5,), std=(0.2,), bgr=True)
+
+
+def test_grey_tensor_to_rgb_model_is_refused_not_broadcast(tiny_cnn):
+    vm = wrap(tiny_cnn)  # ImageNet mean/std, 3 channels
+    assert vm.input_shape == (3, 224, 224) and vm.channels == 3
+    with pytest.raises(CnnvisError, match=r"shape \(1, 1, 16, 16\).*3 channel.*convert\('RGB'\)"):
+        vm(torch.rand(1, 1, 16, 16))
+    from cnnvis.attribution import method
+
+    with pytest.raises(CnnvisError, match=r"input image x has shape \(1, 1, 16, 16\).*3 channel"):
+        method("saliency", vm).attribute(torch.rand(1, 1, 16, 16))
+
+
+def test_pil_image_follows_the_model_channels():
+    rgb = Image.fromarray(np.stack([np.full((30, 40), v, np.uint8) for v in (200, 100, 50)], -1))
+    grey = Preprocess(mean=(0.0,), std=(1.0,), resize=28, crop=28).prepare(rgb)
+    want = round(0.299 * 200 + 0.587 * 100 + 0.114 * 50) / 255  # PIL's 'L' conversion
+    assert grey.shape == (1, 1, 28, 28) and torch.allclose(grey, torch.full_like(grey, want), atol=1 / 255)
+    col = Preprocess(resize=28, crop=28).prepare(rgb.convert("L"))
+    assert col.shape == (1, 3, 28, 28) and torch.allclose(col[0, 0], col[0, 2])
+
+
+def test_wrap_and_bare_modules_carry_an_input_shape():
+    from cnnvis.layers import list_layers
+
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.MaxPool2d(2))
+    vm = wrap(net, input_shape=(1, 28, 28))
+    assert vm.input_shape == (1, 28, 28) and vm.preprocess.mean == (0.0,)
+    assert {i.name: i.shape for i in list_layers(vm)}["2"] == (4, 13, 13)
+    # a bare module: C from its first Conv2d, H = W = 224 (documented)
+    assert {i.name: i.shape for i in list_layers(net)}["0"] == (4, 222, 222)
+    assert as_vismodel(nn.Sequential(nn.Flatten())).channels == 3
+    with pytest.raises(CnnvisError, match="input_shape must be"):
+        wrap(net, input_shape=(28, 28))
+    with pytest.raises(CnnvisError, match="1 channel.*normalizes 3"):
+        wrap(net, input_shape=(1, 28, 28), preprocess=Preprocess())
+
+
+def test_one_adapter_everywhere(tiny_cnn):
+    from cnnvis.attribution.base import model_parts
+    from cnnvis.layers import _parts
+    from cnnvis.optvis import render as render_mod
+
+    vm = wrap(tiny_cnn)
+    assert as_vismodel(vm) is vm and _parts(vm)[2] is vm and model_parts(vm)[2] is vm
+    before = {k: v.clone() for k, v in tiny_cnn.state_dict().items()}
+    tiny_cnn.train()
+    bare = as_vismodel(tiny_cnn)
+    assert isinstance(bare, VisModel) and bare.model is tiny_cnn and bare.min_size == 1
+    assert bare.input_shape == (3, 224, 224) and bare.preprocess.mean == (0.0,) * 3
+    assert render_mod.as_vismodel is as_vismodel
+    assert _parts(tiny_cnn)[2].input_shape == bare.input_shape and model_parts(tiny_cnn)[0] is tiny_cnn
+    x = torch.rand(2, 3, 8, 8)
+    tiny_cnn.eval()
+    assert torch.equal(bare(x), tiny_cnn(x))  # fed as is
+    tiny_cnn.train()
+    assert tiny_cnn.training and all(torch.equal(v, before[k]) for k, v in tiny_cnn.state_dict().items())
+    with pytest.raises(CnnvisError, match="expected a cnnvis VisModel or a torch.nn.Module"):
+        as_vismodel("resnet18")
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+@pytest.fixture
+def mnist_ckpt(tmp_path):
+    torch.manual_seed(0)
+    net = build_arch("mnist_cnn")
+    path = save_checkpoint(tmp_path / "mnist", net, architecture="mnist_cnn", extra={"training": {"steps": 0}})
+    return net.eval(), path
+
+
+def test_checkpoint_round_trip(mnist_ckpt, tmp_path):
+    net, meta_path = mnist_ckpt
+    meta = json.loads(meta_path.read_text())
+    assert meta["architecture"] == "mnist_cnn" and meta["input"] == {
+        "shape": [1, 28, 28], "mean": [0.1307], "std": [0.3081], "resize": 28}
+    assert meta["classes"] == [str(i) for i in range(10)] and meta["training"] == {"steps": 0}
+    x = torch.rand(3, 1, 28, 28)
+    want = net((x - 0.1307) / 0.3081)
+    for p in (meta_path.parent, meta_path, meta_path.with_suffix(".safetensors"), str(meta_path.parent)):
+        vm = load(p)
+        assert vm.name == "mnist" and vm.input_shape == (1, 28, 28) and vm.labels[3] == "3"
+        assert torch.allclose(vm(x), want, atol=1e-5)
+    # a VisModel keeps its own contract when saved
+    vm2 = load(save_checkpoint(tmp_path / "again.safetensors", vm, architecture="mnist_cnn"))
+    assert vm2.name == "again" and vm2.preprocess == vm.preprocess and torch.allclose(vm2(x), want, atol=1e-5)
+    assert not load(meta_path.parent, weights="random")(x).allclose(want)
+
+
+def _rewrite(meta_path, **changes):
+    meta = json.loads(meta_path.read_text())
+    meta.pop("weights_sha256", None)
+    for k, v in changes.items():
+        if v is None:
+            meta.pop(k, None)
+        else:
+            meta[k] = v
+    meta_path.write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"classes": ["a", "b", "c"]}, r"wrong shape \(e.g. classifier.4.weight: file \(10, 1024\), model \(3, 1024\)\).*fix the JSON"),
+    ({"architecture": "mnist_cnm"}, "unknown architecture 'mnist_cnm'; did you mean: mnist_cnn"),
+    ({"architecture": "resnet18", "input": {"shape": [3, 28, 28]}}, r"keys .*missing.*model\.json.*fix the JSON"),
+    ({"architecture": None}, "has no 'architecture'"),
+    ({"input": {"shape": [1, 28]}}, r"'input.shape' must be \[C, H, W\]"),
+    ({"input": {"shape": [1, 28, 28], "mean": [0.5, 0.5]}}, r"'input.mean' must be a list of 1 numbers"),
+])
+def test_checkpoint_metadata_that_disagrees(mnist_ckpt, change, message):
+    _, meta_path = mnist_ckpt
+    _rewrite(meta_path, **change)
+    with pytest.raises(CnnvisError, match=message) as e:
+        load(meta_path.parent)
+    assert str(meta_path) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_checkpoint_files_missing_or_corrupt(mnist_ckpt):
+    _, meta_path = mnist_ckpt
+    weights = meta_path.with_suffix(".safetensors")
+    meta_path.write_text('{"architecture": "mnist_cnn",')
+    with pytest.raises(CnnvisError, match=r"model.json' is not valid JSON .*line 1"):
+        load(meta_path.parent)
+    meta_path.unlink()
+    with pytest.raises(CnnvisError, match="has no metadata 'model.json'"):
+        load(meta_path.parent)
+    with pytest.raises(CnnvisError, match=r"has no metadata: expected .*model.json' beside it"):
+        load(weights)
+    with pytest.raises(CnnvisError, match="neither a registered model name"):
+        load(str(meta_path.parent / "nothere"))
+
+
+def test_checkpoint_weights_changed_after_the_json(mnist_ckpt):
+    _, meta_path = mnist_ckpt
+    w = meta_path.with_suffix(".safetensors")
+    data = bytearray(w.read_bytes())
+    data[-1] ^= 1
+    w.write_bytes(bytes(data))
+    with pytest.raises(CnnvisError, match="do not match the sha256"):
+        load(meta_path)
+
+
+def test_cli_model_path(mnist_ckpt, tmp_path, capsys):
+    from cnnvis.cli import main
+
+    _, meta_path = mnist_ckpt
+    img = tmp_path / "digit.png"
+    Image.fromarray((np.random.default_rng(0).random((28, 28)) * 255).astype(np.uint8), "L").save(img)
+    code = main(["classify", str(img), "--model", str(meta_path.parent), "--json", "--device", "cpu"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    top = json.loads(out.out)
+    top = top[0]["top"] if isinstance(top, list) else top["images"][0]["top"]
+    vm = load(meta_path.parent)
+    with torch.no_grad():
+        probs = torch.softmax(vm(vm.preprocess.prepare(Image.open(img))), 1)[0]
+    assert top[0]["index"] == int(probs.argmax()) and abs(top[0]["prob"] - float(probs.max())) < 1e-4
+    _rewrite(meta_path, classes=["a", "b"])
+    code = main(["classify", str(img), "--model", str(meta_path.parent), "--device", "cpu"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "model.json" in err and "Traceback" not in err
+
+
+# ----------------------------------------------------------------------------- 1-channel net, every method
+
+@pytest.fixture(scope="module")
+def mnist_vm():
+    torch.manual_seed(1)
+    net = build_arch("mnist_cnn")
+    return wrap(net, name="mnist", preprocess=Preprocess((0.1307,), (0.3081,), resize=28, crop=28),
+                labels=[str(i) for i in range(10)], aliases={"conv1": "features.0", "conv2": "features.3"},
+                min_size=4)
+
+
+@pytest.fixture(scope="module")
+def digit():
+    rng = np.random.default_rng(0)
+    a = np.zeros((28, 28), np.uint8)
+    a[6:22, 12:16] = 255  # a "1"
+    a = np.clip(a + rng.integers(0, 30, a.shape), 0, 255).astype(np.uint8)
+    return Image.fromarray(a, "L")
+
+
+def test_mnist_layers_and_classify(mnist_vm, digit):
+    from cnnvis.classify import classify
+    from cnnvis.layers import list_layers
+
+    shapes = {i.name: i.shape for i in list_layers(mnist_vm)}
+    assert shapes["features.0"] == (32, 28, 28) and shapes["features.5"] == (64, 7, 7) and shapes["classifier.4"] == (10,)
+    (preds,) = classify(mnist_vm, [digit.convert("RGB")], top=3)  # an RGB file is converted to L
+    x = torch.from_numpy(np.asarray(digit, np.float32) / 255).view(1, 1, 28, 28)
+    with torch.no_grad():
+        p = torch.softmax(mnist_vm.model.eval()((x - 0.1307) / 0.3081), 1)[0]
+    assert preds[0].index == int(p.argmax()) and abs(preds[0].prob - float(p.max())) < 1e-5
+
+
+def test_mnist_every_attribution_method(mnist_vm, digit):
+    from cnnvis.attribution import METHODS, method
+
+    x = mnist_vm.preprocess.prepare(digit)
+    for name in METHODS:
+        a = method(name, mnist_vm).attribute(x, target=3)
+        assert a.shape in ((1, 1, 28, 28),), name
+        assert torch.isfinite(a).all() and a.abs().sum() > 0, name
+    # saliency is the input gradient through the normalization
+    xg = x.clone().requires_grad_(True)
+    mnist_vm.model.eval()((xg - 0.1307) / 0.3081)[0, 3].backward()
+    assert torch.allclose(method("saliency", mnist_vm).attribute(x, target=3).abs(), xg.grad.abs(), atol=1e-6)
+    with pytest.raises(CnnvisError, match=r"\(1, 3, 28, 28\).*1 channel.*convert\('L'\)"):
+        method("saliency", mnist_vm).attribute(x.expand(-1, 3, -1, -1))
+
+
+def test_mnist_deconvnet(mnist_vm, digit):
+    from cnnvis.deconv import deconvnet, deconvnet_loop
+
+    x = mnist_vm.preprocess.prepare(digit)
+    res = deconvnet(mnist_vm, x, layers=["conv1", "conv2"], top=2)
+    ref = deconvnet_loop(mnist_vm, x, layers=["conv1", "conv2"], top=2)
+    for r, q in zip(res.reconstructions, ref.reconstructions):
+        assert r.shape == (2, 1, 28, 28) and r.abs().sum() > 0
+        assert torch.allclose(r, q, atol=1e-4 * float(q.abs().max()))
+    with pytest.raises(CnnvisError, match="1 channel"):
+        deconvnet(mnist_vm, torch.rand(1, 3, 28, 28), layers=["conv1"])
+
+
+def test_mnist_render_and_dream(mnist_vm, digit):
+    """Needs the optvis side (C-channel PixelImage/FourierImage, 1-channel dream)."""
+    from cnnvis.dream import dream
+    from cnnvis.optvis import class_logit, render
+
+    res = render(mnist_vm, "conv2:5", size=28, steps=16, seed=0)
+    assert res.images.shape == (1, 1, 28, 28) and res.values[-1, 0] > res.values[0, 0]
+    cls = render(mnist_vm, class_logit(3), size=28, steps=16, seed=0)
+    assert cls.images.shape == (1, 1, 28, 28) and cls.values[-1, 0] > cls.values[0, 0]
+    out = dream(mnist_vm, digit.resize((56, 56)), layers=["conv2"], octaves=2, steps_per_octave=4, jitter=2)
+    assert out.size == (56, 56)
+    assert np.abs(np.asarray(out.convert("L"), np.float32) - np.asarray(digit.resize((56, 56)), np.float32)).mean() > 0.5
