@@ -10,6 +10,7 @@ Attributes are imported on first use, so `import cnnvis` (and `cnnvis --help`) s
 """
 
 __version__ = "0.1.0"
+DEFAULT_MODEL = "efficientnet_lite0"  # the embedded ImageNet classifier (offline)
 
 from cnnvis.errors import CnnvisError  # noqa: E402
 
@@ -25,7 +26,7 @@ _LAZY = {
     "run": "cnnvis.jobs", "make_spec": "cnnvis.jobs", "Store": "cnnvis.jobs", "Result": "cnnvis.jobs",
 }
 
-__all__ = ["CnnvisError", "attribute", "__version__", *_LAZY]
+__all__ = ["CnnvisError", "DEFAULT_MODEL", "attribute", "__version__", *_LAZY]
 
 
 def attribute(model, x, method: str = "saliency", target=None, **options):

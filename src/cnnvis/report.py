@@ -1,9 +1,13 @@
-"""Static HTML report: one page, one section per capability, PNGs beside it.
+"""Static HTML report: one page, one section per capability, pictures beside it.
 
-    build_report(vm, photos, 'out/', quick=True)  -> Path('out/index.html')
+    build_report(vm, [("cat", "sample:chelsea"), ("pelican", "pelican.jpg")], "out/", quick=True)
 
-Sections live in `cnnvis.sections.*`; each module defines `SECTION = Section(...)` whose
-`render(ctx) -> str` returns an HTML fragment and writes its images through `ctx.save`.
+Sections live in `cnnvis.sections.*`; each module defines `SECTION = Section(...)`. A section
+computes through the job layer (`ctx.run(kind, ...)`), so a report built with a store reuses
+every result already computed (by the CLI, an earlier report or the web app). `applies(vm)`
+returns None or the reason the section does not apply to the model; a section that fails is
+shown as an error box and the rest of the report is still written. The page comes from the
+Jinja2 template `templates/report.html`.
 """
 
 from __future__ import annotations
@@ -13,18 +17,25 @@ import importlib
 import json
 import pkgutil
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import torch
-from PIL import Image
 
 from cnnvis import __version__
 from cnnvis.errors import CnnvisError
 from cnnvis.utils import atomic_write
 
 esc = html.escape
+
+
+def _always(vm) -> str | None:
+    return None
+
+
+def classifier_only(vm) -> str | None:
+    """`applies` for sections that need class scores."""
+    return None if vm.task == "classification" else f"{vm.name} is not a classifier ({vm.task})"
 
 
 @dataclass(frozen=True)
@@ -34,21 +45,45 @@ class Section:
     render: Callable[["ReportContext"], str]
     order: int = 50
     description: str = ""
+    applies: Callable[[object], str | None] = _always  # vm -> None, or why the section is skipped
 
 
 @dataclass
 class ReportContext:
-    """What a section gets: the model, the photos, where to write, and how much work to do."""
+    """What a section gets: the model, the photos (name, ref), where to write, how much work to do."""
 
     vm: object
-    photos: list[tuple[str, Image.Image]]
+    photos: list[tuple[str, str]]
     out: Path
     quick: bool = False
-    device: str | torch.device = "cpu"
+    device: str | None = None
     seed: int = 0
     progress: object = None
+    store: object = None
     data: dict = field(default_factory=dict)  # sections put their numbers here -> report.json
-    _models: dict = field(default_factory=dict)
+    pool: object = None
+    weights: str | None = None  # the report model's --weights (part of every result's key)
+
+    def __post_init__(self) -> None:
+        from cnnvis.jobs import ModelPool
+
+        if self.pool is None:
+            self.pool = ModelPool(str(self.device) if self.device is not None else None)
+        self.pool.add(self.vm, self.vm.name, self.weights)
+
+    def run(self, kind: str, model: str | None = None, **fields):
+        """Run a job for the report's model (or another registry `model`) through the store, if any."""
+        from cnnvis.jobs import make_spec, run
+
+        fields.setdefault("seed", self.seed)
+        own = model in (None, self.vm.name)
+        spec = make_spec(kind, model=self.vm.name if own else model, weights=self.weights if own else None, **fields)
+        vm = self.vm if own else None
+        return run(spec, store=self.store, pool=self.pool, vm=vm, progress=self.progress)
+
+    def model(self, name: str):
+        """Another registry model (loaded once), e.g. 'vgg16_hed' for the classic VGG pictures."""
+        return self.pool.get(name)
 
     def save(self, img, name: str) -> str:
         """Save a PIL image or tensor as out/img/<name>; returns the path relative to index.html."""
@@ -58,20 +93,25 @@ class ReportContext:
         save_png(img, self.out / rel)
         return rel
 
-    def model(self, name: str):
-        """Another registry model (cached), e.g. 'vgg16_hed' for the classic VGG pictures."""
-        if getattr(self.vm, "name", None) == name:
-            return self.vm
-        if name not in self._models:
-            from cnnvis.models import load
+    def save_file(self, result, name: str, file: str | None = None) -> str:
+        """Copy a result's file (default: its main picture) to out/img/<name>; returns the relative path."""
+        rel = f"img/{name}"
+        with atomic_write(self.out / rel) as f:
+            f.write(result.files[file or result.main])
+        return rel
 
-            self._models[name] = load(name, device=self.device)
-        return self._models[name]
+    def photo(self, i: int = 0):
+        """(name, PIL image) of photo i."""
+        from cnnvis.jobs.kinds import load_input
+
+        name, ref = self.photos[i]
+        return name, load_input(ref)
 
     def img_tag(self, rel: str, caption: str = "", width: int | None = None) -> str:
         w = f' width="{width}"' if width else ""
         cap = f"<figcaption>{caption}</figcaption>" if caption else ""
-        return f'<figure><a href="{esc(rel)}"><img src="{esc(rel)}"{w} loading="lazy" alt="{esc(caption)}"></a>{cap}</figure>'
+        return (f'<figure><a href="{esc(rel)}"><img src="{esc(rel)}"{w} loading="lazy" '
+                f'alt="{esc(html.unescape(caption))[:200]}"></a>{cap}</figure>')
 
 
 def sections() -> list[Section]:
@@ -86,36 +126,8 @@ def sections() -> list[Section]:
     return sorted(found, key=lambda s: (s.order, s.name))
 
 
-CSS = """
-body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;padding:0 1em;color:#222}
-h1{margin-bottom:.2em} h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}
-.note{background:#f6f6f0;border-left:4px solid #c9b458;padding:.5em 1em}
-figure{display:inline-block;margin:.4em;vertical-align:top;text-align:center}
-figcaption{font-size:.85em;max-width:360px}
-img{image-rendering:auto;max-width:100%}
-table{border-collapse:collapse;font-size:.9em} td,th{border:1px solid #ddd;padding:.2em .5em;text-align:left}
-.num{text-align:right;font-variant-numeric:tabular-nums}
-nav a{margin-right:1em}
-"""
-
-
-def build_report(
-    vm,
-    photos: Sequence[tuple[str, Image.Image]],
-    out: str | Path,
-    *,
-    quick: bool = False,
-    only: Sequence[str] | None = None,
-    device: str | torch.device = "cpu",
-    seed: int = 0,
-    progress=None,
-) -> Path:
-    """Render every section into `out/index.html` (+ img/*.png, report.json). Returns the page path."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise CnnvisError(f"--out {str(out)!r} is a file; give a folder for the report")
-    if not photos:
-        raise CnnvisError("the report needs at least one photo; pass --images DIR")
+def check_sections(only: Sequence[str] | None) -> list[Section]:
+    """The sections to build (all, or `only`); an unknown name lists the valid ones."""
     secs = sections()
     if only:
         names = [s.name for s in secs]
@@ -125,29 +137,57 @@ def build_report(
 
             raise unknown_name("report section", unknown[0], names)
         secs = [s for s in secs if s.name in only]
+    return secs
+
+
+def build_report(
+    vm,
+    photos: Sequence[tuple[str, str]],
+    out: str | Path,
+    *,
+    quick: bool = False,
+    only: Sequence[str] | None = None,
+    device: str | None = None,
+    seed: int = 0,
+    progress=None,
+    store=None,
+    weights: str | None = None,
+) -> Path:
+    """Render every section into `out/index.html` (+ img/*.png, report.json). Returns the page path.
+
+    photos: (name, ref) pairs; a ref is a file path or 'sample:NAME' (scikit-image's photos).
+    """
+    from cnnvis.viz import render_template
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise CnnvisError(f"--out {str(out)!r} is a file; give a folder for the report")
+    if not photos:
+        raise CnnvisError("the report needs at least one photo; pass --images DIR")
+    secs = check_sections(only)
     out.mkdir(parents=True, exist_ok=True)
-    ctx = ReportContext(vm, list(photos), out, quick, device, seed, progress)
-    body, nav, timings = [], [], {}
+    ctx = ReportContext(vm, list(photos), out, quick, device, seed, progress, store, weights=weights)
+    rendered, timings, errors = [], {}, {}
     for s in secs:
         t0 = time.perf_counter()
-        frag = s.render(ctx)
+        skip = s.applies(vm)
+        body, error = "", None
+        if skip is None:
+            try:
+                body = s.render(ctx)
+            except KeyboardInterrupt:
+                raise
+            except Exception as e:  # one failing section must not lose the report
+                error = f"{type(e).__name__}: {e}" if not isinstance(e, CnnvisError) else str(e)
+                errors[s.name] = {"error": error, "traceback": traceback.format_exc(limit=6)}
         timings[s.name] = round(time.perf_counter() - t0, 2)
-        nav.append(f'<a href="#{esc(s.name)}">{esc(s.title)}</a>')
-        desc = f"<p>{s.description}</p>" if s.description else ""
-        body.append(f'<section id="{esc(s.name)}"><h2>{esc(s.title)}</h2>{desc}{frag}'
-                    f'<p class="note" style="font-size:.8em">section computed in {timings[s.name]} s</p></section>')
-    mode = ("<p class='note'><b>Quick demo run</b>: fewer optimization steps, channels and layers than the full "
-            "report (<code>cnnvis report --out DIR</code> without <code>--quick</code>).</p>") if quick else ""
-    page = f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
-<title>cnnvis report: {esc(vm.name)}</title><style>{CSS}</style></head><body>
-<h1>What {esc(vm.name)} sees</h1>
-<p>{esc(getattr(vm, 'description', '') or '')}<br>cnnvis {__version__} · device {esc(str(device))} · seed {seed} ·
-{len(photos)} photos · generated {time.strftime('%Y-%m-%d %H:%M')}</p>{mode}
-<nav>{''.join(nav)}</nav>
-{''.join(body)}
-</body></html>
-"""
+        rendered.append({"name": s.name, "title": s.title, "description": s.description, "body": body,
+                         "skip": skip, "error": error, "seconds": timings[s.name]})
+    page = render_template("report.html", vm=vm, version=__version__, device=str(device or vm.device), seed=seed,
+                           n_photos=len(photos), when=time.strftime("%Y-%m-%d %H:%M"), quick=quick, sections=rendered)
     ctx.data["_timings_s"] = timings
+    if errors:
+        ctx.data["_errors"] = errors
     with atomic_write(out / "report.json", "w") as f:
         json.dump({"model": vm.name, "quick": quick, "seed": seed, "sections": ctx.data}, f, indent=2, default=str)
     page_path = out / "index.html"

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import click
 
-from cnnvis.commands.common import echo_json, json_option, load_model, model_options, no_progress
+from cnnvis.commands.common import (
+    LazyChoice, attribution_methods, check_out, emit, job_options, parse_names, run_job, write_image,
+)
 
-_METHODS = ["saliency", "gradxinput", "smoothgrad", "ig", "guided", "deconvnet", "gradcam", "guided_gradcam"]
+_FLAGS = {"image": "PHOTO", "options": "--option"}
 
 
 def _photo_options(fn):
@@ -17,213 +19,147 @@ def _photo_options(fn):
 
 
 def _method_options(fn):
-    fn = click.option("--steps", default=50, show_default=True, type=click.IntRange(1, 10000), help="IG steps.")(fn)
-    fn = click.option("--samples", default=25, show_default=True, type=click.IntRange(1, 10000),
-                      help="SmoothGrad samples.")(fn)
-    fn = click.option("--noise", default=0.15, show_default=True, type=click.FloatRange(0, 10),
-                      help="SmoothGrad noise (fraction of the image's range).")(fn)
-    fn = click.option("--baseline", default=0.0, show_default=True, type=float,
-                      help="IG baseline grey level in [0, 1].")(fn)
+    fn = click.option("--option", "extra", multiple=True, metavar="KEY=VALUE",
+                      help="Any other option of the method, e.g. --option multiply_by_inputs=false "
+                           "(see the method's docstring).")(fn)
+    fn = click.option("--steps", default=None, type=int, help="IG: path steps (default 50).")(fn)
+    fn = click.option("--samples", default=None, type=int, help="SmoothGrad/VarGrad: noisy samples (default 25).")(fn)
+    fn = click.option("--noise", default=None, type=float,
+                      help="SmoothGrad/VarGrad: noise, a fraction of the image's range (default 0.15).")(fn)
+    fn = click.option("--baseline", default=None, type=float, help="IG: baseline grey level in [0, 1] (default 0).")(fn)
     return fn
 
 
-def _options_for(method: str, layer, steps, samples, noise, baseline, seed=0) -> dict:
-    if method == "ig":
-        return {"steps": steps, "baseline": baseline}
-    if method == "smoothgrad":
-        return {"samples": samples, "noise": noise, "seed": seed}
-    if method in ("gradcam", "guided_gradcam"):
-        return {"layer": layer}
-    return {}
-
-
-def _prepare(vm, photo_path: str, size: int | None):
-    from cnnvis.errors import CnnvisError
-    from cnnvis.images import load_image
-
-    img = load_image(photo_path)
-    if size is not None and size < vm.min_size:
-        raise CnnvisError(f"--size {size} is too small for {vm.name}; use at least {vm.min_size}")
-    return vm.preprocess.prepare(img, size=size).to(vm.device)
-
-
-def _target(vm, target: str | None):
-    if target is None:
+def _parse_value(v: str):
+    low = v.strip().lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
         return None
-    t = target.strip()
-    if vm.task != "classification":
-        from cnnvis.errors import CnnvisError
+    for conv in (int, float):
+        try:
+            return conv(v)
+        except ValueError:
+            pass
+    return v
 
-        raise CnnvisError(f"model {vm.name!r} is not a classifier ({vm.task}); drop --target (the map explains "
-                          f"the sum of its output) or use --layer/--channel")
-    return vm.class_index(int(t) if t.lstrip("-").isdigit() else t)
 
+def method_options(steps, samples, noise, baseline, extra) -> dict:
+    """The method options given on the command line (only those given: the method checks them)."""
+    from cnnvis.errors import CnnvisError
 
-def _describe(vm, x, target) -> tuple[str, dict]:
-    """Title text and JSON info: which class the map explains, with its probability."""
-    import torch
-
-    if vm.task != "classification":
-        return f"{vm.name}: sum of the {vm.task} output", {"target": None}
-    from cnnvis.classify import predict_probs
-
-    probs = predict_probs(vm, x)[0]
-    idx = int(probs.argmax()) if target is None else int(target)
-    return (f"{vm.label(idx)} ({idx}), p={float(probs[idx]):.3f}",
-            {"target": idx, "label": vm.label(idx), "prob": round(float(probs[idx]), 6),
-             "top1": int(torch.argmax(probs))})
+    opts = {k: v for k, v in dict(steps=steps, samples=samples, noise=noise, baseline=baseline).items() if v is not None}
+    for item in extra:
+        if "=" not in item:
+            raise CnnvisError(f"--option takes KEY=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        opts[k.strip()] = _parse_value(v)
+    return opts
 
 
 @click.command("saliency")
 @click.argument("photo", type=click.Path())
-@model_options
-@click.option("--method", default="saliency", show_default=True, type=click.Choice(_METHODS))
+@job_options
+@click.option("--method", default="saliency", show_default=True, type=LazyChoice(attribution_methods))
 @_photo_options
 @click.option("--layer", "-l", default=None,
-              help="Grad-CAM: the conv layer (default: the last one). Other methods: explain this layer's "
+              help="CAM methods: the layer (default: the last spatial block). Other methods: explain this layer's "
                    "activation instead of a class (with --channel/--unit).")
 @click.option("--channel", default=None, type=int, help="With --layer: one channel of it.")
 @click.option("--unit", default=None, help="With --layer: one position 'y,x' of its map.")
 @_method_options
-@click.option("--out", "-o", required=True, type=click.Path(), help="Output PNG: photo | map | overlay.")
-@click.option("--raw", default=None, type=click.Path(), help="Also save the raw map (grey PNG) here.")
-@json_option
-def saliency_cmd(photo, model, weights, device, method, target, size, layer, channel, unit, steps, samples, noise,
-                 baseline, out, raw, as_json) -> None:
-    """Attribution map of PHOTO: which pixels drive the class score (or a layer's activation)."""
-    from cnnvis.attribution import LayerTarget, method as make
-    from cnnvis.viz.panels import map_panel
+@click.option("--out", "-o", required=True, type=click.Path(), help="Output image: photo | map | overlay.")
+@click.option("--raw", default=None, type=click.Path(), help="Also save the raw map (8-bit grey, as computed) here.")
+def saliency_cmd(photo, model, weights, device, cache, as_json, method, target, size, layer, channel, unit, steps,
+                 samples, noise, baseline, extra, out, raw) -> None:
+    """Attribution map of PHOTO: which pixels drive the class score (or a layer's activation).
+
+    Example: cnnvis saliency cat.jpg --method gradcam --target tabby --out cam.png
+    """
     from cnnvis.errors import CnnvisError
-    from cnnvis.utils import check_output_path
-    from cnnvis.viz import normalize_map, save_png
 
-    check_output_path(out, [photo])
-    if raw:
-        check_output_path(raw, [photo])
-    vm = load_model(model, weights, device)
-    x = _prepare(vm, photo, size)
-    cam = method in ("gradcam", "guided_gradcam")
-    if (channel is not None or unit is not None) and (layer is None or cam):
-        raise CnnvisError("--channel/--unit need --layer with a method other than gradcam")
-    if not cam and layer is not None:
-        if target is not None:
-            raise CnnvisError("give either --target (a class) or --layer (an activation), not both")
-        u = None
-        if unit is not None:
-            try:
-                u = tuple(int(v) for v in unit.split(","))
-                assert len(u) == 2
-            except (ValueError, AssertionError):
-                raise CnnvisError(f"--unit must be 'y,x', got {unit!r}") from None
-        from cnnvis.layers import resolve_layer
+    out = check_out(out, [photo])
+    raw_p = check_out(raw, [photo], "--raw")
+    u = None
+    if unit is not None:
+        try:
+            u = tuple(int(v) for v in unit.split(","))
+            assert len(u) == 2
+        except (ValueError, AssertionError):
+            raise CnnvisError(f"--unit must be 'y,x', got {unit!r}") from None
+    res = run_job("attribution", model=model, weights=weights, device=device, cache=cache, flags=_FLAGS, quiet=as_json,
+                  image=photo, method=method, target=target, size=size, layer=layer, channel=channel, unit=u,
+                  options=method_options(steps, samples, noise, baseline, extra))
+    write_image(res, out)
+    if raw_p is not None:
+        from cnnvis.viz import normalize_map, save_png
 
-        resolve_layer(vm, layer)
-        tgt = LayerTarget(layer, channel, u)
-        title, info = f"{vm.name}: {layer}" + (f" channel {channel}" if channel is not None else "") + \
-            (f" unit {u}" if u else ""), {"layer": layer, "channel": channel, "unit": u}
-    else:
-        tgt = _target(vm, target)
-        title, info = _describe(vm, x, tgt)
-        if tgt is None and vm.task == "classification":
-            tgt = info["target"]
-    m = make(method, vm, **_options_for(method, layer, steps, samples, noise, baseline))
-    heat = m.map(x, tgt)[0]
-    save_png(map_panel(x, heat, f"{method}: {title}"), out)
-    if raw:
-        save_png(normalize_map(heat), raw)
-    info.update({"method": method, "out": str(out)})
-    if method == "ig":
-        info["ig_completeness_delta"] = float(m.delta[0])
-    if cam:
-        info["layer"] = m.gradcam.layer if method == "guided_gradcam" else m.layer
-    if as_json:
-        echo_json(info)
-    else:
-        click.echo(f"wrote {out} ({method}, {title})")
+        import torch
+
+        save_png(normalize_map(torch.from_numpy(res.array("map.npy"))), raw_p)
+    d = res.data
+    what = f"{d.get('label')} ({d.get('target')})" if d.get("label") else (d.get("layer") or "output")
+    emit(res, as_json, f"wrote {out} ({method}, {what})" + (" [from the cache]" if res.cached else ""), out=str(out))
 
 
 @click.command("deconv")
 @click.argument("photo", type=click.Path())
-@model_options
+@job_options
 @click.option("--layers", default=None, help="Comma-separated layers (default: VGG conv1_1..conv5_3 / the stages).")
 @click.option("--all", "all_convs", is_flag=True, help="Every Conv2d layer of the model.")
-@click.option("--top", default=3, show_default=True, type=click.IntRange(1, 64), help="Channels per layer.")
+@click.option("--top", default=3, show_default=True, type=int, help="Channels per layer.")
 @click.option("--project", "seed_kind", default="map", show_default=True, type=click.Choice(["map", "max"]),
               help="Project the whole feature map, or only its strongest unit.")
 @click.option("--size", default=None, type=int, help="Input size in pixels (default: the model's).")
-@click.option("--out", "-o", required=True, type=click.Path(), help="Output PNG (rows = layers).")
-@json_option
-def deconv_cmd(photo, model, weights, device, layers, all_convs, top, seed_kind, size, out, as_json) -> None:
-    """Zeiler & Fergus deconvnet: the top channels of each layer projected back to pixels."""
-    from cnnvis.viz.panels import deconv_panel
-    from cnnvis.deconv import deconvnet
-    from cnnvis.errors import CnnvisError
-    from cnnvis.layers import conv_layers
-    from cnnvis.utils import check_output_path
-    from cnnvis.viz import save_png
+@click.option("--out", "-o", required=True, type=click.Path(), help="Output image (rows = layers).")
+def deconv_cmd(photo, model, weights, device, cache, as_json, layers, all_convs, top, seed_kind, size, out) -> None:
+    """Zeiler & Fergus deconvnet: the top channels of each layer projected back to pixels.
 
-    check_output_path(out, [photo])
+    Example: cnnvis deconv cat.jpg --model vgg16_hed --top 3 --out deconv.png
+    """
+    from cnnvis.errors import CnnvisError
+
+    out = check_out(out, [photo])
     if layers and all_convs:
         raise CnnvisError("give --layers or --all, not both")
-    vm = load_model(model, weights, device)
-    x = _prepare(vm, photo, size)
-    names = [s.strip() for s in layers.split(",") if s.strip()] if layers else (conv_layers(vm) if all_convs else None)
-    res = deconvnet(vm, x, names, top, seed=seed_kind)
-    note = "; ".join(res.notes)
-    save_png(deconv_panel(x, res, title=f"{vm.name} deconvnet" + (f" ({note})" if note else "")), out)
-    if as_json:
-        echo_json({"out": str(out), "max_pools": res.max_pools, "notes": res.notes,
-                   "layers": [{"layer": l, "module": n, "channels": c.tolist(), "norms": [round(float(v), 4) for v in k]}
-                              for l, n, c, k in zip(res.labels, res.layers, res.channels, res.norms)]})
-    else:
-        click.echo(f"wrote {out} ({len(res.layers)} layers x top {top})" + (f"; {note}" if note else ""))
+    res = run_job("deconv", model=model, weights=weights, device=device, cache=cache, flags=_FLAGS, quiet=as_json,
+                  image=photo, layers=parse_names(layers), all_conv=all_convs, top=top, project=seed_kind, size=size)
+    write_image(res, out)
+    note = "; ".join(res.data["notes"])
+    emit(res, as_json, f"wrote {out} ({len(res.data['layers'])} layers x top {top})" + (f"; {note}" if note else ""),
+         out=str(out))
 
 
 @click.command("sanity")
 @click.argument("photo", type=click.Path())
-@model_options
+@job_options
 @click.option("--method", "methods", default="saliency", show_default=True,
-              help=f"Method, or several comma-separated: {', '.join(_METHODS)}.")
+              help="Method, or several comma-separated (see `cnnvis saliency --help` for the names).")
 @_photo_options
-@click.option("--layer", "-l", default=None, help="Grad-CAM layer.")
+@click.option("--layer", "-l", default=None, help="CAM methods' layer.")
 @_method_options
-@click.option("--max-steps", default=16, show_default=True, type=click.IntRange(1, 1000),
+@click.option("--max-steps", default=16, show_default=True, type=int,
               help="At most this many randomization steps (layers are grouped to fit).")
-@click.option("--out", "-o", required=True, type=click.Path(), help="Output PNG: the correlation curve and the maps.")
-@json_option
-def sanity_cmd(photo, model, weights, device, methods, target, size, layer, steps, samples, noise, baseline, max_steps,
-               out, as_json) -> None:
-    """Adebayo et al. sanity check: randomize weights from the top down, compare the maps."""
-    from cnnvis.viz.panels import curve, stack
-    from cnnvis.errors import CnnvisError, unknown_name
-    from cnnvis.sanity import sanity_check
-    from cnnvis.utils import check_output_path
-    from cnnvis.viz import colormap, grid, save_png, to_pil
+@click.option("--out", "-o", required=True, type=click.Path(), help="Output image: the correlation curve and the maps.")
+def sanity_cmd(photo, model, weights, device, cache, as_json, methods, target, size, layer, steps, samples, noise,
+               baseline, extra, max_steps, out) -> None:
+    """Adebayo et al. sanity check: randomize weights from the top down, compare the maps.
 
-    check_output_path(out, [photo])
-    names = [s.strip() for s in methods.split(",") if s.strip()]
+    Example: cnnvis sanity cat.jpg --method saliency,guided,gradcam --out sanity.png
+    """
+    from cnnvis.errors import CnnvisError
+
+    out = check_out(out, [photo])
+    names = parse_names(methods)
     if not names:
         raise CnnvisError("--method is empty")
-    for n in names:
-        if n not in _METHODS:
-            raise unknown_name("attribution method", n, _METHODS)
-    vm = load_model(model, weights, device)
-    x = _prepare(vm, photo, size)
-    tgt = _target(vm, target)
-    results = [sanity_check(vm, x, n, tgt, max_steps=max_steps, progress=not no_progress(),
-                            **_options_for(n, layer, steps, samples, noise, baseline)) for n in names]
-    steps_ = results[0].steps
-    img = curve(steps_, {r.method: r.spearman for r in results})
-    rows = [[to_pil(x)] + [colormap(m) for m in r.maps] for r in results]
-    strip = grid(rows, row_labels=[r.method for r in results], col_labels=["photo"] + [s[:10] for s in steps_], cell=72)
-    save_png(stack([img, strip]), out)
-    if as_json:
-        echo_json({"out": str(out), "target": results[0].target,
-                   "steps": steps_, "spearman": {r.method: [round(v, 4) for v in r.spearman] for r in results}})
-    else:
-        click.echo(f"wrote {out}")
-        for r in results:
-            click.echo(f"  {r.method:<14} " + " ".join(f"{v:+.2f}" for v in r.spearman))
+    res = run_job("sanity", model=model, weights=weights, device=device, cache=cache, flags={**_FLAGS, "methods": "--method"},
+                  quiet=as_json, image=photo, methods=names, target=target, size=size, layer=layer, max_steps=max_steps,
+                  options=method_options(steps, samples, noise, baseline, extra))
+    write_image(res, out)
+    lines = [f"wrote {out}"] + [f"  {m:<14} " + " ".join(f"{v:+.2f}" for v in s)
+                                for m, s in res.data["spearman"].items()]
+    emit(res, as_json, lines, out=str(out))
 
 
 COMMANDS = [saliency_cmd, deconv_cmd, sanity_cmd]

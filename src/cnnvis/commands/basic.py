@@ -1,22 +1,28 @@
-"""`cnnvis models`, `cnnvis layers`, `cnnvis classify`."""
+"""`cnnvis models`, `cnnvis layers`, `cnnvis classify`, `cnnvis run` (any job spec as JSON)."""
 
 from __future__ import annotations
 
 import click
 
-from cnnvis.commands.common import echo_json, json_option, load_model, model_options
+from cnnvis.commands.common import (
+    cache_option, echo_json, emit, job_options, json_option, model_options, run_job,
+)
 
 
 @click.command("models")
 @click.option("--filter", "pattern", default="", help="Glob pattern, e.g. 'vgg*'.")
 @json_option
 def models_cmd(pattern: str, as_json: bool) -> None:
-    """List the registered models."""
+    """List the registered models.
+
+    Example: cnnvis models --filter 'vgg*'
+    """
     from cnnvis.models import list_models, model_info
 
     rows = [model_info(n) for n in list_models(pattern)]
     if as_json:
-        echo_json([{"name": r.name, "family": r.family, "weights": r.default_weights, "description": r.description} for r in rows])
+        echo_json([{"name": r.name, "family": r.family, "weights": r.default_weights, "description": r.description}
+                   for r in rows])
         return
     w = max((len(r.name) for r in rows), default=10)
     for r in rows:
@@ -24,23 +30,29 @@ def models_cmd(pattern: str, as_json: bool) -> None:
 
 
 @click.command("layers")
-@click.argument("model", default="efficientnet_lite0")
+@click.option("--model", "-m", default=None, metavar="NAME|PATH", help="Model (default: the embedded one).")
 @click.option("--weights", default="random", show_default=True, metavar="PATH|random|pretrained",
               help="Weights do not change layer shapes; 'random' avoids loading or downloading them.")
-@click.option("--size", default=None, type=int, help="Input size in pixels (default: the model's).")
+@click.option("--size", default=None, type=click.IntRange(1, 4096), help="Input size in pixels (default: the model's).")
 @click.option("--all", "show_all", is_flag=True, help="Also list containers, not only leaf modules.")
 @json_option
-def layers_cmd(model: str, weights: str, size: int | None, show_all: bool, as_json: bool) -> None:
-    """List a model's layers: dotted name, alias, type and output shape."""
+def layers_cmd(model: str | None, weights: str, size: int | None, show_all: bool, as_json: bool) -> None:
+    """List a model's layers: dotted name, alias, type and output shape.
+
+    Example: cnnvis layers --model vgg16_hed
+    """
+    from cnnvis import DEFAULT_MODEL
     from cnnvis.errors import CnnvisError
     from cnnvis.layers import list_layers
+    from cnnvis.models import load
 
-    vm = load_model(model, weights, "cpu")
+    vm = load(model or DEFAULT_MODEL, weights=weights, device="cpu")
     if size is not None and size < vm.min_size:
-        raise CnnvisError(f"--size {size} is too small for {model}; use at least {vm.min_size}")
+        raise CnnvisError(f"--size {size} is too small for {vm.name}; use at least {vm.min_size}")
     infos = list_layers(vm, size, leaves_only=not show_all)
     if as_json:
-        echo_json([{"name": i.name, "alias": i.alias, "type": i.kind, "shape": i.shape, "params": i.params} for i in infos])
+        echo_json([{"name": i.name, "alias": i.alias, "type": i.kind, "shape": i.shape, "params": i.params}
+                   for i in infos])
         return
     w = max(len(i.name) for i in infos)
     a = max((len(i.alias) for i in infos), default=0)
@@ -51,28 +63,75 @@ def layers_cmd(model: str, weights: str, size: int | None, show_all: bool, as_js
 
 @click.command("classify")
 @click.argument("images", nargs=-1, required=True, type=click.Path())
-@model_options
+@job_options
 @click.option("--top", default=5, show_default=True, type=click.IntRange(1, 1000), help="How many classes to show.")
-@json_option
-def classify_cmd(images, model, weights, device, top, as_json) -> None:
-    """Top-k classes of each IMAGE (files or folders of images), with probabilities."""
+def classify_cmd(images, model, weights, device, cache, as_json, top) -> None:
+    """Top-k classes of each IMAGE (files or folders of images), with probabilities.
+
+    Example: cnnvis classify photos/ cat.jpg --top 3
+    """
     from pathlib import Path
 
-    from cnnvis.classify import classify
     from cnnvis.images import find_images, load_image
 
     images = [str(f) for p in images for f in (find_images(p) if Path(p).is_dir() else [p])]
-    photos = [load_image(p) for p in images]  # all read (and checked) before the model loads
-    vm = load_model(model, weights, device)
-    preds = classify(vm, photos, top=top, progress=True)
+    for p in images:  # all read (and checked) before the model loads
+        load_image(p)
+    res = run_job("classify", model=model, weights=weights, device=device, cache=cache, images=images, top=top)
     if as_json:
-        echo_json([{"image": p, "top": [{"index": q.index, "label": q.label, "prob": round(q.prob, 6)} for q in pr]}
-                   for p, pr in zip(images, preds)])
+        echo_json(res.data["predictions"])
         return
-    for path, pr in zip(images, preds):
-        click.echo(path)
-        for q in pr:
-            click.echo(f"  {q.label.replace(' ', '_'):<28} {q.prob:.4f}  ({q.index})")
+    lines = []
+    for pred in res.data["predictions"]:
+        lines.append(pred["image"])
+        lines += [f"  {q['label'].replace(' ', '_'):<28} {q['prob']:.4f}  ({q['index']})" for q in pred["top"]]
+    emit(res, False, lines)
 
 
-COMMANDS = [models_cmd, layers_cmd, classify_cmd]
+@click.command("run")
+@click.argument("spec_file", type=click.Path())
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
+@cache_option
+@click.option("--out", "-o", default=None, type=click.Path(), help="Folder for the result's files and result.json.")
+@json_option
+def run_cmd(spec_file, device, cache, out, as_json) -> None:
+    """Run a job spec (JSON: {"kind": ..., fields}; '-' reads stdin). Kinds: `cnnvis kinds`.
+
+    Example: echo '{"kind": "class_image", "target": "pelican"}' | cnnvis run - --out pelican/ --cache ~/.cache/cnnvis
+    """
+    import sys
+
+    from cnnvis.commands.common import no_progress
+    from cnnvis.errors import CnnvisError
+    from cnnvis.jobs import Store, parse_spec, run
+
+    try:
+        text = sys.stdin.read() if spec_file == "-" else open(spec_file, encoding="utf-8").read()
+    except OSError as e:
+        raise CnnvisError(f"cannot read the spec {spec_file!r}: {e.strerror or e}") from None
+    spec = parse_spec(text)
+    res = run(spec, store=Store(cache) if cache else None, device=device, progress=None if no_progress() else True)
+    if out:
+        res.save(out)
+    emit(res, as_json, [f"{res.kind} {res.key[:12]}" + (" (from the store)" if res.cached else f" ({res.seconds:.1f} s)")]
+         + ([f"wrote {out}/ ({', '.join(sorted(res.files))}, result.json)"] if out else []))
+
+
+@click.command("kinds")
+@json_option
+def kinds_cmd(as_json) -> None:
+    """List the job kinds and their fields (the JSON schema of each with --json).
+
+    Example: cnnvis kinds --json
+    """
+    from cnnvis.jobs import KINDS
+
+    if as_json:
+        echo_json({k: cls.model_json_schema() for k, cls in sorted(KINDS.items())})
+        return
+    for k, cls in sorted(KINDS.items()):
+        click.echo(f"{k:<12} {cls.title}")
+        click.echo(f"{'':<12} fields: {', '.join(f for f in cls.model_fields)}")
+
+
+COMMANDS = [models_cmd, layers_cmd, classify_cmd, run_cmd, kinds_cmd]

@@ -1,16 +1,50 @@
-"""Options shared by sub-commands (--model, --weights, --device, --seed, --json)."""
+"""What every sub-command shares: --model/--weights/--device, --cache, --seed, --json, and
+`run_job`, the one way a command computes anything (a job spec -> `cnnvis.jobs.run`).
+
+Nothing here imports torch at import time: `cnnvis --help` stays fast.
+"""
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterable
+from pathlib import Path
 
 import click
 
-from cnnvis.models import DEFAULT_MODEL
+from cnnvis import DEFAULT_MODEL
 
 COMMANDS: list = []  # this module defines helpers only
+
+
+class LazyChoice(click.Choice):
+    """click.Choice whose values come from a registry, read only when needed (help, validation)."""
+
+    def __init__(self, getter: Callable[[], Iterable[str]]) -> None:
+        self._getter = getter
+        self.case_sensitive = True
+
+    @property
+    def choices(self):  # type: ignore[override]
+        return tuple(self._getter())
+
+    @choices.setter
+    def choices(self, value) -> None:  # click never sets it after __init__; kept for safety
+        self._getter = lambda: value
+
+
+def attribution_methods() -> list[str]:
+    from cnnvis.attribution import METHODS
+
+    return list(METHODS)
+
+
+def preset_names() -> list[str]:
+    from cnnvis.optvis.presets import PRESETS
+
+    return list(PRESETS)
 
 
 def model_options(fn: Callable) -> Callable:
@@ -18,18 +52,16 @@ def model_options(fn: Callable) -> Callable:
     fn = click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")(fn)
     fn = click.option(
         "--weights", default=None, metavar="PATH|random",
-        help="Local weights: .pth/.pt state_dict, .safetensors, or Keras VGG16 .h5; 'random' = untrained.",
+        help="Local weights: .pth/.pt state_dict, .safetensors, or Keras .h5; 'random' = untrained.",
     )(fn)
-    fn = click.option("--model", "-m", default=DEFAULT_MODEL, show_default=True,
-                      help="Model name (see `cnnvis models`).")(fn)
+    fn = click.option("--model", "-m", default=DEFAULT_MODEL, show_default=True, metavar="NAME|PATH",
+                      help="Registered model (see `cnnvis models`) or a checkpoint path (model.safetensors + .json).")(fn)
     return fn
 
 
-def load_model(model: str, weights: str | None, device: str):
-    """Load a registry model for a CLI command."""
-    from cnnvis.models import load
-
-    return load(model, weights=weights, device=device)
+def cache_option(fn: Callable) -> Callable:
+    return click.option("--cache", default=None, metavar="DIR", envvar="CNNVIS_CACHE",
+                        help="Result store: a repeated identical request is served from it [env CNNVIS_CACHE].")(fn)
 
 
 def seed_option(fn: Callable) -> Callable:
@@ -37,7 +69,12 @@ def seed_option(fn: Callable) -> Callable:
 
 
 def json_option(fn: Callable) -> Callable:
-    return click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")(fn)
+    return click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")(fn)
+
+
+def job_options(fn: Callable) -> Callable:
+    """--model/--weights/--device + --cache + --json: what every computing command takes."""
+    return model_options(cache_option(json_option(fn)))
 
 
 def echo_json(obj) -> None:
@@ -61,3 +98,83 @@ def parse_ints(s: str | None, what: str) -> list[int] | None:
     if not out:
         raise CnnvisError(f"{what} is empty")
     return out
+
+
+def parse_names(s: str | None) -> list[str] | None:
+    """'a, b,c' -> ['a', 'b', 'c']; None stays None."""
+    if s is None:
+        return None
+    return [p.strip() for p in s.split(",") if p.strip()] or None
+
+
+def _flag_names(msg: str, flags: dict[str, str]) -> str:
+    """Compute errors name parameters ('field steps'); the CLI names its flags (--steps)."""
+    def sub(m):
+        name = m.group(2)
+        return flags.get(name, "--" + name.replace("_", "-"))
+
+    msg = re.sub(r"(field|unknown field) '([A-Za-z_][\w.]*)'", lambda m: sub(m), msg)
+    return msg.replace("bad ", "", 1) if msg.startswith("bad ") else msg
+
+
+def run_job(kind: str, *, model: str, weights: str | None, device: str, cache: str | None, flags=None,
+            quiet: bool = False, **fields):
+    """Build the `kind` spec from CLI values, run it (or fetch it from --cache) -> Result."""
+    from cnnvis.errors import CnnvisError
+    from cnnvis.jobs import Store, make_spec, run
+
+    try:
+        spec = make_spec(kind, model=model, weights=weights, **fields)
+    except CnnvisError as e:
+        raise CnnvisError(_flag_names(str(e), flags or {})) from None
+    store = Store(cache) if cache else None
+    progress = None if (quiet or no_progress()) else True
+    return run(spec, store=store, device=device, progress=progress)
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+
+
+def check_out(path: str | None, inputs: Iterable[str] = (), flag: str = "--out", suffixes=IMAGE_SUFFIXES):
+    """Refuse an output that is an input, a directory, an unknown image format or not writable."""
+    from cnnvis.errors import CnnvisError
+    from cnnvis.utils import check_output_path
+
+    if path is None:
+        return None
+    out = check_output_path(path, [i for i in inputs if i and not str(i).startswith("sample:")])
+    if suffixes and out.suffix.lower() not in suffixes:
+        raise CnnvisError(f"{flag} {path!r}: unknown image format {out.suffix or '(none)'!r}; "
+                          f"use one of {', '.join(suffixes)}")
+    parent = out.parent if str(out.parent) else Path(".")
+    probe = parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK):
+        raise CnnvisError(f"{flag} {path!r}: cannot write into {str(parent)!r} (not a writable folder); "
+                          f"choose another {flag}")
+    return out
+
+
+def write_image(result, out: Path, name: str | None = None) -> Path:
+    """Write the result's picture `name` (default: its main file) to `out`, in the format of its extension."""
+    from cnnvis.utils import atomic_write
+
+    name = name or result.main
+    if out.suffix.lower() == ".png" and name.endswith(".png"):
+        with atomic_write(out) as f:
+            f.write(result.files[name])
+    else:
+        from cnnvis.viz import save_png  # writes any PIL format by extension, atomically
+
+        save_png(result.image(name), out)
+    return out
+
+
+def emit(result, as_json: bool, text: str | list[str], **extra) -> None:
+    """Print the result: JSON (result.to_dict() + `extra`) or the text lines."""
+    if as_json:
+        echo_json({**result.to_dict(), **extra})
+        return
+    for line in ([text] if isinstance(text, str) else text):
+        click.echo(line)

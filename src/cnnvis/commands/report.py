@@ -4,34 +4,43 @@ from __future__ import annotations
 
 import click
 
-from cnnvis.commands.common import load_model, model_options, seed_option
+from cnnvis.commands.common import cache_option, model_options, seed_option
+
+SAMPLES = ("chelsea", "coffee", "rocket", "astronaut")  # scikit-image's photos (no download)
 
 
 @click.command("report")
 @model_options
+@cache_option
 @click.option("--images", type=click.Path(), default=None,
               help="Folder of photos (default: scikit-image's sample photos).")
 @click.option("--out", "-o", required=True, type=click.Path(), help="Output folder (index.html + img/).")
-@click.option("--quick", is_flag=True, help="Demo mode: fewer steps, channels and layers (about 5 min on 2 CPU cores).")
+@click.option("--quick", is_flag=True, help="Demo mode: fewer steps, channels and layers (about 2 min on 2 CPU cores).")
 @click.option("--sections", default=None, help="Comma-separated section names to build (default: all).")
 @seed_option
-def report_cmd(model, weights, device, images, out, quick, sections, seed) -> None:
-    """Write a static HTML report of what MODEL sees."""
-    from cnnvis.images import find_images, load_image, sample_photos
-    from cnnvis.report import build_report, sections as all_sections
-    from cnnvis.utils import resolve_device
+def report_cmd(model, weights, device, cache, images, out, quick, sections, seed) -> None:
+    """Write a static HTML report of what MODEL sees.
 
-    only = [s.strip() for s in sections.split(",") if s.strip()] if sections else None
-    if only:  # fail fast on a typo, before any work
-        names = [s.name for s in all_sections()]
-        from cnnvis.errors import unknown_name
+    Example: cnnvis report --quick --out demo-report --cache ~/.cache/cnnvis
+    """
+    from cnnvis.commands.common import no_progress, parse_names
+    from cnnvis.images import find_images, load_image
+    from cnnvis.jobs import Store
+    from cnnvis.models import load
+    from cnnvis.report import build_report, check_sections
 
-        for n in only:
-            if n not in names:
-                raise unknown_name("report section", n, names)
-    photos = [(p.stem, load_image(p)) for p in find_images(images)] if images else sample_photos()
-    vm = load_model(model, weights, device)
-    page = build_report(vm, photos, out, quick=quick, only=only, device=resolve_device(device), seed=seed, progress=True)
+    only = parse_names(sections)
+    check_sections(only)  # fail fast on a typo, before any work
+    if images:
+        photos = [(p.stem, str(p)) for p in find_images(images)]
+        for _, p in photos:
+            load_image(p)  # every photo checked before the model loads
+    else:
+        photos = [(n, f"sample:{n}") for n in SAMPLES]
+    store = Store(cache) if cache else None
+    vm = load(model, weights=weights, device=device)
+    page = build_report(vm, photos, out, quick=quick, only=only, device=device if device != "auto" else None,
+                        seed=seed, progress=None if no_progress() else True, store=store, weights=weights)
     click.echo(f"wrote {page}")
 
 

@@ -120,7 +120,7 @@ class ClassImageSpec(Spec):
     def run(self, vm, ctx):
         from cnnvis.classify import predict_probs, topk
         from cnnvis.images import to_tensor
-        from cnnvis.optvis import class_logit, get_preset, render, robustness
+        from cnnvis.optvis import PERTURBATIONS, class_logit, get_preset, render, robustness
 
         if self.size < vm.min_size:
             raise CnnvisError(f"size {self.size} is too small for {vm.name}; use at least {vm.min_size}")
@@ -141,7 +141,7 @@ class ClassImageSpec(Spec):
                 "seconds": round(res.seconds, 2), "stopped": res.stopped, "message": res.message, "ok": res.ok,
                 "prob_png": round(float(probs[0, t]), 6),
                 "top5": [{"index": q.index, "label": q.label, "prob": round(q.prob, 6)} for q in topk(probs, vm, 5)[0]],
-                "robustness": {k: v for k, v in rob.items() if k != "png"}}
+                "robustness": {k: v for k, v in rob.items() if k != "png"}, "perturbations": dict(PERTURBATIONS)}
         return data, {"image.png": png}, "image.png"
 
 
@@ -153,6 +153,7 @@ class FiltersSpec(Spec):
     kind = "filters"
     title = "filter grid (activation maximization of channels)"
     layers: list[str] | None = None  # default: the model's classic layers (conv1_1.., stage0..)
+    all_conv: bool = False  # instead of layers: every Conv2d of the model
     channels: list[int] | None = None
     first: int = Field(10, ge=1, le=4096)
     preset: str | None = None
@@ -164,11 +165,15 @@ class FiltersSpec(Spec):
         from cnnvis.layers import default_layers
         from cnnvis.optvis import get_preset
 
-        layers = self.layers if self.layers is not None else default_layers(vm)
+        from cnnvis.layers import conv_layers
+
+        if self.all_conv and self.layers is not None:
+            raise CnnvisError("give layers or all_conv, not both")
+        layers = conv_layers(vm) if self.all_conv else self.layers if self.layers is not None else default_layers(vm)
         if not layers:
             raise CnnvisError(f"model {vm.name!r} has no conv layers; give layers")
         chans = self.channels if self.channels is not None else list(range(self.first))
-        return self.model_copy(update={"layers": _resolve_layers(vm, layers), "channels": chans,
+        return self.model_copy(update={"layers": _resolve_layers(vm, layers), "channels": chans, "all_conv": False,
                                        "first": len(chans), "preset": get_preset(self.preset).name})
 
     def run(self, vm, ctx):
@@ -238,6 +243,17 @@ def _attribution_methods() -> list[str]:
     return list(METHODS)
 
 
+def _with_seed(method: str, options: dict, seed: int) -> dict:
+    """Pass the spec's seed to methods that draw random numbers (SmoothGrad, NoiseTunnel, ...)."""
+    import inspect
+
+    from cnnvis.attribution import METHODS
+
+    if "seed" in inspect.signature(METHODS[method].__init__).parameters and "seed" not in options:
+        return {**options, "seed": seed}
+    return dict(options)
+
+
 @register
 class AttributionSpec(_PhotoSpec):
     """An attribution map (saliency, IG, Grad-CAM, ...) of a photo for a class or a layer's activation."""
@@ -278,7 +294,7 @@ class AttributionSpec(_PhotoSpec):
 
         x = prepare(vm, self.image, self.size)
         cam = self.method in LAYER_METHODS
-        opts = dict(self.options)
+        opts = _with_seed(self.method, self.options, self.seed)
         if cam:
             opts["layer"] = self.layer
         info: dict = {"method": self.method}
@@ -302,7 +318,8 @@ class AttributionSpec(_PhotoSpec):
         if delta is not None:
             info["ig_completeness_delta"] = float(delta[0])
         files = {"panel.png": png_bytes(attribution_panel(x, heat, f"{self.method}: {title}")),
-                 "map.npy": npy_bytes(heat.float()), "attribution.npy": npy_bytes(a[0].float())}
+                 "map.npy": npy_bytes(heat.float()), "attribution.npy": npy_bytes(a[0].float()),
+                 "input.png": png_bytes(x[0])}
         return info, files, "panel.png"
 
 
@@ -326,14 +343,18 @@ class DeconvSpec(_PhotoSpec):
     kind = "deconv"
     title = "deconvnet (Zeiler & Fergus)"
     layers: list[str] | None = None  # default: the model's classic layers
+    all_conv: bool = False  # instead of layers: every Conv2d
     top: int = Field(3, ge=1, le=64)
     project: Literal["map", "max"] = "map"
 
     def normalized(self, vm):
-        from cnnvis.layers import default_layers
+        from cnnvis.layers import conv_layers, default_layers
 
-        layers = self.layers if self.layers is not None else default_layers(vm)
-        return self.model_copy(update={"layers": [_layer_label(vm, n) for n in _resolve_layers(vm, layers)]})
+        if self.all_conv and self.layers is not None:
+            raise CnnvisError("give layers or all_conv, not both")
+        layers = conv_layers(vm) if self.all_conv else self.layers if self.layers is not None else default_layers(vm)
+        return self.model_copy(update={"layers": [_layer_label(vm, n) for n in _resolve_layers(vm, layers)],
+                                       "all_conv": False})
 
     def run(self, vm, ctx):
         from cnnvis.deconv import deconvnet

@@ -18,9 +18,8 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from cnnvis import DEFAULT_MODEL
 from cnnvis.errors import CnnvisError
-
-DEFAULT_MODEL = "efficientnet_lite0"
 
 KINDS: dict[str, type["Spec"]] = {}
 
