@@ -203,9 +203,11 @@ class Attribution:
 
     def fixed_target(self, x: Tensor, target):
         """For methods that run on changed inputs (IG, SmoothGrad): None -> the top-1 class of `x`."""
+        from cnnvis.utils import model_guard
+
         if target is not None:
             return target
-        with torch.no_grad():
+        with model_guard(self.module), torch.no_grad():  # eval mode: no BatchNorm statistics updated
             out = self.model(x) if self.vm is not None else self.module(x)
         if isinstance(out, (tuple, list)):
             out = out[0]
