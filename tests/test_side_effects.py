@@ -1,0 +1,243 @@
+"""The user's model and tensors come back unchanged from every public attribution entry point,
+also for train-mode models with BatchNorm (a forward in train mode would update the running
+statistics) and also when the call raises.
+
+Checked after each call: every parameter and buffer bit-identical (state_dict, including
+`num_batches_tracked`), each module's `training` and `inplace` flags, each parameter's
+`requires_grad` and `.grad`, no hooks left; the caller's input tensor and its `.grad` untouched.
+The attribution methods are taken from the registry `METHODS`: a new method is tested by being
+registered.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from cnnvis.attribution import LAYER_METHODS, METHODS, GradCAM, method
+from cnnvis.hooks import hook_count
+
+warnings.filterwarnings("ignore", category=UserWarning)
+
+# cheap options for the methods that loop; any other registered method runs with its defaults
+FAST = {"ig": {"steps": 3}, "smoothgrad": {"samples": 2}}
+
+
+class Boom(nn.Module):
+    """Identity until armed; then raises, after the layers before it (a BatchNorm) have run."""
+
+    armed = False
+
+    def forward(self, x):
+        if self.armed:
+            raise RuntimeError("boom")
+        return x
+
+
+def bn_net() -> nn.Module:
+    """Conv-BN-ReLU(inplace) x2 + linear head, 5 classes, train mode, one frozen parameter."""
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), Boom(), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+        nn.Conv2d(6, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(inplace=True), nn.Dropout(0.5),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5))
+    net[0].bias.requires_grad_(False)
+    return net.train()
+
+
+def resnet18() -> nn.Module:
+    tv = pytest.importorskip("torchvision.models")
+    torch.manual_seed(0)
+    return tv.resnet18(weights=None, num_classes=10).train()
+
+
+MODELS = {"bn_net": (bn_net, 16), "resnet18": (resnet18, 64)}
+
+
+def snapshot(module: nn.Module) -> dict:
+    return {
+        "state": {k: v.detach().clone() for k, v in module.state_dict(keep_vars=True).items()},
+        "training": [m.training for m in module.modules()],
+        "inplace": [getattr(m, "inplace", None) for m in module.modules()],
+        "requires_grad": [p.requires_grad for p in module.parameters()],
+        "grad": [None if p.grad is None else p.grad.clone() for p in module.parameters()],
+        "hooks": hook_count(module),
+    }
+
+
+def assert_unchanged(module: nn.Module, before: dict) -> None:
+    after = snapshot(module)
+    changed = [k for k in before["state"] if not torch.equal(before["state"][k], after["state"][k])]
+    assert not changed, f"{len(changed)} parameters/buffers changed, e.g. {changed[:3]}"
+    for key in ("training", "inplace", "requires_grad", "hooks"):
+        assert before[key] == after[key], key
+    assert all((a is None and b is None) or (a is not None and b is not None and torch.equal(a, b))
+               for a, b in zip(before["grad"], after["grad"])), "parameter .grad changed"
+
+
+def user_input(b: int, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A caller's tensor with requires_grad and a .grad of its own, and copies of both."""
+    x = torch.rand(b, 3, size, size, generator=torch.Generator().manual_seed(3), requires_grad=True)
+    x.grad = torch.full_like(x, 0.25)
+    return x, x.detach().clone(), x.grad.clone()
+
+
+def assert_input_unchanged(x, x0, g0) -> None:
+    assert torch.equal(x.detach(), x0) and x.grad is not None and torch.equal(x.grad, g0)
+
+
+@pytest.fixture(params=list(MODELS))
+def model(request):
+    build, size = MODELS[request.param]
+    return build(), size
+
+
+# ----------------------------------------------------------------------------- every registered method
+
+@pytest.mark.parametrize("target", [None, 1], ids=["top1", "class1"])
+@pytest.mark.parametrize("name", list(METHODS))
+def test_method_leaves_model_and_input_unchanged(name, target, model):
+    net, size = model
+    before = snapshot(net)
+    x, x0, g0 = user_input(2, size)
+    a = method(name, net, **FAST.get(name, {})).attribute(x, target)
+    assert a.shape[0] == 2 and a.shape[-2:] == (size, size) and not a.requires_grad
+    assert torch.isfinite(a).all() and float(a.abs().amax()) > 0
+    assert_unchanged(net, before)
+    assert_input_unchanged(x, x0, g0)
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_method_leaves_model_unchanged_when_it_raises(name):
+    net = bn_net()
+    before = snapshot(net)
+    x, x0, g0 = user_input(2, 16)
+    m = method(name, net, **FAST.get(name, {}))
+    with pytest.raises(Exception, match="out of range"):  # the forward runs, then the target is refused
+        m.attribute(x, 99)
+    assert_unchanged(net, before)
+    net[2].armed = True
+    for target in (None, 1):  # None: the top-1 class is found by a forward of its own
+        with pytest.raises(RuntimeError, match="boom"):
+            m.attribute(x, target)
+        assert_unchanged(net, before)
+    assert_input_unchanged(x, x0, g0)
+
+
+def test_layer_methods_are_registered():
+    assert set(LAYER_METHODS) <= set(METHODS)
+
+
+# ----------------------------------------------------------------------------- the other entry points
+
+def test_gradcam_cam_leaves_model_and_input_unchanged(model):
+    net, size = model
+    layer = "4" if isinstance(net, nn.Sequential) else "layer4.1"
+    before = snapshot(net)
+    x, x0, g0 = user_input(2, size)
+    cam = GradCAM(net, layer).cam(x, 1)
+    assert cam.dim() == 4 and cam.shape[:2] == (2, 1) and float(cam.amax()) > 0
+    assert_unchanged(net, before)
+    assert_input_unchanged(x, x0, g0)
+    if isinstance(net, nn.Sequential):
+        net[2].armed = True
+        with pytest.raises(RuntimeError, match="boom"):
+            GradCAM(net, layer).cam(x, 1)
+        assert_unchanged(net, before)
+
+
+@pytest.mark.parametrize("name", ["saliency", "ig"])
+def test_sanity_check_leaves_model_unchanged(name, model):
+    from cnnvis.sanity import sanity_check
+
+    net, size = model
+    before = snapshot(net)
+    x, x0, g0 = user_input(1, size)
+    res = sanity_check(net, x, name, max_steps=2, **FAST.get(name, {}))
+    assert res.spearman[0] == 1.0 and len(res.steps) == len(res.spearman) >= 2
+    assert_unchanged(net, before)
+    assert_input_unchanged(x, x0, g0)
+
+
+def test_sanity_check_leaves_model_unchanged_when_it_raises():
+    from cnnvis.sanity import sanity_check
+
+    net = bn_net()
+    before = snapshot(net)
+    x, x0, g0 = user_input(1, 16)
+    net[2].armed = True
+    with pytest.raises(RuntimeError, match="boom"):
+        sanity_check(net, x, "saliency", max_steps=2)
+    assert_unchanged(net, before)
+    assert_input_unchanged(x, x0, g0)
+
+
+def test_sanity_check_embedded_model_in_train_mode(lite0):
+    """The issue's case: 147 BatchNorm buffers of lite0 changed with the model in train mode."""
+    from cnnvis.sanity import sanity_check
+
+    lite0.model.train()
+    try:
+        before = snapshot(lite0.model)
+        x, x0, g0 = user_input(1, 64)
+        sanity_check(lite0, x, "saliency", max_steps=1)
+        assert_unchanged(lite0.model, before)
+        assert_input_unchanged(x, x0, g0)
+    finally:
+        lite0.model.eval()
+
+
+def test_deconvnet_leaves_model_and_input_unchanged(model):
+    from cnnvis.deconv import deconvnet
+
+    net, size = model
+    before = snapshot(net)
+    x, x0, g0 = user_input(1, size)
+    res = deconvnet(net, x, top=2)
+    assert len(res.layers) >= 1 and float(res.reconstructions[0].abs().amax()) > 0
+    assert_unchanged(net, before)
+    assert_input_unchanged(x, x0, g0)
+    if isinstance(net, nn.Sequential):
+        net[2].armed = True
+        with pytest.raises(RuntimeError, match="boom"):
+            deconvnet(net, x, top=2)
+        assert_unchanged(net, before)
+
+
+def test_dream_leaves_model_and_input_unchanged(model):
+    from cnnvis.dream import dream
+
+    net, size = model
+    layer = "5" if isinstance(net, nn.Sequential) else "layer3"
+    before = snapshot(net)
+    x, x0, g0 = user_input(1, size)
+    out = dream(net, x, [layer], octaves=1, steps_per_octave=2, jitter=2)
+    assert out.shape == x.shape and not torch.equal(out, x0)
+    assert_unchanged(net, before)
+    assert_input_unchanged(x, x0, g0)
+    if isinstance(net, nn.Sequential):
+        net[2].armed = True
+        with pytest.raises(RuntimeError, match="boom"):
+            dream(net, x, [layer], octaves=1, steps_per_octave=2)
+        assert_unchanged(net, before)
+
+
+def test_render_leaves_model_unchanged(model):
+    from cnnvis.optvis import objectives as O
+    from cnnvis.optvis.render import render
+
+    net, size = model
+    layer = "5" if isinstance(net, nn.Sequential) else "layer3"
+    before = snapshot(net)
+    for obj in (O.channel(layer, 1), O.channel(layer, 1) + O.class_logit(2)):
+        res = render(net, obj, steps=2, size=size, seed=0)
+        assert res.images.shape[-2:] == (size, size) and res.steps == 2
+        assert_unchanged(net, before)
+    if isinstance(net, nn.Sequential):
+        net[2].armed = True
+        with pytest.raises(RuntimeError, match="boom"):
+            render(net, O.channel(layer, 1), steps=2, size=size)
+        assert_unchanged(net, before)
