@@ -37,7 +37,7 @@ _collect()
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: runs the CLI, maps CnnvisError to 'error: ...' and exit code 2."""
-    from cnnvis.utils import tune_malloc
+    from cnnvis.malloc import tune_malloc
 
     tune_malloc()  # the CLI owns its process: keep freed buffers (about 1.5x faster steps on CPU)
     try:
