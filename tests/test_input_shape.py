@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 
 import numpy as np
@@ -12,7 +13,9 @@ from PIL import Image
 from torch import nn
 
 from cnnvis.errors import CnnvisError
-from cnnvis.models import Preprocess, VisModel, as_vismodel, build_arch, load, save_checkpoint, wrap
+from cnnvis.models import (
+    Preprocess, VisModel, as_vismodel, build_arch, check_channels, load, save_checkpoint, wrap,
+)
 
 
 # ----------------------------------------------------------------------------- contract
@@ -61,7 +64,10 @@ def test_wrap_and_bare_modules_carry_an_input_shape():
     assert {i.name: i.shape for i in list_layers(vm)}["2"] == (4, 13, 13)
     # a bare module: C from its first Conv2d, H = W = 224 (documented)
     assert {i.name: i.shape for i in list_layers(net)}["0"] == (4, 222, 222)
-    assert as_vismodel(nn.Sequential(nn.Flatten())).channels == 3
+    assert as_vismodel(nn.Sequential(nn.Flatten())).channels == 3  # a guess, so not enforced:
+    check_channels(nn.Sequential(nn.Flatten()), torch.rand(1, 1, 2, 2))
+    with pytest.raises(CnnvisError, match=r"\(1, 3, 5, 5\).*1 channel"):
+        check_channels(net, torch.rand(1, 3, 5, 5))
     with pytest.raises(CnnvisError, match="input_shape must be"):
         wrap(net, input_shape=(28, 28))
     with pytest.raises(CnnvisError, match="1 channel.*normalizes 3"):
@@ -71,7 +77,7 @@ def test_wrap_and_bare_modules_carry_an_input_shape():
 def test_one_adapter_everywhere(tiny_cnn):
     from cnnvis.attribution.base import model_parts
     from cnnvis.layers import _parts
-    from cnnvis.optvis import render as render_mod
+    render_mod = importlib.import_module("cnnvis.optvis.render")  # the module, not the function
 
     vm = wrap(tiny_cnn)
     assert as_vismodel(vm) is vm and _parts(vm)[2] is vm and model_parts(vm)[2] is vm

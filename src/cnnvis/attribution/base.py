@@ -4,7 +4,8 @@
     a = sal.attribute(x, target='pelican')   # x (B, C, H, W) -> (B, C, H, W) signed attribution
     m = sal.map(x)                           # (B, H, W) >= 0: max |a| over the channels
 
-C is the model's input channels (`as_vismodel(model).channels`): 3 (RGB) or 1 (grey), checked.
+C is the model's input channels (`as_vismodel(model).channels`): 3 (RGB) or 1 (grey), checked
+(`cnnvis.models.check_channels`).
 
 Targets: None (top-1 class per image; for non-classifiers the sum of the outputs), a class
 index or name, a list/tensor of indices (one per image), a callable `output -> (B,)` score, or
@@ -74,7 +75,7 @@ def check_input(x: Tensor, device: torch.device, model=None) -> Tensor:
     """(B, C, H, W) or (C, H, W) float tensor -> detached float copy (B, C, H, W) on `device`.
 
     With `model` (a VisModel or nn.Module), C must be the model's input channels
-    (`as_vismodel(model).channels`: 3 for RGB models, 1 for grey ones such as MNIST nets).
+    (`cnnvis.models.check_channels`: 3 for RGB models, 1 for grey ones such as MNIST nets).
     """
     if not torch.is_tensor(x):
         raise CnnvisError(f"expected an image tensor (B, C, H, W), got {type(x).__name__}; "
@@ -84,9 +85,9 @@ def check_input(x: Tensor, device: torch.device, model=None) -> Tensor:
     if x.dim() != 4 or x.shape[0] == 0:
         raise CnnvisError(f"expected an image batch (B, C, H, W), got shape {tuple(x.shape)}")
     if model is not None:
-        from cnnvis.models.registry import as_vismodel
+        from cnnvis.models.registry import check_channels
 
-        as_vismodel(model).check_input(x, "the input image x")
+        check_channels(model, x, "the input image x")
     if not x.is_floating_point():
         raise CnnvisError(f"expected a float image tensor in [0, 1], got dtype {x.dtype}")
     if not torch.isfinite(x).all():

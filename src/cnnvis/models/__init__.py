@@ -8,6 +8,7 @@ from cnnvis.models.registry import (
     DEFAULT_MODEL,
     VisModel,
     as_vismodel,
+    check_channels,
     infer_channels,
     list_models,
     load,
@@ -18,7 +19,7 @@ from cnnvis.models.registry import (
 )
 
 __all__ = [
-    "DEFAULT_MODEL", "Preprocess", "VisModel", "as_vismodel", "class_index", "infer_channels", "imagenet_labels", "label_of",
+    "DEFAULT_MODEL", "Preprocess", "VisModel", "as_vismodel", "check_channels", "class_index", "infer_channels", "imagenet_labels", "label_of",
     "list_models", "load", "model_info", "register_model", "vgg_aliases", "wrap",
     "build_arch", "list_archs", "register_arch", "load_checkpoint", "save_checkpoint",
 ]

@@ -92,11 +92,10 @@ class Preprocess:
                               f"(B, {c}, H, W) images with {c} channel(s); {fix}")
 
     def normalize(self, x: Tensor) -> Tensor:
-        """(B, C, H, W) in [0, 1] -> the model's input (B, C, H, W); other C raise a CnnvisError."""
+        """(B, C, H, W) in [0, 1] -> the model's input (B, C, H, W); another C raises a CnnvisError
+        (never a silent broadcast). No normalization (mean 0, std 1): x as is, any shape."""
         if _is_identity(self.mean, self.std) and not self.bgr:
-            if x.dim() == 4 and x.shape[1] != len(self.mean):  # other shapes: a bare module's own input
-                self.check(x)
-            return x
+            return x  # nothing to broadcast: the module gets exactly x (and checks it itself)
         if x.dim() != 4 or x.shape[1] != len(self.mean):
             self.check(x)
         mean, inv = _constants(self.mean, self.std, x.device, x.dtype)

@@ -220,12 +220,23 @@ def as_vismodel(model, *, input_shape: Sequence[int] | None = None) -> VisModel:
     raise CnnvisError(f"expected a cnnvis VisModel or a torch.nn.Module, got {type(model).__name__}")
 
 
-def infer_channels(model: nn.Module, default: int = 3) -> int:
+def infer_channels(model: nn.Module, default: int | None = 3) -> int | None:
     """Input channels of a bare module: the first Conv2d's `in_channels` (`default` without one)."""
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             return int(m.in_channels)
     return default
+
+
+def check_channels(model, x: Tensor, what: str = "input") -> None:
+    """Raise a CnnvisError naming the shapes and the fix unless x (B, C, H, W) has the model's C.
+
+    A VisModel is checked against its `input_shape`; a bare module against its first Conv2d's
+    `in_channels` (one without a Conv2d, e.g. an MLP on flattened pixels, is not checked).
+    """
+    vm = as_vismodel(model)
+    if isinstance(model, VisModel) or infer_channels(vm.model, None) is not None:
+        vm.check_input(x, what)
 
 
 def _input_shape_arg(input_shape, preprocess: Preprocess | None, model: nn.Module) -> tuple[int, int, int]:
