@@ -41,6 +41,13 @@ def prepare(vm, ref: str, size: int | None):
     return vm.preprocess.prepare(load_input(ref), size=size).to(vm.device)
 
 
+def preset_name(preset: str | None) -> str:
+    """None -> the default preset's name; an unknown name lists the presets."""
+    from cnnvis.optvis.config import DEFAULT_PRESET, get_preset
+
+    return get_preset(preset or DEFAULT_PRESET).preset
+
+
 def _layer_label(vm, dotted: str) -> str:
     for a, n in vm.aliases.items():
         if n == dotted:
@@ -80,6 +87,7 @@ class ClassifySpec(Spec):
     """Top-k classes of each photo."""
 
     kind = "classify"
+    example = {"images": ["sample:chelsea"], "top": 3}
     title = "top-k classes of photos"
     images: list[str] = Field(min_length=1)
     top: int = Field(5, ge=1, le=1000)
@@ -102,6 +110,7 @@ class ClassImageSpec(Spec):
     """An image the model sees as `target`, re-checked from its 8-bit PNG and under four perturbations."""
 
     kind = "class_image"
+    example = {"target": 1, "steps": 4, "min_steps": 0, "size": 64}
     title = "class image (activation maximization of a class logit)"
     target: int | str
     preset: str | None = None
@@ -112,29 +121,29 @@ class ClassImageSpec(Spec):
     min_steps: int = Field(128, ge=0, le=100000)
 
     def normalized(self, vm):
-        from cnnvis.optvis import get_preset
-
-        return self.model_copy(update={"target": _class_target(vm, self.target),
-                                       "preset": get_preset(self.preset).name})
+        return self.model_copy(update={"target": _class_target(vm, self.target), "preset": preset_name(self.preset)})
 
     def run(self, vm, ctx):
         from cnnvis.classify import predict_probs, topk
         from cnnvis.images import to_tensor
-        from cnnvis.optvis import PERTURBATIONS, class_logit, get_preset, render, robustness
+        from cnnvis.optvis import PERTURBATIONS, class_logit, render, robustness
 
         if self.size < vm.min_size:
             raise CnnvisError(f"size {self.size} is too small for {vm.name}; use at least {vm.min_size}")
         t = int(self.target)
-        res = render(vm, class_logit(t), preset=get_preset(self.preset), steps=self.steps, size=self.size,
-                     until_prob=self.until_prob or None,
-                     until_robust=(self.robust_prob or None) if self.until_prob else None,
-                     min_steps=self.min_steps, seed=self.seed, progress=ctx.bar, desc=f"class {vm.label(t)}")
+        from cnnvis.optvis.config import RenderConfig, UntilProb
+
+        stop = UntilProb(self.until_prob, robust=self.robust_prob or None, min_steps=self.min_steps) \
+            if self.until_prob else None
+        cfg = RenderConfig(preset=self.preset, steps=self.steps, size=self.size, seed=self.seed, stop=stop)
+        res = render(vm, class_logit(t), cfg, progress=ctx.bar, desc=f"class {vm.label(t)}")
         png = png_bytes(res.images[0])
         import io
 
         from PIL import Image
 
-        x = to_tensor(Image.open(io.BytesIO(png)).convert("RGB"))  # the 8-bit file, as a user would feed it back
+        # the 8-bit file, as a user would feed it back
+        x = to_tensor(Image.open(io.BytesIO(png)), mode=vm.preprocess.pil_mode or "RGB").to(vm.device)
         probs = predict_probs(vm, x)
         rob = {k: round(float(v[0]), 6) for k, v in robustness(vm, x, t).items()}
         data = {"class": {"index": t, "label": vm.label(t)}, "preset": self.preset, "steps": res.steps,
@@ -151,6 +160,7 @@ class FiltersSpec(Spec):
     """Feature visualizations of the first N (or chosen) channels of each layer, as a grid."""
 
     kind = "filters"
+    example = {"first": 2, "steps": 3, "size": 48}
     title = "filter grid (activation maximization of channels)"
     layers: list[str] | None = None  # default: the model's classic layers (conv1_1.., stage0..)
     all_conv: bool = False  # instead of layers: every Conv2d of the model
@@ -162,10 +172,7 @@ class FiltersSpec(Spec):
     batch: int = Field(16, ge=1, le=256, exclude=True)  # speed only: not part of the result's identity
 
     def normalized(self, vm):
-        from cnnvis.layers import default_layers
-        from cnnvis.optvis import get_preset
-
-        from cnnvis.layers import conv_layers
+        from cnnvis.layers import conv_layers, default_layers
 
         if self.all_conv and self.layers is not None:
             raise CnnvisError("give layers or all_conv, not both")
@@ -174,7 +181,7 @@ class FiltersSpec(Spec):
             raise CnnvisError(f"model {vm.name!r} has no conv layers; give layers")
         chans = self.channels if self.channels is not None else list(range(self.first))
         return self.model_copy(update={"layers": _resolve_layers(vm, layers), "channels": chans, "all_conv": False,
-                                       "first": len(chans), "preset": get_preset(self.preset).name})
+                                       "first": len(chans), "preset": preset_name(self.preset)})
 
     def run(self, vm, ctx):
         from cnnvis.optvis.filters import render_filters
@@ -199,6 +206,7 @@ class DreamSpec(_PhotoSpec):
     """DeepDream of a photo at some layers (output: the photo's size, or `max_side`)."""
 
     kind = "dream"
+    example = {"image": "sample:chelsea", "octaves": 1, "steps": 2, "max_side": 64}
     title = "DeepDream"
     layers: list[str] | None = None  # default: one layer about two thirds deep
     channels: list[int] | None = None
@@ -259,6 +267,7 @@ class AttributionSpec(_PhotoSpec):
     """An attribution map (saliency, IG, Grad-CAM, ...) of a photo for a class or a layer's activation."""
 
     kind = "attribution"
+    example = {"image": "sample:chelsea", "method": "gradcam"}
     title = "attribution map"
     method: str = "saliency"
     target: int | str | None = None  # class (default: top-1); or use layer/channel/unit
@@ -310,13 +319,14 @@ class AttributionSpec(_PhotoSpec):
             if tgt is None and vm.task == "classification":
                 tgt = more["target"]
         m = make(self.method, vm, **opts)
-        a = m.attribute(x, tgt)
+        if self.method == "ig":
+            a, delta = m.attribute(x, tgt, return_delta=True)
+            info["ig_completeness_delta"] = float(delta[0])
+        else:
+            a = m.attribute(x, tgt)
         heat = a.abs().amax(1)[0] if a.shape[1] > 1 else a[0, 0]
         if cam:
-            info["layer"] = getattr(m, "layer", None) or getattr(getattr(m, "gradcam", None), "layer", None)
-        delta = getattr(m, "delta", None)
-        if delta is not None:
-            info["ig_completeness_delta"] = float(delta[0])
+            info["layer"] = getattr(m, "layer", None)
         files = {"panel.png": png_bytes(attribution_panel(x, heat, f"{self.method}: {title}")),
                  "map.npy": npy_bytes(heat.float()), "attribution.npy": npy_bytes(a[0].float()),
                  "input.png": png_bytes(x[0])}
@@ -341,6 +351,7 @@ class DeconvSpec(_PhotoSpec):
     """Zeiler & Fergus deconvnet: the top channels of each layer projected back to pixels."""
 
     kind = "deconv"
+    example = {"image": "sample:chelsea", "top": 1}
     title = "deconvnet (Zeiler & Fergus)"
     layers: list[str] | None = None  # default: the model's classic layers
     all_conv: bool = False  # instead of layers: every Conv2d
@@ -376,6 +387,7 @@ class SanitySpec(_PhotoSpec):
     """Adebayo et al. cascading randomization: how much each method's map depends on the weights."""
 
     kind = "sanity"
+    example = {"image": "sample:chelsea", "max_steps": 2}
     title = "sanity check (cascading randomization)"
     methods: list[str] = Field(default_factory=lambda: ["saliency"], min_length=1)
     target: int | str | None = None

@@ -63,15 +63,14 @@ def file_hash(path: str | os.PathLike) -> str:
 
 
 def weights_id(model: str, weights: str | None) -> str:
-    """What identifies the numbers of a model: its registry entry + weights tag, or file hashes."""
-    parts = []
-    if os.sep in model or model.endswith((".safetensors", ".pth", ".pt", ".json")) or Path(model).exists():
-        parts.append("file:" + file_hash(model))
-        meta = Path(model).with_suffix(".json")
-        if meta.exists() and meta != Path(model):
-            parts.append(file_hash(meta))
+    """What identifies the numbers of a model: its registry name + weights tag, or its files' hashes."""
+    from cnnvis.models.checkpoint import _paths, looks_like_checkpoint
+
+    if looks_like_checkpoint(model):
+        meta, blob = _paths(model)
+        parts = ["ckpt:" + file_hash(meta) + "+" + (file_hash(blob) if Path(blob).exists() else "-")]
     else:
-        parts.append("name:" + model)
+        parts = ["name:" + model]
     if weights in (None, "random", "pretrained"):
         parts.append(str(weights))
     else:

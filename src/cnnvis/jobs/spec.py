@@ -31,6 +31,7 @@ class Spec(BaseModel):
 
     kind: ClassVar[str] = ""
     title: ClassVar[str] = ""  # one line for --help, the web page and the report
+    example: ClassVar[dict] = {}  # small, quick fields: the tests run every registered kind with them
 
     model: str = DEFAULT_MODEL  # registry name or path to a checkpoint
     weights: str | None = None  # None: the model's own; 'random'; or a path

@@ -26,7 +26,7 @@ def render_maps(ctx: ReportContext) -> str:
             d = res.data
             if n == MAP_METHODS[0]:
                 lab = f"{d['label']} (p={d['prob']:.2f})" if d.get("label") else "sum of the output"
-                xs.append((f"{name}: {lab}", to_tensor(res.image("input.png"))))
+                xs.append((f"{name}: {lab}", to_tensor(res.image("input.png"), mode=res.image("input.png").mode)))
                 data[name] = {"target": d.get("target"), "label": lab}
             if "ig_completeness_delta" in d:
                 data[name]["ig_completeness_delta"] = round(d["ig_completeness_delta"], 4)

@@ -1,0 +1,236 @@
+"""The job layer: specs (canonical form, hash, validation), run(), results, the store, threads, cancel."""
+
+from __future__ import annotations
+
+import errno
+import io
+import json
+import os
+import sqlite3
+import threading
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cnnvis.errors import CnnvisError
+from cnnvis.jobs import KINDS, Cancelled, ModelPool, Result, Store, make_spec, parse_spec, run
+from cnnvis.jobs.runner import job_key
+from tests.conftest import sample
+
+
+@pytest.fixture(scope="module")
+def mnist_ckpt(tmp_path_factory):
+    """A 1-channel 28x28 checkpoint (random mnist_cnn) written by save_checkpoint, loaded by path."""
+    from cnnvis.models.archs import build_arch
+    from cnnvis.models.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    net = build_arch("mnist_cnn", num_classes=10)
+    d = tmp_path_factory.mktemp("ckpt")
+    save_checkpoint(d, net, architecture="mnist_cnn", classes=[str(i) for i in range(10)])
+    return str(d)
+
+
+@pytest.fixture(scope="module")
+def pool():
+    return ModelPool("cpu")
+
+
+# ---------------------------------------------------------------------- every registered kind
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_every_kind_runs_on_a_1_channel_28px_checkpoint(kind, mnist_ckpt, pool, tmp_path):
+    """Each registered kind, with its own example fields, on a user's 1-channel checkpoint by path."""
+    cls = KINDS[kind]
+    assert cls.example, f"job kind {kind!r} has no example fields"
+    fields = dict(cls.example)
+    if kind == "class_image":
+        fields["size"] = 28
+    if kind == "filters":
+        fields["size"] = 28
+    res = run(make_spec(kind, model=mnist_ckpt, **fields), pool=pool)
+    d = res.to_dict()
+    json.dumps(d)  # JSON-able
+    assert d["kind"] == kind and len(res.key) == 64
+    if res.main is not None:
+        im = res.image()
+        assert im.size[0] >= 16 and im.size[1] >= 16
+        assert np.asarray(im).std() > 0  # a picture, not a blank
+    if kind == "classify":
+        probs = [q["prob"] for q in d["data"]["predictions"][0]["top"]]
+        assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0001
+    if kind == "attribution":
+        m = res.array("map.npy")
+        assert m.shape == (28, 28) and m.max() > 0
+    out = res.save(tmp_path / "r")
+    back = Result.load(out)
+    assert back.files == res.files and back.data == json.loads(json.dumps(res.data))
+
+
+# ---------------------------------------------------------------------- specs
+def test_same_job_asked_two_ways_has_one_key(lite0, tmp_path):
+    photo = str(sample("pelican"))
+    store = Store(tmp_path)
+    a = run({"kind": "attribution", "image": photo, "method": "gradcam", "target": "pelican"}, store=store, vm=lite0)
+    b_spec = make_spec("attribution", image=photo, method="gradcam", target=144, options={}, seed=0)
+    assert a.spec["target"] == 144 and a.spec["layer"] is not None or a.spec["layer"] is None
+    b = run(b_spec.model_dump() | {"kind": "attribution"}, store=store, vm=lite0)
+    assert b.cached and b.key == a.key and b.files == a.files
+    # field order and explicit defaults do not change the canonical form
+    s1 = parse_spec(json.dumps({"kind": "class_image", "target": 3, "steps": 512}))
+    s2 = parse_spec(json.dumps({"steps": 512, "target": 3, "kind": "class_image", "seed": 0, "size": 224}))
+    assert s1.canonical_json() == s2.canonical_json() and job_key(s1) == job_key(s2)
+    # a different parameter is a different job
+    assert job_key(s1) != job_key(make_spec("class_image", target=3, steps=511))
+
+
+def test_batch_is_not_part_of_the_identity():
+    a, b = make_spec("filters", batch=4), make_spec("filters", batch=16)
+    assert a.canonical_json() == b.canonical_json() and a.batch == 4
+
+
+def test_key_follows_the_photo_content(tmp_path, lite0):
+    p = tmp_path / "x.png"
+    Image.new("RGB", (64, 64), (200, 10, 10)).save(p)
+    s = make_spec("attribution", image=str(p))
+    k1 = job_key(s)
+    Image.new("RGB", (64, 64), (10, 200, 10)).save(p)
+    os.utime(p, ns=(1, 1))  # even with a changed mtime the content decides
+    assert job_key(s) != k1
+
+
+@pytest.mark.parametrize("obj, words", [
+    ({"kind": "class_image", "target": 1, "stepz": 3}, ["unknown field 'stepz'", "fields:"]),
+    ({"kind": "class_image", "target": 1, "steps": "many"}, ["field 'steps'", "integer"]),
+    ({"kind": "class_image", "target": 1, "size": 100000}, ["field 'size'", "4096"]),
+    ({"kind": "attribution", "image": "x.jpg", "method": "nope"}, ["unknown method 'nope'"]),
+    ({"kind": "paint", "x": 1}, ["unknown job kind 'paint'"]),
+    ({"target": 1}, ["no 'kind'"]),
+    ("{not json", ["not valid JSON"]),
+])
+def test_bad_specs_are_one_clear_line(obj, words):
+    with pytest.raises(CnnvisError) as e:
+        parse_spec(obj if isinstance(obj, str) else json.dumps(obj))
+    msg = str(e.value)
+    assert "\n" not in msg
+    for w in words:
+        assert w in msg, msg
+
+
+# ---------------------------------------------------------------------- the store
+def test_store_serves_a_repeat_and_survives_a_corrupt_index(tmp_path, lite0):
+    photo = str(sample("tabby"))
+    spec = make_spec("attribution", image=photo, method="saliency")
+    first = run(spec, store=tmp_path, vm=lite0)
+    assert not first.cached
+    second = run(spec, store=tmp_path)  # no model given: served from the store without loading one
+    assert second.cached and second.files == first.files and second.data == json.loads(json.dumps(first.data))
+    # a corrupt index is set aside and rebuilt from the folders: nothing lost
+    (tmp_path / "index.sqlite").write_bytes(b"this is not sqlite" * 100)
+    st = Store(tmp_path)
+    got = st.get(first.key)
+    assert got is not None and got.files == first.files
+    assert any(p.name.startswith("index.sqlite.corrupt-") for p in tmp_path.iterdir())
+    assert len(st.list(kind="attribution")) == 1
+
+
+def test_store_never_shows_an_incomplete_result(tmp_path):
+    st = Store(tmp_path)
+    r = Result("classify", {"kind": "classify", "model": "m"}, "ab" * 32, {"x": 1}, {"a.png": b"123"}, "a.png")
+    # a process killed while writing leaves only a temp folder: not a result
+    r.save(tmp_path / "tmp" / (r.key + ".999.dead"))
+    assert st.get(r.key) is None
+    # a folder renamed into place but killed before its index row: found after a rebuild
+    r.save(tmp_path / "objects" / r.key[:2] / r.key)
+    assert st.get(r.key) is None
+    assert st.rebuild() == 1 and st.get(r.key).data == {"x": 1}
+    # a row whose folder lost a file is dropped, not served
+    os.unlink(tmp_path / "objects" / r.key[:2] / r.key / "a.png")
+    assert st.get(r.key) is None
+
+
+def test_store_errors_are_clear_and_lose_nothing(tmp_path, monkeypatch):
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(CnnvisError, match="is a file"):
+        Store(f)
+    with pytest.raises(CnnvisError, match="not writable|cache directory"):
+        Store(f / "sub")
+    st = Store(tmp_path / "s")
+    r = Result("classify", {"kind": "classify"}, "cd" * 32, {}, {"a.png": b"1"}, "a.png")
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "rename", full)
+    with pytest.raises(CnnvisError, match="disk is full"):
+        st.put(r)
+    monkeypatch.undo()
+    assert st.get(r.key) is None and not any((tmp_path / "s" / "tmp").iterdir())
+    st.put(r)
+    assert st.get(r.key).files == r.files
+
+
+# ---------------------------------------------------------------------- results
+def test_result_shows_itself(lite0):
+    res = run(make_spec("attribution", image=str(sample("pelican")), method="gradcam"), vm=lite0)
+    png = res._repr_png_()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and Image.open(io.BytesIO(png)).size[0] > 224
+    h = res._repr_html_()
+    assert "<img src=\"data:image/png;base64," in h and "attribution" in h and "pelican" in h
+    assert "tensor(" not in repr(res)
+
+
+# ---------------------------------------------------------------------- threads and cancel
+def test_two_threads_on_one_model_match_sequential_use(lite0):
+    photos = [str(sample(n)) for n in ("pelican", "tabby", "jaguar", "magpie")]
+    specs = [make_spec("attribution", image=p, method=m) for p in photos for m in ("gradcam", "guided")]
+    pool = ModelPool("cpu")
+    seq = [run(s, vm=lite0, pool=pool).array("map.npy") for s in specs]
+    out: dict[int, np.ndarray] = {}
+    errors = []
+
+    def work(idx):
+        try:
+            for i in idx:
+                out[i] = run(specs[i], vm=lite0, pool=pool).array("map.npy")
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(range(k, len(specs), 2),)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for i, ref in enumerate(seq):
+        np.testing.assert_array_equal(out[i], ref)
+    from cnnvis.hooks import hook_count
+
+    assert hook_count(lite0.model) == 0
+
+
+def test_cancel_stops_a_job_and_stores_nothing(lite0, tmp_path):
+    ev = threading.Event()
+    seen = []
+
+    def progress(done, total, desc):
+        seen.append(done)
+        if done >= 3:
+            ev.set()
+
+    spec = make_spec("class_image", target="pelican", steps=200, min_steps=200, size=96)
+    with pytest.raises(Cancelled):
+        run(spec, store=tmp_path, vm=lite0, progress=progress, cancel=ev)
+    assert 3 <= max(seen) < 10
+    assert Store(tmp_path).list() == []
+
+
+def test_store_in_sqlite_is_an_index_not_the_data(tmp_path, lite0):
+    run(make_spec("classify", images=[str(sample("pelican"))]), store=tmp_path, vm=lite0)
+    con = sqlite3.connect(tmp_path / "index.sqlite")
+    (n,) = con.execute("SELECT count(*) FROM results").fetchone()
+    assert n == 1
+    files = list((tmp_path / "objects").glob("*/*/result.json"))
+    assert len(files) == 1 and json.loads(files[0].read_text())["kind"] == "classify"
