@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import importlib
+import io
 import json
 
 import numpy as np
@@ -13,6 +14,7 @@ from PIL import Image
 from torch import nn
 
 from cnnvis.errors import CnnvisError
+from cnnvis.jobs import KINDS
 from cnnvis.models import (
     Preprocess, VisModel, as_vismodel, build_arch, check_channels, load, save_checkpoint, wrap,
 )
@@ -272,3 +274,23 @@ def test_mnist_render_and_dream(mnist_vm, digit):
     out = dream(mnist_vm, digit.resize((56, 56)), layers=["conv2"], octaves=2, steps_per_octave=4, jitter=2)
     assert out.size == (56, 56)
     assert np.abs(np.asarray(out.convert("L"), np.float32) - np.asarray(digit.resize((56, 56)), np.float32)).mean() > 0.5
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_mnist_checkpoint_runs_every_job_kind(kind, mnist_ckpt, digit, tmp_path):
+    """The 1-channel 28x28 checkpoint, by path, through every registered job kind (quick settings)."""
+    from cnnvis.jobs import make_spec, run
+
+    _, meta_path = mnist_ckpt
+    img = tmp_path / "digit.png"
+    digit.save(img)
+    quick = {"images": [str(img)], "image": str(img), "target": "3", "steps": 4, "size": 28, "min_steps": 0,
+             "octaves": 2, "first": 2, "max_steps": 2, "methods": ["saliency"], "jitter": 2}
+    fields = {k: v for k, v in quick.items() if k in KINDS[kind].model_fields}
+    res = run(make_spec(kind, model=str(meta_path.parent), **fields), device="cpu")
+    d = json.loads(json.dumps(res.to_dict(), default=str))
+    assert d and (res.files or kind == "classify"), kind
+    for name in res.files:
+        if name.endswith(".png"):
+            im = Image.open(io.BytesIO(res.files[name]))
+            assert min(im.size) >= 28, (kind, name, im.size)
