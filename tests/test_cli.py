@@ -28,11 +28,11 @@ def test_models_and_json(capsys):
 
 
 def test_layers_shows_aliases_and_shapes(capsys):
-    code, out, _ = run(capsys, "layers", "vgg16_hed")
+    code, out, _ = run(capsys, "layers", "--model", "vgg16_hed")
     assert code == 0
     line = next(ln for ln in out.splitlines() if ln.startswith("features.28 "))
     assert "conv5_3" in line and "512x14x14" in line
-    code, out, _ = run(capsys, "layers", "efficientnet_lite0", "--size", "96", "--json", "--all")
+    code, out, _ = run(capsys, "layers", "--model", "efficientnet_lite0", "--size", "96", "--json", "--all")
     rows = {r["name"]: r for r in json.loads(out)}
     assert rows["blocks.3"]["alias"] == "stage3" and rows["blocks.3"]["shape"] == [80, 6, 6]
 
@@ -60,7 +60,7 @@ def test_classify_prints_top_k_with_probabilities(capsys):
         (["classify", "{img}", "--model", "resnet18", "--weights", "{vggw}"], "do not fit this model"),
         (["classify", "{img}", "--model", "vgg16_hed"], "not a classifier"),
         (["classify", "{img}", "--device", "tpu"], "unknown device"),
-        (["layers", "nosuchnet"], "unknown model"),
+        (["layers", "--model", "nosuchnet"], "unknown model"),
         (["report", "--out", "{text}"], "is a file"),
         (["report", "--out", "{tmp}/r", "--sections", "clasification"], "did you mean: classification"),
         (["report", "--out", "{tmp}/r", "--images", "{tmp}/none"], "does not exist"),

@@ -24,10 +24,12 @@ def run(capsys, *argv):
 
 @pytest.mark.parametrize("argv, msg", [
     (["class", "pelicn"], "did you mean"),
-    (["class", "efficientnet_lite0", "pelican", "--size", "16"], "too small"),
-    (["class", "vgg16_hed", "pelican"], "not a classifier"),
-    (["filters", "vgg16_hed", "--layers", "conv1_1", "--channels", "0,64"], "out of range"),
-    (["filters", "vgg16_hed", "--layers", "conv9_9"], "unknown layer"),
+    (["class", "pelican", "--model", "efficientnet_lite0", "--size", "16"], "too small"),
+    (["class", "pelican", "--size", "100000"], "--size"),
+    (["class", "pelican", "--steps", "0"], "--steps"),
+    (["class", "pelican", "--model", "vgg16_hed"], "not a classifier"),
+    (["filters", "-m", "vgg16_hed", "--layers", "conv1_1", "--channels", "0,64"], "out of range"),
+    (["filters", "--model", "vgg16_hed", "--layers", "conv9_9"], "unknown layer"),
     (["filters", "--channels", "a,b"], "comma-separated"),
     (["filters", "--layers", "stage1", "--all-conv"], "not both"),
     (["class", "pelican", "--preset", "nope"], "Invalid value"),
@@ -44,14 +46,16 @@ def test_class_cli_json(capsys, tmp_path, lite0):
     rc, text, err = run(capsys, "class", "pelican", "--steps", "3", "--size", "64", "--until-prob", "0",
                         "--out", str(out), "--json", "--seed", "1")
     assert rc == 0, err
-    d = json.loads(text)
+    r = json.loads(text)
+    d = r["data"]
+    assert r["kind"] == "class_image" and r["out"] == str(out) and len(r["key"]) == 64
     assert out.exists() and d["class"] == {"index": 144, "label": "pelican"}
     assert d["steps"] == 3 and len(d["top5"]) == 5 and 0 <= d["prob_png"] <= 1
     assert set(d["robustness"]) == {"blur1", "down_up2", "shift8", "resize256_crop224"}
 
 
 def test_class_cli_text(capsys, tmp_path, lite0):
-    rc, text, err = run(capsys, "class", "efficientnet_lite0", "144", "--preset", "chollet2016", "--steps", "2",
+    rc, text, err = run(capsys, "class", "144", "--model", "efficientnet_lite0", "--preset", "chollet2016", "--steps", "2",
                         "--size", "64", "--out", str(tmp_path / "p.png"))
     assert rc == 0, err
     assert "re-read from disk" in text and "top-5:" in text and "Gaussian blur" in text
@@ -62,7 +66,7 @@ def test_filters_cli(capsys, tmp_path, lite0):
     rc, text, err = run(capsys, "filters", "--layers", "stage0,stage2", "--channels", "0,3", "--steps", "2",
                         "--size", "48", "--out", str(out), "--json")
     assert rc == 0, err
-    d = json.loads(text)
+    d = json.loads(text)["data"]
     assert [x["layer"] for x in d["layers"]] == ["stage0", "stage2"] and d["layers"][0]["channels"] == [0, 3]
     from PIL import Image
 
@@ -90,10 +94,10 @@ def test_unknown_class_suggests(lite0):
 def test_pelican_end_to_end(tmp_path, lite0):
     """Default preset: >= 0.99 from the saved PNG and >= 0.9 under the four perturbations."""
     from cnnvis.images import load_image, to_tensor
-    from cnnvis.optvis import class_logit, render, robustness
+    from cnnvis.optvis import UntilProb, class_logit, render, robustness
     from cnnvis.viz import save_png
 
-    res = render(lite0, class_logit("pelican"), steps=512, until_prob=0.99, until_robust=0.95, seed=0)
+    res = render(lite0, class_logit("pelican"), steps=512, stop=UntilProb(0.99, robust=0.95), seed=0)
     assert res.ok and res.steps <= 512
     path = save_png(res.images, tmp_path / "pelican.png")
     x = to_tensor(load_image(path))

@@ -42,7 +42,7 @@ def attribution_methods() -> list[str]:
 
 
 def preset_names() -> list[str]:
-    from cnnvis.optvis.presets import PRESETS
+    from cnnvis.optvis import PRESETS
 
     return list(PRESETS)
 
@@ -113,8 +113,10 @@ def _flag_names(msg: str, flags: dict[str, str]) -> str:
         name = m.group(2)
         return flags.get(name, "--" + name.replace("_", "-"))
 
+    if "unknown field" not in msg:  # the list of a spec's fields helps only with an unknown one
+        msg = re.sub(r" \(fields: [^)]*\)$", "", msg)
     msg = re.sub(r"(field|unknown field) '([A-Za-z_][\w.]*)'", lambda m: sub(m), msg)
-    return msg.replace("bad ", "", 1) if msg.startswith("bad ") else msg
+    return re.sub(r"^bad \w+ spec: ", "", msg)
 
 
 def run_job(kind: str, *, model: str, weights: str | None, device: str, cache: str | None, flags=None,
@@ -138,7 +140,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 def check_out(path: str | None, inputs: Iterable[str] = (), flag: str = "--out", suffixes=IMAGE_SUFFIXES):
     """Refuse an output that is an input, a directory, an unknown image format or not writable."""
     from cnnvis.errors import CnnvisError
-    from cnnvis.utils import check_output_path
+    from cnnvis.utils import check_output_path, check_writable
 
     if path is None:
         return None
@@ -147,12 +149,11 @@ def check_out(path: str | None, inputs: Iterable[str] = (), flag: str = "--out",
         raise CnnvisError(f"{flag} {path!r}: unknown image format {out.suffix or '(none)'!r}; "
                           f"use one of {', '.join(suffixes)}")
     parent = out.parent if str(out.parent) else Path(".")
-    probe = parent
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK):
+    try:
+        check_writable(out)  # a real test file (os.access says yes to root, also on /proc)
+    except CnnvisError:
         raise CnnvisError(f"{flag} {path!r}: cannot write into {str(parent)!r} (not a writable folder); "
-                          f"choose another {flag}")
+                          f"choose another {flag}") from None
     return out
 
 
