@@ -113,7 +113,7 @@ def test_checkpoint_round_trip(mnist_ckpt, tmp_path):
     net, meta_path = mnist_ckpt
     meta = json.loads(meta_path.read_text())
     assert meta["architecture"] == "mnist_cnn" and meta["input"] == {
-        "shape": [1, 28, 28], "mean": [0.1307], "std": [0.3081], "resize": 28}
+        "shape": [1, 28, 28], "mean": [0.1307], "std": [0.3081], "resize": 28, "bgr": False}
     assert meta["classes"] == [str(i) for i in range(10)] and meta["training"] == {"steps": 0}
     x = torch.rand(3, 1, 28, 28)
     want = net((x - 0.1307) / 0.3081)
@@ -121,10 +121,24 @@ def test_checkpoint_round_trip(mnist_ckpt, tmp_path):
         vm = load(p)
         assert vm.name == "mnist" and vm.input_shape == (1, 28, 28) and vm.labels[3] == "3"
         assert torch.allclose(vm(x), want, atol=1e-5)
+        assert vm.input_config() == meta["input"]
     # a VisModel keeps its own contract when saved
     vm2 = load(save_checkpoint(tmp_path / "again.safetensors", vm, architecture="mnist_cnn"))
     assert vm2.name == "again" and vm2.preprocess == vm.preprocess and torch.allclose(vm2(x), want, atol=1e-5)
     assert not load(meta_path.parent, weights="random")(x).allclose(want)
+
+
+def test_checkpoint_of_a_torchvision_net_keeps_bgr_and_classes(tmp_path):
+    from torchvision.models import squeezenet1_1
+
+    torch.manual_seed(0)
+    vm = wrap(squeezenet1_1(num_classes=4), preprocess=Preprocess.caffe_bgr(resize=80, crop=64), labels=list("abcd"))
+    path = save_checkpoint(tmp_path / "sq", vm, architecture="torchvision:squeezenet1_1")
+    back = load(path)
+    assert back.preprocess == vm.preprocess and back.labels == list("abcd") and back.input_shape == (3, 64, 64)
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(back(x), vm.model.eval()(vm.preprocess.normalize(x)), atol=1e-5)
 
 
 def _rewrite(meta_path, **changes):

@@ -12,9 +12,10 @@ The JSON (one object; `cnnvis train` writes the same):
      "arch_args": {},                          # optional keyword arguments of the builder
      "task": "classification",                 # or "edges"
      "classes": ["0", "1", ...],               # labels; their count sets the output size
-     "input": {"shape": [1, 28, 28],           # (C, H, W)
+     "input": {"shape": [1, 28, 28],           # (C, H, W); = VisModel.input_config()
                "mean": [0.1307], "std": [0.3081],   # per channel, [0, 1] units (RGB order)
-               "resize": 28},                  # optional: shorter side before the centre crop H
+               "resize": 28,                   # optional: shorter side before the centre crop H
+               "bgr": false},                  # optional: feed 3 channels in BGR order (Caffe)
      "weights": "model.safetensors",           # optional, relative to the JSON
      "weights_sha256": "...",                  # optional; checked when present
      "description": "...", "training": {...}}  # free text / free-form, kept, not read
@@ -139,6 +140,9 @@ def _check_metadata(raw, src: str) -> dict:
     resize = inp.get("resize", shape[1])
     if not isinstance(resize, int) or resize < shape[1]:
         raise bad("input.resize", f"an integer >= the crop {shape[1]}")
+    bgr = inp.get("bgr", False)
+    if not isinstance(bgr, bool) or (bgr and c != 3):
+        raise bad("input.bgr", "true (3 channels fed in BGR order) or false")
     args = raw.get("arch_args", {})
     if not isinstance(args, dict):
         raise bad("arch_args", "an object of keyword arguments")
@@ -147,7 +151,7 @@ def _check_metadata(raw, src: str) -> dict:
         raise bad("weights", "a file name relative to the JSON")
     out = dict(raw)
     out.update(architecture=arch.strip(), task=task, classes=[str(c) for c in classes] if classes else None,
-               input={"shape": list(shape), "mean": norm["mean"], "std": norm["std"], "resize": resize},
+               input={"shape": list(shape), "mean": norm["mean"], "std": norm["std"], "resize": resize, "bgr": bgr},
                arch_args=args)
     return out
 
@@ -232,7 +236,7 @@ def load_checkpoint(path: str | os.PathLike, weights: str | os.PathLike | None =
                               f"cnnvis.models.save_checkpoint") from None
     inp = meta["input"]
     shape = tuple(inp["shape"])
-    prep = Preprocess(tuple(inp["mean"]), tuple(inp["std"]), resize=inp["resize"], crop=shape[1])
+    prep = Preprocess(tuple(inp["mean"]), tuple(inp["std"]), bgr=inp["bgr"], resize=inp["resize"], crop=shape[1])
     name = meta.get("name") or (meta_path.parent.name if meta_path.name == META_NAME else meta_path.stem)
     desc = meta.get("description") or f"checkpoint {src} ({meta['architecture']})"
     return VisModel(str(name), model, prep, meta["classes"], meta["task"], aliases or vgg_aliases(model),
@@ -268,12 +272,13 @@ def save_checkpoint(path: str | os.PathLike, model, *, architecture: str, classe
         wpath, mpath = p, p.with_suffix(".json")
     else:
         wpath, mpath = p / WEIGHTS_NAME, p / META_NAME
-    resize = vm.preprocess.resize if own and vm.preprocess.crop == shape[1] else shape[1]
+    same = own and vm.preprocess.crop == shape[1]
+    resize = vm.preprocess.resize if same else shape[1]
     meta = {"format": FORMAT, "version": VERSION, "name": name or (p.name if p.suffix == "" else p.stem),
             "architecture": architecture, "arch_args": dict(arch_args or {}),
             "task": task or vm.task, "classes": [str(x) for x in classes] if classes else None,
             "input": {"shape": list(shape), "mean": [float(v) for v in mean], "std": [float(v) for v in std],
-                      "resize": resize},
+                      "resize": resize, "bgr": bool(own and vm.preprocess.bgr)},
             "weights": wpath.name, "weights_sha256": "", "description": description}
     meta.update(extra or {})
     _check_metadata(meta, str(mpath))  # refuse bad metadata before writing anything

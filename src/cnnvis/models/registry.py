@@ -73,6 +73,13 @@ class VisModel:
         """Raise a CnnvisError naming the shapes unless x is (B, C, H, W) with this model's C."""
         self.preprocess.check(x, what)
 
+    def input_config(self) -> dict:
+        """The input contract as plain JSON (the 'input' object of a checkpoint's model.json):
+        {'shape': [C, H, W], 'mean': [C floats], 'std': [C floats], 'resize': int, 'bgr': bool}."""
+        p = self.preprocess
+        return {"shape": list(self.input_shape), "mean": list(p.mean), "std": list(p.std), "resize": p.resize,
+                "bgr": p.bgr}
+
     @property
     def device(self) -> torch.device:
         p = next(self.model.parameters(), None)
