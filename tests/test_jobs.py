@@ -103,7 +103,7 @@ def test_key_follows_the_photo_content(tmp_path, lite0):
 @pytest.mark.parametrize("obj, words", [
     ({"kind": "class_image", "target": 1, "stepz": 3}, ["unknown field 'stepz'", "fields:"]),
     ({"kind": "class_image", "target": 1, "steps": "many"}, ["field 'steps'", "integer"]),
-    ({"kind": "class_image", "target": 1, "size": 100000}, ["field 'size'", "4096"]),
+    ({"kind": "class_image", "target": 1, "size": 100000}, ["field 'size'", "2048"]),
     ({"kind": "attribution", "image": "x.jpg", "method": "nope"}, ["unknown method 'nope'"]),
     ({"kind": "paint", "x": 1}, ["unknown job kind 'paint'"]),
     ({"target": 1}, ["no 'kind'"]),
@@ -234,3 +234,48 @@ def test_store_in_sqlite_is_an_index_not_the_data(tmp_path, lite0):
     assert n == 1
     files = list((tmp_path / "objects").glob("*/*/result.json"))
     assert len(files) == 1 and json.loads(files[0].read_text())["kind"] == "classify"
+
+
+# ---------------------------------------------------------------------- the CLI on the job layer
+def test_cli_cache_serves_the_second_request(tmp_path, capsys, monkeypatch):
+    from cnnvis.cli import main
+
+    monkeypatch.setenv("CNNVIS_NO_PROGRESS", "1")
+    photo = str(sample("jaguar"))
+    args = ["saliency", photo, "--method", "gradcam", "--size", "96", "--cache", str(tmp_path / "c")]
+    assert main(args + ["--out", str(tmp_path / "a.png")]) == 0
+    first = capsys.readouterr().out
+    assert main(args + ["--out", str(tmp_path / "b.png"), "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert "[from the cache]" not in first and d["cached"] is True and d["spec"]["method"] == "gradcam"
+    assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
+
+
+def test_cli_run_spec_and_bad_spec(tmp_path, capsys, monkeypatch):
+    from cnnvis.cli import main
+
+    monkeypatch.setenv("CNNVIS_NO_PROGRESS", "1")
+    good = tmp_path / "s.json"
+    good.write_text(json.dumps({"kind": "classify", "images": [str(sample("pelican"))], "top": 2}))
+    assert main(["run", str(good), "--out", str(tmp_path / "o"), "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["data"]["predictions"][0]["top"][0]["label"] == "pelican"
+    assert json.loads((tmp_path / "o" / "result.json").read_text())["key"] == d["key"]
+    bad = tmp_path / "b.json"
+    bad.write_text(json.dumps({"kind": "classify", "images": ["x.jpg"], "top": "three", "colour": 1}))
+    assert main(["run", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "field 'top'" in err and "unknown field 'colour'" in err and "Traceback" not in err
+    # in a command, the same problems are named by their flags
+    assert main(["filters", "--size", "100000", "--out", str(tmp_path / "g.png")]) == 2
+    err = capsys.readouterr().err
+    assert "--size" in err and "at most" in err and not (tmp_path / "g.png").exists()
+
+
+def test_cli_start_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, cnnvis.cli; assert 'torch' not in sys.modules, 'torch imported'; print('ok')"
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert p.returncode == 0 and p.stdout.strip() == "ok", p.stderr
