@@ -62,7 +62,8 @@ def test_wrap_and_bare_modules_carry_an_input_shape():
 
     net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.MaxPool2d(2))
     vm = wrap(net, input_shape=(1, 28, 28))
-    assert vm.input_shape == (1, 28, 28) and vm.preprocess.mean == (0.0,)
+    assert vm.input_shape == (1, 28, 28) and vm.preprocess.mean == (0.0,) and vm.min_size == 28
+    assert wrap(net).min_size == 32
     assert {i.name: i.shape for i in list_layers(vm)}["2"] == (4, 13, 13)
     # a bare module: C from its first Conv2d, H = W = 224 (documented)
     assert {i.name: i.shape for i in list_layers(net)}["0"] == (4, 222, 222)

@@ -190,7 +190,7 @@ def wrap(
     task: str = "classification",
     aliases: dict[str, str] | None = None,
     input_shape: Sequence[int] | None = None,
-    min_size: int = 32,
+    min_size: int | None = None,
 ) -> VisModel:
     """Wrap any nn.Module. The module is not modified or copied.
 
@@ -198,6 +198,7 @@ def wrap(
     Conv2d's `in_channels` (3 without one), H = W = the preprocessing's crop (224).
     preprocess: default ImageNet mean/std for 3 channels, no normalization for other C
     (a Preprocess resized/cropped to H for a small input_shape).
+    min_size: the smallest image side the module takes (default: min(32, H, W)).
     """
     if not isinstance(model, nn.Module):
         raise CnnvisError(f"expected a torch.nn.Module, got {type(model).__name__}")
@@ -206,6 +207,7 @@ def wrap(
         c, h = shape[0], shape[1]
         size = {"resize": 256 if h == 224 else h, "crop": h}
         preprocess = Preprocess(**size) if c == 3 else Preprocess.identity(c, **size)
+    min_size = min(32, *shape[1:]) if min_size is None else int(min_size)
     return VisModel(name, model, preprocess, labels, task, dict(aliases or {}) or vgg_aliases(model),
                     min_size=min_size, input_shape=shape)
 
