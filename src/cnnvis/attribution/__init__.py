@@ -2,8 +2,9 @@
 
     from cnnvis.attribution import method, LayerTarget
     m = method('guided', vm)                          # or Saliency(vm), GradCAM(vm, 'conv5_3'), ...
-    a = m.attribute(x, target='pelican')              # (B, 3, H, W); Grad-CAM: (B, 1, H, W)
+    a = m.attribute(x, target='pelican')              # (B, 3, H, W); the CAM family: (B, 1, H, W)
     h = m.map(x, LayerTarget('block4_pool', 44))      # (B, H, W) >= 0
+    NoiseTunnel(GuidedBackprop(vm), kind='vargrad')   # SmoothGrad / VarGrad over any method
 
 Method names (CLI --method): see `METHODS`.
 """
@@ -11,23 +12,31 @@ Method names (CLI --method): see `METHODS`.
 from __future__ import annotations
 
 from cnnvis.attribution.base import Attribution, LayerTarget, check_input, model_parts
-from cnnvis.attribution.gradcam import GradCAM, GuidedGradCAM, default_cam_layer
-from cnnvis.attribution.gradients import GradientXInput, IntegratedGradients, Saliency, SmoothGrad
+from cnnvis.attribution.gradcam import (CAM, EigenCAM, GradCAM, GradCAMPlusPlus, GuidedGradCAM, LayerCAM, ScoreCAM,
+                                        XGradCAM, default_cam_layer)
+from cnnvis.attribution.gradients import (GradientXInput, IntegratedGradients, NoiseTunnel, Saliency, SmoothGrad,
+                                          VarGrad)
 from cnnvis.attribution.modified_relu import RELU_LIKE, Deconvnet, GuidedBackprop, ModifiedReLU, modified_relu
 
 METHODS: dict[str, type[Attribution]] = {
     "saliency": Saliency,
     "gradxinput": GradientXInput,
     "smoothgrad": SmoothGrad,
+    "vargrad": VarGrad,
     "ig": IntegratedGradients,
     "guided": GuidedBackprop,
     "deconvnet": Deconvnet,
     "gradcam": GradCAM,
     "guided_gradcam": GuidedGradCAM,
+    "gradcam++": GradCAMPlusPlus,
+    "xgradcam": XGradCAM,
+    "layercam": LayerCAM,
+    "scorecam": ScoreCAM,
+    "eigencam": EigenCAM,
 }
 
 # the methods that take a `layer` argument (the layer the map is computed at)
-LAYER_METHODS = ("gradcam", "guided_gradcam")
+LAYER_METHODS = ("gradcam", "guided_gradcam", "gradcam++", "xgradcam", "layercam", "scorecam", "eigencam")
 
 
 def method(name: str, model, **options) -> Attribution:
@@ -44,7 +53,8 @@ def method(name: str, model, **options) -> Attribution:
 
 __all__ = [
     "Attribution", "LayerTarget", "METHODS", "LAYER_METHODS", "method", "check_input", "model_parts",
-    "Saliency", "GradientXInput", "SmoothGrad", "IntegratedGradients",
+    "Saliency", "GradientXInput", "IntegratedGradients", "NoiseTunnel", "SmoothGrad", "VarGrad",
     "GuidedBackprop", "Deconvnet", "ModifiedReLU", "modified_relu", "RELU_LIKE",
-    "GradCAM", "GuidedGradCAM", "default_cam_layer",
+    "CAM", "GradCAM", "GradCAMPlusPlus", "XGradCAM", "LayerCAM", "ScoreCAM", "EigenCAM", "GuidedGradCAM",
+    "default_cam_layer",
 ]

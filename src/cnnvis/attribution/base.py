@@ -7,9 +7,11 @@
 C is the model's input channels (`as_vismodel(model).channels`): 3 (RGB) or 1 (grey), checked
 (`cnnvis.models.check_channels`).
 
-Targets: None (top-1 class per image; for non-classifiers the sum of the outputs), a class
-index or name, a list/tensor of indices (one per image), a callable `output -> (B,)` score, or
-`LayerTarget(layer, channel, unit)` for the gradient of an intermediate activation.
+Targets (as Captum): None (top-1 class per image; for non-classifiers the sum of the outputs),
+a class index or name, a tuple of indices into the output (`(0, 1)` = `output[:, 0, 1]`; any
+dims left are summed), a list / 1-D tensor with one index (or tuple) per image, a callable
+`output -> (B,)` score, or `LayerTarget(layer, channel, unit)` for the gradient of an
+intermediate activation. Checked against the caller's batch once, in the public verb.
 The model comes back unchanged (flags, requires_grad, no hooks) and the caller's `x` and
 `x.grad` are never touched: gradients are taken with `torch.autograd.grad` on a copy.
 """
@@ -112,12 +114,19 @@ class Attribution:
     # ------------------------------------------------------------------ public verbs
     def attribute(self, x: Tensor, target=None) -> Tensor:
         """Attribution for images `x` ((B, 3, H, W), in [0, 1] for a VisModel) and `target`."""
+        return self.run(self._attribute, x, target)
+
+    def run(self, fn, x: Tensor, target):
+        """The frame of every public verb: check `x`, check `target` against x's batch (-> an
+        (B, k) index tensor, a callable, a LayerTarget or None), then `fn(x, target)` with the
+        model guarded (eval, frozen, in-place off; restored also on error). Detached result(s)."""
         from cnnvis.utils import model_guard
 
         x = check_input(x, self.device, self.model)
+        target = self.prepare_target(target, x.shape[0])
         with model_guard(self.module), torch.enable_grad():
-            out = self._attribute(x, target)
-        return out.detach()
+            out = fn(x, target)
+        return tuple(o.detach() for o in out) if isinstance(out, tuple) else out.detach()
 
     def map(self, x: Tensor, target=None) -> Tensor:
         """(B, H, W) non-negative map: max |attribution| over channels."""
@@ -155,55 +164,89 @@ class Attribution:
             return lt.score(acts[lt.layer]), acts
         return self.score_output(out, target), acts
 
+    def prepare_target(self, target, B: int):
+        """User target -> None | LayerTarget | callable | (B, k) long tensor of output indices."""
+        if target is None or isinstance(target, LayerTarget):
+            return target
+        if callable(target) and not torch.is_tensor(target):
+            return target
+        if isinstance(target, str):
+            target = self.class_index(target)
+        if isinstance(target, tuple):  # one index into a multi-dim output, for every image
+            idx = self._indices(target).reshape(1, -1)
+        elif isinstance(target, list):  # one entry per image
+            rows = [self._indices(self.class_index(t) if isinstance(t, str) else t).reshape(-1) for t in target]
+            if not rows or len({r.numel() for r in rows}) != 1:
+                raise CnnvisError(f"target: a list needs one class index (or index tuple) per image, all alike; "
+                                  f"got {target!r}")
+            idx = torch.stack(rows)
+        else:
+            idx = self._indices(target)
+            if idx.dim() == 0:
+                idx = idx.reshape(1, 1)
+            elif idx.dim() == 1:
+                idx = idx.reshape(-1, 1)
+            elif idx.dim() != 2:
+                raise CnnvisError(f"target: a tensor of indices must be (B,) or (B, k), got shape {tuple(idx.shape)}")
+        if idx.shape[0] not in (1, B):
+            raise CnnvisError(f"target: got {idx.shape[0]} targets for {B} image{'s' if B > 1 else ''}; "
+                              f"give one per image, or one for all")
+        return idx.expand(B, -1).to(self.device)
+
+    def class_index(self, name: str) -> int:
+        if self.vm is None:
+            raise CnnvisError(f"class name {name!r} needs a model with labels; give a class index")
+        return self.vm.class_index(name)
+
+    @staticmethod
+    def _indices(t) -> Tensor:
+        try:
+            idx = torch.as_tensor(t)
+        except (TypeError, ValueError, RuntimeError):
+            idx = None
+        if idx is None or idx.is_floating_point() or idx.is_complex() or idx.dtype == torch.bool:
+            raise CnnvisError(f"target must be a class index or name, a tuple of indices, a list (one per image), "
+                              f"a callable or a LayerTarget; got {t!r}")
+        return idx.long()
+
     def score_output(self, out, target) -> Tensor:
-        """Model output + target -> (B,) score (the logit of the target class by default)."""
+        """Model output (N, ...) + prepared target -> (N,) score: the indexed output (the
+        target class's logit), summed over any dims the index leaves; None = top-1 class."""
         if isinstance(out, (tuple, list)):
             out = out[0]
         if not torch.is_tensor(out):
             raise CnnvisError(f"the model returned {type(out).__name__}, not a tensor; pass a callable target")
-        B = out.shape[0]
-        if callable(target) and not isinstance(target, (Tensor, LayerTarget)):
+        N = out.shape[0]
+        if callable(target) and not torch.is_tensor(target):
             s = target(out)
-            if not torch.is_tensor(s) or s.shape != (B,):
-                raise CnnvisError(f"a callable target must return one score per image, shape ({B},); "
+            if not torch.is_tensor(s) or s.shape != (N,):
+                raise CnnvisError(f"a callable target must return one score per image, shape ({N},); "
                                   f"got {tuple(s.shape) if torch.is_tensor(s) else type(s).__name__}")
             return s
-        if out.dim() != 2:  # edge maps, segmentation: the sum of the outputs
-            if target is not None:
-                raise CnnvisError(
-                    f"the model's output has shape {tuple(out.shape[1:])}, not class scores; use no target "
-                    f"(= sum of the outputs), a LayerTarget or a callable target")
-            return out.reshape(B, -1).sum(1)
-        idx = self.target_indices(target, out)
-        return out.gather(1, idx.view(-1, 1)).squeeze(1)
-
-    def target_indices(self, target, out: Tensor) -> Tensor:
-        """Class target -> (B,) long indices; None = the top-1 class of each image."""
-        B, n = out.shape
         if target is None:
-            return out.detach().argmax(1)
-        if isinstance(target, str) or (isinstance(target, int) and not isinstance(target, bool)):
-            if isinstance(target, str) and self.vm is not None:
-                i = self.vm.class_index(target)
-            else:
-                try:
-                    i = int(target)
-                except ValueError:
-                    raise CnnvisError(f"class name {target!r} needs a model with labels; give a class index") from None
-            idx = torch.full((B,), i, dtype=torch.long, device=out.device)
-        else:
-            idx = torch.as_tensor(target, device=out.device).long().reshape(-1)
-            if idx.numel() == 1:
-                idx = idx.expand(B)
-            if idx.numel() != B:
-                raise CnnvisError(f"got {idx.numel()} targets for {B} images")
-        if ((idx < 0) | (idx >= n)).any():
-            bad = int(idx[(idx < 0) | (idx >= n)][0])
-            raise CnnvisError(f"target class {bad} is out of range: the model has {n} classes (0..{n - 1})")
-        return idx
+            if out.dim() != 2:  # edge maps, segmentation: the sum of the outputs
+                return out.reshape(N, -1).sum(1)
+            target = out.detach().argmax(1, keepdim=True)
+        idx = target.to(out.device)
+        k = idx.shape[1]
+        if idx.shape[0] != N:  # an internal expansion bug, never the user's
+            raise RuntimeError(f"{idx.shape[0]} prepared targets for a batch of {N}")
+        if k > out.dim() - 1:
+            raise CnnvisError(f"target has {k} indices but the model's output has shape {tuple(out.shape[1:])}; "
+                              f"give at most {out.dim() - 1}")
+        for j in range(k):
+            n = out.shape[1 + j]
+            bad = (idx[:, j] < 0) | (idx[:, j] >= n)
+            if bad.any():
+                what = "class" if out.dim() == 2 else f"index {j} of"
+                raise CnnvisError(f"target {what} {int(idx[:, j][bad][0])} is out of range: the model's output "
+                                  f"has {n} {'classes' if out.dim() == 2 else 'entries there'} (0..{n - 1})")
+        sel = out[(torch.arange(N, device=out.device), *idx.unbind(1))]
+        return sel.reshape(N, -1).sum(1)
 
     def fixed_target(self, x: Tensor, target):
-        """For methods that run on changed inputs (IG, SmoothGrad): None -> the top-1 class of `x`."""
+        """For methods that run on changed inputs (IG, SmoothGrad): None -> the top-1 class of
+        `x` as a (B, 1) index tensor (None stays None for non-classifiers)."""
         from cnnvis.utils import model_guard
 
         if target is not None:
@@ -213,7 +256,7 @@ class Attribution:
         if isinstance(out, (tuple, list)):
             out = out[0]
         if torch.is_tensor(out) and out.dim() == 2:
-            return out.argmax(1)
+            return out.argmax(1, keepdim=True)
         return None
 
     def input_grad(self, x: Tensor, target) -> Tensor:
@@ -222,3 +265,8 @@ class Attribution:
         score, _ = self.forward_score(xg, target)
         (g,) = torch.autograd.grad(score.sum(), xg, allow_unused=True)
         return torch.zeros_like(x) if g is None else g
+
+
+def repeat_target(target, r: int):
+    """A prepared target for B images -> the same for r stacked copies of the batch (r*B images)."""
+    return target.repeat(r, 1) if torch.is_tensor(target) else target

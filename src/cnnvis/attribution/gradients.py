@@ -1,4 +1,5 @@
-"""Plain-gradient methods: saliency, gradient x input, SmoothGrad, integrated gradients.
+"""Plain-gradient methods: saliency, gradient x input, integrated gradients; the noise tunnel
+(SmoothGrad, SmoothGrad-squared, VarGrad) over any method.
 
 All take x (B, 3, H, W) and return (B, 3, H, W). A `LayerTarget` as target gives the gradient
 of an intermediate activation (whole layer, one channel or one unit) instead of a class score.
@@ -10,7 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from cnnvis.attribution.base import Attribution
+from cnnvis.attribution.base import Attribution, repeat_target
 from cnnvis.errors import CnnvisError
 
 
@@ -32,42 +33,96 @@ class GradientXInput(Attribution):
         return x * self.input_grad(x, target)
 
 
-class SmoothGrad(Attribution):
-    """Smilkov et al. 2017: mean gradient over `samples` noisy copies of x.
+class NoiseTunnel(Attribution):
+    """SmoothGrad / SmoothGrad-squared / VarGrad over any method (as Captum's NoiseTunnel).
 
-    noise: std of the Gaussian noise as a fraction of each image's value range (0.15 = 15 %).
-    magnitude: average squared gradients (SmoothGrad-squared) instead of gradients.
-    Noise comes from an explicit generator seeded with `seed`: same call, same map.
+        NoiseTunnel(GuidedBackprop(vm), kind='vargrad', samples=16, stdev=0.1).attribute(x, t)
+
+    The wrapped method runs on `samples` noisy copies x + N(0, s^2) of each image, `batch_size`
+    images per call; the result has the wrapped method's shape:
+    kind 'smoothgrad' = mean, 'smoothgrad_sq' = mean of squares, 'vargrad' = variance
+    (mean of squares - squared mean). s = `stdev` (absolute, Captum's `stdevs`) or, when
+    stdev is None, `noise` x each image's value range (Smilkov et al.: 0.15 = 15 %).
+    A target of None is fixed to x's top-1 class first (the noise must not change the class).
+    Noise comes from a generator seeded with `seed`: same call, same map.
     """
 
-    name = "smoothgrad"
+    KINDS = ("smoothgrad", "smoothgrad_sq", "vargrad")
 
-    def __init__(self, model, *, samples: int = 25, noise: float = 0.15, batch_size: int = 16,
-                 magnitude: bool = False, seed: int = 0) -> None:
-        super().__init__(model)
+    def __init__(self, method: Attribution, *, kind: str = "smoothgrad", samples: int = 25, stdev: float | None = None,
+                 noise: float = 0.15, batch_size: int = 16, seed: int = 0) -> None:
+        if not isinstance(method, Attribution):
+            raise CnnvisError(f"NoiseTunnel wraps an attribution method, e.g. NoiseTunnel(GuidedBackprop(vm)); "
+                              f"got {type(method).__name__}")
+        if kind not in self.KINDS:
+            from cnnvis.errors import unknown_name
+
+            raise unknown_name("noise tunnel kind", kind, self.KINDS)
         if samples < 1:
-            raise CnnvisError(f"SmoothGrad needs at least 1 sample, got {samples}")
-        if noise < 0:
-            raise CnnvisError(f"SmoothGrad noise must be >= 0, got {noise}")
-        self.samples, self.noise, self.batch_size = samples, noise, max(1, batch_size)
-        self.magnitude, self.seed = magnitude, seed
+            raise CnnvisError(f"samples must be >= 1, got {samples}")
+        if (stdev if stdev is not None else noise) < 0:
+            raise CnnvisError(f"the noise level must be >= 0, got stdev={stdev}, noise={noise}")
+        super().__init__(method.model)
+        self.method, self.kind, self.samples, self.stdev, self.noise = method, kind, samples, stdev, noise
+        self.batch_size, self.seed = max(1, batch_size), seed
+        self.signed = method.signed and kind == "smoothgrad"
+        self.name = f"{kind}({method.name})"
+
+    def draw(self, gen: torch.Generator, shape: tuple[int, ...], std: Tensor) -> Tensor:
+        """(r, B, C, H, W) noise for r copies of the batch; `std` is (B, 1, 1, 1)."""
+        return torch.randn(shape, generator=gen).to(std) * std
 
     def _attribute(self, x: Tensor, target) -> Tensor:
-        target = self.fixed_target(x, target)
+        target = self.method.fixed_target(x, target)
         gen = torch.Generator(device="cpu").manual_seed(self.seed)
         B = x.shape[0]
-        span = (x.reshape(B, -1).amax(1) - x.reshape(B, -1).amin(1)).clamp_min(1e-8).view(B, 1, 1, 1)
-        total = torch.zeros_like(x)
+        if self.stdev is not None:
+            std = torch.full((B, 1, 1, 1), float(self.stdev), dtype=x.dtype, device=x.device)
+        else:
+            flat = x.reshape(B, -1)
+            std = self.noise * (flat.amax(1) - flat.amin(1)).clamp_min(1e-8).view(B, 1, 1, 1)
+        s1 = s2 = None
         reps = max(1, self.batch_size // B)
-        done = 0
-        while done < self.samples:
+        for done in range(0, self.samples, reps):
             r = min(reps, self.samples - done)
-            noise = torch.randn((r, *x.shape), generator=gen).to(x) * (self.noise * span)
-            xs = (x.unsqueeze(0) + noise).reshape(r * B, *x.shape[1:])
-            g = self.input_grad(xs, _repeat_target(target, r, B)).reshape(r, *x.shape)
-            total += (g * g).sum(0) if self.magnitude else g.sum(0)
-            done += r
-        return total / self.samples
+            xs = (x.unsqueeze(0) + self.draw(gen, (r, *x.shape), std)).reshape(r * B, *x.shape[1:])
+            a = self.method._attribute(xs, repeat_target(target, r))
+            a = a.reshape(r, B, *a.shape[1:])
+            s1 = a.sum(0) if s1 is None else s1 + a.sum(0)
+            s2 = (a * a).sum(0) if s2 is None else s2 + (a * a).sum(0)
+        m1, m2 = s1 / self.samples, s2 / self.samples
+        return {"smoothgrad": m1, "smoothgrad_sq": m2, "vargrad": m2 - m1 * m1}[self.kind]
+
+    def __repr__(self) -> str:
+        return f"NoiseTunnel({self.method!r}, kind={self.kind!r}, samples={self.samples})"
+
+
+class SmoothGrad(NoiseTunnel):
+    """Smilkov et al. 2017: the mean of `method` (default plain gradients) over `samples` noisy
+    copies of x; magnitude=True: mean of squares (SmoothGrad-squared). Options: see NoiseTunnel."""
+
+    kind = "smoothgrad"
+
+    def __init__(self, model, *, method: str = "saliency", samples: int = 25, noise: float = 0.15,
+                 stdev: float | None = None, batch_size: int = 16, magnitude: bool = False, seed: int = 0) -> None:
+        from cnnvis.attribution import method as make
+
+        kind = "smoothgrad_sq" if magnitude else self.kind
+        super().__init__(make(method, model), kind=kind, samples=samples, stdev=stdev, noise=noise,
+                         batch_size=batch_size, seed=seed)
+        self.name = "smoothgrad" if method == "saliency" else self.name
+
+
+class VarGrad(SmoothGrad):
+    """Adebayo et al. 2018: the variance of `method` (default plain gradients) over noisy copies of x."""
+
+    kind = "vargrad"
+
+    def __init__(self, model, *, method: str = "saliency", samples: int = 25, noise: float = 0.15,
+                 stdev: float | None = None, batch_size: int = 16, seed: int = 0) -> None:
+        super().__init__(model, method=method, samples=samples, noise=noise, stdev=stdev, batch_size=batch_size,
+                         seed=seed)
+        self.name = "vargrad" if method == "saliency" else self.name
 
 
 class IntegratedGradients(Attribution):
@@ -76,13 +131,15 @@ class IntegratedGradients(Attribution):
     baseline: 0.0 (black), any float (grey = 0.5), or a tensor broadcastable to x.
     batch_size: path images per forward+backward (default: 10 on a CPU, 64 on a GPU).
     steps / method: 'gausslegendre' (default, as Captum) or 'riemann_left|right|middle|trapezoid'.
-    After a call, `self.delta` (B,) = sum(attribution) - (f(x) - f(baseline)) (completeness check).
+    multiply_by_inputs=False: return the path-averaged gradient alone (Captum's option of that name).
+    `attribute(x, t, return_delta=True)` -> (attribution, delta (B,)) with delta =
+    sum((x - baseline) * mean gradient) - (f(x) - f(baseline)), the completeness error.
     """
 
     name = "ig"
 
     def __init__(self, model, *, steps: int = 50, baseline: float | Tensor = 0.0, method: str = "gausslegendre",
-                 batch_size: int | None = None) -> None:
+                 batch_size: int | None = None, multiply_by_inputs: bool = True) -> None:
         super().__init__(model)
         if steps < 1:
             raise CnnvisError(f"integrated gradients needs at least 1 step, got {steps}")
@@ -93,7 +150,12 @@ class IntegratedGradients(Attribution):
             raise unknown_name("integration method", method, valid)
         self.steps, self.baseline, self.method = steps, baseline, method
         self.batch_size = None if batch_size is None else max(1, batch_size)
-        self.delta: Tensor | None = None
+        self.multiply_by_inputs = multiply_by_inputs
+
+    def attribute(self, x: Tensor, target=None, *, return_delta: bool = False):
+        """(B, 3, H, W) attribution, or (attribution, delta (B,)) with return_delta=True."""
+        attr, delta = self.run(self._attribute_delta, x, target)
+        return (attr, delta) if return_delta else attr
 
     def alphas(self) -> tuple[Tensor, Tensor]:
         """Path positions (steps,) in [0, 1] and their quadrature weights (steps,)."""
@@ -113,6 +175,9 @@ class IntegratedGradients(Attribution):
         return (k + off) / n, torch.full((n,), 1 / n, dtype=torch.float64)
 
     def _attribute(self, x: Tensor, target) -> Tensor:
+        return self._attribute_delta(x, target)[0]
+
+    def _attribute_delta(self, x: Tensor, target) -> tuple[Tensor, Tensor]:
         target = self.fixed_target(x, target)
         base = torch.as_tensor(self.baseline, dtype=x.dtype, device=x.device)
         try:
@@ -135,21 +200,12 @@ class IntegratedGradients(Attribution):
             if last:  # the path's two ends ride along in the last batch (for the completeness check):
                 xs = torch.cat([xs, x, base])  # no extra forward passes, 2 more images in one batch
             xg = xs.requires_grad_(True)
-            score, _ = self.forward_score(xg, _repeat_target(target, r + 2 * last, B))
+            score, _ = self.forward_score(xg, repeat_target(target, r + 2 * last))
             (g,) = torch.autograd.grad(score[:r * B].sum(), xg, allow_unused=True)
             if g is not None:
                 total += torch.tensordot(weights[i:i + per], g[:r * B].reshape(r, -1), 1).view_as(x)
             if last:
                 s1, s0 = score[r * B:(r + 1) * B].detach(), score[(r + 1) * B:].detach()
         attr = diff * total
-        self.delta = (attr.reshape(B, -1).sum(1) - (s1 - s0)).detach()
-        return attr
-
-
-def _repeat_target(target, r: int, B: int):
-    """Per-image targets for a batch of r stacked copies of B images."""
-    if torch.is_tensor(target) and target.numel() == B and B > 1:
-        return target.reshape(1, B).expand(r, B).reshape(-1)
-    if isinstance(target, (list, tuple)) and len(target) == B and B > 1:
-        return torch.as_tensor(target).reshape(1, B).expand(r, B).reshape(-1)
-    return target
+        delta = attr.reshape(B, -1).sum(1) - (s1 - s0)
+        return (attr if self.multiply_by_inputs else total), delta
