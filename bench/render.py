@@ -112,7 +112,7 @@ def main() -> None:
         raw = loop = full = float("inf")
         for _ in range(a.rounds):  # interleaved, best of: the machine is shared
             raw = min(raw, raw_truncated(vm, layer, batch, a.size, a.steps))
-            loop = min(loop, ours(vm, channel(layer, ch), a.steps, size=a.size, transforms=None))
+            loop = min(loop, ours(vm, channel(layer, ch), a.steps, size=a.size, transforms="none"))
             full = min(full, ours(vm, channel(layer, ch), a.steps, size=a.size))
         print(f"  {layer} batch {batch}: raw {1 / raw:6.1f} steps/s | render, no transforms {1 / loop:6.1f} "
               f"steps/s = {raw / loop:.2f} | with {DEFAULT_PRESET} transforms {1 / full:6.1f} steps/s = {raw / full:.2f}")
@@ -171,7 +171,9 @@ def _full_fb(vm, size):
 def render_class(vm, obj):
     from cnnvis.optvis import render
 
-    return render(vm, obj, steps=512, until_prob=0.99, until_robust=0.95)
+    from cnnvis.optvis import UntilProb
+
+    return render(vm, obj, steps=512, stop=UntilProb(0.99, robust=0.95))
 
 
 if __name__ == "__main__":

@@ -41,8 +41,8 @@ def ident():
 def test_total_variation_falls():
     p = PixelImage.from_image(noise(1))
     tv0 = total_variation(p()).item()
-    res = render(ident(), zero_objective(), param=p, steps=30, lr=0.01, optimizer="adam", transforms=None,
-                 regularizers=[TotalVariation(1.0), BoundedRange()])
+    res = render(ident(), zero_objective(), init=p, steps=30, lr=0.01, optimizer="adam", transforms="none",
+                 custom_regularizers=[TotalVariation(1.0), BoundedRange()])
     assert total_variation(res.images).item() < 0.5 * tv0
 
 
@@ -56,8 +56,8 @@ def test_tv_beta():
 
 def test_bounded_range_holds_with_huge_steps():
     net = ident()
-    res = render(net, channel("0", 0) - channel("0", 2), preset="lucid2017", param=PixelImage(1, 16, 16), steps=10,
-                 lr=5.0, optimizer="sgd", transforms=None, regularizers=[GradientRMS(), BoundedRange(0.1, 0.9)])
+    res = render(net, channel("0", 0) - channel("0", 2), preset="lucid2017", init=PixelImage(1, 16, 16), steps=10,
+                 lr=5.0, optimizer="sgd", transforms="none", custom_regularizers=[GradientRMS(), BoundedRange(0.1, 0.9)])
     assert res.images.min() >= 0.1 - 1e-6 and res.images.max() <= 0.9 + 1e-6
     assert res.images[0, 0].min() == pytest.approx(0.9) and res.images[0, 2].max() == pytest.approx(0.1)
     assert BoundedRange(alpha=6, weight=2).penalty(torch.full((1, 3, 2, 2), 1.0)).item() == pytest.approx(2 * 0.5 ** 6)
@@ -129,4 +129,4 @@ def test_clip_small_contribution_uses_gradient():
 def test_pixel_only_regularizers_refuse_fourier():
     for r in (GaussianBlur(), ClipSmallNorm(), ClipSmallContribution()):
         with pytest.raises(CnnvisError, match="pixel"):
-            render(ident(), channel("0", 0), preset="lucid2017", size=16, steps=1, regularizers=[r])
+            render(ident(), channel("0", 0), preset="lucid2017", size=16, steps=1, custom_regularizers=[r])

@@ -1,14 +1,15 @@
 """DeepDream (Mordvintsev, Olah & Tyka 2015) on a user's photo, built on cnnvis.optvis.
 
     out = dream(vm, photo, layers=["stage4"])                 # PIL in -> PIL out, same size
-    out = dream(vm, x, layers=["conv4_3"], channels=[12, 40])  # (1, 3, H, W) in [0, 1] -> same shape
+    out = dream(vm, x, layers=["conv4_3"], channels=[12, 40])  # (1, C, H, W) in [0, 1] -> same shape
 
 Gradient ascent on the mean squared activation ('l2', the Keras example) or the mean activation
 ('mean', the TensorFlow tutorial) of the chosen layers or channels, with the gradient divided by
 its RMS each step, a random roll (jitter) each step, and octaves from small to full size; each
 octave starts from the photo at that size plus the detail the previous octaves dreamed in.
 Large photos are processed in tiles (`tile` pixels) so memory stays bounded; the random roll
-moves the tile seams every step. The optimization is optvis.render: no second loop here.
+moves the tile grid (not the image) every step, so seams do not show. The optimization is
+optvis.render: no second loop here. Any channel count: a grey model dreams on a grey image.
 """
 
 from __future__ import annotations
@@ -102,23 +103,30 @@ def dream(
     seed: int = 0,
     progress: Progress = None,
 ) -> Image.Image | Tensor:
-    """Dream on `image` (PIL, or (1, 3, H, W) in [0, 1]); returns the same type and size.
+    """Dream on `image` (PIL, or (1, C, H, W) in [0, 1] with the model's C); returns the same type and size.
 
     step_size is in [0, 1] pixel units per step (the gradient is RMS-normalized); jitter is the
-    largest random roll in pixels; tile bounds the pixels per forward pass (memory).
+    largest random roll in pixels (it moves the tile grid, not the image); tile bounds the pixels
+    per forward pass. Memory: about two copies of the image (the dream and its gradient) plus
+    one tile's activations; the input tensor is not changed.
     """
-    from cnnvis.images import to_rgb, to_tensor
+    from cnnvis.images import to_tensor
     from cnnvis.layers import resolve_layer
-    from cnnvis.optvis import BoundedRange, GradientRMS, PixelImage, Roll, render
-    from cnnvis.optvis.render import as_vismodel
+    from cnnvis.models.registry import as_vismodel
+    from cnnvis.optvis import PixelImage, Roll, render
+    from cnnvis.optvis.seeding import image_seed
 
     vm = as_vismodel(model)
+    c = vm.input_shape[0]
     as_pil = isinstance(image, Image.Image)
-    x0 = to_tensor(to_rgb(image)) if as_pil else image
+    x0 = to_tensor(image, vm.preprocess.pil_mode or "RGB") if as_pil else image
+    if not torch.is_tensor(x0):
+        raise CnnvisError(f"image must be a PIL image or a (1, {c}, H, W) tensor, got {type(image).__name__}")
     if x0.dim() == 3:
         x0 = x0.unsqueeze(0)
-    if x0.dim() != 4 or x0.shape[0] != 1 or x0.shape[1] != 3:
-        raise CnnvisError(f"dream takes one RGB image (1, 3, H, W) or a PIL image, got shape {tuple(x0.shape)}")
+    if x0.dim() != 4 or x0.shape[0] != 1 or x0.shape[1] != c:
+        raise CnnvisError(f"dream takes one image (1, {c}, H, W) for {vm.name} ({c} channel(s)) or a PIL image, "
+                          f"got shape {tuple(x0.shape)}")
     h, w = x0.shape[-2:]
     if min(h, w) < vm.min_size:
         raise CnnvisError(f"image is {w}x{h} pixels, too small for {vm.name}; give at least {vm.min_size} pixels a side")
@@ -132,33 +140,39 @@ def dream(
     for name in layers:
         resolve_layer(vm, name)  # unknown layers: clear error listing names, before any work
     device = vm.device
-    x0 = x0.float().clamp(0, 1).to(device)
-    gen = torch.Generator().manual_seed(int(seed))
+    x0 = x0.detach().to(device, torch.float32)  # no copy when it already is
+    lo, hi = torch.aminmax(x0)
+    if float(lo) < 0 or float(hi) > 1:
+        x0 = x0.clamp(0, 1)
     sizes = octave_sizes(h, w, octaves, octave_scale, vm.min_size)
 
     guide_feats = _guide_features(vm, guide, layers, channels) if guide is not None else None
     obj = dream_objective(layers, channels, objective, guide_feats)
-    detail = torch.zeros_like(_resize(x0, sizes[0]))
+    detail = None  # the dream so far minus the photo, at the previous octave's size
     for k, size in enumerate(sizes):
-        # memory: a few copies of the image at most (x0, detail/start, the parameter and its
-        # gradient, render's last good image), plus one tile's activations
+        # memory: the photo x0, the dream (the optimized pixels) and its gradient (one buffer,
+        # filled tile by tile), plus smaller octaves' leftovers and one tile's activations
         base = _resize(x0, size)
-        start = _resize(detail, size).add_(base).clamp_(0, 1)
-        del detail
-        param = PixelImage.from_image(start)
+        if detail is None:
+            start = base.clone()  # never optimize the caller's tensor in place
+        else:
+            start = _resize(detail, size)
+            del detail
+            start.add_(base).clamp_(0, 1)
+        if k + 1 == len(sizes):
+            base = None  # not needed after the last octave
+        param = PixelImage.from_image(start, copy=False)  # optimized in place: no second copy
         del start
         res = render(
-            vm, obj, param=param, steps=steps_per_octave, lr=step_size, optimizer="sgd",
-            transforms=Roll(jitter) if jitter else None, regularizers=[GradientRMS(), BoundedRange()],
-            copies=1, octaves=1, tile=tile, generator=gen, progress=progress,
-            desc=f"octave {k + 1}/{len(sizes)} {size[1]}x{size[0]}",
+            vm, obj, "chollet2016", init=param, steps=steps_per_octave, lr=step_size, tile=tile,
+            seed=image_seed(seed, f"octave {k}"), custom_transforms=Roll(jitter) if jitter else None,
+            progress=progress, desc=f"octave {k + 1}/{len(sizes)} {size[1]}x{size[0]}",
         )
         if res.stopped == "non-finite":
             raise CnnvisError(f"dream stopped: {res.message}")
-        del param
-        detail = res.images.to(device)
-        res = None
-        if k + 1 < len(sizes):
+        detail = res.images.to(device)  # the parameter's own memory, clamped to [0, 1]
+        del param, res
+        if base is not None:
             detail.sub_(base)  # what the dream added at this octave, carried to the next
         del base
     x = detail.cpu()  # the last octave is the full-size dream, already in [0, 1]
@@ -172,10 +186,9 @@ def dream(
 def _guide_features(vm, guide, layers, channels) -> dict[str, Tensor]:
     """(C, N) activations of the guide image (at the model's input size) for each layer."""
     from cnnvis.hooks import capture
-    from cnnvis.images import to_rgb
     from cnnvis.utils import model_guard
 
-    g = vm.preprocess.prepare(to_rgb(guide)) if isinstance(guide, Image.Image) else guide
+    g = vm.preprocess.prepare(guide) if isinstance(guide, Image.Image) else guide
     feats = {}
     with model_guard(vm.model), capture(vm, list(layers)) as cap, torch.no_grad():
         cap.run(g.to(vm.device).float())

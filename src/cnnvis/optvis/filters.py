@@ -31,7 +31,9 @@ def all_conv_layers(vm) -> list[str]:
 
 
 def render_filters(vm, layers, channels, *, preset=None, steps=None, size=128, seed=0, batch=16, progress=None):
-    """Render `channels` (list, or an int = first n) of each layer; returns [(layer, chans, images (n,3,H,W), values (n,))]."""
+    """Render `channels` (list, or an int = first n) of each layer; returns [(layer, chans, images (n,C,H,W), values (n,))].
+
+    Each filter's image depends on (seed, layer, channel, settings) only, not on `batch`."""
     import torch
 
     from cnnvis.errors import CnnvisError
@@ -57,7 +59,7 @@ def render_filters(vm, layers, channels, *, preset=None, steps=None, size=128, s
         imgs, vals = [], []
         for k in range(0, len(chans), batch):
             part = chans[k:k + batch]
-            res = render(vm, channel(layer, part), preset=preset, steps=steps, size=size, seed=seed,
+            res = render(vm, channel(layer, part), preset, steps=steps, size=size, seed=seed,
                          progress=progress, desc=f"{layer}")
             imgs.append(res.images)
             vals.append(res.final_values)

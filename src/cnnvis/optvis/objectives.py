@@ -13,6 +13,7 @@ Names may be aliases (conv5_3, stage4) or dotted module names.
 
 from __future__ import annotations
 
+import hashlib
 import numbers
 from collections.abc import Callable, Sequence
 
@@ -35,8 +36,10 @@ class Objective:
     """
 
     def __init__(self, fn: Callable[[Acts], Tensor], layers: Sequence[str] = (), name: str = "objective",
-                 batch: int | None = None, setup: Callable | None = None, children: Sequence["Objective"] = ()):
+                 batch: int | None = None, setup: Callable | None = None, children: Sequence["Objective"] = (),
+                 key: Callable[[int, Callable[[str], str]], str] | None = None):
         self.fn = fn
+        self._key = key
         self.layers = tuple(dict.fromkeys(layers))
         self.name = name
         self.batch = batch
@@ -54,6 +57,12 @@ class Objective:
             self._setup(vm)
         return self
 
+    def image_key(self, i: int, canon: Callable[[str], str] = str) -> str:
+        """What image i of the batch shows, as a string (seeds its random generator): e.g.
+        'channel(features.4,5)' for channel 5 whatever its place in a batch. `canon` maps a layer
+        name to its canonical (dotted) name."""
+        return self._key(i, canon) if self._key is not None else self.name
+
     def class_targets(self) -> list[int] | None:
         """Class indices (one per batch image) of the first class objective inside, if any."""
         if self.targets is not None:
@@ -70,12 +79,13 @@ class Objective:
         if a.batch and b.batch and a.batch != b.batch:
             raise CnnvisError(f"cannot combine objectives for batches of {a.batch} and {b.batch} images")
         return Objective(lambda acts: op(a(acts), b(acts)), a.layers + b.layers, f"{a.name} {sym} {b.name}",
-                         a.batch or b.batch, children=(a, b))
+                         a.batch or b.batch, children=(a, b),
+                         key=lambda i, c: f"({a.image_key(i, c)} {sym} {b.image_key(i, c)})")
 
     def __add__(self, other):
         if isinstance(other, numbers.Number):
             return Objective(lambda acts: self(acts) + other, self.layers, f"{self.name} + {other}", self.batch,
-                             children=(self,))
+                             children=(self,), key=lambda i, c: f"({self.image_key(i, c)} + {other!r})")
         return Objective._combine(self, _as_obj(other), torch.add, "+")
 
     __radd__ = __add__  # sum([...]) starts from 0
@@ -94,7 +104,8 @@ class Objective:
     def __mul__(self, k):
         if not isinstance(k, numbers.Number):
             raise TypeError("objectives can only be multiplied by numbers")
-        return Objective(lambda acts: k * self(acts), self.layers, f"{k}*{self.name}", self.batch, children=(self,))
+        return Objective(lambda acts: k * self(acts), self.layers, f"{k}*{self.name}", self.batch, children=(self,),
+                         key=lambda i, c: f"{k!r}*{self.image_key(i, c)}")
 
     __rmul__ = __mul__
 
@@ -154,7 +165,8 @@ def channel(layer: str, n: int | Sequence[int]) -> Objective:
         v = _per_image(a, int(n) if idx is None else 0, idx)
         return v.flatten(1).mean(1) if v.dim() > 1 else v
 
-    return Objective(fn, [layer], f"channel({layer},{n if idx is None else f'{len(idx)} channels'})", batch)
+    return Objective(fn, [layer], f"channel({layer},{n if idx is None else f'{len(idx)} channels'})", batch,
+                     key=lambda i, c: f"channel({c(layer)},{int(n) if idx is None else idx[i % len(idx)]})")
 
 
 def neuron(layer: str, n: int | Sequence[int], x: int | None = None, y: int | None = None) -> Objective:
@@ -177,7 +189,8 @@ def neuron(layer: str, n: int | Sequence[int], x: int | None = None, y: int | No
         v = _per_image(a, int(n) if idx is None else 0, idx)
         return v[:, h // 2 if y is None else y, w // 2 if x is None else x]
 
-    return Objective(fn, [layer], f"neuron({layer},{n})", batch)
+    return Objective(fn, [layer], f"neuron({layer},{n})", batch,
+                     key=lambda i, c: f"neuron({c(layer)},{int(n) if idx is None else idx[i % len(idx)]},{x},{y})")
 
 
 def class_logit(target: int | str | Sequence[int | str]) -> Objective:
@@ -213,14 +226,19 @@ def class_logit(target: int | str | Sequence[int | str]) -> Objective:
             obj._sel = (torch.arange(out.shape[0], device=out.device), torch.as_tensor(t * reps, device=out.device))
         return out[obj._sel]
 
-    obj = Objective(fn, [LOGITS], f"class_logit({target})", batch, setup)
+    def key(i, c):
+        t = obj.targets if obj.targets is not None else names
+        return f"class_logit({t[i % len(t)]})"
+
+    obj = Objective(fn, [LOGITS], f"class_logit({target})", batch, setup, key=key)
     obj._sel = None
     return obj
 
 
 def layer_l2(layer: str) -> Objective:
     """Mean squared activation of `layer` (DeepDream's objective, Mordvintsev et al. 2015)."""
-    return Objective(lambda acts: acts[layer].pow(2).flatten(1).mean(1), [layer], f"l2({layer})")
+    return Objective(lambda acts: acts[layer].pow(2).flatten(1).mean(1), [layer], f"l2({layer})",
+                     key=lambda i, c: f"l2({c(layer)})")
 
 
 def direction(layer: str, vec: Tensor | Sequence[float]) -> Objective:
@@ -238,7 +256,8 @@ def direction(layer: str, vec: Tensor | Sequence[float]) -> Objective:
             vv = cache[a.device] = v.to(a.device, a.dtype).view(1, -1, *([1] * (a.dim() - 2)))
         return (a * vv).sum(1).flatten(1).mean(1) if a.dim() > 2 else (a * vv).sum(1)
 
-    return Objective(fn, [layer], f"direction({layer})")
+    digest = hashlib.blake2b(v.numpy().tobytes(), digest_size=8).hexdigest()
+    return Objective(fn, [layer], f"direction({layer})", key=lambda i, c: f"direction({c(layer)},{digest})")
 
 
 def diversity(layer: str) -> Objective:
@@ -258,7 +277,7 @@ def diversity(layer: str) -> Objective:
         sim = gram @ gram.t()
         return -(sim.sum(1) - sim.diagonal()) / (b - 1)
 
-    return Objective(fn, [layer], f"diversity({layer})")
+    return Objective(fn, [layer], f"diversity({layer})", key=lambda i, c: f"diversity({c(layer)})")
 
 
 def as_objective(spec) -> Objective:

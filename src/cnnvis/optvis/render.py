@@ -1,13 +1,17 @@
 """The activation-maximization loop.
 
-    res = render(vm, class_logit("pelican"), until_prob=0.99)       # default preset
-    res.images            # (B, 3, H, W) in [0, 1], CPU
+    res = render(vm, class_logit("pelican"), stop=UntilProb(0.99))          # default preset 'robust'
+    res = render(vm, channel("stage4", list(range(16))), RenderConfig(preset="lucid2017", size=128))
+    res.images            # (B, C, H, W) in [0, 1], CPU
     res.probs, res.top5   # target probability and top-5 of the 8-bit image (class objectives)
+    res.config            # the resolved RenderConfig: with the objective, it fixes every image
+
+Each image has its own random generator, seeded from (config.seed, what the image shows), for
+its random start and its random transforms: an image does not depend on the batch it is in.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -17,22 +21,30 @@ from torch import Tensor
 
 from cnnvis.errors import CnnvisError
 from cnnvis.models.registry import as_vismodel  # the one adapter; re-exported for old callers
+from cnnvis.optvis.config import RenderConfig, UntilProb
 from cnnvis.optvis.objectives import LOGITS, Objective, as_objective
 from cnnvis.optvis.param import ImageParam, make_param
-from cnnvis.optvis.presets import Preset, get_preset
+from cnnvis.optvis.presets import REGULARIZERS, TRANSFORMS
 from cnnvis.optvis.regularizers import Regularizer
+from cnnvis.optvis.robustness import perturb, quantize
+from cnnvis.optvis.seeding import image_generators
 from cnnvis.optvis.tiling import tiled_backward
+from cnnvis.optvis.transforms import Roll
 from cnnvis.utils import Progress, model_guard, progress_iter
+
+__all__ = ["RenderResult", "render", "quantize", "as_vismodel"]
 
 
 @dataclass
 class RenderResult:
     """What a render returns. All tensors are detached and on the CPU.
 
-    images: (B, 3, H, W) in [0, 1]; values: (steps, B) objective value per step and image
-    (without penalties); steps: steps run; stopped: None (ran all steps), 'until_prob' or
-    'non-finite'; message: a sentence for the user when stopped; targets/probs/top5: for
-    class objectives, the class per image, its softmax probability on the 8-bit image, top-5.
+    images: (B, C, H, W) in [0, 1]; values: (steps, B) objective value per step and image
+    (without penalties; an image that stopped early repeats its last value); steps: steps run;
+    image_steps: steps each image ran (they stop one by one under `UntilProb`); stopped: None
+    (ran all steps), 'until_prob' or 'non-finite'; message: a sentence for the user when
+    stopped; targets/probs/top5: for class objectives, the class per image, its softmax
+    probability on the 8-bit image, top-5; config: the resolved RenderConfig.
     """
 
     images: Tensor
@@ -44,6 +56,8 @@ class RenderResult:
     probs: Tensor | None = None
     top5: list | None = None
     seconds: float = 0.0
+    image_steps: list[int] | None = None
+    config: RenderConfig | None = None
     param: ImageParam | None = field(default=None, repr=False)
 
     @property
@@ -56,13 +70,8 @@ class RenderResult:
         return self.values[-1] if len(self.values) else torch.zeros(self.images.shape[0])
 
 
-def quantize(x: Tensor) -> Tensor:
-    """[0, 1] image -> the same values an 8-bit PNG stores (round to 1/255)."""
-    return (x.clamp(0, 1) * 255).round() / 255
-
-
-def _sizes(size, octaves: int, scale: float, min_size: int) -> list[tuple[int, int]]:
-    h, w = (size, size) if isinstance(size, int) else tuple(size)
+def _sizes(hw: tuple[int, int], octaves: int, scale: float, min_size: int) -> list[tuple[int, int]]:
+    h, w = hw
     out = []
     for i in range(octaves):
         f = scale ** (octaves - 1 - i)
@@ -70,124 +79,137 @@ def _sizes(size, octaves: int, scale: float, min_size: int) -> list[tuple[int, i
     return out
 
 
+def image_keys(objective: Objective, b: int, canon: Callable[[str], str] = str) -> list[str]:
+    """One key per batch image: what it shows, plus '#k' for the k-th repeat of the same thing."""
+    n = objective.batch or 1
+    return [objective.image_key(i % n, canon) + (f"#{i // n}" if i >= n else "") for i in range(b)]
+
+
 def render(
     model,
     objective,
+    config: RenderConfig | str | None = None,
     *,
-    preset: str | Preset | None = None,
-    param: ImageParam | None = None,
-    size: int | tuple[int, int] = 224,
-    batch: int | None = None,
-    steps: int | None = None,
-    lr: float | None = None,
-    optimizer: str | None = None,
-    transforms: Callable | None | str = "preset",
-    regularizers: Sequence[Regularizer] | None = None,
-    copies: int | None = None,
-    octaves: int | None = None,
-    until_prob: float | None = None,
-    until_robust: float | None = None,
-    min_steps: int = 0,
-    check_every: int = 16,
-    seed: int = 0,
-    generator: torch.Generator | None = None,
+    init: ImageParam | None = None,
+    custom_transforms: Callable | None = None,
+    custom_regularizers: Sequence[Regularizer] | None = None,
     progress: Progress = None,
     desc: str = "render",
-    tile: int | None = None,
+    **overrides,
 ) -> RenderResult:
-    """Optimize an image so that `objective` is maximal; the model comes back unchanged.
+    """Optimize images so that `objective` is maximal; the model comes back unchanged.
 
     model: a VisModel (images are normalized by its preprocessing) or any nn.Module (fed the
-      [0, 1] image as is). Its parameters never get gradients; flags and hooks are restored,
-      also when this raises.
+      [0, 1] image as is); images have the model's input channels C, and by default its input
+      size. Its parameters never get gradients; flags and hooks are restored, also on error.
     objective: an Objective (see optvis.objectives) or 'layer:channel'. Only the layers it reads
       are hooked, and the forward pass stops after the deepest one unless it reads 'logits'.
-    preset: 'robust' (default), 'lucid2017', 'yosinski2015', 'chollet2016' or a Preset; the
-      keyword arguments below override its fields.
-    param: a parameterization to optimize in place of a new one, e.g. PixelImage.from_image(photo)
-      (DeepDream: any B x 3 x H x W; `size` and `batch` then come from it). Otherwise a new
-      preset.param image of (batch, 3, size, size) is made from the generator.
-    transforms: a callable (x, generator) -> x applied to the image before each forward
-      (see optvis.transforms; None = no transforms; default: the preset's).
-    regularizers: list of optvis.regularizers objects (default: the preset's).
-    copies: transformed copies of each image per step, objective averaged (expectation over
-      transformations). octaves: n sizes from size/1.4**(n-1) up to size, steps split evenly.
-    until_prob: for class objectives, stop once every image's target probability on its 8-bit
-      version reaches this (checked every `check_every` steps).
-    tile: images larger than `tile` pixels get their objective gradient tile by tile (memory: one
-      tile's activations; see optvis.tiling). The objective should be a spatial mean (DeepDream).
-    A non-finite objective or image stops the render and keeps the last finite image
-    (stopped='non-finite', message says so). seed/generator: all randomness (initial image,
-    transforms) comes from this CPU generator: same seed, same machine -> same image.
+    config: a RenderConfig, a preset name, or None (RenderConfig()). `overrides` are its field
+      names (render(vm, obj, steps=64, size=128)); unknown names raise a CnnvisError.
+    init: a parameterization to optimize instead of a new one, e.g. PixelImage.from_image(photo)
+      (DeepDream: any B x C x H x W; size and batch then come from it).
+    custom_transforms: a callable (x, generators) -> x used instead of config.transforms;
+    custom_regularizers: a list used instead of config.regularizers. Neither is part of the
+      config (a job spec cannot hold them): results are then reproducible only with them.
+    A non-finite objective or image stops that image and keeps its last finite version
+    (stopped='non-finite', message says so). Same config, objective and machine -> same images.
     """
     t0 = time.perf_counter()
     vm = as_vismodel(model)
-    pre = get_preset(preset)
+    if config is None or isinstance(config, str):
+        config = RenderConfig(preset=config) if config else RenderConfig()
+    elif not isinstance(config, RenderConfig):
+        raise CnnvisError(f"config must be a RenderConfig or a preset name, got {type(config).__name__}")
+    cfg = config.with_(**overrides).resolved() if overrides else config.resolved()
     objective = as_objective(objective)
-    steps = pre.steps if steps is None else steps
-    lr = pre.lr if lr is None else lr
-    optimizer = optimizer or pre.optimizer
-    copies = pre.copies if copies is None else copies
-    octaves = pre.octaves if octaves is None else octaves
-    tf = pre.transforms() if isinstance(transforms, str) and transforms == "preset" else transforms
-    regs = list(pre.regularizers() if regularizers is None else regularizers)
-    _validate(steps, lr, optimizer, copies, octaves, until_prob, check_every)
-    if tile is not None and (not isinstance(tile, int) or tile < vm.min_size or copies > 1):
-        raise CnnvisError(f"tile must be an integer >= {vm.min_size} and needs copies=1, got tile={tile!r}")
-    if until_robust is not None:
-        _validate(steps, lr, optimizer, copies, octaves, until_robust, check_every)
-        if until_prob is None:
-            until_prob = until_robust
+    stop = cfg.stop
+    steps, copies, octaves = cfg.steps, cfg.copies, cfg.octaves
+    tf = custom_transforms if custom_transforms is not None else TRANSFORMS[cfg.transforms]()
+    regs = list(custom_regularizers if custom_regularizers is not None else REGULARIZERS[cfg.regularizers]())
+    tile = cfg.tile
+    if tile is not None and (tile < vm.min_size or copies > 1):
+        raise CnnvisError(f"tile must be >= {vm.min_size} (the model's smallest input) and needs copies=1, "
+                          f"got tile={tile}, copies={copies}")
 
     objective.setup(vm)
     targets = objective.class_targets()
-    if until_prob is not None and targets is None:
-        raise CnnvisError("until_prob needs a class objective (class_logit)")
+    if stop is not None and targets is None:
+        raise CnnvisError("stop=UntilProb(...) needs a class objective (class_logit)")
     device = vm.device
-    g = generator if generator is not None else torch.Generator().manual_seed(int(seed))
+    c_in = vm.input_shape[0]
 
-    if param is not None:
-        b, _, h, w = param.shape
-        if batch is not None and batch != b:
-            raise CnnvisError(f"batch={batch} but the given parameterization holds {b} images")
+    if init is not None:
+        param = init
+        b, c, h, w = param.shape
+        if c != c_in:
+            raise CnnvisError(f"init has {c} channel(s) but {vm.name} takes {c_in}")
+        if cfg.batch is not None and cfg.batch != b:
+            raise CnnvisError(f"batch={cfg.batch} but the given init holds {b} images")
         if objective.batch and b % objective.batch:
-            raise CnnvisError(f"the objective is for {objective.batch} images but the image batch has {b}")
-        param = param.to(device)
-        sizes = _sizes((h, w), octaves, pre.octave_scale, 1)
+            raise CnnvisError(f"the objective is for {objective.batch} images but init holds {b}")
         if octaves > 1:
-            raise CnnvisError("octaves need a new image (param=None); for a given image use its own resizing")
+            raise CnnvisError("octaves need a new image (init=None); for a given image use its own resizing")
+        param = param.to(device)
+        sizes = [(h, w)]
     else:
-        b = objective.batch or batch or 1
-        if batch is not None and objective.batch and batch != objective.batch:
-            raise CnnvisError(f"batch={batch} but the objective is for {objective.batch} images (one per channel/class)")
+        b = objective.batch or cfg.batch or 1
+        if cfg.batch is not None and objective.batch and cfg.batch != objective.batch:
+            raise CnnvisError(f"batch={cfg.batch} but the objective is for {objective.batch} images "
+                              "(one per channel/class)")
+        size = cfg.size if cfg.size is not None else tuple(vm.input_shape[1:])
         hw = (size, size) if isinstance(size, int) else tuple(size)
         if min(hw) < vm.min_size:
             raise CnnvisError(f"size {size} is too small for {vm.name}; use at least {vm.min_size} pixels")
-        sizes = _sizes(hw, octaves, pre.octave_scale, vm.min_size)
-        param = make_param(pre.param, b, *sizes[0], generator=g, device=device, **pre.param_kw)
-    for r in regs:
-        r.check(param)
+        sizes = _sizes(hw, octaves, cfg.octave_scale, vm.min_size)
+    if tile is not None and b > 1:
+        raise CnnvisError(f"tile is for one large image (DeepDream); got a batch of {b}")
 
-    from cnnvis.hooks import capture
     from cnnvis.layers import resolve_layer
 
     layers = [n for n in objective.layers if n != LOGITS]
     resolved = {n: resolve_layer(vm, n) for n in layers}
+    canon = lambda n: n if n == LOGITS else resolve_layer(vm, n)  # noqa: E731
+    gens = image_generators(cfg.seed, image_keys(objective, b, canon))
+    if init is None:
+        param = make_param(cfg.image, b, *sizes[0], generator=gens, device=device, channels=c_in, sd=cfg.init_sd)
+    for r in regs:
+        r.check(param)
+    tgens = [g for _ in range(copies) for g in gens]  # copy k of image i draws from image i's generator
+    tiled = tile is not None
+    roll = None
+    if tiled and tf is not None:
+        if not isinstance(tf, Roll):
+            raise CnnvisError("with tile, the only transform is a Roll (its shift moves the tile grid)")
+        roll, tf = tf, None
+
+    from cnnvis.hooks import capture
+
     needs_out = LOGITS in objective.layers
     normalize = vm.preprocess.normalize
     bounds = [round(steps * (i + 1) / octaves) for i in range(octaves)]
 
     def make_opt(p):
         ps = list(p.parameters())
-        return torch.optim.Adam(ps, lr=lr) if optimizer == "adam" else torch.optim.SGD(ps, lr=lr)
+        if cfg.optimizer == "adam":
+            return torch.optim.Adam(ps, lr=cfg.lr, foreach=False)
+        return torch.optim.SGD(ps, lr=cfg.lr, foreach=False)
 
     history: list[Tensor] = []
-    stopped, message = None, ""
-    with torch.no_grad():
-        last_good = param().detach().clone()
+    message = ""
+    done = torch.zeros(b, dtype=torch.bool)        # images that stopped (reached, or went non-finite)
+    reached = torch.zeros(b, dtype=torch.bool)
+    bad = torch.zeros(b, dtype=torch.bool)
+    image_steps = [0] * b
+    bad_step = None
+    # the kept images: the last finite version of each (large tiled images: the parameter itself,
+    # checked before each step instead, so no second full-size copy is made)
+    keep = None
+    if not tiled:
+        with torch.no_grad():
+            keep = param().detach().clone()
     opt = make_opt(param)
     octave = 0
-    n_run = good_step = 0
+    n_run = 0
     with model_guard(vm.model), capture(vm.model, list(resolved.values()), stop=not needs_out) as cap:
 
         def forward(x: Tensor) -> dict[str, Tensor]:
@@ -205,18 +227,19 @@ def render(
                 for r in regs:
                     r.check(param)
                 opt = make_opt(param)
-            opt.zero_grad(set_to_none=True)
+                keep = None
+            opt.zero_grad(set_to_none=not tiled)
             x = param()
-            xt = x.repeat(copies, 1, 1, 1) if copies > 1 else x
-            if tf is not None:
-                xt = tf(xt, g)
-            if tile is not None and max(xt.shape[-2:]) > tile:
-                # large images: objective gradient tile by tile (bounded memory), penalties on the whole
-                vals = tiled_backward(lambda t: _per_image(objective(forward(t)), t.shape[0]), xt, tile)
+            if tiled:
+                shift = tuple(int(v) for v in roll.shifts(gens, 1)[0]) if roll is not None else (0, 0)
+                vals = tiled_backward(lambda t: _per_image(objective(forward(t)), t.shape[0]), x, tile, shift)
                 pens = [p for r in regs if (p := r.penalty(x)) is not None]
                 if pens:
                     torch.stack([p.sum() for p in pens]).sum().backward()
             else:
+                xt = x.repeat(copies, 1, 1, 1) if copies > 1 else x
+                if tf is not None:
+                    xt = tf(xt, tgens)
                 vals = _per_image(objective(forward(xt)), xt.shape[0])
                 if copies > 1:
                     vals = vals.view(copies, -1).mean(0)
@@ -228,6 +251,11 @@ def render(
                 (-total.sum()).backward()
             for r in regs:
                 r.on_grad(param)
+            if tiled and not (_finite(vals) and all(_finite(p.grad) for p in param.parameters() if p.grad is not None)):
+                bad[:] = True  # checked before the step: the parameter still holds the last finite image
+                bad_step = i
+                n_run = i
+                break
             opt.step()
             if regs:
                 with torch.no_grad():
@@ -235,32 +263,61 @@ def render(
                         r.after_step(param, i)
             history.append(vals.detach())
             n_run = i + 1
-            if n_run % check_every == 0 or n_run == steps:
+            if tiled:
+                continue
+            if n_run % cfg.check_every == 0 or n_run == steps:
                 with torch.no_grad():
                     img = param()
-                    recent = torch.stack(history[-check_every:])
-                    ok_rows = torch.isfinite(recent).flatten(1).all(1)
-                    if not bool(ok_rows.all()) or not bool(torch.isfinite(img).all()):
-                        bad = n_run - len(recent) + (int((~ok_rows).nonzero()[0]) if not bool(ok_rows.all())
-                                                     else len(recent) - 1)
-                        stopped = "non-finite"
-                        message = (f"the objective or the image became NaN/inf at step {bad + 1}; stopped there and "
-                                   f"kept the last finite image (from step {good_step})")
-                        break
-                    if last_good.shape == img.shape:  # reuse the buffer: no second full-size copy
-                        last_good.copy_(img)
+                    recent = torch.stack(history[-cfg.check_every:]).cpu()
+                    ok_rows = torch.isfinite(recent)
+                    ok = ok_rows.all(0) & torch.isfinite(img).flatten(1).all(1).cpu()
+                    newly_bad = ~ok & ~done
+                    if bool(newly_bad.any()):
+                        first = int((~ok_rows[:, newly_bad]).any(1).float().argmax()) if not bool(ok_rows.all()) \
+                            else len(recent) - 1
+                        step_bad = n_run - len(recent) + first
+                        bad_step = step_bad if bad_step is None else min(bad_step, step_bad)
+                        bad |= newly_bad
+                        done |= newly_bad
+                    if keep is None or keep.shape != img.shape:
+                        keep = img.detach().clone()
+                        live = ok
                     else:
-                        last_good = img.detach().clone()
-                    good_step = n_run
-                    if until_prob is not None and n_run >= min_steps and img.shape[-2:] == sizes[-1]:
-                        if _reached(cap, normalize, img, tgt, until_prob, until_robust):
-                            stopped = "until_prob"
-                            message = f"reached probability {until_prob} at step {n_run}" + (
-                                f" (>= {until_robust} under each perturbation)" if until_robust else "")
-                            break
-    images = last_good.float().cpu().clamp_(0, 1)
+                        live = ok & ~done
+                        if bool(live.all()):
+                            keep.copy_(img)  # reuse the buffer: no second full-size copy
+                        elif bool(live.any()):
+                            idx = live.nonzero().flatten().to(img.device)
+                            keep[idx] = img[idx]
+                    for k in live.nonzero().flatten().tolist():
+                        image_steps[k] = n_run
+                    if stop is not None and n_run >= stop.min_steps and img.shape[-2:] == sizes[-1]:
+                        now = _reached(cap, normalize, img, tgt, stop) & ~done
+                        reached |= now
+                        done |= now
+                if bool(done.all()):
+                    break
+    if tiled:
+        keep = param().detach()
+        image_steps = [n_run] * b
+    images = keep.float().cpu().clamp_(0, 1)
     values = torch.stack(history).float().cpu() if history else torch.zeros(0, b)
-    res = RenderResult(images, values, n_run, stopped, message, targets, seconds=0.0, param=param)
+    for k in range(b):  # an image that stopped early keeps its last value
+        if 0 < image_steps[k] < len(values):
+            values[image_steps[k]:, k] = values[image_steps[k] - 1, k]
+    stopped = None
+    if bool(bad.any()):
+        stopped = "non-finite"
+        which = "" if b == 1 else f" in {int(bad.sum())} of {b} images"
+        kept = min(image_steps[k] for k in bad.nonzero().flatten().tolist())
+        message = (f"the objective or the image became NaN/inf{which} at step {bad_step + 1}; stopped there and "
+                   f"kept the last finite image (from step {kept})")
+    elif stop is not None and bool(reached.all()):
+        stopped = "until_prob"
+        message = f"reached probability {stop.prob} at step {n_run}" + (
+            f" (>= {stop.robust} under each perturbation)" if stop.robust else "")
+    res = RenderResult(images, values, n_run, stopped, message, targets, image_steps=image_steps, config=cfg,
+                       param=param)
     if targets is not None and vm.task == "classification":
         from cnnvis.classify import predict_probs, topk
 
@@ -272,39 +329,27 @@ def render(
     return res
 
 
-def _reached(cap, normalize, img: Tensor, tgt: Tensor, p_min: float, robust_min: float | None) -> bool:
-    """True when every image's target probability on its 8-bit version is >= p_min (and, with
-    robust_min, >= robust_min under each of the four perturbations)."""
-    from cnnvis.optvis.robustness import perturb
+def _finite(t: Tensor) -> bool:
+    """All values finite, without a full-size temporary (min and max propagate NaN)."""
+    lo, hi = torch.aminmax(t.detach())
+    return bool(torch.isfinite(lo) & torch.isfinite(hi))
 
+
+def _reached(cap, normalize, img: Tensor, tgt: Tensor, stop: UntilProb) -> Tensor:
+    """(B,) bool on the CPU: the image's target probability on its 8-bit version is >= stop.prob (and,
+    with stop.robust, >= stop.robust under each of the four perturbations)."""
     q = quantize(img)
-    xs = [q] + (list(perturb(q).values()) if robust_min is not None else [])
+    xs = [q] + (list(perturb(q).values()) if stop.robust is not None else [])
     out = cap.run(normalize(torch.cat(xs)))
     b = img.shape[0]
     n = len(xs)
     t = tgt.repeat(n * b // tgt.numel())
-    p = torch.softmax(out.float(), 1)[torch.arange(n * b, device=out.device), t].view(n, b)
-    if not bool((p[0] >= p_min).all()):
-        return False
-    return robust_min is None or bool((p[1:] >= robust_min).all())
+    p = torch.softmax(out.float(), 1)[torch.arange(n * b, device=out.device), t].view(n, b).cpu()
+    ok = p[0] >= stop.prob
+    if stop.robust is not None:
+        ok &= (p[1:] >= stop.robust).all(0)
+    return ok
 
 
 def _per_image(vals: Tensor, b: int) -> Tensor:
     return vals.expand(b) if vals.dim() == 0 else vals
-
-
-def _validate(steps, lr, optimizer, copies, octaves, until_prob, check_every) -> None:
-    if not isinstance(steps, int) or steps < 1:
-        raise CnnvisError(f"steps must be a positive integer, got {steps!r}")
-    if not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
-        raise CnnvisError(f"learning rate must be a positive finite number, got {lr!r}")
-    if optimizer not in ("adam", "sgd"):
-        raise CnnvisError(f"unknown optimizer {optimizer!r}; use 'adam' or 'sgd'")
-    if not isinstance(copies, int) or copies < 1:
-        raise CnnvisError(f"copies must be a positive integer, got {copies!r}")
-    if not isinstance(octaves, int) or not 1 <= octaves <= steps:
-        raise CnnvisError(f"octaves must be between 1 and steps ({steps}), got {octaves!r}")
-    if until_prob is not None and not (isinstance(until_prob, (int, float)) and 0 < until_prob <= 1):
-        raise CnnvisError(f"until_prob must be in (0, 1], got {until_prob!r}")
-    if not isinstance(check_every, int) or check_every < 1:
-        raise CnnvisError(f"check_every must be a positive integer, got {check_every!r}")

@@ -2,7 +2,9 @@
 
     robustness(vm, x, 144) -> {'png': 0.999, 'blur1': 0.97, 'down_up2': 0.95, 'shift8': 0.99, 'resize256_crop224': 0.98}
 
-x: (B, 3, H, W) in [0, 1] (e.g. a saved PNG re-read); values: (B,) target probabilities.
+x: (B, C, H, W) in [0, 1] (e.g. a saved PNG re-read); values: (B,) target probabilities.
+Also home of `quantize` (what an 8-bit file stores), used by render's stop check: this module
+imports nothing from render.
 """
 
 from __future__ import annotations
@@ -19,6 +21,11 @@ PERTURBATIONS = {
     "shift8": "shift 8 px right and down (edges replicated)",
     "resize256_crop224": "resize to 256/224 of the size, centre crop back",
 }
+
+
+def quantize(x: Tensor) -> Tensor:
+    """[0, 1] image -> the same values an 8-bit PNG stores (round to 1/255)."""
+    return (x.clamp(0, 1) * 255).round() / 255
 
 
 def blur1(x: Tensor) -> Tensor:
@@ -49,8 +56,6 @@ _FUNCS = {"blur1": blur1, "down_up2": down_up2, "shift8": shift8, "resize256_cro
 
 def perturb(x: Tensor) -> dict[str, Tensor]:
     """The four perturbed versions of x, each re-quantized to 8 bits like a saved file."""
-    from cnnvis.optvis.render import quantize
-
     return {k: quantize(f(x)) for k, f in _FUNCS.items()}
 
 
