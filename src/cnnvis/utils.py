@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
@@ -46,21 +47,60 @@ def progress_iter(iterable: Iterable, *, total: int | None = None, desc: str = "
 
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
-    """Write to a temp file next to `path`, then rename: never a half-written file."""
+    """Write to a temp file next to `path`, then rename: never a half-written file.
+
+    A folder that cannot be made or written, or a full disk, is a CnnvisError naming the path.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    except OSError as e:
+        raise _write_error(path, e) from None
     try:
         with os.fdopen(fd, mode) as f:
             yield f
         umask = os.umask(0)
         os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; outputs get the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
+        try:
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; outputs get the usual permissions
+            os.replace(tmp, path)
+        except OSError as e:
+            raise _write_error(path, e) from None
+    except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno in _DISK_FULL:
+            raise _write_error(path, e) from None
         raise
+
+
+_DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+def _write_error(path: Path, e: OSError) -> CnnvisError:
+    return CnnvisError(f"cannot write {str(path)!r}: {e.strerror or type(e).__name__}; "
+                       f"choose a file in a folder you can write to")
+
+
+def check_writable(path: str | os.PathLike) -> None:
+    """Raise a CnnvisError now if `path` cannot be written later: its folder (or, when that does
+    not exist yet, the nearest existing folder above it) must take a new file. Tried for real,
+    not with os.access (which says yes to root, also for /proc)."""
+    path = Path(path)
+    probe = path.parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise CnnvisError(f"cannot write {str(path)!r}: {str(probe)!r} is a file, not a folder; "
+                          f"choose a file in a folder you can write to")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".cnnvis-probe.", suffix=".part", dir=probe)
+    except OSError as e:
+        raise _write_error(path, e) from None
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(tmp)
 
 
 def check_output_path(out: str | os.PathLike, inputs: Iterable[str | os.PathLike] = ()) -> Path:

@@ -110,6 +110,12 @@ def run_cmd(spec_file, device, cache, out, as_json) -> None:
     except OSError as e:
         raise CnnvisError(f"cannot read the spec {spec_file!r}: {e.strerror or e}") from None
     spec = parse_spec(text)
+    if out:
+        from pathlib import Path
+
+        from cnnvis.utils import check_writable
+
+        check_writable(Path(out) / "result.json")  # before the work, not after it
     res = run(spec, store=Store(cache) if cache else None, device=device, progress=None if no_progress() else True)
     if out:
         res.save(out)

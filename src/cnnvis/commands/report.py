@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from cnnvis.commands.common import cache_option, model_options, seed_option
@@ -29,8 +31,11 @@ def report_cmd(model, weights, device, cache, images, out, quick, sections, seed
     from cnnvis.models import load
     from cnnvis.report import build_report, check_sections
 
+    from cnnvis.utils import check_writable
+
     only = parse_names(sections)
     check_sections(only)  # fail fast on a typo, before any work
+    check_writable(Path(out) / "index.html")  # and on a folder that cannot be written
     if images:
         photos = [(p.stem, str(p)) for p in find_images(images)]
         for _, p in photos:

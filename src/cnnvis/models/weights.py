@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import pickle
 import re
-import zipfile
 from collections import OrderedDict
 from pathlib import Path
 
@@ -36,6 +35,7 @@ def read_state_dict(path: str | os.PathLike) -> "OrderedDict[str, Tensor]":
             return OrderedDict(load_file(str(path)))
         except (SafetensorError, OSError, ValueError) as e:
             raise CnnvisError(f"weights file {str(path)!r} is not a valid safetensors file ({e})") from None
+    _check_torch_file(path)
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -45,9 +45,36 @@ def read_state_dict(path: str | os.PathLike) -> "OrderedDict[str, Tensor]":
             f"state_dicts (weights_only=True) and will not run its code ({first[:160]}); "
             "save it with torch.save(model.state_dict(), path)"
         ) from None
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
-        raise CnnvisError(f"weights file {str(path)!r} could not be read as a PyTorch file ({str(e)[:160]})") from None
+    except MemoryError:
+        raise
+    except Exception as e:  # a damaged file fails anywhere in the unpickler (KeyError, IndexError, ...)
+        raise CnnvisError(f"weights file {str(path)!r} could not be read as a PyTorch file "
+                          f"({type(e).__name__}: {str(e)[:160]}); {_SAVE_HINT}") from None
     return _as_state_dict(obj, path)
+
+
+_SAVE_HINT = "save weights with torch.save(model.state_dict(), path) or as .safetensors"
+_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+
+
+def _check_torch_file(path: Path) -> None:
+    """Refuse, by its first bytes, a file that cannot be a torch.save file: an HDF5/Keras file
+    (only VGG16-style models read those) or text. torch.save writes a zip (PK) or, in the legacy
+    format, a pickle (first byte 0x80)."""
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+        return
+    if head.startswith(_HDF5_MAGIC) or path.suffix.lower() in (".h5", ".hdf5", ".keras"):
+        raise CnnvisError(f"weights file {str(path)!r} is a Keras/HDF5 file; the .h5 layout is only supported "
+                          f"for VGG16-style models (vgg16, vgg16_hed); for this model give a .pth/.pt "
+                          f"state_dict or a .safetensors file")
+    if head[8:9] == b"{":
+        raise CnnvisError(f"weights file {str(path)!r} looks like a safetensors file; rename it to *.safetensors")
+    text = bool(head) and sum(32 <= b < 127 or b in b"\t\r\n" for b in head) >= 0.9 * len(head)
+    what = f"a text file (it starts with {head[:24].decode('ascii', 'replace')!r})" if text else \
+        f"not a PyTorch file (it starts with bytes {head[:8].hex(' ')})"
+    raise CnnvisError(f"weights file {str(path)!r} is {what}; {_SAVE_HINT}")
 
 
 def _as_state_dict(obj, path: Path) -> "OrderedDict[str, Tensor]":

@@ -1,0 +1,174 @@
+"""Bad input on the command line: one line `error: ...`, exit code 2, no traceback, refused
+before any work where it can be (weights that are text or HDF5, outputs that cannot be
+written, sizes that would need tens of GB)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from cnnvis.cli import main
+from cnnvis.errors import CnnvisError
+from conftest import sample
+
+
+def one_error(capsys, argv) -> str:
+    """Run the CLI; assert exit 2 and exactly one stderr line 'error: ...'; return that line."""
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    assert code == 2, (code, out, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+    return lines[0]
+
+
+@pytest.fixture
+def photo():
+    return sample("pelican")
+
+
+@pytest.fixture
+def text_pth(tmp_path):
+    p = tmp_path / "x.pth"
+    p.write_text("epoch 12: loss 0.31\n")
+    return p
+
+
+@pytest.fixture
+def h5_file(tmp_path):
+    h5py = pytest.importorskip("h5py")
+    p = tmp_path / "weights.h5"
+    with h5py.File(p, "w") as f:
+        f.create_group("layers/dense/vars").create_dataset("0", data=[[1.0, 2.0]])
+    return p
+
+
+# ---------------------------------------------------------------------- weights files
+def test_text_weights_file(capsys, photo, text_pth):
+    line = one_error(capsys, ["classify", photo, "--weights", text_pth])
+    assert str(text_pth) in line and "is a text file" in line and "epoch 12" in line
+    assert "torch.save(model.state_dict(), path)" in line
+
+
+def test_weights_files_that_are_not_torch_files(tmp_path):
+    from safetensors.torch import save_file
+
+    from cnnvis.models.weights import read_state_dict
+
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(bytes(range(7, 200)))
+    with pytest.raises(CnnvisError, match=r"not a PyTorch file \(it starts with bytes 07 08 09"):
+        read_state_dict(junk)
+    st = tmp_path / "w.pth"
+    save_file({"a": torch.ones(2)}, str(st))
+    with pytest.raises(CnnvisError, match="looks like a safetensors file; rename it"):
+        read_state_dict(st)
+    good = tmp_path / "good.pth"
+    torch.save({"module.a": torch.arange(3.0)}, good)
+    torch.save({"a": torch.ones(1)}, tmp_path / "old.pth", _use_new_zipfile_serialization=False)
+    assert torch.equal(read_state_dict(good)["a"], torch.arange(3.0))  # real files still load
+    assert torch.equal(read_state_dict(tmp_path / "old.pth")["a"], torch.ones(1))
+    cut = tmp_path / "cut.pth"
+    cut.write_bytes(good.read_bytes()[:300])
+    with pytest.raises(CnnvisError, match="could not be read as a PyTorch file"):
+        read_state_dict(cut)
+
+
+def test_keras_h5_for_a_model_that_is_not_vgg(capsys, photo, h5_file, tmp_path):
+    line = one_error(capsys, ["classify", photo, "--weights", h5_file])  # the default: efficientnet_lite0
+    assert "Keras/HDF5" in line and "only supported for VGG16-style models" in line and "pickle" not in line
+    renamed = tmp_path / "renamed.pth"
+    renamed.write_bytes(h5_file.read_bytes())  # found by its content, not only by its name
+    line = one_error(capsys, ["classify", photo, "--weights", renamed])
+    assert "only supported for VGG16-style models" in line
+
+
+def test_subprocess_text_weights_exit_code(photo, text_pth):
+    p = subprocess.run([sys.executable, "-m", "cnnvis.cli", "classify", str(photo), "--weights", str(text_pth)],
+                       capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "CNNVIS_NO_PROGRESS": "1"})
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+    assert p.stderr.strip().splitlines() == [p.stderr.strip()] and p.stderr.startswith("error: weights file")
+
+
+# ---------------------------------------------------------------------- outputs that cannot be written
+def _under_a_file(tmp_path) -> Path:
+    f = tmp_path / "file.txt"
+    f.write_text("a regular file")
+    return f / "sub" / "out.png"  # root can write anywhere, but not into a file
+
+
+@pytest.mark.parametrize("where", ["under_a_file", "proc"])
+def test_out_that_cannot_be_written_is_refused_before_the_work(capsys, photo, tmp_path, where, monkeypatch):
+    if where == "proc":
+        if not Path("/proc/self").is_dir():
+            pytest.skip("no /proc")
+        out = Path("/proc/cnnvis-out.png")  # os.access says yes to root; creating a file fails
+    else:
+        out = _under_a_file(tmp_path)
+    import cnnvis.jobs as jobs
+
+    monkeypatch.setattr(jobs, "run", lambda *a, **k: pytest.fail("the job ran before the output was checked"))
+    line = one_error(capsys, ["saliency", photo, "--out", out])
+    assert "cannot write into" in line and "choose another --out" in line
+    for argv in (["run", tmp_path / "spec.json", "--out", out.parent], ["report", "--quick", "--out", out.parent]):
+        (tmp_path / "spec.json").write_text('{"kind": "classify", "images": ["sample:chelsea"]}')
+        line = one_error(capsys, argv)
+        assert "cannot write" in line and str(out.parent) in line
+
+
+def test_atomic_write_errors_are_one_line(tmp_path):
+    from cnnvis.utils import atomic_write
+
+    for bad in (_under_a_file(tmp_path), Path("/proc/cnnvis-out.png")):
+        with pytest.raises(CnnvisError, match="cannot write .*choose a file in a folder you can write to"):
+            with atomic_write(bad) as f:
+                f.write(b"x")
+    target = tmp_path / "full.png"
+    with pytest.raises(CnnvisError, match="No space left on device"):
+        with atomic_write(target):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    assert not target.exists() and not list(tmp_path.glob(".full.png.*.part"))  # no temp file left behind
+    with pytest.raises(ValueError, match="not ours"):  # other errors pass through unchanged
+        with atomic_write(target):
+            raise ValueError("not ours")
+    with atomic_write(target) as f:
+        f.write(b"ok")
+    assert target.read_bytes() == b"ok"
+
+
+# ---------------------------------------------------------------------- sizes
+@pytest.mark.parametrize("argv", [
+    ["class", "pelican", "--size", "100000", "--out", "{tmp}/a.png"],
+    ["filters", "--size", "100000", "--out", "{tmp}/a.png"],
+    ["saliency", "{photo}", "--size", "100000", "--out", "{tmp}/a.png"],
+    ["saliency", "{photo}", "--method", "gradcam", "--size", "3000", "--out", "{tmp}/a.png"],
+    ["deconv", "{photo}", "--size", "100000", "--out", "{tmp}/a.png"],
+    ["sanity", "{photo}", "--size", "100000", "--out", "{tmp}/a.png"],
+    ["dream", "{photo}", "--tile", "100000", "--out", "{tmp}/a.png"],
+])
+def test_huge_sizes_are_refused_up_front(capsys, photo, tmp_path, argv, monkeypatch):
+    import cnnvis.models as models
+
+    monkeypatch.setattr(models, "load", lambda *a, **k: pytest.fail("the model loaded before the size was checked"))
+    argv = [a.format(tmp=tmp_path, photo=photo) for a in argv]
+    flag = next(a for a in argv if a in ("--size", "--tile"))
+    line = one_error(capsys, argv)
+    value = argv[argv.index(flag) + 1]
+    assert line.startswith(f"error: {flag}: {value} pixels is too large: the limit is 2048 pixels a side")
+    assert line.endswith(f"give {flag} of at most 2048") and "(fields:" not in line and "spec:" not in line
+
+
+def test_size_limit_in_the_spec_schema():
+    from cnnvis.jobs import KINDS, make_spec
+
+    assert KINDS["attribution"].model_json_schema()["properties"]["size"]["anyOf"][0]["maximum"] == 2048
+    assert make_spec("attribution", image="x.jpg", size=2048).size == 2048
+    with pytest.raises(CnnvisError, match="field 'size': 2049 pixels is too large"):
+        make_spec("attribution", image="x.jpg", size=2049)
