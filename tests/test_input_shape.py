@@ -142,6 +142,13 @@ def test_checkpoint_of_a_torchvision_net_keeps_bgr_and_classes(tmp_path):
         assert torch.allclose(back(x), vm.model.eval()(vm.preprocess.normalize(x)), atol=1e-5)
 
 
+def test_save_checkpoint_refuses_bad_arguments(tmp_path):
+    net = build_arch("mnist_cnn")
+    with pytest.raises(CnnvisError, match=r"save_checkpoint: .*'input.mean' must be a list of 1 numbers.*fix the arguments"):
+        save_checkpoint(tmp_path / "m", net, architecture="mnist_cnn", mean=(0.5, 0.5, 0.5))
+    assert not (tmp_path / "m").exists()  # nothing written
+
+
 def _rewrite(meta_path, **changes):
     meta = json.loads(meta_path.read_text())
     meta.pop("weights_sha256", None)

@@ -196,8 +196,8 @@ def _build(meta: dict, src: str) -> tuple[nn.Module, dict, int]:
         return timm.create_model(name, pretrained=False, in_chans=shape[0], **kw, **args), {}, 32
     from cnnvis.errors import unknown_name
 
-    raise CnnvisError(str(unknown_name("architecture", arch, list(_ARCHS),
-                                       hint=f"in {src!r}: a cnnvis arch, 'torchvision:NAME' or 'timm:NAME'")))
+    raise unknown_name("architecture", arch, list(_ARCHS),
+                       hint=f"in {src!r}: a cnnvis arch, 'torchvision:NAME' or 'timm:NAME'; fix the JSON")
 
 
 def load_checkpoint(path: str | os.PathLike, weights: str | os.PathLike | None = None):
@@ -249,8 +249,10 @@ def save_checkpoint(path: str | os.PathLike, model, *, architecture: str, classe
     """Write `model`'s weights (.safetensors) and metadata (.json) -> the JSON's path.
 
     path: a folder (gets model.safetensors + model.json) or a '.safetensors' file name (the JSON
-    gets its stem). model: an nn.Module or a VisModel (whose labels, input shape, mean/std and
-    task are the defaults). architecture: a cnnvis arch name, 'torchvision:NAME' or 'timm:NAME'.
+    gets its stem). model: a VisModel (its labels, input contract and task are the defaults) or
+    an nn.Module (defaults: the registered arch's contract and labels; for a torchvision/timm
+    name the module's inferred one, no normalization: pass mean/std). architecture: a cnnvis
+    arch name (`list_archs()`), 'torchvision:NAME' or 'timm:NAME'.
     extra: more fields for the JSON (e.g. {'training': {...}}). The model is not changed;
     files are written to temporary names and renamed, so a killed process leaves no half file.
     """
@@ -281,7 +283,10 @@ def save_checkpoint(path: str | os.PathLike, model, *, architecture: str, classe
                       "resize": resize, "bgr": bool(own and vm.preprocess.bgr)},
             "weights": wpath.name, "weights_sha256": "", "description": description}
     meta.update(extra or {})
-    _check_metadata(meta, str(mpath))  # refuse bad metadata before writing anything
+    try:  # refuse bad metadata before writing anything
+        _check_metadata(meta, str(mpath))
+    except CnnvisError as e:
+        raise CnnvisError(f"save_checkpoint: {str(e).replace('fix the JSON', 'fix the arguments')}") from None
     wpath.parent.mkdir(parents=True, exist_ok=True)
     sd = {k: v.detach().cpu().clone().contiguous() for k, v in vm.model.state_dict().items()}
     _atomic(wpath, lambda tmp: save_file(sd, tmp))
