@@ -160,10 +160,11 @@ class JobContext:
                 except TypeError:
                     total = None
             inner = iterable
-            if outer._progress is True:
-                from cnnvis.utils import progress_iter
+            if outer._progress is True:  # a bar on stderr, terminal or not (a log shows it too)
+                from tqdm.auto import tqdm
 
-                inner = progress_iter(iterable, total=total, desc=desc or outer.desc, progress=True)
+                inner = tqdm(iterable, total=total, desc=desc or outer.desc, leave=False, dynamic_ncols=True,
+                             mininterval=0.5, disable=False)
             done = 0
             for item in inner:
                 outer.check()
@@ -182,13 +183,14 @@ def run(spec, *, store: Store | str | os.PathLike | None = None, progress=None, 
 
     progress: None, True (a bar on stderr) or `fn(done, total, desc)`; cancel: a threading.Event
     or a callable returning True to stop (raises `Cancelled`). `vm`: use this loaded model
-    instead of loading `spec.model` (the report and the API pass theirs).
+    instead of loading `spec.model` (the report passes its own); with a store, `spec.model` and
+    `spec.weights` must name that model, since they are what the result is stored under.
     """
     spec = parse_spec(spec)
     if store is not None and not isinstance(store, Store):
         store = Store(store)
-    raw_key = job_key(spec) if vm is None else None
-    if store is not None and raw_key is not None:
+    raw_key = job_key(spec)
+    if store is not None:
         hit = store.get(raw_key)
         if hit is not None:
             return hit
@@ -206,7 +208,7 @@ def run(spec, *, store: Store | str | os.PathLike | None = None, progress=None, 
         if store is not None:
             hit = store.get(key)
             if hit is not None:
-                if raw_key and raw_key != key:
+                if raw_key != key:
                     store.put(hit, aliases=(raw_key,))
                 return hit
         ctx.check()
@@ -214,5 +216,5 @@ def run(spec, *, store: Store | str | os.PathLike | None = None, progress=None, 
         data, files, main = nspec.run(vm, ctx)
         res = Result(nspec.kind, nspec.to_dict(), key, data, files, main, time.perf_counter() - t0)
     if store is not None:
-        store.put(res, aliases=(raw_key,) if raw_key and raw_key != key else ())
+        store.put(res, aliases=(raw_key,) if raw_key != key else ())
     return res
