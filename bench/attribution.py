@@ -1,6 +1,6 @@
 """Attribution benchmark (not a test): ratios measured in one run, interleaved, medians of rounds.
 
-    .venv/bin/python bench/attribution.py [--size 224] [--rounds 3] [--skip-deconv] [--skip-methods]
+    .venv/bin/python bench/attribution.py [--size 224] [--rounds 3] [--skip-deconv] [--skip-methods] [--skip-cams]
 
 The machine may be shared (noisy): every contender is timed once per round, in turn, for
 `--rounds` rounds; the report gives the median time of each and the median of the per-round
@@ -16,6 +16,11 @@ ratios (each ratio taken between runs made seconds apart, under the same load).
    (batch size) the method uses, on the same image size: e.g. IG(50 steps, batch_size=50) vs
    one forward+backward of a batch of 50. (On a CPU a batch of 50 is 2-5x slower than 5 batches
    of 10 in absolute terms -- page faults on fresh activation buffers -- hence IG's CPU default.)
+3. The CAM family vs pytorch-grad-cam on the embedded model (efficientnet_lite0, default layer
+   bn2, 1280 channels), same input, layer and target; ratio ours / peer per round (goal <= 1).
+   Score-CAM: both with the same batch of masked images (ours' default). Then Score-CAM's batch
+   size on this machine: ours at `--scorecam-layer` (fewer channels, same cost per masked image)
+   with batches 1..64, interleaved; the default (16 on a CPU) should be at or near the fastest.
 """
 
 from __future__ import annotations
@@ -154,12 +159,63 @@ def methods_bench(size: int, rounds: int) -> None:
               f"({med(t['lim']) * 1000:.0f} ms)")
 
 
+CAM_PEERS = {"gradcam": "GradCAM", "gradcam++": "GradCAMPlusPlus", "xgradcam": "XGradCAM", "layercam": "LayerCAM",
+             "eigencam": "EigenCAM", "scorecam": "ScoreCAM"}
+
+
+def cams_bench(size: int, rounds: int, scorecam_rounds: int, batch_layer: str) -> None:
+    import contextlib
+    import io
+
+    import pytorch_grad_cam
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from cnnvis.attribution import ScoreCAM, default_cam_layer, method
+    from cnnvis.models import load
+
+    vm = load("efficientnet_lite0")
+    seq = nn.Sequential(vm.preprocess.module(), vm.model).eval()
+    x = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    t = int(vm(x).argmax())
+    layer = default_cam_layer(vm)
+    print(f"\nCAM family vs pytorch-grad-cam on efficientnet_lite0 at {layer} ({size}px, target {t}), "
+          f"median of interleaved rounds; ratio = median of per-round ours / peer")
+    for name, peer in CAM_PEERS.items():
+        ours = method(name, vm, layer=layer)
+        cam = getattr(pytorch_grad_cam, peer)(seq, [vm.model.get_submodule(layer)])
+        if name == "scorecam":
+            cam.batch_size = ours.batch_size or 16
+
+        def theirs():
+            with contextlib.redirect_stderr(io.StringIO()):  # Score-CAM's tqdm bars
+                cam(x.clone(), targets=[ClassifierOutputTarget(t)])
+
+        n = scorecam_rounds if name == "scorecam" else rounds
+        ours.attribute(x, t), theirs()  # warm-up
+        tm = interleaved({"ours": lambda: ours.attribute(x, t), "peer": theirs}, n)
+        cam.activations_and_grads.release()
+        print(f"  {name:<10} ours {med(tm['ours']) * 1000:8.0f} ms   pytorch-grad-cam {med(tm['peer']) * 1000:8.0f} ms"
+              f"   ratio {ratio(tm, 'ours', 'peer'):5.2f} ({n} rounds)")
+    sizes = (1, 4, 8, 16, 32, 64)
+    ms = {bs: ScoreCAM(vm, batch_layer, batch_size=bs) for bs in sizes}
+    for m in ms.values():
+        m.cam(x, t)  # warm-up
+    tm = interleaved({bs: (lambda m=m: m.cam(x, t)) for bs, m in ms.items()}, rounds)
+    best = min(sizes, key=lambda b: med(tm[b]))
+    print(f"  Score-CAM batch size at {batch_layer} ({size}px): " +
+          ", ".join(f"{bs}: {med(tm[bs]) * 1000:.0f} ms" for bs in sizes) +
+          f"; fastest {best}, default 16 is {med(tm[16]) / med(tm[best]):.2f}x of it")
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--skip-deconv", action="store_true")
     ap.add_argument("--skip-methods", action="store_true")
+    ap.add_argument("--skip-cams", action="store_true")
+    ap.add_argument("--scorecam-rounds", type=int, default=None, help="Score-CAM rounds (default: --rounds)")
+    ap.add_argument("--scorecam-layer", default="blocks.3", help="layer for the Score-CAM batch-size sweep")
     a = ap.parse_args()
     from cnnvis.utils import tune_malloc
 
@@ -168,3 +224,5 @@ if __name__ == "__main__":
         deconv_bench(a.size, a.rounds)
     if not a.skip_methods:
         methods_bench(a.size, a.rounds)
+    if not a.skip_cams:
+        cams_bench(a.size, a.rounds, a.scorecam_rounds or a.rounds, a.scorecam_layer)
