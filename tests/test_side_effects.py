@@ -18,12 +18,21 @@ import torch
 from torch import nn
 
 from cnnvis.attribution import LAYER_METHODS, METHODS, GradCAM, method
+from cnnvis.errors import CnnvisError
 from cnnvis.hooks import hook_count
 
 warnings.filterwarnings("ignore", category=UserWarning)
 
-# cheap options for the methods that loop; any other registered method runs with its defaults
-FAST = {"ig": {"steps": 3}, "smoothgrad": {"samples": 2}}
+def fast_options(name: str, net: nn.Module) -> dict:
+    """Cheap options for any registered method: few samples/steps; on ResNet-18 the CAM
+    methods look at layer2.1 (128 channels: Score-CAM runs one forward per channel)."""
+    import inspect
+
+    params = inspect.signature(METHODS[name].__init__).parameters
+    opts = {k: v for k, v in (("samples", 2), ("steps", 3)) if k in params}
+    if name in LAYER_METHODS and not isinstance(net, nn.Sequential):
+        opts["layer"] = "layer2.1"
+    return opts
 
 
 class Boom(nn.Module):
@@ -97,13 +106,15 @@ def model(request):
 
 # ----------------------------------------------------------------------------- every registered method
 
-@pytest.mark.parametrize("target", [None, 1], ids=["top1", "class1"])
+@pytest.mark.parametrize("model_name, target", [("bn_net", None), ("bn_net", 1), ("resnet18", None)],
+                         ids=["bn_net-top1", "bn_net-class1", "resnet18-top1"])
 @pytest.mark.parametrize("name", list(METHODS))
-def test_method_leaves_model_and_input_unchanged(name, target, model):
-    net, size = model
+def test_method_leaves_model_and_input_unchanged(name, model_name, target):
+    build, size = MODELS[model_name]
+    net = build()
     before = snapshot(net)
     x, x0, g0 = user_input(2, size)
-    a = method(name, net, **FAST.get(name, {})).attribute(x, target)
+    a = method(name, net, **fast_options(name, net)).attribute(x, target)
     assert a.shape[0] == 2 and a.shape[-2:] == (size, size) and not a.requires_grad
     assert torch.isfinite(a).all() and float(a.abs().amax()) > 0
     assert_unchanged(net, before)
@@ -115,8 +126,8 @@ def test_method_leaves_model_unchanged_when_it_raises(name):
     net = bn_net()
     before = snapshot(net)
     x, x0, g0 = user_input(2, 16)
-    m = method(name, net, **FAST.get(name, {}))
-    with pytest.raises(Exception, match="out of range"):  # the forward runs, then the target is refused
+    m = method(name, net, **fast_options(name, net))
+    with pytest.raises(CnnvisError, match="out of range"):  # the forward runs, then the target is refused
         m.attribute(x, 99)
     assert_unchanged(net, before)
     net[2].armed = True
@@ -156,7 +167,7 @@ def test_sanity_check_leaves_model_unchanged(name, model):
     net, size = model
     before = snapshot(net)
     x, x0, g0 = user_input(1, size)
-    res = sanity_check(net, x, name, max_steps=2, **FAST.get(name, {}))
+    res = sanity_check(net, x, name, max_steps=2, **fast_options(name, net))
     assert res.spearman[0] == 1.0 and len(res.steps) == len(res.spearman) >= 2
     assert_unchanged(net, before)
     assert_input_unchanged(x, x0, g0)
