@@ -114,6 +114,29 @@ def test_tiled_gradient_equals_untiled_for_a_pointwise_objective():
     assert torch.allclose(full.grad, tiled.grad, atol=1e-8)
 
 
+@pytest.mark.parametrize("shift", [(0, 0), (5, -7), (-20, 13)])
+def test_rolled_tile_grid_equals_tiling_the_rolled_image(shift):
+    """shift= moves the tile grid instead of rolling the image: same values, same gradient, and a
+    leaf's gradient lands in its own .grad (no other full-size buffer)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Tanh())
+    fn = lambda t: net(t).pow(2).flatten(1).mean(1)  # noqa: E731
+    x = torch.rand(1, 3, 48, 40)
+    ref = x.clone().requires_grad_(True)
+    v_ref = tiled_backward(fn, torch.roll(ref, shift, dims=(-2, -1)), 16)
+    got = x.clone().requires_grad_(True)
+    v_got = tiled_backward(fn, got, 16, shift=shift)
+    assert torch.allclose(v_ref, v_got, atol=1e-6)
+    assert torch.allclose(ref.grad, got.grad, atol=1e-7)
+
+
+def test_dream_keeps_the_input_tensor(lite0):
+    x = torch.rand(1, 3, 80, 72, generator=torch.Generator().manual_seed(2))
+    before = x.clone()
+    out = dream(lite0, x, ["stage2"], **FAST)
+    assert torch.equal(x, before) and out.data_ptr() != x.data_ptr() and (out - x).abs().max() > 0
+
+
 def test_tiled_dream_runs_on_a_photo_larger_than_the_tile(lite0, photo):
     img = photo.resize((150, 100))
     out = dream(lite0, img, ["stage2"], tile=64, **FAST)

@@ -148,21 +148,28 @@ def dream(
 
     guide_feats = _guide_features(vm, guide, layers, channels) if guide is not None else None
     obj = dream_objective(layers, channels, objective, guide_feats)
-    detail = None  # the dream so far minus the photo, at the previous octave's size
+    # Memory: two full-size buffers made once, the dream and its gradient; every octave uses
+    # their first pixels (so no later allocation is larger than a smaller octave's, and freed
+    # memory is reused), and they swap roles between octaves (the upsampled dream lands in the
+    # free one). Beyond them: the photo, one smaller-octave temporary, one tile's activations.
+    n = c * h * w
+    bufs = [torch.empty(n, device=device), torch.empty(n, device=device)]
+
+    def view(i: int, size: tuple[int, int]) -> Tensor:
+        return bufs[i][: c * size[0] * size[1]].view(1, c, *size)
+
+    cur = 0
+    img = view(cur, sizes[0])
+    img.copy_(_resize(x0, sizes[0]))
     for k, size in enumerate(sizes):
-        # memory: the photo x0, the dream (the optimized pixels) and its gradient (one buffer,
-        # filled tile by tile), plus smaller octaves' leftovers and one tile's activations
-        base = _resize(x0, size)
-        if detail is None:
-            start = base.clone()  # never optimize the caller's tensor in place
-        else:
-            start = _resize(detail, size)
-            del detail
-            start.add_(base).clamp_(0, 1)
-        if k + 1 == len(sizes):
-            base = None  # not needed after the last octave
-        param = PixelImage.from_image(start, copy=False)  # optimized in place: no second copy
-        del start
+        if k:  # next octave: upsample what the dream added into the free buffer, add the photo there
+            nxt = view(1 - cur, size)
+            torch.ops.aten.upsample_bilinear2d.out(img, list(size), False, None, None, out=nxt)
+            cur, img = 1 - cur, nxt
+            img.add_(_resize(x0, size)).clamp_(0, 1)
+            _trim_heap()
+        param = PixelImage.from_image(img, copy=False)  # optimized in place
+        param.pixels.grad = view(1 - cur, size).zero_()  # tiles add their gradients here
         res = render(
             vm, obj, "chollet2016", init=param, steps=steps_per_octave, lr=step_size, tile=tile,
             seed=image_seed(seed, f"octave {k}"), custom_transforms=Roll(jitter) if jitter else None,
@@ -170,17 +177,40 @@ def dream(
         )
         if res.stopped == "non-finite":
             raise CnnvisError(f"dream stopped: {res.message}")
-        detail = res.images.to(device)  # the parameter's own memory, clamped to [0, 1]
         del param, res
-        if base is not None:
-            detail.sub_(base)  # what the dream added at this octave, carried to the next
-        del base
-    x = detail.cpu()  # the last octave is the full-size dream, already in [0, 1]
+        _trim_heap()  # the tiles' activations are freed: give their pages back before the next octave
+        if k + 1 < len(sizes):
+            img.sub_(_resize(x0, size))  # what the dream added at this octave, carried to the next
+    del bufs
+    x = img.cpu()  # the last octave is the full-size dream, already in [0, 1]
     if as_pil:
         from cnnvis.viz import to_pil
 
         return to_pil(x)
     return x
+
+
+def _trim_heap() -> None:
+    """Return freed heap pages to the OS (glibc malloc_trim; a no-op elsewhere). cnnvis.malloc's
+    tune_malloc keeps freed memory for speed; between octaves, buffers of other sizes could not
+    reuse it, so a large dream would otherwise hold every octave's temporaries at once."""
+    global _LIBC
+    if _LIBC is None:
+        import ctypes
+        import sys
+
+        _LIBC = False
+        if sys.platform.startswith("linux"):
+            try:
+                _LIBC = ctypes.CDLL("libc.so.6")
+                _LIBC.malloc_trim  # noqa: B018  (glibc only)
+            except (OSError, AttributeError):
+                _LIBC = False
+    if _LIBC:
+        _LIBC.malloc_trim(0)
+
+
+_LIBC = None
 
 
 def _guide_features(vm, guide, layers, channels) -> dict[str, Tensor]:
