@@ -213,7 +213,8 @@ def test_targets_checked_against_the_callers_batch():
     with pytest.raises(CnnvisError, match="got 20 targets for 4 images;"):
         IntegratedGradients(net, steps=4, batch_size=8).attribute(x4, [0] * 20)
     with pytest.raises(CnnvisError, match="got 2 targets for 4 images;"):
-        ScoreCAM(nn.Sequential(nn.Conv2d(3, 2, 1), nn.Flatten(), nn.LazyLinear(2)), "0").cam(torch.rand(4, 3, 2, 2), [0, 1])
+        net2 = nn.Sequential(nn.Conv2d(3, 2, 1), nn.Flatten(), nn.Linear(8, 2))
+        ScoreCAM(net2, "0").cam(torch.rand(4, 3, 2, 2), [0, 1])
     with pytest.raises(CnnvisError, match="target class 2 is out of range"):
         Saliency(net).attribute(x4, [0, 1, 2, 0])
     with pytest.raises(CnnvisError, match="2 indices but the model's output has shape"):
@@ -468,12 +469,12 @@ def test_eigencam_equals_pytorch_grad_cam(random_vgg):
 
     from cnnvis.hooks import capture
 
-    vm = random_vgg
     x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(6))
-    for layer in ("conv5_3", "relu4_1"):
-        ours = EigenCAM(vm, layer).cam(x)[:, 0]
+    # (hw, C): (16, 512), (64, 512) on VGG16; (256, 8) on the small net (the other Gram matrix)
+    for vm, layer, xi in ((random_vgg, "conv5_3", x), (random_vgg, "relu4_1", x), (_small_cnn(), "2", x[..., :16, :16])):
+        ours = EigenCAM(vm, layer).cam(xi)[:, 0]
         with torch.no_grad(), capture(vm, [layer]) as cap:
-            cap.run(x)
+            cap.run(xi)
             a = cap[layer].numpy()
         close(ours, torch.tensor(get_2d_projection_with_sign_correction(a)).relu(), rel=1e-5)
         raw = torch.tensor(get_2d_projection(a))
@@ -517,7 +518,7 @@ def test_cam_of_layer_input_equals_captum(random_vgg):
     close(ours, GradCAM(vm, "relu4_3").cam(x, 3))  # pool4's input is relu4_3's output
 
 
-# ----------------------------------------------------------------------------- Captum parity: Guided Grad-CAM, IG, NoiseTunnel
+# ----------------------------------------------------------------------------- Captum: Guided Grad-CAM, IG, noise
 
 def test_guided_gradcam_nearest_equals_captum(random_vgg):
     from captum.attr import GuidedGradCam

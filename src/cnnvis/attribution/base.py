@@ -146,7 +146,8 @@ class Attribution:
         return f"{type(self).__name__}()"
 
     # ------------------------------------------------------------------ helpers for subclasses
-    def forward_score(self, x: Tensor, target, layers: Sequence[str] = ()) -> tuple[Tensor, dict[str, Tensor]]:
+    def forward_score(self, x: Tensor, target, layers: Sequence[str] = (), *, check: bool = True
+                      ) -> tuple[Tensor, dict[str, Tensor]]:
         """Forward `x` (already requiring grad) -> ((B,) score, {layer: activation}).
 
         Stops the forward at the target layer when the target is a LayerTarget.
@@ -162,7 +163,7 @@ class Attribution:
             acts = {n: cap[n] for n in names}
         if lt is not None:
             return lt.score(acts[lt.layer]), acts
-        return self.score_output(out, target), acts
+        return self.score_output(out, target, check), acts
 
     def prepare_target(self, target, B: int):
         """User target -> None | LayerTarget | callable | (B, k) long tensor of output indices."""
@@ -209,9 +210,10 @@ class Attribution:
                               f"a callable or a LayerTarget; got {t!r}")
         return idx.long()
 
-    def score_output(self, out, target) -> Tensor:
+    def score_output(self, out, target, check: bool = True) -> Tensor:
         """Model output (N, ...) + prepared target -> (N,) score: the indexed output (the
-        target class's logit), summed over any dims the index leaves; None = top-1 class."""
+        target class's logit), summed over any dims the index leaves; None = top-1 class.
+        check=False skips the index range check (a GPU sync) for targets already checked."""
         if isinstance(out, (tuple, list)):
             out = out[0]
         if not torch.is_tensor(out):
@@ -234,7 +236,7 @@ class Attribution:
         if k > out.dim() - 1:
             raise CnnvisError(f"target has {k} indices but the model's output has shape {tuple(out.shape[1:])}; "
                               f"give at most {out.dim() - 1}")
-        for j in range(k):
+        for j in range(k if check else 0):
             n = out.shape[1 + j]
             bad = (idx[:, j] < 0) | (idx[:, j] >= n)
             if bad.any():

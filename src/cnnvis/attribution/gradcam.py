@@ -257,14 +257,15 @@ class ScoreCAM(CAM):
         B, C = a.shape[:2]
         bs = self.batch_size or (16 if x.device.type == "cpu" else 64)
         scores = torch.empty(B, C, dtype=x.dtype, device=x.device)
-        with torch.no_grad():
+        with torch.inference_mode():  # no autograd bookkeeping at all for the C masked forwards
             for b in range(B):
                 for i in range(0, C, bs):
                     m = F.interpolate(a[b:b + 1, i:i + bs], size=x.shape[-2:], mode="bilinear", align_corners=True)[0]
                     lo, hi = m.amin((1, 2), keepdim=True), m.amax((1, 2), keepdim=True)
                     xs = x[b:b + 1] * ((m - lo) / (hi - lo + 1e-8)).unsqueeze(1)  # (n, 3, H, W)
                     t = target[b:b + 1].expand(len(xs), -1) if torch.is_tensor(target) else target
-                    scores[b, i:i + len(xs)], _ = self.forward_score(xs, t)
+                    # the target was checked by the activation's forward: no per-batch GPU sync here
+                    scores[b, i:i + len(xs)], _ = self.forward_score(xs, t, check=False)
         return scores.softmax(1).view(B, C, 1, 1)
 
     def __repr__(self) -> str:
@@ -285,7 +286,15 @@ class EigenCAM(CAM):
         B, C = a.shape[:2]
         m = a.reshape(B, C, -1).transpose(1, 2)  # (B, hw, C)
         m = m - m.mean(1, keepdim=True)
-        v = torch.linalg.svd(m, full_matrices=False).Vh[:, 0]  # (B, C)
+        # first right singular vector of m from the smaller Gram matrix, in float64 (an SVD of the
+        # whole (hw, C) matrix costs ~10x more on a CPU for the same vector)
+        md = m.double()
+        if md.shape[1] <= C:
+            u = torch.linalg.eigh(md @ md.transpose(1, 2)).eigenvectors[:, :, -1]  # (B, hw)
+            v = (md.transpose(1, 2) @ u.unsqueeze(2)).squeeze(2)
+        else:
+            v = torch.linalg.eigh(md.transpose(1, 2) @ md).eigenvectors[:, :, -1]  # (B, C)
+        v = (v / v.norm(dim=1, keepdim=True).clamp_min(1e-300)).to(a.dtype)
         proj = (m @ v.unsqueeze(2)).squeeze(2)  # (B, hw)
         flip = proj.amin(1).abs() > proj.amax(1).abs()
         v = torch.where(flip.unsqueeze(1), -v, v)
