@@ -104,7 +104,10 @@ class FourierImage(ImageParam):
         freqs = (fx * fx + fy * fy).sqrt()
         scale = 1.0 / freqs.clamp_min(1.0 / max(h, w)) ** decay_power
         # the 1/4 keeps Lucid's image statistics (its "magic" constant)
-        self.register_buffer("scale", (scale / 4.0).view(1, 1, h, w // 2 + 1, 1).to(device), persistent=False)
+        # (1, 1, H, 2 * (W//2+1)): real and imaginary parts side by side, so the product with the
+        # spectrum runs over a contiguous last dimension (vectorized), not a broadcast one of size 2
+        self.register_buffer("scale", (scale / 4.0).repeat_interleave(2, 1).view(1, 1, h, -1).to(device),
+                             persistent=False)
         self.register_buffer("color", COLOR_CORRELATION.t().contiguous().to(device), persistent=False)
         self.spectrum = nn.Parameter(_randn((batch, channels, h, w // 2 + 1, 2), sd, generator).to(device))
 
@@ -113,10 +116,11 @@ class FourierImage(ImageParam):
 
     def forward(self) -> Tensor:
         _, _, h, w = self.shape
-        spec = torch.view_as_complex(self.scale * self.spectrum)
-        x = torch.fft.irfft2(spec, s=(h, w), norm="ortho")
-        if self.decorrelate:
-            x = torch.einsum("bchw,cd->bdhw", x, self.color)
+        b, c = self.spectrum.shape[:2]
+        spec = (self.spectrum.view(b, c, h, -1) * self.scale).view(self.spectrum.shape)
+        x = torch.fft.irfft2(torch.view_as_complex(spec), s=(h, w), norm="ortho")
+        if self.decorrelate:  # out[:, d] = sum_c color[c, d] x[:, c], as one matmul without copies
+            x = torch.matmul(self.color.t(), x.view(b, c, -1)).view(b, c, h, w)
         return torch.sigmoid(x)
 
     @classmethod
@@ -129,7 +133,7 @@ class FourierImage(ImageParam):
         y = torch.logit(x.clamp(eps, 1 - eps))
         if p.decorrelate:
             y = torch.einsum("bdhw,dc->bchw", y, torch.linalg.inv(p.color))
-        spec = torch.view_as_real(torch.fft.rfft2(y, norm="ortho")) / p.scale
+        spec = torch.view_as_real(torch.fft.rfft2(y, norm="ortho")) / p.scale.view(1, 1, h, -1, 2)
         with torch.no_grad():
             p.spectrum.copy_(spec)
         return p

@@ -190,9 +190,10 @@ def render(
 
     def make_opt(p):
         ps = list(p.parameters())
-        if cfg.optimizer == "adam":
-            return torch.optim.Adam(ps, lr=cfg.lr, foreach=False)
-        return torch.optim.SGD(ps, lr=cfg.lr, foreach=False)
+        if cfg.optimizer == "adam":  # the fused kernel: one pass over the parameters (CPU and CUDA)
+            fused = all(q.device.type in ("cpu", "cuda") and q.dtype == torch.float32 for q in ps)
+            return torch.optim.Adam(ps, lr=cfg.lr, fused=fused or None)
+        return torch.optim.SGD(ps, lr=cfg.lr, foreach=False)  # in place: no full-size temporaries
 
     history: list[Tensor] = []
     message = ""

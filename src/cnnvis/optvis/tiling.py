@@ -57,7 +57,8 @@ def tiled_backward(value_fn: Callable[[Tensor], Tensor], x: Tensor, tile: int,
         (-vals.sum()).backward()
         return vals.detach()
     base = x.detach()
-    if x.is_leaf and x.requires_grad:
+    leaf = x.is_leaf and x.requires_grad
+    if leaf:
         if x.grad is None:
             x.grad = torch.zeros_like(base)
         grad = x.grad  # tiles add into the parameter's own gradient: the only full-size buffer
@@ -85,6 +86,6 @@ def tiled_backward(value_fn: Callable[[Tensor], Tensor], x: Tensor, tile: int,
                     grad[..., sy:sy + ny, sx:sx + nx] += t.grad[..., ty:ty + ny, tx:tx + nx]
             v = v.detach()
             total = v if total is None else total + v
-    if grad is not x.grad and x.requires_grad:
+    if not leaf and x.requires_grad:
         x.backward(grad)
     return total

@@ -147,52 +147,77 @@ def warp(x: Tensor, prm: dict[str, Tensor], *, grow: int = 0, crop: int = 0, pad
     fh, fw = h + grow, w + grow        # the full view
     oh, ow = fh - crop, fw - crop      # the output window
     soft = prm["soft"]
-    # inverse map, pixel units: src = M (P - c_view) + c_in + shift, M = rotation(angle) / scale
+    # inverse map in pixel units: src = M (P - c_view) + c_in + shift, M = rotation(angle) / scale;
+    # A maps a view pixel (Px, Py, 1) to normalized source coordinates (align_corners=False)
     cos, sin = torch.cos(prm["angle"]) / prm["scale"], torch.sin(prm["angle"]) / prm["scale"]
     cvx, cvy, cix, ciy = (fw - 1) / 2, (fh - 1) / 2, (w - 1) / 2, (h - 1) / 2
-    # normalized source coordinates (align_corners=False): n = (2 src + 1) / size - 1
-    ax = torch.stack([2 * cos / w, -2 * sin / w,
-                      (2 * (-cos * cvx + sin * cvy + cix + prm["shift"][:, 0]) + 1) / w - 1], 1)
-    ay = torch.stack([2 * sin / h, 2 * cos / h,
-                      (2 * (-sin * cvx - cos * cvy + ciy + prm["shift"][:, 1]) + 1) / h - 1], 1)
+    sx, sy = prm["shift"][:, 0], prm["shift"][:, 1]
+    A = torch.stack([
+        torch.stack([2 * cos / w, -2 * sin / w, (2 * (-cos * cvx + sin * cvy + cix + sx) + 1) / w - 1], 1),
+        torch.stack([2 * sin / h, 2 * cos / h, (2 * (-sin * cvx - cos * cvy + ciy + sy) + 1) / h - 1], 1),
+    ], 1)  # (B, 2, 3), float64
+    off = prm["offset"].double()
     src = x - 0.5 if padding == "grey" else x
     mode = "zeros" if padding == "grey" else padding
-    off = prm["offset"].double()
     dev, dt = x.device, x.dtype
 
-    def sample(idx: Tensor, px: Tensor, py: Tensor) -> Tensor:
-        """grid_sample of images idx at view positions px (n, W'), py (n, H')."""
-        gx = _plane(ax[idx], px, py, dev, dt)
-        gy = _plane(ay[idx], px, py, dev, dt)
-        xs = src if len(idx) == b else src[idx.to(dev)]
-        return F.grid_sample(xs, torch.stack([gx, gy], -1), mode="bilinear", padding_mode=mode, align_corners=False)
+    def grid(theta: Tensor, size: tuple[int, int]) -> Tensor:
+        return F.affine_grid(theta.to(dev, dt), [theta.shape[0], 1, *size], align_corners=False)
 
     out = []
     plain = (~soft).nonzero().flatten()
     if len(plain):
-        px = off[plain, :1] + torch.arange(ow, dtype=torch.float64)
-        py = off[plain, 1:] + torch.arange(oh, dtype=torch.float64)
-        out.append((plain, sample(plain, px, py)))
+        one = torch.ones(len(plain), dtype=torch.float64)
+        theta = A[plain] @ _lattice(off[plain, 0], off[plain, 1], one, one, (oh, ow))
+        xs = src if len(plain) == b else src[plain.to(dev)]
+        out.append((plain, _grid_sample(xs, grid(theta, (oh, ow)), mode)))
     sft = soft.nonzero().flatten()
     if len(sft):
-        k = prm["factor"][sft]
-        hc = (fh / k).round().clamp(min=1)
-        wc = (fw / k).round().clamp(min=1)
+        n, k = len(sft), prm["factor"][sft]
+        hc, wc = (fh / k).round().clamp(min=1), (fw / k).round().clamp(min=1)
         hmax, wmax = int(hc.max()), int(wc.max())
+        zero = torch.zeros(n, dtype=torch.float64)
         # coarse lattice over the same view: coarse pixel q sits at view position (q + 0.5) * f / n - 0.5
-        qx = (torch.arange(wmax, dtype=torch.float64) + 0.5) * (fw / wc).unsqueeze(1) - 0.5
-        qy = (torch.arange(hmax, dtype=torch.float64) + 0.5) * (fh / hc).unsqueeze(1) - 0.5
-        coarse = sample(sft, qx, qy)
-        # upsample back (bilinear, like F.interpolate) and crop: view pixel P -> coarse coordinate
-        ux = ((off[sft, :1] + torch.arange(ow, dtype=torch.float64) + 0.5) * (wc / fw).unsqueeze(1) - 0.5)
-        uy = ((off[sft, 1:] + torch.arange(oh, dtype=torch.float64) + 0.5) * (hc / fh).unsqueeze(1) - 0.5)
-        ux = torch.minimum(ux.clamp(min=0), (wc - 1).unsqueeze(1))
-        uy = torch.minimum(uy.clamp(min=0), (hc - 1).unsqueeze(1))
-        gx = ((2 * ux + 1) / wmax - 1).to(dev, dt)
-        gy = ((2 * uy + 1) / hmax - 1).to(dev, dt)
-        n = len(sft)
-        grid = torch.stack([gx.unsqueeze(1).expand(n, oh, ow), gy.unsqueeze(2).expand(n, oh, ow)], -1)
-        out.append((sft, F.grid_sample(coarse, grid, mode="bilinear", padding_mode="border", align_corners=False)))
+        theta = A[sft] @ _lattice(zero, zero, fw / wc, fh / hc, (hmax, wmax))
+        xs = src if n == b else src[sft.to(dev)]
+        coarse = _grid_sample(xs, grid(theta, (hmax, wmax)), mode)
+        if n == 1:  # one image: F.interpolate and a crop (cheaper than a second grid_sample)
+            up = F.interpolate(coarse, size=(fh, fw), mode="bilinear", align_corners=False)
+            ox, oy = int(off[sft[0], 0]), int(off[sft[0], 1])
+            out.append((sft, up[..., oy:oy + oh, ox:ox + ow]))
+            return _merge(out, dev, padding)
+        # upsample back as F.interpolate does (coarse coordinate (P + 0.5) * n / f - 0.5, clamped to
+        # [0, n - 1]) and crop; in the coarse tensor's normalized units
+        L = _lattice(off[sft, 0] * wc / fw, off[sft, 1] * hc / fh, wc / fw, hc / fh, (oh, ow))
+        norm = torch.zeros(n, 2, 3, dtype=torch.float64)
+        norm[:, 0, 0], norm[:, 0, 2], norm[:, 1, 1], norm[:, 1, 2] = 2 / wmax, 1 / wmax - 1, 2 / hmax, 1 / hmax - 1
+        g = grid(norm @ L, (oh, ow))
+        lo = torch.tensor([1 / wmax - 1, 1 / hmax - 1], dtype=torch.float64)
+        hi = torch.stack([(2 * wc - 1) / wmax - 1, (2 * hc - 1) / hmax - 1], 1)  # coarse pixel n - 1
+        g = torch.minimum(torch.maximum(g, lo.to(dev, dt)), hi.to(dev, dt).view(n, 1, 1, 2))
+        out.append((sft, _grid_sample(coarse, g, "border")))
+    return _merge(out, dev, padding)
+
+
+def _grid_sample(x: Tensor, grid: Tensor, padding: str) -> Tensor:
+    """F.grid_sample (bilinear, align_corners=False). The CPU kernel runs the images of a batch in
+    parallel, not the rows of one image: a batch smaller than the thread count is split into row
+    blocks (the image repeated per block), so one image uses every thread too. Same values."""
+    b, oh = x.shape[0], grid.shape[1]
+    k = torch.get_num_threads() // b if x.device.type == "cpu" and oh >= 64 else 1
+    while k > 1 and oh % k:
+        k -= 1
+    if k < 2:
+        return F.grid_sample(x, grid, mode="bilinear", padding_mode=padding, align_corners=False)
+    c, h, w = x.shape[1:]
+    xs = x.unsqueeze(1).expand(b, k, c, h, w).reshape(b * k, c, h, w)
+    y = F.grid_sample(xs, grid.reshape(b * k, oh // k, *grid.shape[2:]), mode="bilinear", padding_mode=padding,
+                      align_corners=False)
+    return y.view(b, k, c, oh // k, -1).transpose(1, 2).reshape(b, c, oh, -1)
+
+
+def _merge(out: list, dev, padding: str) -> Tensor:
+    """[(image indices, images)] -> the batch in its original order."""
     if len(out) == 1:
         y = out[0][1]
     else:
@@ -201,11 +226,15 @@ def warp(x: Tensor, prm: dict[str, Tensor], *, grow: int = 0, crop: int = 0, pad
     return y + 0.5 if padding == "grey" else y
 
 
-def _plane(a: Tensor, px: Tensor, py: Tensor, dev, dt) -> Tensor:
-    """(n, 3) coefficients, (n, W') and (n, H') positions -> (n, H', W') a0 * px + a1 * py + a2."""
-    a = a.to(dev, dt)
-    px, py = px.to(dev, dt), py.to(dev, dt)
-    return (a[:, 0, None, None] * px[:, None, :] + (a[:, 1, None] * py + a[:, 2, None])[:, :, None])
+def _lattice(ox: Tensor, oy: Tensor, sx: Tensor, sy: Tensor, size: tuple[int, int]) -> Tensor:
+    """(n, 3, 3): affine_grid's normalized output coordinates of `size` -> view pixels
+    P = o + s * (q + 0.5) - 0.5 for output pixel q (per image offset o and spacing s)."""
+    hh, ww = size
+    L = torch.zeros(len(ox), 3, 3, dtype=torch.float64)
+    L[:, 0, 0], L[:, 0, 2] = sx * ww / 2, ox + sx * ww / 2 - 0.5
+    L[:, 1, 1], L[:, 1, 2] = sy * hh / 2, oy + sy * hh / 2 - 0.5
+    L[:, 2, 2] = 1
+    return L
 
 
 def _no_soft(b: int) -> dict[str, Tensor]:
