@@ -11,7 +11,7 @@ from torch import nn
 from cnnvis.errors import CnnvisError
 from cnnvis.hooks import hook_count
 from cnnvis.optvis import (
-    LOGITS, BoundedRange, FourierImage, GradientRMS, Jitter, Pad, PixelImage, RandomAffine, RandomRotate,
+    LOGITS, BoundedRange, FourierImage, GradientRMS, Jitter, Pad, PixelImage, RandomAffine, RandomBlur, RandomRotate,
     RandomScale, RenderConfig, Roll, UntilProb, channel, class_logit, direction, diversity, layer_l2, neuron, render,
     standard_transforms,
 )
@@ -291,6 +291,46 @@ def test_transforms_shapes_and_generator():
     assert x.grad is not None and math.isfinite(float(x.grad.sum()))
 
 
+@pytest.mark.parametrize("t", [
+    RandomAffine(scale=(0.85, 1.2), degrees=10, translate=16, soften=(0.5, 2.0), crop=8),
+    standard_transforms(), Jitter(6), Roll(5), RandomScale([0.9, 1.1]), RandomRotate([-5, 5]),
+    RandomBlur(1.0, p=0.5),
+])
+def test_transforms_are_per_image(t):
+    """Image i of a batch is transformed by its own generator only: the same as alone."""
+    from cnnvis.optvis.seeding import image_generators
+
+    x = torch.rand(6, 3, 40, 36, generator=torch.Generator().manual_seed(1))
+    keys = [f"img{i}" for i in range(6)]
+    batch = t(x, image_generators(3, keys))
+    for i in range(6):
+        alone = t(x[i:i + 1], image_generators(3, keys[i:i + 1]))
+        assert alone.shape == batch[i:i + 1].shape
+        assert (alone - batch[i:i + 1]).abs().max() < 1e-5, i
+    other = t(x, image_generators(4, keys))
+    assert not torch.allclose(other, batch)
+
+
+def test_soften_matches_interpolate():
+    """A softened image is sampled on a coarse grid and upsampled like F.interpolate, then cropped."""
+    import torch.nn.functional as F
+
+    from cnnvis.optvis.transforms import warp
+
+    x = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    b = 3
+    prm = {"scale": torch.ones(b, dtype=torch.float64), "angle": torch.zeros(b, dtype=torch.float64),
+           "shift": torch.zeros(b, 2, dtype=torch.float64), "offset": torch.tensor([[0, 0], [2, 1], [4, 4]]),
+           "soft": torch.tensor([True, True, False]), "factor": torch.tensor([2.0, 1.6, 1.0], dtype=torch.float64)}
+    y = warp(x, prm, crop=4)
+    for i, (k, (ox, oy)) in enumerate(zip((2.0, 1.6), ((0, 0), (2, 1)))):
+        n = round(32 / k)
+        coarse = F.interpolate(x[i:i + 1], size=(n, n), mode="bilinear", align_corners=False)  # identity view
+        ref = F.interpolate(coarse, size=(32, 32), mode="bilinear", align_corners=False)[..., oy:oy + 28, ox:ox + 28]
+        assert (y[i:i + 1] - ref).abs().max() < 1e-5
+    assert (y[2] - x[2, :, 4:32, 4:32]).abs().max() < 1e-5
+
+
 def test_gradient_rms_normalizes():
     p = PixelImage(2, 8, 8)
     p.pixels.grad = torch.randn(2, 3, 8, 8) * torch.tensor([100.0, 0.01]).view(2, 1, 1, 1)
@@ -304,3 +344,35 @@ def test_custom_objective():
     obj = Objective(lambda acts: -acts["0"][:, 1].flatten(1).mean(1), ["0"], "less green")
     res = render(net, obj, steps=100, lr=0.05, **PIXEL)
     assert res.images[0, 1].max() < 0.01
+
+
+def grey_net() -> nn.Module:
+    """A bare 1-channel 28x28 classifier (no VisModel): conv '0', ReLU, conv '2', pool, linear '5'."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(8, 10))
+
+
+@pytest.mark.parametrize("preset", ["robust", "lucid2017", "chollet2016"])
+def test_one_channel_model_renders_a_channel_and_a_class(preset):
+    from cnnvis.models import wrap
+
+    net = grey_net()
+    res = render(net, channel("2", 3), preset, size=28, steps=30, lr=0.1 if preset != "chollet2016" else None)
+    assert res.images.shape == (1, 1, 28, 28) and res.values[-5:].mean() > res.values[:5].mean()
+    vm = wrap(net, input_shape=(1, 28, 28))
+    cls = render(vm, class_logit(7), preset, steps=30)  # size from the model's input shape
+    assert cls.images.shape == (1, 1, 28, 28) and cls.values[-1, 0] > cls.values[0, 0]
+    assert cls.probs.shape == (1,) and cls.targets == [7]
+    assert FourierImage(2, 28, 28, channels=1).decorrelate is False
+
+
+def test_one_channel_dream():
+    from cnnvis.dream import dream
+
+    net = grey_net()
+    x = torch.rand(1, 1, 40, 36, generator=torch.Generator().manual_seed(0))
+    out = dream(net, x, ["2"], octaves=2, steps_per_octave=3, jitter=2, tile=32)  # tiled, rolled grid
+    assert out.shape == (1, 1, 40, 36) and (out - x).abs().mean() > 1e-3 and 0 <= out.min() and out.max() <= 1
+    with pytest.raises(CnnvisError, match="1 channel"):
+        dream(net, torch.rand(1, 3, 40, 36), ["2"])
