@@ -595,6 +595,8 @@ def test_noise_tunnel_over_cam_and_errors(random_vgg):
     nt = NoiseTunnel(GradCAM(vm, "conv4_3"), kind="smoothgrad", samples=3, stdev=0.0)
     close(nt.attribute(x, 3), GradCAM(vm, "conv4_3").attribute(x, 3))
     assert nt.map(x, 3).shape == (1, 32, 32)
+    sg = method("smoothgrad", vm, method="gradcam", layer="conv4_3", samples=2, noise=0.0)  # options go to the inner
+    close(sg.attribute(x, 3), GradCAM(vm, "conv4_3").attribute(x, 3))
     a = NoiseTunnel(GuidedBackprop(vm), kind="vargrad", samples=4, stdev=0.1, seed=1).attribute(x, 3)
     assert float(a.min()) >= -1e-12 and float(a.max()) > 0
     with pytest.raises(CnnvisError, match="unknown noise tunnel kind"):

@@ -6,7 +6,7 @@ Score-CAM, Eigen-CAM, and Guided Grad-CAM.
     LayerCAM(vm, 'layer3', use_input=True)   # the CAM of the layer's input instead of its output
 
 Every CAM is cam = relu(sum_k w_k * A_k) over the channels k of the layer's activation A
-(B, C, h, w); a method only says what its weights w are (`CAM.weights`, one override point,
+(B, C, h, w) (Eigen-CAM: A minus its spatial mean); a method only says what its weights w are (`CAM.weights`, one override point,
 as pytorch-grad-cam's `get_cam_weights`): (B, C, 1, 1) per channel or (B, C, h, w) per place.
 `attribute` upsamples bilinearly (half-pixel centres, as OpenCV) to the input size; not
 min-max scaled (pytorch-grad-cam scales every map to [0, 1]; `map` leaves that to display).

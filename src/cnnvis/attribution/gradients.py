@@ -98,30 +98,33 @@ class NoiseTunnel(Attribution):
 
 
 class SmoothGrad(NoiseTunnel):
-    """Smilkov et al. 2017: the mean of `method` (default plain gradients) over `samples` noisy
-    copies of x; magnitude=True: mean of squares (SmoothGrad-squared). Options: see NoiseTunnel."""
+    """Smilkov et al. 2017: the mean of `method` (a METHODS name, default plain gradients; other
+    keyword options go to it, e.g. layer='conv5_3') over `samples` noisy copies of x;
+    magnitude=True: mean of squares (SmoothGrad-squared). Noise options: see NoiseTunnel."""
 
     kind = "smoothgrad"
 
     def __init__(self, model, *, method: str = "saliency", samples: int = 25, noise: float = 0.15,
-                 stdev: float | None = None, batch_size: int = 16, magnitude: bool = False, seed: int = 0) -> None:
+                 stdev: float | None = None, batch_size: int = 16, magnitude: bool = False, seed: int = 0,
+                 **options) -> None:
         from cnnvis.attribution import method as make
 
         kind = "smoothgrad_sq" if magnitude else self.kind
-        super().__init__(make(method, model), kind=kind, samples=samples, stdev=stdev, noise=noise,
+        super().__init__(make(method, model, **options), kind=kind, samples=samples, stdev=stdev, noise=noise,
                          batch_size=batch_size, seed=seed)
         self.name = "smoothgrad" if method == "saliency" else self.name
 
 
 class VarGrad(SmoothGrad):
-    """Adebayo et al. 2018: the variance of `method` (default plain gradients) over noisy copies of x."""
+    """Adebayo et al. 2018: the variance of `method` (default plain gradients) over noisy copies of x.
+    Options: see SmoothGrad."""
 
     kind = "vargrad"
 
     def __init__(self, model, *, method: str = "saliency", samples: int = 25, noise: float = 0.15,
-                 stdev: float | None = None, batch_size: int = 16, seed: int = 0) -> None:
+                 stdev: float | None = None, batch_size: int = 16, seed: int = 0, **options) -> None:
         super().__init__(model, method=method, samples=samples, noise=noise, stdev=stdev, batch_size=batch_size,
-                         seed=seed)
+                         seed=seed, **options)
         self.name = "vargrad" if method == "saliency" else self.name
 
 
