@@ -605,5 +605,5 @@ def test_noise_tunnel_over_cam_and_errors(random_vgg):
         NoiseTunnel(vm)
     with pytest.raises(CnnvisError, match="samples must be >= 1"):
         NoiseTunnel(Saliency(vm), samples=0)
-    with pytest.raises(CnnvisError, match="bad option for method 'vargrad'"):
+    with pytest.raises(CnnvisError, match="vargrad: bad option for method 'saliency'.*'kind'"):
         method("vargrad", vm, kind="smoothgrad")

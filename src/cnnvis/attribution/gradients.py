@@ -110,7 +110,11 @@ class SmoothGrad(NoiseTunnel):
         from cnnvis.attribution import method as make
 
         kind = "smoothgrad_sq" if magnitude else self.kind
-        super().__init__(make(method, model, **options), kind=kind, samples=samples, stdev=stdev, noise=noise,
+        try:
+            inner = make(method, model, **options)
+        except CnnvisError as e:  # name the outer method too: the option may have been meant for it
+            raise CnnvisError(f"{self.kind}: {e}") from None
+        super().__init__(inner, kind=kind, samples=samples, stdev=stdev, noise=noise,
                          batch_size=batch_size, seed=seed)
         self.name = "smoothgrad" if method == "saliency" else self.name
 
