@@ -163,7 +163,7 @@ CAM_PEERS = {"gradcam": "GradCAM", "gradcam++": "GradCAMPlusPlus", "xgradcam": "
              "eigencam": "EigenCAM", "scorecam": "ScoreCAM"}
 
 
-def cams_bench(size: int, rounds: int, scorecam_rounds: int, batch_layer: str) -> None:
+def cams_bench(size: int, rounds: int, scorecam_rounds: int, batch_layer: str, names: list[str] | None = None) -> None:
     import contextlib
     import io
 
@@ -181,6 +181,8 @@ def cams_bench(size: int, rounds: int, scorecam_rounds: int, batch_layer: str) -
     print(f"\nCAM family vs pytorch-grad-cam on efficientnet_lite0 at {layer} ({size}px, target {t}), "
           f"median of interleaved rounds; ratio = median of per-round ours / peer")
     for name, peer in CAM_PEERS.items():
+        if names and name not in names:
+            continue
         ours = method(name, vm, layer=layer)
         cam = getattr(pytorch_grad_cam, peer)(seq, [vm.model.get_submodule(layer)])
         if name == "scorecam":
@@ -216,6 +218,7 @@ if __name__ == "__main__":
     ap.add_argument("--skip-cams", action="store_true")
     ap.add_argument("--scorecam-rounds", type=int, default=None, help="Score-CAM rounds (default: --rounds)")
     ap.add_argument("--scorecam-layer", default="blocks.3", help="layer for the Score-CAM batch-size sweep")
+    ap.add_argument("--cams", default=None, help="comma-separated CAM methods to time (default: all)")
     a = ap.parse_args()
     from cnnvis.utils import tune_malloc
 
@@ -225,4 +228,5 @@ if __name__ == "__main__":
     if not a.skip_methods:
         methods_bench(a.size, a.rounds)
     if not a.skip_cams:
-        cams_bench(a.size, a.rounds, a.scorecam_rounds or a.rounds, a.scorecam_layer)
+        cams_bench(a.size, a.rounds, a.scorecam_rounds or a.rounds, a.scorecam_layer,
+                   a.cams.split(",") if a.cams else None)

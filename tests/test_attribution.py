@@ -455,11 +455,20 @@ def test_scorecam_equals_pytorch_grad_cam():
     import pytorch_grad_cam
 
     net = _small_cnn()
+    with torch.no_grad():
+        net[0].bias[:3] = -100.0  # channels 0-2 dead after the ReLU: constant maps, mask 0, one shared forward
     x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(5))
     for layer in ("5", "2"):
         for bs in (None, 5):
             ours = _scaled(ScoreCAM(net, layer, batch_size=bs).attribute(x, [1, 4])[:, 0])
             close(ours, _peer_cam(pytorch_grad_cam.ScoreCAM, net, net.get_submodule(layer), x, [1, 4]), rel=1e-5)
+    seen = []
+    h = net[0].register_forward_hook(lambda m, i, o: seen.append(len(o)))
+    try:
+        ScoreCAM(net, "2", batch_size=4).cam(x, [1, 4])
+    finally:
+        h.remove()
+    assert seen == [2, 1, 4, 1, 1, 4, 1]  # activations; per image: black image, live channels 3-7 in 4 + 1
 
 
 def test_eigencam_equals_pytorch_grad_cam(random_vgg):

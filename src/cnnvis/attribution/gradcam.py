@@ -240,7 +240,9 @@ class ScoreCAM(CAM):
     """Wang et al. 2020: w = softmax over channels of the target score of x * mask_k, mask_k =
     A_k bilinearly upsampled (corner-aligned, as pytorch-grad-cam) and min-max scaled to [0, 1].
     One forward per channel, `batch_size` masked images at a time (default 16 on a CPU (see
-    bench/attribution.py), 64 on a GPU). No backward pass."""
+    bench/attribution.py), 64 on a GPU); a constant channel (a dead ReLU's zeros: half of
+    EfficientNet-Lite0's 1280 at bn2 on photos) has mask 0, and all of them share one forward of
+    the black image. No backward pass."""
 
     name = "scorecam"
     needs_grad = False
@@ -256,16 +258,24 @@ class ScoreCAM(CAM):
         target = self.fixed_target(x, target)
         B, C = a.shape[:2]
         bs = self.batch_size or (16 if x.device.type == "cpu" else 64)
+        flat = a.flatten(2)
+        const = flat.amax(2) == flat.amin(2)  # (B, C): mask 0, masked input = black
         scores = torch.empty(B, C, dtype=x.dtype, device=x.device)
-        with torch.inference_mode():  # no autograd bookkeeping at all for the C masked forwards
+
+        def score(xs, b):  # the target was checked by the activation's forward: no GPU sync per batch
+            t = target[b:b + 1].expand(len(xs), -1) if torch.is_tensor(target) else target
+            return self.forward_score(xs, t, check=False)[0]
+
+        with torch.inference_mode():  # no autograd bookkeeping at all for the masked forwards
             for b in range(B):
-                for i in range(0, C, bs):
-                    m = F.interpolate(a[b:b + 1, i:i + bs], size=x.shape[-2:], mode="bilinear", align_corners=True)[0]
+                live = (~const[b]).nonzero().squeeze(1)
+                if len(live) < C:
+                    scores[b, const[b]] = score(torch.zeros_like(x[b:b + 1]), b)
+                for i in range(0, len(live), bs):
+                    ch = live[i:i + bs]
+                    m = F.interpolate(a[b:b + 1, ch], size=x.shape[-2:], mode="bilinear", align_corners=True)[0]
                     lo, hi = m.amin((1, 2), keepdim=True), m.amax((1, 2), keepdim=True)
-                    xs = x[b:b + 1] * ((m - lo) / (hi - lo + 1e-8)).unsqueeze(1)  # (n, 3, H, W)
-                    t = target[b:b + 1].expand(len(xs), -1) if torch.is_tensor(target) else target
-                    # the target was checked by the activation's forward: no per-batch GPU sync here
-                    scores[b, i:i + len(xs)], _ = self.forward_score(xs, t, check=False)
+                    scores[b, ch] = score(x[b:b + 1] * ((m - lo) / (hi - lo + 1e-8)).unsqueeze(1), b)
         return scores.softmax(1).view(B, C, 1, 1)
 
     def __repr__(self) -> str:
