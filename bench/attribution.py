@@ -173,12 +173,15 @@ def cams_bench(size: int, rounds: int, scorecam_rounds: int, batch_layer: str, n
     from cnnvis.attribution import ScoreCAM, default_cam_layer, method
     from cnnvis.models import load
 
+    from PIL import Image
+    from skimage.data import chelsea
+
     vm = load("efficientnet_lite0")
     seq = nn.Sequential(vm.preprocess.module(), vm.model).eval()
-    x = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    x = vm.preprocess.prepare(Image.fromarray(chelsea()), size=size)  # a real photo (a cat): real ReLU sparsity
     t = int(vm(x).argmax())
     layer = default_cam_layer(vm)
-    print(f"\nCAM family vs pytorch-grad-cam on efficientnet_lite0 at {layer} ({size}px, target {t}), "
+    print(f"\nCAM family vs pytorch-grad-cam on efficientnet_lite0 at {layer} (chelsea, {size}px, target {t}), "
           f"median of interleaved rounds; ratio = median of per-round ours / peer")
     for name, peer in CAM_PEERS.items():
         if names and name not in names:
