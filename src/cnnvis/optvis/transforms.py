@@ -162,7 +162,7 @@ def warp(x: Tensor, prm: dict[str, Tensor], *, grow: int = 0, crop: int = 0, pad
     dev, dt = x.device, x.dtype
 
     def grid(theta: Tensor, size: tuple[int, int]) -> Tensor:
-        return F.affine_grid(theta.to(dev, dt), [theta.shape[0], 1, *size], align_corners=False)
+        return _affine_grid(theta.to(dev, dt), size)
 
     out = []
     plain = (~soft).nonzero().flatten()
@@ -224,6 +224,18 @@ def _merge(out: list, dev, padding: str) -> Tensor:
         order = torch.cat([i for i, _ in out])
         y = torch.cat([t for _, t in out])[torch.argsort(order).to(dev)]
     return y + 0.5 if padding == "grey" else y
+
+
+def _affine_grid(theta: Tensor, size: tuple[int, int]) -> Tensor:
+    """F.affine_grid(theta, (n, 1, h, w), align_corners=False) as one broadcast add: the grid is
+    theta[:, :, 0] u + theta[:, :, 1] v + theta[:, :, 2] over the normalized pixel centres u, v
+    (affine_grid's (h*w, 3) @ (3, 2) matmul is slow for such thin matrices)."""
+    (h, w), n = size, theta.shape[0]
+    u = (torch.arange(w, device=theta.device, dtype=theta.dtype) * 2 + 1) / w - 1
+    v = (torch.arange(h, device=theta.device, dtype=theta.dtype) * 2 + 1) / h - 1
+    xu = (theta[:, :, 0, None] * u).transpose(1, 2)                         # (n, w, 2)
+    yv = (theta[:, :, 1, None] * v + theta[:, :, 2, None]).transpose(1, 2)  # (n, h, 2)
+    return xu.unsqueeze(1) + yv.unsqueeze(2)                                # (n, h, w, 2)
 
 
 def _lattice(ox: Tensor, oy: Tensor, sx: Tensor, sy: Tensor, size: tuple[int, int]) -> Tensor:
