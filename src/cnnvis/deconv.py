@@ -563,8 +563,9 @@ def _relu_types():
 
 
 def _device(module: nn.Module) -> torch.device:
-    p = next(module.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
+    from cnnvis.utils import module_device
+
+    return module_device(module)
 
 
 def _check_args(model, x, layers, top, seed) -> tuple[list[str], list[str]]:

@@ -89,8 +89,7 @@ def list_layers(model, input_size: int | tuple[int, int] | None = None, *, leave
         for n, m in named:
             handles.append(m.register_forward_hook(hook(n)))
         with model_guard(module), torch.no_grad():
-            p = next(module.parameters(), None)
-            x = torch.full((1, c, h, w), 0.5, device=p.device if p is not None else "cpu")
+            x = torch.full((1, c, h, w), 0.5, device=vm.device)
             module(vm.preprocess.normalize(x))
     finally:
         for hd in handles:

@@ -91,7 +91,9 @@ def sanity_check(model, x: Tensor, method: str = "saliency", target=None, *, max
     from cnnvis.utils import progress_iter
 
     module, _, vm = model_parts(model)
-    x = check_input(x, next(module.parameters()).device if any(True for _ in module.parameters()) else "cpu")
+    from cnnvis.utils import module_device
+
+    x = check_input(x, module_device(module), model)
     if x.shape[0] != 1:
         raise CnnvisError(f"the sanity check takes one image, got a batch of {x.shape[0]}")
     m0 = make(method, model, **options)

@@ -18,6 +18,15 @@ from cnnvis.errors import CnnvisError
 Progress = bool | Callable[..., Iterable] | None
 
 
+def module_device(module: nn.Module) -> torch.device:
+    """Where a module lives: its first parameter's device, else its first buffer's, else the CPU.
+    The one rule every part of cnnvis uses (VisModel.device, attribution, deconvnet, probes)."""
+    for t in (next(module.parameters(), None), next(module.buffers(), None)):
+        if t is not None:
+            return t.device
+    return torch.device("cpu")
+
+
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
     """'cpu', 'cuda', 'cuda:1', 'auto' or None (= auto) -> torch.device; clear error if CUDA is missing."""
     if isinstance(device, torch.device):

@@ -82,8 +82,9 @@ class VisModel:
 
     @property
     def device(self) -> torch.device:
-        p = next(self.model.parameters(), None)
-        return p.device if p is not None else torch.device("cpu")
+        from cnnvis.utils import module_device
+
+        return module_device(self.model)
 
     def to(self, device: str | torch.device) -> "VisModel":
         self.model.to(device)
