@@ -167,7 +167,7 @@ def dream(
             torch.ops.aten.upsample_bilinear2d.out(img, list(size), False, None, None, out=nxt)
             cur, img = 1 - cur, nxt
             img.add_(_resize(x0, size)).clamp_(0, 1)
-            _trim_heap()
+            _trim_heap()  # the resizing temporaries: gone before the larger octave's tiles
         param = PixelImage.from_image(img, copy=False)  # optimized in place
         param.pixels.grad = view(1 - cur, size).zero_()  # tiles add their gradients here
         res = render(
@@ -178,8 +178,8 @@ def dream(
         if res.stopped == "non-finite":
             raise CnnvisError(f"dream stopped: {res.message}")
         del param, res
-        _trim_heap()  # the tiles' activations are freed: give their pages back before the next octave
         if k + 1 < len(sizes):
+            _trim_heap()  # the tiles' activations are freed: give their pages back before the next octave
             img.sub_(_resize(x0, size))  # what the dream added at this octave, carried to the next
     del bufs
     x = img.cpu()  # the last octave is the full-size dream, already in [0, 1]
