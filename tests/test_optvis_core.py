@@ -376,3 +376,29 @@ def test_one_channel_dream():
     assert out.shape == (1, 1, 40, 36) and (out - x).abs().mean() > 1e-3 and 0 <= out.min() and out.max() <= 1
     with pytest.raises(CnnvisError, match="1 channel"):
         dream(net, torch.rand(1, 3, 40, 36), ["2"])
+
+
+def test_render_config_json_overrides_and_canonical_form(tiny_cnn):
+    import json
+
+    from cnnvis.optvis import PRESETS, get_preset
+
+    cfg = RenderConfig(preset="lucid2017", steps=64, size=[40, 48], stop=UntilProb(0.9, robust=0.8, min_steps=8))
+    d = json.loads(json.dumps(cfg.to_dict()))
+    assert RenderConfig.from_dict(d) == cfg and cfg.size == (40, 48)
+    assert d["stop"] == {"kind": "until_prob", "prob": 0.9, "robust": 0.8, "min_steps": 8}
+    # the same job asked two ways resolves to one canonical form
+    assert RenderConfig(steps=512).resolved() == RenderConfig().resolved() == PRESETS["robust"]
+    assert RenderConfig(preset=None) == RenderConfig() and get_preset().name == "robust"
+    with pytest.raises(CnnvisError, match=r"unknown render setting 'stepz'.*fields: preset, steps"):
+        render(tiny_cnn, channel("4", 0), stepz=3)
+    with pytest.raises(CnnvisError, match=r"until_prob.*stop=UntilProb"):
+        render(tiny_cnn, class_logit(0), until_prob=0.9)
+    with pytest.raises(CnnvisError, match="unknown render setting"):
+        RenderConfig.from_dict({"steps": 3, "lr2": 1})
+    for bad in ({"steps": 2.5}, {"size": "big"}, {"transforms": "wobble"}, {"seed": "x"}, {"lr": 0},
+                {"stop": {"kind": "until_loss"}}):
+        with pytest.raises(CnnvisError):
+            RenderConfig.from_dict(bad)
+    res = render(tiny_cnn, channel("4", 0), "lucid2017", steps=3, size=32, transforms="none")
+    assert res.config.preset == "lucid2017" and res.config.transforms == "none" and res.config.lr == 0.05
