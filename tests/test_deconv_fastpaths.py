@@ -73,11 +73,11 @@ def test_ig_delta_and_chunking():
     x = torch.rand(2, 3, 8, 8)
     one = IntegratedGradients(net, steps=7, batch_size=64)
     many = IntegratedGradients(net, steps=7, batch_size=6)   # 3 steps per batch of 2 images
-    a, b = one.attribute(x, [0, 2]), many.attribute(x, [0, 2])
+    (a, da), (b, db) = one.attribute(x, [0, 2], return_delta=True), many.attribute(x, [0, 2], return_delta=True)
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     with torch.no_grad():
         fx = net(x)[[0, 1], [0, 2]]
         f0 = net(torch.zeros_like(x))[[0, 1], [0, 2]]
     exp = a.reshape(2, -1).sum(1) - (fx - f0)
-    torch.testing.assert_close(one.delta, exp, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(many.delta, exp, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(da, exp, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(db, exp, rtol=1e-5, atol=1e-6)
