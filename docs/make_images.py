@@ -22,7 +22,8 @@ def main(report: str) -> None:
     strip = grid([cells + cmp], col_labels=[c.replace("_", " ") for c in classes] + ["chollet2016", "lucid2017"],
                  cell=224)
     strip.save(dst / "classes.jpg", quality=88)
-    for name in ("filters_vgg16_hed", "filters_efficientnet_lite0", "attribution_methods", "deconv_vgg16_hed",
+    for name in ("filters_vgg16_hed", "filters_efficientnet_lite0", "attribution_methods", "attribution_cams",
+                 "deconv_vgg16_hed",
                  "deconv_efficientnet_lite0", "sanity", "dream_chelsea"):
         im = Image.open(src / f"{name}.png").convert("RGB")
         if im.size[0] > 1400:

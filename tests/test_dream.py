@@ -16,6 +16,7 @@ from cnnvis.errors import CnnvisError
 from cnnvis.hooks import capture, hook_count
 from cnnvis.images import load_image, to_tensor
 from cnnvis.optvis.tiling import tile_starts, tiled_backward
+from cnnvis.viz import to_pil
 
 from conftest import sample
 
@@ -31,7 +32,7 @@ def photo():
 def test_output_has_the_input_size(lite0, photo, size):
     img = photo.resize(size)
     out = dream(lite0, img, ["stage2"], **FAST)
-    assert isinstance(out, Image.Image) and out.size == size
+    assert torch.is_tensor(out) and out.shape == (1, 3, size[1], size[0])  # compute returns tensors
     x = to_tensor(img)
     out_t = dream(lite0, x, ["stage2"], **FAST)
     assert out_t.shape == x.shape and 0 <= out_t.min() and out_t.max() <= 1
@@ -67,9 +68,9 @@ def test_channel_dream_raises_those_channels(lite0, photo):
 
 def test_seeded_runs_reproduce(lite0, photo):
     img = photo.resize((80, 64))
-    a = np.asarray(dream(lite0, img, ["stage2"], seed=3, **FAST))
-    b = np.asarray(dream(lite0, img, ["stage2"], seed=3, **FAST))
-    c = np.asarray(dream(lite0, img, ["stage2"], seed=4, **FAST))
+    a = np.asarray(to_pil(dream(lite0, img, ["stage2"], seed=3, **FAST)))
+    b = np.asarray(to_pil(dream(lite0, img, ["stage2"], seed=3, **FAST)))
+    c = np.asarray(to_pil(dream(lite0, img, ["stage2"], seed=4, **FAST)))
     assert np.array_equal(a, b) and not np.array_equal(a, c)
 
 
@@ -140,7 +141,7 @@ def test_dream_keeps_the_input_tensor(lite0):
 def test_tiled_dream_runs_on_a_photo_larger_than_the_tile(lite0, photo):
     img = photo.resize((150, 100))
     out = dream(lite0, img, ["stage2"], tile=64, **FAST)
-    assert out.size == (150, 100)
+    assert out.shape == (1, 3, 100, 150)
 
 
 def test_octave_sizes_end_at_the_input_size():
@@ -152,8 +153,8 @@ def test_octave_sizes_end_at_the_input_size():
 def test_guided_dream_differs_from_plain(lite0, photo):
     img = photo.resize((96, 96))
     guide = load_image(sample("golden_retriever"))
-    a = np.asarray(dream(lite0, img, ["stage3"], seed=0, **FAST), dtype=np.int16)
-    b = np.asarray(dream(lite0, img, ["stage3"], guide=guide, seed=0, **FAST), dtype=np.int16)
+    a = np.asarray(to_pil(dream(lite0, img, ["stage3"], seed=0, **FAST)), dtype=np.int16)
+    b = np.asarray(to_pil(dream(lite0, img, ["stage3"], guide=guide, seed=0, **FAST)), dtype=np.int16)
     assert np.abs(a - b).mean() > 0.5
 
 

@@ -294,8 +294,10 @@ def test_mnist_render_and_dream(mnist_vm, digit):
     cls = render(mnist_vm, class_logit(3), size=28, steps=16, seed=0)
     assert cls.images.shape == (1, 1, 28, 28) and cls.values[-1, 0] > cls.values[0, 0]
     out = dream(mnist_vm, digit.resize((56, 56)), layers=["conv2"], octaves=2, steps_per_octave=4, jitter=2)
-    assert out.size == (56, 56)
-    assert np.abs(np.asarray(out.convert("L"), np.float32) - np.asarray(digit.resize((56, 56)), np.float32)).mean() > 0.5
+    assert out.shape == (1, 1, 56, 56)
+    from cnnvis.viz import to_pil
+
+    assert np.abs(np.asarray(to_pil(out).convert("L"), np.float32) - np.asarray(digit.resize((56, 56)), np.float32)).mean() > 0.5
 
 
 @pytest.mark.parametrize("kind", sorted(KINDS))

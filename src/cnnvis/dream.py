@@ -102,8 +102,10 @@ def dream(
     guide: Image.Image | Tensor | None = None,
     seed: int = 0,
     progress: Progress = None,
-) -> Image.Image | Tensor:
-    """Dream on `image` (PIL, or (1, C, H, W) in [0, 1] with the model's C); returns the same type and size.
+) -> Tensor:
+    """Dream on `image` (PIL, or (1, C, H, W) in [0, 1] with the model's C) -> (1, C, H, W) in [0, 1], CPU.
+
+    Compute returns a tensor; `cnnvis.viz.to_pil` (or the `dream` job's PNG) makes the picture.
 
     step_size is in [0, 1] pixel units per step (the gradient is RMS-normalized); jitter is the
     largest random roll in pixels (it moves the tile grid, not the image); tile bounds the pixels
@@ -118,8 +120,7 @@ def dream(
 
     vm = as_vismodel(model)
     c = vm.input_shape[0]
-    as_pil = isinstance(image, Image.Image)
-    x0 = to_tensor(image, vm.preprocess.pil_mode or "RGB") if as_pil else image
+    x0 = to_tensor(image, vm.preprocess.pil_mode or "RGB") if isinstance(image, Image.Image) else image
     if not torch.is_tensor(x0):
         raise CnnvisError(f"image must be a PIL image or a (1, {c}, H, W) tensor, got {type(image).__name__}")
     if x0.dim() == 3:
@@ -182,12 +183,7 @@ def dream(
             _trim_heap()  # the tiles' activations are freed: give their pages back before the next octave
             img.sub_(_resize(x0, size))  # what the dream added at this octave, carried to the next
     del bufs
-    x = img.cpu()  # the last octave is the full-size dream, already in [0, 1]
-    if as_pil:
-        from cnnvis.viz import to_pil
-
-        return to_pil(x)
-    return x
+    return img.cpu()  # the last octave is the full-size dream, already in [0, 1]
 
 
 def _trim_heap() -> None:

@@ -255,7 +255,7 @@ class DreamSpec(_PhotoSpec):
         out = dream(vm, img, self.layers, self.channels, octaves=self.octaves, octave_scale=self.octave_scale,
                     steps_per_octave=self.steps, step_size=self.step_size, jitter=self.jitter, tile=self.tile,
                     objective=self.objective, guide=guide, seed=self.seed, progress=ctx.bar)
-        return ({"size": list(out.size), "layers": [_layer_label(vm, n) for n in self.layers]},
+        return ({"size": [out.shape[-1], out.shape[-2]], "layers": [_layer_label(vm, n) for n in self.layers]},
                 {"dream.png": png_bytes(out)}, "dream.png")
 
 

@@ -6,38 +6,55 @@ from cnnvis.report import ReportContext, Section, esc
 
 # the classic methods shown side by side (every registered method is in `cnnvis saliency --method`)
 MAP_METHODS = ["saliency", "gradxinput", "smoothgrad", "ig", "guided", "deconvnet", "gradcam", "guided_gradcam"]
+CAM_METHODS = ["gradcam", "gradcam++", "xgradcam", "layercam", "scorecam", "eigencam"]
 
 
-def render_maps(ctx: ReportContext) -> str:
+def _grid(ctx: ReportContext, methods: list[str], size, opts: dict) -> tuple[object, dict]:
+    """Rows = photos, columns = photo + one overlay per method (each map a job)."""
     import torch
 
     from cnnvis.images import to_tensor
     from cnnvis.viz import methods_grid
 
     photos = ctx.photos[:2] if ctx.quick else ctx.photos
-    size = 160 if ctx.quick else None
-    opts = {"smoothgrad": {"samples": 6 if ctx.quick else 25}, "ig": {"steps": 12 if ctx.quick else 50}}
     xs, data = [], {}
-    maps: dict[str, list] = {n: [] for n in MAP_METHODS}
+    maps: dict[str, list] = {n: [] for n in methods}
     for name, ref in photos:
-        for n in MAP_METHODS:
+        for n in methods:
             res = ctx.run("attribution", image=ref, method=n, size=size, options=opts.get(n, {}))
             maps[n].append(torch.from_numpy(res.array("map.npy"))[None])
             d = res.data
-            if n == MAP_METHODS[0]:
+            if n == methods[0]:
                 lab = f"{d['label']} (p={d['prob']:.2f})" if d.get("label") else "sum of the output"
-                xs.append((f"{name}: {lab}", to_tensor(res.image("input.png"), mode=res.image("input.png").mode)))
+                im = res.image("input.png")
+                xs.append((f"{name}: {lab}", to_tensor(im, mode=im.mode)))
                 data[name] = {"target": d.get("target"), "label": lab}
             if "ig_completeness_delta" in d:
                 data[name]["ig_completeness_delta"] = round(d["ig_completeness_delta"], 4)
-    grid = methods_grid(xs, {n: torch.cat(v) for n, v in maps.items()})
+            if d.get("layer") and n in CAM_METHODS:
+                data[name]["cam_layer"] = d["layer"]
+    return methods_grid(xs, {n: torch.cat(v) for n, v in maps.items()}), data
+
+
+def render_maps(ctx: ReportContext) -> str:
+    size = 160 if ctx.quick else None
+    opts = {"smoothgrad": {"samples": 6 if ctx.quick else 25}, "ig": {"steps": 12 if ctx.quick else 50}}
+    grid, data = _grid(ctx, MAP_METHODS, size, opts)
     rel = ctx.save(grid, "attribution_methods.png")
+    cams, cam_data = _grid(ctx, CAM_METHODS, size, {})
+    rel_cam = ctx.save(cams, "attribution_cams.png")
+    for k, v in cam_data.items():
+        data.setdefault(k, {}).update({"cam_layer": v.get("cam_layer")})
     ctx.data["attribution"] = data
     return (ctx.img_tag(rel, "Rows: photos (the map explains the top-1 class). Columns: saliency, gradient x input, "
                         "SmoothGrad, integrated gradients, guided backprop, deconvnet, Grad-CAM (last conv block), "
                         "guided Grad-CAM.")
             + "<p>Guided backprop and deconvnet apply their modified-ReLU rule to every ReLU-like module "
-              "(here ReLU6, which Captum would silently skip).</p>")
+              "(here ReLU6, which Captum would silently skip).</p>"
+            + "<h3>The CAM family at the last spatial block</h3>"
+            + ctx.img_tag(rel_cam, "Grad-CAM, Grad-CAM++, XGrad-CAM, LayerCAM, Score-CAM (gradient-free: each "
+                                   "channel's map masks the photo) and Eigen-CAM (first principal component of the "
+                                   "activations, class-agnostic). Each equals pytorch-grad-cam's in the tests."))
 
 
 def render_deconv(ctx: ReportContext) -> str:
@@ -81,4 +98,4 @@ def render_sanity(ctx: ReportContext) -> str:
 
 
 SECTION = Section("attribution", "Attribution maps", render_maps, order=40,
-                  description="Which pixels drive the predicted class, by eight methods.")
+                  description="Which pixels drive the predicted class: gradients, modified-ReLU rules and CAMs.")
