@@ -47,7 +47,7 @@ def topk(probs: Tensor, vm, top: int = 5) -> list[list[Prediction]]:
 def classify(vm, images: Sequence[Image.Image | Tensor], top: int = 5, batch_size: int = 16, progress=None) -> list[list[Prediction]]:
     """PIL images (resized/cropped by the model's preprocessing) or (1,3,H,W) tensors -> top-k each."""
     if top < 1:
-        raise CnnvisError(f"--top must be at least 1, got {top}")
+        raise CnnvisError(f"top must be at least 1, got {top}")
     xs = [vm.preprocess.prepare(im) if isinstance(im, Image.Image) else im for im in images]
     if not xs:
         return []

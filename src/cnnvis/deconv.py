@@ -572,11 +572,11 @@ def _check_args(model, x, layers, top, seed) -> tuple[list[str], list[str]]:
     from cnnvis.layers import resolve_layer
 
     if top < 1:
-        raise CnnvisError(f"--top must be at least 1, got {top}")
+        raise CnnvisError(f"top must be at least 1, got {top}")
     if seed not in ("map", "max"):
         raise CnnvisError(f"seed must be 'map' (the whole feature map) or 'max' (its strongest unit), got {seed!r}")
     labels = list(layers) if layers else default_layers(model)
     if not labels:
-        raise CnnvisError("no layers to project; give some with --layers")
+        raise CnnvisError("no layers to project; give some in layers")
     names = [resolve_layer(model, n) for n in labels]
     return labels, names

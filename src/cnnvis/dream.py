@@ -35,7 +35,7 @@ def dream_objective(layers: Sequence[str], channels: Sequence[int] | None = None
         raise CnnvisError(f"unknown dream objective {mode!r}; use 'l2' or 'mean'")
     layers = list(layers)
     if not layers:
-        raise CnnvisError("give at least one layer to dream at (e.g. --layers stage4)")
+        raise CnnvisError("give at least one layer to dream at (e.g. layers=['stage4'])")
     chans = list(channels) if channels else None
 
     def fn(acts):

@@ -161,9 +161,9 @@ def build_report(
 
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise CnnvisError(f"--out {str(out)!r} is a file; give a folder for the report")
+        raise CnnvisError(f"out {str(out)!r} is a file; give a folder for the report")
     if not photos:
-        raise CnnvisError("the report needs at least one photo; pass --images DIR")
+        raise CnnvisError("the report needs at least one photo; give photos")
     secs = check_sections(only)
     out.mkdir(parents=True, exist_ok=True)
     ctx = ReportContext(vm, list(photos), out, quick, device, seed, progress, store, weights=weights)

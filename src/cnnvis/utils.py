@@ -36,7 +36,7 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise CnnvisError(f"device {device!r} asked for, but no CUDA GPU is available; use --device cpu")
+            raise CnnvisError(f"device {device!r} asked for, but no CUDA GPU is available; use the device cpu")
         return torch.device(name)
     if name == "cpu":
         return torch.device("cpu")
@@ -122,7 +122,7 @@ def check_output_path(out: str | os.PathLike, inputs: Iterable[str | os.PathLike
         except OSError:
             same = False
         if same or out.resolve() == inp.resolve():
-            raise CnnvisError(f"output {str(out)!r} is the input file; choose another --out so the input is kept")
+            raise CnnvisError(f"output {str(out)!r} is the input file; choose another output so the input is kept")
     if out.exists() and out.is_dir():
         raise CnnvisError(f"output {str(out)!r} is a directory; give a file name such as {out / 'out.png'}")
     return out

@@ -48,7 +48,7 @@ class LayerTarget:
         if self.unit is not None:
             if a.dim() != 4:
                 raise CnnvisError(f"layer {self.layer!r} has no spatial maps (output shape {tuple(a.shape[1:])}); "
-                                  f"drop --unit")
+                                  f"drop unit")
             y, x = self.unit
             h, w = a.shape[-2:]
             if not (0 <= y < h and 0 <= x < w):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from cnnvis.commands.common import cache_option, model_options, seed_option
+from cnnvis.commands.common import cache_option, json_option, model_options, seed_option
 
 SAMPLES = ("chelsea", "coffee", "rocket", "astronaut")  # scikit-image's photos (no download)
 
@@ -20,7 +20,8 @@ SAMPLES = ("chelsea", "coffee", "rocket", "astronaut")  # scikit-image's photos 
 @click.option("--quick", is_flag=True, help="Demo mode: fewer steps, channels and layers (about 2 min on 2 CPU cores).")
 @click.option("--sections", default=None, help="Comma-separated section names to build (default: all).")
 @seed_option
-def report_cmd(model, weights, device, cache, images, out, quick, sections, seed) -> None:
+@json_option
+def report_cmd(model, weights, device, cache, images, out, quick, sections, seed, as_json) -> None:
     """Write a static HTML report of what MODEL sees.
 
     Example: cnnvis report --quick --out demo-report --cache ~/.cache/cnnvis
@@ -46,7 +47,15 @@ def report_cmd(model, weights, device, cache, images, out, quick, sections, seed
     vm = load(model, weights=weights, device=device)
     page = build_report(vm, photos, out, quick=quick, only=only, device=device if device != "auto" else None,
                         seed=seed, progress=None if no_progress() else True, store=store, weights=weights)
-    click.echo(f"wrote {page}")
+    if as_json:
+        import json
+
+        from cnnvis.commands.common import echo_json
+
+        d = json.loads((Path(out) / "report.json").read_text())["sections"]
+        echo_json({"page": str(page), "seconds": d.get("_timings_s"), "errors": d.get("_errors", {})})
+    else:
+        click.echo(f"wrote {page}")
 
 
 COMMANDS = [report_cmd]

@@ -49,7 +49,7 @@ def _os_error(e: OSError, root: Path) -> CnnvisError:
     else:
         why = e.strerror or str(e)
     return CnnvisError(f"cache directory {str(root)!r}: {why}; free space, fix its permissions or pass another cache "
-                       f"directory (--cache DIR)")
+                       f"directory")
 
 
 class Store:
@@ -58,7 +58,7 @@ class Store:
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root).expanduser()
         if self.root.exists() and not self.root.is_dir():
-            raise CnnvisError(f"cache directory {str(self.root)!r} is a file; give a folder (--cache DIR)")
+            raise CnnvisError(f"cache directory {str(self.root)!r} is a file; give a folder")
         try:
             (self.root / "objects").mkdir(parents=True, exist_ok=True)
             (self.root / "tmp").mkdir(exist_ok=True)
