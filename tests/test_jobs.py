@@ -279,3 +279,29 @@ def test_cli_start_does_not_import_torch():
     code = "import sys, cnnvis.cli; assert 'torch' not in sys.modules, 'torch imported'; print('ok')"
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert p.returncode == 0 and p.stdout.strip() == "ok", p.stderr
+
+
+def test_checkpoint_key_follows_the_weights_file_actually_loaded(tmp_path):
+    """A named .safetensors is loaded (not the JSON's own file); the JSON's 'weights' file is in the key."""
+    from cnnvis.models import load
+    from cnnvis.models.archs import build_arch
+    from cnnvis.models.checkpoint import save_checkpoint
+
+    classes = [str(i) for i in range(10)]
+    torch.manual_seed(0)
+    a = build_arch("mnist_cnn", num_classes=10)
+    torch.manual_seed(1)
+    b = build_arch("mnist_cnn", num_classes=10)
+    save_checkpoint(tmp_path, a, architecture="mnist_cnn", classes=classes)
+    save_checkpoint(tmp_path / "e5.safetensors", b, architecture="mnist_cnn", classes=classes)
+    (tmp_path / "e5.json").unlink()  # e5.safetensors sits beside the folder's model.json
+    got = load(str(tmp_path / "e5.safetensors"))
+    assert all(torch.equal(p, q) for p, q in zip(got.model.parameters(), b.parameters()))
+    # a JSON whose 'weights' names another file: that file's content is part of the key
+    meta = json.loads((tmp_path / "model.json").read_text())
+    (tmp_path / "model.json").write_text(json.dumps({**meta, "weights": "w.safetensors", "weights_sha256": ""}))
+    (tmp_path / "w.safetensors").write_bytes((tmp_path / "model.safetensors").read_bytes())
+    spec = make_spec("classify", model=str(tmp_path), images=["sample:chelsea"])
+    k1 = job_key(spec)
+    (tmp_path / "w.safetensors").write_bytes((tmp_path / "e5.safetensors").read_bytes())
+    assert job_key(spec) != k1

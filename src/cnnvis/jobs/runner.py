@@ -64,10 +64,10 @@ def file_hash(path: str | os.PathLike) -> str:
 
 def weights_id(model: str, weights: str | None) -> str:
     """What identifies the numbers of a model: its registry name + weights tag, or its files' hashes."""
-    from cnnvis.models.checkpoint import _paths, looks_like_checkpoint
+    from cnnvis.models.checkpoint import checkpoint_files, looks_like_checkpoint
 
     if looks_like_checkpoint(model):
-        meta, blob = _paths(model)
+        meta, blob = checkpoint_files(model)
         parts = ["ckpt:" + file_hash(meta) + "+" + (file_hash(blob) if Path(blob).exists() else "-")]
     else:
         parts = ["name:" + model]

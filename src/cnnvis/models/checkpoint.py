@@ -84,6 +84,17 @@ def _paths(path: str | os.PathLike) -> tuple[Path, Path]:
                       f"{META_NAME} + {WEIGHTS_NAME}, or one of them")
 
 
+def checkpoint_files(path: str | os.PathLike) -> tuple[Path, Path]:
+    """(metadata JSON, the weights file `load_checkpoint` reads by default): a .safetensors named
+    in `path` is the one meant; for a folder or a .json, the JSON's 'weights' field when given."""
+    meta_path, wpath = _paths(path)
+    if Path(path).is_dir() or Path(path).suffix.lower() != ".safetensors":
+        w = read_metadata(meta_path).get("weights")
+        if w:
+            wpath = meta_path.parent / w
+    return meta_path, wpath
+
+
 def read_metadata(path: str | os.PathLike) -> dict:
     """Read and check a checkpoint's JSON -> a normalized dict (raises CnnvisError naming the file)."""
     meta_path, _ = _paths(path)
@@ -210,19 +221,18 @@ def load_checkpoint(path: str | os.PathLike, weights: str | os.PathLike | None =
     from cnnvis.models.registry import VisModel, vgg_aliases
     from cnnvis.models.weights import apply_state_dict, read_state_dict
 
-    meta_path, wpath = _paths(path)
+    meta_path, wpath = checkpoint_files(path)
     meta = read_metadata(meta_path)
     src = str(meta_path)
-    if meta.get("weights"):
-        wpath = meta_path.parent / meta["weights"]
     model, aliases, min_size = _build(meta, src)
     if weights not in ("random",):
         wfile = Path(weights) if weights not in (None, "pretrained", "DEFAULT") else wpath
         if not wfile.is_file():
             raise CnnvisError(f"checkpoint {src!r} names weights {str(wfile)!r}, which do not exist; put the "
                               f".safetensors beside the JSON or fix its 'weights' field")
-        want = meta.get("weights_sha256")
-        if want and wfile == wpath and _sha256(wfile) != want:
+        want = meta.get("weights_sha256")  # the sha256 of the file the JSON names
+        own = meta_path.parent / meta["weights"] if meta.get("weights") else wpath
+        if want and wfile == own and _sha256(wfile) != want:
             raise CnnvisError(f"checkpoint weights {str(wfile)!r} do not match the sha256 in {src!r}; the file "
                               f"changed after the JSON was written: save the checkpoint again")
         sd = read_state_dict(wfile)
