@@ -60,3 +60,25 @@ def test_dream_picks_layers_for_the_model(tmp_path, capsys, monkeypatch):
                      "--json"]) == 0
         d = json.loads(capsys.readouterr().out)
         assert d["out"]["data"]["layers"] == [layer] and Image.open(out).size == (64, 48)
+
+
+def test_report_on_checkpoints_keys_results_by_their_files(tmp_path, capsys, monkeypatch):
+    """Two checkpoints with the same name (folder 'mnist') are two models: no result of one serves the other."""
+    import torch
+
+    from cnnvis.models.archs import build_arch
+    from cnnvis.models.checkpoint import save_checkpoint
+
+    monkeypatch.setenv("CNNVIS_NO_PROGRESS", "1")
+    probs = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        d = tmp_path / f"run{seed}" / "mnist"
+        save_checkpoint(d, build_arch("mnist_cnn", num_classes=10), architecture="mnist_cnn",
+                        classes=[str(i) for i in range(10)])
+        out = tmp_path / f"r{seed}"
+        assert main(["report", "--model", str(d), "--sections", "classification", "--cache", str(tmp_path / "c"),
+                     "--json", "--out", str(out)]) == 0
+        capsys.readouterr()
+        probs.append(json.loads((out / "report.json").read_text())["sections"]["classification"])
+    assert probs[0] != probs[1]

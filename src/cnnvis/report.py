@@ -63,21 +63,24 @@ class ReportContext:
     data: dict = field(default_factory=dict)  # sections put their numbers here -> report.json
     pool: object = None
     weights: str | None = None  # the report model's --weights (part of every result's key)
+    model_ref: str | None = None  # the name or checkpoint path `vm` was loaded from (default: vm.name)
 
     def __post_init__(self) -> None:
         from cnnvis.jobs import ModelPool
 
         if self.pool is None:
             self.pool = ModelPool(str(self.device) if self.device is not None else None)
-        self.pool.add(self.vm, self.vm.name, self.weights)
+        if self.model_ref is None:
+            self.model_ref = self.vm.name
+        self.pool.add(self.vm, self.model_ref, self.weights)
 
     def run(self, kind: str, model: str | None = None, **fields):
         """Run a job for the report's model (or another registry `model`) through the store, if any."""
         from cnnvis.jobs import make_spec, run
 
         fields.setdefault("seed", self.seed)
-        own = model in (None, self.vm.name)
-        spec = make_spec(kind, model=self.vm.name if own else model, weights=self.weights if own else None, **fields)
+        own = model in (None, self.vm.name, self.model_ref)
+        spec = make_spec(kind, model=self.model_ref if own else model, weights=self.weights if own else None, **fields)
         vm = self.vm if own else None
         return run(spec, store=self.store, pool=self.pool, vm=vm, progress=self.progress)
 
@@ -152,10 +155,13 @@ def build_report(
     progress=None,
     store=None,
     weights: str | None = None,
+    model: str | None = None,
 ) -> Path:
     """Render every section into `out/index.html` (+ img/*.png, report.json). Returns the page path.
 
     photos: (name, ref) pairs; a ref is a file path or 'sample:NAME' (scikit-image's photos).
+    model: the registry name or checkpoint path `vm` was loaded from (default: vm.name); with a
+    store it is what the results are stored under (a checkpoint path: its files' hashes).
     """
     from cnnvis.viz import render_template
 
@@ -166,7 +172,8 @@ def build_report(
         raise CnnvisError("the report needs at least one photo; give photos")
     secs = check_sections(only)
     out.mkdir(parents=True, exist_ok=True)
-    ctx = ReportContext(vm, list(photos), out, quick, device, seed, progress, store, weights=weights)
+    ctx = ReportContext(vm, list(photos), out, quick, device, seed, progress, store, weights=weights,
+                        model_ref=model)
     rendered, timings, errors = [], {}, {}
     for s in secs:
         t0 = time.perf_counter()

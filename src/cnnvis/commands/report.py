@@ -46,7 +46,8 @@ def report_cmd(model, weights, device, cache, images, out, quick, sections, seed
     store = Store(cache) if cache else None
     vm = load(model, weights=weights, device=device)
     page = build_report(vm, photos, out, quick=quick, only=only, device=device if device != "auto" else None,
-                        seed=seed, progress=None if no_progress() else True, store=store, weights=weights)
+                        seed=seed, progress=None if no_progress() else True, store=store, weights=weights,
+                        model=model)
     if as_json:
         import json
 
