@@ -305,3 +305,21 @@ def test_checkpoint_key_follows_the_weights_file_actually_loaded(tmp_path):
     k1 = job_key(spec)
     (tmp_path / "w.safetensors").write_bytes((tmp_path / "e5.safetensors").read_bytes())
     assert job_key(spec) != k1
+
+
+def test_pool_reloads_a_checkpoint_that_changed_on_disk(tmp_path):
+    """Saving new weights into the same checkpoint folder (a training loop in Jupyter): the pool must not
+    compute with the old model and store that under the new files' key."""
+    from cnnvis.models.archs import build_arch
+    from cnnvis.models.checkpoint import save_checkpoint
+
+    ckpt, pool, store = tmp_path / "mnist", ModelPool("cpu"), Store(tmp_path / "c")
+    preds = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        save_checkpoint(ckpt, build_arch("mnist_cnn", num_classes=10), architecture="mnist_cnn",
+                        classes=[str(i) for i in range(10)])
+        res = run(make_spec("classify", model=str(ckpt), images=["sample:chelsea"]), pool=pool, store=store)
+        assert not res.cached
+        preds.append(res.data["predictions"])
+    assert preds[0] != preds[1]

@@ -100,17 +100,23 @@ class ModelPool:
         from cnnvis.models import load
 
         key = (name, weights, self.device)
+        wid = weights_id(name, weights)  # a checkpoint or weights file saved again: a new model
         with self._lock:
-            if key not in self._models:
+            if key not in self._models or self._models[key][0] != wid:
                 vm = load(name, weights=weights, device=self.device or "auto")
-                self._models[key] = vm
+                self._models[key] = (wid, vm)
                 self._locks[id(vm)] = threading.RLock()
-            return self._models[key]
+            return self._models[key][1]
 
     def add(self, vm, name: str | None = None, weights: str | None = None):
         """Put an already-loaded VisModel into the pool (the report's model, a user's wrap())."""
+        name = name or vm.name
+        try:
+            wid = weights_id(name, weights)
+        except CnnvisError:  # a wrapped model whose name looks like a path: `get` never finds it anyway
+            wid = None
         with self._lock:
-            self._models[(name or vm.name, weights, self.device)] = vm
+            self._models[(name, weights, self.device)] = (wid, vm)
             self._locks.setdefault(id(vm), threading.RLock())
         return vm
 
