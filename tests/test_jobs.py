@@ -323,3 +323,15 @@ def test_pool_reloads_a_checkpoint_that_changed_on_disk(tmp_path):
         assert not res.cached
         preds.append(res.data["predictions"])
     assert preds[0] != preds[1]
+
+
+@pytest.mark.parametrize("flag", ["--out", "--row"])
+def test_cli_dream_never_writes_over_its_guide(tmp_path, capsys, flag):
+    from cnnvis.cli import main
+
+    photo, guide = tmp_path / "photo.png", tmp_path / "guide.png"
+    Image.new("RGB", (40, 32), (120, 90, 60)).save(photo)
+    Image.new("RGB", (40, 32), (10, 200, 60)).save(guide)
+    before = guide.read_bytes()
+    assert main(["dream", str(photo), "--guide", str(guide), "--octaves", "1", "--steps", "1", flag, str(guide)]) == 2
+    assert "is the input file" in capsys.readouterr().err and guide.read_bytes() == before

@@ -43,7 +43,7 @@ def dream_cmd(photo, model, weights, device, cache, as_json, layers, channels, o
 
     if out is None and row is None:
         raise CnnvisError("give --out FILE (the dream) and/or --row FILE (one dream per layer)")
-    out_p, row_p = check_out(out, [photo], "--out"), check_out(row, [photo], "--row")
+    out_p, row_p = check_out(out, [photo, guide], "--out"), check_out(row, [photo, guide], "--row")
     if out_p is not None and row_p is not None and out_p.resolve() == row_p.resolve():
         raise CnnvisError("--out and --row name the same file; give two names")
     names = parse_names(layers)
