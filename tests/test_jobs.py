@@ -335,3 +335,20 @@ def test_cli_dream_never_writes_over_its_guide(tmp_path, capsys, flag):
     before = guide.read_bytes()
     assert main(["dream", str(photo), "--guide", str(guide), "--octaves", "1", "--steps", "1", flag, str(guide)]) == 2
     assert "is the input file" in capsys.readouterr().err and guide.read_bytes() == before
+
+
+def test_run_with_a_device_loads_the_model_once(monkeypatch):
+    import cnnvis.models
+
+    calls = []
+    real = cnnvis.models.load
+
+    def counting(*a, **k):
+        calls.append(a)
+        return real(*a, **k)
+
+    monkeypatch.setattr(cnnvis.models, "load", counting)
+    spec = make_spec("classify", images=["sample:chelsea"], top=1)
+    a = run(spec, device="cpu")
+    b = run(spec, device="cpu")
+    assert len(calls) == 1 and a.data == b.data

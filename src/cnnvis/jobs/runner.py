@@ -125,14 +125,18 @@ class ModelPool:
             return self._locks.setdefault(id(vm), threading.RLock())
 
 
-_DEFAULT_POOL: ModelPool | None = None
+_DEFAULT_POOLS: dict[str | None, ModelPool] = {}
 
 
-def default_pool() -> ModelPool:
-    global _DEFAULT_POOL
-    if _DEFAULT_POOL is None:
-        _DEFAULT_POOL = ModelPool()
-    return _DEFAULT_POOL
+def default_pool(device: str | None = None) -> ModelPool:
+    """The process's pool for `device` (None: each model's default device)."""
+    with _POOLS_LOCK:
+        if device not in _DEFAULT_POOLS:
+            _DEFAULT_POOLS[device] = ModelPool(device)
+        return _DEFAULT_POOLS[device]
+
+
+_POOLS_LOCK = threading.Lock()
 
 
 # ---------------------------------------------------------------------- progress and cancel
@@ -203,7 +207,7 @@ def run(spec, *, store: Store | str | os.PathLike | None = None, progress=None, 
     pool = pool or default_pool()
     if vm is None:
         if device is not None and pool.device != device:
-            pool = ModelPool(device)
+            pool = default_pool(device)  # loaded once per device, not once per call
         vm = pool.get(spec.model, spec.weights)
     else:
         pool.add(vm, spec.model, spec.weights)
