@@ -352,3 +352,19 @@ def test_run_with_a_device_loads_the_model_once(monkeypatch):
     a = run(spec, device="cpu")
     b = run(spec, device="cpu")
     assert len(calls) == 1 and a.data == b.data
+
+
+@pytest.mark.parametrize("kind, fields", [
+    ("sanity", {"image": "sample:chelsea", "methods": ["gradcam"], "layer": "{}"}),
+    ("attribution", {"image": "sample:chelsea", "method": "gradcam", "layer": "{}"}),
+    ("dream", {"image": "sample:chelsea", "layers": ["{}"]}),
+    ("filters", {"layers": ["{}"]}),
+    ("deconv", {"image": "sample:chelsea", "layers": ["{}"]}),
+])
+def test_layer_alias_and_dotted_name_are_one_job(kind, fields, lite0):
+    def spec(name):
+        f = {k: ([v[0].format(name)] if isinstance(v, list) and v and "{}" in v[0] else
+                 v.format(name) if isinstance(v, str) else v) for k, v in fields.items()}
+        return make_spec(kind, **f).normalized(lite0)
+
+    assert job_key(spec("stage4")) == job_key(spec("blocks.4"))

@@ -420,7 +420,10 @@ class SanitySpec(_PhotoSpec):
         return v
 
     def normalized(self, vm):
-        return self.model_copy(update={"target": _class_target(vm, self.target)})
+        upd = {"target": _class_target(vm, self.target)}
+        if self.layer is not None:
+            upd["layer"] = _resolve_layers(vm, [self.layer])[0]
+        return self.model_copy(update=upd)
 
     def run(self, vm, ctx):
         from cnnvis.attribution import LAYER_METHODS
