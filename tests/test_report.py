@@ -82,3 +82,23 @@ def test_report_on_checkpoints_keys_results_by_their_files(tmp_path, capsys, mon
         capsys.readouterr()
         probs.append(json.loads((out / "report.json").read_text())["sections"]["classification"])
     assert probs[0] != probs[1]
+
+
+def test_photos_with_one_name_are_all_kept(tmp_path, capsys, monkeypatch):
+    """cat.jpg and cat.png in --images: two photos, two entries, two pictures (none written over the other)."""
+    import shutil
+
+    from PIL import Image
+
+    from tests.conftest import sample
+
+    monkeypatch.setenv("CNNVIS_NO_PROGRESS", "1")
+    d = tmp_path / "photos"
+    d.mkdir()
+    shutil.copy(sample("pelican"), d / "x.jpg")
+    Image.new("RGB", (64, 64), (200, 10, 10)).save(d / "x.png")
+    out = tmp_path / "r"
+    assert main(["report", "--images", str(d), "--sections", "classification", "--out", str(out)]) == 0
+    data = json.loads((out / "report.json").read_text())["sections"]["classification"]
+    assert len(data) == 2
+    assert len(list((out / "img").glob("photo_*.png"))) == 2

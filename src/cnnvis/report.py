@@ -172,7 +172,13 @@ def build_report(
         raise CnnvisError("the report needs at least one photo; give photos")
     secs = check_sections(only)
     out.mkdir(parents=True, exist_ok=True)
-    ctx = ReportContext(vm, list(photos), out, quick, device, seed, progress, store, weights=weights,
+    named: dict[str, str] = {}  # one entry per photo: cat.jpg + cat.png are 'cat' and 'cat-2'
+    for name, ref in photos:
+        n, i = name, 2
+        while n in named:
+            n, i = f"{name}-{i}", i + 1
+        named[n] = ref
+    ctx = ReportContext(vm, list(named.items()), out, quick, device, seed, progress, store, weights=weights,
                         model_ref=model)
     rendered, timings, errors = [], {}, {}
     for s in secs:
