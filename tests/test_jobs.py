@@ -368,3 +368,13 @@ def test_layer_alias_and_dotted_name_are_one_job(kind, fields, lite0):
         return make_spec(kind, **f).normalized(lite0)
 
     assert job_key(spec("stage4")) == job_key(spec("blocks.4"))
+
+
+def test_cli_run_a_spec_file_that_is_not_text(tmp_path, capsys):
+    from cnnvis.cli import main
+
+    p = tmp_path / "photo.json"
+    p.write_bytes(b"\xff\xd8\xff\xe0 not a spec")
+    assert main(["run", str(p)]) == 2
+    err = capsys.readouterr().err
+    assert "photo.json" in err and "Traceback" not in err

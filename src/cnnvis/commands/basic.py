@@ -109,6 +109,8 @@ def run_cmd(spec_file, device, cache, out, as_json) -> None:
         text = sys.stdin.read() if spec_file == "-" else open(spec_file, encoding="utf-8").read()
     except OSError as e:
         raise CnnvisError(f"cannot read the spec {spec_file!r}: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise CnnvisError(f"the spec {spec_file!r} is not UTF-8 text; give a JSON file") from None
     spec = parse_spec(text)
     if out:
         from pathlib import Path
