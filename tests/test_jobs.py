@@ -378,3 +378,29 @@ def test_cli_run_a_spec_file_that_is_not_text(tmp_path, capsys):
     assert main(["run", str(p)]) == 2
     err = capsys.readouterr().err
     assert "photo.json" in err and "Traceback" not in err
+
+
+def test_one_model_has_one_lock_whatever_the_pool(lite0):
+    """A model shared by two pools (a report's own pool and the web app's default one): jobs on it never overlap."""
+    assert ModelPool("cpu").lock(lite0) is ModelPool().lock(lite0)
+    photos = [str(sample(n)) for n in ("pelican", "tabby")]
+    specs = [make_spec("attribution", image=p, method=m) for p in photos for m in ("gradcam", "guided")]
+    seq = [run(s, vm=lite0, pool=ModelPool("cpu")).array("map.npy") for s in specs]
+    out, errors = {}, []
+
+    def work(k):
+        try:
+            pool = ModelPool("cpu")  # each thread its own pool, one model
+            for i in range(k, len(specs), 2):
+                out[i] = run(specs[i], vm=lite0, pool=pool).array("map.npy")
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for i, ref in enumerate(seq):
+        np.testing.assert_array_equal(out[i], ref)

@@ -18,6 +18,7 @@ import hashlib
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 
@@ -87,13 +88,26 @@ def job_key(spec: Spec) -> str:
 
 
 # ---------------------------------------------------------------------- models
+_MODEL_LOCKS: dict[int, threading.RLock] = {}
+_MODEL_LOCKS_LOCK = threading.Lock()
+
+
+def _model_lock(vm) -> threading.RLock:
+    """The one lock of a loaded model, shared by every pool that holds it (dropped with the model)."""
+    with _MODEL_LOCKS_LOCK:
+        lk = _MODEL_LOCKS.get(id(vm))
+        if lk is None:
+            lk = _MODEL_LOCKS[id(vm)] = threading.RLock()
+            weakref.finalize(vm, _MODEL_LOCKS.pop, id(vm), None)
+        return lk
+
+
 class ModelPool:
     """Loaded models by (name, weights, device), each with its own lock."""
 
     def __init__(self, device: str | None = None) -> None:
         self.device = device
         self._models: dict[tuple, object] = {}
-        self._locks: dict[int, threading.RLock] = {}
         self._lock = threading.Lock()
 
     def get(self, name: str, weights: str | None = None):
@@ -105,7 +119,6 @@ class ModelPool:
             if key not in self._models or self._models[key][0] != wid:
                 vm = load(name, weights=weights, device=self.device or "auto")
                 self._models[key] = (wid, vm)
-                self._locks[id(vm)] = threading.RLock()
             return self._models[key][1]
 
     def add(self, vm, name: str | None = None, weights: str | None = None):
@@ -117,12 +130,10 @@ class ModelPool:
             wid = None
         with self._lock:
             self._models[(name, weights, self.device)] = (wid, vm)
-            self._locks.setdefault(id(vm), threading.RLock())
         return vm
 
     def lock(self, vm) -> threading.RLock:
-        with self._lock:
-            return self._locks.setdefault(id(vm), threading.RLock())
+        return _model_lock(vm)
 
 
 _DEFAULT_POOLS: dict[str | None, ModelPool] = {}
