@@ -404,3 +404,16 @@ def test_one_model_has_one_lock_whatever_the_pool(lite0):
     assert not errors
     for i, ref in enumerate(seq):
         np.testing.assert_array_equal(out[i], ref)
+
+
+def test_store_repairs_a_result_folder_that_lost_a_file(tmp_path):
+    """A folder whose file was lost is not served; storing the recomputed result repairs it (it was kept broken,
+    so every later request computed the job again)."""
+    st = Store(tmp_path)
+    r = Result("classify", {"kind": "classify", "model": "m"}, "ef" * 32, {"x": 1}, {"a.png": b"123"}, "a.png")
+    folder = st.put(r)
+    os.unlink(folder / "a.png")
+    assert st.get(r.key) is None
+    st.put(r)
+    got = st.get(r.key)
+    assert got is not None and got.files == r.files

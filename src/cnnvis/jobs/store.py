@@ -172,6 +172,12 @@ class Store:
         final = self._folder(result.key)
         tmp = self.root / "tmp" / f"{result.key}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
         try:
+            if (final / RESULT_JSON).exists():
+                try:
+                    Result.load(final)
+                except CnnvisError:  # a folder that lost a file: set aside, so this result takes its place
+                    with contextlib.suppress(OSError):
+                        os.rename(final, self.root / "tmp" / f"{result.key}.broken.{uuid.uuid4().hex[:8]}")
             if not (final / RESULT_JSON).exists():
                 result.save(tmp)
                 final.parent.mkdir(exist_ok=True)
