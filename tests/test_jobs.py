@@ -417,3 +417,19 @@ def test_store_repairs_a_result_folder_that_lost_a_file(tmp_path):
     st.put(r)
     got = st.get(r.key)
     assert got is not None and got.files == r.files
+
+
+def test_file_hash_sees_a_same_size_file_with_the_old_mtime(tmp_path):
+    """rsync -a / cp -p / a coarse-clock file system: new content, same size and mtime -> a new hash."""
+    from cnnvis.jobs.runner import file_hash
+
+    p = tmp_path / "w.bin"
+    p.write_bytes(b"a" * 64)
+    os.utime(p, ns=(10**18, 10**18))
+    h1 = file_hash(p)
+    import time
+
+    time.sleep(0.05)  # past the clock tick of file times
+    p.write_bytes(b"b" * 64)
+    os.utime(p, ns=(10**18, 10**18))
+    assert file_hash(p) != h1

@@ -39,7 +39,7 @@ _HASH_LOCK = threading.Lock()
 
 
 def file_hash(path: str | os.PathLike) -> str:
-    """sha256 of a file's content, memoized by (path, size, mtime)."""
+    """sha256 of a file's content, memoized by (path, size, mtime, ctime, inode)."""
     p = Path(path)
     try:
         st = p.stat()
@@ -50,7 +50,7 @@ def file_hash(path: str | os.PathLike) -> str:
         for f in sorted(q for q in p.rglob("*") if q.is_file()):
             h.update(f.relative_to(p).as_posix().encode() + file_hash(f).encode())
         return h.hexdigest()
-    memo = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+    memo = (str(p.resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)  # ctime: no one sets it
     with _HASH_LOCK:
         if memo in _FILE_HASHES:
             return _FILE_HASHES[memo]
