@@ -433,3 +433,11 @@ def test_file_hash_sees_a_same_size_file_with_the_old_mtime(tmp_path):
     p.write_bytes(b"b" * 64)
     os.utime(p, ns=(10**18, 10**18))
     assert file_hash(p) != h1
+
+
+def test_cli_saliency_out_and_raw_must_differ(tmp_path, capsys):
+    from cnnvis.cli import main
+
+    out = tmp_path / "a.png"
+    assert main(["saliency", str(sample("pelican")), "--size", "64", "--out", str(out), "--raw", str(out)]) == 2
+    assert "same file" in capsys.readouterr().err and not out.exists()

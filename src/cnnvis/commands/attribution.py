@@ -80,6 +80,8 @@ def saliency_cmd(photo, model, weights, device, cache, as_json, method, target, 
 
     out = check_out(out, [photo])
     raw_p = check_out(raw, [photo], "--raw")
+    if raw_p is not None and raw_p.resolve() == out.resolve():
+        raise CnnvisError("--out and --raw name the same file; give two names")
     u = None
     if unit is not None:
         try:
