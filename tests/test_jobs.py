@@ -441,3 +441,16 @@ def test_cli_saliency_out_and_raw_must_differ(tmp_path, capsys):
     out = tmp_path / "a.png"
     assert main(["saliency", str(sample("pelican")), "--size", "64", "--out", str(out), "--raw", str(out)]) == 2
     assert "same file" in capsys.readouterr().err and not out.exists()
+
+
+def test_a_model_passed_to_run_does_not_replace_the_named_one():
+    """run(spec, vm=my_model) once must not make later run(spec) calls use my_model for spec.model."""
+    from torch import nn
+
+    from cnnvis.models import wrap
+
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 1000))
+    spec = make_spec("classify", images=[str(sample("pelican"))], top=1)
+    pool = ModelPool("cpu")
+    run(spec, vm=wrap(net), pool=pool)
+    assert run(spec, pool=pool).data["predictions"][0]["top"][0]["label"] == "pelican"

@@ -220,8 +220,6 @@ def run(spec, *, store: Store | str | os.PathLike | None = None, progress=None, 
         if device is not None and pool.device != device:
             pool = default_pool(device)  # loaded once per device, not once per call
         vm = pool.get(spec.model, spec.weights)
-    else:
-        pool.add(vm, spec.model, spec.weights)
     ctx = JobContext(progress, cancel, desc=spec.kind)
     with pool.lock(vm):
         nspec = spec.normalized(vm)
