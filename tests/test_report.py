@@ -102,3 +102,15 @@ def test_photos_with_one_name_are_all_kept(tmp_path, capsys, monkeypatch):
     data = json.loads((out / "report.json").read_text())["sections"]["classification"]
     assert len(data) == 2
     assert len(list((out / "img").glob("photo_*.png"))) == 2
+
+
+
+def test_photo_names_with_quotes_keep_their_pictures(tmp_path, lite0):
+    """A photo called o'neil.jpg: its <img src> must still point at the saved picture."""
+    import re
+    from html import unescape
+
+    page = build_report(lite0, [("o'neil", "sample:chelsea")], tmp_path / "r", only=["classification"])
+    srcs = [unescape(m) for m in re.findall(r"<img src='([^']*)'", page.read_text())]
+    srcs += [unescape(m) for m in re.findall(r'<img src="([^"]*)"', page.read_text())]
+    assert srcs and all((tmp_path / "r" / s).is_file() for s in srcs)

@@ -14,7 +14,7 @@ def render(ctx: ReportContext) -> str:
         _, im = ctx.photo(i)
         rel = ctx.save(ImageOps.fit(im, (224, 224)), f"photo_{name}.png")
         rows = "".join(f"<tr><td>{esc(q['label'])}</td><td class='num'>{q['prob']:.3f}</td></tr>" for q in pred["top"])
-        cells.append(f"<figure><img src='{rel}' width='224' alt='{esc(name)}'><figcaption><b>{esc(name)}</b>"
+        cells.append(f"<figure><img src='{esc(rel)}' width='224' alt='{esc(name)}'><figcaption><b>{esc(name)}</b>"
                      f"<table>{rows}</table></figcaption></figure>")
         data[name] = [{"index": q["index"], "label": q["label"], "prob": round(q["prob"], 4)} for q in pred["top"]]
     ctx.data["classification"] = data
