@@ -454,3 +454,17 @@ def test_a_model_passed_to_run_does_not_replace_the_named_one():
     pool = ModelPool("cpu")
     run(spec, vm=wrap(net), pool=pool)
     assert run(spec, pool=pool).data["predictions"][0]["top"][0]["label"] == "pelican"
+
+
+def test_cli_run_out_never_writes_over_an_input(tmp_path, capsys, monkeypatch):
+    """`cnnvis run spec.json --out .` with the photo ./input.png: the result's input.png must not replace it."""
+    from cnnvis.cli import main
+
+    monkeypatch.setenv("CNNVIS_NO_PROGRESS", "1")
+    photo = tmp_path / "input.png"
+    Image.new("RGB", (64, 48), (200, 10, 10)).save(photo)
+    before = photo.read_bytes()
+    spec = tmp_path / "s.json"
+    spec.write_text(json.dumps({"kind": "attribution", "image": str(photo), "size": 64}))
+    assert main(["run", str(spec), "--out", str(tmp_path)]) == 2
+    assert "input" in capsys.readouterr().err and photo.read_bytes() == before

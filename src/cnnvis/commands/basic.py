@@ -120,6 +120,12 @@ def run_cmd(spec_file, device, cache, out, as_json) -> None:
         check_writable(Path(out) / "result.json")  # before the work, not after it
     res = run(spec, store=Store(cache) if cache else None, device=device, progress=None if no_progress() else True)
     if out:
+        from pathlib import Path
+
+        from cnnvis.utils import check_output_path
+
+        for name in [*res.files, "result.json"]:  # a photo called input.png in --out is kept
+            check_output_path(Path(out) / name, [i for i in spec.inputs() if not str(i).startswith("sample:")])
         res.save(out)
     emit(res, as_json, [f"{res.kind} {res.key[:12]}" + (" (from the store)" if res.cached else f" ({res.seconds:.1f} s)")]
          + ([f"wrote {out}/ ({', '.join(sorted(res.files))}, result.json)"] if out else []))
