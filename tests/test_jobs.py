@@ -468,3 +468,12 @@ def test_cli_run_out_never_writes_over_an_input(tmp_path, capsys, monkeypatch):
     spec.write_text(json.dumps({"kind": "attribution", "image": str(photo), "size": 64}))
     assert main(["run", str(spec), "--out", str(tmp_path)]) == 2
     assert "input" in capsys.readouterr().err and photo.read_bytes() == before
+
+
+def test_a_folder_named_like_a_registered_model_does_not_change_the_key(tmp_path, monkeypatch):
+    """`cnnvis report --out efficientnet_lite0`, then any command in that folder: the name is the registered model."""
+    spec = make_spec("classify", images=["sample:chelsea"])
+    k = job_key(spec)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / spec.model).mkdir()
+    assert job_key(spec) == k
