@@ -477,3 +477,9 @@ def test_a_folder_named_like_a_registered_model_does_not_change_the_key(tmp_path
     monkeypatch.chdir(tmp_path)
     (tmp_path / spec.model).mkdir()
     assert job_key(spec) == k
+
+
+def test_weights_default_is_accepted_as_load_accepts_it():
+    from cnnvis.jobs.runner import weights_id
+
+    assert weights_id("efficientnet_lite0", "DEFAULT") == weights_id("efficientnet_lite0", "pretrained")

@@ -73,8 +73,8 @@ def weights_id(model: str, weights: str | None) -> str:
         parts = ["ckpt:" + file_hash(meta) + "+" + (file_hash(blob) if Path(blob).exists() else "-")]
     else:
         parts = ["name:" + model]
-    if weights in (None, "random", "pretrained"):
-        parts.append(str(weights))
+    if weights in (None, "random", "pretrained", "DEFAULT"):  # DEFAULT: load's spelling of pretrained
+        parts.append("pretrained" if weights == "DEFAULT" else str(weights))
     else:
         parts.append("file:" + file_hash(weights))
     return "/".join(parts)
