@@ -483,3 +483,12 @@ def test_weights_default_is_accepted_as_load_accepts_it():
     from cnnvis.jobs.runner import weights_id
 
     assert weights_id("efficientnet_lite0", "DEFAULT") == weights_id("efficientnet_lite0", "pretrained")
+
+
+def test_random_weights_are_one_model_so_their_key_is_honest():
+    """weights='random' is part of the key, so it must name one set of numbers (in every process)."""
+    spec = make_spec("classify", images=["sample:chelsea"], top=3, weights="random")
+    a = run(spec, pool=ModelPool("cpu"))
+    torch.rand(10)  # another process: another global RNG state
+    b = run(spec, pool=ModelPool("cpu"))
+    assert a.data == b.data

@@ -169,12 +169,15 @@ def load(name: str | os.PathLike = DEFAULT_MODEL, weights: str | os.PathLike | N
             raise CnnvisError(f"weights file {str(weights)!r} does not exist")
     if str(weights) == "DEFAULT":
         weights = "pretrained"
-    if name not in _REGISTRY and _looks_like_checkpoint(name):
-        from cnnvis.models.checkpoint import load_checkpoint
+    with torch.random.fork_rng(devices=[], enabled=weights == "random"):
+        if weights == "random":  # one untrained model, the same in every process (it is part of a job's key)
+            torch.manual_seed(0)
+        if name not in _REGISTRY and _looks_like_checkpoint(name):
+            from cnnvis.models.checkpoint import load_checkpoint
 
-        vm = load_checkpoint(name, weights)
-    else:
-        vm = model_info(name).builder(weights)
+            vm = load_checkpoint(name, weights)
+        else:
+            vm = model_info(name).builder(weights)
     vm.model.eval()
     for m in vm.model.modules():  # hooks need the pre-activation tensors intact
         if hasattr(m, "inplace"):
