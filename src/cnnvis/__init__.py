@@ -9,7 +9,7 @@
 Attributes are imported on first use, so `import cnnvis` (and `cnnvis --help`) stays fast.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 DEFAULT_MODEL = "efficientnet_lite0"  # the embedded ImageNet classifier (offline)
 
 from cnnvis.errors import CnnvisError  # noqa: E402
