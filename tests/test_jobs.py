@@ -348,6 +348,9 @@ def test_run_with_a_device_loads_the_model_once(monkeypatch):
         return real(*a, **k)
 
     monkeypatch.setattr(cnnvis.models, "load", counting)
+    import cnnvis.jobs.runner as runner
+
+    monkeypatch.setattr(runner, "_DEFAULT_POOLS", {})  # as in a new process (earlier tests filled the pools)
     spec = make_spec("classify", images=["sample:chelsea"], top=1)
     a = run(spec, device="cpu")
     b = run(spec, device="cpu")
