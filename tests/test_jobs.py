@@ -183,27 +183,34 @@ def test_result_shows_itself(lite0):
 
 
 # ---------------------------------------------------------------------- threads and cancel
-def test_two_threads_on_one_model_match_sequential_use(lite0):
-    photos = [str(sample(n)) for n in ("pelican", "tabby", "jaguar", "magpie")]
-    specs = [make_spec("attribution", image=p, method=m) for p in photos for m in ("gradcam", "guided")]
-    pool = ModelPool("cpu")
-    seq = [run(s, vm=lite0, pool=pool).array("map.npy") for s in specs]
+def _maps_in_two_threads(vm, specs, pool_of_thread) -> dict[int, np.ndarray]:
+    """Run specs[k::2] in thread k (k = 0, 1), each with `pool_of_thread()`; no thread may raise."""
     out: dict[int, np.ndarray] = {}
     errors = []
 
-    def work(idx):
+    def work(k):
         try:
-            for i in idx:
-                out[i] = run(specs[i], vm=lite0, pool=pool).array("map.npy")
+            pool = pool_of_thread()
+            for i in range(k, len(specs), 2):
+                out[i] = run(specs[i], vm=vm, pool=pool).array("map.npy")
         except Exception as e:  # pragma: no cover - reported below
             errors.append(e)
 
-    threads = [threading.Thread(target=work, args=(range(k, len(specs), 2),)) for k in range(2)]
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(2)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     assert not errors
+    return out
+
+
+def test_two_threads_on_one_model_match_sequential_use(lite0):
+    photos = [str(sample(n)) for n in ("pelican", "tabby", "jaguar", "magpie")]
+    specs = [make_spec("attribution", image=p, method=m) for p in photos for m in ("gradcam", "guided")]
+    pool = ModelPool("cpu")
+    seq = [run(s, vm=lite0, pool=pool).array("map.npy") for s in specs]
+    out = _maps_in_two_threads(lite0, specs, lambda: pool)
     for i, ref in enumerate(seq):
         np.testing.assert_array_equal(out[i], ref)
     from cnnvis.hooks import hook_count
@@ -389,22 +396,7 @@ def test_one_model_has_one_lock_whatever_the_pool(lite0):
     photos = [str(sample(n)) for n in ("pelican", "tabby")]
     specs = [make_spec("attribution", image=p, method=m) for p in photos for m in ("gradcam", "guided")]
     seq = [run(s, vm=lite0, pool=ModelPool("cpu")).array("map.npy") for s in specs]
-    out, errors = {}, []
-
-    def work(k):
-        try:
-            pool = ModelPool("cpu")  # each thread its own pool, one model
-            for i in range(k, len(specs), 2):
-                out[i] = run(specs[i], vm=lite0, pool=pool).array("map.npy")
-        except Exception as e:  # pragma: no cover - reported below
-            errors.append(e)
-
-    threads = [threading.Thread(target=work, args=(k,)) for k in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
+    out = _maps_in_two_threads(lite0, specs, lambda: ModelPool("cpu"))  # each thread its own pool, one model
     for i, ref in enumerate(seq):
         np.testing.assert_array_equal(out[i], ref)
 

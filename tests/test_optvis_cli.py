@@ -74,11 +74,13 @@ def test_filters_cli(capsys, tmp_path, lite0):
 
 
 def test_default_and_all_conv_layers(hed, lite0):
-    from cnnvis.optvis.filters import all_conv_layers, default_layers
+    from cnnvis.jobs import make_spec
+    from cnnvis.layers import default_layers, resolve_layer
 
     assert default_layers(hed) == ["conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1", "conv3_2", "conv3_3",
                                    "conv4_1", "conv4_2", "conv4_3", "conv5_1", "conv5_2", "conv5_3"]
-    assert all_conv_layers(hed)[:13] == default_layers(hed)
+    every_conv = make_spec("filters", model="vgg16_hed", all_conv=True).normalized(hed).layers
+    assert every_conv[:13] == [resolve_layer(hed, a) for a in default_layers(hed)]
     assert default_layers(lite0) == [f"stage{i}" for i in range(7)]
 
 

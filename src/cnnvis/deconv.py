@@ -58,21 +58,6 @@ class DeconvResult:
     engine: str = "chain"             # 'chain': explicit batched rules; 'autograd': graph with skips
 
 
-def default_layers(model) -> list[str]:
-    """VGG: conv1_1..conv5_3 (13); models with stage aliases: the stages; else every Conv2d."""
-    from cnnvis.layers import conv_layers
-
-    _, _, vm = model_parts(model)
-    aliases = getattr(vm, "aliases", {}) or {}
-    convs = [a for a in aliases if a.startswith("conv") and "_" in a]
-    if convs:
-        return convs
-    stages = [a for a in aliases if a.startswith("stage")]
-    if stages:
-        return stages
-    return conv_layers(model)
-
-
 def _seeds(act: Tensor, top: int, seed: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(1, C, h, w) activation -> channels (k,), norms (k,), rectified maps (k, h, w), seeds (k, 1, C, h, w)."""
     r = act.detach()[0].clamp(min=0)
@@ -575,6 +560,8 @@ def _check_args(model, x, layers, top, seed) -> tuple[list[str], list[str]]:
         raise CnnvisError(f"top must be at least 1, got {top}")
     if seed not in ("map", "max"):
         raise CnnvisError(f"seed must be 'map' (the whole feature map) or 'max' (its strongest unit), got {seed!r}")
+    from cnnvis.layers import default_layers
+
     labels = list(layers) if layers else default_layers(model)
     if not labels:
         raise CnnvisError("no layers to project; give some in layers")

@@ -89,7 +89,7 @@ def _resize(x: Tensor, size: tuple[int, int]) -> Tensor:
 def dream(
     model,
     image: Image.Image | Tensor,
-    layers: Sequence[str] = ("stage4",),
+    layers: Sequence[str] | None = None,
     channels: Sequence[int] | None = None,
     *,
     octaves: int = 4,
@@ -113,7 +113,7 @@ def dream(
     one tile's activations; the input tensor is not changed.
     """
     from cnnvis.images import to_tensor
-    from cnnvis.layers import resolve_layer
+    from cnnvis.layers import dream_layers, resolve_layer
     from cnnvis.models.registry import as_vismodel
     from cnnvis.optvis import PixelImage, Roll, render
     from cnnvis.optvis.seeding import image_seed
@@ -138,6 +138,8 @@ def dream(
         raise CnnvisError(f"tile {tile} is smaller than the model's minimum input {vm.min_size}")
     if not step_size > 0:
         raise CnnvisError(f"step_size must be positive, got {step_size}")
+    if layers is None:  # a layer about two thirds deep in this model (VGG: pool4; the embedded model: stage4)
+        layers = dream_layers(vm, 1)
     for name in layers:
         resolve_layer(vm, name)  # unknown layers: clear error listing names, before any work
     device = vm.device
@@ -226,8 +228,3 @@ def _guide_features(vm, guide, layers, channels) -> dict[str, Tensor]:
                 a = a[list(channels)]
             feats[name] = a.flatten(1).detach()
     return feats
-
-
-def dream_row(model, image, layers: Sequence[str], **kw) -> list:
-    """The same photo dreamed at each layer separately (the classic row of increasing depth)."""
-    return [dream(model, image, [layer], **kw) for layer in layers]

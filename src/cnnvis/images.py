@@ -120,13 +120,22 @@ def find_images(folder: str | os.PathLike) -> list[Path]:
     return files
 
 
-def sample_photos() -> list[tuple[str, Image.Image]]:
-    """Photos that ship with scikit-image (no download): cat, coffee, rocket, astronaut."""
+SAMPLE_NAMES = ("chelsea", "coffee", "rocket", "astronaut")  # photos that ship with scikit-image
+
+
+def sample_photo(name: str) -> Image.Image:
+    """One of scikit-image's photos (no download) by name, RGB."""
+    if name not in SAMPLE_NAMES:
+        from cnnvis.errors import unknown_name
+
+        raise unknown_name("sample photo", name, SAMPLE_NAMES)
     try:
         from skimage import data
     except ImportError:
-        raise CnnvisError("sample photos need scikit-image (pip install scikit-image); or pass --images DIR") from None
-    out = []
-    for name in ("chelsea", "coffee", "rocket", "astronaut"):
-        out.append((name, Image.fromarray(getattr(data, name)()).convert("RGB")))
-    return out
+        raise CnnvisError("sample photos need scikit-image (pip install scikit-image); or give your own photos") from None
+    return Image.fromarray(getattr(data, name)()).convert("RGB")
+
+
+def sample_photos() -> list[tuple[str, Image.Image]]:
+    """All sample photos: cat, coffee, rocket, astronaut."""
+    return [(name, sample_photo(name)) for name in SAMPLE_NAMES]

@@ -84,10 +84,6 @@ class ReportContext:
         vm = self.vm if own else None
         return run(spec, store=self.store, pool=self.pool, vm=vm, progress=self.progress)
 
-    def model(self, name: str):
-        """Another registry model (loaded once), e.g. 'vgg16_hed' for the classic VGG pictures."""
-        return self.pool.get(name)
-
     def save(self, img, name: str) -> str:
         """Save a PIL image or tensor as out/img/<name>; returns the path relative to index.html."""
         from cnnvis.viz import save_png

@@ -8,7 +8,6 @@ import click
 
 from cnnvis.commands.common import cache_option, json_option, model_options, seed_option
 
-SAMPLES = ("chelsea", "coffee", "rocket", "astronaut")  # scikit-image's photos (no download)
 
 
 @click.command("report")
@@ -42,7 +41,9 @@ def report_cmd(model, weights, device, cache, images, out, quick, sections, seed
         for _, p in photos:
             load_image(p)  # every photo checked before the model loads
     else:
-        photos = [(n, f"sample:{n}") for n in SAMPLES]
+        from cnnvis.images import SAMPLE_NAMES
+
+        photos = [(n, f"sample:{n}") for n in SAMPLE_NAMES]
     store = Store(cache) if cache else None
     vm = load(model, weights=weights, device=device)
     page = build_report(vm, photos, out, quick=quick, only=only, device=device if device != "auto" else None,

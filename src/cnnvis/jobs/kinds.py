@@ -36,16 +36,10 @@ Side = Annotated[int, Field(ge=8, json_schema_extra={"maximum": MAX_SIDE}), Afte
 
 def load_input(ref: str):
     """'path/to/photo.jpg' or 'sample:NAME' (scikit-image's photos) -> PIL image (RGB)."""
-    from cnnvis.images import load_image, sample_photos
+    from cnnvis.images import load_image, sample_photo
 
     if ref.startswith("sample:"):
-        name = ref.split(":", 1)[1]
-        photos = dict(sample_photos())
-        if name not in photos:
-            from cnnvis.errors import unknown_name
-
-            raise unknown_name("sample photo", name, list(photos))
-        return photos[name]
+        return sample_photo(ref.split(":", 1)[1])
     return load_image(ref)
 
 
@@ -61,6 +55,23 @@ def preset_name(preset: str | None) -> str:
     from cnnvis.optvis.config import DEFAULT_PRESET, get_preset
 
     return get_preset(preset or DEFAULT_PRESET).preset
+
+
+def _target_and_layer(vm, target, layer) -> dict:
+    """Spec updates for a class target (-> index) and an optional layer (-> dotted name)."""
+    upd = {"target": _class_target(vm, target)}
+    if layer is not None:
+        upd["layer"] = _resolve_layers(vm, [layer])[0]
+    return upd
+
+
+def _chosen_layers(vm, layers, all_conv: bool) -> list[str]:
+    """`layers` as given, every Conv2d (all_conv) or the model's default layers."""
+    from cnnvis.layers import conv_layers, default_layers
+
+    if all_conv and layers is not None:
+        raise CnnvisError("give layers or all_conv, not both")
+    return conv_layers(vm) if all_conv else layers if layers is not None else default_layers(vm)
 
 
 def _layer_label(vm, dotted: str) -> str:
@@ -187,11 +198,7 @@ class FiltersSpec(Spec):
     batch: int = Field(16, ge=1, le=256, exclude=True)  # speed only: not part of the result's identity
 
     def normalized(self, vm):
-        from cnnvis.layers import conv_layers, default_layers
-
-        if self.all_conv and self.layers is not None:
-            raise CnnvisError("give layers or all_conv, not both")
-        layers = conv_layers(vm) if self.all_conv else self.layers if self.layers is not None else default_layers(vm)
+        layers = _chosen_layers(vm, self.layers, self.all_conv)
         if not layers:
             raise CnnvisError(f"model {vm.name!r} has no conv layers; give layers")
         chans = self.channels if self.channels is not None else list(range(self.first))
@@ -307,10 +314,7 @@ class AttributionSpec(_PhotoSpec):
             raise CnnvisError("channel/unit need a layer, with a method that is not a CAM method")
         if not cam and self.layer is not None and self.target is not None:
             raise CnnvisError("give either a target (a class) or a layer (an activation), not both")
-        upd = {"target": _class_target(vm, self.target)}
-        if self.layer is not None:
-            upd["layer"] = _resolve_layers(vm, [self.layer])[0]
-        return self.model_copy(update=upd)
+        return self.model_copy(update=_target_and_layer(vm, self.target, self.layer))
 
     def run(self, vm, ctx):
         from cnnvis.attribution import LAYER_METHODS, LayerTarget, method as make
@@ -374,11 +378,7 @@ class DeconvSpec(_PhotoSpec):
     project: Literal["map", "max"] = "map"
 
     def normalized(self, vm):
-        from cnnvis.layers import conv_layers, default_layers
-
-        if self.all_conv and self.layers is not None:
-            raise CnnvisError("give layers or all_conv, not both")
-        layers = conv_layers(vm) if self.all_conv else self.layers if self.layers is not None else default_layers(vm)
+        layers = _chosen_layers(vm, self.layers, self.all_conv)
         return self.model_copy(update={"layers": [_layer_label(vm, n) for n in _resolve_layers(vm, layers)],
                                        "all_conv": False})
 
@@ -420,10 +420,7 @@ class SanitySpec(_PhotoSpec):
         return v
 
     def normalized(self, vm):
-        upd = {"target": _class_target(vm, self.target)}
-        if self.layer is not None:
-            upd["layer"] = _resolve_layers(vm, [self.layer])[0]
-        return self.model_copy(update=upd)
+        return self.model_copy(update=_target_and_layer(vm, self.target, self.layer))
 
     def run(self, vm, ctx):
         from cnnvis.attribution import LAYER_METHODS

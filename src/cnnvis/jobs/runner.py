@@ -46,10 +46,7 @@ def file_hash(path: str | os.PathLike) -> str:
     except OSError as e:
         raise CnnvisError(f"cannot read {str(path)!r}: {e.strerror or e}") from None
     if p.is_dir():
-        h = hashlib.sha256()
-        for f in sorted(q for q in p.rglob("*") if q.is_file()):
-            h.update(f.relative_to(p).as_posix().encode() + file_hash(f).encode())
-        return h.hexdigest()
+        raise CnnvisError(f"{str(path)!r} is a folder; give a file")
     memo = (str(p.resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)  # ctime: no one sets it
     with _HASH_LOCK:
         if memo in _FILE_HASHES:

@@ -1,33 +1,10 @@
 """Filter grids: render the first N (or chosen) channels of several layers, one batch per layer.
 
-    rows = render_filters(vm, default_layers(vm), 10, steps=128, size=128)
+    rows = render_filters(vm, cnnvis.layers.default_layers(vm), 10, steps=128, size=128)
     # [(layer, [0..9], images (10, 3, 128, 128), final objective values (10,)), ...]
 """
 
 from __future__ import annotations
-
-
-def default_layers(vm) -> list[str]:
-    """Classic conv aliases (conv1_1..conv5_3), else stage aliases, else every Conv2d."""
-    import re
-
-    from cnnvis.layers import conv_layers
-
-    convs = [a for a in vm.aliases if re.fullmatch(r"conv\d+_\d+", a)]
-    if convs:
-        return convs
-    stages = [a for a in vm.aliases if re.fullmatch(r"stage\d+", a)]
-    return stages or conv_layers(vm)
-
-
-def all_conv_layers(vm) -> list[str]:
-    """Every Conv2d, named by its alias where it has one."""
-    from cnnvis.layers import conv_layers
-
-    rev = {}
-    for a, n in vm.aliases.items():
-        rev.setdefault(n, a)
-    return [rev.get(n, n) for n in conv_layers(vm)]
 
 
 def render_filters(vm, layers, channels, *, preset=None, steps=None, size=128, seed=0, batch=16, progress=None):

@@ -15,8 +15,7 @@ def render(ctx: ReportContext) -> str:
     layers = dream_layers(ctx.vm, 3)
     results = [ctx.run("dream", image=ctx.photos[0][1], layers=[layer], **kw) for layer in layers]
     dreams = [r.image() for r in results]
-    s = min(1.0, side / max(photo.size))
-    photo = photo.resize(dreams[0].size) if s < 1 else photo
+    photo = photo.resize(dreams[0].size)  # the dreams were made at max_side
     row = grid([[photo] + dreams], col_labels=["photo"] + layers, cell=photo.size)
     rel = ctx.save(row, f"dream_{name}.png")
     ctx.data["dream"] = {"photo": name, "layers": layers, "size": list(photo.size), **kw}
