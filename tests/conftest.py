@@ -39,6 +39,13 @@ def lite0():
 
 
 @pytest.fixture(scope="session")
+def lite1():
+    from cnnvis.models import load
+
+    return load("efficientnet_lite1")
+
+
+@pytest.fixture(scope="session")
 def hed():
     from cnnvis.models import load
 

