@@ -386,7 +386,8 @@ def test_render_config_json_overrides_and_canonical_form(tiny_cnn):
     cfg = RenderConfig(preset="lucid2017", steps=64, size=[40, 48], stop=UntilProb(0.9, robust=0.8, min_steps=8))
     d = json.loads(json.dumps(cfg.to_dict()))
     assert RenderConfig.from_dict(d) == cfg and cfg.size == (40, 48)
-    assert d["stop"] == {"kind": "until_prob", "prob": 0.9, "robust": 0.8, "min_steps": 8}
+    assert d["stop"] == {"kind": "until_prob", "prob": 0.9, "robust": 0.8, "min_steps": 8, "judge": None,
+                         "judge_prob": None}
     # the same job asked two ways resolves to one canonical form
     assert RenderConfig(steps=512).resolved() == RenderConfig().resolved() == PRESETS["robust"]
     assert RenderConfig(preset=None) == RenderConfig() and get_preset().name == "robust"

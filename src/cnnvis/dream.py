@@ -102,6 +102,7 @@ def dream(
     guide: Image.Image | Tensor | None = None,
     seed: int = 0,
     progress: Progress = None,
+    watch=None,
 ) -> Tensor:
     """Dream on `image` (PIL, or (1, C, H, W) in [0, 1] with the model's C) -> (1, C, H, W) in [0, 1], CPU.
 
@@ -110,7 +111,8 @@ def dream(
     step_size is in [0, 1] pixel units per step (the gradient is RMS-normalized); jitter is the
     largest random roll in pixels (it moves the tile grid, not the image); tile bounds the pixels
     per forward pass. Memory: about two copies of the image (the dream and its gradient) plus
-    one tile's activations; the input tensor is not changed.
+    one tile's activations; the input tensor is not changed. watch: called as watch(step, image)
+    after every step (step counts over all octaves; the image (1, C, h, w) is the octave's size).
     """
     from cnnvis.images import to_tensor
     from cnnvis.layers import dream_layers, resolve_layer
@@ -177,6 +179,8 @@ def dream(
             vm, obj, "chollet2016", init=param, steps=steps_per_octave, lr=step_size, tile=tile,
             seed=image_seed(seed, f"octave {k}"), custom_transforms=Roll(jitter) if jitter else None,
             progress=progress, desc=f"octave {k + 1}/{len(sizes)} {size[1]}x{size[0]}",
+            watch=(lambda n, im, k=k: watch(k * steps_per_octave + n, im)) if watch is not None else None,
+            watch_every=1,
         )
         if res.stopped == "non-finite":
             raise CnnvisError(f"dream stopped: {res.message}")

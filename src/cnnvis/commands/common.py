@@ -47,8 +47,32 @@ def preset_names() -> list[str]:
     return list(PRESETS)
 
 
+_THREADS: list[int] = []  # --threads N, applied by run_job (torch is not imported while parsing)
+
+
+def _threads_cb(ctx, param, value):
+    if value is not None:
+        if value < 1:
+            from cnnvis.errors import CnnvisError
+
+            raise CnnvisError(f"--threads must be a positive number of CPU threads, got {value}")
+        _THREADS[:] = [value]
+    return value
+
+
+def apply_threads() -> None:
+    """Set torch's CPU threads from --threads (results can differ between thread counts)."""
+    if _THREADS:
+        import torch
+
+        torch.set_num_threads(_THREADS[0])
+
+
 def model_options(fn: Callable) -> Callable:
-    """Add --model, --weights and --device."""
+    """Add --model, --weights, --device and --threads."""
+    fn = click.option("--threads", type=int, default=None, expose_value=False, callback=_threads_cb, metavar="N",
+                      help="CPU threads for torch (default: torch's choice). Optimized images (class, filters, "
+                           "dream) are reproducible for the same seed, threads, device and torch version.")(fn)
     fn = click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")(fn)
     fn = click.option(
         "--weights", default=None, metavar="PATH|random",
@@ -130,6 +154,7 @@ def run_job(kind: str, *, model: str, weights: str | None, device: str, cache: s
     except CnnvisError as e:
         raise CnnvisError(_flag_names(str(e), flags or {})) from None
     store = Store(cache) if cache else None
+    apply_threads()
     progress = None if (quiet or no_progress()) else True
     return run(spec, store=store, device=device, progress=progress)
 
@@ -169,6 +194,15 @@ def write_image(result, out: Path, name: str | None = None) -> Path:
         from cnnvis.viz import save_png  # writes any PIL format by extension, atomically
 
         save_png(result.image(name), out)
+    return out
+
+
+def write_file(result, out: Path, name: str) -> Path:
+    """Write the result's file `name` (its bytes as stored) to `out`, atomically."""
+    from cnnvis.utils import atomic_write
+
+    with atomic_write(out) as f:
+        f.write(result.files[name])
     return out
 
 

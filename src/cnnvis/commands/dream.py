@@ -31,9 +31,11 @@ def _thumb(size: tuple[int, int], longest: int) -> tuple[int, int]:
 @click.option("--out", "-o", default=None, type=click.Path(), help="Output image (format from the extension).")
 @click.option("--row", default=None, type=click.Path(),
               help="Write a row: the photo dreamed at each of --layers separately, labelled.")
+@click.option("--animate", default=None, metavar="OUT.gif", type=click.Path(),
+              help="Also write the dream (--out) forming, one frame per step, as an animated GIF.")
 @seed_option
 def dream_cmd(photo, model, weights, device, cache, as_json, layers, channels, octaves, octave_scale, steps, step_size,
-              jitter, tile, objective, guide, out, row, seed) -> None:
+              jitter, tile, objective, guide, out, row, animate, seed) -> None:
     """DeepDream on PHOTO at the chosen layers (output is the photo's size).
 
     Example: cnnvis dream cat.jpg --layers stage3 --out dream.jpg
@@ -46,6 +48,9 @@ def dream_cmd(photo, model, weights, device, cache, as_json, layers, channels, o
     out_p, row_p = check_out(out, [photo, guide], "--out"), check_out(row, [photo, guide], "--row")
     if out_p is not None and row_p is not None and out_p.resolve() == row_p.resolve():
         raise CnnvisError("--out and --row name the same file; give two names")
+    if animate is not None and out_p is None:
+        raise CnnvisError("--animate shows the --out dream forming; give --out FILE too")
+    anim_p = check_out(animate, [photo, guide, out, row], "--animate", suffixes=(".gif",))
     names = parse_names(layers)
     fields = dict(image=photo, channels=parse_ints(channels, "--channels"), octaves=octaves, octave_scale=octave_scale,
                   steps=steps, step_size=step_size, jitter=jitter, tile=tile, objective=objective, guide=guide,
@@ -56,12 +61,15 @@ def dream_cmd(photo, model, weights, device, cache, as_json, layers, channels, o
     report = {}
     lines = []
     if out_p is not None:
-        res = run_job("dream", layers=names, **common, **fields)
-        from cnnvis.commands.common import write_image
+        res = run_job("dream", layers=names, animate=anim_p is not None, **common, **fields)
+        from cnnvis.commands.common import write_file, write_image
 
         write_image(res, out_p)
         lines.append(f"wrote {out_p} ({res.data['size'][0]}x{res.data['size'][1]}, layers "
                      f"{', '.join(res.data['layers'])})" + (" [from the cache]" if res.cached else ""))
+        if anim_p is not None:
+            write_file(res, anim_p, "animation.gif")
+            lines.append(f"wrote {anim_p} (the dream forming, {res.data['frames']} frames)")
         report["out"] = {"path": str(out_p), **res.to_dict()}
     if row_p is not None:
         from cnnvis.viz import grid, save_png

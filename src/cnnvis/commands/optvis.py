@@ -5,7 +5,8 @@ from __future__ import annotations
 import click
 
 from cnnvis.commands.common import (
-    LazyChoice, check_out, emit, job_options, parse_ints, parse_names, preset_names, run_job, seed_option, write_image,
+    LazyChoice, check_out, emit, job_options, parse_ints, parse_names, preset_names, run_job, seed_option, write_file,
+    write_image,
 )
 
 
@@ -14,37 +15,54 @@ def _preset_option(fn):
                         help="Recipe (default: robust; see cnnvis.optvis.presets).")(fn)
 
 
+def _animate_option(fn):
+    return click.option("--animate", default=None, metavar="OUT.gif", type=click.Path(),
+                        help="Also write the optimization as an animated GIF (a frame every few steps).")(fn)
+
+
 @click.command("class")
 @click.argument("target", metavar="CLASS")
 @job_options
 @_preset_option
-@click.option("--steps", type=int, default=512, show_default=True, help="Most steps to run.")
+@click.option("--steps", type=int, default=384, show_default=True,
+              help="Most steps to run (most images stop earlier, once the checks below pass).")
 @click.option("--size", type=int, default=224, show_default=True, help="Image size in pixels.")
 @click.option("--until-prob", type=float, default=0.99, show_default=True,
               help="Stop once the 8-bit image reaches this probability (0 = run all steps).")
 @click.option("--robust-prob", type=float, default=0.95, show_default=True,
               help="...and this probability under each of the four perturbations (0 = do not require it).")
+@click.option("--judge", default=None, metavar="MODEL",
+              help="A second classifier with the same labels that checks the saved PNG (a witness: it never gives "
+                   "a gradient). Default: the other embedded model (efficientnet_lite1 for lite0); 'none' = no judge.")
+@click.option("--judge-prob", type=float, default=0.95, show_default=True,
+              help="...and stop only once the judge gives the PNG this probability (0 = report it, don't wait for it).")
 @click.option("--min-steps", type=int, default=128, show_default=True,
               help="Never stop before this many steps (early stops give faint images).")
 @click.option("--out", "-o", required=True, type=click.Path(), help="Output image (PNG keeps the checked bytes).")
+@_animate_option
 @seed_option
-def class_cmd(target, model, weights, device, cache, as_json, preset, steps, size, until_prob, robust_prob, min_steps,
-              out, seed) -> None:
+def class_cmd(target, model, weights, device, cache, as_json, preset, steps, size, until_prob, robust_prob, judge,
+              judge_prob, min_steps, out, animate, seed) -> None:
     """Render an image the model sees as CLASS (name or index), save it, and check it.
 
-    Prints the probability the model gives the saved 8-bit PNG, its top-5, and the probability
+    Prints the probability the model gives the saved 8-bit PNG, its top-5, the probability
     after four perturbations (blur, 2x down/up, 8-px shift, resize/crop): a real picture
-    survives them, adversarial noise does not.
+    survives them, adversarial noise does not; and what a second model (the judge) says of
+    the PNG: the model's own numbers saturate at 1.0, a second opinion does not.
 
-    Example: cnnvis class pelican --out pelican.png
+    Example: cnnvis class pelican --out pelican.png --animate pelican.gif
     """
     from cnnvis.errors import CnnvisError
 
     out = check_out(out)
+    anim = check_out(animate, [str(out)], flag="--animate", suffixes=(".gif",))
     res = run_job("class_image", model=model, weights=weights, device=device, cache=cache, quiet=as_json,
                   target=target, preset=preset, steps=steps, size=size, until_prob=until_prob,
-                  robust_prob=robust_prob, min_steps=min_steps, seed=seed)
+                  robust_prob=robust_prob, min_steps=min_steps, judge=judge, judge_prob=judge_prob,
+                  animate=anim is not None, seed=seed)
     write_image(res, out)
+    if anim is not None:
+        write_file(res, anim, "animation.gif")
     d = res.data
     t, label = d["class"]["index"], d["class"]["label"]
     lines = [f"saved {out} ({size}x{size}, preset {d['preset']}, {d['steps']} steps, {d['seconds']:.1f} s"
@@ -56,9 +74,34 @@ def class_cmd(target, model, weights, device, cache, as_json, preset, steps, siz
         v = d["robustness"][k]
         flag = "" if v >= 0.9 else "   <- below 0.9: adversarial noise rather than a picture?"
         lines.append(f"  {desc:<48} {v:.4f}{flag}")
-    emit(res, as_json, lines, out=str(out))
+    j = d.get("judge")
+    if j:
+        verdict = "agrees" if j["agrees"] else f"DISAGREES: its top-1 is {j['top1']['label']} ({j['top1']['prob']:.4f})"
+        lines.append(f"judge {j['model']} (a second model; it gave no gradient): probability {j['prob']:.4f} "
+                     f"for the PNG; it {verdict}")
+    else:
+        lines.append("judge: none (no second model with these labels; --judge MODEL adds one)")
+    lines.append(f"colour saturation {d['saturation']:.3f}, contrast (pixel std) {d['contrast']:.3f}")
+    if anim is not None:
+        lines.append(f"animation: {anim}")
+    emit(res, as_json, lines, out=str(out), **({"animation": str(anim)} if anim else {}))
     if not d["ok"]:
         raise CnnvisError(f"{d['message']}; that image was saved to {out}")
+
+
+class _IntOrAuto(click.ParamType):
+    name = "N|auto"
+
+    def convert(self, value, param, ctx):
+        if value == "auto" or isinstance(value, int):
+            return value
+        try:
+            return int(value)
+        except ValueError:
+            self.fail(f"{value!r} is neither a whole number nor 'auto'", param, ctx)
+
+
+_INT_OR_AUTO = _IntOrAuto()
 
 
 @click.command("filters")
@@ -69,8 +112,10 @@ def class_cmd(target, model, weights, device, cache, as_json, preset, steps, siz
 @click.option("--all-conv", is_flag=True, help="Every Conv2d layer of the model.")
 @click.option("--first", type=int, default=10, show_default=True, help="First N filters per layer.")
 @click.option("--channels", default=None, help="Comma-separated filter indices (instead of --first), e.g. 0,5,9.")
-@click.option("--steps", type=int, default=128, show_default=True)
-@click.option("--size", type=int, default=128, show_default=True, help="Size of each filter image in pixels.")
+@click.option("--steps", type=_INT_OR_AUTO, default="auto", show_default=True,
+              help="Optimizer steps per filter; auto: per layer, more for deeper layers (32..96).")
+@click.option("--size", type=_INT_OR_AUTO, default="auto", show_default=True,
+              help="Size of each filter image in pixels; auto: per layer, from its receptive field (32..128).")
 @click.option("--batch", type=int, default=16, show_default=True,
               help="Filters rendered together in one batch (speed only: results do not depend on it).")
 @click.option("--out", "-o", required=True, type=click.Path(), help="Output image (the grid).")
@@ -78,6 +123,11 @@ def class_cmd(target, model, weights, device, cache, as_json, preset, steps, siz
 def filters_cmd(model, weights, device, cache, as_json, preset, layers, all_conv, first, channels, steps, size, batch,
                 out, seed) -> None:
     """Grid of filter visualizations: one row per layer, one column per filter.
+
+    Without --preset: the robust preset's Fourier image with jitter only, the leaky pre-ReLU channel
+    mean, and per layer an image size and step count from its receptive field. Channels that never
+    fire on the sample photos are not rendered; their tile says 'dead'. Without a terminal (or with
+    --json) a line per layer goes to stderr.
 
     Example: cnnvis filters --model vgg16_hed --first 5 --out vgg_filters.png
     """
@@ -92,7 +142,9 @@ def filters_cmd(model, weights, device, cache, as_json, preset, layers, all_conv
                   channels=chans, first=first, preset=preset, steps=steps, size=size, batch=batch, seed=seed)
     write_image(res, out)
     n_cols = max(len(r["channels"]) for r in res.data["layers"])
-    emit(res, as_json, f"saved {out}: {len(res.data['layers'])} layers x up to {n_cols} filters"
+    d = res.data
+    counts = f"; {d['dead']} dead (never fire on the sample photos), {d['grey']} grey" if "dead" in d else ""
+    emit(res, as_json, f"saved {out}: {len(d['layers'])} layers x up to {n_cols} filters{counts}"
          + (" [from the cache]" if res.cached else ""), out=str(out))
 
 

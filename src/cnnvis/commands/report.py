@@ -25,7 +25,7 @@ def report_cmd(model, weights, device, cache, images, out, quick, sections, seed
 
     Example: cnnvis report --quick --out demo-report --cache ~/.cache/cnnvis
     """
-    from cnnvis.commands.common import no_progress, parse_names
+    from cnnvis.commands.common import apply_threads, no_progress, parse_names
     from cnnvis.images import find_images, load_image
     from cnnvis.jobs import Store
     from cnnvis.models import load
@@ -45,6 +45,7 @@ def report_cmd(model, weights, device, cache, images, out, quick, sections, seed
 
         photos = [(n, f"sample:{n}") for n in SAMPLE_NAMES]
     store = Store(cache) if cache else None
+    apply_threads()
     vm = load(model, weights=weights, device=device)
     page = build_report(vm, photos, out, quick=quick, only=only, device=device if device != "auto" else None,
                         seed=seed, progress=None if no_progress() else True, store=store, weights=weights,

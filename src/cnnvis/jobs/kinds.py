@@ -133,41 +133,68 @@ class ClassifySpec(Spec):
 # ---------------------------------------------------------------------- class image
 @register
 class ClassImageSpec(Spec):
-    """An image the model sees as `target`, re-checked from its 8-bit PNG and under four perturbations."""
+    """An image the model sees as `target`, re-checked from its 8-bit PNG, under four perturbations
+    and by a second classifier (the judge: a witness, never a gradient)."""
 
     kind = "class_image"
-    example = {"target": 1, "steps": 4, "min_steps": 0, "size": 64}
+    example = {"target": 1, "steps": 4, "min_steps": 0, "size": 64, "judge": "none"}
     title = "class image (activation maximization of a class logit)"
     target: int | str
-    preset: str | None = None
-    steps: int = Field(512, ge=1, le=100000)
+    preset: str | None = None  # default: CLASS_PRESET
+    steps: int = Field(384, ge=1, le=100000)
     size: Side = 224
     until_prob: float = Field(0.99, ge=0, le=1)
     robust_prob: float = Field(0.95, ge=0, le=1)
     min_steps: int = Field(128, ge=0, le=100000)
+    judge: str | None = None  # a second classifier with the same labels; None = default_judge(model); 'none' = none
+    judge_prob: float = Field(0.95, ge=0, le=1)  # stop only once the judge gives the 8-bit file this (0 = don't)
+    animate: bool = False  # also store the optimization as an animated GIF (animation.gif)
 
     def normalized(self, vm):
-        return self.model_copy(update={"target": _class_target(vm, self.target), "preset": preset_name(self.preset)})
+        judge = self.judge if self.judge is not None else default_judge(vm)
+        if judge != "none" and judge == self.model and self.weights is None:
+            raise CnnvisError(f"the judge must be a second model, not {self.model!r} itself: its own view is what the "
+                              "render optimized; give another classifier with the same labels, or --judge none")
+        return self.model_copy(update={"target": _class_target(vm, self.target),
+                                       "preset": preset_name(self.preset or CLASS_PRESET), "judge": judge})
+
+    def extra_models(self) -> list[str]:
+        return [self.judge] if self.judge not in (None, "none") else []
 
     def run(self, vm, ctx):
-        from cnnvis.classify import predict_probs, topk
-        from cnnvis.images import to_tensor
-        from cnnvis.optvis import PERTURBATIONS, class_logit, render, robustness
-
-        if self.size < vm.min_size:
-            raise CnnvisError(f"size {self.size} is too small for {vm.name}; use at least {vm.min_size}")
-        t = int(self.target)
-        from cnnvis.optvis.config import RenderConfig, UntilProb
-
-        stop = UntilProb(self.until_prob, robust=self.robust_prob or None, min_steps=self.min_steps) \
-            if self.until_prob else None
-        cfg = RenderConfig(preset=self.preset, steps=self.steps, size=self.size, seed=self.seed, stop=stop)
-        res = render(vm, class_logit(t), cfg, progress=ctx.bar, desc=f"class {vm.label(t)}")
-        png = png_bytes(res.images[0])
         import io
 
         from PIL import Image
 
+        from cnnvis.classify import predict_probs, topk
+        from cnnvis.images import to_tensor
+        from cnnvis.optvis import PERTURBATIONS, class_logit, render, robustness
+        from cnnvis.optvis.config import RenderConfig, UntilProb
+        from cnnvis.optvis.robustness import check_judge, witness_probs
+        from cnnvis.viz.animate import Animation
+
+        if self.size < vm.min_size:
+            raise CnnvisError(f"size {self.size} is too small for {vm.name}; use at least {vm.min_size}")
+        judge = None
+        if self.judge not in (None, "none"):
+            judge = ctx.models.get(self.judge)
+            if judge is None:  # run outside the runner
+                from cnnvis.models import load
+
+                judge = load(self.judge, device=vm.device)
+            check_judge(vm, judge)
+        t = int(self.target)
+        stop = None
+        if self.until_prob:
+            stop = UntilProb(self.until_prob, robust=self.robust_prob or None, min_steps=self.min_steps,
+                             judge=self.judge if judge is not None and self.judge_prob else None,
+                             judge_prob=self.judge_prob if judge is not None and self.judge_prob else None)
+        cfg = RenderConfig(preset=self.preset, steps=self.steps, size=self.size, seed=self.seed, stop=stop)
+        anim = Animation(self.steps) if self.animate else None
+        res = render(vm, class_logit(t), cfg, progress=ctx.bar, desc=f"class {vm.label(t)}",
+                     judge=judge if stop is not None and stop.judge else None,
+                     watch=anim.add if anim else None, watch_every=anim.every if anim else 8)
+        png = png_bytes(res.images[0])
         # the 8-bit file, as a user would feed it back
         x = to_tensor(Image.open(io.BytesIO(png)), mode=vm.preprocess.pil_mode or "RGB").to(vm.device)
         probs = predict_probs(vm, x)
@@ -176,8 +203,49 @@ class ClassImageSpec(Spec):
                 "seconds": round(res.seconds, 2), "stopped": res.stopped, "message": res.message, "ok": res.ok,
                 "prob_png": round(float(probs[0, t]), 6),
                 "top5": [{"index": q.index, "label": q.label, "prob": round(q.prob, 6)} for q in topk(probs, vm, 5)[0]],
-                "robustness": {k: v for k, v in rob.items() if k != "png"}, "perturbations": dict(PERTURBATIONS)}
-        return data, {"image.png": png}, "image.png"
+                "robustness": {k: v for k, v in rob.items() if k != "png"}, "perturbations": dict(PERTURBATIONS),
+                "judge": None}
+        data.update(image_stats(res.images[0]))
+        if judge is not None:
+            wp, wtop = witness_probs(judge, x.cpu(), t)
+            top = int(wtop[0])
+            jp = predict_probs(judge, judge.preprocess.prepare(Image.open(io.BytesIO(png))))[0]
+            data["judge"] = {"model": judge.name, "prob": round(float(wp[0]), 6), "agrees": top == t,
+                             "top1": {"index": top, "label": judge.label(top), "prob": round(float(jp[top]), 6)}}
+        files = {"image.png": png}
+        if anim is not None:
+            anim.add(res.steps, res.images, final=True)
+            files["animation.gif"] = anim.gif()
+            data["frames"] = len(anim.frames)
+        return data, files, "image.png"
+
+
+CLASS_PRESET = "witness"  # the class image's default recipe (see optvis.presets)
+
+
+def default_judge(vm) -> str:
+    """The witness of a model's class images: the other embedded EfficientNet-Lite for an ImageNet
+    classifier (lite1 for lite0, else lite0); 'none' for other label sets."""
+    from cnnvis.models.labels import imagenet_labels
+
+    if vm.task != "classification":
+        return "none"
+    if vm.name == "efficientnet_lite0":
+        return "efficientnet_lite1"
+    if vm.labels is not None and list(vm.labels) == list(imagenet_labels()):
+        return "efficientnet_lite0"
+    return "none"
+
+
+def image_stats(img) -> dict:
+    """Colour saturation (mean HSV saturation) and contrast (pixel standard deviation) of a (C, H, W)
+    image in [0, 1]: class images that are pale and flat have both low."""
+    x = img.detach().float().clamp(0, 1)
+    sat = 0.0
+    if x.shape[0] == 3:
+        mx, mn = x.max(0).values, x.min(0).values
+        sat = float(((mx - mn) / mx.clamp_min(1e-8)).mean())  # where mx = 0, mx - mn = 0 too
+    return {"saturation": round(sat, 4), "contrast": round(float(x.std()), 4)}
 
 
 # ---------------------------------------------------------------------- filter grid
@@ -193,8 +261,9 @@ class FiltersSpec(Spec):
     channels: list[int] | None = None
     first: int = Field(10, ge=1, le=4096)
     preset: str | None = None
-    steps: int = Field(128, ge=1, le=100000)
-    size: Side = 128
+    # 'auto': per layer, from its receptive field (optvis.filters.layer_plan); an int: that for every layer
+    steps: Annotated[int, Field(ge=1, le=100000)] | Literal["auto"] = "auto"
+    size: Side | Literal["auto"] = "auto"
     batch: int = Field(16, ge=1, le=256, exclude=True)  # speed only: not part of the result's identity
 
     def normalized(self, vm):
@@ -203,21 +272,26 @@ class FiltersSpec(Spec):
             raise CnnvisError(f"model {vm.name!r} has no conv layers; give layers")
         chans = self.channels if self.channels is not None else list(range(self.first))
         return self.model_copy(update={"layers": _resolve_layers(vm, layers), "channels": chans, "all_conv": False,
-                                       "first": len(chans), "preset": preset_name(self.preset)})
+                                       "first": len(chans),
+                                       # None: the filter grid's own recipe (optvis.filters.FILTER_DEFAULTS)
+                                       "preset": preset_name(self.preset) if self.preset else None})
 
     def run(self, vm, ctx):
-        from cnnvis.optvis.filters import render_filters
-        from cnnvis.viz import grid
+        from cnnvis.optvis.filters import filters_grid, layer_log, render_filters
 
-        if self.size < vm.min_size:
+        if self.size != "auto" and self.size < vm.min_size:
             raise CnnvisError(f"size {self.size} is too small for {vm.name}; use at least {vm.min_size}")
         rows = render_filters(vm, self.layers, self.channels, preset=self.preset, steps=self.steps, size=self.size,
-                              seed=self.seed, batch=self.batch, progress=ctx.bar)
+                              seed=self.seed, batch=self.batch, progress=ctx.bar, log=layer_log(ctx))
         labels = [_layer_label(vm, r[0]) for r in rows]
-        img = grid([list(im) for _, _, im, _ in rows], row_labels=labels, col_labels=[str(c) for c in rows[0][1]],
-                   title=f"{vm.name}: {len(rows[0][1])} filters per layer")
+        img = filters_grid(vm, rows, row_labels=labels, title=f"{vm.name}: {len(rows[0][1])} filters per layer")
         data = {"layers": [{"layer": lab, "module": r[0], "channels": list(r[1]),
-                            "values": [round(float(v), 5) for v in r[3]]} for lab, r in zip(labels, rows)]}
+                            "values": [None if v != v else round(float(v), 5) for v in r[3]],
+                            "size": r.size, "steps": r.steps, "receptive_field": r.rf, "dead": r.dead,
+                            "grey": r.grey, "flat_score": r.flat, "seconds": round(r.seconds, 2)}
+                           for lab, r in zip(labels, rows)]}
+        data["dead"] = sum(len(r.dead) for r in rows)
+        data["grey"] = sum(len(r.grey) for r in rows)
         files = {"grid.png": png_bytes(img)}
         return data, files, "grid.png"
 
@@ -241,6 +315,7 @@ class DreamSpec(_PhotoSpec):
     objective: Literal["l2", "mean"] = "l2"
     guide: str | None = None
     max_side: int | None = Field(None, ge=8, le=100000)  # shrink the photo first so its longest side is this
+    animate: bool = False  # also store the optimization as an animated GIF (animation.gif), a frame per step
 
     def inputs(self) -> list[str]:
         return [self.image] + ([self.guide] if self.guide else [])
@@ -259,11 +334,27 @@ class DreamSpec(_PhotoSpec):
             s = self.max_side / max(img.size)
             img = img.resize((max(1, round(img.size[0] * s)), max(1, round(img.size[1] * s))))
         guide = load_input(self.guide) if self.guide else None
+        anim = None
+        if self.animate:
+            import torch.nn.functional as F
+
+            from cnnvis.viz.animate import Animation
+
+            w, h = img.size
+            f = min(1.0, 512 / max(w, h))
+            thumb = (max(1, round(h * f)), max(1, round(w * f)))
+            anim = Animation(self.steps * self.octaves, frames=10 ** 6, compose=lambda n, im: F.interpolate(
+                im, size=thumb, mode="bilinear", antialias=True, align_corners=False)[0])
         out = dream(vm, img, self.layers, self.channels, octaves=self.octaves, octave_scale=self.octave_scale,
                     steps_per_octave=self.steps, step_size=self.step_size, jitter=self.jitter, tile=self.tile,
-                    objective=self.objective, guide=guide, seed=self.seed, progress=ctx.bar)
-        return ({"size": [out.shape[-1], out.shape[-2]], "layers": [_layer_label(vm, n) for n in self.layers]},
-                {"dream.png": png_bytes(out)}, "dream.png")
+                    objective=self.objective, guide=guide, seed=self.seed, progress=ctx.bar,
+                    watch=anim.add if anim is not None else None)
+        files = {"dream.png": png_bytes(out)}
+        if anim is not None:
+            anim.add(self.steps * self.octaves, out, final=True)
+            files["animation.gif"] = anim.gif()
+        return ({"size": [out.shape[-1], out.shape[-2]], "layers": [_layer_label(vm, n) for n in self.layers],
+                 "frames": len(anim.frames) if anim is not None else 0}, files, "dream.png")
 
 
 # ---------------------------------------------------------------------- attribution

@@ -28,7 +28,10 @@ class Result:
     """kind + canonical spec + key (hash) + numbers (`data`) + encoded files (name -> bytes).
 
     `main` names the file that shows the result (a PNG). `cached` is True when the store
-    served it; `seconds` is the compute time when it was made.
+    served it; `seconds` is the compute time when it was made; `env` what else the numbers
+    depend on (torch version, device, CPU threads): the same spec on another torch, device or
+    thread count can differ in the last bits, and optimized images (class images, filters,
+    dreams) can differ visibly.
     """
 
     kind: str
@@ -39,13 +42,14 @@ class Result:
     main: str | None = None
     seconds: float = 0.0
     cached: bool = False
+    env: dict = field(default_factory=dict)  # what the numbers depend on besides the spec: torch, device, threads
 
     # ------------------------------------------------------------------ views
     def to_dict(self) -> dict:
         """JSON-able summary: kind, key, spec, data, file names (not their bytes)."""
         return {"kind": self.kind, "key": self.key, "spec": self.spec, "data": self.data,
                 "files": sorted(self.files), "main": self.main, "seconds": round(self.seconds, 3),
-                "cached": self.cached}
+                "cached": self.cached, "env": self.env}
 
     def image(self, name: str | None = None):
         """PIL image of file `name` (default: the main file)."""
@@ -104,7 +108,8 @@ class Result:
             meta = json.loads((folder / RESULT_JSON).read_text())
             files = {n: (folder / n).read_bytes() for n in meta["files"]}
             return cls(kind=meta["kind"], spec=meta["spec"], key=meta["key"], data=meta["data"], files=files,
-                       main=meta.get("main"), seconds=meta.get("seconds", 0.0), cached=True)
+                       main=meta.get("main"), seconds=meta.get("seconds", 0.0), cached=True,
+                       env=meta.get("env", {}))
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise CnnvisError(f"stored result {str(folder)!r} is incomplete or corrupt ({e})") from None
 

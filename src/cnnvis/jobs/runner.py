@@ -14,6 +14,7 @@ never meet another's. Two jobs on different models run in parallel.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import threading
@@ -79,7 +80,8 @@ def weights_id(model: str, weights: str | None) -> str:
 
 def job_key(spec: Spec) -> str:
     """The store key: hash of the canonical spec, the weights, the input files and the code version."""
-    extra = "|".join([weights_id(spec.model, spec.weights), *(file_hash(p) for p in spec.inputs()
+    extra = "|".join([weights_id(spec.model, spec.weights), *(weights_id(m, None) for m in spec.extra_models()),
+                      *(file_hash(p) for p in spec.inputs()
                                                                   if not str(p).startswith("sample:")),
                       f"cnnvis {__version__}"])
     return spec.hash(extra)
@@ -108,10 +110,12 @@ class ModelPool:
         self._models: dict[tuple, object] = {}
         self._lock = threading.Lock()
 
-    def get(self, name: str, weights: str | None = None):
+    def get(self, name: str, weights: str | None = None, role: str = "main"):
+        """The loaded model; role='judge' gives a separate instance with its own lock, taken only while
+        a main model's lock is held (judge locks are always taken last: no lock-order cycle)."""
         from cnnvis.models import load
 
-        key = (name, weights, self.device)
+        key = (name, weights, self.device) if role == "main" else (name, weights, self.device, role)
         wid = weights_id(name, weights)  # a checkpoint or weights file saved again: a new model
         with self._lock:
             if key not in self._models or self._models[key][0] != wid:
@@ -152,8 +156,9 @@ _POOLS_LOCK = threading.Lock()
 class JobContext:
     """What a running job gets besides its spec: progress reporting, cancellation, the device."""
 
-    def __init__(self, progress=None, cancel=None, desc: str = "") -> None:
+    def __init__(self, progress=None, cancel=None, desc: str = "", models: dict | None = None) -> None:
         self._progress, self._cancel, self.desc = progress, cancel, desc
+        self.models = models or {}  # name -> loaded VisModel, for spec.extra_models()
 
     def cancelled(self) -> bool:
         c = self._cancel
@@ -196,6 +201,20 @@ class JobContext:
 
 
 # ---------------------------------------------------------------------- run
+def run_env(vm) -> dict:
+    """What a result depends on besides its spec and weights: torch version, device, CPU threads."""
+    import platform
+
+    import torch
+
+    dev = vm.device
+    out = {"torch": torch.__version__, "device": str(dev), "threads": torch.get_num_threads(),
+           "cnnvis": __version__, "machine": platform.machine()}
+    if dev.type == "cuda":
+        out["gpu"] = torch.cuda.get_device_name(dev)
+    return out
+
+
 def run(spec, *, store: Store | str | os.PathLike | None = None, progress=None, cancel=None,
         device: str | None = None, pool: ModelPool | None = None, vm=None) -> Result:
     """Compute (or fetch from `store`) the result of a job spec (a Spec, dict or JSON text).
@@ -229,9 +248,15 @@ def run(spec, *, store: Store | str | os.PathLike | None = None, progress=None, 
                     store.put(hit, aliases=(raw_key,))
                 return hit
         ctx.check()
+        extras = {m: pool.get(m, None, role="judge") for m in nspec.extra_models()}
+        ctx.models = extras
         t0 = time.perf_counter()
-        data, files, main = nspec.run(vm, ctx)
-        res = Result(nspec.kind, nspec.to_dict(), key, data, files, main, time.perf_counter() - t0)
+        with contextlib.ExitStack() as held:
+            for m in extras.values():
+                held.enter_context(pool.lock(m))
+            data, files, main = nspec.run(vm, ctx)
+        res = Result(nspec.kind, nspec.to_dict(), key, data, files, main, time.perf_counter() - t0,
+                     env=run_env(vm))
     if store is not None:
         store.put(res, aliases=(raw_key,) if raw_key != key else ())
     return res

@@ -49,6 +49,11 @@ class Spec(BaseModel):
         """Paths of input files whose CONTENT is part of the job's identity (photos)."""
         return []
 
+    def extra_models(self) -> list[str]:
+        """Names of models besides `model` the job loads (a class image's judge); their weights are part
+        of its identity, and the runner hands them over loaded in `ctx.models`."""
+        return []
+
     def hash(self, extra: str = "") -> str:
         """sha256 of the canonical form (+ `extra`: weights and input file hashes, code version)."""
         return hashlib.sha256((self.canonical_json() + "|" + extra).encode()).hexdigest()

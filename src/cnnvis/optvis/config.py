@@ -33,20 +33,33 @@ def _is_num(v) -> bool:
 @dataclass(frozen=True)
 class UntilProb:
     """Stop a class render once the target probability of each image's 8-bit version is >= `prob`
-    (and, with `robust`, >= `robust` under each perturbation of optvis.robustness), never before
-    `min_steps`. Each image stops on its own: an image reached is kept as it was at that step."""
+    (and, with `robust`, >= `robust` under each perturbation of optvis.robustness; with `judge`, a
+    second classifier's probability of the saved file >= `judge_prob`), never before `min_steps`.
+    Each image stops on its own: an image reached is kept as it was at that step.
+
+    judge: a model name (`cnnvis.models.load`) with the same labels; it only looks at the images
+    (a witness, never a gradient). The model's own probabilities saturate at 1.0 long before the
+    picture convinces another model; the judge's does not (see optvis.presets)."""
 
     prob: float = 0.99
     robust: float | None = None
     min_steps: int = 0
+    judge: str | None = None
+    judge_prob: float | None = None
 
     def __post_init__(self):
-        for name in ("prob", "robust"):
+        for name in ("prob", "robust", "judge_prob"):
             v = getattr(self, name)
             if (v is not None or name == "prob") and not (_is_num(v) and 0 < v <= 1):
                 raise CnnvisError(f"UntilProb.{name} must be a probability in (0, 1], got {v!r}")
         if not _is_int(self.min_steps) or self.min_steps < 0:
             raise CnnvisError(f"UntilProb.min_steps must be an integer >= 0, got {self.min_steps!r}")
+        if self.judge is not None and not (isinstance(self.judge, str) and self.judge):
+            raise CnnvisError(f"UntilProb.judge must be a model name, got {self.judge!r}")
+        if self.judge is not None and self.judge_prob is None:
+            object.__setattr__(self, "judge_prob", 0.95)
+        if self.judge is None and self.judge_prob is not None:
+            raise CnnvisError("UntilProb.judge_prob needs a judge (a second model's name)")
 
     def to_dict(self) -> dict:
         return {"kind": "until_prob", **asdict(self)}
@@ -93,6 +106,8 @@ class RenderConfig:
     check_every: int = 16
     seed: int = 0
     tile: int | None = None
+    schedule: str | None = None
+    ema: float | None = None
 
     def __post_init__(self):
         if self.preset is None:
@@ -119,7 +134,9 @@ class RenderConfig:
                                   f"got {v!r}")
         if self.octave_scale is not None and not (_is_num(self.octave_scale) and self.octave_scale > 1):
             raise CnnvisError(f"octave_scale must be a number > 1, got {self.octave_scale!r}")
-        choices = {"optimizer": ("adam", "sgd"), "image": ("fourier", "pixel"),
+        if self.ema is not None and not (_is_num(self.ema) and 0 <= self.ema < 1):
+            raise CnnvisError(f"ema must be a number in [0, 1) (0 = off), got {self.ema!r}")
+        choices = {"schedule": ("constant", "cosine"), "optimizer": ("adam", "sgd"), "image": ("fourier", "pixel"),
                    "transforms": tuple(TRANSFORMS), "regularizers": tuple(REGULARIZERS)}
         for name, ok in choices.items():
             v = getattr(self, name)
@@ -186,13 +203,20 @@ def _check_keys(cls, d: dict, what: str) -> None:
 
 PRESETS: dict[str, RenderConfig] = {
     "chollet2016": RenderConfig("chollet2016", steps=256, lr=2 / 255, optimizer="sgd", image="pixel", init_sd=0.05,
-                                transforms="none", regularizers="chollet", copies=1, octaves=1, octave_scale=1.4),
+                                transforms="none", regularizers="chollet", copies=1, octaves=1, octave_scale=1.4,
+                                schedule="constant", ema=0.0),
     "yosinski2015": RenderConfig("yosinski2015", steps=512, lr=4 / 255, optimizer="sgd", image="pixel", init_sd=0.05,
-                                 transforms="jitter", regularizers="yosinski", copies=1, octaves=1, octave_scale=1.4),
+                                 transforms="jitter", regularizers="yosinski", copies=1, octaves=1, octave_scale=1.4,
+                                schedule="constant", ema=0.0),
     "lucid2017": RenderConfig("lucid2017", steps=512, lr=0.05, optimizer="adam", image="fourier", init_sd=0.01,
-                              transforms="lucid", regularizers="none", copies=1, octaves=1, octave_scale=1.4),
+                              transforms="lucid", regularizers="none", copies=1, octaves=1, octave_scale=1.4,
+                                schedule="constant", ema=0.0),
     "robust": RenderConfig("robust", steps=512, lr=0.05, optimizer="adam", image="fourier", init_sd=0.01,
-                           transforms="robust", regularizers="none", copies=1, octaves=1, octave_scale=1.4),
+                           transforms="robust", regularizers="none", copies=1, octaves=1, octave_scale=1.4,
+                                schedule="constant", ema=0.0),
+    "witness": RenderConfig("witness", steps=384, lr=0.1, optimizer="adam", image="fourier", init_sd=0.01,
+                            transforms="robust", regularizers="none", copies=1, octaves=1, octave_scale=1.4,
+                            schedule="constant", ema=0.9),
 }
 _BUILDING = False
 
@@ -201,6 +225,7 @@ PRESET_NOTES = {
     "yosinski2015": "pixels, L2 decay, blur every 4 steps, clip small norm/contribution, jitter",
     "lucid2017": "Fourier spectrum + decorrelated colour, Adam, Lucid's standard transforms",
     "robust": "lucid2017 parameterization + stronger same-size transforms incl. random softening",
+    "witness": "robust at twice the step size, showing the running average of the image (class images' default)",
 }
 
 

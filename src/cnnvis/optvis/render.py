@@ -12,6 +12,7 @@ its random start and its random transforms: an image does not depend on the batc
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -44,7 +45,8 @@ class RenderResult:
     image_steps: steps each image ran (they stop one by one under `UntilProb`); stopped: None
     (ran all steps), 'until_prob' or 'non-finite'; message: a sentence for the user when
     stopped; targets/probs/top5: for class objectives, the class per image, its softmax
-    probability on the 8-bit image, top-5; config: the resolved RenderConfig.
+    probability on the 8-bit image, top-5; judge_probs/judge_top1: (B,) what the stop's judge says of
+    the final 8-bit images (class probability, top-1 index); config: the resolved RenderConfig.
     """
 
     images: Tensor
@@ -59,6 +61,8 @@ class RenderResult:
     image_steps: list[int] | None = None
     config: RenderConfig | None = None
     param: ImageParam | None = field(default=None, repr=False)
+    judge_probs: Tensor | None = None
+    judge_top1: Tensor | None = None
 
     @property
     def ok(self) -> bool:
@@ -95,6 +99,9 @@ def render(
     custom_regularizers: Sequence[Regularizer] | None = None,
     progress: Progress = None,
     desc: str = "render",
+    watch: Callable[[int, Tensor], None] | None = None,
+    watch_every: int = 8,
+    judge=None,
     **overrides,
 ) -> RenderResult:
     """Optimize images so that `objective` is maximal; the model comes back unchanged.
@@ -111,6 +118,10 @@ def render(
     custom_transforms: a callable (x, generators) -> x used instead of config.transforms;
     custom_regularizers: a list used instead of config.regularizers. Neither is part of the
       config (a job spec cannot hold them): results are then reproducible only with them.
+    judge: the loaded VisModel that config.stop.judge names (else it is loaded by name); it only
+      looks at the images, and the result's `judge_probs` hold what it says of the final ones.
+    watch: called as watch(step, images) after step 1 and every `watch_every` steps, with the current
+      (B, C, H, W) images in [0, 1] on the CPU (frames of an animation; it cannot change the render).
     A non-finite objective or image stops that image and keeps its last finite version
     (stopped='non-finite', message says so). Same config, objective and machine -> same images.
     """
@@ -127,6 +138,8 @@ def render(
     tf = custom_transforms if custom_transforms is not None else TRANSFORMS[cfg.transforms]()
     regs = list(custom_regularizers if custom_regularizers is not None else REGULARIZERS[cfg.regularizers]())
     tile = cfg.tile
+    if watch is not None and (not isinstance(watch_every, int) or isinstance(watch_every, bool) or watch_every < 1):
+        raise CnnvisError(f"watch_every must be a positive integer, got {watch_every!r}")
     if tile is not None and (tile < vm.min_size or copies > 1):
         raise CnnvisError(f"tile must be >= {vm.min_size} (the model's smallest input) and needs copies=1, "
                           f"got tile={tile}, copies={copies}")
@@ -137,6 +150,16 @@ def render(
         raise CnnvisError("stop=UntilProb(...) needs a class objective (class_logit)")
     device = vm.device
     c_in = vm.input_shape[0]
+    if stop is not None and stop.judge is not None:
+        from cnnvis.optvis.robustness import check_judge
+
+        if judge is None:
+            from cnnvis.models import load
+
+            judge = load(stop.judge, device=device)
+        check_judge(vm, judge)
+    elif judge is not None:
+        raise CnnvisError("judge= is for a class render that stops on it: give stop=UntilProb(..., judge=NAME)")
 
     if init is not None:
         param = init
@@ -207,8 +230,13 @@ def render(
     keep = None
     if not tiled:
         with torch.no_grad():
-            keep = param().detach().clone()
+            keep = param().detach().clone()  # the start image (the average starts there too)
     opt = make_opt(param)
+    ema = cfg.ema or 0.0
+    # the shown image: with ema, the exponential moving average of the parameters (Polyak averaging):
+    # the optimized image still moves every step with its random transforms; the average holds still
+    avg = _copy_param(param) if ema and not tiled else None
+    view = avg if avg is not None else param
     octave = 0
     n_run = 0
     with model_guard(vm.model), capture(vm.model, list(resolved.values()), stop=not needs_out) as cap:
@@ -224,10 +252,13 @@ def render(
         for i in progress_iter(range(steps), total=steps, desc=desc, progress=progress):
             if i >= bounds[octave]:
                 octave += 1
-                param = param.resized(*sizes[octave])
+                param = (avg if avg is not None else param).resized(*sizes[octave])
                 for r in regs:
                     r.check(param)
                 opt = make_opt(param)
+                if avg is not None:
+                    avg = _copy_param(param)
+                view = avg if avg is not None else param
                 keep = None
             opt.zero_grad(set_to_none=not tiled)
             x = param()
@@ -262,13 +293,23 @@ def render(
                 with torch.no_grad():
                     for r in regs:
                         r.after_step(param, i)
+            if avg is not None:
+                with torch.no_grad():
+                    for a, q in zip(avg.parameters(), param.parameters()):
+                        a.lerp_(q, 1 - ema)
+            if cfg.schedule == "cosine":  # lr from cfg.lr down to cfg.lr / 10 at the last step
+                for g in opt.param_groups:
+                    g["lr"] = cfg.lr * (0.1 + 0.45 * (1 + math.cos(math.pi * (i + 1) / steps)))
             history.append(vals.detach())
             n_run = i + 1
+            if watch is not None and (n_run == 1 or n_run % watch_every == 0):
+                with torch.no_grad():
+                    watch(n_run, view().detach().float().cpu().clamp_(0, 1))
             if tiled:
                 continue
             if n_run % cfg.check_every == 0 or n_run == steps:
                 with torch.no_grad():
-                    img = param()
+                    img = view()
                     recent = torch.stack(history[-cfg.check_every:]).cpu()
                     ok_rows = torch.isfinite(recent)
                     ok = ok_rows.all(0) & torch.isfinite(img).flatten(1).all(1).cpu()
@@ -293,7 +334,7 @@ def render(
                     for k in live.nonzero().flatten().tolist():
                         image_steps[k] = n_run
                     if stop is not None and n_run >= stop.min_steps and img.shape[-2:] == sizes[-1]:
-                        now = _reached(cap, normalize, img, tgt, stop) & ~done
+                        now = _reached(cap, normalize, img, tgt, stop, judge, ~done) & ~done
                         reached |= now
                         done |= now
                 if bool(done.all()):
@@ -316,7 +357,8 @@ def render(
     elif stop is not None and bool(reached.all()):
         stopped = "until_prob"
         message = f"reached probability {stop.prob} at step {n_run}" + (
-            f" (>= {stop.robust} under each perturbation)" if stop.robust else "")
+            f" (>= {stop.robust} under each perturbation)" if stop.robust else "") + (
+            f", and {stop.judge_prob} for the judge {stop.judge}" if stop.judge else "")
     res = RenderResult(images, values, n_run, stopped, message, targets, image_steps=image_steps, config=cfg,
                        param=param)
     if targets is not None and vm.task == "classification":
@@ -326,8 +368,22 @@ def render(
         t = torch.as_tensor(targets * (images.shape[0] // len(targets)))
         res.probs = probs[torch.arange(images.shape[0]), t]
         res.top5 = topk(probs, vm, 5)
+        if judge is not None:
+            from cnnvis.optvis.robustness import witness_probs
+
+            res.judge_probs, res.judge_top1 = witness_probs(judge, images, t.tolist())
     res.seconds = time.perf_counter() - t0
     return res
+
+
+def _copy_param(param: ImageParam) -> ImageParam:
+    """A copy of the parameterization whose parameters are plain (no-grad) tensors: the running average."""
+    import copy
+
+    out = copy.deepcopy(param)
+    for q in out.parameters():
+        q.requires_grad_(False)
+    return out
 
 
 def _finite(t: Tensor) -> bool:
@@ -336,9 +392,11 @@ def _finite(t: Tensor) -> bool:
     return bool(torch.isfinite(lo) & torch.isfinite(hi))
 
 
-def _reached(cap, normalize, img: Tensor, tgt: Tensor, stop: UntilProb) -> Tensor:
+def _reached(cap, normalize, img: Tensor, tgt: Tensor, stop: UntilProb, judge=None, live: Tensor | None = None) -> Tensor:
     """(B,) bool on the CPU: the image's target probability on its 8-bit version is >= stop.prob (and,
-    with stop.robust, >= stop.robust under each of the four perturbations)."""
+    with stop.robust, >= stop.robust under each of the four perturbations; with a judge, the judge's
+    probability of the 8-bit file >= stop.judge_prob; it is asked only about `live` images that
+    passed the model's own checks)."""
     q = quantize(img)
     xs = [q] + (list(perturb(q).values()) if stop.robust is not None else [])
     out = cap.run(normalize(torch.cat(xs)))
@@ -349,6 +407,16 @@ def _reached(cap, normalize, img: Tensor, tgt: Tensor, stop: UntilProb) -> Tenso
     ok = p[0] >= stop.prob
     if stop.robust is not None:
         ok &= (p[1:] >= stop.robust).all(0)
+    if judge is not None:
+        ask = ok & (live if live is not None else True)
+        if bool(ask.any()):
+            from cnnvis.optvis.robustness import witness_probs
+
+            idx = ask.nonzero().flatten()
+            tt = tgt.repeat(b // tgt.numel()).cpu()
+            wp, _ = witness_probs(judge, q[idx.to(q.device)], tt[idx].tolist())
+            ok[idx] = wp >= stop.judge_prob
+        ok &= ask
     return ok
 
 

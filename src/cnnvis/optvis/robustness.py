@@ -59,6 +59,48 @@ def perturb(x: Tensor) -> dict[str, Tensor]:
     return {k: quantize(f(x)) for k, f in _FUNCS.items()}
 
 
+def check_judge(vm, judge) -> None:
+    """Raise a CnnvisError unless `judge` can witness `vm`'s class images: a classifier with the same
+    labels that is not `vm` itself (same module, or same name and weights)."""
+    from cnnvis.errors import CnnvisError
+
+    if getattr(judge, "task", "classification") != "classification":
+        raise CnnvisError(f"judge {judge.name!r} is not a classifier ({judge.task}); give a classifier with the same "
+                          f"labels as {vm.name!r}, e.g. --judge efficientnet_lite1, or --judge none")
+    if judge is vm or judge.model is vm.model or (judge.name == vm.name and _same_weights(judge.model, vm.model)):
+        raise CnnvisError(f"the judge must be a second model, not {vm.name!r} itself: its own view is what the "
+                          "render optimized; give another classifier with the same labels, or --judge none")
+    a, b = list(vm.labels or []), list(judge.labels or [])
+    if a != b:
+        what = f"{len(b)} classes" if len(a) != len(b) else "other class names"
+        raise CnnvisError(f"judge {judge.name!r} has {what} than {vm.name!r} ({len(a)} classes); a witness needs the "
+                          "same labels: give a classifier trained on the same classes, or --judge none")
+
+
+def _same_weights(a, b) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(
+        sa[k].shape == sb[k].shape and torch.equal(sa[k].cpu(), sb[k].cpu()) for k in sa)
+
+
+def witness_probs(judge, x: Tensor, target: int | list[int]) -> tuple[Tensor, Tensor]:
+    """What a second classifier says of images as saved files: x (B, C, H, W) in [0, 1] is rounded to
+    8 bits, made into PIL images and prepared by the judge's own preprocessing (resize, crop).
+    Returns ((B,) probability of each image's target, (B,) the judge's top-1 index)."""
+    import numpy as np
+    from PIL import Image
+
+    from cnnvis.classify import predict_probs
+
+    q = (quantize(x.detach().float().cpu()) * 255).round().to(torch.uint8)
+    mode = judge.preprocess.pil_mode or "RGB"
+    ims = [Image.fromarray(np.ascontiguousarray(im.permute(1, 2, 0).squeeze(-1).numpy())).convert(mode) for im in q]
+    probs = predict_probs(judge, torch.cat([judge.preprocess.prepare(im) for im in ims]))
+    b = x.shape[0]
+    t = torch.as_tensor([target] * b if isinstance(target, int) else list(target) * (b // len(target)))
+    return probs[torch.arange(b), t], probs.argmax(1)
+
+
 def robustness(vm, x: Tensor, target: int | list[int]) -> dict[str, Tensor]:
     """Target-class probability of x ('png') and of its four perturbations, each (B,)."""
     from cnnvis.classify import predict_probs

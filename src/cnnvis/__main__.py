@@ -1,0 +1,3 @@
+from cnnvis.cli import main
+
+raise SystemExit(main())
