@@ -9,6 +9,10 @@
     (whose extra resampling is real work the raw loop does not do).
 (b) 16 channels of one layer in one batch vs the same 16 renders one at a time.
 (c) vs torch-lucent (if installed) on the same channel objective, size and steps.
+(d) the default `cnnvis class CLASS` on 15 classes x 3 seeds beside Lucent's 512-step render of
+    the same class: steps, seconds, the model's own checks, the judge's (efficientnet_lite1)
+    probability, colour saturation and contrast (--only-classes runs just this and (e)).
+(e) --animate's extra time on a class render.
 """
 
 from __future__ import annotations
@@ -52,7 +56,8 @@ def ours(vm, obj, steps: int, **kw) -> float:
     return (time.perf_counter() - t) / steps
 
 
-def lucent_time(vm, layer_module: str, n: int, size: int, steps: int) -> float | None:
+def _lucent_shims() -> None:
+    """torch-lucent 0.1.8 imports IPython.display (notebooks only) and kornia<0.5's top-level names."""
     import sys
     import types
 
@@ -63,13 +68,17 @@ def lucent_time(vm, layer_module: str, n: int, size: int, steps: int) -> float |
             ip = types.ModuleType("IPython")
             ip.display = types.ModuleType("IPython.display")
             sys.modules["IPython"], sys.modules["IPython.display"] = ip, ip.display
+    import kornia
+
+    if not hasattr(kornia, "get_rotation_matrix2d"):
+        from kornia.geometry.transform import get_rotation_matrix2d, warp_affine
+
+        kornia.get_rotation_matrix2d, kornia.warp_affine = get_rotation_matrix2d, warp_affine
+
+
+def lucent_time(vm, layer_module: str, n: int, size: int, steps: int) -> float | None:
     try:
-        import kornia
-
-        if not hasattr(kornia, "get_rotation_matrix2d"):  # lucent 0.1.8 uses kornia<0.5's top-level name
-            from kornia.geometry.transform import get_rotation_matrix2d, warp_affine
-
-            kornia.get_rotation_matrix2d, kornia.warp_affine = get_rotation_matrix2d, warp_affine
+        _lucent_shims()
         from lucent.optvis import objectives, param, render as lrender
     except ImportError:
         return None
@@ -95,6 +104,10 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="fewer steps for (b)")
+    ap.add_argument("--classes", type=int, default=15, help="(d): how many of the 15 classes")
+    ap.add_argument("--seeds", type=int, default=3, help="(d): seeds per class")
+    ap.add_argument("--no-classes", action="store_true", help="skip (d) and (e)")
+    ap.add_argument("--only-classes", action="store_true", help="run only (d) and (e)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     from cnnvis.models import load
@@ -104,6 +117,10 @@ def main() -> None:
     vm = load("efficientnet_lite0")
     print(f"torch {torch.__version__}, {a.threads} threads, efficientnet_lite0, {a.size}px, {a.steps} steps; "
           f"default preset {DEFAULT_PRESET}")
+    if a.only_classes:
+        _lucent_shims()
+        class_table(vm, a)
+        return
 
     print("\n(a) efficiency: render steps/s divided by raw truncated forward+backward steps/s "
           f"(best of {a.rounds} interleaved rounds)")
@@ -147,17 +164,133 @@ def main() -> None:
     else:
         print(f"  stage5 ch 0, {a.steps} steps: lucent {1 / lt:.1f} steps/s ({lt / raw:.2f}x the truncated raw time), "
               f"cnnvis lucid2017 {1 / mine:.1f} steps/s ({mine / raw:.2f}x) -> cnnvis {lt / mine:.2f}x faster")
-        t = time.perf_counter()
-        lucent_class(vm, 512)
-        print(f"  lucent 512-step class render (pelican logit, whole network): {time.perf_counter() - t:.1f} s")
+    if not a.no_classes:
+        class_table(vm, a)
 
 
-def lucent_class(vm, steps):
+class _Normalized:
+    """The model behind its own preprocessing, as a module Lucent can hook ('net_classifier')."""
+
+    def __new__(cls, vm):
+        import torch.nn as nn
+
+        class M(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.net = vm.model
+
+            def forward(self, x):
+                return self.net(vm.preprocess.normalize(x))
+
+        return M().eval()
+
+
+def lucent_class(vm, target: int, steps: int = 512, seed: int = 0):
+    """Lucent's render_vis of the class logit (its defaults: Fourier image, Adam 0.05, standard
+    transforms), on the model behind its own normalization -> ((3, H, W) image, seconds)."""
     from lucent.optvis import objectives, param, render as lrender
 
-    obj = objectives.channel("classifier", 144)  # lucent's channel on a (B, C) output = the logit
-    lrender.render_vis(vm.model, obj, param_f=lambda: param.image(224), thresholds=(steps,), show_image=False,
-                       progress=False, fixed_image_size=224, preprocess=False)
+    torch.manual_seed(seed)
+    t = time.perf_counter()
+    imgs = lrender.render_vis(_Normalized(vm), objectives.channel("net_classifier", target),
+                              param_f=lambda: param.image(224), thresholds=(steps,), show_image=False,
+                              progress=False, fixed_image_size=224, preprocess=False)
+    return torch.from_numpy(imgs[-1][0]).permute(2, 0, 1), time.perf_counter() - t
+
+
+CLASSES = ["pelican", "magpie", "sea snake", "flamingo", "golden retriever",  # the report's five
+           "goldfinch", "jaguar", "ambulance", "orangutan", "great white shark",
+           "tabby", "lemon", "volcano", "monarch", "strawberry"]
+
+
+def _judge_png(vm, judge, img, t):
+    """The five numbers of `cnnvis class` and the judge's probability, all from the 8-bit PNG."""
+    import io
+
+    from PIL import Image
+
+    from cnnvis.images import to_tensor
+    from cnnvis.jobs.kinds import image_stats
+    from cnnvis.jobs.result import png_bytes
+    from cnnvis.optvis import robustness
+    from cnnvis.optvis.robustness import witness_probs
+
+    x = to_tensor(Image.open(io.BytesIO(png_bytes(img))))
+    own = {k: float(v[0]) for k, v in robustness(vm, x, t).items()}
+    wp, top = witness_probs(judge, x, t)
+    return own, float(wp[0]), int(top[0]) == t, image_stats(img)
+
+
+def class_table(vm, a):
+    """(d) The default `cnnvis class CLASS` (job layer, judge efficientnet_lite1) on 15 classes x seeds,
+    beside Lucent's 512-step render of the same class in the same run: steps, seconds, the
+    embedded model's five numbers (min shown), the judge's probability, saturation, contrast."""
+    import sys
+
+    import numpy as np
+
+    from cnnvis.jobs import run
+    from cnnvis.models import load
+
+    judge = load("efficientnet_lite1")
+    classes = CLASSES[:a.classes]
+    seeds = list(range(a.seeds))
+    print(f"\n(d) default `cnnvis class` (judge efficientnet_lite1) vs Lucent 512 steps; {len(classes)} classes x "
+          f"{len(seeds)} seeds; own = the embedded model's PNG prob / min over the 4 perturbations")
+    print(f"  {'class':18} {'seed':>4} {'steps':>5} {'sec':>5} {'own':>11} {'judge':>6} {'sat':>5} {'con':>5} | "
+          f"{'lucent sec':>10} {'own':>11} {'judge':>6} {'sat':>5} {'con':>5}  ratio")
+    rows, lrows = [], []
+    for c in classes:
+        t = vm.class_index(c)
+        luc = None
+        try:
+            img, lsec = lucent_class(vm, t, 512)
+            own, wp, ok, st = _judge_png(vm, judge, img, t)
+            luc = dict(sec=lsec, own=own, wit=wp, ok=ok, **st)
+            lrows.append(luc)
+        except Exception as e:  # lucent's own dependencies vary
+            print(f"  lucent failed on {c}: {type(e).__name__}: {e}", file=sys.stderr)
+        for s in seeds:
+            t0 = time.perf_counter()
+            res = run({"kind": "class_image", "target": c, "seed": s})  # the command's defaults
+            sec = time.perf_counter() - t0
+            d = res.data
+            j = d["judge"]
+            own_min = min(d["robustness"].values())
+            r = dict(c=c, s=s, steps=d["steps"], sec=sec, png=d["prob_png"], rob=own_min, wit=j["prob"],
+                     ok=j["agrees"], sat=d["saturation"], con=d["contrast"])
+            rows.append(r)
+            lt = (f"{luc['sec']:10.1f} {luc['own']['png']:.3f}/{min(luc['own'].values()):.3f} {luc['wit']:6.3f} "
+                  f"{luc['saturation']:5.2f} {luc['contrast']:5.2f}  {sec / luc['sec']:.2f}" if luc else "")
+            print(f"  {c:18} {s:4d} {r['steps']:5d} {sec:5.1f} {r['png']:.3f}/{own_min:.3f} {r['wit']:6.3f}"
+                  f"{'' if r['ok'] else '!'} {r['sat']:5.2f} {r['con']:5.2f} | {lt}", flush=True)
+    w = np.array([r["wit"] for r in rows])
+    print(f"  ours: judge mean {w.mean():.3f} (min {w.min():.3f}), judge top-1 = class for {sum(r['ok'] for r in rows)}"
+          f"/{len(rows)}; own PNG prob min {min(r['png'] for r in rows):.3f}, own perturbed min "
+          f"{min(r['rob'] for r in rows):.3f}; steps mean {np.mean([r['steps'] for r in rows]):.0f}; seconds mean "
+          f"{np.mean([r['sec'] for r in rows]):.1f}, max {max(r['sec'] for r in rows):.1f}; saturation "
+          f"{np.mean([r['sat'] for r in rows]):.3f}, contrast {np.mean([r['con'] for r in rows]):.3f}")
+    if lrows:
+        lw = np.array([r["wit"] for r in lrows])
+        print(f"  lucent 512: judge mean {lw.mean():.3f} (min {lw.min():.3f}), top-1 {sum(r['ok'] for r in lrows)}"
+              f"/{len(lrows)}; seconds mean {np.mean([r['sec'] for r in lrows]):.1f}; saturation "
+              f"{np.mean([r['saturation'] for r in lrows]):.3f}, contrast {np.mean([r['contrast'] for r in lrows]):.3f}")
+        per = {}
+        for r in rows:
+            per.setdefault(r["c"], []).append(r["sec"])
+        ratios = [max(per[c]) / l["sec"] for c, l in zip(classes, lrows)]
+        print(f"  time ratio ours / lucent per class (slowest seed): max {max(ratios):.2f}, mean "
+              f"{np.mean(ratios):.2f} (goal <= 0.5)")
+    # (e) watching costs little: the same render with --animate
+    spec = {"kind": "class_image", "target": "pelican", "until_prob": 0, "steps": 128, "judge": "none"}
+    t0 = time.perf_counter()
+    run(spec)
+    plain = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    res = run({**spec, "animate": True})
+    anim = time.perf_counter() - t0
+    print(f"\n(e) --animate: 128-step class render {plain:.1f} s, with a {res.data['frames']}-frame GIF "
+          f"{anim:.1f} s -> {100 * (anim / plain - 1):+.1f}% (goal <= +10%)")
 
 
 def _full_fb(vm, size):
@@ -169,11 +302,10 @@ def _full_fb(vm, size):
 
 
 def render_class(vm, obj):
-    from cnnvis.optvis import render
+    """What `cnnvis class pelican` renders (its defaults, judge included)."""
+    from cnnvis.optvis import UntilProb, render
 
-    from cnnvis.optvis import UntilProb
-
-    return render(vm, obj, steps=512, stop=UntilProb(0.99, robust=0.95))
+    return render(vm, obj, "witness", stop=UntilProb(0.99, robust=0.95, min_steps=128, judge="efficientnet_lite1"))
 
 
 if __name__ == "__main__":

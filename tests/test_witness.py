@@ -66,9 +66,14 @@ def test_render_waits_for_the_judge(redness):
                judge=disagree)
     assert d.stopped is None and d.steps == 96 and float(d.probs[0]) >= 0.99  # the model itself was sure
     assert float(d.judge_probs[0]) < 1e-4 and int(d.judge_top1[0]) == 1
-    # the judge is a witness: the images are those of a render without it, up to where each stopped
-    plain = render(redness, class_logit("red"), cfg)
+    # never convinced: the checked image the judge liked best (all equal here: the first that passed
+    # the model's own checks) is kept, and the message says so
+    s = d.image_steps[0]
+    assert s < 96 and s % 8 == 0 and "liked best (step" in d.message
+    # the judge is a witness: that image is the one a render without it has at that step
+    plain = render(redness, class_logit("red"), cfg.with_(steps=s))
     assert torch.equal(d.images, plain.images)
+    assert float(render(redness, class_logit("red"), cfg.with_(steps=s - 8)).probs[0]) < 0.99  # its own first pass
 
 
 def test_judge_never_gets_a_gradient(redness):

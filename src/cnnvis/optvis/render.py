@@ -222,6 +222,9 @@ def render(
     message = ""
     done = torch.zeros(b, dtype=torch.bool)        # images that stopped (reached, or went non-finite)
     reached = torch.zeros(b, dtype=torch.bool)
+    # with a judge: the checked image it liked best so far, per image (kept if the image never reaches)
+    best_p = torch.full((b,), -1.0)
+    best: dict[int, tuple[int, Tensor]] = {}
     bad = torch.zeros(b, dtype=torch.bool)
     image_steps = [0] * b
     bad_step = None
@@ -334,14 +337,26 @@ def render(
                     for k in live.nonzero().flatten().tolist():
                         image_steps[k] = n_run
                     if stop is not None and n_run >= stop.min_steps and img.shape[-2:] == sizes[-1]:
-                        now = _reached(cap, normalize, img, tgt, stop, judge, ~done) & ~done
+                        now, jp, own_ok = _reached(cap, normalize, img, tgt, stop, judge, live & ~done)
+                        now &= ~done
                         reached |= now
+                        if jp is not None:  # the judge's probability, checks that pass the own ones first
+                            score = jp + own_ok.float()
+                            for k in (live & ~done & (score > best_p)).nonzero().flatten().tolist():
+                                best_p[k] = score[k]
+                                best[k] = (n_run, img[k].detach().clone())
                         done |= now
                 if bool(done.all()):
                     break
     if tiled:
         keep = param().detach()
         image_steps = [n_run] * b
+    kept_best = []
+    for k, (step_k, img_k) in best.items():  # never reached the judge's bar: the check it liked best
+        if not bool(reached[k]) and not bool(bad[k]) and step_k != image_steps[k]:
+            keep[k] = img_k
+            image_steps[k] = step_k
+            kept_best.append(k)
     images = keep.float().cpu().clamp_(0, 1)
     values = torch.stack(history).float().cpu() if history else torch.zeros(0, b)
     for k in range(b):  # an image that stopped early keeps its last value
@@ -359,6 +374,11 @@ def render(
         message = f"reached probability {stop.prob} at step {n_run}" + (
             f" (>= {stop.robust} under each perturbation)" if stop.robust else "") + (
             f", and {stop.judge_prob} for the judge {stop.judge}" if stop.judge else "")
+    if kept_best and not message:
+        which = "" if b == 1 else f" ({len(kept_best)} of {b} images)"
+        steps_k = ", ".join(str(image_steps[k]) for k in kept_best)
+        message = (f"the judge {stop.judge} never gave {stop.judge_prob} with the model's own checks passed{which}; "
+                   f"kept the checked image it liked best (step {steps_k})")
     res = RenderResult(images, values, n_run, stopped, message, targets, image_steps=image_steps, config=cfg,
                        param=param)
     if targets is not None and vm.task == "classification":
@@ -392,11 +412,12 @@ def _finite(t: Tensor) -> bool:
     return bool(torch.isfinite(lo) & torch.isfinite(hi))
 
 
-def _reached(cap, normalize, img: Tensor, tgt: Tensor, stop: UntilProb, judge=None, live: Tensor | None = None) -> Tensor:
-    """(B,) bool on the CPU: the image's target probability on its 8-bit version is >= stop.prob (and,
-    with stop.robust, >= stop.robust under each of the four perturbations; with a judge, the judge's
-    probability of the 8-bit file >= stop.judge_prob; it is asked only about `live` images that
-    passed the model's own checks)."""
+def _reached(cap, normalize, img: Tensor, tgt: Tensor, stop: UntilProb, judge=None,
+             live: Tensor | None = None) -> tuple[Tensor, Tensor | None, Tensor]:
+    """((B,) bool on the CPU, (B,) judge probabilities or None, (B,) the own checks alone): the image's target probability on its
+    8-bit version is >= stop.prob (and, with stop.robust, >= stop.robust under each of the four
+    perturbations; with a judge, the judge's probability of the 8-bit file >= stop.judge_prob).
+    The judge is asked about the `live` images only (the others get -1)."""
     q = quantize(img)
     xs = [q] + (list(perturb(q).values()) if stop.robust is not None else [])
     out = cap.run(normalize(torch.cat(xs)))
@@ -407,17 +428,17 @@ def _reached(cap, normalize, img: Tensor, tgt: Tensor, stop: UntilProb, judge=No
     ok = p[0] >= stop.prob
     if stop.robust is not None:
         ok &= (p[1:] >= stop.robust).all(0)
-    if judge is not None:
-        ask = ok & (live if live is not None else True)
-        if bool(ask.any()):
-            from cnnvis.optvis.robustness import witness_probs
+    if judge is None:
+        return ok, None, ok
+    jp = torch.full((b,), -1.0)
+    ask = live if live is not None else torch.ones(b, dtype=torch.bool)
+    if bool(ask.any()):
+        from cnnvis.optvis.robustness import witness_probs
 
-            idx = ask.nonzero().flatten()
-            tt = tgt.repeat(b // tgt.numel()).cpu()
-            wp, _ = witness_probs(judge, q[idx.to(q.device)], tt[idx].tolist())
-            ok[idx] = wp >= stop.judge_prob
-        ok &= ask
-    return ok
+        idx = ask.nonzero().flatten()
+        tt = tgt.repeat(b // tgt.numel()).cpu()
+        jp[idx] = witness_probs(judge, q[idx.to(q.device)], tt[idx].tolist())[0].float()
+    return ok & (jp >= stop.judge_prob), jp, ok
 
 
 def _per_image(vals: Tensor, b: int) -> Tensor:
