@@ -204,3 +204,16 @@ def test_dream_animation_cli(tmp_path):
     assert len(frames) == 4 and frames[0].shape == frames[-1].shape
     final = np.asarray(Image.open(out).convert("RGB").resize(frames[-1].shape[1::-1]), dtype=np.float32) / 255
     assert np.abs(frames[-1] - final).mean() < 0.03
+
+
+def test_same_seed_and_threads_give_the_same_png():
+    """What README promises: same seed, settings, torch, device and threads -> the same bytes."""
+    from cnnvis.jobs.runner import ModelPool
+
+    spec = {"kind": "class_image", "target": "flamingo", "steps": 20, "min_steps": 0, "size": 64, "until_prob": 0,
+            "judge": "none", "seed": 3}
+    a = run(spec, pool=ModelPool())  # two separately loaded models
+    b = run(spec, pool=ModelPool())
+    assert a.files["image.png"] == b.files["image.png"] and a.env == b.env
+    c = run({**spec, "seed": 4})
+    assert c.files["image.png"] != a.files["image.png"]

@@ -24,7 +24,7 @@ def _animate_option(fn):
 @click.argument("target", metavar="CLASS")
 @job_options
 @_preset_option
-@click.option("--steps", type=int, default=384, show_default=True,
+@click.option("--steps", type=int, default=352, show_default=True,
               help="Most steps to run (most images stop earlier, once the checks below pass).")
 @click.option("--size", type=int, default=224, show_default=True, help="Image size in pixels.")
 @click.option("--until-prob", type=float, default=0.99, show_default=True,
@@ -36,8 +36,8 @@ def _animate_option(fn):
                    "a gradient). Default: the other embedded model (efficientnet_lite1 for lite0); 'none' = no judge.")
 @click.option("--judge-prob", type=float, default=0.95, show_default=True,
               help="...and stop only once the judge gives the PNG this probability (0 = report it, don't wait for it).")
-@click.option("--min-steps", type=int, default=128, show_default=True,
-              help="Never stop before this many steps (early stops give faint images).")
+@click.option("--min-steps", type=int, default=192, show_default=True,
+              help="Never stop before this many steps (early stops give pale, faint images).")
 @click.option("--out", "-o", required=True, type=click.Path(), help="Output image (PNG keeps the checked bytes).")
 @_animate_option
 @seed_option

@@ -141,11 +141,11 @@ class ClassImageSpec(Spec):
     title = "class image (activation maximization of a class logit)"
     target: int | str
     preset: str | None = None  # default: CLASS_PRESET
-    steps: int = Field(384, ge=1, le=100000)
+    steps: int = Field(352, ge=1, le=100000)
     size: Side = 224
     until_prob: float = Field(0.99, ge=0, le=1)
     robust_prob: float = Field(0.95, ge=0, le=1)
-    min_steps: int = Field(128, ge=0, le=100000)
+    min_steps: int = Field(192, ge=0, le=100000)
     judge: str | None = None  # a second classifier with the same labels; None = default_judge(model); 'none' = none
     judge_prob: float = Field(0.95, ge=0, le=1)  # stop only once the judge gives the 8-bit file this (0 = don't)
     animate: bool = False  # also store the optimization as an animated GIF (animation.gif)
