@@ -39,8 +39,8 @@ perturbations) saturate at 1.0 by step ~100; a second, separately trained model 
 efficientnet_lite1) does not agree yet. Measured on efficientnet_lite0, 224 px, the judge's
 probability of the 8-bit PNG every 16 steps (pelican, goldfinch, sea snake, magpie; seed 0):
   robust, lr 0.05           mean 0.92 at step 128, then 0.77-0.97 (it swings from check to check)
-  robust, lr 0.1            mean 0.81 at 128, 0.93-0.97 from 192 on; saturation 0.30-0.42
-  robust, lr 0.1 + ema 0.9  mean 0.84 at 128, 0.95-0.98 from 192 on
+  robust, lr 0.1            mean 0.81 at 128, 0.88-0.97 from 192 on (saturation 0.35-0.42 at 384)
+  robust, lr 0.1 + ema 0.9  mean 0.84 at 128, 0.94-0.98 from 192 on
   log-softmax objective     0.29-0.42 (the class's share saturates; its gradient vanishes)
   Lucent (512 steps)        pelican 0.06, goldfinch 0.54 (it fools the model it optimizes)
 The image an optimizer holds at step n still moves with the last steps' random transforms; the
