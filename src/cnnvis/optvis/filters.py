@@ -1,15 +1,199 @@
 """Filter grids: render the first N (or chosen) channels of several layers, one batch per layer.
 
-    rows = render_filters(vm, cnnvis.layers.default_layers(vm), 10, steps=128, size=128)
-    # [(layer, [0..9], images (10, 3, 128, 128), final objective values (10,)), ...]
+    rows = render_filters(vm, cnnvis.layers.default_layers(vm), 10)
+    # [FilterRow(layer, [0..9], images (10, 3, s, s), final objective values (10,)), ...]
+    # each row also has .size, .steps (the layer's plan), .rf, .dead, .grey, .seconds
+    img = filters_grid(vm, rows)        # dead channels drawn as a 'dead' tile
+
+Per-layer plan (`layer_plan`). A filter of an early layer sees a few pixels (VGG16 conv1_1: a
+3 px receptive field, conv2_1: 10 px, conv5_3: 196 px), so it is rendered on a small image with
+few steps and drawn enlarged in the grid; deeper layers get more pixels and steps. On vgg16_hed:
+conv1_1..conv2_1 get 48 px and 48 steps, conv3_x 48-64 px and 80 steps, conv4_x/conv5_x 80 px
+and 80 steps. The cost of a step grows with the pixels times the depth (conv5_3 at 96 px costs
+~0.19 s per image and step on one CPU thread, conv2_1 at 48 px ~0.01 s), so the deep layers
+set the time: the old uniform 128 px x 128 steps took 12.5 min for the 13 x 10 grid on 2 cores.
+Deep layers' objectives still rise after 80 steps (conv4_3: x1.6 from step 64 to 128) but
+their pictures are formed; sparse early channels need more steps, and get them only where
+needed: a live channel whose tile is flat is rendered again with RETRY_STEPS times the steps.
+Explicit `size` / `steps` override the plan for every layer.
+
+Objective. The channel objective reads the conv output (VGG's conv1_1.. aliases name the Conv2d,
+i.e. the pre-ReLU value; cnnvis.hooks.capture copies it before an in-place ReLU can touch it) and
+takes the mean of leaky_relu(value, LEAK). The post-ReLU mean has no gradient where a channel is
+off, so a channel that is off on a grey start image stays grey. The plain pre-ReLU mean (Lucid's
+choice) has a gradient, but for a sparse channel (one that fires on 1-5 % of photo pixels, as many
+of VGG16's conv1_2..conv3_3 channels do) its optimum is still negative: the image stays a flat
+field, because from a uniform image a spatial mean only moves the mean colour. Counting negative
+values at LEAK = 0.1 lets the optimizer grow a pattern that fires on part of the image. For conv1_1
+(linear in the pixels) the plain mean depends only on the mean colour and gives flat blobs with
+noisy borders; the leaky mean gives the oriented colour edges and gratings these filters encode.
+Transforms: the 'robust' recipe's random 2x coarsening erases the high frequencies that early
+filters detect, so the filter grid uses Yosinski's jitter and a larger random start (init_sd 0.1)
+unless a preset is given.
+
+Dead channels (`dead_channels`): a channel whose conv output is <= 0 at every position of the
+scikit-image sample photos (cnnvis.images.SAMPLE_NAMES, shipped with scikit-image: nothing is
+downloaded) never fires on photos; after its ReLU it is constant zero. It is not rendered; its
+tile says 'dead'. A rendered tile is 'grey' when `flat_score` (the mean over colours of the
+pixel standard deviation in the tile's centre, borders cut by 1/8) is below GREY_STD.
 """
 
 from __future__ import annotations
 
+import math
+import sys
+import time
+from collections.abc import Callable, Sequence
 
-def render_filters(vm, layers, channels, *, preset=None, steps=None, size=128, seed=0, batch=16, progress=None):
-    """Render `channels` (list, or an int = first n) of each layer; returns [(layer, chans, images (n,C,H,W), values (n,))].
+LEAK = 0.1
+GREY_STD = 0.04  # flat_score below this: a flat (grey or single-colour) tile
+FILTER_DEFAULTS = {"transforms": "jitter", "init_sd": 0.1}  # render settings when no preset is given
+RETRY_STEPS = 3  # a flat tile of a channel that fires on photos is rendered again with this many times the steps
+RETRY_SETTINGS = {"lr": 0.1}  # ... and these (no preset given): the robust preset's lr 0.05 doubled
 
+
+class FilterRow(tuple):
+    """(layer, channels, images (n, C, s, s), values (n,)) plus .size, .steps, .rf, .dead (channels
+    that never fire on the sample photos; their images are blank and values NaN), .grey (rendered
+    channels whose tile is flat) and .seconds. Unpacks as the 4-tuple render_filters always gave."""
+
+    def __new__(cls, layer, chans, images, values, **info):
+        row = super().__new__(cls, (layer, chans, images, values))
+        row.__dict__.update(info)
+        return row
+
+
+def receptive_fields(vm, layers: Sequence[str]) -> dict[str, int]:
+    """Theoretical receptive field (pixels) of each layer's output, from the kernels, strides and
+    dilations of the Conv2d / pooling modules that run before it (in execution order). For a
+    network with branches this adds up every branch, an overestimate; plans clamp it anyway."""
+    import torch
+    from torch import nn
+
+    from cnnvis.layers import resolve_layer
+
+    names = {resolve_layer(vm, n): n for n in layers}
+    order: list[tuple[str, nn.Module]] = []
+    handles = []
+    model = vm.model
+    for name, m in model.named_modules():
+        if not list(m.children()):
+            handles.append(m.register_forward_hook(lambda mod, i, o, name=name: order.append((name, mod))))
+    try:
+        with torch.no_grad():
+            p = next(model.parameters(), None)
+            x = torch.full((1, *vm.input_shape), 0.5, device=p.device if p is not None else "cpu")
+            model(vm.preprocess.normalize(x))
+    finally:
+        for h in handles:
+            h.remove()
+    out: dict[str, int] = {}
+    rf, jump = 1.0, 1.0
+    last_rf: dict[str, float] = {}
+    for name, m in order:
+        k = s_ = d = None
+        if isinstance(m, nn.Conv2d):
+            k, s_, d = m.kernel_size[0], m.stride[0], m.dilation[0]
+        elif isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)):
+            k = m.kernel_size if isinstance(m.kernel_size, int) else m.kernel_size[0]
+            s_ = m.stride if isinstance(m.stride, int) else (m.stride[0] if m.stride else k)
+            d = getattr(m, "dilation", 1)
+            d = d if isinstance(d, int) else d[0]
+        if k is not None:
+            rf += (k - 1) * d * jump
+            jump *= s_
+        for target in names:
+            if name == target or name.startswith(target + "."):
+                last_rf[target] = rf
+    for target, alias in names.items():
+        out[alias] = int(round(last_rf.get(target, rf)))
+    return out
+
+
+MIN_SIZE, MAX_SIZE = 48, 80  # px: the plan's range of image sizes
+MIN_STEPS, MAX_STEPS = 48, 80
+
+
+def layer_plan(rf: int | None, min_size: int = 1, *, max_size: int = MAX_SIZE) -> tuple[int, int]:
+    """(image size, steps) for a layer whose receptive field is `rf` pixels (None: unknown).
+
+    size: the receptive field plus a 24 px margin (jitter and border), rounded up to 16, within
+    [max(MIN_SIZE, min_size), max_size]. steps: 16 * log2(rf) rounded to 16, within [MIN_STEPS, MAX_STEPS]."""
+    if rf is None:
+        return int(max(min_size, max_size)), MAX_STEPS
+    size = int(min(max(max_size, min_size), max(MIN_SIZE, min_size, 16 * math.ceil((rf + 24) / 16))))
+    steps = int(min(MAX_STEPS, max(MIN_STEPS, 16 * round(math.log2(max(rf, 2))))))
+    return size, steps
+
+
+def dead_channels(vm, layers: Sequence[str], photos=None, *, size: int | None = None) -> dict[str, list[int]]:
+    """Channels of each layer that are <= 0 everywhere on the photos (default: the scikit-image
+    sample photos, resized to the model's input size or `size`), i.e. never fire; one forward
+    pass for all layers."""
+    import numpy as np
+    import torch
+
+    from cnnvis.hooks import capture
+
+    if photos is None:
+        from cnnvis.images import sample_photos
+
+        photos = [im for _, im in sample_photos()]
+    p = next(vm.model.parameters(), None)
+    dev = p.device if p is not None else "cpu"
+    c, h, w = vm.input_shape if size is None else (vm.input_shape[0], size, size)
+    mode = "L" if c == 1 else "RGB"
+    xs = [torch.from_numpy(np.array(im.convert(mode).resize((w, h)))).reshape(h, w, -1).permute(2, 0, 1)
+          for im in photos]
+    x = (torch.stack(xs).float() / 255).to(dev)
+    out = {}
+    with torch.no_grad(), capture(vm, list(layers)) as cap:
+        cap.run(x)
+        for layer in layers:
+            a = cap[layer]
+            mx = a.amax(dim=0) if a.dim() == 2 else a.amax(dim=(0, 2, 3))
+            out[layer] = [int(k) for k in (mx <= 0).nonzero().flatten()]
+    return out
+
+
+def flat_score(images):
+    """(n, C, H, W) in [0, 1] -> (n,): mean over colours of the pixel std in the centre (1/8 cut)."""
+    h, w = images.shape[-2:]
+    mh, mw = max(1, h // 8), max(1, w // 8)
+    return images[..., mh:h - mh, mw:w - mw].flatten(2).std(2).mean(1)
+
+
+def _stderr_line(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def layer_log(ctx) -> Callable[[str], None] | None:
+    """Where a filters job writes its line per layer: stderr, unless a terminal shows the job's
+    progress bar there, the caller reports progress itself (a callable), or CNNVIS_NO_PROGRESS is set.
+    So a log file and `--json` (no bar) still see one line per layer."""
+    import os
+
+    if os.environ.get("CNNVIS_NO_PROGRESS"):
+        return None
+    prog = getattr(ctx, "_progress", None)
+    if callable(prog):
+        return None
+    if prog is True and getattr(sys.stderr, "isatty", lambda: False)():
+        return None
+    return _stderr_line
+
+
+def render_filters(vm, layers, channels, *, preset=None, steps=None, size=None, seed=0, batch=16, progress=None,
+                   leak: float | None = LEAK, skip_dead: bool = True, retry: bool = True,
+                   log: Callable[[str], None] | None = None):
+    """Render `channels` (list, or an int = first n) of each layer; returns [FilterRow].
+
+    steps / size: None (or 'auto') = the layer's plan (`layer_plan`), an int = that for every layer.
+    preset: None = the filter defaults (jitter, init_sd 0.1), else that preset as is. leak: see the
+    module docstring (None = the plain mean). skip_dead: do not render channels that never fire on
+    the sample photos. retry: render a flat tile (flat_score < GREY_STD) of a live channel again with
+    RETRY_STEPS times the steps (and RETRY_SETTINGS without a preset); the tile is grey only if it is
+    still flat. log: called with one line per layer when it is done (e.g. stderr).
     Each filter's image depends on (seed, layer, channel, settings) only, not on `batch`."""
     import torch
 
@@ -18,27 +202,109 @@ def render_filters(vm, layers, channels, *, preset=None, steps=None, size=128, s
     from cnnvis.optvis import channel, render
     from cnnvis.utils import progress_iter
 
-    shapes = {i.name: i.shape for i in list_layers(vm, size)}
+    steps = None if steps == "auto" else steps
+    size = None if size == "auto" else size
+    infos = list_layers(vm)
+    shapes = {i.name: i.shape for i in infos}
+    alias = {i.name: i.alias for i in infos if i.alias}
     plan = []
     for layer in layers:
         name = resolve_layer(vm, layer)
         shape = shapes.get(name)
         if not shape:
-            raise CnnvisError(f"layer {layer!r} did not produce a tensor output for a {size}px input")
+            raise CnnvisError(f"layer {layer!r} did not produce a tensor output")
         c = shape[0]
         chans = list(range(min(channels, c))) if isinstance(channels, int) else list(channels)
         bad = [k for k in chans if not 0 <= k < c]
         if bad:
             raise CnnvisError(f"channel {bad[0]} is out of range for layer {layer!r}, which has {c} channels (0..{c - 1})")
         plan.append((layer, chans))
+    try:
+        rfs = receptive_fields(vm, [p[0] for p in plan])
+    except Exception:  # a model whose forward needs more than a plain image: plan without it
+        rfs = {}
+    dead = dead_channels(vm, [p[0] for p in plan]) if skip_dead else {}
+    extra = {} if preset else dict(FILTER_DEFAULTS)
     rows = []
-    for layer, chans in progress_iter(plan, total=len(plan), desc="layers", progress=progress):
-        imgs, vals = [], []
-        for k in range(0, len(chans), batch):
-            part = chans[k:k + batch]
-            res = render(vm, channel(layer, part), preset, steps=steps, size=size, seed=seed,
-                         progress=progress, desc=f"{layer}")
-            imgs.append(res.images)
-            vals.append(res.final_values)
-        rows.append((layer, chans, torch.cat(imgs), torch.cat(vals)))
+    t_all = time.perf_counter()
+    for li, (layer, chans) in enumerate(progress_iter(plan, total=len(plan), desc="layers", progress=progress)):
+        t0 = time.perf_counter()
+        auto_size, auto_steps = layer_plan(rfs.get(layer), vm.min_size)
+        s = size if size is not None else auto_size
+        n_steps = steps if steps is not None else auto_steps
+        dead_here = [k for k in chans if k in set(dead.get(layer, ()))]
+        live = [k for k in chans if k not in dead_here]
+        imgs = torch.full((len(chans), vm.input_shape[0], s, s), 0.5)
+        vals = torch.full((len(chans),), float("nan"))
+        pos = {k: i for i, k in enumerate(chans)}
+        for k in range(0, len(live), batch):
+            part = live[k:k + batch]
+            res = render(vm, channel(layer, part, leak=leak), preset, steps=n_steps, size=s, seed=seed,
+                         progress=progress, desc=f"{layer}", **extra)
+            for j, ch in enumerate(part):
+                imgs[pos[ch]] = res.images[j]
+                vals[pos[ch]] = res.final_values[j]
+        score = flat_score(imgs)
+        retried = [k for k in live if float(score[pos[k]]) < GREY_STD] if retry else []
+        for k in range(0, len(retried), batch):  # sparse channels: slower to grow a pattern
+            part = retried[k:k + batch]
+            res = render(vm, channel(layer, part, leak=leak), preset, steps=n_steps * RETRY_STEPS, size=s, seed=seed,
+                         progress=progress, desc=f"{layer} (again)", **extra, **({} if preset else RETRY_SETTINGS))
+            for j, ch in enumerate(part):
+                imgs[pos[ch]] = res.images[j]
+                vals[pos[ch]] = res.final_values[j]
+        if retried:
+            score = flat_score(imgs)
+        grey = [k for k in live if float(score[pos[k]]) < GREY_STD]
+        secs = time.perf_counter() - t0
+        rows.append(FilterRow(layer, chans, imgs, vals, size=s, steps=n_steps, rf=rfs.get(layer), dead=dead_here,
+                              grey=grey, retried=retried, seconds=secs, flat=[round(float(v), 4) for v in score]))
+        if log is not None:
+            note = (f", dead {len(dead_here)}" if dead_here else "") + (f", grey {len(grey)}" if grey else "")
+            shown = layer if layer != resolve_layer(vm, layer) else alias.get(layer, layer)
+            log(f"filters: {shown} ({li + 1}/{len(plan)}) {secs:.1f} s ({s} px, {n_steps} steps{note}; "
+                f"{time.perf_counter() - t_all:.0f} s so far)")
     return rows
+
+
+def dead_tile(size: int):
+    """A light tile with 'dead' written on it (a channel that never fires on photos)."""
+    from PIL import Image, ImageDraw
+
+    from cnnvis.viz import font
+
+    im = Image.new("RGB", (size, size), (236, 236, 236))
+    d = ImageDraw.Draw(im)
+    for k in range(-size, size, max(6, size // 8)):  # light hatching: not mistaken for a grey render
+        d.line([(k, size), (k + size, 0)], fill=(222, 222, 222), width=1)
+    f = font(max(10, size // 6))
+    text = "dead"
+    try:
+        w = int(f.getlength(text))
+    except AttributeError:
+        w = 7 * len(text)
+    d.text(((size - w) // 2, size // 2 - size // 12), text, fill=(150, 40, 40), font=f)
+    return im
+
+
+def filters_grid(vm, rows, *, title: str | None = None, row_labels: Sequence[str] | None = None):
+    """The grid image of `render_filters` rows: every tile at the largest row's size (smaller renders
+    enlarged), dead channels as a 'dead' tile."""
+    from PIL import Image
+
+    from cnnvis.viz import grid, to_pil
+
+    cell = max(int(r[2].shape[-1]) for r in rows)
+    tiles = []
+    for r in rows:
+        dead = set(getattr(r, "dead", ()))
+        line = []
+        for ch, im in zip(r[1], r[2]):
+            if ch in dead:
+                line.append(dead_tile(cell))
+            else:
+                pil = to_pil(im)
+                line.append(pil if pil.size[0] == cell else pil.resize((cell, cell), Image.BICUBIC))
+        tiles.append(line)
+    cols = max(rows, key=lambda r: len(r[1]))[1]
+    return grid(tiles, row_labels=row_labels or [r[0] for r in rows], col_labels=[str(c) for c in cols], title=title)

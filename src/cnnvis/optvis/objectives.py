@@ -149,12 +149,20 @@ def _per_image(act: Tensor, n: int, idx: list[int] | None) -> Tensor:
     return act[torch.arange(act.shape[0], device=act.device), sel]
 
 
-def channel(layer: str, n: int | Sequence[int]) -> Objective:
+def channel(layer: str, n: int | Sequence[int], *, leak: float | None = None) -> Objective:
     """Mean activation of channel `n` of `layer` ((B, C, h, w) or (B, C)).
 
     n may be a list: image b of the batch maximizes channel n[b] (batched filter rendering).
+    leak: if given (0 < leak <= 1), the mean of leaky_relu(activation, leak) instead: negative
+    values count `leak` times. Meant for pre-ReLU layers (conv outputs): the gradient never
+    vanishes (unlike the post-ReLU mean, which is flat where the channel is off), yet a channel
+    that fires strongly on part of the image is not outvoted by its negative rest (the plain
+    pre-ReLU mean of a sparse channel stays negative and its image grey).
     """
     idx, batch = _index_list(n, "channel")
+    if leak is not None and not (isinstance(leak, numbers.Real) and 0 < leak <= 1):
+        raise CnnvisError(f"leak must be a number in (0, 1], got {leak!r}")
+    leak = None if leak == 1 else leak
     checked = []
 
     def fn(acts):
@@ -163,10 +171,13 @@ def channel(layer: str, n: int | Sequence[int]) -> Objective:
             _check_range(a, layer, idx if idx is not None else [int(n)])
             checked.append(True)
         v = _per_image(a, int(n) if idx is None else 0, idx)
+        if leak is not None:
+            v = torch.nn.functional.leaky_relu(v, leak)
         return v.flatten(1).mean(1) if v.dim() > 1 else v
 
-    return Objective(fn, [layer], f"channel({layer},{n if idx is None else f'{len(idx)} channels'})", batch,
-                     key=lambda i, c: f"channel({c(layer)},{int(n) if idx is None else idx[i % len(idx)]})")
+    tag = "" if leak is None else f",leak={leak!r}"
+    return Objective(fn, [layer], f"channel({layer},{n if idx is None else f'{len(idx)} channels'}{tag})", batch,
+                     key=lambda i, c: f"channel({c(layer)},{int(n) if idx is None else idx[i % len(idx)]}{tag})")
 
 
 def neuron(layer: str, n: int | Sequence[int], x: int | None = None, y: int | None = None) -> Objective:
