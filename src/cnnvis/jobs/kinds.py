@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, Field, ValidationInfo, field_validator
+from pydantic import AfterValidator, BeforeValidator, Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
 from cnnvis.errors import CnnvisError
@@ -249,6 +249,10 @@ def image_stats(img) -> dict:
 
 
 # ---------------------------------------------------------------------- filter grid
+def _auto_none(v):
+    return None if v == "auto" else v
+
+
 @register
 class FiltersSpec(Spec):
     """Feature visualizations of the first N (or chosen) channels of each layer, as a grid."""
@@ -261,9 +265,9 @@ class FiltersSpec(Spec):
     channels: list[int] | None = None
     first: int = Field(10, ge=1, le=4096)
     preset: str | None = None
-    # 'auto': per layer, from its receptive field (optvis.filters.layer_plan); an int: that for every layer
-    steps: Annotated[int, Field(ge=1, le=100000)] | Literal["auto"] = "auto"
-    size: Side | Literal["auto"] = "auto"
+    # None (or 'auto'): per layer, from its receptive field (optvis.filters.layer_plan); an int: that for every layer
+    steps: Annotated[Annotated[int, Field(ge=1, le=100000)] | None, BeforeValidator(_auto_none)] = None
+    size: Annotated[Side | None, BeforeValidator(_auto_none)] = None
     batch: int = Field(16, ge=1, le=256, exclude=True)  # speed only: not part of the result's identity
 
     def normalized(self, vm):
@@ -279,7 +283,7 @@ class FiltersSpec(Spec):
     def run(self, vm, ctx):
         from cnnvis.optvis.filters import filters_grid, layer_log, render_filters
 
-        if self.size != "auto" and self.size < vm.min_size:
+        if self.size is not None and self.size < vm.min_size:
             raise CnnvisError(f"size {self.size} is too small for {vm.name}; use at least {vm.min_size}")
         rows = render_filters(vm, self.layers, self.channels, preset=self.preset, steps=self.steps, size=self.size,
                               seed=self.seed, batch=self.batch, progress=ctx.bar, log=layer_log(ctx))
@@ -288,7 +292,8 @@ class FiltersSpec(Spec):
         data = {"layers": [{"layer": lab, "module": r[0], "channels": list(r[1]),
                             "values": [None if v != v else round(float(v), 5) for v in r[3]],
                             "size": r.size, "steps": r.steps, "receptive_field": r.rf, "dead": r.dead,
-                            "grey": r.grey, "flat_score": r.flat, "seconds": round(r.seconds, 2)}
+                            "grey": r.grey, "rendered_again": r.retried, "flat_score": r.flat,
+                            "seconds": round(r.seconds, 2)}
                            for lab, r in zip(labels, rows)]}
         data["dead"] = sum(len(r.dead) for r in rows)
         data["grey"] = sum(len(r.grey) for r in rows)

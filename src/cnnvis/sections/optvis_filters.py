@@ -7,10 +7,10 @@ from cnnvis.report import ReportContext, Section, esc
 
 def render(ctx: ReportContext) -> str:
     out, data = [], {}
-    n, steps, size = (5, 48, 80) if ctx.quick else (10, 128, 112)
+    n, steps, size = (5, 48, 80) if ctx.quick else (10, "auto", "auto")
     if ctx.quick:
         out.append("<p class='note'>Quick mode: 5 filters per layer, 48 steps at 80 px "
-                   "(full report: 10 filters, 128 steps at 112 px).</p>")
+                   "(full report: 10 filters, size and steps per layer from its receptive field).</p>")
     for model_name in dict.fromkeys(["vgg16_hed", ctx.vm.name]):
         try:
             res = ctx.run("filters", model=model_name, first=n, steps=steps, size=size)
@@ -19,9 +19,14 @@ def render(ctx: ReportContext) -> str:
             continue
         rel = ctx.save_file(res, f"filters_{model_name}.png")
         rows = res.data["layers"]
-        data[model_name] = {"steps": steps, "size": size, "values": {r["layer"]: r["values"] for r in rows}}
+        data[model_name] = {"steps": steps, "size": size, "values": {r["layer"]: r["values"] for r in rows},
+                            "plan": {r["layer"]: [r.get("size"), r.get("steps")] for r in rows},
+                            "dead": res.data.get("dead"), "grey": res.data.get("grey")}
+        how = f"{steps} steps, {size} px" if steps != "auto" else "steps and size per layer (auto)"
+        counts = (f"; {res.data['dead']} channels never fire on the sample photos (tiles marked dead), "
+                  f"{res.data['grey']} flat tiles") if "dead" in res.data else ""
         out.append(ctx.img_tag(rel, f"{esc(model_name)}: {len(rows)} layers x {n} filters, preset "
-                                    f"{esc(res.spec['preset'])}, {steps} steps, {size} px"))
+                                    f"{esc(res.spec['preset'] or 'filter default (jitter)')}, {how}{counts}"))
     ctx.data["optvis_filters"] = data
     return "".join(out)
 
