@@ -291,6 +291,20 @@ def class_table(vm, a):
     anim = time.perf_counter() - t0
     print(f"\n(e) --animate: 128-step class render {plain:.1f} s, with a {res.data['frames']}-frame GIF "
           f"{anim:.1f} s -> {100 * (anim / plain - 1):+.1f}% (goal <= +10%)")
+    # (f) what reproduces: the same spec at the same and at another thread count
+    import numpy as np
+
+    def pixels(threads):
+        old = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            return np.asarray(run(spec).image(), dtype=np.float64).ravel()
+        finally:
+            torch.set_num_threads(old)
+
+    a1, a1b, a2 = pixels(1), pixels(1), pixels(2)
+    print(f"(f) same seed, 128 steps: 1 thread twice -> correlation {np.corrcoef(a1, a1b)[0, 1]:.3f} "
+          f"(identical: {bool((a1 == a1b).all())}); 1 vs 2 threads -> correlation {np.corrcoef(a1, a2)[0, 1]:.3f}")
 
 
 def _full_fb(vm, size):
