@@ -217,3 +217,21 @@ def test_same_seed_and_threads_give_the_same_png():
     assert a.files["image.png"] == b.files["image.png"] and a.env == b.env
     c = run({**spec, "seed": 4})
     assert c.files["image.png"] != a.files["image.png"]
+
+
+def test_progress_is_plain_lines_in_a_log(tmp_path):
+    """stderr that is not a terminal (a log file, CI) gets progress as plain lines, no cursor codes."""
+    import os
+
+    env = {**os.environ, "CNNVIS_PROGRESS_EVERY": "0"}
+    env.pop("CNNVIS_NO_PROGRESS", None)
+    r = subprocess.run([sys.executable, "-m", "cnnvis", "class", "1", "--steps", "6", "--min-steps", "0", "--size",
+                        "64", "--judge", "none", "--out", str(tmp_path / "c.png")],
+                       capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("class goldfish")]
+    import re
+
+    assert [int(m.group(1)) for ln in lines if (m := re.fullmatch(r"class goldfish: (\d)/6 \(\d+ s\)", ln))] \
+        == [1, 2, 3, 4, 5, 6], r.stderr
+    assert any(ln.startswith("class goldfish: done, 6 in") for ln in lines) and "\r" not in r.stderr

@@ -184,11 +184,16 @@ class JobContext:
                 except TypeError:
                     total = None
             inner = iterable
-            if outer._progress is True:  # a bar on stderr, terminal or not (a log shows it too)
-                from tqdm.auto import tqdm
+            if outer._progress is True:  # on stderr always: a bar on a terminal, else plain lines (a log)
+                import sys
 
-                inner = tqdm(iterable, total=total, desc=desc or outer.desc, leave=False, dynamic_ncols=True,
-                             mininterval=0.5, disable=False)
+                if sys.stderr.isatty():
+                    from tqdm.auto import tqdm
+
+                    inner = tqdm(iterable, total=total, desc=desc or outer.desc, leave=False, dynamic_ncols=True,
+                                 mininterval=0.5, disable=False)
+                else:
+                    inner = _lines(iterable, total, desc or outer.desc)
             done = 0
             for item in inner:
                 outer.check()
@@ -198,6 +203,28 @@ class JobContext:
                     outer._progress(done, total, desc or outer.desc)
 
         return wrap
+
+
+# seconds between progress lines when stderr is not a terminal
+LINE_EVERY = float(os.environ.get("CNNVIS_PROGRESS_EVERY", "10"))
+
+
+def _lines(iterable, total, desc):
+    """Progress for a log: a line 'desc: done/total (s)' at most every LINE_EVERY seconds, and at the end."""
+    import sys
+
+    t0 = last = time.perf_counter()
+    done = 0
+    for item in iterable:
+        yield item
+        done += 1
+        now = time.perf_counter()
+        if now - last >= LINE_EVERY:
+            last = now
+            of = f"/{total}" if total else ""
+            print(f"{desc}: {done}{of} ({now - t0:.0f} s)", file=sys.stderr, flush=True)
+    if time.perf_counter() - t0 >= LINE_EVERY and done:
+        print(f"{desc}: done, {done} in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------------- run
