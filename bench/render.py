@@ -108,6 +108,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3, help="(d): seeds per class")
     ap.add_argument("--no-classes", action="store_true", help="skip (d) and (e)")
     ap.add_argument("--only-classes", action="store_true", help="run only (d) and (e)")
+    ap.add_argument("--save", default=None, help="(d): write every image (ours and Lucent's) into this folder")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     from cnnvis.models import load
@@ -247,6 +248,10 @@ def class_table(vm, a):
             img, lsec = lucent_class(vm, t, 512)
             own, wp, ok, st = _judge_png(vm, judge, img, t)
             luc = dict(sec=lsec, own=own, wit=wp, ok=ok, **st)
+            if a.save:
+                from cnnvis.viz import save_png
+
+                save_png(img, f"{a.save}/lucent_{c.replace(' ', '_')}.png")
             lrows.append(luc)
         except Exception as e:  # lucent's own dependencies vary
             print(f"  lucent failed on {c}: {type(e).__name__}: {e}", file=sys.stderr)
@@ -256,6 +261,8 @@ def class_table(vm, a):
             sec = time.perf_counter() - t0
             d = res.data
             j = d["judge"]
+            if a.save:
+                res.image().save(f"{a.save}/ours_{c.replace(' ', '_')}_{s}.png")
             own_min = min(d["robustness"].values())
             r = dict(c=c, s=s, steps=d["steps"], sec=sec, png=d["prob_png"], rob=own_min, wit=j["prob"],
                      ok=j["agrees"], sat=d["saturation"], con=d["contrast"])

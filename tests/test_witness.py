@@ -235,3 +235,16 @@ def test_progress_is_plain_lines_in_a_log(tmp_path):
     assert [int(m.group(1)) for ln in lines if (m := re.fullmatch(r"class goldfish: (\d)/6 \(\d+ s\)", ln))] \
         == [1, 2, 3, 4, 5, 6], r.stderr
     assert any(ln.startswith("class goldfish: done, 6 in") for ln in lines) and "\r" not in r.stderr
+
+
+def test_filters_animation_ends_on_the_grid():
+    spec = {"kind": "filters", "model": "vgg16_hed", "layers": ["conv1_1", "conv3_1"], "first": 3, "steps": 24,
+            "size": 48, "animate": True}
+    res = run(spec)
+    frames = _frames(res.files["animation.gif"])
+    assert len(frames) == res.data["frames"] == 24 and all(f.shape == frames[0].shape for f in frames)
+    grid = np.asarray(res.image().convert("RGB"), dtype=np.float32) / 255
+    assert frames[-1].shape == grid.shape and np.abs(frames[-1] - grid).mean() < 0.03
+    assert np.abs(frames[0] - grid).mean() > 0.01  # step 1 of 24: the filters had not formed yet
+    plain = run({**spec, "animate": False})
+    assert plain.files["grid.png"] == res.files["grid.png"]  # watching does not change the grid

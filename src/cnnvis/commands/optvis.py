@@ -12,7 +12,8 @@ from cnnvis.commands.common import (
 
 def _preset_option(fn):
     return click.option("--preset", type=LazyChoice(preset_names), default=None,
-                        help="Recipe (default: robust; see cnnvis.optvis.presets).")(fn)
+                        help="Recipe (default: witness for class images; for filters, jitter only with a larger "
+                             "random start; see cnnvis.optvis.presets).")(fn)
 
 
 def _animate_option(fn):
@@ -34,7 +35,7 @@ def _animate_option(fn):
 @click.option("--judge", default=None, metavar="MODEL",
               help="A second classifier with the same labels that checks the saved PNG (a witness: it never gives "
                    "a gradient). Default: the other embedded model (efficientnet_lite1 for lite0); 'none' = no judge.")
-@click.option("--judge-prob", type=float, default=0.95, show_default=True,
+@click.option("--judge-prob", type=float, default=0.97, show_default=True,
               help="...and stop only once the judge gives the PNG this probability (0 = report it, don't wait for it).")
 @click.option("--min-steps", type=int, default=192, show_default=True,
               help="Never stop before this many steps (early stops give pale, faint images).")
@@ -113,15 +114,16 @@ _INT_OR_AUTO = _IntOrAuto()
 @click.option("--first", type=int, default=10, show_default=True, help="First N filters per layer.")
 @click.option("--channels", default=None, help="Comma-separated filter indices (instead of --first), e.g. 0,5,9.")
 @click.option("--steps", type=_INT_OR_AUTO, default="auto", show_default=True,
-              help="Optimizer steps per filter; auto: per layer, more for deeper layers (32..96).")
+              help="Optimizer steps per filter; auto: per layer, more for deeper layers (48..80).")
 @click.option("--size", type=_INT_OR_AUTO, default="auto", show_default=True,
-              help="Size of each filter image in pixels; auto: per layer, from its receptive field (32..128).")
+              help="Size of each filter image in pixels; auto: per layer, from its receptive field (48..80).")
 @click.option("--batch", type=int, default=16, show_default=True,
               help="Filters rendered together in one batch (speed only: results do not depend on it).")
 @click.option("--out", "-o", required=True, type=click.Path(), help="Output image (the grid).")
+@_animate_option
 @seed_option
 def filters_cmd(model, weights, device, cache, as_json, preset, layers, all_conv, first, channels, steps, size, batch,
-                out, seed) -> None:
+                out, animate, seed) -> None:
     """Grid of filter visualizations: one row per layer, one column per filter.
 
     Without --preset: the robust preset's Fourier image with jitter only, the leaky pre-ReLU channel
@@ -137,15 +139,19 @@ def filters_cmd(model, weights, device, cache, as_json, preset, layers, all_conv
         raise CnnvisError("give --layers or --all-conv, not both")
     chans = parse_ints(channels, "--channels")
     out = check_out(out)
+    anim = check_out(animate, [str(out)], flag="--animate", suffixes=(".gif",))
     res = run_job("filters", model=model, weights=weights, device=device, cache=cache, quiet=as_json,
-                  layers=parse_names(layers), all_conv=all_conv,
+                  layers=parse_names(layers), all_conv=all_conv, animate=anim is not None,
                   channels=chans, first=first, preset=preset, steps=steps, size=size, batch=batch, seed=seed)
     write_image(res, out)
+    if anim is not None:
+        write_file(res, anim, "animation.gif")
     n_cols = max(len(r["channels"]) for r in res.data["layers"])
     d = res.data
     counts = f"; {d['dead']} dead (never fire on the sample photos), {d['grey']} grey" if "dead" in d else ""
     emit(res, as_json, f"saved {out}: {len(d['layers'])} layers x up to {n_cols} filters{counts}"
-         + (" [from the cache]" if res.cached else ""), out=str(out))
+         + (" [from the cache]" if res.cached else "") + (f"; animation {anim}" if anim else ""), out=str(out),
+         **({"animation": str(anim)} if anim else {}))
 
 
 COMMANDS = [class_cmd, filters_cmd]

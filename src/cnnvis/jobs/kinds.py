@@ -147,7 +147,7 @@ class ClassImageSpec(Spec):
     robust_prob: float = Field(0.95, ge=0, le=1)
     min_steps: int = Field(192, ge=0, le=100000)
     judge: str | None = None  # a second classifier with the same labels; None = default_judge(model); 'none' = none
-    judge_prob: float = Field(0.95, ge=0, le=1)  # stop only once the judge gives the 8-bit file this (0 = don't)
+    judge_prob: float = Field(0.97, ge=0, le=1)  # stop only once the judge gives the 8-bit file this (0 = don't)
     animate: bool = False  # also store the optimization as an animated GIF (animation.gif)
 
     def normalized(self, vm):
@@ -269,6 +269,7 @@ class FiltersSpec(Spec):
     steps: Annotated[Annotated[int, Field(ge=1, le=100000)] | None, BeforeValidator(_auto_none)] = None
     size: Annotated[Side | None, BeforeValidator(_auto_none)] = None
     batch: int = Field(16, ge=1, le=256, exclude=True)  # speed only: not part of the result's identity
+    animate: bool = False  # also store the grid forming as an animated GIF (animation.gif), 24 frames
 
     def normalized(self, vm):
         layers = _chosen_layers(vm, self.layers, self.all_conv)
@@ -285,10 +286,12 @@ class FiltersSpec(Spec):
 
         if self.size is not None and self.size < vm.min_size:
             raise CnnvisError(f"size {self.size} is too small for {vm.name}; use at least {vm.min_size}")
+        n_frames = 24 if self.animate else None
         rows = render_filters(vm, self.layers, self.channels, preset=self.preset, steps=self.steps, size=self.size,
-                              seed=self.seed, batch=self.batch, progress=ctx.bar, log=layer_log(ctx))
+                              seed=self.seed, batch=self.batch, progress=ctx.bar, log=layer_log(ctx), frames=n_frames)
         labels = [_layer_label(vm, r[0]) for r in rows]
-        img = filters_grid(vm, rows, row_labels=labels, title=f"{vm.name}: {len(rows[0][1])} filters per layer")
+        title = f"{vm.name}: {len(rows[0][1])} filters per layer"
+        img = filters_grid(vm, rows, row_labels=labels, title=title)
         data = {"layers": [{"layer": lab, "module": r[0], "channels": list(r[1]),
                             "values": [None if v != v else round(float(v), 5) for v in r[3]],
                             "size": r.size, "steps": r.steps, "receptive_field": r.rf, "dead": r.dead,
@@ -298,6 +301,18 @@ class FiltersSpec(Spec):
         data["dead"] = sum(len(r.dead) for r in rows)
         data["grey"] = sum(len(r.grey) for r in rows)
         files = {"grid.png": png_bytes(img)}
+        if n_frames:  # every layer at the same share of its steps in each frame
+            from cnnvis.optvis.filters import FilterRow
+            from cnnvis.viz.animate import Animation
+
+            anim = Animation(n_frames, frames=n_frames, max_side=1024)
+            for f in range(n_frames):
+                part = [FilterRow(r[0], r[1], r.frames[f].float() / 255, r[3],
+                                  **{k: v for k, v in r.__dict__.items() if k != "frames"}) for r in rows]
+                frame = img if f == n_frames - 1 else filters_grid(vm, part, row_labels=labels, title=title)
+                anim.add_image(f + 1, frame)
+            files["animation.gif"] = anim.gif()
+            data["frames"] = len(anim.frames)
         return data, files, "grid.png"
 
 

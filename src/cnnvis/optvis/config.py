@@ -57,7 +57,7 @@ class UntilProb:
         if self.judge is not None and not (isinstance(self.judge, str) and self.judge):
             raise CnnvisError(f"UntilProb.judge must be a model name, got {self.judge!r}")
         if self.judge is not None and self.judge_prob is None:
-            object.__setattr__(self, "judge_prob", 0.95)
+            object.__setattr__(self, "judge_prob", 0.97)
         if self.judge is None and self.judge_prob is not None:
             raise CnnvisError("UntilProb.judge_prob needs a judge (a second model's name)")
 

@@ -185,7 +185,7 @@ def layer_log(ctx) -> Callable[[str], None] | None:
 
 def render_filters(vm, layers, channels, *, preset=None, steps=None, size=None, seed=0, batch=16, progress=None,
                    leak: float | None = LEAK, skip_dead: bool = True, retry: bool = True,
-                   log: Callable[[str], None] | None = None):
+                   log: Callable[[str], None] | None = None, frames: int | None = None):
     """Render `channels` (list, or an int = first n) of each layer; returns [FilterRow].
 
     steps / size: None (or 'auto') = the layer's plan (`layer_plan`), an int = that for every layer.
@@ -194,6 +194,8 @@ def render_filters(vm, layers, channels, *, preset=None, steps=None, size=None, 
     the sample photos. retry: render a flat tile (flat_score < GREY_STD) of a live channel again with
     RETRY_STEPS times the steps (and RETRY_SETTINGS without a preset); the tile is grey only if it is
     still flat. log: called with one line per layer when it is done (e.g. stderr).
+    frames: also keep `frames` snapshots of each row as it forms (row.frames: a list of (n, C, s, s)
+    uint8 tensors at 1/frames, 2/frames, ... of the layer's steps; watching does not change the images).
     Each filter's image depends on (seed, layer, channel, settings) only, not on `batch`."""
     import torch
 
@@ -237,10 +239,22 @@ def render_filters(vm, layers, channels, *, preset=None, steps=None, size=None, 
         imgs = torch.full((len(chans), vm.input_shape[0], s, s), 0.5)
         vals = torch.full((len(chans),), float("nan"))
         pos = {k: i for i, k in enumerate(chans)}
+        snaps = None
+        if frames:
+            snaps = [torch.full(imgs.shape, 128, dtype=torch.uint8) for _ in range(frames)]
+            marks = [max(1, round(n_steps * (f + 1) / frames)) for f in range(frames)]  # the step of each frame
         for k in range(0, len(live), batch):
             part = live[k:k + batch]
+            idx = [pos[ch] for ch in part]
+
+            def watch(step, images, idx=idx):
+                for f, m in enumerate(marks):
+                    if m == step:
+                        snaps[f][idx] = (images * 255).round().to(torch.uint8)
+
             res = render(vm, channel(layer, part, leak=leak), preset, steps=n_steps, size=s, seed=seed,
-                         progress=progress, desc=f"{layer}", **extra)
+                         progress=progress, desc=f"{layer}", **extra,
+                         **({"watch": watch, "watch_every": set(marks)} if snaps is not None else {}))
             for j, ch in enumerate(part):
                 imgs[pos[ch]] = res.images[j]
                 vals[pos[ch]] = res.final_values[j]
@@ -257,8 +271,11 @@ def render_filters(vm, layers, channels, *, preset=None, steps=None, size=None, 
             score = flat_score(imgs)
         grey = [k for k in live if float(score[pos[k]]) < GREY_STD]
         secs = time.perf_counter() - t0
+        if snaps is not None:  # the last frame is the row as it ends (re-rendered tiles included)
+            snaps[-1] = (imgs * 255).round().to(torch.uint8)
         rows.append(FilterRow(layer, chans, imgs, vals, size=s, steps=n_steps, rf=rfs.get(layer), dead=dead_here,
-                              grey=grey, retried=retried, seconds=secs, flat=[round(float(v), 4) for v in score]))
+                              grey=grey, retried=retried, seconds=secs, flat=[round(float(v), 4) for v in score],
+                              frames=snaps))
         if log is not None:
             note = (f", dead {len(dead_here)}" if dead_here else "") + (f", grey {len(grey)}" if grey else "")
             shown = layer if layer != resolve_layer(vm, layer) else alias.get(layer, layer)

@@ -120,7 +120,8 @@ def render(
       config (a job spec cannot hold them): results are then reproducible only with them.
     judge: the loaded VisModel that config.stop.judge names (else it is loaded by name); it only
       looks at the images, and the result's `judge_probs` hold what it says of the final ones.
-    watch: called as watch(step, images) after step 1 and every `watch_every` steps, with the current
+    watch: called as watch(step, images) after step 1 and every `watch_every` steps (or at the steps
+      of a set `watch_every`), with the current
       (B, C, H, W) images in [0, 1] on the CPU (frames of an animation; it cannot change the render).
     A non-finite objective or image stops that image and keeps its last finite version
     (stopped='non-finite', message says so). Same config, objective and machine -> same images.
@@ -138,8 +139,11 @@ def render(
     tf = custom_transforms if custom_transforms is not None else TRANSFORMS[cfg.transforms]()
     regs = list(custom_regularizers if custom_regularizers is not None else REGULARIZERS[cfg.regularizers]())
     tile = cfg.tile
-    if watch is not None and (not isinstance(watch_every, int) or isinstance(watch_every, bool) or watch_every < 1):
-        raise CnnvisError(f"watch_every must be a positive integer, got {watch_every!r}")
+    watch_steps = isinstance(watch_every, (set, frozenset, list, tuple))
+    if watch_steps:
+        watch_every = frozenset(int(v) for v in watch_every)
+    elif watch is not None and (not isinstance(watch_every, int) or isinstance(watch_every, bool) or watch_every < 1):
+        raise CnnvisError(f"watch_every must be a positive integer or a set of steps, got {watch_every!r}")
     if tile is not None and (tile < vm.min_size or copies > 1):
         raise CnnvisError(f"tile must be >= {vm.min_size} (the model's smallest input) and needs copies=1, "
                           f"got tile={tile}, copies={copies}")
@@ -305,7 +309,7 @@ def render(
                     g["lr"] = cfg.lr * (0.1 + 0.45 * (1 + math.cos(math.pi * (i + 1) / steps)))
             history.append(vals.detach())
             n_run = i + 1
-            if watch is not None and (n_run == 1 or n_run % watch_every == 0):
+            if watch is not None and (n_run in watch_every if watch_steps else n_run == 1 or n_run % watch_every == 0):
                 with torch.no_grad():
                     watch(n_run, view().detach().float().cpu().clamp_(0, 1))
             if tiled:
