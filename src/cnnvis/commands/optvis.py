@@ -25,7 +25,7 @@ def _animate_option(fn):
 @click.argument("target", metavar="CLASS")
 @job_options
 @_preset_option
-@click.option("--steps", type=int, default=352, show_default=True,
+@click.option("--steps", type=int, default=320, show_default=True,
               help="Most steps to run (most images stop earlier, once the checks below pass).")
 @click.option("--size", type=int, default=224, show_default=True, help="Image size in pixels.")
 @click.option("--until-prob", type=float, default=0.99, show_default=True,

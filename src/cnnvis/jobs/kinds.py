@@ -141,7 +141,7 @@ class ClassImageSpec(Spec):
     title = "class image (activation maximization of a class logit)"
     target: int | str
     preset: str | None = None  # default: CLASS_PRESET
-    steps: int = Field(352, ge=1, le=100000)
+    steps: int = Field(320, ge=1, le=100000)
     size: Side = 224
     until_prob: float = Field(0.99, ge=0, le=1)
     robust_prob: float = Field(0.95, ge=0, le=1)

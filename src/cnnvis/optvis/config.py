@@ -214,7 +214,7 @@ PRESETS: dict[str, RenderConfig] = {
     "robust": RenderConfig("robust", steps=512, lr=0.05, optimizer="adam", image="fourier", init_sd=0.01,
                            transforms="robust", regularizers="none", copies=1, octaves=1, octave_scale=1.4,
                                 schedule="constant", ema=0.0),
-    "witness": RenderConfig("witness", steps=352, lr=0.1, optimizer="adam", image="fourier", init_sd=0.01,
+    "witness": RenderConfig("witness", steps=320, lr=0.1, optimizer="adam", image="fourier", init_sd=0.01,
                             transforms="robust", regularizers="none", copies=1, octaves=1, octave_scale=1.4,
                             schedule="constant", ema=0.9),
 }
