@@ -23,6 +23,7 @@ from cnnvis.optvis import class_logit, render
 from cnnvis.optvis.config import RenderConfig, UntilProb
 from cnnvis.optvis.robustness import check_judge, witness_probs
 from conftest import sample
+from test_cli_bad_input import one_error
 
 LABELS = ["red", "green", "blue"]
 
@@ -139,15 +140,6 @@ def test_class_job_reports_the_judge_and_records_its_env(tmp_path):
 def mnist_ckpt(tmp_path):
     torch.manual_seed(0)
     return save_checkpoint(tmp_path / "mnist", build_arch("mnist_cnn"), architecture="mnist_cnn")
-
-
-def one_error(capsys, argv) -> str:
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    assert code == 2, (code, out, err)
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
-    return lines[0]
 
 
 def test_cli_bad_judges(capsys, tmp_path, mnist_ckpt):
