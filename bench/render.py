@@ -169,21 +169,15 @@ def main() -> None:
         class_table(vm, a)
 
 
-class _Normalized:
+class _Normalized(torch.nn.Module):
     """The model behind its own preprocessing, as a module Lucent can hook ('net_classifier')."""
 
-    def __new__(cls, vm):
-        import torch.nn as nn
+    def __init__(self, vm):
+        super().__init__()
+        self.net, self.normalize = vm.model, vm.preprocess.normalize
 
-        class M(nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.net = vm.model
-
-            def forward(self, x):
-                return self.net(vm.preprocess.normalize(x))
-
-        return M().eval()
+    def forward(self, x):
+        return self.net(self.normalize(x))
 
 
 def lucent_class(vm, target: int, steps: int = 512, seed: int = 0):
@@ -193,7 +187,7 @@ def lucent_class(vm, target: int, steps: int = 512, seed: int = 0):
 
     torch.manual_seed(seed)
     t = time.perf_counter()
-    imgs = lrender.render_vis(_Normalized(vm), objectives.channel("net_classifier", target),
+    imgs = lrender.render_vis(_Normalized(vm).eval(), objectives.channel("net_classifier", target),
                               param_f=lambda: param.image(224), thresholds=(steps,), show_image=False,
                               progress=False, fixed_image_size=224, preprocess=False)
     return torch.from_numpy(imgs[-1][0]).permute(2, 0, 1), time.perf_counter() - t
@@ -218,8 +212,8 @@ def _judge_png(vm, judge, img, t):
 
     x = to_tensor(Image.open(io.BytesIO(png_bytes(img))))
     own = {k: float(v[0]) for k, v in robustness(vm, x, t).items()}
-    wp, top = witness_probs(judge, x, t)
-    return own, float(wp[0]), int(top[0]) == t, image_stats(img)
+    p = witness_probs(judge, x)[0]
+    return own, float(p[t]), int(p.argmax()) == t, image_stats(img)
 
 
 def class_table(vm, a):

@@ -171,7 +171,7 @@ class ClassImageSpec(Spec):
         from cnnvis.optvis import PERTURBATIONS, class_logit, render, robustness
         from cnnvis.optvis.config import RenderConfig, UntilProb
         from cnnvis.optvis.robustness import check_judge, witness_probs
-        from cnnvis.viz.animate import Animation
+        from cnnvis.viz.animate import Animation, frame_every
 
         if self.size < vm.min_size:
             raise CnnvisError(f"size {self.size} is too small for {vm.name}; use at least {vm.min_size}")
@@ -190,7 +190,7 @@ class ClassImageSpec(Spec):
                              judge=self.judge if judge is not None and self.judge_prob else None,
                              judge_prob=self.judge_prob if judge is not None and self.judge_prob else None)
         cfg = RenderConfig(preset=self.preset, steps=self.steps, size=self.size, seed=self.seed, stop=stop)
-        anim = Animation(self.steps) if self.animate else None
+        anim = Animation(every=frame_every(self.steps)) if self.animate else None
         res = render(vm, class_logit(t), cfg, progress=ctx.bar, desc=f"class {vm.label(t)}",
                      judge=judge if stop is not None and stop.judge else None,
                      watch=anim.add if anim else None, watch_every=anim.every if anim else 8)
@@ -207,10 +207,9 @@ class ClassImageSpec(Spec):
                 "judge": None}
         data.update(image_stats(res.images[0]))
         if judge is not None:
-            wp, wtop = witness_probs(judge, x.cpu(), t)
-            top = int(wtop[0])
-            jp = predict_probs(judge, judge.preprocess.prepare(Image.open(io.BytesIO(png))))[0]
-            data["judge"] = {"model": judge.name, "prob": round(float(wp[0]), 6), "agrees": top == t,
+            jp = witness_probs(judge, x)[0]
+            top = int(jp.argmax())
+            data["judge"] = {"model": judge.name, "prob": round(float(jp[t]), 6), "agrees": top == t,
                              "top1": {"index": top, "label": judge.label(top), "prob": round(float(jp[top]), 6)}}
         files = {"image.png": png}
         if anim is not None:
@@ -305,7 +304,7 @@ class FiltersSpec(Spec):
             from cnnvis.optvis.filters import FilterRow
             from cnnvis.viz.animate import Animation
 
-            anim = Animation(n_frames, frames=n_frames, max_side=1024)
+            anim = Animation(max_side=1024)
             for f in range(n_frames):
                 part = [FilterRow(r[0], r[1], r.frames[f].float() / 255, r[3],
                                   **{k: v for k, v in r.__dict__.items() if k != "frames"}) for r in rows]
@@ -363,7 +362,7 @@ class DreamSpec(_PhotoSpec):
             w, h = img.size
             f = min(1.0, 512 / max(w, h))
             thumb = (max(1, round(h * f)), max(1, round(w * f)))
-            anim = Animation(self.steps * self.octaves, frames=10 ** 6, compose=lambda n, im: F.interpolate(
+            anim = Animation(compose=lambda n, im: F.interpolate(
                 im, size=thumb, mode="bilinear", antialias=True, align_corners=False)[0])
         out = dream(vm, img, self.layers, self.channels, octaves=self.octaves, octave_scale=self.octave_scale,
                     steps_per_octave=self.steps, step_size=self.step_size, jitter=self.jitter, tile=self.tile,

