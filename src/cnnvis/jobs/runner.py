@@ -78,11 +78,30 @@ def weights_id(model: str, weights: str | None) -> str:
     return "/".join(parts)
 
 
+def dataset_id(ref: str) -> str:
+    """What identifies a dataset's content: a known name as such; a file (zip) by its sha256; a
+    folder by the sha256 of its listing (relative path, size, mtime of every file)."""
+    from cnnvis.data.api import ALIASES, KNOWN
+
+    canon = ALIASES.get(str(ref).lower(), str(ref).lower())
+    if canon in KNOWN and not ("/" in str(ref) or os.sep in str(ref)):
+        return "data:" + canon
+    p = Path(ref)
+    if p.is_dir():
+        h = hashlib.sha256()
+        for f in sorted(q for q in p.rglob("*") if q.is_file()):
+            st = f.stat()
+            h.update(f"{f.relative_to(p).as_posix()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        return "dir:" + h.hexdigest()
+    return "file:" + file_hash(p)
+
+
 def job_key(spec: Spec) -> str:
     """The store key: hash of the canonical spec, the weights, the input files and the code version."""
     extra = "|".join([weights_id(spec.model, spec.weights), *(weights_id(m, None) for m in spec.extra_models()),
                       *(file_hash(p) for p in spec.inputs()
                                                                   if not str(p).startswith("sample:")),
+                      *(dataset_id(d) for d in spec.datasets()),
                       f"cnnvis {__version__}"])
     return spec.hash(extra)
 

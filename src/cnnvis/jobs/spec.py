@@ -49,6 +49,11 @@ class Spec(BaseModel):
         """Paths of input files whose CONTENT is part of the job's identity (photos)."""
         return []
 
+    def datasets(self) -> list[str]:
+        """Dataset refs (names, zips, folders; `cnnvis.data.open_dataset`) whose content is part of the
+        job's identity: a named dataset by its name, a zip by its bytes, a folder by its listing."""
+        return []
+
     def extra_models(self) -> list[str]:
         """Names of models besides `model` the job loads (a class image's judge); their weights are part
         of its identity, and the runner hands them over loaded in `ctx.models`."""
