@@ -200,3 +200,33 @@ def zipfile_like(path: Path) -> bool:
 def describe_known() -> str:
     """One line per known dataset name."""
     return "\n".join(f"{k:15s} {v}" for k, v in KNOWN.items())
+
+
+def open_for_model(vm, spec: str | os.PathLike, split: str | None = None, *, limit: int | None = None,
+                   seed: int = 0) -> Dataset:
+    """A dataset as `vm` takes it: its images converted to the model's channels and (H, W), so a
+    3-channel 32 px zip goes into a 1-channel 28 px net and any net gets inputs of its own size.
+    limit: at most this many images, a seeded random subset (sorted, so streaming stays in order)."""
+    c, h, w = (int(v) for v in vm.input_shape)
+    ds = open_dataset(spec, split=split, channels=c if c in (1, 3) else None, size=(h, w))
+    if len(ds) == 0:
+        raise CnnvisError(f"dataset {str(spec)!r} has no images; give a folder or zip of class/xxx.jpg files")
+    if limit is not None and limit < len(ds):
+        pos = np.sort(np.random.default_rng(seed).choice(len(ds), size=limit, replace=False))
+        ds = ds.subset(pos)
+    return ds
+
+
+def class_map(vm, ds: Dataset) -> np.ndarray:
+    """(K,) int64: the model's class index of each of the dataset's K classes, matched by name
+    (e.g. a CIFAR-10 zip's 'airplane' -> class 0 of a CIFAR-10 checkpoint). Raises CnnvisError when
+    a class of the dataset is not one of the model's: labels that do not match the checkpoint."""
+    labels = [str(v).lower() for v in (vm.labels or [])]
+    want = [str(c).lower() for c in ds.classes]
+    missing = [c for c in want if c not in labels]
+    if not labels or missing:
+        shown = ", ".join(ds.classes[:6]) + (", ..." if len(ds.classes) > 6 else "")
+        have = ", ".join(list(vm.labels or [])[:6]) + (", ..." if len(vm.labels or []) > 6 else "")
+        raise CnnvisError(f"the labels of dataset {ds.name!r} ({shown}) do not match the classes of model "
+                          f"{vm.name!r} ({have or 'none'}); give the dataset the model was trained on")
+    return np.asarray([labels.index(c) for c in want], dtype=np.int64)
