@@ -1,6 +1,6 @@
 """Architectures by name: small reference nets a checkpoint's metadata can name.
 
-    list_archs()                                   -> ['mnist_cnn']
+    list_archs()                                   -> ['mnist_cnn', 'cifar_cnn']
     build_arch('mnist_cnn', num_classes=10)        -> nn.Module, random weights
     arch_info('mnist_cnn').input_shape             -> (1, 28, 28); .mean, .std: its normalization
 
@@ -115,3 +115,46 @@ MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
 )
 def _mnist_cnn(num_classes: int, input_shape, dropout: float = 0.5) -> nn.Module:
     return MnistCNN(num_classes, in_channels=int(input_shape[0]), dropout=dropout)
+
+
+class CifarCNN(nn.Module):
+    """The small AlexNet-like net of TensorFlow's classic CIFAR-10 tutorial: conv96 5x5 - ReLU -
+    maxpool 3/2 - conv96 3x3 - ReLU - maxpool 3/2 - fc384 - ReLU - fc192 - ReLU - fc(num_classes),
+    for (B, C, 32, 32) input (C = 3 by default; 1 for digits).
+
+    Both pools take 3x3 windows at stride 2 with padding 1 (TensorFlow's SAME), so 32 px gives
+    8x8 maps; an adaptive average pool to 8x8 before the classifier is then the identity, and other
+    sizes (STL-10's 96 px) still give logits.
+    """
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 3):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, 96, 5, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2, padding=1),
+            nn.Conv2d(96, 96, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, 2, padding=1),
+        )
+        self.avgpool = nn.AdaptiveAvgPool2d((8, 8))
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Linear(96 * 8 * 8, 384), nn.ReLU(), nn.Linear(384, 192), nn.ReLU(),
+            nn.Linear(192, num_classes),
+        )
+
+    def forward(self, x):
+        return self.classifier(self.avgpool(self.features(x)))
+
+
+CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+@register_arch(
+    "cifar_cnn",
+    description="conv96 5x5-pool3-conv96 3x3-pool3-fc384-fc192-fc10 for 3x32x32 images (TensorFlow's CIFAR-10 net)",
+    input_shape=(3, 32, 32), mean=CIFAR_MEAN, std=CIFAR_STD, num_classes=10, labels=CIFAR_CLASSES,
+    aliases={"conv1": "features.0", "relu1": "features.1", "pool1": "features.2",
+             "conv2": "features.3", "relu2": "features.4", "pool2": "features.5",
+             "fc1": "classifier.1", "fc2": "classifier.3", "fc3": "classifier.5"},
+    min_size=4,
+)
+def _cifar_cnn(num_classes: int, input_shape) -> nn.Module:
+    return CifarCNN(num_classes, in_channels=int(input_shape[0]))
