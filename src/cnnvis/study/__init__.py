@@ -1,0 +1,1 @@
+"""The dataset study on small CNNs (issue 11): feature maps, top dataset examples, embeddings."""
