@@ -58,13 +58,22 @@ class DeconvResult:
     engine: str = "chain"             # 'chain': explicit batched rules; 'autograd': graph with skips
 
 
-def _seeds(act: Tensor, top: int, seed: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(1, C, h, w) activation -> channels (k,), norms (k,), rectified maps (k, h, w), seeds (k, 1, C, h, w)."""
+def _seeds(act: Tensor, top: int, seed: str, chosen: Sequence[int] | None = None
+           ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(1, C, h, w) activation -> channels (k,), norms (k,), rectified maps (k, h, w), seeds (k, 1, C, h, w).
+    `chosen`: project these channels instead of the `top` strongest by norm."""
     r = act.detach()[0].clamp(min=0)
     C = r.shape[0]
     norms = r.flatten(1).norm(dim=1)
-    k = min(top, C)
-    nk, ch = norms.topk(k)
+    if chosen is not None:
+        bad = [c for c in chosen if not 0 <= int(c) < C]
+        if bad:
+            raise CnnvisError(f"channel {bad[0]} does not exist: the layer has {C} channels (0..{C - 1})")
+        ch = torch.as_tensor([int(c) for c in chosen], dtype=torch.long, device=r.device)
+        nk, k = norms[ch], len(ch)
+    else:
+        k = min(top, C)
+        nk, ch = norms.topk(k)
     maps = r[ch]
     seeds = torch.zeros((k, 1, *r.shape), dtype=r.dtype, device=r.device)
     if seed == "max":
@@ -78,9 +87,11 @@ def _seeds(act: Tensor, top: int, seed: str) -> tuple[Tensor, Tensor, Tensor, Te
     return ch, nk, maps, seeds
 
 
-def deconvnet(model, x: Tensor, layers: Sequence[str] | None = None, top: int = 3, *, seed: str = "map"
-              ) -> DeconvResult:
+def deconvnet(model, x: Tensor, layers: Sequence[str] | None = None, top: int = 3, *, seed: str = "map",
+              channels: Sequence[int] | None = None) -> DeconvResult:
     """Project the `top` strongest channels of each layer in `layers` to input space, one backward sweep.
+
+    channels: project these channels of every layer instead (e.g. the channel with the highest max).
 
     x: (1, C, H, W) with the model's C channels (3 = RGB, 1 = grey; in [0, 1] for a VisModel). Returns a DeconvResult; the model is unchanged.
     """
@@ -141,7 +152,7 @@ def deconvnet(model, x: Tensor, layers: Sequence[str] | None = None, top: int = 
                 if orig[n].dim() != 4:
                     raise CnnvisError(f"layer {n!r} has no feature maps (output shape {tuple(orig[n].shape[1:])}); "
                                       f"deconvnet needs conv layers")
-            per = {n: _seeds(orig[n], top, seed) for n in uniq}
+            per = {n: _seeds(orig[n], top, seed, channels) for n in uniq}
             sd = {n: per[n][3] for n in uniq}
             recon = _chain_sweep(tape, order, orig, x_in, xg, sd)
             engine = "chain"
