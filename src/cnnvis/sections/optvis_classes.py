@@ -28,18 +28,28 @@ def _numbers(d: dict) -> dict:
 
 
 def render(ctx: ReportContext) -> str:
+    from cnnvis.report import small_net
+
+    small = small_net(ctx.vm) is None
     html, data = [], {}
     first = None
-    for name in CLASSES:
-        res = ctx.run("class_image", target=name)  # what `cnnvis class NAME` does
+    extra = {"judge": ctx.judge or "none"} if small else {}
+    for name in (list(ctx.vm.labels)[:10] if small else CLASSES):
+        res = ctx.run("class_image", target=name, **extra)  # what `cnnvis class NAME` does
         d = res.data
         first = first or (d, res.spec)
         rel = ctx.save_file(res, f"class_{name.replace(' ', '_')}.png")
         data[name] = {"index": d["class"]["index"], "steps": d["steps"], "seconds": d["seconds"], **_numbers(d),
                       "saturation": d["saturation"], "contrast": d["contrast"]}
         html.append(ctx.img_tag(rel, f"<b>{esc(name)}</b> ({d['steps']} steps, {d['seconds']:.0f} s)" + _prob_table(d),
-                                width=224))
+                                width=112 if small else 224))
     d0, spec = first
+    if small:  # the regularizer study compares the recipes on a small net
+        ctx.data["optvis_classes"] = data
+        return (f"<p>What <code>cnnvis class NAME</code> makes on {esc(ctx.vm.name)} (preset "
+                f"<b>{esc(d0['preset'])}</b>, seed {ctx.seed}); numbers are probabilities measured on the PNG as "
+                "saved" + (f", and by the judge <code>{esc(ctx.judge)}</code>" if ctx.judge else "") + ".</p>"
+                + "".join(html))
     judge = spec.get("judge") or "none"
     head = (f"<p>What <code>cnnvis class NAME</code> makes: preset <b>{esc(d0['preset'])}</b>, 224 px, seed "
             f"{ctx.seed}. After at least {spec['min_steps']} steps (at most {spec['steps']}) each render stops once "

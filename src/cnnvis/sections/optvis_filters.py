@@ -11,7 +11,10 @@ def render(ctx: ReportContext) -> str:
     if ctx.quick:
         out.append("<p class='note'>Quick mode: 5 filters per layer, 48 steps at 80 px "
                    "(full report: 10 filters, size and steps per layer from its receptive field).</p>")
-    for model_name in dict.fromkeys(["vgg16_hed", ctx.vm.name]):
+    from cnnvis.report import small_net
+
+    # VGG16 beside an ImageNet model (the classic grid); a small net alone
+    for model_name in dict.fromkeys(["vgg16_hed", ctx.vm.name] if small_net(ctx.vm) else [ctx.vm.name]):
         try:
             res = ctx.run("filters", model=model_name, first=n, steps=steps, size=size)
         except ImportError as e:  # a missing optional weights package must not kill the section

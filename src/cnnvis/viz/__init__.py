@@ -146,6 +146,17 @@ def grid(
     return canvas
 
 
+def captioned(img: Image.Image | Tensor, text: str, side: int = 64, colour: str = "black") -> Image.Image:
+    """An image scaled (nearest) to `side` px wide with one line of text below it: a labelled thumbnail."""
+    im = img if isinstance(img, Image.Image) else to_pil(img)
+    s = side / im.size[0]
+    im = im.convert("RGB").resize((side, max(1, round(im.size[1] * s))), Image.NEAREST)
+    out = Image.new("RGB", (side, im.size[1] + 14), "white")
+    out.paste(im, (0, 0))
+    ImageDraw.Draw(out).text((1, im.size[1] + 1), str(text), fill=colour, font=font(10))
+    return out
+
+
 def _text_w(f, s: str) -> int:
     try:
         return int(f.getlength(str(s)))
