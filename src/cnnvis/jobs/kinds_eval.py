@@ -50,6 +50,7 @@ class EvaluateSpec(Spec):
     title = "accuracy on a dataset, per class, confusion matrix"
     data: str  # a dataset: name, zip or folder (cnnvis.data.open_dataset)
     split: str | None = None
+    held_out: float | None = Field(None, gt=0, lt=1)  # only the part `cnnvis train` held out of a split-less dataset
     limit: int | None = Field(None, ge=1)  # at most this many images (a seeded random subset)
     batch_size: int = Field(256, ge=1, le=4096)
     mistakes: int = Field(16, ge=0, le=256)  # how many of the most confident mistakes to show
@@ -61,12 +62,18 @@ class EvaluateSpec(Spec):
         import numpy as np
         import torch
 
-        from cnnvis.data import class_map, open_for_model
+        from cnnvis.data import class_map, train_test_split
+        from cnnvis.study.dataref import open_for_model
+        from cnnvis.train import HELD_OUT_SEED
         from cnnvis.viz import captioned, grid
 
         if vm.task != "classification":
             raise CnnvisError(f"model {vm.name!r} is not a classifier ({vm.task}); evaluate needs class scores")
-        ds = open_for_model(vm, self.data, self.split, limit=self.limit, seed=self.seed)
+        ds = open_for_model(vm, self.data, self.split, model_ref=self.model)
+        if self.held_out is not None:  # the images `cnnvis train` held out (the same stratified split)
+            ds = train_test_split(ds, self.held_out, seed=HELD_OUT_SEED)[1]
+        if self.limit is not None and self.limit < len(ds):
+            ds = ds.subset(np.sort(np.random.default_rng(self.seed).choice(len(ds), self.limit, replace=False)))
         to_model = torch.from_numpy(class_map(vm, ds))
         k = len(vm.labels)
         cm = np.zeros((k, k), np.int64)

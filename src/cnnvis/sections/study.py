@@ -31,10 +31,13 @@ def render_accuracy(ctx: ReportContext) -> str:
                            for h in hist)
             html.append("<table><tr>" + "".join(f"<th>{esc(k)}</th>" for k in keys) + "</tr>" + rows + "</table>")
         data["training"] = {k: t.get(k) for k in ("data", "held_out_accuracy", "epochs", "seed")}
-    res = ctx.run("evaluate", **_data(ctx), limit=2000 if ctx.quick else None)
+    held = t.get("held_out") if isinstance(t.get("held_out"), float) and t.get("data") == ctx.data_ref else None
+    res = ctx.run("evaluate", **_data(ctx), held_out=held, limit=2000 if ctx.quick else None)
     d = res.data
     data["evaluate"] = {"n": d["n"], "accuracy": d["accuracy"], "per_class": d["per_class"]}
-    html.append(f"<p>Re-measured here on {d['n']} images of {_where(ctx)}: accuracy <b>{d['accuracy']:.4f}</b>.</p>")
+    part = f" (the {held:.0%} held out in training)" if held else ""
+    html.append(f"<p>Re-measured here on {d['n']} images of {_where(ctx)}{part}: accuracy "
+                f"<b>{d['accuracy']:.4f}</b>.</p>")
     html.append(ctx.img_tag(ctx.save_file(res, "study_confusion.png"), "Confusion matrix (rows: true class)"))
     if "mistakes.png" in res.files:
         html.append(ctx.img_tag(ctx.save_file(res, "study_mistakes.png", "mistakes.png"),
