@@ -64,9 +64,12 @@ def file_hash(path: str | os.PathLike) -> str:
 def weights_id(model: str, weights: str | None) -> str:
     """What identifies the numbers of a model: its registry name + weights tag, or its files' hashes."""
     from cnnvis.models.checkpoint import checkpoint_files, looks_like_checkpoint
+    from cnnvis.models.keras import is_keras_path, keras_model_files
     from cnnvis.models.registry import _REGISTRY
 
-    if model not in _REGISTRY and looks_like_checkpoint(model):  # as `load` decides: a registered name wins
+    if model not in _REGISTRY and looks_like_checkpoint(model) and is_keras_path(model):  # + sidecars
+        parts = ["keras:" + "+".join(file_hash(p) for p in keras_model_files(model))]
+    elif model not in _REGISTRY and looks_like_checkpoint(model):  # as `load` decides: a registered name wins
         meta, blob = checkpoint_files(model)
         parts = ["ckpt:" + file_hash(meta) + "+" + (file_hash(blob) if Path(blob).exists() else "-")]
     else:

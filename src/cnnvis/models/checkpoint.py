@@ -43,9 +43,11 @@ TASKS = ("classification", "edges")
 
 
 def looks_like_checkpoint(name: str | os.PathLike) -> bool:
-    """Is `name` meant as a path (an existing file/folder, a path separator, or a .json/.safetensors name)?"""
+    """Is `name` meant as a path (an existing file/folder, a path separator, or a .json/.safetensors
+    name, or a Keras .h5/.hdf5/.keras name)?"""
     s = str(name)
-    return (os.path.exists(s) or os.sep in s or "/" in s or s.lower().endswith((".json", ".safetensors")))
+    return (os.path.exists(s) or os.sep in s or "/" in s
+            or s.lower().endswith((".json", ".safetensors", ".h5", ".hdf5", ".keras")))
 
 
 def _paths(path: str | os.PathLike) -> tuple[Path, Path]:

@@ -3,6 +3,7 @@
     list_models()                    -> ['alexnet', 'efficientnet_lite0', ...]
     load('efficientnet_lite0')       -> VisModel (embedded ImageNet weights, offline)
     load('vgg16', weights='x.h5')    -> torchvision VGG16 with converted Keras weights
+    load('runs/net.h5')              -> a Keras Sequential CNN (.h5 / .keras) as nn.Sequential
     wrap(my_module, preprocess=..., labels=...) -> VisModel for any nn.Module
     as_vismodel(vm_or_module)        -> VisModel (the one adapter every method uses)
 
@@ -158,7 +159,8 @@ def load(name: str | os.PathLike = DEFAULT_MODEL, weights: str | os.PathLike | N
     """Build a registered model, or load a user's checkpoint by path.
 
     name: a registered name (`list_models()`) or a checkpoint path: a folder holding
-    model.json + model.safetensors, or one of those files (see `cnnvis.models.checkpoint`).
+    model.json + model.safetensors, or one of those files (see `cnnvis.models.checkpoint`),
+    or a Keras Sequential file .h5/.keras (see `cnnvis.models.keras`).
     weights: None = the model's default (embedded or downloaded pretrained weights, or the
     checkpoint's own), 'random' = untrained, or a path to a .pth/.pt/.safetensors/.h5 file.
     """
@@ -174,9 +176,14 @@ def load(name: str | os.PathLike = DEFAULT_MODEL, weights: str | os.PathLike | N
         if weights == "random":  # one untrained model, the same in every process (it is part of a job's key)
             torch.manual_seed(0)
         if name not in _REGISTRY and _looks_like_checkpoint(name):
-            from cnnvis.models.checkpoint import load_checkpoint
+            from cnnvis.models.keras import is_keras_path, load_keras
 
-            vm = load_checkpoint(name, weights)
+            if is_keras_path(name):  # a Keras Sequential file (.h5 / .keras)
+                vm = load_keras(name, weights)
+            else:
+                from cnnvis.models.checkpoint import load_checkpoint
+
+                vm = load_checkpoint(name, weights)
         else:
             vm = model_info(name).builder(weights)
     vm.model.eval()

@@ -1,4 +1,5 @@
-"""Weight files: PyTorch state_dicts (.pth/.pt), safetensors, and Keras VGG16 .h5 files.
+"""Weight files: PyTorch state_dicts (.pth/.pt), safetensors, and Keras VGG16 .h5 files (any Keras
+Sequential CNN: `cnnvis.models.keras`).
 
 Every failure is a `CnnvisError` naming the file, the problem and the fix.
 """
@@ -67,8 +68,8 @@ def _check_torch_file(path: Path) -> None:
         return
     if head.startswith(_HDF5_MAGIC) or path.suffix.lower() in (".h5", ".hdf5", ".keras"):
         raise CnnvisError(f"weights file {str(path)!r} is a Keras/HDF5 file; the .h5 layout is only supported "
-                          f"for VGG16-style models (vgg16, vgg16_hed); for this model give a .pth/.pt "
-                          f"state_dict or a .safetensors file")
+                          f"for VGG16-style models (vgg16, vgg16_hed) and for a Keras Sequential net loaded with "
+                          f"--model FILE.h5/.keras; for this model give a .pth/.pt state_dict or a .safetensors file")
     if head[8:9] == b"{":
         raise CnnvisError(f"weights file {str(path)!r} looks like a safetensors file; rename it to *.safetensors")
     text = bool(head) and sum(32 <= b < 127 or b in b"\t\r\n" for b in head) >= 0.9 * len(head)
