@@ -172,6 +172,8 @@ def _ref_layer(x, cls, cfg, ws):
         return _ACT[cfg["activation"]](x)
     if cls == "Flatten":
         return x.reshape(x.shape[0], -1)  # Keras: (H, W, C) order
+    if cls == "FlattenCHW":  # a channels_last Flatten of a channels_first map
+        return x.transpose(0, 3, 1, 2).reshape(x.shape[0], -1)
     if cls == "Dropout":
         return x
     if cls == "Dense":
@@ -233,9 +235,11 @@ def write_keras2_h5(path, net, weights):
         write_keras2_weights(f.create_group("model_weights"), net, weights)
 
 
-def write_keras3_weights(f, net, weights):
+def write_keras3_weights(f, net, weights, by_name=False):
+    """Keras 3 names a Sequential's layer groups by class (conv2d, conv2d_1, ...); Keras 2.13's
+    .keras format by layer name (by_name=True)."""
     for _, cfg, container in net[1]:
-        g = f.create_group(f"layers/{container or cfg['name']}/vars")
+        g = f.create_group(f"layers/{cfg['name'] if by_name or not container else container}/vars")
         for i, a in enumerate(weights.get(cfg["name"], [])):
             g.create_dataset(str(i), data=a)
     f.create_group("vars")
@@ -253,9 +257,9 @@ def write_keras3_zip(path, net, weights):
         z.writestr("model.weights.h5", buf.getvalue())
 
 
-def write_keras3_weights_h5(path, net, weights):
+def write_keras3_weights_h5(path, net, weights, by_name=False):
     with h5py.File(path, "w") as f:
-        write_keras3_weights(f, net, weights)
+        write_keras3_weights(f, net, weights, by_name)
 
 
 def torch_input(x_nhwc):
@@ -304,6 +308,19 @@ def test_rgb_net_uses_asymmetric_padding_like_tf(tmp_path):
     assert vm.aliases["conv1"] == "c1" and vm.aliases["relu1"] == "c1_relu" and vm.aliases["fc2"] == "d2"
 
 
+def test_other_input_sizes_still_give_logits(tmp_path):
+    """An identity adaptive pool before Flatten lets renderers use other sizes; min_size is the
+    smallest side the conv stack takes (MNIST net: 3x3 valid, pool 2, 3x3 valid, pool 2 -> 10)."""
+    net = mnist_net()
+    write_keras3_zip(tmp_path / "m.keras", net, random_weights(net, 0))
+    vm = load(tmp_path / "m.keras")
+    assert vm.min_size == 10 and isinstance(vm.model.flatten_fit, torch.nn.AdaptiveAvgPool2d)
+    with torch.no_grad():
+        assert vm(torch.rand(2, 1, 10, 10)).shape == (2, 10) and vm(torch.rand(1, 1, 64, 48)).shape == (1, 10)
+        with pytest.raises(RuntimeError):
+            vm(torch.rand(1, 1, 9, 9))
+
+
 def test_weights_only_files_with_a_sidecar_architecture(tmp_path):
     net = mnist_net()
     weights = random_weights(net, seed=1)
@@ -318,6 +335,12 @@ def test_weights_only_files_with_a_sidecar_architecture(tmp_path):
         write_keras2_weights(f, net, weights)
     (tmp_path / "config.json").write_text(json.dumps(keras_config(net, keras3=False)))
     check_logits(load(tmp_path / "w2.h5"), net, weights)
+    # Keras 2.13-2.15 .keras weights: groups by layer name
+    net = small_rgb_net()
+    weights = random_weights(net, seed=2)
+    write_keras3_weights_h5(tmp_path / "rgb.weights.h5", net, weights, by_name=True)
+    (tmp_path / "rgb.weights.json").write_text(json.dumps(keras_config(net, keras3=True)))
+    check_logits(load(tmp_path / "rgb.weights.h5"), net, weights)
 
 
 def test_weights_option_swaps_in_other_weights_of_the_same_architecture(tmp_path):
@@ -336,6 +359,30 @@ def test_weights_option_swaps_in_other_weights_of_the_same_architecture(tmp_path
     write_keras2_h5(tmp_path / "bad.h5", bad, random_weights(bad, 2))
     with pytest.raises(CnnvisError, match=r"layer 'dense' \(Dense\) has arrays of shapes \[\(1600, 64\)"):
         load(tmp_path / "net.keras", weights=tmp_path / "bad.h5")
+
+
+@pytest.mark.parametrize("flatten_format", ["channels_first", "channels_last"])
+def test_channels_first_nets(tmp_path, flatten_format):
+    """A channels_first net: (C, H, W) input; its Flatten gives (H, W, C) order when it is
+    channels_first too (Keras moves C last), (C, H, W) order when it is channels_last."""
+    (h, w, c), layers = net = small_rgb_net()
+    weights = random_weights(net, 0)
+    cf = []
+    for cls, cfg, cont in layers:
+        cfg = dict(cfg)
+        if cls in ("Conv2D", "MaxPooling2D", "AveragePooling2D"):
+            cfg["data_format"] = "channels_first"
+        if cls == "Flatten":
+            cfg["data_format"] = flatten_format
+        if cls == "BatchNormalization":
+            cfg["axis"] = 1
+        cf.append((cls, cfg, cont))
+    write_keras2_h5(tmp_path / "cf.h5", ((c, h, w), cf), weights)  # batch_input_shape [None, C, H, W]
+    vm = load(tmp_path / "cf.h5")
+    assert vm.input_shape == (3, 32, 32)
+    ref_net = (net[0], [("FlattenCHW" if cls == "Flatten" and flatten_format == "channels_last" else cls, cfg, ct)
+                        for cls, cfg, ct in layers])
+    check_logits(vm, ref_net, weights)
 
 
 def test_labels_and_input_scaling_from_sidecars(tmp_path):
@@ -406,7 +453,7 @@ def _wrong_shapes(path):
     write_keras2_h5(path, net, w)
 
 
-def _channels_first(path):
+def _mixed_formats(path):
     net = mnist_net()
     net[1][0][1]["data_format"] = "channels_first"
     write_keras3_zip(path, net, random_weights(net, 0))
@@ -419,7 +466,8 @@ def _channels_first(path):
                               "Keras Sequential nets of InputLayer, Conv2D"),
     ("shapes.h5", _wrong_shapes, r"layer 'conv2d_1' \(Conv2D\) has arrays of shapes \[\(3, 3, 16, 64\), \(64,\)\], "
                                  r"the config wants \[\(3, 3, 32, 64\), \(64,\)\]"),
-    ("cf.keras", _channels_first, "uses data_format 'channels_first'; only channels_last"),
+    ("cf.keras", _mixed_formats, r"uses data_format \['channels_first', 'channels_last'\]; cnnvis imports nets whose "
+                                 "layers are all channels_last or all channels_first"),
     ("missing.keras", lambda p: None, "does not exist"),
     ("zip.keras", lambda p: zipfile.ZipFile(p, "w").writestr("x.txt", "x"), "without config.json and model.weights.h5"),
 ])

@@ -76,10 +76,12 @@ def model_options(fn: Callable) -> Callable:
     fn = click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")(fn)
     fn = click.option(
         "--weights", default=None, metavar="PATH|random",
-        help="Local weights: .pth/.pt state_dict, .safetensors, or Keras .h5; 'random' = untrained.",
+        help="Local weights: .pth/.pt state_dict, .safetensors, or Keras .h5 (VGG16, or a Keras --model's "
+             "architecture); 'random' = untrained.",
     )(fn)
     fn = click.option("--model", "-m", default=DEFAULT_MODEL, show_default=True, metavar="NAME|PATH",
-                      help="Registered model (see `cnnvis models`) or a checkpoint path (model.safetensors + .json).")(fn)
+                      help="Registered model (see `cnnvis models`), a checkpoint path (model.safetensors + .json), "
+                           "or a Keras Sequential file (.h5 / .keras).")(fn)
     return fn
 
 

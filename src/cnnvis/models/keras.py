@@ -14,7 +14,8 @@ The architecture must be a `Sequential` of Conv2D (strides, dilation, groups, 'v
 padding), MaxPooling2D, AveragePooling2D, GlobalAverage/MaxPooling2D, ZeroPadding2D, Dense,
 Flatten, Dropout, SpatialDropout2D, BatchNormalization, Activation, ReLU, LeakyReLU, Softmax
 and InputLayer, with activations relu, relu6, sigmoid, tanh, softmax, linear, elu, selu,
-softplus, softsign, swish/silu; channels_last data format. Anything else is one CnnvisError
+softplus, softsign, swish/silu; data format channels_last or channels_first (all spatial layers
+alike). Anything else is one CnnvisError
 naming the layer and what is supported.
 
 The torch net is an `nn.Sequential` (a `KerasSequential`) whose modules carry the Keras layer
@@ -23,7 +24,9 @@ zero padding TF's 'same' needs with a stride or an even kernel), `flatten`, `den
 conv1.., relu1.., pool1.., fc1.. as for cnnvis' own `mnist_cnn`. Kernels go HWIO -> OIHW, Dense
 (in, out) -> (out, in), and the first Dense after a Flatten gets its input rows permuted from
 Keras' HWC flatten order to PyTorch's CHW order. A final softmax (or sigmoid) is dropped, so the
-net outputs logits, and recorded in `net.final_activation`.
+net outputs logits, and recorded in `net.final_activation`. Before a Flatten sits an
+`nn.AdaptiveAvgPool2d` to the map size of the native input (`flatten_fit`, the exact identity at
+that size, as in cnnvis' `mnist_cnn`), so methods that render at other sizes still get logits.
 
 The VisModel: name = the file name without suffixes; input shape (C, H, W) from the config;
 preprocessing none (the net gets the [0, 1] image as is, as Keras nets trained on x/255 want);
@@ -224,8 +227,9 @@ def _model_config(kf: KerasFile, weights_only_ok: bool = False) -> dict:
 
 # ----------------------------------------------------------------------------- config -> layers
 
-def _sequential_layers(cfg: dict, src: str) -> tuple[list[dict], tuple[int, int, int] | None]:
-    """A model config -> (its layer configs [{'class_name', 'config'}], (H, W, C) input or None)."""
+def _sequential_layers(cfg: dict, src: str) -> tuple[list[dict], tuple[int, int, int]]:
+    """A model config -> (its layer configs [{'class_name', 'config'}], the input shape without the
+    batch: (H, W, C), or (C, H, W) for a channels_first net)."""
     if not isinstance(cfg, dict):
         raise CnnvisError(f"Keras model config in {src!r} is not a JSON object; save the model again")
     cls = cfg.get("class_name")
@@ -251,9 +255,24 @@ def _sequential_layers(cfg: dict, src: str) -> tuple[list[dict], tuple[int, int,
             shape = tuple(c)
             break
     if shape is None or any(not isinstance(v, int) or v < 1 for v in shape):
-        raise CnnvisError(f"Keras Sequential in {src!r} gives no (H, W, C) image input shape "
+        raise CnnvisError(f"Keras Sequential in {src!r} gives no image input shape (H, W, C) "
                           f"(batch_input_shape/batch_shape {shape}); build it with keras.Input((H, W, C)) and save again")
     return layers, shape
+
+
+_SPATIAL = ("Conv2D", "MaxPooling2D", "AveragePooling2D", "GlobalAveragePooling2D", "GlobalMaxPooling2D",
+            "ZeroPadding2D", "SpatialDropout2D")
+
+
+def _layout(layers: list[dict], src: str) -> str:
+    """'channels_last' or 'channels_first': the data_format every spatial layer agrees on."""
+    found = {(ly.get("config") or {}).get("data_format") or "channels_last" for ly in layers
+             if isinstance(ly, dict) and _ALIASES.get(ly.get("class_name"), ly.get("class_name")) in _SPATIAL}
+    bad = found - {"channels_last", "channels_first"}
+    if bad or len(found) > 1:
+        raise CnnvisError(f"Keras Sequential in {src!r} uses data_format {sorted(found)}; cnnvis imports nets whose "
+                          f"layers are all channels_last or all channels_first")
+    return found.pop() if found else "channels_last"
 
 
 def _snake(name: str) -> str:
@@ -325,8 +344,8 @@ class _Weighted:
 
 
 class _Builder:
-    def __init__(self, layers: list[dict], shape: tuple[int, int, int], src: str):
-        self.layers, self.src = layers, src
+    def __init__(self, layers: list[dict], shape: tuple[int, int, int], src: str, layout: str = "channels_last"):
+        self.layers, self.src, self.layout = layers, src, layout
         self.shape: tuple[int, ...] = shape  # Keras side, no batch: (H, W, C) or (N,)
         self.perm: np.ndarray | None = None  # flat vectors: torch index -> Keras index
         self.mods: "OrderedDict[str, nn.Module]" = OrderedDict()
@@ -350,6 +369,9 @@ class _Builder:
     def activation(self, lname: str, act: str) -> None:
         if act == "linear":
             return
+        if act == "softmax" and len(self.shape) == 3 and self.layout == "channels_first":
+            raise CnnvisError(f"Keras layer {lname!r}: a softmax over the last axis of a channels_first map (its "
+                              f"width) is not supported")
         if act not in _ACTIVATIONS:
             raise CnnvisError(f"Keras layer {lname!r} in {self.src!r}: activation {act!r} is not supported; "
                               f"{_SUPPORTED_TEXT}")
@@ -365,10 +387,6 @@ class _Builder:
             if cls not in SUPPORTED_LAYERS:
                 raise CnnvisError(f"Keras layer {lname!r} in {self.src!r} is a {cls}, which cnnvis cannot import; "
                                   f"{_SUPPORTED_TEXT}")
-            df = cfg.get("data_format", "channels_last")
-            if df not in (None, "channels_last"):
-                raise CnnvisError(f"Keras layer {lname!r} ({cls}) in {self.src!r} uses data_format {df!r}; only "
-                                  f"channels_last (Keras' default) imports: rebuild the net channels_last")
             getattr(self, f"_{cls}")(i, lname, cfg, cls)
         net = KerasSequential(self.mods)
         net.final_activation = self.final
@@ -481,10 +499,17 @@ class _Builder:
     def _Flatten(self, i, lname, cfg, cls):
         if len(self.shape) == 3:
             h, w, c = self.shape
-            keras_index = np.arange(h * w * c).reshape(h, w, c)  # Keras flattens (H, W, C)
-            perm = keras_index.transpose(2, 0, 1).reshape(-1)   # torch flattens (C, H, W)
-            self.perm = None if np.array_equal(perm, np.arange(perm.size)) else perm
+            fdf = cfg.get("data_format") or "channels_last"
+            if fdf == self.layout:  # Keras flattens (H, W, C) (a channels_first Flatten moves C last first)
+                perm = np.arange(h * w * c).reshape(h, w, c).transpose(2, 0, 1).reshape(-1)  # torch: (C, H, W)
+                self.perm = None if np.array_equal(perm, np.arange(perm.size)) else perm
+            elif fdf == "channels_last":  # a channels_last Flatten of a channels_first map: (C, H, W) as torch
+                self.perm = None
+            else:
+                raise CnnvisError(f"Keras layer {lname!r}: a channels_first Flatten of a channels_last map is not "
+                                  f"supported")
             self.shape = (h * w * c,)
+            self.add(f"{lname}_fit", nn.AdaptiveAvgPool2d((h, w)))  # the identity at the native size
         self.add(lname, nn.Flatten())
 
     def _Dense(self, i, lname, cfg, cls):
@@ -535,6 +560,8 @@ class _Builder:
 
     def _Softmax(self, i, lname, cfg, cls):
         axis = cfg.get("axis", -1)
+        if len(self.shape) == 3 and self.layout == "channels_first":
+            axis = None  # the last axis is the width
         if axis not in (-1, [-1], len(self.shape), [len(self.shape)]):
             raise CnnvisError(f"Keras layer {lname!r}: Softmax over axis {axis} is not supported (only the last axis)")
         self.add(lname, nn.Softmax(dim=1))
@@ -542,9 +569,10 @@ class _Builder:
     def _BatchNormalization(self, i, lname, cfg, cls):
         axis = cfg.get("axis", -1)
         axis = axis[0] if isinstance(axis, list) and len(axis) == 1 else axis
-        if axis not in (-1, len(self.shape)):
+        chan = (-1, 1) if len(self.shape) == 1 else (1,) if self.layout == "channels_first" else (-1, 3)
+        if axis not in chan:
             raise CnnvisError(f"Keras layer {lname!r}: BatchNormalization over axis {axis} is not supported "
-                              f"(only the channel axis, -1)")
+                              f"(only the channel axis, {chan[-1]})")
         n = self.shape[-1]
         eps = float(cfg.get("epsilon", 1e-3))
         bn = nn.BatchNorm2d(n, eps) if len(self.shape) == 3 else nn.BatchNorm1d(n, eps)
@@ -565,8 +593,10 @@ class _Builder:
 
 def build_sequential(config: dict, src: str = "Keras model") -> tuple[KerasSequential, tuple[int, int, int], list[_Weighted]]:
     """A Keras Sequential config -> (random-weight KerasSequential, (C, H, W) input, its weighted layers)."""
-    layers, (h, w, c) = _sequential_layers(config, src)
-    b = _Builder(layers, (h, w, c), src)
+    layers, shape = _sequential_layers(config, src)
+    layout = _layout(layers, src)
+    h, w, c = shape if layout == "channels_last" else (shape[1], shape[2], shape[0])
+    b = _Builder(layers, (h, w, c), src, layout)
     net = b.build()
     # the output activation goes: the net gives logits (trailing dropouts are no-ops in eval)
     names = list(net._modules)
@@ -706,10 +736,26 @@ def load_keras(path: str | os.PathLike, weights: str | os.PathLike | None = None
     desc = extra.get("description") or (
         f"Keras Sequential from {p.name} ({fmt}; {len(layers)} layers"
         + (f"; its final {net.final_activation} dropped: outputs are logits" if net.final_activation else "") + ")")
-    has_flatten = any(isinstance(m, nn.Flatten) for m in net.children())
-    vm = VisModel(str(extra.get("name") or _stem(p)), net, prep, labels, "classification", _aliases(net),
-                  min_size=min(h, w) if has_flatten else 1, description=desc, input_shape=(c, h, w))
-    return vm
+    net.eval()
+    return VisModel(str(extra.get("name") or _stem(p)), net, prep, labels, "classification", _aliases(net),
+                    min_size=_min_size(net, c, min(h, w)), description=desc, input_shape=(c, h, w))
+
+
+def _min_size(net: nn.Module, c: int, native: int) -> int:
+    """The smallest square side the net (in eval mode) takes, by bisection over [1, native]."""
+    def runs(side: int) -> bool:
+        try:
+            with torch.no_grad():
+                net(torch.zeros(1, c, side, side))
+            return True
+        except (RuntimeError, ValueError):
+            return False
+
+    lo, hi = 1, native  # hi runs (the native size); find the first side that does
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if runs(mid) else (mid + 1, hi)
+    return hi
 
 
 def _starts_hdf5(p: Path) -> bool:

@@ -64,7 +64,7 @@ def _check_torch_file(path: Path) -> None:
     format, a pickle (first byte 0x80)."""
     with open(path, "rb") as f:
         head = f.read(512)
-    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+    if (head.startswith(b"PK\x03\x04") and path.suffix.lower() != ".keras") or head[:1] == b"\x80":
         return
     if head.startswith(_HDF5_MAGIC) or path.suffix.lower() in (".h5", ".hdf5", ".keras"):
         raise CnnvisError(f"weights file {str(path)!r} is a Keras/HDF5 file; the .h5 layout is only supported "
