@@ -134,7 +134,8 @@ def _windows(x, k, s, pad, fill, d=(1, 1)):
     return win
 
 
-_ACT = {"relu": lambda x: np.maximum(x, 0), "linear": lambda x: x, "tanh": np.tanh, "elu": lambda x: np.where(x > 0, x, np.expm1(np.minimum(x, 0))),
+_ACT = {"relu": lambda x: np.maximum(x, 0), "linear": lambda x: x, "tanh": np.tanh,
+        "elu": lambda x: np.where(x > 0, x, np.expm1(np.minimum(x, 0))),
         "sigmoid": lambda x: 1 / (1 + np.exp(-x)), "softmax": lambda x: x}  # softmax: logits wanted
 
 
@@ -480,3 +481,21 @@ def test_bad_keras_files_exit_2_with_one_line(tmp_path, capsys, name, make, mess
     line = one_error(capsys, ["classify", "--model", path, tmp_path / "digit.png", "--threads", "1"])
     assert re.search(message, line), line
     assert str(path) in line
+
+
+def test_job_key_follows_the_keras_file_and_its_sidecars(tmp_path):
+    """Cached results are keyed by the Keras file's bytes and its labels/architecture sidecars."""
+    from cnnvis.jobs import make_spec
+    from cnnvis.jobs.runner import job_key
+
+    net = mnist_net()
+    write_keras3_weights_h5(tmp_path / "m.weights.h5", net, random_weights(net, 0))
+    (tmp_path / "m.json").write_text(json.dumps(keras_config(net, keras3=True)))
+    spec = make_spec("classify", model=str(tmp_path / "m.weights.h5"), images=["sample:chelsea"])
+    keys = [job_key(spec)]
+    (tmp_path / "m.classes.txt").write_text("\n".join("abcdefghij"))
+    keys.append(job_key(spec))
+    write_keras3_weights_h5(tmp_path / "m.weights.h5", net, random_weights(net, 1))
+    keys.append(job_key(spec))
+    assert len(set(keys)) == 3
+    assert load(tmp_path / "m.weights.h5").labels == list("abcdefghij")

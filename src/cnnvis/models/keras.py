@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import os
 import re
 import zipfile
@@ -74,7 +73,7 @@ class KerasSequential(nn.Sequential):
     ('softmax', 'sigmoid' or None); `keras_layers` lists (Keras name, class name) in order."""
 
     final_activation: str | None = None
-    keras_layers: list = []
+    keras_layers: tuple = ()
 
 
 # ----------------------------------------------------------------------------- files
@@ -210,7 +209,7 @@ def _read_weights(h5, path: Path) -> KerasFile:
     return kf
 
 
-def _model_config(kf: KerasFile, weights_only_ok: bool = False) -> dict:
+def _model_config(kf: KerasFile) -> dict:
     """The Sequential config of `kf`, from the file or its sidecar architecture JSON."""
     if kf.config is not None:
         return kf.config
@@ -390,7 +389,7 @@ class _Builder:
             getattr(self, f"_{cls}")(i, lname, cfg, cls)
         net = KerasSequential(self.mods)
         net.final_activation = self.final
-        net.keras_layers = [(str((ly.get("config") or {}).get("name")), ly.get("class_name")) for ly in self.layers]
+        net.keras_layers = tuple((str((ly.get("config") or {}).get("name")), ly.get("class_name")) for ly in self.layers)
         return net
 
     # --- layers (Keras tensors are (H, W, C); torch ones (C, H, W))
