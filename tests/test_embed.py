@@ -265,3 +265,18 @@ def test_the_job_result_round_trips(mnist_run):
     json.dumps(res.to_dict())
     assert res.main == "scatter.png" and Image.open(io.BytesIO(res.files["neighbours.png"])).size[0] > 300
     assert res.spec["layer"] is None and res.data["captured"] == "input" and res.data["module"] == "classifier.4"
+
+
+def test_efficientnet_default_is_the_pooled_features_before_the_classifier(lite0, tmp_path):
+    """For the embedded ImageNet net: the 1280 pooled features timm calls pre-logits, from 32 px RGB images
+    resized to its 224 px input."""
+    data = _rgb_folder(tmp_path / "rgb", per_class=3)
+    ds = open_dataset(str(data))
+    F, _, _ = features(lite0, ds)
+    x = torch.nn.functional.interpolate(torch.stack([ds[i][0] for i in range(len(ds))]), size=(224, 224),
+                                        mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
+    with torch.no_grad():
+        net = lite0.model
+        ref = net.forward_head(net.forward_features(lite0.preprocess.normalize(x)), pre_logits=True)
+    assert F.shape == (6, 1280)
+    np.testing.assert_allclose(F, ref.numpy(), rtol=1e-4, atol=1e-4)
