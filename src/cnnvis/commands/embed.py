@@ -78,8 +78,8 @@ def write_out_dir(out: Path, files: dict[str, bytes]) -> None:
 @click.option("--split", default=None, help="Dataset split: train, test, ... (default: the dataset's own).")
 @click.option("--limit", type=int, default=2000, show_default=True,
               help="Most images (a seeded, class-stratified subset of a larger dataset).")
-@click.option("--layer", default=None, help="Layer whose output to embed (default: the input of the last Linear, "
-                                            "i.e. the penultimate features).")
+@click.option("--layer", default=None, help="Layer whose output to embed, averaged over space if it has any "
+                                            "(default: the input of the last Linear, the penultimate features).")
 @click.option("--perplexity", type=float, default=30.0, show_default=True, help="t-SNE perplexity (needs more than "
                                                                               "3x as many images).")
 @click.option("--queries", type=int, default=8, show_default=True, help="Query images in the neighbours panel.")
