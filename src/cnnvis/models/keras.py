@@ -209,14 +209,14 @@ def _read_weights(h5, path: Path) -> KerasFile:
     return kf
 
 
-def _model_config(kf: KerasFile) -> dict:
-    """The Sequential config of `kf`, from the file or its sidecar architecture JSON."""
+def _model_config(kf: KerasFile) -> tuple[dict, str]:
+    """(The model config of `kf`, the file it came from): the Keras file or its sidecar JSON."""
     if kf.config is not None:
-        return kf.config
+        return kf.config, str(kf.path)
     for side in _architecture_sidecars(kf.path):
         if side.is_file():
             try:
-                return _parse_json(side.read_bytes(), str(side))
+                return _parse_json(side.read_bytes(), str(side)), str(side)
             except OSError as e:
                 raise CnnvisError(f"architecture file {str(side)!r} could not be read ({e})") from None
     want = " or ".join(repr(str(s)) for s in _architecture_sidecars(kf.path))
@@ -711,9 +711,9 @@ def load_keras(path: str | os.PathLike, weights: str | os.PathLike | None = None
     p = Path(path)
     src = str(p)
     kf = read_keras_file(p)
-    config = _model_config(kf)
-    layers, _ = _sequential_layers(config, src)
-    net, (c, h, w), weighted = build_sequential(config, src)
+    config, csrc = _model_config(kf)
+    layers, _ = _sequential_layers(config, csrc)
+    net, (c, h, w), weighted = build_sequential(config, csrc)
     if weights in (None, "pretrained", "DEFAULT"):
         load_keras_weights(net, weighted, layers, kf)
     elif weights != "random":
