@@ -460,6 +460,12 @@ def _mixed_formats(path):
     write_keras3_zip(path, net, random_weights(net, 0))
 
 
+def _unrelated_config(path):
+    net = mnist_net()
+    write_keras3_weights_h5(path, net, random_weights(net, 0))
+    (path.parent / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 768}))
+
+
 @pytest.mark.parametrize("name, make, message", [
     ("text.h5", lambda p: p.write_text("epoch 3 loss 0.2\n"), "neither HDF5"),
     ("func.h5", _functional, "is a 'Functional' model, not a Sequential one"),
@@ -470,6 +476,7 @@ def _mixed_formats(path):
     ("cf.keras", _mixed_formats, r"uses data_format \['channels_first', 'channels_last'\]; cnnvis imports nets whose "
                                  "layers are all channels_last or all channels_first"),
     ("missing.keras", lambda p: None, "does not exist"),
+    ("w.weights.h5", _unrelated_config, r"config.json' is not a Keras model config \(no 'class_name'\)"),
     ("zip.keras", lambda p: zipfile.ZipFile(p, "w").writestr("x.txt", "x"), "without config.json and model.weights.h5"),
 ])
 def test_bad_keras_files_exit_2_with_one_line(tmp_path, capsys, name, make, message):
@@ -480,7 +487,7 @@ def test_bad_keras_files_exit_2_with_one_line(tmp_path, capsys, name, make, mess
     _digit_png(tmp_path / "digit.png")
     line = one_error(capsys, ["classify", "--model", path, tmp_path / "digit.png", "--threads", "1"])
     assert re.search(message, line), line
-    assert str(path) in line
+    assert str(path) in line or str(path.parent / "config.json") in line
 
 
 def test_job_key_follows_the_keras_file_and_its_sidecars(tmp_path):

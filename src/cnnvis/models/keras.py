@@ -232,6 +232,9 @@ def _sequential_layers(cfg: dict, src: str) -> tuple[list[dict], tuple[int, int,
     if not isinstance(cfg, dict):
         raise CnnvisError(f"Keras model config in {src!r} is not a JSON object; save the model again")
     cls = cfg.get("class_name")
+    if cls is None:
+        raise CnnvisError(f"{src!r} is not a Keras model config (no 'class_name'); give the JSON of Keras' "
+                          f"model.to_json(), or save the whole model (model.save('net.keras'))")
     if cls != "Sequential":
         hint = (" (for Keras VGG16 weights use --model vgg16 --weights FILE)" if cls in ("Functional", "Model") else "")
         raise CnnvisError(f"Keras model in {src!r} is a {cls!r} model, not a Sequential one; {_SUPPORTED_TEXT}; "
