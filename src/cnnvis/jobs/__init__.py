@@ -9,6 +9,7 @@ The CLI, the report, the web app and Ray workers build specs and call `run`; not
 """
 
 from cnnvis.jobs import kinds as _kinds  # noqa: F401  (registers the job kinds)
+from cnnvis.jobs import kinds_regularizers as _kinds_regularizers  # noqa: F401  (the regularizer study)
 from cnnvis.jobs import kinds_embed as _kinds_embed  # noqa: F401
 from cnnvis.jobs import kinds_study as _kinds_study  # noqa: F401  (feature maps, weights, max maps, top examples)
 from cnnvis.jobs import kinds_eval as _kinds_eval  # noqa: F401

@@ -81,6 +81,21 @@ TRANSFORMS: dict[str, Callable[[], Callable | None]] = {
     "jitter": _jitter_transforms,
 }
 
+# the input side the transform recipes' pixel amounts (shift, crop, pad) were made for (ImageNet models)
+REFERENCE_SIDE = 224
+
+
+def transforms_for(name: str, input_shape) -> Callable | None:
+    """A fresh TRANSFORMS[name] for a model whose native input is `input_shape` (C, H, W): a model made
+    for smaller images (MNIST 28 px, CIFAR 32 px) gets the pixel amounts scaled by its side / 224
+    (an 8-px shift of a 28-px digit moves it out of view: its class images became noise)."""
+    tf = TRANSFORMS[name]()
+    side = min(int(v) for v in input_shape[1:])
+    if isinstance(tf, T.RandomAffine) and side < REFERENCE_SIDE:
+        tf = tf.scaled(side / REFERENCE_SIDE)
+    return tf
+
+
 # name -> factory of a fresh list of regularizers
 REGULARIZERS: dict[str, Callable[[], list]] = {
     "none": list,

@@ -12,6 +12,9 @@ A regularizer acts at one or more points of a render step:
     TotalVariation(1e-3, beta=2)  Mahendran & Vedaldi 2016 (V^beta penalty)
     BoundedRange(alpha=6, ...)    Mahendran & Vedaldi 2016 (alpha-norm penalty + clamp to [0, 1])
     GradientRMS()                 Chollet 2016 (gradient divided by its root mean square)
+`center` (L2Decay, the clippings, BoundedRange's penalty): the neutral image the regularizer pulls
+towards, a value or one per channel (default grey 0.5; Yosinski et al. work in mean-subtracted
+pixels, so theirs is the data mean: a digit net's is its dark background, 0.13).
 Multi-scale octaves (render small, upscale, continue; Mordvintsev 2015, Øygard 2015) are the
 `octaves=` option of `render`. Penalty weights are relative to the objective's scale.
 """
@@ -55,6 +58,18 @@ def _pixels(param, who: str) -> Tensor:
     return p
 
 
+def _center(center, x: Tensor) -> "Tensor | float":
+    """A value, or one per channel -> something to subtract from (B, C, H, W) x."""
+    if isinstance(center, (int, float)):
+        return float(center)
+    c = torch.as_tensor(center, dtype=x.dtype, device=x.device).flatten()
+    if c.numel() == 1:
+        return float(c)
+    if c.numel() != x.shape[1]:
+        raise CnnvisError(f"center has {c.numel()} values but the image has {x.shape[1]} channels")
+    return c.view(1, -1, 1, 1)
+
+
 def _per_image_threshold(v: Tensor, percentile: float) -> Tensor:
     """(B, H, W) -> (B, 1, 1): the per-image `percentile` (0-100) of v."""
     flat = v.flatten(1)
@@ -84,13 +99,13 @@ def gaussian_blur(x: Tensor, sigma: float) -> Tensor:
 
 
 class L2Decay(Regularizer):
-    """x <- grey + (1 - decay) (x - grey) after every step (Yosinski et al. 2015, "L2 decay").
+    """x <- center + (1 - decay) (x - center) after every step (Yosinski et al. 2015, "L2 decay").
 
-    On a non-pixel parameterization it acts as the penalty decay * mean((x - grey)^2) instead.
+    On a non-pixel parameterization it acts as the penalty decay * mean((x - center)^2) instead.
     """
 
-    def __init__(self, decay: float = 0.01):
-        self.decay = float(decay)
+    def __init__(self, decay: float = 0.01, center=GREY):
+        self.decay, self.center = float(decay), center
         self._penalty_mode = False
 
     def check(self, param) -> None:
@@ -98,13 +113,14 @@ class L2Decay(Regularizer):
 
     def penalty(self, x):
         if self._penalty_mode and self.decay:
-            return self.decay * (x - GREY).pow(2).flatten(1).mean(1)
+            return self.decay * (x - _center(self.center, x)).pow(2).flatten(1).mean(1)
         return None
 
     def after_step(self, param, step):
         if not self._penalty_mode and self.decay:
             p = param.pixels
-            p.sub_(GREY).mul_(1 - self.decay).add_(GREY)
+            c = _center(self.center, p)
+            p.sub_(c).mul_(1 - self.decay).add_(c)
 
 
 class GaussianBlur(Regularizer):
@@ -123,11 +139,11 @@ class GaussianBlur(Regularizer):
 
 
 class ClipSmallNorm(Regularizer):
-    """Set to grey the pixels whose colour norm |x - grey| is below the `percentile` of the image
+    """Set to `center` the pixels whose colour norm |x - center| is below the `percentile` of the image
     (Yosinski et al. 2015, "clipping pixels with small norm")."""
 
-    def __init__(self, percentile: float = 50, every: int = 1):
-        self.percentile, self.every = float(percentile), max(1, int(every))
+    def __init__(self, percentile: float = 50, every: int = 1, center=GREY):
+        self.percentile, self.every, self.center = float(percentile), max(1, int(every)), center
 
     def check(self, param):
         _pixels(param, "ClipSmallNorm")
@@ -136,17 +152,18 @@ class ClipSmallNorm(Regularizer):
         if self.percentile <= 0 or (step + 1) % self.every:
             return
         p = param.pixels
-        norm = (p - GREY).norm(dim=1)
+        c = _center(self.center, p)
+        norm = (p - c).norm(dim=1)
         keep = (norm > _per_image_threshold(norm, self.percentile)).unsqueeze(1)
-        p.copy_(torch.where(keep, p, torch.full_like(p, GREY)))
+        p.copy_(torch.where(keep, p, torch.zeros_like(p) + c))
 
 
 class ClipSmallContribution(Regularizer):
-    """Set to grey the pixels whose contribution sum_c |(x - grey) * dL/dx| is below the
+    """Set to `center` the pixels whose contribution sum_c |(x - center) * dL/dx| is below the
     `percentile` (Yosinski et al. 2015, "clipping pixels with small contribution")."""
 
-    def __init__(self, percentile: float = 50, every: int = 1):
-        self.percentile, self.every = float(percentile), max(1, int(every))
+    def __init__(self, percentile: float = 50, every: int = 1, center=GREY):
+        self.percentile, self.every, self.center = float(percentile), max(1, int(every)), center
         self._grad = None
 
     def check(self, param):
@@ -160,9 +177,10 @@ class ClipSmallContribution(Regularizer):
         if self.percentile <= 0 or self._grad is None or (step + 1) % self.every:
             return
         p = param.pixels
-        contrib = ((p - GREY) * self._grad).abs().sum(1)
+        c = _center(self.center, p)
+        contrib = ((p - c) * self._grad).abs().sum(1)
         keep = (contrib > _per_image_threshold(contrib, self.percentile)).unsqueeze(1)
-        p.copy_(torch.where(keep, p, torch.full_like(p, GREY)))
+        p.copy_(torch.where(keep, p, torch.zeros_like(p) + c))
 
 
 def total_variation(x: Tensor, beta: float = 2.0) -> Tensor:
@@ -187,16 +205,17 @@ class TotalVariation(Regularizer):
 
 class BoundedRange(Regularizer):
     """Keep pixels in [lo, hi]: clamp after each step (pixel images; Fourier images are already
-    in range), plus the optional penalty weight * mean(|x - grey|^alpha) of Mahendran & Vedaldi 2016."""
+    in range), plus the optional penalty weight * mean(|x - center|^alpha) of Mahendran & Vedaldi 2016."""
 
-    def __init__(self, lo: float = 0.0, hi: float = 1.0, alpha: float = 6.0, weight: float = 0.0):
+    def __init__(self, lo: float = 0.0, hi: float = 1.0, alpha: float = 6.0, weight: float = 0.0, center=GREY):
         if lo >= hi:
             raise CnnvisError(f"BoundedRange needs lo < hi, got {lo} and {hi}")
         self.lo, self.hi, self.alpha, self.weight = float(lo), float(hi), float(alpha), float(weight)
+        self.center = center
 
     def penalty(self, x):
         if self.weight:
-            return self.weight * (x - GREY).abs().pow(self.alpha).flatten(1).mean(1)
+            return self.weight * (x - _center(self.center, x)).abs().pow(self.alpha).flatten(1).mean(1)
         return None
 
     def after_step(self, param, step):

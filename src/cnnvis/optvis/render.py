@@ -24,7 +24,7 @@ from cnnvis.models.registry import as_vismodel  # the one adapter; re-exported f
 from cnnvis.optvis.config import RenderConfig, UntilProb
 from cnnvis.optvis.objectives import LOGITS, Objective, as_objective
 from cnnvis.optvis.param import ImageParam, make_param
-from cnnvis.optvis.presets import REGULARIZERS, TRANSFORMS
+from cnnvis.optvis.presets import REGULARIZERS, transforms_for
 from cnnvis.optvis.regularizers import Regularizer
 from cnnvis.optvis.robustness import perturb, quantize
 from cnnvis.optvis.seeding import image_generators
@@ -135,7 +135,7 @@ def render(
     objective = as_objective(objective)
     stop = cfg.stop
     steps, copies, octaves = cfg.steps, cfg.copies, cfg.octaves
-    tf = custom_transforms if custom_transforms is not None else TRANSFORMS[cfg.transforms]()
+    tf = custom_transforms if custom_transforms is not None else transforms_for(cfg.transforms, vm.input_shape)
     regs = list(custom_regularizers if custom_regularizers is not None else REGULARIZERS[cfg.regularizers]())
     tile = cfg.tile
     watch_steps = isinstance(watch_every, (set, frozenset, list, tuple))

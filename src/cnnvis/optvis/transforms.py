@@ -135,6 +135,12 @@ class RandomAffine:
         b, _, h, w = x.shape
         return warp(x, self.params(gens, b), grow=self.grow, crop=self.crop, padding=self.padding)
 
+    def scaled(self, f: float) -> "RandomAffine":
+        """The same transform with its pixel amounts (translate, grow, crop) times `f` (rounded), for
+        images `f` times the size the recipe was made for (zoom, angle and soften are relative already)."""
+        return RandomAffine(self.scale, self.degrees, self.translate * f, self.soften, round(self.crop * f),
+                            round(self.grow * f), self.padding)
+
     def __repr__(self):
         return (f"RandomAffine(scale={self.scale}, degrees={self.degrees}, translate={self.translate}, "
                 f"soften={self.soften}, crop={self.crop}, grow={self.grow}, padding={self.padding!r})")
