@@ -77,7 +77,7 @@ def main() -> None:
     ap.add_argument("--quick-epochs", type=int, default=2)
     ap.add_argument("--train-limit", type=int, default=None, help="training images of the quick net (default: all)")
     ap.add_argument("--no-train", action="store_true", help="stop when --model is missing")
-    ap.add_argument("--out", default="bench_embed", help="folder for the quick net and the pictures")
+    ap.add_argument("--out", default=str(ROOT / "out" / "bench-embed"), help="folder for the quick net and the scatter")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
