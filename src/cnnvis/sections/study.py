@@ -103,18 +103,22 @@ def render_embed(ctx: ReportContext) -> str:
     res = ctx.run("embed", **_data(ctx), limit=1000 if ctx.quick else 2000)
     d = res.data
     ctx.data["study_embed"] = {k: d.get(k) for k in ("n", "layer", "dim", "tsne", "feature_purity", "pixel_purity")}
+    t = d.get("tsne") or {}
+    how = f"{t.get('library', '?')} {t.get('version', '')}, perplexity {t.get('perplexity', '?')}, seed {t.get('seed')}"
     html = [f"<p>{d.get('n')} images of {_where(ctx)}: penultimate features ({esc(str(d.get('layer')))}, "
-            f"{d.get('dim')} numbers each) mapped to 2-D by t-SNE ({esc(str(d.get('tsne')))}).</p>"]
+            f"{d.get('dim')} numbers each) mapped to 2-D by t-SNE ({esc(how)}).</p>"]
     for f, cap in (("scatter.png", "t-SNE of the features, coloured by class"),
-                   ("atlas.png", "The same map as an image atlas: each cell shows the image nearest to it"),
+                   ("atlas.png", "The same map as an image atlas: each cell shows, of the points inside it, the one "
+                                "nearest its centre"),
                    ("neighbours.png", "Nearest neighbours of query images in feature space (left) and pixel "
                                       "space (right); green = same class")):
         if f in res.files:
             html.append(ctx.img_tag(ctx.save_file(res, f"study_{f}", f), cap))
     fp, pp = d.get("feature_purity"), d.get("pixel_purity")
     if fp is not None:
-        html.append(f"<p>Neighbour purity (share of the k nearest with the query's class): feature space "
-                    f"<b>{fp:.3f}</b>, pixel space <b>{pp:.3f}</b>.</p>")
+        html.append(f"<p>Neighbour purity (share of each image's {d.get('k')} nearest neighbours with its class, "
+                    f"over all {d.get('n')} images): feature space <b>{fp:.3f}</b>, pixel space <b>{pp:.3f}</b>."
+                    "</p>")
     return "".join(html) + "<p>Reproduce: <code>cnnvis embed --model MODEL DATA --out DIR</code></p>"
 
 
