@@ -134,6 +134,7 @@ class MaxMapsSpec(Spec):
         from cnnvis.study.dataref import class_name, open_for_model
         from cnnvis.study.maps import max_maps, tile_scale
         from cnnvis.study.receptive import receptive_field
+        import torch
         from PIL import Image, ImageDraw
 
         from cnnvis.viz import to_pil
@@ -177,12 +178,15 @@ class MaxMapsSpec(Spec):
                 tiles.append(zoom.resize((zoom.size[0] * z, zoom.size[1] * z), Image.NEAREST))
             else:
                 tiles.append(proj)
-            name = f"#{it['index']} {it['class'] or ''}" if "index" in it else str(it["image"]).split("/")[-1][:14]
+            name = f"#{it['index']} ({it['class']})" if "index" in it else str(it["image"]).split("/")[-1][:14]
             labels += [name, f"ch {r['channel']}: {r['value']:.3g}", "its field, enlarged"]
         title = f"{vm.name} {lab}: each image's strongest channel, deconvnet ({self.project})"
         img = labelled_tiles(tiles, labels, cols=9 if len(tiles) >= 9 else len(tiles), title=title)
         data = {"layer": lab, "module": self.layer, "project": self.project, "items": items}
-        return data, {"maxmaps.png": png_bytes(img)}, "maxmaps.png"
+        files = {"maxmaps.png": png_bytes(img)}
+        if len({tuple(r["recon"].shape) for r in rows}) == 1:  # (N, C, H, W) projections, when one size
+            files["recons.npy"] = npy_bytes(torch.stack([r["recon"] for r in rows]).float())
+        return data, files, "maxmaps.png"
 
 
 # ---------------------------------------------------------------------- top examples
