@@ -214,6 +214,15 @@ def test_top_examples_equal_brute_force_and_shards_merge_exactly(mnist, digits30
     parts = [top_examples(mnist, digits300, "conv2", k=5, batch_size=64, shard=s, shards=3) for s in range(3)]
     assert [p.seen for p in parts] == [128, 108, 64]  # batches 0+3 / 1+4 / 2 of 64, 64, 64, 64, 44
     assert merge_top(parts).equal(top) and merge_top(parts[::-1]).equal(top)
+    # a refused layer leaves the model as it was: no hooks, flags and requires_grad restored
+    from cnnvis.errors import CnnvisError
+    from cnnvis.hooks import hook_count
+
+    grads = [q.requires_grad for q in mnist.model.parameters()]
+    with pytest.raises(CnnvisError, match="no spatial extent"):
+        top_examples(mnist, digits300, "fc1", k=5)
+    assert hook_count(mnist.model) == 0 and not mnist.model.training
+    assert [q.requires_grad for q in mnist.model.parameters()] == grads
     eight = [top_examples(mnist, digits300, "conv2", k=5, batch_size=64, shard=s, shards=8) for s in range(8)]
     assert [p.seen for p in eight[4:]] == [44, 0, 0, 0] and merge_top(eight).equal(top)  # empty shards merge too
     # bounded: k entries per channel whatever the dataset's size; fewer images than k leave empty slots
