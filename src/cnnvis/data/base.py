@@ -104,7 +104,7 @@ class Source:
 
 def _to_float(u8: np.ndarray, channels: int, size: tuple[int, int]) -> torch.Tensor:
     """uint8 (B, C, H, W) -> float32 (B, channels, *size) in [0, 1]."""
-    x = torch.from_numpy(np.ascontiguousarray(u8)).to(torch.float32).div_(255.0)
+    x = torch.from_numpy(np.ascontiguousarray(u8, dtype=np.float32)).div_(255.0)  # a copy: the source may be read-only
     c = x.shape[1]
     if c != channels:
         if channels == 1:  # ITU-R 601 luma, as PIL's convert("L")

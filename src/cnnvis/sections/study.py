@@ -90,7 +90,7 @@ def render_top(ctx: ReportContext) -> str:
     files = sorted(f for f in res.files if f.endswith(".png"))[:n]
     for f in files:
         html.append(ctx.img_tag(ctx.save_file(res, f"study_top_{f}", f), esc(f.rsplit(".", 1)[0]), width=320))
-    ctx.data["study_top_examples"] = {"layer": res.data.get("layer"), "n_images": res.data.get("n_images"),
+    ctx.data["study_top_examples"] = {"layer": res.data.get("layer"), "n_images": res.data.get("images"),
                                       "channels": len(files)}
     return (f"<p>For each channel of {esc(str(res.data.get('layer')))}, the 9 images of {_where(ctx)} that excite it "
             "most, with the receptive-field patch around the maximum (one pass over the data, a bounded top-k per "
