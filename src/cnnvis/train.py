@@ -27,6 +27,7 @@ is written only at the end, and then the state file is removed.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
@@ -43,6 +44,7 @@ import torch.nn.functional as F
 from cnnvis.errors import CnnvisError
 
 STATE_NAME = "training-state.pt"
+LOCK_NAME = ".training.lock"
 STATE_FORMAT = "cnnvis-train-state"
 MAX_DECODED_BYTES = 8 << 30  # the decoded training set must fit in memory
 HELD_OUT_SEED = 0  # the split does not depend on the training seed
@@ -326,6 +328,37 @@ def _fmt_held(how) -> str:
     return "the test split" if how == "test split" else f"a {how:.0%} stratified split"
 
 
+@contextlib.contextmanager
+def _run_lock(out: Path):
+    """Hold out/.training.lock while training (a second `train` into the same folder is refused);
+    a folder this call made and left empty (a run that failed before its first epoch) is removed."""
+    made = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    lock = out / LOCK_NAME
+    f = open(lock, "a+")
+    try:
+        try:
+            import fcntl
+        except ImportError:  # no advisory locks here (Windows): no guard
+            fcntl = None
+        if fcntl is not None:
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                raise CnnvisError(f"another `cnnvis train` is running into {str(out)!r}; wait for it, stop it, "
+                                  f"or choose another --out") from None
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                lock.unlink()
+    finally:
+        f.close()
+        if made:
+            with contextlib.suppress(OSError):
+                out.rmdir()  # only when empty
+
+
 def train(data, *, out, arch: str | None = None, split: str | None = None, epochs: int | None = None,
           batch_size: int | None = None, lr: float | None = None, seed: int = 0, held_out: float = 0.2,
           augment: bool | None = None, limit: int | None = None, progress: bool = True, overwrite: bool = False,
@@ -393,126 +426,131 @@ def train(data, *, out, arch: str | None = None, split: str | None = None, epoch
               "input_shape": [c, h, w], "classes": classes, "epochs": E, "batch": B, "lr": LR,
               "weight_decay": rec.weight_decay, "augment": aug, "seed": seed}
 
-    # --- an earlier run in out/
-    state = None
-    if overwrite:
-        for name in (META_NAME, WEIGHTS_NAME, STATE_NAME):
-            if (out / name).exists():
-                (out / name).unlink()
-    elif state_file.exists():
-        state = _read_state(state_file)
-        if state.get("config") != config:
-            raise CnnvisError(f"{str(out)!r} holds an unfinished run with other arguments "
-                              f"({_mismatch(state.get('config') or {}, config)}); rerun it with the same "
-                              f"arguments to resume, or pass --overwrite to start again")
+    with _run_lock(out):  # one process per run folder
+        # --- an earlier run in out/
+        state = None
+        if overwrite:
+            for name in (META_NAME, WEIGHTS_NAME, STATE_NAME):
+                if (out / name).exists():
+                    (out / name).unlink()
+        elif state_file.exists():
+            state = _read_state(state_file)
+            if state.get("config") != config:
+                raise CnnvisError(f"{str(out)!r} holds an unfinished run with other arguments "
+                                  f"({_mismatch(state.get('config') or {}, config)}); rerun it with the same "
+                                  f"arguments to resume, or pass --overwrite to start again")
 
-    # --- the net
-    torch.manual_seed(seed)
-    net = build_arch(arch, len(classes), (c, h, w))
-    try:
-        with torch.no_grad():
-            net.eval()(torch.zeros(2, c, h, w))
-    except RuntimeError as e:
-        msg = str(e).splitlines()[0][:120]
-        raise CnnvisError(f"{arch} cannot take {c}x{h}x{w} images ({msg}); use another --arch or image size") from None
+        # --- the net
+        torch.manual_seed(seed)
+        net = build_arch(arch, len(classes), (c, h, w))
+        try:
+            with torch.no_grad():
+                net.eval()(torch.zeros(2, c, h, w))
+        except RuntimeError as e:
+            msg = str(e).splitlines()[0][:120]
+            raise CnnvisError(f"{arch} cannot take {c}x{h}x{w} images ({msg}); use another --arch or image "
+                              f"size") from None
 
-    # --- decode once
-    xtr, ytr = _decode(train_ds, "train", progress)
-    xte, yte = _decode(held_ds, "held-out", progress)
-    if arch_info(arch).input_shape[0] == c:
-        mean, std = list(info.mean), list(info.std)
-    else:
-        mean, std = _data_norm(xtr)
-    norm = _Norm(mean, std, dev)
-
-    net = net.to(dev).to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(net.parameters(), lr=LR, momentum=MOMENTUM, nesterov=True, weight_decay=rec.weight_decay)
-    n = len(ytr)
-    steps_per_epoch = math.ceil(n / B)
-    total = steps_per_epoch * E
-    history: list[dict] = []
-    start_epoch = 0
-    if state is not None:
-        net.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        history = list(state["history"])
-        start_epoch = int(state["epoch"])
-        _say(f"resuming {str(out)!r} after epoch {start_epoch} of {E}", progress and start_epoch < E)
-    _say(f"training {arch} on {str(data)!r}: {n} images {c}x{h}x{w}, {len(classes)} classes, held out "
-         f"{len(yte)} ({_fmt_held(how)}); {E} epochs, batch {B}, lr {LR}, "
-         f"augment {'crop+flip' if aug else 'none'}, {torch.get_num_threads()} threads", progress and start_epoch < E)
-
-    epoch = start_epoch
-    bar = None
-    try:
-        for epoch in range(start_epoch, E):
-            t0 = time.perf_counter()
-            torch.manual_seed(_epoch_seed(seed, epoch))
-            perm = torch.randperm(n)
-            net.train()
-            bar = _Bar(steps_per_epoch, f"epoch {epoch + 1}/{E}", progress)
-            loss_sum, correct, seen = 0.0, 0, 0
-            for k in range(steps_per_epoch):
-                idx = perm[k * B:(k + 1) * B]
-                xb = xtr[idx]
-                if aug:
-                    xb = _augment(xb, pad)
-                yb = ytr[idx].to(dev)
-                for g in opt.param_groups:
-                    g["lr"] = lr_at(epoch * steps_per_epoch + k, total, LR)
-                logits = net(norm(xb))
-                loss = F.cross_entropy(logits, yb)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                lv = float(loss.detach())
-                if not math.isfinite(lv):
-                    raise CnnvisError(f"the loss became {lv} in epoch {epoch + 1}: the learning rate {LR} is too "
-                                      f"high for this data; pass a smaller --lr")
-                loss_sum += lv * len(idx)
-                correct += int((logits.argmax(1) == yb).sum())
-                seen += len(idx)
-                bar.step(f"loss {loss_sum / seen:.3f} acc {correct / seen:.3f}")
-            bar.close()
-            acc = _accuracy(net, norm, xte, yte)
-            rec_e = {"epoch": epoch + 1, "loss": round(loss_sum / seen, 5), "train_accuracy": round(correct / seen, 5),
-                     "held_out_accuracy": round(acc, 5), "seconds": round(time.perf_counter() - t0, 2)}
-            history.append(rec_e)
-            _write_state(state_file, {"format": STATE_FORMAT, "version": 1, "config": config, "epoch": epoch + 1,
-                                      "history": history, "model": net.state_dict(), "optimizer": opt.state_dict(),
-                                      "torch_rng": torch.get_rng_state()})
-            _say(f"epoch {epoch + 1}/{E}: loss {rec_e['loss']:.4f}, train acc {rec_e['train_accuracy']:.4f}, "
-                 f"held-out acc {acc:.4f} ({rec_e['seconds']:.0f} s)", progress)
-            if on_epoch is not None:
-                on_epoch(epoch + 1, rec_e)
-    except KeyboardInterrupt:
-        if bar is not None:
-            bar.close()
-        done = len(history)
-        if done:
-            print(f"interrupted: {done} of {E} epochs are saved in {str(state_file)!r}; run the same command "
-                  f"again to resume from epoch {done + 1}", file=sys.stderr, flush=True)
+        # --- decode once
+        xtr, ytr = _decode(train_ds, "train", progress)
+        xte, yte = _decode(held_ds, "held-out", progress)
+        if arch_info(arch).input_shape[0] == c:
+            mean, std = list(info.mean), list(info.std)
         else:
-            print("interrupted before the first epoch ended: nothing saved", file=sys.stderr, flush=True)
-        raise
+            mean, std = _data_norm(xtr)
+        norm = _Norm(mean, std, dev)
 
-    # --- the checkpoint
-    final = history[-1]["held_out_accuracy"] if history else _accuracy(net, norm, xte, yte)
-    net = net.cpu().eval()
-    block = {"data": str(data), "split": train_ds.split, "held_out": how, "held_out_accuracy": final,
-             "train_images": n, "held_out_images": int(len(yte)),
-             "skipped_images": int(train_ds.skipped + held_ds.skipped),
-             "epochs": E, "seed": seed, "batch": B, "lr": LR, "weight_decay": rec.weight_decay,
-             "optimizer": f"SGD, Nesterov momentum {MOMENTUM}",
-             "schedule": f"linear warm-up over {WARMUP:.0%} of the steps, then cosine to 0",
-             "augment": f"random crop (pad {pad}) + horizontal flip" if aug else "none",
-             "limit": limit, "threads": torch.get_num_threads(), "device": str(dev), "torch": torch.__version__,
-             "seconds": round(sum(r["seconds"] for r in history), 1), "history": history}
-    mpath = save_checkpoint(out, net, architecture=arch, classes=classes, input_shape=(c, h, w), mean=mean, std=std,
-                            name=out.name, description=f"{arch} trained on {data}", extra={"training": block})
-    if state_file.exists():
-        state_file.unlink()
-    _say(f"held-out accuracy {final:.4f} ({len(yte)} images, {_fmt_held(how)}); checkpoint {str(mpath)!r}", progress)
-    return TrainResult(out=out, checkpoint=mpath, weights=out / WEIGHTS_NAME, arch=arch, classes=classes,
-                       input_shape=(c, h, w), held_out_accuracy=final, held_out=how, epochs=E, history=history,
-                       resumed_from=start_epoch, seconds=round(time.perf_counter() - t_start, 2))
+        net = net.to(dev).to(memory_format=torch.channels_last)
+        opt = torch.optim.SGD(net.parameters(), lr=LR, momentum=MOMENTUM, nesterov=True, weight_decay=rec.weight_decay)
+        n = len(ytr)
+        steps_per_epoch = math.ceil(n / B)
+        total = steps_per_epoch * E
+        history: list[dict] = []
+        start_epoch = 0
+        if state is not None:
+            net.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            history = list(state["history"])
+            start_epoch = int(state["epoch"])
+            _say(f"resuming {str(out)!r} after epoch {start_epoch} of {E}", progress and start_epoch < E)
+        _say(f"training {arch} on {str(data)!r}: {n} images {c}x{h}x{w}, {len(classes)} classes, held out "
+             f"{len(yte)} ({_fmt_held(how)}); {E} epochs, batch {B}, lr {LR}, "
+             f"augment {'crop+flip' if aug else 'none'}, {torch.get_num_threads()} threads",
+             progress and start_epoch < E)
+
+        epoch = start_epoch
+        bar = None
+        try:
+            for epoch in range(start_epoch, E):
+                t0 = time.perf_counter()
+                torch.manual_seed(_epoch_seed(seed, epoch))
+                perm = torch.randperm(n)
+                net.train()
+                bar = _Bar(steps_per_epoch, f"epoch {epoch + 1}/{E}", progress)
+                loss_sum, correct, seen = 0.0, 0, 0
+                for k in range(steps_per_epoch):
+                    idx = perm[k * B:(k + 1) * B]
+                    xb = xtr[idx]
+                    if aug:
+                        xb = _augment(xb, pad)
+                    yb = ytr[idx].to(dev)
+                    for g in opt.param_groups:
+                        g["lr"] = lr_at(epoch * steps_per_epoch + k, total, LR)
+                    logits = net(norm(xb))
+                    loss = F.cross_entropy(logits, yb)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    lv = float(loss.detach())
+                    if not math.isfinite(lv):
+                        raise CnnvisError(f"the loss became {lv} in epoch {epoch + 1}: the learning rate {LR} is too "
+                                          f"high for this data; pass a smaller --lr")
+                    loss_sum += lv * len(idx)
+                    correct += int((logits.argmax(1) == yb).sum())
+                    seen += len(idx)
+                    bar.step(f"loss {loss_sum / seen:.3f} acc {correct / seen:.3f}")
+                bar.close()
+                acc = _accuracy(net, norm, xte, yte)
+                rec_e = {"epoch": epoch + 1, "loss": round(loss_sum / seen, 5),
+                         "train_accuracy": round(correct / seen, 5),
+                         "held_out_accuracy": round(acc, 5), "seconds": round(time.perf_counter() - t0, 2)}
+                history.append(rec_e)
+                _write_state(state_file, {"format": STATE_FORMAT, "version": 1, "config": config, "epoch": epoch + 1,
+                                          "history": history, "model": net.state_dict(), "optimizer": opt.state_dict(),
+                                          "torch_rng": torch.get_rng_state()})
+                _say(f"epoch {epoch + 1}/{E}: loss {rec_e['loss']:.4f}, train acc {rec_e['train_accuracy']:.4f}, "
+                     f"held-out acc {acc:.4f} ({rec_e['seconds']:.0f} s)", progress)
+                if on_epoch is not None:
+                    on_epoch(epoch + 1, rec_e)
+        except KeyboardInterrupt:
+            if bar is not None:
+                bar.close()
+            done = len(history)
+            if done:
+                print(f"interrupted: {done} of {E} epochs are saved in {str(state_file)!r}; run the same command "
+                      f"again to resume from epoch {done + 1}", file=sys.stderr, flush=True)
+            else:
+                print("interrupted before the first epoch ended: nothing saved", file=sys.stderr, flush=True)
+            raise
+
+        # --- the checkpoint
+        final = history[-1]["held_out_accuracy"] if history else _accuracy(net, norm, xte, yte)
+        net = net.cpu().eval()
+        block = {"data": str(data), "split": train_ds.split, "held_out": how, "held_out_accuracy": final,
+                 "train_images": n, "held_out_images": int(len(yte)),
+                 "skipped_images": int(train_ds.skipped + held_ds.skipped),
+                 "epochs": E, "seed": seed, "batch": B, "lr": LR, "weight_decay": rec.weight_decay,
+                 "optimizer": f"SGD, Nesterov momentum {MOMENTUM}",
+                 "schedule": f"linear warm-up over {WARMUP:.0%} of the steps, then cosine to 0",
+                 "augment": f"random crop (pad {pad}) + horizontal flip" if aug else "none",
+                 "limit": limit, "threads": torch.get_num_threads(), "device": str(dev), "torch": torch.__version__,
+                 "seconds": round(sum(r["seconds"] for r in history), 1), "history": history}
+        mpath = save_checkpoint(out, net, architecture=arch, classes=classes, input_shape=(c, h, w), mean=mean, std=std,
+                                name=out.name, description=f"{arch} trained on {data}", extra={"training": block})
+        if state_file.exists():
+            state_file.unlink()
+        _say(f"held-out accuracy {final:.4f} ({len(yte)} images, {_fmt_held(how)}); checkpoint {str(mpath)!r}",
+             progress)
+        return TrainResult(out=out, checkpoint=mpath, weights=out / WEIGHTS_NAME, arch=arch, classes=classes,
+                           input_shape=(c, h, w), held_out_accuracy=final, held_out=how, epochs=E, history=history,
+                           resumed_from=start_epoch, seconds=round(time.perf_counter() - t_start, 2))

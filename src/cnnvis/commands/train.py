@@ -22,8 +22,10 @@ def _arch_names() -> list[str]:
 @click.option("--out", required=True, metavar="DIR", help="Run folder: gets model.safetensors + model.json.")
 @click.option("--arch", default=None, metavar="NAME",
               help="mnist_cnn or cifar_cnn (default: mnist_cnn for 1x28x28 data, cifar_cnn otherwise).")
-@click.option("--epochs", type=int, default=None, help="Epochs (default: the arch's recipe: 8 mnist_cnn, 10 cifar_cnn).")
-@click.option("--batch", "batch_size", type=int, default=None, help="Batch size (default: 64 mnist_cnn, 128 cifar_cnn).")
+@click.option("--epochs", type=int, default=None,
+              help="Epochs (default: the arch's recipe: 8 mnist_cnn, 10 cifar_cnn).")
+@click.option("--batch", "batch_size", type=int, default=None,
+              help="Batch size (default: 64 mnist_cnn, 128 cifar_cnn).")
 @click.option("--lr", type=float, default=None, help="Peak learning rate of SGD (default 0.05).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed: same seed and --threads, same weights.")
 @click.option("--split", default=None, help="Training split of the data (default: train where there are splits).")
