@@ -18,6 +18,15 @@ from tests.test_cli_bad_input import one_error
 MNIST_MEAN = 0.1307
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Nets this small run fastest on one thread (two threads on a busy 2-core machine mostly wait)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def study(mnist_run, mnist_run2):
     return run({"kind": "regularizer_study", "model": str(mnist_run), "judge": str(mnist_run2)})
