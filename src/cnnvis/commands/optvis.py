@@ -27,7 +27,8 @@ def _animate_option(fn):
 @_preset_option
 @click.option("--steps", type=int, default=320, show_default=True,
               help="Most steps to run (most images stop earlier, once the checks below pass).")
-@click.option("--size", type=int, default=224, show_default=True, help="Image size in pixels.")
+@click.option("--size", type=int, default=None,
+              help="Image size in pixels (default: the model's input size, at most 224).")
 @click.option("--until-prob", type=float, default=0.99, show_default=True,
               help="Stop once the 8-bit image reaches this probability (0 = run all steps).")
 @click.option("--robust-prob", type=float, default=0.95, show_default=True,
@@ -66,6 +67,7 @@ def class_cmd(target, model, weights, device, cache, as_json, preset, steps, siz
         write_file(res, anim, "animation.gif")
     d = res.data
     t, label = d["class"]["index"], d["class"]["label"]
+    size = res.spec["size"]
     lines = [f"saved {out} ({size}x{size}, preset {d['preset']}, {d['steps']} steps, {d['seconds']:.1f} s"
              + (f"; {d['message']}" if d["message"] else "") + ")" + (" [from the cache]" if res.cached else ""),
              f"{label} ({t}): probability {d['prob_png']:.4f} for the PNG re-read from disk", "top-5:"]

@@ -142,7 +142,7 @@ class ClassImageSpec(Spec):
     target: int | str
     preset: str | None = None  # default: CLASS_PRESET
     steps: int = Field(320, ge=1, le=100000)
-    size: Side = 224
+    size: Side | None = None  # default: the model's input side, at most CLASS_SIDE (MNIST 28, CIFAR 32, ImageNet 224)
     until_prob: float = Field(0.99, ge=0, le=1)
     robust_prob: float = Field(0.95, ge=0, le=1)
     min_steps: int = Field(192, ge=0, le=100000)
@@ -155,7 +155,8 @@ class ClassImageSpec(Spec):
         if judge != "none" and judge == self.model and self.weights is None:
             raise CnnvisError(f"the judge must be a second model, not {self.model!r} itself: its own view is what the "
                               "render optimized; give another classifier with the same labels, or --judge none")
-        return self.model_copy(update={"target": _class_target(vm, self.target),
+        size = self.size if self.size is not None else min(CLASS_SIDE, *vm.input_shape[1:])
+        return self.model_copy(update={"target": _class_target(vm, self.target), "size": size,
                                        "preset": preset_name(self.preset or CLASS_PRESET), "judge": judge})
 
     def extra_models(self) -> list[str]:
@@ -220,6 +221,7 @@ class ClassImageSpec(Spec):
 
 
 CLASS_PRESET = "witness"  # the class image's default recipe (see optvis.presets)
+CLASS_SIDE = 224  # the largest default class image side (a net made for 28-px digits gets 28-px images)
 
 
 def default_judge(vm) -> str:

@@ -220,8 +220,8 @@ def study_panel(vm, rows: list[dict], images: list, targets: list[int], judge):
     cells = [[to_pil(grey_to_rgb(upscale(im, f))) for im in x] for x in images]
     labels = []
     for r in rows:
-        j = f"judge {r['judge_mean_prob']:.2f} ({r['judge_agree']}/{r['n']})" if r["judge_mean_prob"] is not None \
+        j = f"judge {r['judge_mean_prob']:.3f} ({r['judge_agree']}/{r['n']})" if r["judge_mean_prob"] is not None \
             else "no judge"
-        labels.append(f"{r['name']}: {j}, own {r['own_mean_prob']:.2f}")
+        labels.append(f"{r['name']}: {j}, own {r['own_mean_prob']:.3f}")
     title = f"{vm.name}: class images per regularizer" + (f", judged by {judge.name}" if judge is not None else "")
     return grid(cells, row_labels=labels, col_labels=[vm.label(t) for t in targets], cell=side * f, title=title)

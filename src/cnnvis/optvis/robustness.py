@@ -18,7 +18,7 @@ from cnnvis.optvis.regularizers import gaussian_blur
 PERTURBATIONS = {
     "blur1": "Gaussian blur, sigma 1 px",
     "down_up2": "2x downscale then upscale (bilinear, antialiased)",
-    "shift8": "shift 8 px right and down (edges replicated)",
+    "shift8": "shift 8 px right and down (side/28 px below 224 px)",
     "resize256_crop224": "resize to 256/224 of the size, centre crop back",
 }
 
@@ -38,8 +38,12 @@ def down_up2(x: Tensor) -> Tensor:
     return F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
 
 
-def shift8(x: Tensor, d: int = 8) -> Tensor:
+def shift8(x: Tensor, d: int | None = None) -> Tensor:
+    """Shift by d px (default 8, or 8/224 of the side of a smaller image: 1 px of a 28-px digit, since 8 px
+    would move it out of the picture)."""
     h, w = x.shape[-2:]
+    if d is None:
+        d = 8 if min(h, w) >= 224 else max(1, round(8 * min(h, w) / 224))
     return F.pad(x, (d, 0, d, 0), mode="replicate")[..., :h, :w]
 
 
