@@ -73,6 +73,15 @@ def _train_mnist_quick(out: Path, seed: int) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Torch on one thread for a module of tiny nets (two threads on a busy 2-core machine mostly wait)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def mnist_run(tmp_path_factory) -> Path:
     """Folder of a trained MNIST checkpoint (model.json + model.safetensors), seed 0."""

@@ -18,13 +18,7 @@ from tests.test_cli_bad_input import one_error
 MNIST_MEAN = 0.1307
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Nets this small run fastest on one thread (two threads on a busy 2-core machine mostly wait)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

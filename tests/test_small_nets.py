@@ -24,13 +24,7 @@ from cnnvis.jobs import ModelPool, run
 DIGITS = (1, 4, 7)  # a bar, an open shape, a corner: three different stroke layouts
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Nets this small run fastest on one thread (two threads on a busy 2-core machine mostly wait)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

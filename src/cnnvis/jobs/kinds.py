@@ -171,19 +171,12 @@ class ClassImageSpec(Spec):
         from cnnvis.images import to_tensor
         from cnnvis.optvis import PERTURBATIONS, class_logit, render, robustness
         from cnnvis.optvis.config import RenderConfig, UntilProb
-        from cnnvis.optvis.robustness import check_judge, witness_probs
+        from cnnvis.optvis.robustness import witness_probs
         from cnnvis.viz.animate import Animation, frame_every
 
         if self.size < vm.min_size:
             raise CnnvisError(f"size {self.size} is too small for {vm.name}; use at least {vm.min_size}")
-        judge = None
-        if self.judge not in (None, "none"):
-            judge = ctx.models.get(self.judge)
-            if judge is None:  # run outside the runner
-                from cnnvis.models import load
-
-                judge = load(self.judge, device=vm.device)
-            check_judge(vm, judge)
+        judge = load_judge(vm, ctx, self.judge)
         t = int(self.target)
         stop = None
         if self.until_prob:
@@ -222,6 +215,22 @@ class ClassImageSpec(Spec):
 
 CLASS_PRESET = "witness"  # the class image's default recipe (see optvis.presets)
 CLASS_SIDE = 224  # the largest default class image side (a net made for 28-px digits gets 28-px images)
+
+
+def load_judge(vm, ctx, name: str | None):
+    """The judge model `name` (None/'none': no judge), as the runner loaded it (ctx.models) or loaded
+    here; checked against `vm` (a classifier of the same classes, not `vm` itself)."""
+    from cnnvis.optvis.robustness import check_judge
+
+    if name in (None, "none"):
+        return None
+    judge = ctx.models.get(name)
+    if judge is None:  # run outside the runner
+        from cnnvis.models import load
+
+        judge = load(name, device=vm.device)
+    check_judge(vm, judge)
+    return judge
 
 
 def default_judge(vm) -> str:

@@ -20,7 +20,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from cnnvis.errors import CnnvisError
-from cnnvis.jobs.kinds import CLASS_PRESET, Side, _class_target, default_judge
+from cnnvis.jobs.kinds import CLASS_PRESET, Side, _class_target, default_judge, load_judge
 from cnnvis.jobs.result import npy_bytes, png_bytes
 from cnnvis.jobs.spec import Spec, register
 
@@ -138,17 +138,10 @@ class RegularizerStudySpec(Spec):
         from cnnvis.optvis.config import RenderConfig
         from cnnvis.optvis.param import PixelImage
         from cnnvis.optvis.regularizers import GradientRMS
-        from cnnvis.optvis.robustness import check_judge, witness_probs
+        from cnnvis.optvis.robustness import witness_probs
         from cnnvis.optvis.seeding import image_generators
 
-        judge = None
-        if self.judge not in (None, "none"):
-            judge = ctx.models.get(self.judge)
-            if judge is None:  # run outside the runner
-                from cnnvis.models import load
-
-                judge = load(self.judge, device=vm.device)
-            check_judge(vm, judge)
+        judge = load_judge(vm, ctx, self.judge)
         side = self.size if self.size is not None else min(vm.input_shape[1:])
         if side < vm.min_size:
             raise CnnvisError(f"size {side} is too small for {vm.name}; use at least {vm.min_size}")
