@@ -40,6 +40,11 @@ def small_net(vm) -> str | None:
     return None if min(vm.input_shape[1:]) < 64 else f"{vm.name} is an ImageNet-size model (a small-net study)"
 
 
+def with_vgg16(vm) -> list[str]:
+    """Models a section shows: VGG16-HED (the classic pictures) beside an ImageNet-size model; a small net alone."""
+    return list(dict.fromkeys(["vgg16_hed", vm.name])) if small_net(vm) else [vm.name]
+
+
 def classifier_only(vm) -> str | None:
     """`applies` for sections that need class scores."""
     return None if vm.task == "classification" else f"{vm.name} is not a classifier ({vm.task})"

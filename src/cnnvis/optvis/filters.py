@@ -306,12 +306,15 @@ def dead_tile(size: int):
 
 def filters_grid(vm, rows, *, title: str | None = None, row_labels: Sequence[str] | None = None):
     """The grid image of `render_filters` rows: every tile at the largest row's size (smaller renders
-    enlarged), dead channels as a 'dead' tile."""
+    enlarged; at least 84 px, so a 28-px net's tiles can be seen, nearest-neighbour), dead channels as
+    a 'dead' tile."""
     from PIL import Image
 
     from cnnvis.viz import grid, to_pil
 
     cell = max(int(r[2].shape[-1]) for r in rows)
+    if cell < 84:  # whole multiples: the pixels of a small net's input stay square and sharp
+        cell *= -(-84 // cell)
     tiles = []
     for r in rows:
         dead = set(getattr(r, "dead", ()))
@@ -321,7 +324,8 @@ def filters_grid(vm, rows, *, title: str | None = None, row_labels: Sequence[str
                 line.append(dead_tile(cell))
             else:
                 pil = to_pil(im)
-                line.append(pil if pil.size[0] == cell else pil.resize((cell, cell), Image.BICUBIC))
+                up = Image.NEAREST if cell % pil.size[0] == 0 else Image.BICUBIC
+                line.append(pil if pil.size[0] == cell else pil.resize((cell, cell), up))
         tiles.append(line)
     cols = max(rows, key=lambda r: len(r[1]))[1]
     return grid(tiles, row_labels=row_labels or [r[0] for r in rows], col_labels=[str(c) for c in cols], title=title)

@@ -60,7 +60,9 @@ def render_maps(ctx: ReportContext) -> str:
 def render_deconv(ctx: ReportContext) -> str:
     parts, data = [], {}
     name, ref = ctx.photos[0]
-    for model_name in dict.fromkeys(["vgg16_hed", ctx.vm.name]):
+    from cnnvis.report import with_vgg16
+
+    for model_name in with_vgg16(ctx.vm):
         layers = ["conv1_2", "conv2_2", "conv3_3", "conv4_3", "conv5_3"] if model_name == "vgg16_hed" and ctx.quick \
             else None
         try:

@@ -11,21 +11,23 @@ def render(ctx: ReportContext) -> str:
     if ctx.quick:
         out.append("<p class='note'>Quick mode: 5 filters per layer, 48 steps at 80 px "
                    "(full report: 10 filters, size and steps per layer from its receptive field).</p>")
-    from cnnvis.report import small_net
+    from cnnvis.report import small_net, with_vgg16
 
-    # VGG16 beside an ImageNet model (the classic grid); a small net alone
-    for model_name in dict.fromkeys(["vgg16_hed", ctx.vm.name] if small_net(ctx.vm) else [ctx.vm.name]):
+    for model_name in with_vgg16(ctx.vm):
+        # a small net's filters at its own input size (a 28-px net's features tile an 80-px image)
+        side = min(ctx.vm.input_shape[1:]) if model_name == ctx.vm.name and small_net(ctx.vm) is None else size
         try:
-            res = ctx.run("filters", model=model_name, first=n, steps=steps, size=size)
+            res = ctx.run("filters", model=model_name, first=n, steps=steps, size=side)
         except ImportError as e:  # a missing optional weights package must not kill the section
             out.append(f"<p>{esc(model_name)}: not available ({esc(str(e))}).</p>")
             continue
         rel = ctx.save_file(res, f"filters_{model_name}.png")
         rows = res.data["layers"]
-        data[model_name] = {"steps": steps, "size": size, "values": {r["layer"]: r["values"] for r in rows},
+        data[model_name] = {"steps": steps, "size": side, "values": {r["layer"]: r["values"] for r in rows},
                             "plan": {r["layer"]: [r.get("size"), r.get("steps")] for r in rows},
                             "dead": res.data.get("dead"), "grey": res.data.get("grey")}
-        how = f"{steps} steps, {size} px" if steps != "auto" else "steps and size per layer (auto)"
+        how = (f"{steps} steps, {side} px" if steps != "auto" else
+               "steps and size per layer (auto)" if side == "auto" else f"{side} px, steps per layer (auto)")
         counts = (f"; {res.data['dead']} channels never fire on the sample photos (tiles marked dead), "
                   f"{res.data['grey']} flat tiles") if "dead" in res.data else ""
         out.append(ctx.img_tag(rel, f"{esc(model_name)}: {len(rows)} layers x {n} filters, preset "
