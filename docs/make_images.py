@@ -1,4 +1,5 @@
-"""Copy the README's pictures out of a report folder (run `cnnvis report --quick --out demo-report` first).
+"""Copy the README's pictures out of the demo's reports (run `make demo` first: it writes demo-report/
+and the MNIST study in demo-report/mnist/).
 
     .venv/bin/python docs/make_images.py demo-report
 """
@@ -29,6 +30,11 @@ def main(report: str) -> None:
         if im.size[0] > 1400:
             im = im.resize((1400, round(im.size[1] * 1400 / im.size[0])), Image.LANCZOS)
         im.save(dst / f"{name}.jpg", quality=85)
+    study = Path(report) / "mnist" / "img"  # the dataset study of the demo's MNIST net
+    for name in ("study_weights", "study_maps_0-0", "study_maxmaps", "study_top_channel_001", "study_atlas",
+                 "study_neighbours", "study_regularizers", "study_confusion"):
+        if (study / f"{name}.png").exists():
+            Image.open(study / f"{name}.png").convert("RGB").save(dst / f"{name.replace('_0-0', '')}.png")
 
 
 if __name__ == "__main__":

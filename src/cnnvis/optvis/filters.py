@@ -306,14 +306,14 @@ def dead_tile(size: int):
 
 def filters_grid(vm, rows, *, title: str | None = None, row_labels: Sequence[str] | None = None):
     """The grid image of `render_filters` rows: every tile at the largest row's size (smaller renders
-    enlarged; at least 84 px, so a 28-px net's tiles can be seen, nearest-neighbour), dead channels as
+    enlarged; tiles under 64 px to about 84, nearest-neighbour, so a 28-px net's can be seen), dead channels as
     a 'dead' tile."""
     from PIL import Image
 
     from cnnvis.viz import grid, to_pil
 
     cell = max(int(r[2].shape[-1]) for r in rows)
-    if cell < 84:  # whole multiples: the pixels of a small net's input stay square and sharp
+    if cell < 64:  # a small net's tiles: whole multiples, so its pixels stay square and sharp
         cell *= -(-84 // cell)
     tiles = []
     for r in rows:
