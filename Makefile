@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.cnnvis-installed
 
-.PHONY: demo report test test-fast bench venv clean
+.PHONY: demo report test test-fast bench venv clean browser
 
 venv: $(STAMP)
 
@@ -33,8 +33,17 @@ runs/mnist-2/model.json: $(STAMP)
 report: $(STAMP)
 	$(VENV)/bin/cnnvis report --out report
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(PY) -m pytest -q -ra
+
+# the web UI's tests drive a real chromium: Debian's package, installed here when missing (as root, with apt)
+browser:
+	@if command -v chromium >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing Debian's chromium for the browser tests (apt-get install chromium)"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	    || { echo "could not install chromium; the browser tests will fail: install it (apt-get install chromium)"; exit 1; }; \
+	else echo "chromium is missing and cannot be installed here (needs root and apt-get); the browser tests will fail"; fi
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
