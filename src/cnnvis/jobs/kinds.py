@@ -293,6 +293,7 @@ class FiltersSpec(Spec):
 
     def run(self, vm, ctx):
         from cnnvis.optvis.filters import filters_grid, layer_log, render_filters
+        from cnnvis.viz import to_pil
 
         if self.size is not None and self.size < vm.min_size:
             raise CnnvisError(f"size {self.size} is too small for {vm.name}; use at least {vm.min_size}")
@@ -311,6 +312,10 @@ class FiltersSpec(Spec):
         data["dead"] = sum(len(r.dead) for r in rows)
         data["grey"] = sum(len(r.grey) for r in rows)
         files = {"grid.png": png_bytes(img)}
+        for i, r in enumerate(rows):  # each channel's own image (the web's layer and channel pages show them)
+            for ch, im in zip(r[1], r[2]):
+                if ch not in r.dead:
+                    files[f"tile_{i}_{ch}.png"] = png_bytes(to_pil(im))
         if n_frames:  # every layer at the same share of its steps in each frame
             from cnnvis.optvis.filters import FilterRow
             from cnnvis.viz.animate import Animation
