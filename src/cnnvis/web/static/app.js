@@ -1,0 +1,583 @@
+/* cnnvis web UI: the pages' small scripts. They use only the JSON API under /api.
+   startJob(spec, area) posts a job, polls /api/jobs/{id} every 0.5 s, draws a progress bar with a
+   Cancel button in `area`, and resolves with the finished job (rejects with its error, shown in the
+   `.error` element after `area`). */
+(function () {
+  "use strict";
+  const BOOT = JSON.parse(document.getElementById("boot").textContent || "{}");
+  const MID = BOOT.mid;
+  const POLL_MS = 500;
+
+  // ------------------------------------------------------------------ small helpers
+  function el(tag, attrs, ...kids) {
+    const e = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs || {})) {
+      if (v === null || v === undefined || v === false) continue;
+      if (k === "text") e.textContent = v;
+      else if (k === "class") e.className = v;
+      else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
+      else e.setAttribute(k, v === true ? "" : v);
+    }
+    for (const kid of kids) if (kid !== null && kid !== undefined) e.append(kid);
+    return e;
+  }
+  const $ = (sel, root) => (root || document).querySelector(sel);
+  const enc = encodeURIComponent;
+  const shapeText = (s) => (Array.isArray(s) && s.length ? s.join(" × ") : "–");
+  const pct = (p) => (100 * p).toFixed(p >= 0.995 || p < 0.0005 ? 1 : 2) + "%";
+
+  /** A readable sentence from a failed response: the API's `detail`, else the status. */
+  async function readError(resp) {
+    let detail = null;
+    try {
+      const body = await resp.json();
+      detail = body && body.detail;
+    } catch (e) { /* not JSON */ }
+    if (Array.isArray(detail)) detail = detail.map((d) => (d.loc ? d.loc.slice(-1)[0] + ": " : "") + d.msg).join("; ");
+    if (detail && typeof detail !== "string") detail = JSON.stringify(detail);
+    return detail || `the server answered ${resp.status} ${resp.statusText}`;
+  }
+
+  async function api(path, opts) {
+    let resp;
+    try {
+      resp = await fetch(path, opts);
+    } catch (e) {
+      throw new Error("the cnnvis server does not answer (is `cnnvis serve` still running?)");
+    }
+    if (!resp.ok) throw new Error(await readError(resp));
+    return resp.json();
+  }
+  const postJSON = (path, body) => api(path, {method: "POST", headers: {"Content-Type": "application/json"},
+                                               body: JSON.stringify(body)});
+
+  /** The `.error` box after `area` (made when missing). */
+  function errBox(area) {
+    let n = area.nextElementSibling;
+    if (n && n.classList.contains("error")) return n;
+    n = el("div", {class: "error", role: "alert"});
+    n.hidden = true;
+    area.after(n);
+    return n;
+  }
+  function showError(box, msg) {
+    box.textContent = msg;
+    box.hidden = false;
+  }
+  function clearError(box) {
+    box.textContent = "";
+    box.hidden = true;
+  }
+
+  // ------------------------------------------------------------------ jobs
+  /** POST a job spec, poll it every 0.5 s with a progress bar and Cancel button in `area`.
+      Resolves with the job status object once done; rejects (message shown) if failed/cancelled. */
+  function startJob(spec, area, label) {
+    const box = errBox(area);
+    clearError(box);
+    const fill = el("div", {class: "fill"});
+    const bar = el("div", {class: "bar", role: "progressbar", "aria-valuemin": "0", "aria-valuemax": "100",
+                           "data-testid": "progress"}, fill);
+    const desc = el("span", {class: "desc", "data-testid": "job-desc", text: "starting…"});
+    const cancel = el("button", {class: "cancel", "data-testid": "cancel", text: "Cancel"});
+    const widget = el("div", {class: "job", "data-testid": "job-widget", "data-status": "queued"},
+                      el("span", {class: "job-label", text: label || spec.kind}), bar, desc, cancel);
+    area.replaceChildren(widget);
+    let id = null;
+    let stop = false;
+    return new Promise((resolve, reject) => {
+      function fail(msg, status) {
+        stop = true;
+        widget.dataset.status = status || "failed";
+        widget.classList.add("ended");
+        cancel.hidden = true;
+        desc.textContent = status === "cancelled" ? "cancelled" : "failed";
+        showError(box, msg);
+        reject(new Error(msg));
+      }
+      function draw(st) {
+        widget.dataset.status = st.status;
+        if (!widget.dataset.firstStatus) widget.dataset.firstStatus = st.status;
+        widget.dataset.jobId = st.id;
+        const p = st.progress || {};
+        const total = Number(p.total) || 0;
+        const done = Number(p.done) || 0;
+        let frac = st.status === "done" ? 1 : total > 0 ? Math.min(1, done / total) : 0;
+        bar.classList.toggle("indeterminate", st.status === "running" && total <= 0);
+        fill.style.width = (100 * frac).toFixed(1) + "%";
+        bar.setAttribute("aria-valuenow", Math.round(100 * frac));
+        const words = {queued: "waiting for the worker…", running: "running", done: "done", cancelled: "cancelled",
+                       failed: "failed"}[st.status] || st.status;
+        desc.textContent = st.status === "running" && (p.desc || total)
+          ? `${p.desc || "running"}${total ? ` ${done}/${total}` : ""}` : words;
+        if (st.status === "done") {
+          stop = true;
+          cancel.hidden = true;
+          widget.classList.add("ended");
+          resolve(st);
+        } else if (st.status === "failed") {
+          fail(st.error || "the job failed", "failed");
+        } else if (st.status === "cancelled") {
+          fail("cancelled: the job was stopped", "cancelled");
+        }
+      }
+      async function poll() {
+        if (stop) return;
+        try {
+          draw(await api(`/api/jobs/${enc(id)}`));
+        } catch (e) {
+          fail(e.message);
+          return;
+        }
+        if (!stop) setTimeout(poll, POLL_MS);
+      }
+      cancel.addEventListener("click", async () => {
+        if (!id || stop) return;
+        cancel.disabled = true;
+        try {
+          draw(await api(`/api/jobs/${enc(id)}`, {method: "DELETE"}));
+        } catch (e) {
+          fail(e.message);
+        }
+      });
+      const body = Object.assign({}, spec, {model: MID});
+      postJSON("/api/jobs", body).then((st) => {
+        id = st.id;
+        draw(st);
+        if (!stop) setTimeout(poll, POLL_MS);
+      }, (e) => fail(e.message));
+    });
+  }
+
+  /** Run a job and put its main image (or `file`) into `out`. */
+  async function jobImage(spec, area, out, label, file) {
+    out.replaceChildren();
+    const st = await startJob(spec, area, label);
+    const res = st.result || {};
+    const url = file ? (res.files || {})[file] : res.main;
+    if (url) out.append(el("img", {src: url, alt: label || spec.kind, class: "result-img"}));
+    return st;
+  }
+
+  /** Small renders (a 28-px digit net's) enlarge as crisp pixels, not blur. */
+  function pixelate(ev) {
+    if (ev.target.naturalWidth < 64) ev.target.style.imageRendering = "pixelated";
+  }
+
+  // ------------------------------------------------------------------ shared page parts
+  let modelsPromise = null;
+  const models = () => (modelsPromise = modelsPromise || api("/api/models"));
+  let layersPromise = null;
+  const layers = () => (layersPromise = layersPromise || api(`/api/models/${enc(MID)}/layers`));
+
+  function pageSuffix() {
+    return {photo: "/photo", class: "/class", study: "/study"}[document.body.dataset.page] || "";
+  }
+
+  async function header() {
+    const pick = $("#model-picker");
+    try {
+      const ms = await models();
+      pick.replaceChildren(...ms.map((m) => el("option", {value: m.id, selected: m.id === MID,
+                                                          text: m.id + (m.default ? " (default)" : "")})));
+      const me = ms.find((m) => m.id === MID);
+      if (!me) {
+        showError(errBox($("#model-info")), `no model ${JSON.stringify(MID)} is served here; pick one of: ` +
+                  ms.map((m) => m.id).join(", "));
+      } else {
+        $("#model-info").textContent = `${me.name} · ${me.task}` + (me.n_classes ? ` · ${me.n_classes} classes` : "") +
+          ` · input ${shapeText(me.input_shape)}`;
+      }
+    } catch (e) {
+      showError(errBox($("#model-info")), e.message);
+    }
+    pick.addEventListener("change", () => { location.href = `/m/${enc(pick.value)}${pageSuffix()}`; });
+  }
+
+  const isMap = (l) => Array.isArray(l.shape) && l.shape.length === 3;
+  const layerHref = (name, page) => `/m/${enc(MID)}/layer/${enc(name)}` + (page ? `?page=${page}` : "");
+  const findLayer = (ls, name) => ls.find((l) => l.name === name) || ls.find((l) => l.alias === name);
+  const firstConv = (ls) => ls.find((l) => /conv/i.test(l.type || "") && isMap(l));
+
+  // ------------------------------------------------------------------ pages
+  async function indexPage() {
+    const ms = await models();
+    const d = ms.find((m) => m.default) || ms[0];
+    if (d) location.replace(`/m/${enc(d.id)}`);
+    else $("#index-msg").textContent = "no model is served; start cnnvis serve --model NAME";
+  }
+
+  async function modelPage() {
+    const root = $("#layers");
+    let ls;
+    try {
+      ls = await layers();
+    } catch (e) {
+      root.replaceChildren();
+      showError($(".error"), e.message);
+      return;
+    }
+    const stages = new Map();
+    for (const l of ls) {
+      const s = l.stage || "(top)";
+      if (!stages.has(s)) stages.set(s, []);
+      stages.get(s).push(l);
+    }
+    root.replaceChildren(...[...stages].map(([stage, rows]) => el("section", {class: "stage", "data-stage": stage},
+      el("h2", {text: `${stage}`}, el("span", {class: "muted small", text: ` · ${rows.length} layer${rows.length === 1 ? "" : "s"}`})),
+      el("table", {class: "layers"},
+        el("thead", {}, el("tr", {}, el("th", {text: "layer"}), el("th", {text: "alias"}), el("th", {text: "type"}),
+                                    el("th", {text: "output shape"}))),
+        el("tbody", {}, ...rows.map((l) => el("tr", {"data-layer": l.name},
+          el("td", {}, isMap(l) ? el("a", {href: layerHref(l.name), "data-testid": "layer-link", text: l.name})
+                                : el("span", {text: l.name})),
+          el("td", {text: l.alias || ""}), el("td", {text: l.type || ""}),
+          el("td", {class: "shape", text: shapeText(l.shape)}))))))));
+  }
+
+  function channelsOfPage(n, page, per) {
+    const out = [];
+    for (let c = page * per; c < Math.min(n, (page + 1) * per); c++) out.push(c);
+    return out;
+  }
+
+  async function layerPage() {
+    const {layer, page_no: page, per_page: per} = BOOT;
+    const tiles = $("#tiles");
+    const area = $("#job");
+    let info;
+    if (BOOT.spec_error) {
+      showError(errBox(area), BOOT.spec_error);
+      return;
+    }
+    try {
+      info = findLayer(await layers(), layer);
+      if (!info) throw new Error(`${MID} has no layer ${JSON.stringify(layer)}; pick one on the model page`);
+      if (!isMap(info)) throw new Error(`${layer} gives ${shapeText(info.shape)}, not channels of maps: pick a conv layer`);
+    } catch (e) {
+      showError(errBox(area), e.message);
+      return;
+    }
+    const n = info.shape[0];
+    const pages = Math.max(1, Math.ceil(n / per));
+    $("#layer-desc").textContent = `${info.type || "layer"}${info.alias ? " (" + info.alias + ")" : ""} · output ` +
+      `${shapeText(info.shape)} · ${n} channels, ${per} a page`;
+    $("#page-label").textContent = `page ${page + 1} of ${pages} (channels ${page * per}–${Math.min(n, (page + 1) * per) - 1})`;
+    $("#next-page").hidden = page >= pages - 1;
+    if (page >= pages) {
+      showError(errBox(area), `page ${page + 1} is past the last page (${pages}); go back`);
+      return;
+    }
+    const spec = BOOT.spec || {kind: "filters", layers: [layer], channels: channelsOfPage(n, page, per)};
+    const chans = spec.channels || channelsOfPage(n, page, per);
+    const cells = new Map();
+    tiles.replaceChildren(...chans.map((c) => {
+      const cell = el("a", {class: "tile pending", href: `${layerHref(layer)}/channel/${c}`, "data-channel": c,
+                            "data-testid": "tile"}, el("div", {class: "ph"}), el("span", {class: "cap", text: `#${c}`}));
+      cells.set(c, cell);
+      return cell;
+    }));
+    const st = await startJob(spec, area, `rendering ${chans.length} channels`);
+    const res = st.result || {};
+    const files = res.files || {};
+    const row = ((res.data || {}).layers || [])[0] || {};
+    const dead = new Set(row.dead || []);
+    const values = row.values || [];
+    const order = row.channels || chans;
+    order.forEach((c, i) => {
+      const cell = cells.get(c);
+      if (!cell) return;
+      cell.classList.remove("pending");
+      const url = files[`tile_0_${c}.png`];
+      const v = values[i];
+      if (url && !dead.has(c)) {
+        cell.replaceChildren(el("img", {src: url, alt: `channel ${c}`, onload: pixelate}),
+                             el("span", {class: "cap", text: `#${c}` + (v !== null && v !== undefined ? ` · ${v.toFixed(2)}` : "")}));
+      } else {
+        cell.classList.add("dead");
+        cell.replaceChildren(el("div", {class: "ph", text: "dead"}), el("span", {class: "cap", text: `#${c} dead`}));
+      }
+    });
+  }
+
+  async function channelPage() {
+    const {layer, channel} = BOOT;
+    const seeds = $("#seeds");
+    const specs = BOOT.specs || [0, 1, 2].map((s) => ({kind: "filters", layers: [layer], channels: [channel], seed: s}));
+    const area = $("#seeds-job");
+    if (BOOT.spec_error) {
+      showError(errBox(area), BOOT.spec_error);
+      return;
+    }
+    seeds.replaceChildren(...specs.map((s) => el("figure", {class: "tile pending", "data-seed": s.seed},
+      el("div", {class: "ph"}), el("figcaption", {text: `seed ${s.seed}`}))));
+    // weights: only for the first conv layer
+    layers().then((ls) => {
+      const info = findLayer(ls, layer);
+      const fc = firstConv(ls);
+      if (info && fc && fc.name === info.name) {
+        $("#weights-section").hidden = false;
+        jobImage({kind: "weights", layer: info.name}, $("#weights-job"), $("#weights"), "first-layer weights")
+          .catch(() => {});
+      }
+    }).catch((e) => showError(errBox(area), e.message));
+    $("#top-examples-btn").addEventListener("click", () => {
+      jobImage({kind: "top_examples", layer, channels: [channel], k: 9}, $("#top-job"), $("#top-examples"),
+               "top examples", `channel_${String(channel).padStart(3, "0")}.png`).catch(() => {});
+    });
+    for (const s of specs) {  // one job each; the server runs them one after another
+      try {
+        const st = await startJob(s, area, `seed ${s.seed}`);
+        const files = (st.result || {}).files || {};
+        const url = files[`tile_0_${channel}.png`];
+        const fig = seeds.querySelector(`[data-seed="${s.seed}"]`);
+        fig.classList.remove("pending");
+        fig.replaceChildren(url ? el("img", {src: url, alt: `channel ${channel}, seed ${s.seed}`, onload: pixelate})
+                                : el("div", {class: "ph", text: "dead"}), el("figcaption", {text: `seed ${s.seed}`}));
+      } catch (e) {
+        return;
+      }
+    }
+  }
+
+  async function photoPage() {
+    const perr = $("#photo-error");
+    let ref = null;
+    const top5 = $("#top5");
+    const target = $("#target");
+
+    function showTop(top) {
+      top5.replaceChildren(el("tr", {}, el("th", {text: "class"}), el("th", {text: "probability"}), el("th")),
+        ...top.map((t, i) => el("tr", {"data-index": t.index, "data-testid": i === 0 ? "top1" : "topk"},
+          el("td", {class: "label", text: t.label}), el("td", {class: "num", text: pct(t.prob)}),
+          el("td", {}, el("div", {class: "pbar"}, el("div", {style: `width:${(100 * t.prob).toFixed(1)}%`}))))));
+      target.replaceChildren(...top.map((t) => el("option", {value: t.index, text: `${t.label} (${pct(t.prob)})`})));
+    }
+    function choose(newRef, src, name) {
+      ref = newRef;
+      $("#photo-panel").hidden = false;
+      $("#photo-img").src = src;
+      $("#photo-name").textContent = name;
+      top5.replaceChildren();
+      for (const id of ["#attr-out", "#layer-out"]) $(id).replaceChildren();
+    }
+    async function classifyRef() {
+      const st = await startJob({kind: "classify", images: [ref], top: 5}, $("#classify-job"), "classify");
+      showTop(st.result.data.predictions[0].top);
+    }
+
+    try {
+      const photos = await api("/api/photos");
+      $("#bundled").replaceChildren(...photos.map((p) => el("button", {class: "photo-btn", "data-ref": p.ref,
+          "data-testid": "bundled-photo", title: p.name, onclick: () => {
+            clearError(perr);
+            choose(p.ref, p.url, p.name);
+            classifyRef().catch(() => {});
+          }}, el("img", {src: p.url, alt: p.name}), el("span", {text: p.name}))));
+    } catch (e) {
+      showError(perr, e.message);
+    }
+    $("#upload").addEventListener("change", async (ev) => {
+      const file = ev.target.files[0];
+      if (!file) return;
+      clearError(perr);
+      const form = new FormData();
+      form.append("file", file, file.name);
+      let up;
+      try {
+        up = await api("/api/uploads", {method: "POST", body: form});
+      } catch (e) {
+        $("#photo-panel").hidden = true;
+        showError(perr, `${file.name}: ${e.message}`);
+        ev.target.value = "";
+        return;
+      }
+      choose(up.ref, URL.createObjectURL(file), `${file.name} (${up.width}×${up.height})`);
+      const area = $("#classify-job");
+      const box = errBox(area);
+      area.replaceChildren(el("span", {class: "muted", text: "classifying…"}));
+      const cf = new FormData();
+      cf.append("file", file, file.name);
+      cf.append("model", MID);
+      cf.append("top", "5");
+      try {
+        const res = await api("/api/classify", {method: "POST", body: cf});
+        area.replaceChildren();
+        showTop(res.top);
+      } catch (e) {
+        area.replaceChildren();
+        showError(box, e.message);
+      }
+    });
+    layers().then((ls) => {
+      const maps = ls.filter(isMap);
+      const pick = maps[Math.floor((maps.length * 2) / 3)] || maps[0];
+      $("#layer-select").replaceChildren(...maps.map((l) => el("option", {value: l.name, selected: l === pick,
+        text: `${l.name}${l.alias ? " (" + l.alias + ")" : ""} ${shapeText(l.shape)}`})));
+    }).catch((e) => showError(errBox($("#layer-job")), e.message));
+
+    $("#attr-btn").addEventListener("click", () => {
+      if (!ref) return;
+      const spec = {kind: "attribution", image: ref, method: $("#method").value};
+      if (target.value !== "") spec.target = Number(target.value);
+      jobImage(spec, $("#attr-job"), $("#attr-out"), `${$("#method").value}`).catch(() => {});
+    });
+    const L = () => $("#layer-select").value;
+    $("#maps-btn").addEventListener("click", () => ref && jobImage({kind: "feature_maps", image: ref, layer: L()},
+      $("#layer-job"), $("#layer-out"), "feature maps").catch(() => {}));
+    $("#dream-btn").addEventListener("click", () => ref && jobImage({kind: "dream", image: ref, layers: [L()],
+      max_side: 320, octaves: 3, steps: 8}, $("#layer-job"), $("#layer-out"), "DeepDream").catch(() => {}));
+    $("#deconv-btn").addEventListener("click", () => ref && jobImage({kind: "deconv", image: ref, top: 3},
+      $("#layer-job"), $("#layer-out"), "deconvnet").catch(() => {}));
+  }
+
+  async function classPage() {
+    const q = $("#class-q");
+    const list = $("#class-list");
+    let timer = null;
+    q.addEventListener("input", () => {
+      clearTimeout(timer);
+      timer = setTimeout(async () => {
+        try {
+          const cs = await api(`/api/models/${enc(MID)}/classes?q=${enc(q.value.trim())}`);
+          list.replaceChildren(...cs.map((c) => el("option", {value: c.label, text: `#${c.index}`})));
+        } catch (e) { /* the search is a convenience */ }
+      }, 200);
+    });
+    $("#class-btn").addEventListener("click", async () => {
+      const t = q.value.trim();
+      const out = $("#class-out");
+      if (!t) {
+        showError(errBox($("#class-job")), "type a class name or index first");
+        return;
+      }
+      const spec = {kind: "class_image", target: /^\d+$/.test(t) ? Number(t) : t,
+                    steps: Number($("#class-steps").value) || 128};
+      out.replaceChildren();
+      let st;
+      try {
+        st = await startJob(spec, $("#class-job"), `class ${t}`);
+      } catch (e) {
+        return;
+      }
+      const d = st.result.data;
+      const rob = d.robustness || {};
+      const rows = [["class", `${d.class.label} (#${d.class.index})`],
+                    ["probability of the saved PNG", pct(d.prob_png)],
+                    ["steps", `${d.steps}` + (d.stopped ? ` (stopped: ${d.stopped})` : "")]];
+      for (const [k, v] of Object.entries(rob)) rows.push([`probability, ${k}` + (d.perturbations && d.perturbations[k]
+        ? ` (${d.perturbations[k]})` : ""), pct(v)]);
+      if (d.judge) rows.push([`judge ${d.judge.model}`, `${pct(d.judge.prob)} · ${d.judge.agrees ? "agrees" : "top-1 " +
+        d.judge.top1.label}`]);
+      else rows.push(["judge", "none (serve a second model with the same classes)"]);
+      if (d.message) rows.push(["note", d.message]);
+      out.append(el("div", {class: "photo-row"},
+        el("figure", {}, el("img", {src: st.result.main, class: "class-img", alt: `class image of ${d.class.label}`,
+                                   "data-testid": "class-img"})),
+        el("div", {},
+          el("table", {class: "kv", "data-testid": "class-numbers"}, ...rows.map(([k, v]) =>
+            el("tr", {}, el("th", {text: k}), el("td", {text: v})))),
+          el("h3", {text: "top-5 of the saved image"}),
+          el("table", {class: "probs"}, ...(d.top5 || []).map((p) => el("tr", {},
+            el("td", {class: "label", text: p.label}), el("td", {class: "num", text: pct(p.prob)})))))));
+    });
+  }
+
+  const PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+                   "#bcbd22", "#17becf"];
+
+  function scatter(d, atlasUrl) {
+    const P = d.points;
+    const n = P.x.length;
+    const W = 520, pad = 10;
+    const mn = (a) => Math.min(...a), mx = (a) => Math.max(...a);
+    const [x0, x1, y0, y1] = [mn(P.x), mx(P.x), mn(P.y), mx(P.y)];
+    const ux = (v) => (x1 > x0 ? (v - x0) / (x1 - x0) : 0.5), uy = (v) => (y1 > y0 ? (v - y0) / (y1 - y0) : 0.5);
+    const NS = "http://www.w3.org/2000/svg";
+    const svg = document.createElementNS(NS, "svg");
+    svg.setAttribute("viewBox", `0 0 ${W} ${W}`);
+    svg.setAttribute("class", "scatter");
+    svg.setAttribute("data-testid", "scatter");
+    const classes = (d.dataset || {}).classes || [];
+    for (let i = 0; i < n; i++) {
+      const c = document.createElementNS(NS, "circle");
+      c.setAttribute("cx", (pad + ux(P.x[i]) * (W - 2 * pad)).toFixed(1));
+      c.setAttribute("cy", (pad + uy(P.y[i]) * (W - 2 * pad)).toFixed(1));
+      c.setAttribute("r", "3");
+      c.setAttribute("fill", PALETTE[P.label[i] % PALETTE.length]);
+      c.dataset.i = i;
+      svg.append(c);
+    }
+    // hover: the atlas cell of the point (the image nearest that cell's centre), cropped from atlas.png
+    const grid = (d.atlas || {}).grid || 1, side = (d.atlas || {}).thumb || 28;
+    const cellIndex = new Map(((d.atlas || {}).cells || []).map(([r, c, idx]) => [`${r},${c}`, idx]));
+    const tip = el("div", {class: "tip", "data-testid": "scatter-tip"});
+    tip.hidden = true;
+    const thumb = el("div", {class: "thumb"});
+    const cap = el("div", {class: "small"});
+    tip.append(thumb, cap);
+    svg.addEventListener("mousemove", (ev) => {
+      const t = ev.target;
+      if (!(t instanceof SVGCircleElement)) { tip.hidden = true; return; }
+      const i = Number(t.dataset.i);
+      const col = Math.min(grid - 1, Math.floor(ux(P.x[i]) * grid)), row = Math.min(grid - 1, Math.floor(uy(P.y[i]) * grid));
+      const idx = cellIndex.get(`${row},${col}`);
+      const lab = P.label[i];
+      thumb.style.width = thumb.style.height = `${side}px`;
+      thumb.style.backgroundImage = atlasUrl && idx !== undefined ? `url("${atlasUrl}")` : "none";
+      thumb.style.backgroundPosition = `-${col * side}px -${row * side}px`;
+      cap.textContent = `image #${P.index[i]} · ${classes[lab] !== undefined ? classes[lab] : lab}` +
+        (idx !== undefined && idx !== P.index[i] ? ` (shown: #${idx}, its neighbour in the atlas)` : "");
+      tip.hidden = false;
+      const box = svg.getBoundingClientRect();
+      tip.style.left = `${ev.clientX - box.left + 14}px`;
+      tip.style.top = `${ev.clientY - box.top + 14}px`;
+    });
+    svg.addEventListener("mouseleave", () => { tip.hidden = true; });
+    const legend = el("div", {class: "legend"}, ...classes.map((c, k) => el("span", {},
+      el("i", {style: `background:${PALETTE[k % PALETTE.length]}`}), ` ${c}`)));
+    return el("div", {class: "scatter-wrap"}, svg, tip, legend);
+  }
+
+  async function studyPage() {
+    $("#eval-btn").addEventListener("click", async () => {
+      const out = $("#eval-out");
+      out.replaceChildren();
+      let st;
+      try {
+        st = await startJob({kind: "evaluate"}, $("#eval-job"), "evaluate");
+      } catch (e) {
+        return;
+      }
+      const d = st.result.data;
+      const files = st.result.files || {};
+      out.append(el("p", {class: "big", "data-testid": "accuracy"}, `accuracy ${pct(d.accuracy)}`,
+                        el("span", {class: "muted small", text: ` on ${d.n} images of ${d.data} (${d.split || "all"})`})),
+        el("table", {class: "kv"}, ...Object.entries(d.per_class || {}).map(([k, v]) =>
+          el("tr", {}, el("th", {text: k}), el("td", {class: "num", text: pct(v)})))),
+        files["confusion.png"] ? el("img", {src: files["confusion.png"], alt: "confusion matrix", class: "result-img"}) : null,
+        files["mistakes.png"] ? el("img", {src: files["mistakes.png"], alt: "most confident mistakes", class: "result-img"}) : null);
+    });
+    $("#embed-btn").addEventListener("click", async () => {
+      const out = $("#embed-out");
+      out.replaceChildren();
+      let st;
+      try {
+        st = await startJob({kind: "embed", limit: Number($("#embed-limit").value) || 1000}, $("#embed-job"), "t-SNE");
+      } catch (e) {
+        return;
+      }
+      const d = st.result.data;
+      const files = st.result.files || {};
+      out.append(el("p", {"data-testid": "purity"}, `${d.n} images, ${d.layer} (${d.dim} features). k=${d.k} nearest ` +
+        `neighbours of the same class: feature purity ${d.feature_purity.toFixed(3)}, pixel purity ` +
+        `${d.pixel_purity.toFixed(3)}`), scatter(d, files["atlas.png"]),
+        el("h3", {text: "atlas"}), files["atlas.png"] ? el("img", {src: files["atlas.png"], class: "result-img", alt: "atlas"}) : null,
+        el("h3", {text: "neighbours (feature space vs pixel space)"}),
+        files["neighbours.png"] ? el("img", {src: files["neighbours.png"], class: "result-img", alt: "neighbours"}) : null);
+    });
+  }
+
+  window.cnnvis = {startJob, api, indexPage, modelPage, layerPage, channelPage, photoPage, classPage, studyPage};
+  if (MID) header();
+})();
