@@ -1,0 +1,116 @@
+"""The job specs the web pages ask for, shared with `cnnvis render-all` so both hit one cache.
+
+    layer_page_spec("efficientnet_lite0", "stage3", page=0)   # filters job of channels 0..15
+    channel_spec("runs/mnist", "conv1", c=5, seed=2)          # one channel at seed 2
+
+Quick CPU settings: 48 steps; 80-px renders for nets made for large inputs, the model's own
+side (28 for MNIST, 32 for CIFAR) for small nets.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from pathlib import Path
+
+from cnnvis.errors import CnnvisError
+
+QUICK_STEPS = 48
+QUICK_SIZE = 80  # px a side for ImageNet-sized models
+PER_PAGE = 16
+
+_LAYERS: dict[str, dict] = {}  # model ref -> {dotted name: LayerInfo}
+_VMS: dict[str, object] = {}
+_MIDS: dict[str, str] = {}  # the web app's model ids -> refs
+_LOCK = threading.Lock()
+
+
+def canonical_ref(model: str) -> str:
+    """How a model is named in specs: a registry name as is, a checkpoint by its absolute path (so that
+    `cnnvis serve` and `cnnvis render-all` started from different folders share results)."""
+    from cnnvis.models.checkpoint import looks_like_checkpoint
+    from cnnvis.models.registry import _REGISTRY
+
+    model = str(model)
+    if model in _REGISTRY or not looks_like_checkpoint(model):
+        return model
+    return str(Path(model).expanduser().resolve())
+
+
+def remember(model_ref: str, vm, layers, mid: str | None = None) -> None:
+    """Known model + its `list_layers` (the app calls this at start, before any job runs: building the
+    list hooks the model, which must never happen beside a running job). `mid`: its web id."""
+    with _LOCK:
+        _VMS[model_ref] = vm
+        _LAYERS[model_ref] = {i.name: i for i in layers}
+        if mid is not None:
+            _MIDS[mid] = model_ref
+
+
+def _ref(model: str) -> str:
+    with _LOCK:
+        if model in _MIDS:
+            return _MIDS[model]
+    return canonical_ref(model)
+
+
+def _vm(model_ref: str):
+    with _LOCK:
+        if model_ref in _VMS:
+            return _VMS[model_ref]
+    from cnnvis.jobs import default_pool
+    from cnnvis.layers import list_layers
+
+    vm = default_pool().get(model_ref)
+    with default_pool().lock(vm):
+        infos = list_layers(vm)
+    remember(model_ref, vm, infos)
+    return vm
+
+
+def quick_size(model_ref: str) -> int:
+    """Render side for `model_ref`: its own input side when smaller than QUICK_SIZE, else QUICK_SIZE."""
+    vm = _vm(model_ref)
+    side = min(vm.input_shape[1:])
+    return max(side if side < QUICK_SIZE else QUICK_SIZE, vm.min_size)
+
+
+def layer_channels(model_ref: str, layer: str) -> tuple[str, int]:
+    """(dotted layer name, number of channels) of a spatial layer; CnnvisError for others."""
+    from cnnvis.layers import resolve_layer
+
+    vm = _vm(model_ref)
+    dotted = resolve_layer(vm, layer)
+    with _LOCK:
+        info = _LAYERS[model_ref].get(dotted)
+    if info is None or not info.spatial:
+        raise CnnvisError(f"layer {layer!r} of {vm.name} has no (C, H, W) output to visualize; pick a conv layer")
+    return dotted, int(info.shape[0])
+
+
+def n_pages(model_ref: str, layer: str, per_page: int = PER_PAGE) -> int:
+    return math.ceil(layer_channels(_ref(model_ref), layer)[1] / per_page)
+
+
+def layer_page_spec(model_ref: str, layer: str, page: int, per_page: int = PER_PAGE, seed: int = 0) -> dict:
+    """The `filters` job spec of one page of a layer's grid: channels page*per_page .. +per_page.
+    `model_ref`: a registry name, a checkpoint path or a web model id."""
+    model_ref = _ref(model_ref)
+    dotted, n = layer_channels(model_ref, layer)
+    pages = math.ceil(n / per_page)
+    if not isinstance(page, int) or page < 0 or page >= pages:
+        raise CnnvisError(f"page {page} of layer {layer!r} does not exist; it has pages 0..{pages - 1} "
+                          f"({n} channels, {per_page} a page)")
+    chans = list(range(page * per_page, min(n, (page + 1) * per_page)))
+    return {"kind": "filters", "model": model_ref, "layers": [dotted], "channels": chans,
+            "steps": QUICK_STEPS, "size": quick_size(model_ref), "seed": seed}
+
+
+def channel_spec(model_ref: str, layer: str, c: int, seed: int = 0) -> dict:
+    """The `filters` job spec of one channel at one seed (the channel page shows seeds 0..2)."""
+    model_ref = _ref(model_ref)
+    dotted, n = layer_channels(model_ref, layer)
+    if not isinstance(c, int) or c < 0 or c >= n:
+        raise CnnvisError(f"channel {c} of layer {layer!r} does not exist; it has channels 0..{n - 1}")
+    return {"kind": "filters", "model": model_ref, "layers": [dotted], "channels": [c],
+            "steps": QUICK_STEPS, "size": quick_size(model_ref), "seed": seed}
