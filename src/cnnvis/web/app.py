@@ -19,7 +19,6 @@ import logging
 import mimetypes
 import os
 import re
-import uuid
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -228,11 +227,6 @@ class UploadLimit:
     def __init__(self, app, limit: int) -> None:
         self.app, self.limit = app, limit
 
-    def _reply(self, send):
-        mb = self.limit / 2**20
-        body = json.dumps({"detail": f"the upload is larger than {mb:.0f} MB; choose a smaller photo"}).encode()
-        return send, body
-
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope.get("path") not in self.PATHS:
             return await self.app(scope, receive, send)
@@ -246,7 +240,7 @@ class UploadLimit:
                 if n > limit:
                     return await self._send_413(send)
         seen = 0
-        started = False
+        state = {"over": False, "replaced": False, "started": False}
 
         async def counting_receive():
             nonlocal seen
@@ -254,19 +248,24 @@ class UploadLimit:
             if msg["type"] == "http.request":
                 seen += len(msg.get("body", b""))
                 if seen > limit:
+                    state["over"] = True
                     raise _TooLarge
             return msg
 
-        async def tracking_send(msg):
-            nonlocal started
-            if msg["type"] == "http.response.start":
-                started = True
+        async def guarded_send(msg):
+            # the body parser may turn _TooLarge into its own 400: whatever the app answers, it is a 413
+            if state["replaced"]:
+                return
+            if msg["type"] == "http.response.start" and state["over"]:
+                state["replaced"] = True
+                return await self._send_413(send)
+            state["started"] = True
             await send(msg)
 
         try:
-            await self.app(scope, counting_receive, tracking_send)
+            await self.app(scope, counting_receive, guarded_send)
         except _TooLarge:
-            if not started:
+            if not state["started"] and not state["replaced"]:
                 await self._send_413(send)
 
     async def _send_413(self, send):

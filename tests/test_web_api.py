@@ -1,0 +1,383 @@
+"""The web app's JSON API (cnnvis.web.app) through FastAPI's TestClient: a trained MNIST checkpoint and
+the embedded EfficientNet-Lite0; jobs, joins, cancel, restart from the cache; bad uploads and path
+traversal answered 4xx with one readable line, never 500."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from conftest import sample
+
+pytest.importorskip("fastapi")
+from fastapi.testclient import TestClient  # noqa: E402
+
+LITE = "efficientnet_lite0"
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("web-cache")
+
+
+@pytest.fixture(scope="module")
+def app(mnist_run, cache, one_thread):
+    from cnnvis.web.app import create_app
+
+    return create_app([str(mnist_run), LITE], cache)
+
+
+SERVER_ERRORS: list[str] = []
+
+
+def _no_5xx(response) -> None:
+    if response.status_code >= 500:
+        SERVER_ERRORS.append(f"{response.request.method} {response.request.url} -> {response.status_code}")
+
+
+@pytest.fixture(scope="module")
+def client(app):
+    with TestClient(app, raise_server_exceptions=False) as c:
+        c.event_hooks["response"] = [_no_5xx]
+        yield c
+
+
+@pytest.fixture(scope="module")
+def mid(app) -> str:
+    return app.state.default_mid
+
+
+def wait(client, job_id: str, until=("done", "failed", "cancelled"), timeout: float = 120) -> list[dict]:
+    """Poll GET /api/jobs/{id} until its status is in `until`; returns every status seen."""
+    seen, t0 = [], time.time()
+    while time.time() - t0 < timeout:
+        r = client.get(f"/api/jobs/{job_id}")
+        assert r.status_code == 200, r.text
+        seen.append(r.json())
+        if seen[-1]["status"] in until:
+            return seen
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id[:12]} still {seen[-1]['status']} after {timeout} s")
+
+
+def one_line_detail(r) -> str:
+    d = r.json()["detail"]
+    assert isinstance(d, str) and d and "\n" not in d and "Traceback" not in d, d
+    return d
+
+
+# ---------------------------------------------------------------------- models, layers, classes, photos
+def test_models_layers_classes(client, app, mid, mnist_run):
+    from cnnvis.layers import list_layers
+    from cnnvis.models import load
+
+    models = client.get("/api/models").json()
+    assert [m["id"] for m in models] == [mid, LITE] and mid == Path(mnist_run).name
+    assert [m["default"] for m in models] == [True, False]
+    vm = load(str(mnist_run))
+    mm = models[0]
+    assert mm["input_shape"] == list(vm.input_shape) and mm["n_classes"] == len(vm.labels)
+    assert mm["data"] == json.loads((Path(mnist_run) / "model.json").read_text())["training"]["data"]
+    assert models[1]["n_classes"] == 1000 and models[1]["input_shape"] == [3, 224, 224]
+
+    layers = client.get(f"/api/models/{mid}/layers").json()
+    want = list_layers(vm)
+    assert [(r["name"], r["alias"], r["type"], r["shape"]) for r in layers] == \
+        [(i.name, i.alias, i.kind, list(i.shape) if i.shape else None) for i in want]
+    assert all(r["stage"] == r["name"].split(".")[0] for r in layers)
+
+    hits = client.get(f"/api/models/{LITE}/classes", params={"q": "pel"}).json()
+    labels = app.state.models[LITE].vm.labels
+    assert {"index": labels.index("pelican"), "label": "pelican"} in hits
+    assert all("pel" in h["label"].lower() and labels[h["index"]] == h["label"] for h in hits)
+    assert len(client.get(f"/api/models/{LITE}/classes").json()) == 50
+    digits = client.get(f"/api/models/{mid}/classes").json()
+    assert [d["label"] for d in digits] == [str(x) for x in vm.labels]
+
+    for path in (f"/api/models/nope/layers", "/api/models/nope/classes"):
+        r = client.get(path)
+        assert r.status_code == 404 and "nope" in one_line_detail(r)
+
+
+def test_photos(client):
+    from cnnvis.images import SAMPLE_NAMES, sample_photo
+
+    photos = client.get("/api/photos").json()
+    assert [p["ref"] for p in photos] == [f"sample:{n}" for n in SAMPLE_NAMES]
+    r = client.get(photos[0]["url"])
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    im = Image.open(io.BytesIO(r.content))
+    assert im.size == sample_photo(SAMPLE_NAMES[0]).size
+    assert client.get("/api/photos/nothere.png").status_code == 404
+
+
+# ---------------------------------------------------------------------- uploads and classify
+def test_classify_pelican(client):
+    with open(sample("pelican"), "rb") as f:
+        r = client.post("/api/classify", files={"file": ("pelican.JPEG", f, "image/jpeg")}, data={"model": LITE})
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["model"] == LITE and out["top"][0]["label"] == "pelican"
+    probs = [t["prob"] for t in out["top"]]
+    assert len(probs) == 5 and probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0001
+
+
+def test_upload_reencodes_into_the_cache(client, cache):
+    src = Image.open(sample("pelican")).convert("RGB")
+    with open(sample("pelican"), "rb") as f:
+        r = client.post("/api/uploads", files={"file": ("p.jpg", f, "image/jpeg")})
+    assert r.status_code == 201, r.text
+    out = r.json()
+    sha = out["ref"].split(":", 1)[1]
+    saved = Path(cache) / "uploads" / f"{sha}.png"
+    import hashlib
+
+    assert hashlib.sha256(saved.read_bytes()).hexdigest() == sha
+    assert (out["width"], out["height"]) == src.size
+    # the same pixels, losslessly
+    import numpy as np
+
+    assert np.array_equal(np.asarray(Image.open(saved).convert("RGB")), np.asarray(src))
+    # the ref runs a job: classify of the upload gives pelican too
+    r = client.post("/api/jobs", json={"kind": "classify", "model": LITE, "images": [out["ref"]], "top": 1})
+    assert r.status_code == 200, r.text
+    st = wait(client, r.json()["id"])[-1]
+    assert st["status"] == "done" and st["result"]["data"]["predictions"][0]["top"][0]["label"] == "pelican"
+
+
+def _png(size, mode="RGB") -> bytes:
+    buf = io.BytesIO()
+    Image.new(mode, size).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_bad_uploads_are_4xx_with_a_message(client, cache):
+    before = sorted(os.listdir(Path(cache) / "uploads"))
+    jpeg = sample("pelican").read_bytes()
+    cases = {
+        "text as png": (("notes.png", b"just some text\n" * 20, "image/png"), 400, "not an image"),
+        "text type": (("notes.txt", b"just some text", "text/plain"), 415, "not an image"),
+        "jpeg as json": (("p.jpg", jpeg, "application/json"), 415, "not an image"),
+        "truncated": (("half.jpg", jpeg[: len(jpeg) // 2], "image/jpeg"), 400, "truncated"),
+        "empty": (("e.png", b"", "image/png"), 400, "empty"),
+        "bomb 144 MP": (("bomb.png", _png((12000, 12000), "1"), "image/png"), 400, "decompression bomb"),
+        "bomb over PIL's limit": (("bomb2.png", _png((20000, 20000), "1"), "image/png"), 400, "bomb"),
+    }
+    for name, (file, code, words) in cases.items():
+        for path in ("/api/uploads", "/api/classify"):
+            r = client.post(path, files={"file": file})
+            assert r.status_code == code, (name, path, r.status_code, r.text)
+            assert words in one_line_detail(r), (name, r.json())
+    # not multipart at all / no file field
+    r = client.post("/api/uploads", content=jpeg, headers={"content-type": "image/jpeg"})
+    assert r.status_code == 422 and "file" in one_line_detail(r)
+    assert sorted(os.listdir(Path(cache) / "uploads")) == before  # nothing kept of a refused upload
+
+
+def test_upload_size_limit(client):
+    big = b"\xff\xd8\xff" + os.urandom(21 * 2**20)
+    r = client.post("/api/uploads", files={"file": ("big.jpg", big, "image/jpeg")})
+    assert r.status_code == 413 and "20 MB" in one_line_detail(r)
+
+    def chunks():  # no Content-Length: the bytes are counted as they arrive
+        yield b"--xx\r\nContent-Disposition: form-data; name=\"file\"; filename=\"b.jpg\"\r\n" \
+              b"Content-Type: image/jpeg\r\n\r\n"
+        for _ in range(22):
+            yield b"\0" * 2**20
+        yield b"\r\n--xx--\r\n"
+
+    r = client.post("/api/classify", content=chunks(), headers={"content-type": "multipart/form-data; boundary=xx"})
+    assert r.status_code == 413 and "20 MB" in one_line_detail(r)
+
+
+# ---------------------------------------------------------------------- jobs
+def test_render_job_progress_and_tiles(client, app, mid):
+    from cnnvis.web import specs
+
+    spec = specs.layer_page_spec(mid, "conv1", 0)
+    assert spec["channels"] == list(range(16)) and spec["size"] == 28
+    r = client.post("/api/jobs", json={**spec, "model": mid})
+    assert r.status_code == 200, r.text
+    first = r.json()
+    assert first["status"] in ("queued", "running") and first["result"] is None
+    seen = wait(client, first["id"])
+    last = seen[-1]
+    assert last["status"] == "done", last
+    assert last["progress"]["total"] and last["progress"]["done"] == last["progress"]["total"]
+    res = app.state.store.get(last["id"])
+    assert res is not None and last["result"]["key"] == res.key
+    dead = set(last["result"]["data"]["layers"][0]["dead"])
+    files = last["result"]["files"]
+    for c in spec["channels"]:
+        name = f"tile_0_{c}.png"
+        assert (name in files) == (c not in dead)
+        if c in dead:
+            continue
+        t = client.get(files[name])
+        assert t.status_code == 200 and t.headers["content-type"] == "image/png"
+        assert t.content == res.files[name]
+        assert Image.open(io.BytesIO(t.content)).size == (28, 28)
+    assert last["result"]["main"] == files["grid.png"]
+    # the same spec asked again (as the page and render-all build it) is done at once
+    again = client.post("/api/jobs", json=spec).json()
+    assert again["status"] == "done" and again["id"] == first["id"]
+
+
+def test_identical_requests_run_once(client, app, mid):
+    from cnnvis.jobs import run
+
+    jm = app.state.jobs
+    calls, gate = [], threading.Event()
+
+    def counting(*a, **kw):
+        calls.append(1)
+        gate.wait(30)  # hold the job running while the other requests arrive
+        return run(*a, **kw)
+
+    jm.runner = counting
+    try:
+        spec = {"kind": "filters", "model": mid, "layers": ["conv1"], "channels": [0, 1], "steps": 8, "seed": 7}
+        with ThreadPoolExecutor(16) as ex:
+            outs = list(ex.map(lambda _: client.post("/api/jobs", json=spec), range(16)))
+        assert all(o.status_code == 200 for o in outs)
+        ids = {o.json()["id"] for o in outs}
+        assert len(ids) == 1
+        gate.set()
+        assert wait(client, ids.pop())[-1]["status"] == "done"
+        assert len(calls) == 1
+    finally:
+        gate.set()
+        jm.runner = run
+
+
+def test_cancel(client, app, mid):
+    spec = {"kind": "filters", "model": mid, "layers": ["conv2"], "channels": list(range(32)), "steps": 50000,
+            "size": 28}
+    job = client.post("/api/jobs", json=spec).json()
+    wait(client, job["id"], until=("running",), timeout=60)
+    r = client.delete(f"/api/jobs/{job['id']}")
+    assert r.status_code == 200 and r.json()["status"] == "cancelled"
+    # the worker stops and takes the next job
+    nxt = client.post("/api/jobs", json={"kind": "classify", "model": mid, "images": ["sample:coffee"]}).json()
+    assert wait(client, nxt["id"], timeout=60)[-1]["status"] == "done"
+    assert client.get(f"/api/jobs/{job['id']}").json()["status"] == "cancelled"
+    assert app.state.store.resolve(job["id"]) is None
+    assert client.delete("/api/jobs/" + "0" * 64).status_code == 404
+
+
+def test_failed_job_keeps_its_error(client, mid):
+    # a spec valid on its face that fails while running: a layer the net does not have
+    job = client.post("/api/jobs", json={"kind": "feature_maps", "model": mid, "image": "sample:chelsea",
+                                         "layer": "no_such_layer"}).json()
+    last = wait(client, job["id"])[-1]
+    assert last["status"] == "failed" and "no_such_layer" in last["error"] and "\n" not in last["error"]
+    assert client.get(f"/api/jobs/{job['id']}").json()["error"] == last["error"]
+
+
+def test_restart_serves_from_cache(client, app, mid, mnist_run, cache):
+    from cnnvis.web import specs
+    from cnnvis.web.app import create_app
+
+    spec = specs.layer_page_spec(mid, "conv1", 0)
+    done = client.post("/api/jobs", json=spec).json()
+    done = wait(client, done["id"])[-1]
+    app2 = create_app([str(mnist_run)], cache)
+
+    def refuse(*a, **kw):
+        raise AssertionError("recomputed after restart")
+
+    app2.state.jobs.runner = refuse
+    with TestClient(app2, raise_server_exceptions=False) as c2:
+        st = c2.get(f"/api/jobs/{done['id']}").json()  # never submitted to this app
+        assert st["status"] == "done" and st["result"]["files"] == done["result"]["files"]
+        again = c2.post("/api/jobs", json=spec).json()
+        assert again["status"] == "done" and again["id"] == done["id"]
+        tile = next(iter(n for n in done["result"]["files"] if n.startswith("tile_")))
+        assert c2.get(done["result"]["files"][tile]).content == client.get(done["result"]["files"][tile]).content
+    assert app2.state.jobs.runs == 0
+
+
+# ---------------------------------------------------------------------- bad specs, unknown models
+def test_bad_specs(client, mid):
+    bad = {
+        "unknown kind": ({"kind": "nope"}, 400, "unknown job kind"),
+        "unknown field": ({"kind": "filters", "model": mid, "colour": 3}, 400, "unknown field 'colour'"),
+        "bad type": ({"kind": "filters", "model": mid, "steps": "many"}, 400, "steps"),
+        "weights": ({"kind": "filters", "model": mid, "weights": "/tmp/evil.pth"}, 400, "weights"),
+        "a path as photo": ({"kind": "classify", "model": mid, "images": ["/etc/passwd"]}, 400, "not served"),
+        "a traversal photo": ({"kind": "dream", "model": mid, "image": "upload:../../etc/passwd"}, 400, "not served"),
+        "missing upload": ({"kind": "classify", "model": mid, "images": ["upload:" + "a" * 64]}, 400, "upload it"),
+        "unknown sample": ({"kind": "classify", "model": mid, "images": ["sample:nobody"]}, 400, "nobody"),
+        "foreign dataset": ({"kind": "evaluate", "model": mid, "data": "/etc"}, 400, "not served"),
+        "judge path": ({"kind": "class_image", "model": mid, "target": 3, "judge": "/tmp/x"}, 400, "not served"),
+        "unknown model": ({"kind": "filters", "model": "resnet9000"}, 404, "resnet9000"),
+        "no kind": ({"model": mid}, 422, "kind"),
+    }
+    for name, (body, code, words) in bad.items():
+        r = client.post("/api/jobs", json=body)
+        assert r.status_code == code, (name, r.status_code, r.text)
+        assert words in one_line_detail(r), (name, r.json())
+    r = client.post("/api/jobs", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 422 and one_line_detail(r)
+    assert client.get("/api/jobs/" + "f" * 64).status_code == 404
+    assert client.get("/api/jobs/../../etc/passwd").status_code == 404
+
+
+# ---------------------------------------------------------------------- files: no traversal
+def test_result_files_no_traversal(client, app, mid, cache):
+    from cnnvis.web import specs
+
+    spec = specs.layer_page_spec(mid, "conv1", 0)
+    st = wait(client, client.post("/api/jobs", json=spec).json()["id"])[-1]
+    key = st["result"]["key"]
+    folder = app.state.store.folder(key)
+    tiles = [n for n in st["result"]["files"] if n.startswith("tile_")]
+    assert client.get(f"/api/results/{key}/{tiles[0]}").status_code == 200
+    secret = Path(cache) / "secret.txt"
+    secret.write_text("secret")
+    attempts = [
+        f"/api/results/{key}/result.json",
+        f"/api/results/{key}/../../../secret.txt",
+        f"/api/results/{key}/..%2f..%2f..%2fsecret.txt",
+        f"/api/results/{key}/%2e%2e%2f%2e%2e%2f%2e%2e%2fsecret.txt",
+        f"/api/results/{key}/%2e%2e",
+        f"/api/results/{key}/{secret}",
+        f"/api/results/{key}/{str(secret).replace('/', '%2f')}",
+        f"/api/results/{key[:-1]}/{tiles[0]}",
+        f"/api/results/{key.upper()}/{tiles[0]}",
+        f"/api/results/{'0' * 64}/{tiles[0]}",
+        f"/api/results/..%2f..%2fsecret.txt/x",
+        "/api/results/%2e%2e/%2e%2e",
+        "/static/..%2f..%2fapp.py",
+        "/static/%2e%2e/%2e%2e/app.py",
+        "/static/../app.py",
+        "/api/photos/..%2f..%2fetc%2fpasswd.png",
+    ]
+    for url in attempts:
+        r = client.get(url)
+        assert r.status_code == 404, (url, r.status_code)
+        assert b"secret" not in r.content and b"def create_app" not in r.content
+    # a symlink planted in the cache in place of a tile (and one named in result.json) is not followed
+    tile = folder / tiles[1]
+    tile.unlink()
+    os.symlink(secret, tile)
+    meta = json.loads((folder / "result.json").read_text())
+    (folder / "link.png").symlink_to(secret)
+    meta["files"].append("link.png")
+    (folder / "result.json").write_text(json.dumps(meta))
+    for name in (tiles[1], "link.png"):
+        r = client.get(f"/api/results/{key}/{name}")
+        assert r.status_code == 404 and b"secret" not in r.content
+
+
+def test_no_server_errors_in_this_module(client):
+    """Every request above (bad ones included) was answered without a 5xx."""
+    assert SERVER_ERRORS == []
