@@ -155,13 +155,22 @@
     const st = await startJob(spec, area, label);
     const res = st.result || {};
     const url = file ? (res.files || {})[file] : res.main;
-    if (url) out.append(el("img", {src: url, alt: label || spec.kind, class: "result-img"}));
+    if (url) out.append(el("img", {src: url, alt: label || spec.kind, class: "result-img", onload: enlarge}));
     return st;
   }
 
   /** Small renders (a 28-px digit net's) enlarge as crisp pixels, not blur. */
   function pixelate(ev) {
     if (ev.target.naturalWidth < 64) ev.target.style.imageRendering = "pixelated";
+  }
+
+  /** A small result picture (a digit net's panels) shown at twice its size, in crisp pixels. */
+  function enlarge(ev) {
+    const im = ev.target;
+    if (im.naturalWidth && im.naturalWidth <= 440) {
+      im.style.width = `${2 * im.naturalWidth}px`;
+      im.style.imageRendering = "pixelated";
+    }
   }
 
   // ------------------------------------------------------------------ shared page parts
@@ -291,6 +300,7 @@
       const url = files[`tile_0_${c}.png`];
       const v = values[i];
       if (url && !dead.has(c)) {
+        cell.title = `channel ${c}` + (v !== null && v !== undefined ? `: the image raises it to ${v.toFixed(3)}` : "");
         cell.replaceChildren(el("img", {src: url, alt: `channel ${c}`, onload: pixelate}),
                              el("span", {class: "cap", text: `#${c}` + (v !== null && v !== undefined ? ` · ${v.toFixed(2)}` : "")}));
       } else {

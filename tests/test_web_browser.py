@@ -1,0 +1,317 @@
+"""The web UI in a real browser (issue 12): Debian's chromium driven by Playwright, against `cnnvis serve`
+started as a user would (a subprocess on a free loopback port, the real lite0 and a trained MNIST net).
+
+Screenshots of every step go to $CNNVIS_TEST_ARTIFACTS or build/test-artifacts/web/ (look at them).
+Chromium is required: without it these tests FAIL and say how to install it (`make test` does, as root).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import sample
+
+CHROMIUM = os.environ.get("CNNVIS_CHROMIUM", "/usr/bin/chromium")
+ROOT = Path(__file__).resolve().parents[1]
+ART = Path(os.environ.get("CNNVIS_TEST_ARTIFACTS") or ROOT / "build" / "test-artifacts") / "web"
+TIMEOUT_MS = 120_000  # one render or classify on a loaded 2-core machine, with room
+
+
+def _chromium() -> str:
+    path = CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium")
+    if not path:
+        pytest.fail(f"chromium not found at {CHROMIUM} or on PATH: the browser tests need Debian's chromium; install "
+                    "it with `apt-get install chromium` (as root; `make test` does this) or set CNNVIS_CHROMIUM to its "
+                    "path. (`playwright install` cannot download here.)")
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get_json(url: str, timeout: float = 5):
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return json.loads(r.read())
+
+
+class Server:
+    """`cnnvis serve` in a subprocess, as a user starts it."""
+
+    def __init__(self, models: list[str], cache: Path, log: Path):
+        self.models, self.cache, self.log = models, cache, log
+        self.proc: subprocess.Popen | None = None
+        self.base = ""
+
+    def start(self) -> "Server":
+        port = _free_port()
+        self.base = f"http://127.0.0.1:{port}"
+        cmd = [sys.executable, "-m", "cnnvis", "serve", *[a for m in self.models for a in ("--model", m)],
+               "--port", str(port), "--cache", str(self.cache), "--threads", "1"]
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        self._log = open(self.log, "ab")
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"`{' '.join(cmd)}` exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
+            try:
+                _get_json(self.base + "/api/models", timeout=2)
+                return self
+            except OSError:
+                time.sleep(0.3)
+        self.stop()
+        pytest.fail(f"`cnnvis serve` did not answer on {self.base} within 180 s:\n{self.log.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self.proc = None
+        if getattr(self, "_log", None):
+            self._log.close()
+
+    def restart(self) -> "Server":
+        self.stop()
+        return self.start()
+
+
+@pytest.fixture(scope="module")
+def chromium_path():
+    return _chromium()
+
+
+@pytest.fixture(scope="module")
+def server(mnist_run, tmp_path_factory):
+    ART.mkdir(parents=True, exist_ok=True)
+    cache = tmp_path_factory.mktemp("web-cache")
+    srv = Server(["efficientnet_lite0", str(mnist_run)], cache, ART / "server.log")
+    (ART / "server.log").write_text("")
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def browser(chromium_path):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=chromium_path, args=["--no-sandbox", "--headless"])
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, request):
+    ctx = browser.new_context(viewport={"width": 1200, "height": 900})
+    pg = ctx.new_page()
+    pg.set_default_timeout(TIMEOUT_MS)
+    errors: list[str] = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    yield pg
+    ctx.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+def shot(pg, name: str) -> None:
+    ART.mkdir(parents=True, exist_ok=True)
+    pg.screenshot(path=str(ART / f"{name}.png"), full_page=True)
+
+
+def mnist_mid(server) -> str:
+    ids = [m["id"] for m in _get_json(server.base + "/api/models")]
+    assert ids[0] == "efficientnet_lite0" and len(ids) == 2, ids
+    return ids[1]
+
+
+def wait_job_done(pg, root: str = "") -> None:
+    """Wait for the job widget under `root` to end; fail with the page's error text if it did not finish."""
+    sel = f"{root} [data-testid=job-widget]".strip()
+    pg.wait_for_selector(f"{sel}.ended")
+    status = pg.get_attribute(sel, "data-status")
+    if status != "done":
+        errs = pg.locator(".error:not([hidden])").all_inner_texts()
+        pytest.fail(f"job ended {status}: {errs}")
+
+
+def tile_sources(pg) -> dict[int, str]:
+    out = {}
+    for t in pg.locator("[data-testid=tile]").all():
+        img = t.locator("img")
+        out[int(t.get_attribute("data-channel"))] = img.get_attribute("src") if img.count() else None
+    return out
+
+
+def images_loaded(pg, sel: str) -> list[int]:
+    """naturalWidth of every <img> matched (0: broken)."""
+    return pg.eval_on_selector_all(sel, "els => els.map(e => e.complete ? e.naturalWidth : 0)")
+
+
+# ---------------------------------------------------------------------- the pages
+def test_model_layer_and_channel_pages(server, page, mnist_run):
+    from cnnvis.layers import list_layers
+    from cnnvis.models import load
+
+    pg = page
+    pg.goto(server.base + "/")
+    pg.wait_for_url("**/m/efficientnet_lite0")  # the first model named is the default
+    pg.wait_for_selector("[data-testid=layer-link]")
+    stages = pg.eval_on_selector_all("section.stage", "els => els.map(e => e.dataset.stage)")
+    assert len(stages) == len(set(stages)) >= 3, stages  # layers grouped by stage, each stage once
+    shot(pg, "01-model-lite0")
+
+    mid = mnist_mid(server)
+    pg.select_option("#model-picker", mid)  # the picker switches models
+    pg.wait_for_url(f"**/m/{mid}")
+    pg.wait_for_selector("[data-testid=layer-link]")
+    vm = load(str(mnist_run))
+    want = {i.name: " × ".join(map(str, i.shape)) for i in list_layers(vm) if i.shape}
+    rows = pg.eval_on_selector_all("tr[data-layer]", "els => els.map(e => [e.dataset.layer, "
+                                   "e.querySelector('td.shape').textContent])")
+    assert {n: s for n, s in rows if n in want} == want
+    assert [s for n, s in rows if n == "features.0"] == [" × ".join(map(str, (32, 28, 28)))]
+    shot(pg, "02-model-mnist")
+
+    pg.click("a[data-testid=layer-link]:text-is('features.0')")
+    pg.wait_for_url(f"**/m/{mid}/layer/features.0")
+    wait_job_done(pg, "#job")
+    assert pg.inner_text("#page-label").startswith("page 1 of 2")  # 32 channels, 16 a page
+    srcs = tile_sources(pg)
+    assert sorted(srcs) == list(range(16))
+    live = [s for s in srcs.values() if s]
+    assert len(live) >= 12 and len(set(live)) == len(live)  # a picture per live channel
+    assert all(w > 0 for w in images_loaded(pg, "#tiles img"))
+    shot(pg, "03-layer-mnist-conv1")
+
+    pg.click("[data-testid=tile][data-channel='4']")
+    pg.wait_for_url(f"**/m/{mid}/layer/features.0/channel/4")
+    pg.wait_for_selector("[data-seed='2'] img")
+    seeds = pg.eval_on_selector_all("#seeds img", "els => els.map(e => e.getAttribute('src'))")
+    assert len(seeds) == 3 and len(set(seeds)) == 3  # three seeds, three renders
+    pg.wait_for_selector("#weights img")  # conv1 is the first conv: its weights are shown
+    assert pg.is_visible("#weights-section")
+    assert all(w > 0 for w in images_loaded(pg, "#seeds img, #weights img"))
+    pg.click("#top-examples-btn")  # the net's training data is known: top examples
+    pg.wait_for_selector("#top-examples img")
+    wait_job_done(pg, "#top-job")
+    shot(pg, "04-channel-mnist-conv1-4")
+
+
+def test_render_job_shows_progress_and_finishes(server, page):
+    pg = page
+    mid = mnist_mid(server)
+    pg.goto(f"{server.base}/m/{mid}/layer/features.3?page=1")  # conv2 channels 16-31: not rendered yet
+    pg.wait_for_selector("[data-testid=job-widget]")
+    seen, fills = [], []
+    deadline = time.monotonic() + TIMEOUT_MS / 1000
+    while time.monotonic() < deadline:
+        st, fill = pg.eval_on_selector("[data-testid=job-widget]",
+                                       "e => [e.dataset.status, parseFloat(e.querySelector('.fill').style.width)]")
+        seen.append(st)
+        fills.append(fill)
+        if len(seen) == 2 or st in ("queued", "running") and len(seen) < 4:
+            shot(pg, "05-layer-render-in-progress")
+        if st in ("done", "failed", "cancelled"):
+            break
+        pg.wait_for_timeout(100)
+    assert seen[-1] == "done", (seen, pg.locator(".error").all_inner_texts())
+    assert seen[0] in ("queued", "running")  # a fresh render is a job that runs, with a bar
+    assert pg.get_attribute("[data-testid=job-widget]", "data-first-status") in ("queued", "running")
+    assert fills[-1] == 100 and pg.is_hidden("[data-testid=cancel]")
+    srcs = tile_sources(pg)
+    assert sorted(srcs) == list(range(16, 32))
+    job = _get_json(f"{server.base}/api/jobs/{pg.get_attribute('[data-testid=job-widget]', 'data-job-id')}")
+    dead = set(job["result"]["data"]["layers"][0]["dead"])
+    assert {c for c, s in srcs.items() if not s} == dead and len(dead) < 16  # dead ones shown as dead, others drawn
+    assert pg.locator(".tile.dead").count() == len(dead)
+    assert len({s for s in srcs.values() if s}) == 16 - len(dead)
+    assert all(w > 0 for w in images_loaded(pg, "#tiles img"))
+    shot(pg, "06-layer-render-done")
+
+
+def test_cancel_a_job(server, page):
+    pg = page
+    mid = mnist_mid(server)
+    pg.goto(f"{server.base}/m/{mid}/study")
+    pg.fill("#embed-limit", "3000")
+    pg.click("#embed-btn")
+    pg.wait_for_selector("#embed-job [data-testid=cancel]")
+    pg.click("#embed-job [data-testid=cancel]")
+    pg.wait_for_selector("#embed-job [data-testid=job-widget].ended")
+    status = pg.get_attribute("#embed-job [data-testid=job-widget]", "data-status")
+    if status == "cancelled":
+        assert "cancelled" in pg.inner_text("#embed-job + .error")
+    else:  # finished before the click reached the worker: then it is a complete result
+        assert status == "done"
+    shot(pg, "07-study-cancelled")
+
+
+def test_photo_upload_pelican(server, page):
+    pg = page
+    pg.goto(server.base + "/m/efficientnet_lite0/photo")
+    pg.wait_for_selector("[data-testid=bundled-photo]")
+    pg.set_input_files("#upload", str(sample("pelican")))
+    pg.wait_for_selector("[data-testid=top1]")
+    top = pg.eval_on_selector_all("#top5 tr[data-index]", "els => els.map(e => [e.querySelector('.label')"
+                                  ".textContent, parseFloat(e.querySelector('.num').textContent)])")
+    assert len(top) == 5 and top[0][0] == "pelican", top
+    assert top[0][1] > 50 and all(a[1] >= b[1] for a, b in zip(top, top[1:]))  # sorted percentages
+    assert images_loaded(pg, "#photo-img")[0] == 500
+    pg.select_option("#method", "gradcam")
+    pg.click("#attr-btn")
+    pg.wait_for_selector("#attr-out img")
+    wait_job_done(pg, "#attr-job")
+    assert images_loaded(pg, "#attr-out img")[0] > 0
+    shot(pg, "08-photo-pelican")
+
+
+def test_bad_upload_shows_a_readable_message(server, page, tmp_path):
+    pg = page
+    bad = tmp_path / "holiday.jpg"
+    bad.write_text("these are my holiday notes, not a photo\n")
+    pg.goto(server.base + "/m/efficientnet_lite0/photo")
+    pg.wait_for_selector("[data-testid=bundled-photo]")
+    with pg.expect_response("**/api/uploads") as resp:
+        pg.set_input_files("#upload", str(bad))
+    assert 400 <= resp.value.status < 500
+    pg.wait_for_selector("#photo-error:not([hidden])")
+    msg = pg.inner_text("#photo-error")
+    assert "holiday.jpg" in msg and "image" in msg.lower(), msg
+    assert "internal" not in msg.lower() and "traceback" not in msg.lower() and len(msg) < 400, msg
+    assert pg.is_hidden("#photo-panel")  # no half-shown result
+    shot(pg, "09-photo-bad-upload")
+
+
+def test_restart_serves_the_cache(server, page):
+    pg = page
+    mid = mnist_mid(server)
+    url = f"/m/{mid}/layer/features.0"
+    pg.goto(server.base + url)
+    wait_job_done(pg, "#job")
+    before = tile_sources(pg)
+
+    server.restart()  # same cache folder, a new process
+    assert mnist_mid(server) == mid
+    pg.goto(server.base + url)
+    wait_job_done(pg, "#job")
+    assert pg.get_attribute("[data-testid=job-widget]", "data-first-status") == "done"  # no job ran
+    assert tile_sources(pg) == before  # the very same stored results
+    assert all(w > 0 for w in images_loaded(pg, "#tiles img"))
+    shot(pg, "10-layer-from-cache-after-restart")
