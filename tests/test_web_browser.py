@@ -263,6 +263,50 @@ def test_cancel_a_job(server, page):
     shot(pg, "07-study-cancelled")
 
 
+def test_study_page_accuracy_and_tsne_hover(server, page, mnist_run):
+    pg = page
+    mid = mnist_mid(server)
+    training = json.loads((mnist_run / "model.json").read_text())["training"]
+    pg.goto(f"{server.base}/m/{mid}/study")
+    pg.click("#eval-btn")
+    wait_job_done(pg, "#eval-job")
+    acc = pg.inner_text("[data-testid=accuracy]")
+    # the held-out images training scored: the page's accuracy is training's own number
+    assert acc.startswith(f"accuracy {100 * training['held_out_accuracy']:.1f}%"), (acc, training)
+    assert f"{training['held_out_images']} images training held out" in acc
+    pg.fill("#embed-limit", "300")
+    pg.click("#embed-btn")
+    wait_job_done(pg, "#embed-job")
+    assert pg.locator("svg.scatter circle").count() == 300
+    assert pg.is_hidden("[data-testid=scatter-tip]")
+    pg.locator("svg.scatter circle").nth(7).hover()
+    pg.wait_for_selector("[data-testid=scatter-tip]:not([hidden])")
+    tip = pg.inner_text("[data-testid=scatter-tip]")
+    assert tip.startswith("image #"), tip
+    bg = pg.eval_on_selector("[data-testid=scatter-tip] .thumb", "e => getComputedStyle(e).backgroundImage")
+    assert "/api/results/" in bg and "atlas.png" in bg  # the hovered point's image, cut from the atlas
+    purity = pg.inner_text("[data-testid=purity]")
+    assert "feature purity" in purity and "pixel purity" in purity
+    shot(pg, "08-study-tsne-hover")
+
+
+def test_class_page(server, page):
+    pg = page
+    mid = mnist_mid(server)
+    pg.goto(f"{server.base}/m/{mid}/class")
+    pg.fill("#class-q", "7")
+    pg.click("#class-btn")
+    wait_job_done(pg, "#class-job")
+    pg.wait_for_selector("[data-testid=class-img]")
+    assert images_loaded(pg, "[data-testid=class-img]")[0] == 28  # the net's own input side
+    rows = dict(pg.eval_on_selector_all("[data-testid=class-numbers] tr", "els => els.map(e => "
+                                        "[e.querySelector('th').textContent, e.querySelector('td').textContent])"))
+    assert rows["class"] == "7 (#7)"
+    assert float(rows["probability of the saved PNG"].rstrip("%")) > 50  # the net calls its class image a 7
+    assert sum(k.startswith("probability after") for k in rows) >= 3  # the robustness numbers
+    shot(pg, "09-class-mnist-7")
+
+
 def test_photo_upload_pelican(server, page):
     pg = page
     pg.goto(server.base + "/m/efficientnet_lite0/photo")
@@ -279,7 +323,7 @@ def test_photo_upload_pelican(server, page):
     pg.wait_for_selector("#attr-out img")
     wait_job_done(pg, "#attr-job")
     assert images_loaded(pg, "#attr-out img")[0] > 0
-    shot(pg, "08-photo-pelican")
+    shot(pg, "10-photo-pelican")
 
 
 def test_bad_upload_shows_a_readable_message(server, page, tmp_path):
@@ -296,7 +340,7 @@ def test_bad_upload_shows_a_readable_message(server, page, tmp_path):
     assert "holiday.jpg" in msg and "image" in msg.lower(), msg
     assert "internal" not in msg.lower() and "traceback" not in msg.lower() and len(msg) < 400, msg
     assert pg.is_hidden("#photo-panel")  # no half-shown result
-    shot(pg, "09-photo-bad-upload")
+    shot(pg, "11-photo-bad-upload")
 
 
 def test_restart_serves_the_cache(server, page):
@@ -314,4 +358,4 @@ def test_restart_serves_the_cache(server, page):
     assert pg.get_attribute("[data-testid=job-widget]", "data-first-status") == "done"  # no job ran
     assert tile_sources(pg) == before  # the very same stored results
     assert all(w > 0 for w in images_loaded(pg, "#tiles img"))
-    shot(pg, "10-layer-from-cache-after-restart")
+    shot(pg, "12-layer-from-cache-after-restart")

@@ -24,7 +24,7 @@
   const $ = (sel, root) => (root || document).querySelector(sel);
   const enc = encodeURIComponent;
   const shapeText = (s) => (Array.isArray(s) && s.length ? s.join(" × ") : "–");
-  const pct = (p) => (100 * p).toFixed(p >= 0.995 || p < 0.0005 ? 1 : 2) + "%";
+  const pct = (p) => (100 * p).toFixed(p > 0 && p < 0.01 ? 2 : 1) + "%";
 
   /** A readable sentence from a failed response: the API's `detail`, else the status. */
   async function readError(resp) {
@@ -398,7 +398,7 @@
         up = await api("/api/uploads", {method: "POST", body: form});
       } catch (e) {
         $("#photo-panel").hidden = true;
-        showError(perr, `${file.name}: ${e.message}`);
+        showError(perr, e.message.includes(file.name) ? e.message : `${file.name}: ${e.message}`);
         ev.target.value = "";
         return;
       }
@@ -454,6 +454,11 @@
         } catch (e) { /* the search is a convenience */ }
       }, 200);
     });
+    models().then((ms) => {  // a judge: another served classifier with the same number of classes
+      const me = ms.find((m) => m.id === MID) || {};
+      const others = ms.filter((m) => m.id !== MID && m.n_classes && m.n_classes === me.n_classes);
+      $("#judge").append(...others.map((m, i) => el("option", {value: m.id, selected: i === 0, text: m.id})));
+    }).catch(() => {});
     $("#class-btn").addEventListener("click", async () => {
       const t = q.value.trim();
       const out = $("#class-out");
@@ -462,7 +467,7 @@
         return;
       }
       const spec = {kind: "class_image", target: /^\d+$/.test(t) ? Number(t) : t,
-                    steps: Number($("#class-steps").value) || 128};
+                    steps: Number($("#class-steps").value) || 128, judge: $("#judge").value};
       out.replaceChildren();
       let st;
       try {
@@ -475,8 +480,8 @@
       const rows = [["class", `${d.class.label} (#${d.class.index})`],
                     ["probability of the saved PNG", pct(d.prob_png)],
                     ["steps", `${d.steps}` + (d.stopped ? ` (stopped: ${d.stopped})` : "")]];
-      for (const [k, v] of Object.entries(rob)) rows.push([`probability, ${k}` + (d.perturbations && d.perturbations[k]
-        ? ` (${d.perturbations[k]})` : ""), pct(v)]);
+      for (const [k, v] of Object.entries(rob)) rows.push([`probability after ${d.perturbations && d.perturbations[k]
+        ? d.perturbations[k] : k}`, pct(v)]);
       if (d.judge) rows.push([`judge ${d.judge.model}`, `${pct(d.judge.prob)} · ${d.judge.agrees ? "agrees" : "top-1 " +
         d.judge.top1.label}`]);
       else rows.push(["judge", "none (serve a second model with the same classes)"]);
@@ -553,18 +558,26 @@
     $("#eval-btn").addEventListener("click", async () => {
       const out = $("#eval-out");
       out.replaceChildren();
-      let st;
+      let st, spec;
       try {
-        st = await startJob({kind: "evaluate"}, $("#eval-job"), "evaluate");
+        const t = BOOT.training;
+        spec = {kind: "evaluate"};
+        if (t && typeof t.held_out === "number") Object.assign(spec, {held_out: t.held_out}, t.split ? {split: t.split} : {});
+        st = await startJob(spec, $("#eval-job"), "evaluate");
       } catch (e) {
         return;
       }
       const d = st.result.data;
       const files = st.result.files || {};
+      const t = BOOT.training;
+      const held = spec.held_out ? `the ${d.n} images training held out of ${d.data}` : `${d.n} images of ${d.data}` +
+        (d.split ? ` (${d.split})` : "");
+      const pc = Object.entries(d.per_class || {});
       out.append(el("p", {class: "big", "data-testid": "accuracy"}, `accuracy ${pct(d.accuracy)}`,
-                        el("span", {class: "muted small", text: ` on ${d.n} images of ${d.data} (${d.split || "all"})`})),
-        el("table", {class: "kv"}, ...Object.entries(d.per_class || {}).map(([k, v]) =>
-          el("tr", {}, el("th", {text: k}), el("td", {class: "num", text: pct(v)})))),
+                        el("span", {class: "muted small", text: ` on ${held}` + (t && t.held_out_accuracy != null
+                          ? `; training reported ${pct(t.held_out_accuracy)}` : "")})),
+        el("table", {class: "per-class"}, el("tr", {}, el("th", {text: "class"}), ...pc.map(([k]) => el("th", {text: k}))),
+          el("tr", {}, el("th", {text: "accuracy"}), ...pc.map(([, v]) => el("td", {class: "num", text: pct(v)})))),
         files["confusion.png"] ? el("img", {src: files["confusion.png"], alt: "confusion matrix", class: "result-img"}) : null,
         files["mistakes.png"] ? el("img", {src: files["mistakes.png"], alt: "most confident mistakes", class: "result-img"}) : null);
     });
