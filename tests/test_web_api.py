@@ -319,7 +319,8 @@ def test_bad_specs(client, mid):
         "foreign dataset": ({"kind": "evaluate", "model": mid, "data": "/etc"}, 400, "not served"),
         "judge path": ({"kind": "class_image", "model": mid, "target": 3, "judge": "/tmp/x"}, 400, "not served"),
         "unknown model": ({"kind": "filters", "model": "resnet9000"}, 404, "resnet9000"),
-        "no kind": ({"model": mid}, 422, "kind"),
+        "no kind": ({"model": mid}, 400, "no 'kind'"),
+        "not an object": ([1, 2], 422, "dictionary"),
     }
     for name, (body, code, words) in bad.items():
         r = client.post("/api/jobs", json=body)

@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from fastapi import APIRouter, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi import APIRouter, Body, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel
 
 from cnnvis.errors import CnnvisError
 from cnnvis.web.jobs import Job, JobManager, one_line
@@ -130,15 +130,6 @@ class JobOut(BaseModel):
     progress: Progress
     error: str | None
     result: ResultOut | None
-
-
-class JobIn(BaseModel):
-    """A job spec: `kind`, `model` (a model id; default: the first model) and the kind's fields
-    (GET /api/kinds). Photo fields take `upload:<sha256>` (POST /api/uploads) or `sample:NAME`."""
-
-    model_config = ConfigDict(extra="allow")
-    kind: str = Field(description="a job kind (GET /api/kinds)")
-    model: str | None = None
 
 
 # ---------------------------------------------------------------------- helpers
@@ -464,6 +455,8 @@ def create_app(models: list[str], cache: str | os.PathLike, *, data: str | None 
 
         body = dict(body)
         kind = body.get("kind")
+        if not isinstance(kind, str):
+            raise CnnvisError(f"the job spec has no 'kind'; one of: {', '.join(sorted(KINDS))}")
         if kind not in KINDS:
             raise unknown_name("job kind", str(kind), sorted(KINDS))
         m = model_of(body.get("model"))
@@ -538,10 +531,20 @@ def create_app(models: list[str], cache: str | os.PathLike, *, data: str | None 
                     out["progress"] = {"done": 1, "total": 1, "desc": "done"}
         return out
 
+    from cnnvis.jobs import KINDS
+
+    job_body = {"type": "object", "required": ["kind"], "additionalProperties": True,
+                "description": "A job spec: 'kind', 'model' (a model id; default: the first model) and the kind's "
+                               "fields (GET /api/kinds). Photo fields take 'upload:<sha256>' (POST /api/uploads) or "
+                               "'sample:NAME'.",
+                "properties": {"kind": {"type": "string", "enum": sorted(KINDS)},
+                               "model": {"type": ["string", "null"], "enum": [*served, None]}}}
+
     @api.post("/jobs", response_model=JobOut, responses={400: {"description": "bad spec"},
-                                                         404: {"description": "unknown model"}})
-    def post_job(body: JobIn):
-        spec = build_spec(body.model_dump(exclude_unset=True))
+                                                         404: {"description": "unknown model"}},
+              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": job_body}}}})
+    def post_job(body: dict[str, Any] = Body(...)):
+        spec = build_spec(body)
         return job_out(jobs.submit(spec))
 
     @api.get("/jobs/{job_id}", response_model=JobOut, responses={404: {"description": "no such job"}})
