@@ -232,16 +232,25 @@
       if (!stages.has(s)) stages.set(s, []);
       stages.get(s).push(l);
     }
-    root.replaceChildren(...[...stages].map(([stage, rows]) => el("section", {class: "stage", "data-stage": stage},
-      el("h2", {text: `${stage}`}, el("span", {class: "muted small", text: ` · ${rows.length} layer${rows.length === 1 ? "" : "s"}`})),
-      el("table", {class: "layers"},
-        el("thead", {}, el("tr", {}, el("th", {text: "layer"}), el("th", {text: "alias"}), el("th", {text: "type"}),
-                                    el("th", {text: "output shape"}))),
-        el("tbody", {}, ...rows.map((l) => el("tr", {"data-layer": l.name},
-          el("td", {}, isMap(l) ? el("a", {href: layerHref(l.name), "data-testid": "layer-link", text: l.name})
-                                : el("span", {text: l.name})),
-          el("td", {text: l.alias || ""}), el("td", {text: l.type || ""}),
-          el("td", {class: "shape", text: shapeText(l.shape)}))))))));
+    const table = (rows) => el("table", {class: "layers"},
+      el("thead", {}, el("tr", {}, el("th", {text: "layer"}), el("th", {text: "alias"}), el("th", {text: "type"}),
+                                  el("th", {text: "output shape"}))),
+      el("tbody", {}, ...rows.map((l) => el("tr", {"data-layer": l.name},
+        el("td", {}, isMap(l) ? el("a", {href: layerHref(l.name), "data-testid": "layer-link", text: l.name})
+                              : el("span", {text: l.name})),
+        el("td", {text: l.alias || ""}), el("td", {text: l.type || ""}),
+        el("td", {class: "shape", text: shapeText(l.shape)})))));
+    // big stages (a timm net's 'blocks'): their blocks and named layers first, every module on demand
+    const main = (l) => l.alias || l.name.split(".").length <= 2;
+    root.replaceChildren(...[...stages].map(([stage, rows]) => {
+      const top = rows.length > 24 ? rows.filter(main) : rows;
+      const rest = rows.length > 24 ? rows.filter((l) => !main(l)) : [];
+      return el("section", {class: "stage", "data-stage": stage},
+        el("h2", {text: `${stage}`}, el("span", {class: "muted small",
+          text: ` · ${rows.length} layer${rows.length === 1 ? "" : "s"}`})),
+        table(top),
+        rest.length ? el("details", {}, el("summary", {text: `all ${rows.length} modules of ${stage}`}), table(rows)) : null);
+    }));
   }
 
   function channelsOfPage(n, page, per) {
