@@ -250,9 +250,10 @@ def test_identical_requests_run_once(client, app, mid):
         assert all(o.status_code == 200 for o in outs)
         ids = {o.json()["id"] for o in outs}
         assert len(ids) == 1
+        runs = client.get("/api/health").json()["runs"]
         gate.set()
         assert wait(client, ids.pop())[-1]["status"] == "done"
-        assert len(calls) == 1
+        assert len(calls) == 1 and client.get("/api/health").json()["runs"] == runs + 1
     finally:
         gate.set()
         jm.runner = run

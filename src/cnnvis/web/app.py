@@ -563,6 +563,15 @@ def create_app(models: list[str], cache: str | os.PathLike, *, data: str | None 
             raise HTTPException(404, f"no job {job_id[:70]!r}")
         return job_out(job)
 
+    @api.get("/health")
+    def get_health() -> dict[str, Any]:
+        """Liveness and the job counts: `runs` = jobs computed by the worker since start (joined requests
+        and store hits add none)."""
+        counts: dict[str, int] = {}
+        for j in jobs.jobs():
+            counts[j.status] = counts.get(j.status, 0) + 1
+        return {"ok": True, "models": list(served), "runs": jobs.runs, "jobs": counts}
+
     @api.get("/kinds")
     def get_kinds() -> dict[str, dict]:
         from cnnvis.jobs import KINDS
