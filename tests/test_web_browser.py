@@ -21,6 +21,8 @@ import pytest
 
 from conftest import sample
 
+pytestmark = pytest.mark.slow  # a browser and a server subprocess with real models (~40 s); CI runs them
+
 CHROMIUM = os.environ.get("CNNVIS_CHROMIUM", "/usr/bin/chromium")
 ROOT = Path(__file__).resolve().parents[1]
 ART = Path(os.environ.get("CNNVIS_TEST_ARTIFACTS") or ROOT / "build" / "test-artifacts") / "web"

@@ -190,7 +190,7 @@
       pick.replaceChildren(...ms.map((m) => el("option", {value: m.id, selected: m.id === MID,
                                                           text: m.id + (m.default ? " (default)" : "")})));
       const me = ms.find((m) => m.id === MID);
-      if (!me) {
+      if (!me && !BOOT.message) {
         showError(errBox($("#model-info")), `no model ${JSON.stringify(MID)} is served here; pick one of: ` +
                   ms.map((m) => m.id).join(", "));
       } else {
@@ -266,6 +266,8 @@
     let info;
     if (BOOT.spec_error) {
       showError(errBox(area), BOOT.spec_error);
+      $("#page-label").textContent = "";
+      if (page > 0) Object.assign($("#prev-page"), {href: "?page=0", textContent: "‹ first page"});
       return;
     }
     try {
@@ -295,7 +297,13 @@
       cells.set(c, cell);
       return cell;
     }));
-    const st = await startJob(spec, area, `rendering ${chans.length} channels`);
+    let st;
+    try {
+      st = await startJob(spec, area, `rendering ${chans.length} channels`);
+    } catch (e) {  // the message is shown; the tiles stop waiting
+      for (const cell of cells.values()) cell.classList.replace("pending", "failed");
+      return;
+    }
     const res = st.result || {};
     const files = res.files || {};
     const row = ((res.data || {}).layers || [])[0] || {};
@@ -340,6 +348,14 @@
           .catch(() => {});
       }
     }).catch((e) => showError(errBox(area), e.message));
+    models().then((ms) => {
+      const me = ms.find((m) => m.id === MID);
+      if (me && !me.data) {
+        $("#top-examples-btn").hidden = true;
+        $("#top-examples").replaceChildren(el("p", {class: "muted", "data-testid": "no-data",
+          text: "No dataset is served for this model: start cnnvis serve with --data DATA to see its top examples."}));
+      }
+    }).catch(() => {});
     $("#top-examples-btn").addEventListener("click", () => {
       jobImage({kind: "top_examples", layer, channels: [channel], k: 9}, $("#top-job"), $("#top-examples"),
                "top examples", `channel_${String(channel).padStart(3, "0")}.png`).catch(() => {});
@@ -354,6 +370,7 @@
         fig.replaceChildren(url ? el("img", {src: url, alt: `channel ${channel}, seed ${s.seed}`, onload: pixelate})
                                 : el("div", {class: "ph", text: "dead"}), el("figcaption", {text: `seed ${s.seed}`}));
       } catch (e) {
+        seeds.querySelectorAll(".pending").forEach((f) => f.classList.replace("pending", "failed"));
         return;
       }
     }
@@ -564,6 +581,15 @@
   }
 
   async function studyPage() {
+    models().then((ms) => {
+      const me = ms.find((m) => m.id === MID);
+      if (me && !me.data) {
+        for (const id of ["#eval-btn", "#embed-btn"]) $(id).disabled = true;
+        $("#study-note").textContent = `No dataset is served for ${MID}: the study needs one. Serve a checkpoint ` +
+          "trained by cnnvis train (its training data is used), or start cnnvis serve with --data DATA.";
+        $("#study-note").hidden = false;
+      }
+    }).catch(() => {});
     $("#eval-btn").addEventListener("click", async () => {
       const out = $("#eval-out");
       out.replaceChildren();
