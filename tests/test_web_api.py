@@ -383,3 +383,36 @@ def test_result_files_no_traversal(client, app, mid, cache):
 def test_no_server_errors_in_this_module(client):
     """Every request above (bad ones included) was answered without a 5xx."""
     assert SERVER_ERRORS == []
+
+
+# ---------------------------------------------------------------------- the CLI: render-all fills the same cache
+def test_render_all_fills_the_pages_cache(mnist_run, tmp_path, capsys, one_thread):
+    from cnnvis.cli import main
+    from cnnvis.web import specs
+    from cnnvis.web.app import create_app
+
+    cache = tmp_path / "cache"
+    assert main(["render-all", "--model", str(mnist_run), "--layers", "conv1", "--first", "20",
+                 "--cache", str(cache), "--threads", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "[1/2] conv1 page 0" in err and "[2/2] conv1 page 1" in err  # 20 channels: pages 0 and 1 of 32
+    app = create_app([str(mnist_run)], cache)
+
+    def refuse(*a, **kw):
+        raise AssertionError("a page rendered again what render-all stored")
+
+    app.state.jobs.runner = refuse
+    with TestClient(app) as c:
+        for page in (0, 1):
+            spec = specs.layer_page_spec(app.state.default_mid, "conv1", page)  # what the layer page asks
+            st = c.post("/api/jobs", json=spec).json()
+            assert st["status"] == "done", st
+            assert sorted(st["result"]["data"]["layers"][0]["channels"]) == list(range(16 * page, 16 * page + 16))
+        page2 = specs.layer_page_spec(app.state.default_mid, "conv1", 1, seed=0)
+        assert page2["channels"][-1] == 31
+    # bad input: one line, exit 2
+    assert main(["render-all", "--model", str(mnist_run), "--layers", "nope", "--cache", str(cache)]) == 2
+    assert "nope" in capsys.readouterr().err
+    assert main(["render-all", "--model", str(mnist_run), "--layers", "fc1", "--cache", str(cache)]) == 2
+    assert "no (C, H, W) output" in capsys.readouterr().err
+    assert main(["serve", "--model", str(tmp_path / "missing"), "--cache", str(cache), "--port", "0"]) == 2
