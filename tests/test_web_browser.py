@@ -1,7 +1,7 @@
 """The web UI in a real browser (issue 12): Debian's chromium driven by Playwright, against `cnnvis serve`
 started as a user would (a subprocess on a free loopback port, the real lite0 and a trained MNIST net).
 
-Screenshots of every step go to $CNNVIS_TEST_ARTIFACTS or build/test-artifacts/web/ (look at them).
+Screenshots of every step go to $CNNVIS_TEST_ARTIFACTS/web/ (default build/test-artifacts/web/; look at them).
 Chromium is required: without it these tests FAIL and say how to install it (`make test` does, as root).
 """
 
@@ -345,6 +345,22 @@ def test_bad_upload_shows_a_readable_message(server, page, tmp_path):
     shot(pg, "11-photo-bad-upload")
 
 
+def test_bad_addresses_show_readable_messages(server, page):
+    pg = page
+    mid = mnist_mid(server)
+    resp = pg.goto(f"{server.base}/m/no-such-model")
+    assert resp.status == 404
+    assert "no-such-model" in pg.inner_text("[data-testid=missing]") and mid in pg.inner_text("[data-testid=missing]")
+    pg.goto(f"{server.base}/m/{mid}/layer/classifier.1")  # a Linear layer: no maps to visualize
+    pg.wait_for_selector(".error:not([hidden])")
+    assert "classifier.1" in pg.inner_text(".error:not([hidden])")
+    assert pg.locator("[data-testid=job-widget]").count() == 0  # no job started
+    pg.goto(f"{server.base}/m/{mid}/layer/features.0?page=7")  # 32 channels: pages 0 and 1
+    pg.wait_for_selector(".error:not([hidden])")
+    assert "page 7" in pg.inner_text(".error:not([hidden])") and pg.locator("[data-testid=job-widget]").count() == 0
+    shot(pg, "12-layer-page-past-the-end")
+
+
 def test_restart_serves_the_cache(server, page):
     pg = page
     mid = mnist_mid(server)
@@ -360,4 +376,4 @@ def test_restart_serves_the_cache(server, page):
     assert pg.get_attribute("[data-testid=job-widget]", "data-first-status") == "done"  # no job ran
     assert tile_sources(pg) == before  # the very same stored results
     assert all(w > 0 for w in images_loaded(pg, "#tiles img"))
-    shot(pg, "12-layer-from-cache-after-restart")
+    shot(pg, "13-layer-from-cache-after-restart")
