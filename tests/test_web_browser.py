@@ -100,7 +100,7 @@ def chromium_path():
 
 
 @pytest.fixture(scope="module")
-def server(mnist_run, tmp_path_factory):
+def server(chromium_path, mnist_run, tmp_path_factory):  # no browser: fail before training and serving
     ART.mkdir(parents=True, exist_ok=True)
     cache = tmp_path_factory.mktemp("web-cache")
     srv = Server(["efficientnet_lite0", str(mnist_run)], cache, ART / "server.log")
