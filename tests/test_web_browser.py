@@ -327,6 +327,21 @@ def test_photo_upload_pelican(server, page):
     assert images_loaded(pg, "#attr-out img")[0] > 0
     shot(pg, "10-photo-pelican")
 
+    layer = pg.input_value("#layer-select")  # feature maps of the chosen layer
+    pg.click("#maps-btn")
+    wait_job_done(pg, "#layer-job")
+    job = _get_json(f"{server.base}/api/jobs/{pg.get_attribute('#layer-job [data-testid=job-widget]', 'data-job-id')}")
+    shapes = {x["name"]: x["shape"] for x in _get_json(server.base + "/api/models/efficientnet_lite0/layers")}
+    assert job["result"]["data"]["shape"] == shapes[layer]
+    assert images_loaded(pg, "#layer-out img")[0] > 0
+    pg.click("#dream-btn")  # DeepDream of that layer, on the photo shrunk to 320 px
+    wait_job_done(pg, "#layer-job")
+    job = _get_json(f"{server.base}/api/jobs/{pg.get_attribute('#layer-job [data-testid=job-widget]', 'data-job-id')}")
+    w, h = job["result"]["data"]["size"]
+    assert max(w, h) == 320 and abs(w / h - 500 / 334) < 0.02  # the pelican photo is 500x334
+    assert images_loaded(pg, "#layer-out img")[0] == w
+    shot(pg, "10-photo-pelican-dream")
+
 
 def test_bad_upload_shows_a_readable_message(server, page, tmp_path):
     pg = page

@@ -319,7 +319,7 @@
       if (url && !dead.has(c)) {
         cell.title = `channel ${c}` + (v !== null && v !== undefined ? `: the image raises it to ${v.toFixed(3)}` : "");
         cell.replaceChildren(el("img", {src: url, alt: `channel ${c}`, onload: pixelate}),
-                             el("span", {class: "cap", text: `#${c}` + (v !== null && v !== undefined ? ` · ${v.toFixed(2)}` : "")}));
+                             el("span", {class: "cap", text: `#${c}` + (v !== null && v !== undefined ? ` · ${(Math.abs(v) < 0.005 ? 0 : v).toFixed(2)}` : "")}));
       } else {
         cell.classList.add("dead");
         cell.replaceChildren(el("div", {class: "ph", text: "dead"}), el("span", {class: "cap", text: `#${c} dead`}));
