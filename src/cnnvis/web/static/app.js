@@ -452,10 +452,19 @@
         text: `${l.name}${l.alias ? " (" + l.alias + ")" : ""} ${shapeText(l.shape)}`})));
     }).catch((e) => showError(errBox($("#layer-job")), e.message));
 
+    let timer = null;
+    $("#target-other").addEventListener("input", (ev) => {
+      clearTimeout(timer);
+      timer = setTimeout(() => api(`/api/models/${enc(MID)}/classes?q=${enc(ev.target.value.trim())}`).then((cs) =>
+        $("#photo-class-list").replaceChildren(...cs.map((c) => el("option", {value: c.label, text: `#${c.index}`}))),
+      () => {}), 200);
+    });
     $("#attr-btn").addEventListener("click", () => {
       if (!ref) return;
       const spec = {kind: "attribution", image: ref, method: $("#method").value};
-      if (target.value !== "") spec.target = Number(target.value);
+      const other = $("#target-other").value.trim();
+      if (other) spec.target = /^\d+$/.test(other) ? Number(other) : other;
+      else if (target.value !== "") spec.target = Number(target.value);
       jobImage(spec, $("#attr-job"), $("#attr-out"), `${$("#method").value}`).catch(() => {});
     });
     const L = () => $("#layer-select").value;
