@@ -151,6 +151,7 @@ def test_upload_reencodes_into_the_cache(client, cache):
     assert r.status_code == 200, r.text
     st = wait(client, r.json()["id"])[-1]
     assert st["status"] == "done" and st["result"]["data"]["predictions"][0]["top"][0]["label"] == "pelican"
+    assert st["result"]["data"]["predictions"][0]["image"] == out["ref"]  # not the server's path
 
 
 def _png(size, mode="RGB") -> bytes:
@@ -319,6 +320,7 @@ def test_bad_specs(client, mid):
         "unknown sample": ({"kind": "classify", "model": mid, "images": ["sample:nobody"]}, 400, "nobody"),
         "foreign dataset": ({"kind": "evaluate", "model": mid, "data": "/etc"}, 400, "not served"),
         "judge path": ({"kind": "class_image", "model": mid, "target": 3, "judge": "/tmp/x"}, 400, "not served"),
+        "judge download": ({"kind": "class_image", "model": LITE, "target": 3, "judge": "vgg16"}, 400, "not served"),
         "unknown model": ({"kind": "filters", "model": "resnet9000"}, 404, "resnet9000"),
         "no kind": ({"model": mid}, 400, "no 'kind'"),
         "not an object": ([1, 2], 422, "dictionary"),

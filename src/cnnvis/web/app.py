@@ -164,6 +164,14 @@ def _training_data(ref: str) -> str | None:
     return d if isinstance(d, str) else None
 
 
+def _embedded(name: str) -> bool:
+    """A registry model whose weights ship inside the installed packages (no file path, no download)."""
+    from cnnvis.models import model_info
+    from cnnvis.models.registry import _REGISTRY
+
+    return name in _REGISTRY and model_info(name).default_weights == "embedded"
+
+
 def _layer_rows(infos) -> list[dict]:
     return [{"name": i.name, "alias": i.alias, "type": i.kind, "shape": list(i.shape) if i.shape else None,
              "stage": i.name.split(".")[0]} for i in infos]
@@ -507,12 +515,22 @@ def create_app(models: list[str], cache: str | os.PathLike, *, data: str | None 
                     or q.is_symlink() or not q.is_file():
                 raise CnnvisError(f"photo {p!r} is not served here; give 'upload:<sha256>' (POST /api/uploads) "
                                   f"or 'sample:NAME'")
-        from cnnvis.models.registry import _REGISTRY
-
-        for mname in spec.extra_models():  # a judge: a served model or a bundled (registry) one, never a path
-            if mname not in by_ref and mname not in _REGISTRY:
+        for mname in spec.extra_models():  # a judge: a served model or one embedded in the package, never a
+            if mname not in by_ref and not _embedded(mname):  # path or a download
                 raise CnnvisError(f"model {mname!r} is not served here; use one of {', '.join(served)} or 'none'")
         return spec
+
+    upload_dir = str(cache / "uploads") + os.sep
+
+    def public(v):
+        """Result data as the client named things: an uploaded photo's cache path -> 'upload:<sha>'."""
+        if isinstance(v, str) and v.startswith(upload_dir) and v.endswith(".png"):
+            return "upload:" + v[len(upload_dir):-4]
+        if isinstance(v, list):
+            return [public(x) for x in v]
+        if isinstance(v, dict):
+            return {k: public(x) for k, x in v.items()}
+        return v
 
     def job_out(job: Job) -> dict:
         out = {"id": job.id, "kind": job.spec.kind if job.spec is not None else None, "status": job.status,
@@ -525,7 +543,7 @@ def create_app(models: list[str], cache: str | os.PathLike, *, data: str | None 
             else:
                 out["kind"] = res.kind
                 files = {n: f"/api/results/{res.key}/{n}" for n in sorted(res.files)}
-                out["result"] = {"key": res.key, "kind": res.kind, "data": res.data, "files": files,
+                out["result"] = {"key": res.key, "kind": res.kind, "data": public(res.data), "files": files,
                                  "main": files.get(res.main) if res.main else None}
                 if out["progress"]["total"] is None:
                     out["progress"] = {"done": 1, "total": 1, "desc": "done"}
