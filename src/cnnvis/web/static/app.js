@@ -169,7 +169,7 @@
     const im = ev.target;
     if (im.naturalWidth && im.naturalWidth <= 440) {
       im.style.width = `${2 * im.naturalWidth}px`;
-      im.style.imageRendering = "pixelated";
+      if (im.naturalWidth < 200) im.style.imageRendering = "pixelated";  // digits as crisp pixels; photos smooth
     }
   }
 
