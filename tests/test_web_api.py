@@ -329,6 +329,10 @@ def test_bad_specs(client, mid):
         r = client.post("/api/jobs", json=body)
         assert r.status_code == code, (name, r.status_code, r.text)
         assert words in one_line_detail(r), (name, r.json())
+    r = client.post("/api/jobs", json={"kind": "filters", "model": mid, "layers": ["x" * 2**20]})
+    assert r.status_code == 413 and "1 MB" in one_line_detail(r)
+    r = client.post("/api/jobs", content=b"[" * 200_000, headers={"content-type": "application/json"})
+    assert 400 <= r.status_code < 500 and one_line_detail(r)
     r = client.post("/api/jobs", content=b"{not json", headers={"content-type": "application/json"})
     assert r.status_code == 422 and one_line_detail(r)
     assert client.get("/api/jobs/" + "f" * 64).status_code == 404

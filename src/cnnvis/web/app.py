@@ -40,6 +40,7 @@ UPLOAD_PIXELS = 50_000_000  # decoded pixels an upload may declare (a 12 MP phot
 UPLOAD_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF", "PPM", "MPO")  # never EPS/PDF (Ghostscript)
 UPLOAD_TYPES = ("image/", "application/octet-stream")
 DATA_KINDS_FIELD = "data"
+BODY_LIMIT = 2**20  # bytes of any other request body (a job spec is a few hundred)
 
 
 @dataclass
@@ -227,9 +228,12 @@ class UploadLimit:
         self.app, self.limit = app, limit
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope.get("path") not in self.PATHS:
+        if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        limit = self.limit + 64 * 1024  # the multipart envelope around the file
+        if scope.get("path") in self.PATHS:
+            limit, what = self.limit + 64 * 1024, -self.limit  # + the multipart envelope; < 0: an upload
+        else:
+            limit = what = BODY_LIMIT  # a job spec is a few hundred bytes
         for k, v in scope.get("headers", []):
             if k == b"content-length":
                 try:
@@ -237,7 +241,7 @@ class UploadLimit:
                 except ValueError:
                     n = -1
                 if n > limit:
-                    return await self._send_413(send)
+                    return await self._send_413(send, what)
         seen = 0
         state = {"over": False, "replaced": False, "started": False}
 
@@ -257,7 +261,7 @@ class UploadLimit:
                 return
             if msg["type"] == "http.response.start" and state["over"]:
                 state["replaced"] = True
-                return await self._send_413(send)
+                return await self._send_413(send, what)
             state["started"] = True
             await send(msg)
 
@@ -265,11 +269,13 @@ class UploadLimit:
             await self.app(scope, counting_receive, guarded_send)
         except _TooLarge:
             if not state["started"] and not state["replaced"]:
-                await self._send_413(send)
+                await self._send_413(send, what)
 
-    async def _send_413(self, send):
-        mb = self.limit / 2**20
-        body = json.dumps({"detail": f"the upload is larger than {mb:.0f} MB; choose a smaller photo"}).encode()
+    async def _send_413(self, send, what: int):
+        mb = abs(what) / 2**20
+        msg = f"the upload is larger than {mb:.0f} MB; choose a smaller photo" if what < 0 else \
+            f"the request body is larger than {mb:.0f} MB"
+        body = json.dumps({"detail": msg}).encode()
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                                 (b"connection", b"close")]})
@@ -325,6 +331,11 @@ def create_app(models: list[str], cache: str | os.PathLike, *, data: str | None 
     app.state.cache, app.state.max_upload_mb, app.state.data = cache, max_upload_mb, data
     app.state.fast_pool = fast_pool
     app.add_middleware(UploadLimit, limit=max_upload_mb * 2**20)
+    from starlette.formparsers import MultiPartParser
+
+    # uploads stay in memory (<= max_upload_mb each) instead of spooling to the system's temp folder:
+    # nothing of a request is written outside the cache
+    MultiPartParser.spool_max_size = max(MultiPartParser.spool_max_size, max_upload_mb * 2**20 + 1)
 
     # ------------------------------------------------------------------ errors: one readable line
     @app.exception_handler(CnnvisError)
