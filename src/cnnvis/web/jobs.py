@@ -25,6 +25,7 @@ from cnnvis.jobs import run as run_job
 log = logging.getLogger("cnnvis.web")
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
+MAX_KEPT = 10_000  # job statuses kept in memory (a forgotten done job is still found in the store)
 
 
 @dataclass
@@ -93,8 +94,17 @@ class JobManager:
                 job = self._jobs[key] = Job(key, spec, DONE, result_key=stored)
                 return job
             job = self._jobs[key] = Job(key, spec)
+            self._prune()
         self._queue.put(job)
         return job
+
+    def _prune(self) -> None:
+        """Forget the oldest finished jobs beyond MAX_KEPT (their results stay in the store)."""
+        if len(self._jobs) <= MAX_KEPT:
+            return
+        old = sorted((j.created, k) for k, j in self._jobs.items() if j.status not in (QUEUED, RUNNING))
+        for _, k in old[: len(self._jobs) - MAX_KEPT]:
+            del self._jobs[k]
 
     def get(self, key: str) -> Job | None:
         """The job `key` in memory, or a done job for a result in the store, or None."""
