@@ -422,3 +422,68 @@ def test_render_all_fills_the_pages_cache(mnist_run, tmp_path, capsys, one_threa
     assert main(["render-all", "--model", str(mnist_run), "--layers", "fc1", "--cache", str(cache)]) == 2
     assert "no (C, H, W) output" in capsys.readouterr().err
     assert main(["serve", "--model", str(tmp_path / "missing"), "--cache", str(cache), "--port", "0"]) == 2
+
+
+# ---------------------------------------------------------------------- a real server, killed mid-job
+def test_serve_killed_mid_job_keeps_finished_results(mnist_run, tmp_path):
+    """`cnnvis serve` on 127.0.0.1 prints its URL; kill -9 while a render runs: the render done before is
+    served byte-identical after a restart, the killed one is not in the store (nothing half-written)."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cache = tmp_path / "cache"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "CNNVIS_NO_PROGRESS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "cnnvis", "serve", "--model", str(mnist_run), "--port", str(port),
+                             "--cache", str(cache), "--threads", "1"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        line = proc.stdout.readline()
+        assert f"http://localhost:{port}/" in line, line
+        for _ in range(200):
+            try:
+                if httpx.get(url + "/api/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        mid = httpx.get(url + "/api/models").json()[0]["id"]
+        quick = {"kind": "filters", "model": mid, "layers": ["conv1"], "channels": [0, 1], "steps": 8, "size": 28}
+        job = httpx.post(url + "/api/jobs", json=quick).json()
+        for _ in range(600):
+            st = httpx.get(url + f"/api/jobs/{job['id']}").json()
+            if st["status"] == "done":
+                break
+            time.sleep(0.1)
+        assert st["status"] == "done", st
+        before = {n: httpx.get(url + u).content for n, u in st["result"]["files"].items()}
+        slow = {**quick, "channels": list(range(32)), "steps": 50000}
+        sj = httpx.post(url + "/api/jobs", json=slow).json()
+        for _ in range(600):
+            if httpx.get(url + f"/api/jobs/{sj['id']}").json()["status"] == "running":
+                break
+            time.sleep(0.1)
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    from cnnvis.web.app import create_app
+
+    app = create_app([str(mnist_run)], cache)
+    with TestClient(app) as c:
+        st2 = c.get(f"/api/jobs/{job['id']}").json()
+        assert st2["status"] == "done"
+        assert {n: c.get(u).content for n, u in st2["result"]["files"].items()} == before
+        assert c.get(f"/api/jobs/{sj['id']}").status_code == 404
+    assert app.state.store.resolve(sj["id"]) is None
+    stored = [json.loads(p.read_text())["spec"] for p in (cache / "objects").glob("*/*/result.json")]
+    assert [sp["steps"] for sp in stored] == [8]  # the finished render only; no folder of the killed one
