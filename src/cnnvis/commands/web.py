@@ -45,6 +45,9 @@ def serve_cmd(models, host, port, cache, data, device, max_upload_mb) -> None:
     shown = "localhost" if host in ("127.0.0.1", "::1") else host
     click.echo(f"cnnvis microscope on http://{shown}:{port}/ (models: {', '.join(app.state.models)}; cache "
                f"{app.state.cache})", err=False)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        click.echo(f"warning: bound to {host}: anyone who can reach this machine can use the server (and its "
+                   "CPU); there is no login", err=True)
     sys.stdout.flush()
     uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=3)
 
