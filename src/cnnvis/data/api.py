@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -146,6 +147,9 @@ def _as_size(size: int | tuple[int, int] | None) -> tuple[int, int] | None:
     return (int(size[0]), int(size[1]))
 
 
+_SPLIT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_+-]{0,63}")
+
+
 def open_dataset(spec: str | os.PathLike, split: str | None = None, *, root: str | os.PathLike | None = None,
                  download: bool = False, channels: int | None = None,
                  size: int | tuple[int, int] | None = None) -> Dataset:
@@ -160,6 +164,9 @@ def open_dataset(spec: str | os.PathLike, split: str | None = None, *, root: str
     (default: the source's own).
     """
     sz = _as_size(size)
+    if split is not None and not _SPLIT_RE.fullmatch(str(split)):
+        raise CnnvisError(f"bad split {str(split)[:60]!r}: a split is a plain name (letters, digits, '_', '-', "
+                          "e.g. train, test, unlabeled), never a path")
     key = str(spec)
     canon = ALIASES.get(key.lower(), key.lower())
     if canon in KNOWN and not (os.sep in key or "/" in key):

@@ -19,6 +19,7 @@ import logging
 import mimetypes
 import os
 import re
+import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -607,6 +608,37 @@ def create_app(models: list[str], cache: str | os.PathLike, *, data: str | None 
 
         return {k: {"title": c.title, "doc": (c.__doc__ or "").strip(), "schema": c.model_json_schema()}
                 for k, c in sorted(KINDS.items())}
+
+    # ------------------------------------------------------------------ dataset images (the t-SNE hover)
+    opened: dict[tuple[str, str | None], Any] = {}
+    opened_lock = threading.Lock()
+
+    @api.get("/models/{mid}/data/{index}.png", response_class=Response,
+             responses={200: {"content": {"image/png": {}}}, 404: {"description": "no such dataset image"}})
+    def get_data_image(mid: str, index: int, split: str | None = Query(None, max_length=40)):
+        """Image `index` of the model's served dataset (positions as in an embed job's `points.index`)."""
+        from cnnvis.data import open_dataset
+        from cnnvis.jobs.result import png_bytes
+        from cnnvis.viz import to_pil
+
+        sm = model_of(mid)
+        if not sm.data:
+            raise HTTPException(404, f"no dataset is served for {mid!r}; start cnnvis serve with --data DATA")
+        key = (sm.data, split)
+        with opened_lock:
+            ds = opened.get(key)
+            if ds is None:
+                try:
+                    ds = opened[key] = open_dataset(sm.data, split=split)
+                except CnnvisError as e:  # includes a split that is not a plain name (never a path)
+                    raise HTTPException(404, str(e)) from None
+                except (OSError, ValueError) as e:
+                    raise HTTPException(404, f"cannot read {mid!r}'s dataset: {e}") from None
+        if not 0 <= index < len(ds):
+            raise HTTPException(404, f"{mid!r}'s dataset has {len(ds)} images; index {index} is out of range")
+        x, _ = ds[index]
+        return Response(png_bytes(to_pil(x)), media_type="image/png",
+                        headers={"Cache-Control": "max-age=3600", "X-Content-Type-Options": "nosniff"})
 
     # ------------------------------------------------------------------ result files
     @api.get("/results/{key}/{name}", response_class=Response,

@@ -558,26 +558,22 @@
       c.dataset.i = i;
       svg.append(c);
     }
-    // hover: the atlas cell of the point (the image nearest that cell's centre), cropped from atlas.png
-    const grid = (d.atlas || {}).grid || 1, side = (d.atlas || {}).thumb || 28;
-    const cellIndex = new Map(((d.atlas || {}).cells || []).map(([r, c, idx]) => [`${r},${c}`, idx]));
+    // hover: the point's own image, read from the served dataset (GET /api/models/{mid}/data/{index}.png)
+    const split = (d.dataset || {}).split;
     const tip = el("div", {class: "tip", "data-testid": "scatter-tip"});
     tip.hidden = true;
-    const thumb = el("div", {class: "thumb"});
+    const thumb = el("img", {class: "thumb", alt: ""});
     const cap = el("div", {class: "small"});
     tip.append(thumb, cap);
     svg.addEventListener("mousemove", (ev) => {
       const t = ev.target;
       if (!(t instanceof SVGCircleElement)) { tip.hidden = true; return; }
       const i = Number(t.dataset.i);
-      const col = Math.min(grid - 1, Math.floor(ux(P.x[i]) * grid)), row = Math.min(grid - 1, Math.floor(uy(P.y[i]) * grid));
-      const idx = cellIndex.get(`${row},${col}`);
       const lab = P.label[i];
-      thumb.style.width = thumb.style.height = `${side}px`;
-      thumb.style.backgroundImage = atlasUrl && idx !== undefined ? `url("${atlasUrl}")` : "none";
-      thumb.style.backgroundPosition = `-${col * side}px -${row * side}px`;
-      cap.textContent = `image #${P.index[i]} · ${classes[lab] !== undefined ? classes[lab] : lab}` +
-        (idx !== undefined && idx !== P.index[i] ? ` (shown: #${idx}, its neighbour in the atlas)` : "");
+      const src = `/api/models/${encodeURIComponent(MID)}/data/${P.index[i]}.png` +
+        (split ? `?split=${encodeURIComponent(split)}` : "");
+      if (thumb.getAttribute("src") !== src) thumb.setAttribute("src", src);
+      cap.textContent = `image #${P.index[i]} · ${classes[lab] !== undefined ? classes[lab] : lab}`;
       tip.hidden = false;
       const box = svg.getBoundingClientRect();
       tip.style.left = `${ev.clientX - box.left + 14}px`;
