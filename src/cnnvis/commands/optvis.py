@@ -40,11 +40,14 @@ def _animate_option(fn):
               help="...and stop only once the judge gives the PNG this probability (0 = report it, don't wait for it).")
 @click.option("--min-steps", type=int, default=192, show_default=True,
               help="Never stop before this many steps (early stops give pale, faint images).")
+@click.option("--objective", type=click.Choice(["logit", "logprob"]), default="logit", show_default=True,
+              help="Maximize the class logit (Lucid's choice: the most natural images) or its log-softmax (rival "
+                   "classes pushed down too: greyer, but a way out when the logit also raises a rival class).")
 @click.option("--out", "-o", required=True, type=click.Path(), help="Output image (PNG keeps the checked bytes).")
 @_animate_option
 @seed_option
 def class_cmd(target, model, weights, device, cache, as_json, preset, steps, size, until_prob, robust_prob, judge,
-              judge_prob, min_steps, out, animate, seed) -> None:
+              judge_prob, min_steps, objective, out, animate, seed) -> None:
     """Render an image the model sees as CLASS (name or index), save it, and check it.
 
     Prints the probability the model gives the saved 8-bit PNG, its top-5, the probability
@@ -61,7 +64,7 @@ def class_cmd(target, model, weights, device, cache, as_json, preset, steps, siz
     res = run_job("class_image", model=model, weights=weights, device=device, cache=cache, quiet=as_json,
                   target=target, preset=preset, steps=steps, size=size, until_prob=until_prob,
                   robust_prob=robust_prob, min_steps=min_steps, judge=judge, judge_prob=judge_prob,
-                  animate=anim is not None, seed=seed)
+                  objective=objective, animate=anim is not None, seed=seed)
     write_image(res, out)
     if anim is not None:
         write_file(res, anim, "animation.gif")

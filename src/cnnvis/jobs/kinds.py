@@ -149,6 +149,10 @@ class ClassImageSpec(Spec):
     judge: str | None = None  # a second classifier with the same labels; None = default_judge(model); 'none' = none
     judge_prob: float = Field(0.97, ge=0, le=1)  # stop only once the judge gives the 8-bit file this (0 = don't)
     animate: bool = False  # also store the optimization as an animated GIF (animation.gif)
+    # what is maximized: 'logit' (pre-softmax, Lucid's choice: the most natural images) or 'logprob'
+    # (log-softmax: rival classes pushed down too; greyer images, yet a way out when a class's logit also
+    # raises a rival's, as an MNIST net's 9 did its 7)
+    objective: Literal["logit", "logprob"] = "logit"
 
     def normalized(self, vm):
         judge = self.judge if self.judge is not None else default_judge(vm)
@@ -169,7 +173,7 @@ class ClassImageSpec(Spec):
 
         from cnnvis.classify import predict_probs, topk
         from cnnvis.images import to_tensor
-        from cnnvis.optvis import PERTURBATIONS, class_logit, render, robustness
+        from cnnvis.optvis import PERTURBATIONS, class_logit, class_logprob, render, robustness
         from cnnvis.optvis.config import RenderConfig, UntilProb
         from cnnvis.optvis.robustness import witness_probs
         from cnnvis.viz.animate import Animation, frame_every
@@ -185,7 +189,8 @@ class ClassImageSpec(Spec):
                              judge_prob=self.judge_prob if judge is not None and self.judge_prob else None)
         cfg = RenderConfig(preset=self.preset, steps=self.steps, size=self.size, seed=self.seed, stop=stop)
         anim = Animation(every=frame_every(self.steps)) if self.animate else None
-        res = render(vm, class_logit(t), cfg, progress=ctx.bar, desc=f"class {vm.label(t)}",
+        obj = class_logprob(t) if self.objective == "logprob" else class_logit(t)
+        res = render(vm, obj, cfg, progress=ctx.bar, desc=f"class {vm.label(t)}",
                      judge=judge if stop is not None and stop.judge else None,
                      watch=anim.add if anim else None, watch_every=anim.every if anim else 8)
         png = png_bytes(res.images[0])
@@ -193,7 +198,8 @@ class ClassImageSpec(Spec):
         x = to_tensor(Image.open(io.BytesIO(png)), mode=vm.preprocess.pil_mode or "RGB").to(vm.device)
         probs = predict_probs(vm, x)
         rob = {k: round(float(v[0]), 6) for k, v in robustness(vm, x, t).items()}
-        data = {"class": {"index": t, "label": vm.label(t)}, "preset": self.preset, "steps": res.steps,
+        data = {"class": {"index": t, "label": vm.label(t)}, "preset": self.preset, "objective": self.objective,
+                "steps": res.steps,
                 "seconds": round(res.seconds, 2), "stopped": res.stopped, "message": res.message, "ok": res.ok,
                 "prob_png": round(float(probs[0, t]), 6),
                 "top5": [{"index": q.index, "label": q.label, "prob": round(q.prob, 6)} for q in topk(probs, vm, 5)[0]],

@@ -12,7 +12,7 @@ loop), robustness (re-classify a class image after small perturbations).
 """
 
 from cnnvis.optvis.objectives import (
-    LOGITS, Objective, as_objective, channel, class_logit, direction, diversity, layer_l2, neuron,
+    LOGITS, Objective, as_objective, channel, class_logit, class_logprob, direction, diversity, layer_l2, neuron,
 )
 from cnnvis.optvis.config import DEFAULT_PRESET, PRESETS, RenderConfig, UntilProb, get_preset
 from cnnvis.optvis.param import FourierImage, ImageParam, PixelImage, make_param
@@ -27,7 +27,7 @@ from cnnvis.optvis.transforms import (
 )
 
 __all__ = [
-    "LOGITS", "Objective", "as_objective", "channel", "class_logit", "direction", "diversity", "layer_l2", "neuron",
+    "LOGITS", "Objective", "as_objective", "channel", "class_logit", "class_logprob", "direction", "diversity", "layer_l2", "neuron",
     "FourierImage", "ImageParam", "PixelImage", "make_param",
     "DEFAULT_PRESET", "PRESETS", "RenderConfig", "UntilProb", "get_preset",
     "BoundedRange", "ClipSmallContribution", "ClipSmallNorm", "GaussianBlur", "GradientRMS", "L2Decay",

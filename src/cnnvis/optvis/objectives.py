@@ -206,6 +206,16 @@ def neuron(layer: str, n: int | Sequence[int], x: int | None = None, y: int | No
 
 def class_logit(target: int | str | Sequence[int | str]) -> Objective:
     """Pre-softmax logit of class `target` (index or name); a list gives one class per image."""
+    return _class_objective(target, "class_logit")
+
+
+def class_logprob(target: int | str | Sequence[int | str]) -> Objective:
+    """Log-softmax of class `target`: its logit minus the logsumexp of all, so rival classes are pushed
+    down too (on a 10-class net, raising the logit of 9 alone also raised 7's and drew a 7)."""
+    return _class_objective(target, "class_logprob")
+
+
+def _class_objective(target, what: str) -> Objective:
     if isinstance(target, (list, tuple, range)):
         names, batch = list(target), len(target)
         if not names:
@@ -235,13 +245,15 @@ def class_logit(target: int | str | Sequence[int | str]) -> Objective:
         if obj._sel is None or obj._sel[0].device != out.device or obj._sel[0].shape[0] != out.shape[0]:
             reps = out.shape[0] // len(t)
             obj._sel = (torch.arange(out.shape[0], device=out.device), torch.as_tensor(t * reps, device=out.device))
+        if what == "class_logprob":
+            out = torch.log_softmax(out, 1)
         return out[obj._sel]
 
     def key(i, c):
         t = obj.targets if obj.targets is not None else names
-        return f"class_logit({t[i % len(t)]})"
+        return f"{what}({t[i % len(t)]})"
 
-    obj = Objective(fn, [LOGITS], f"class_logit({target})", batch, setup, key=key)
+    obj = Objective(fn, [LOGITS], f"{what}({target})", batch, setup, key=key)
     obj._sel = None
     return obj
 
