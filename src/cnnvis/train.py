@@ -551,6 +551,9 @@ def train(data, *, out, arch: str | None = None, split: str | None = None, epoch
             state_file.unlink()
         _say(f"held-out accuracy {final:.4f} ({len(yte)} images, {_fmt_held(how)}); checkpoint {str(mpath)!r}",
              progress)
+        if block["skipped_images"]:
+            print(f"{block['skipped_images']} unreadable images were skipped (not trained on, not scored)",
+                  file=sys.stderr, flush=True)
         return TrainResult(out=out, checkpoint=mpath, weights=out / WEIGHTS_NAME, arch=arch, classes=classes,
                            input_shape=(c, h, w), held_out_accuracy=final, held_out=how, epochs=E, history=history,
                            resumed_from=start_epoch, seconds=round(time.perf_counter() - t_start, 2))
