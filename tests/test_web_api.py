@@ -422,8 +422,9 @@ def test_render_all_fills_the_pages_cache(mnist_run, tmp_path, capsys, one_threa
     cache = tmp_path / "cache"
     assert main(["render-all", "--model", str(mnist_run), "--layers", "conv1", "--first", "20",
                  "--cache", str(cache), "--threads", "1"]) == 0
-    err = capsys.readouterr().err
-    assert "[1/2] conv1 page 0" in err and "[2/2] conv1 page 1" in err  # 20 channels: pages 0 and 1 of 32
+    out = capsys.readouterr()
+    assert "2 tasks: 0 already in" in out.err and "32/32 channels" in out.err  # 20 channels: pages 0 and 1 of 32
+    assert out.out.startswith("2 pages (32 channels)") and "2 rendered, 0 were already there, 0 failed" in out.out
     app = create_app([str(mnist_run)], cache)
 
     def refuse(*a, **kw):

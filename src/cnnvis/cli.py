@@ -56,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except SystemExit as e:  # a command's own exit code (render-all: 1 when tasks failed; 143 on SIGTERM)
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     except MemoryError:
         click.echo("error: out of memory; try a smaller --size, --batch or image", err=True)
         return 2

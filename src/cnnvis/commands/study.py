@@ -6,7 +6,10 @@ from pathlib import Path
 
 import click
 
-from cnnvis.commands.common import IMAGE_SUFFIXES, check_out, emit, job_options, run_job, seed_option, write_image
+from cnnvis.commands.common import (IMAGE_SUFFIXES, _flag_names, check_out, emit, job_options, run_job, seed_option,
+                                    write_image)
+from cnnvis.commands.web import engine_options
+from cnnvis.errors import CnnvisError
 
 _FLAGS = {"image": "PHOTO", "data": "DATA", "n": "-n"}
 
@@ -207,8 +210,12 @@ def _read_index(folder: str) -> dict:
               "exactly into --out (the dataset must still be readable where the shards read it).")
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty --out that is not a top-examples output.")
 @click.option("--out", "-o", required=True, type=click.Path(), help="Output folder: index.json + channel_XXX.png.")
+@engine_options
+@click.option("--shards", default=None, type=click.IntRange(1, 100000), metavar="S",
+              help="Split the pass into S shard tasks, stored in --cache as they finish (a killed run resumes), "
+                   "then merged exactly into --out (default with --engine ray: 8).")
 def top_examples_cmd(data, model, weights, device, cache, as_json, layer, k, split, channels, shard, limit, size,
-                     batch_size, merge, overwrite, out) -> None:
+                     batch_size, merge, overwrite, out, engine, address, workers, retries, shards) -> None:
     """Top dataset examples per channel: streams DATA once and keeps, for every channel of a layer,
     the k images with the highest activation and the receptive-field patch around the maximum.
     Writes OUT/index.json and OUT/channel_XXX.png (top-k images, boxes in red, and their patches).
@@ -217,6 +224,9 @@ def top_examples_cmd(data, model, weights, device, cache, as_json, layer, k, spl
 
     Sharded (shard s of S takes the batches b with b % S == s; the merge is exact): the same command with
     --shard 0/3 --out part0, 1/3 and 2/3, then: cnnvis top-examples --merge part0 part1 part2 --out top/
+
+    Or let cnnvis split it: --shards 8 [--engine ray [--address ray://head:10001]]: the shards run as
+    tasks (on Ray workers), go to --cache as they finish, and are merged into --out.
     """
     from cnnvis.errors import CnnvisError
     from cnnvis.jobs.kinds_study import parse_channels
@@ -249,6 +259,16 @@ def top_examples_cmd(data, model, weights, device, cache, as_json, layer, k, spl
         return
     if len(data) != 1:
         raise CnnvisError("give one dataset (name, zip or folder); several folders only with --merge")
+    from cnnvis.commands.common import _THREADS, apply_threads
+
+    apply_threads()
+    threads = _THREADS[0] if _THREADS else None  # --threads: here, and in each Ray worker (default there: 1)
+    if engine == "ray" or shards is not None:
+        if shard is not None:
+            raise CnnvisError("--shard s/S runs one shard by hand; --shards/--engine ray run them all: give one")
+        _top_examples_sharded(data[0], model, weights, device, cache, as_json, layer, k, split, channels, limit,
+                              size, batch_size, outp, engine, address, workers, retries, shards or 8, threads)
+        return
     s, S = _shard(shard)
     res = run_job("top_examples", model=model, weights=weights, device=device, cache=cache, quiet=as_json,
                   flags={**_FLAGS, "batch_size": "--batch-size"}, data=data[0], split=split, layer=layer, k=k,
@@ -259,6 +279,66 @@ def top_examples_cmd(data, model, weights, device, cache, as_json, layer, k, spl
     emit(res, as_json, f"saved {outp}/: index.json + {len(d['channels'])} channel grids; {d['seen']} images "
                        f"(shard {s}/{S}) at {d['layer']} {'x'.join(map(str, d['shape']))}, top {k} per channel"
                        + (" [from the cache]" if res.cached else ""), out=str(outp))
+
+
+def _abs_data(data: str) -> str:
+    """A dataset path made absolute; a dataset name (mnist, cifar10, ...) as it is."""
+    from cnnvis.data.api import ALIASES, KNOWN
+
+    key = str(data)
+    if ALIASES.get(key.lower(), key.lower()) in KNOWN and "/" not in key:
+        return key
+    p = Path(key).expanduser()
+    return str(p.resolve()) if p.exists() else key
+
+
+def _top_examples_sharded(data, model, weights, device, cache, as_json, layer, k, split, channels, limit, size,
+                          batch_size, outp, engine, address, workers, retries, shards, threads) -> None:
+    """S shard jobs -> run_many (local or Ray) into the store -> merged exactly -> --out."""
+    import json
+
+    from cnnvis.commands.web import DEFAULT_CACHE, report_summary
+    from cnnvis.data import open_dataset
+    from cnnvis.jobs import Store, make_spec
+    from cnnvis.jobs.engine import import_ray, run_many
+    from cnnvis.jobs.kinds_study import parse_channels, render_top
+    from cnnvis.study.top_examples import merge_docs
+
+    if engine == "ray":
+        import_ray()
+    from cnnvis.web.specs import canonical_ref
+
+    store = Store(cache or DEFAULT_CACHE)
+    dev = None if device == "auto" else device
+    # files by absolute path: the same keys from any folder, and Ray workers need not share this one's
+    model, data = canonical_ref(model), _abs_data(data)
+    plan = []
+    for s in range(shards):
+        try:
+            sp = make_spec("top_examples", model=model, weights=weights, data=data, split=split, layer=layer, k=k,
+                           channels=parse_channels(channels), shard=s, shards=shards, limit=limit, size=size,
+                           batch_size=batch_size)
+        except CnnvisError as e:
+            raise CnnvisError(_flag_names(str(e), {**_FLAGS, "batch_size": "--batch-size"})) from None
+        plan.append(sp.to_dict())
+    summ = run_many(plan, store, engine=engine, address=address, workers=workers, device=dev,
+                    threads=threads if engine == "local" else (threads or 1), retries=retries, unit="shards",
+                    progress=not as_json)
+    report_summary(summ, "shards")
+    docs = [json.loads(store.get(key).files["index.json"]) for key in summ.keys]
+    top, header = merge_docs(docs, [f"shard {i}" for i in range(shards)])
+    ds = open_dataset(header["data"], split=header["split"], size=header["size"])
+    if header["limit"] is not None and header["limit"] < len(ds):
+        ds = ds.subset(list(range(header["limit"])))
+    doc, files, _ = render_top(ds, top, header)
+    _write_dir(files, outp)
+    if as_json:
+        from cnnvis.commands.common import echo_json
+
+        echo_json({"out": str(outp), "index": doc, "engine": summ.to_dict()})
+        return
+    click.echo(f"saved {outp}/: index.json + {len(doc['channels'])} channel grids; {top.seen} images in {shards} "
+               f"shards ({summ.computed} computed, {summ.skipped} from {str(store.root)!r}; {engine})")
 
 
 COMMANDS = [maps_cmd, weights_cmd, maxmaps_cmd, top_examples_cmd]

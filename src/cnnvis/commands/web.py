@@ -8,6 +8,7 @@ import click
 
 from cnnvis import DEFAULT_MODEL
 from cnnvis.commands.common import _threads_cb, apply_threads, parse_names
+from cnnvis.web.specs import QUICK_STEPS
 
 DEFAULT_CACHE = "~/.cache/cnnvis/web"
 
@@ -52,49 +53,94 @@ def serve_cmd(models, host, port, cache, data, device, max_upload_mb) -> None:
     uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=3)
 
 
+def engine_options(fn):
+    """--engine/--address/--workers/--retries: where many tasks run (this process, or Ray)."""
+    fn = click.option("--retries", default=2, show_default=True, type=click.IntRange(0, 20),
+                      help="Times a failed task is tried again before it is reported as failed.")(fn)
+    fn = click.option("--workers", default=None, type=click.IntRange(1), metavar="N",
+                      help="Ray workers (default: one per GPU with --device cuda, else one per --threads CPUs).")(fn)
+    fn = click.option("--address", default=None, metavar="ADDR",
+                      help="A Ray cluster to join (e.g. ray://head:10001); default: a local Ray started here.")(fn)
+    fn = click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+                      help="local: one task after another in this process; ray: tasks spread over Ray workers "
+                           "(needs pip install 'cnnvis[ray]').")(fn)
+    return fn
+
+
+def report_summary(summ, what: str) -> None:
+    """Failed tasks: each named on stderr, exit 1 (finished ones are stored; run again to retry)."""
+    for spec, err in summ.failed:
+        where = f"{spec.get('layers', [''])[0]} channels {spec['channels'][0]}-{spec['channels'][-1]}" \
+            if spec.get("kind") == "filters" else f"shard {spec.get('shard')}/{spec.get('shards')}"
+        click.echo(f"failed after retries: {where}: {err}", err=True)
+    if summ.failed:
+        click.echo(f"error: {len(summ.failed)} of {summ.total} {what} failed (named above); the others are "
+                   "stored: run the same command again to retry only those", err=True)
+        sys.exit(1)
+
+
 @click.command("render-all")
 @click.option("--model", "-m", default=DEFAULT_MODEL, show_default=True, metavar="NAME|PATH")
 @click.option("--layers", default=None, metavar="L1,L2",
               help="Layers to render (aliases or dotted names; default: the model's classic layers).")
 @click.option("--first", default=None, type=click.IntRange(1), metavar="N",
               help="Only the pages holding each layer's first N channels (default: every channel).")
+@click.option("--steps", default=None, type=click.IntRange(1, 100000), metavar="S",
+              help=f"Optimization steps (default: the web pages' {QUICK_STEPS}; other values fill the cache with "
+                   "results the pages do not ask for).")
+@click.option("--size", default=None, type=click.IntRange(8, 2048), metavar="PX",
+              help="Image side (default: the web pages', 80 px or a small net's own side).")
 @click.option("--cache", default=DEFAULT_CACHE, show_default=True, metavar="DIR", envvar="CNNVIS_CACHE")
 @click.option("--device", default="cpu", show_default=True)
-@_threads
-def render_all_cmd(model, layers, first, cache, device) -> None:
-    """Render every layer page of the web UI into its cache (the exact jobs the pages ask for).
+@engine_options
+@click.option("--threads", type=int, default=None, metavar="N",
+              help="CPU threads for torch, here and in each Ray worker (default: torch's choice here, 1 per Ray "
+                   "worker).")
+def render_all_cmd(model, layers, first, steps, size, cache, device, engine, address, workers, retries,
+                   threads) -> None:
+    """Render every layer page of the web UI into its cache (the exact jobs the pages ask for): a task
+    per layer page of 16 channels, here or on Ray; finished pages are skipped, so a killed run resumes.
 
     Example: cnnvis render-all --model efficientnet_lite0 --layers stage1,stage2 --first 32 --cache web-cache
+
+    On Ray: ... --engine ray [--address ray://head:10001] [--workers N] [--device cuda]
     """
     import math
 
-    from cnnvis.jobs import Store, default_pool, run
-    from cnnvis.layers import default_layers
+    from cnnvis.errors import CnnvisError
+    from cnnvis.jobs import Store, default_pool
+    from cnnvis.jobs.engine import import_ray, run_many
+    from cnnvis.layers import default_layers, list_layers
     from cnnvis.web import specs
 
-    apply_threads()
+    if engine == "ray":
+        import_ray()  # says how to install it before anything is loaded
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
     store = Store(cache)
     ref = specs.canonical_ref(model)
     dev = None if device == "auto" else device
     vm = default_pool(dev).get(ref)
-    from cnnvis.layers import list_layers
-
     specs.remember(ref, vm, list_layers(vm))
     names = parse_names(layers) or default_layers(vm)
-    plan = []
+    if size is not None and size < vm.min_size:
+        raise CnnvisError(f"--size {size} is too small for {vm.name}; use at least {vm.min_size}")
+    plan, units = [], []
     for layer in names:
         _, n = specs.layer_channels(ref, layer)  # every layer checked before the first render
         pages = math.ceil(min(n, first or n) / specs.PER_PAGE)
-        plan += [(layer, p) for p in range(pages)]
-    done = cached = 0
-    for i, (layer, p) in enumerate(plan):
-        spec = specs.layer_page_spec(ref, layer, p)
-        click.echo(f"[{i + 1}/{len(plan)}] {layer} page {p} (channels {spec['channels'][0]}-"
-                   f"{spec['channels'][-1]})", err=True)
-        res = run(spec, store=store, progress=True, device=dev)
-        cached += res.cached
-        done += 1
-    click.echo(f"{done} pages in {str(store.root)!r} ({cached} were already there)")
+        for p in range(pages):
+            sp = specs.layer_page_spec(ref, layer, p, steps=steps, size=size)
+            plan.append(sp)
+            units.append(len(sp["channels"]))
+    summ = run_many(plan, store, engine=engine, address=address, workers=workers, device=dev,
+                    threads=threads if engine == "local" else (threads or 1), retries=retries, units=units,
+                    unit="channels", pool=default_pool(dev))
+    click.echo(f"{len(plan)} pages ({sum(units)} channels) in {str(store.root)!r}: {summ.computed} rendered, "
+               f"{summ.skipped} were already there, {len(summ.failed)} failed ({summ.seconds:.1f} s, {engine})")
+    report_summary(summ, "pages")
 
 
 COMMANDS = [serve_cmd, render_all_cmd]

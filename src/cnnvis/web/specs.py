@@ -92,9 +92,11 @@ def n_pages(model_ref: str, layer: str, per_page: int = PER_PAGE) -> int:
     return math.ceil(layer_channels(_ref(model_ref), layer)[1] / per_page)
 
 
-def layer_page_spec(model_ref: str, layer: str, page: int, per_page: int = PER_PAGE, seed: int = 0) -> dict:
+def layer_page_spec(model_ref: str, layer: str, page: int, per_page: int = PER_PAGE, seed: int = 0,
+                    steps: int | None = None, size: int | None = None) -> dict:
     """The `filters` job spec of one page of a layer's grid: channels page*per_page .. +per_page.
-    `model_ref`: a registry name, a checkpoint path or a web model id."""
+    `model_ref`: a registry name, a checkpoint path or a web model id. steps/size: other than the
+    pages' quick settings (QUICK_STEPS, quick_size) - such results are not the ones the pages show."""
     model_ref = _ref(model_ref)
     dotted, n = layer_channels(model_ref, layer)
     pages = math.ceil(n / per_page)
@@ -103,7 +105,7 @@ def layer_page_spec(model_ref: str, layer: str, page: int, per_page: int = PER_P
                           f"({n} channels, {per_page} a page)")
     chans = list(range(page * per_page, min(n, (page + 1) * per_page)))
     return {"kind": "filters", "model": model_ref, "layers": [dotted], "channels": chans,
-            "steps": QUICK_STEPS, "size": quick_size(model_ref), "seed": seed}
+            "steps": steps or QUICK_STEPS, "size": size or quick_size(model_ref), "seed": seed}
 
 
 def channel_spec(model_ref: str, layer: str, c: int, seed: int = 0) -> dict:

@@ -1,0 +1,187 @@
+"""Many jobs into one store, locally or on Ray (issue 13): render-all and top-examples with
+--engine ray give the local engine's results; a SIGTERM'd driver resumes; failures are retried
+and reported; without Ray, --engine ray says how to install it."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cnnvis.cli import main
+from cnnvis.jobs import Store
+from cnnvis.jobs.result import Result
+from tests.conftest import SHARED
+
+ray = pytest.importorskip("ray")  # the [ray] extra: make test installs it (CI runs these)
+pytestmark = pytest.mark.slow
+
+CIFAR_ZIP = SHARED / "data" / "cifar10-jpeg.zip"
+LITE = "efficientnet_lite0"
+LAYERS = "conv_stem,blocks.0.0.conv_pw"  # 32 + 16 channels: 3 pages of 16
+QUICK = ["--steps", "8", "--size", "64", "--threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """One local Ray for the module's in-process runs (run_many joins it instead of starting its own)."""
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+def _stored(cache: Path) -> dict[str, Result]:
+    """Every result in a cache folder, loaded from its files (a broken one raises)."""
+    return {p.parent.name: Result.load(p.parent) for p in sorted((cache / "objects").glob("*/*/result.json"))}
+
+
+def _pngs(res: Result) -> dict[str, np.ndarray]:
+    return {n: np.asarray(Image.open(io.BytesIO(b))) for n, b in res.files.items() if n.endswith(".png")}
+
+
+def test_render_all_on_ray_equals_the_local_engine(local_ray, tmp_path, capsys):
+    local, rayc = tmp_path / "local", tmp_path / "ray"
+    assert main(["render-all", "--model", LITE, "--layers", LAYERS, "--cache", str(local), *QUICK]) == 0
+    assert main(["render-all", "--model", LITE, "--layers", LAYERS, "--cache", str(rayc), *QUICK,
+                 "--engine", "ray", "--workers", "2"]) == 0
+    err = capsys.readouterr().err
+    assert "Ray: 2 workers" in err and "48/48 channels" in err  # one overall bar (plain lines off a terminal)
+    a, b = _stored(local), _stored(rayc)
+    assert len(a) == 3 and a.keys() == b.keys()  # the same specs -> the same keys, in the same store layout
+    for key in a:
+        assert a[key].spec == b[key].spec and sorted(a[key].files) == sorted(b[key].files)
+        pa, pb = _pngs(a[key]), _pngs(b[key])
+        assert len(pa) >= 16  # a grid and a tile per channel
+        for n in pa:  # same seeds, same thread count: the same pixels
+            assert np.array_equal(pa[n], pb[n]), (key, n)
+        assert a[key].env["threads"] == b[key].env["threads"] == 1
+    # the pages read it: the index has a row per page, and a second run computes nothing
+    assert main(["render-all", "--model", LITE, "--layers", LAYERS, "--cache", str(rayc), *QUICK,
+                 "--engine", "ray"]) == 0
+    out = capsys.readouterr()
+    assert "0 rendered, 3 were already there" in out.out and "3 already in" in out.err
+
+
+@pytest.mark.skipif(not CIFAR_ZIP.is_file(), reason=f"{CIFAR_ZIP} not present")
+def test_top_examples_on_ray_equal_the_local_engine(local_ray, tmp_path, capsys):
+    from cnnvis.models import build_arch
+    from cnnvis.models.checkpoint import save_checkpoint
+
+    torch.manual_seed(3)
+    ckpt = save_checkpoint(tmp_path / "net", build_arch("cifar_cnn", num_classes=10), architecture="cifar_cnn",
+                           classes=["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+                                    "truck"])
+    common = ["--model", str(ckpt), str(CIFAR_ZIP), "--split", "test", "--layer", "conv2", "--k", "9",
+              "--threads", "1", "--json"]
+    assert main(["top-examples", *common, "--out", str(tmp_path / "local")]) == 0
+    assert main(["top-examples", *common, "--engine", "ray", "--workers", "2", "--shards", "5", "--cache",
+                 str(tmp_path / "cache"), "--out", str(tmp_path / "ray")]) == 0
+    capsys.readouterr()
+    a = json.loads((tmp_path / "local" / "index.json").read_text())
+    b = json.loads((tmp_path / "ray" / "index.json").read_text())
+    assert a["images"] == b["images"] == 10000 and a["seen"] == b["seen"] == 10000
+    assert b["shards_merged"] == [0, 1, 2, 3, 4]
+    assert len(a["channels"]) == 96 and a["top"] == b["top"]  # every channel's top 9: images, values, places
+    assert sorted(p.name for p in (tmp_path / "ray").iterdir()) == sorted(p.name for p in (tmp_path / "local")
+                                                                         .iterdir())
+    assert len(_stored(tmp_path / "cache")) == 5  # one stored result per shard (a rerun skips them)
+
+
+def test_failed_tasks_are_retried_and_reported(local_ray, tmp_path, capsys, monkeypatch):
+    """A task that cannot succeed (a channel past the layer's end) is tried 1 + retries times on each
+    engine, named in the summary, and the others are stored; the CLI exits 1 and names it."""
+    from cnnvis.jobs.engine import run_many
+
+    good = {"kind": "filters", "model": LITE, "layers": ["blocks.0.0.conv_pw"], "channels": [0, 1], "steps": 2,
+            "size": 48}
+    bad = {**good, "channels": [99]}
+    for engine in ("local", "ray"):
+        store = Store(tmp_path / engine)
+        s = run_many([good, bad], store, engine=engine, workers=2, threads=1, retries=2, progress=False)
+        assert (s.computed, s.skipped, s.retried, len(s.failed)) == (1, 0, 2, 1), (engine, s)
+        assert s.failed[0][0] == bad and "channel 99" in s.failed[0][1], s.failed
+        assert s.keys[0] is not None and s.keys[1] is None and len(_stored(tmp_path / engine)) == 1
+    from cnnvis.jobs.kinds import FiltersSpec
+
+    real = FiltersSpec.run
+    calls = []
+
+    def flaky(self, vm, ctx):  # the page of channels 16-31 always fails, the first page works
+        calls.append(self.channels[0])
+        if self.channels[0] == 16:
+            raise RuntimeError("boom")
+        return real(self, vm, ctx)
+
+    monkeypatch.setattr(FiltersSpec, "run", flaky)
+    rc = main(["render-all", "--model", LITE, "--layers", "conv_stem", "--cache", str(tmp_path / "cli"),
+               "--steps", "2", "--size", "48", "--threads", "1", "--retries", "1"])
+    out = capsys.readouterr()
+    assert rc == 1 and "Traceback" not in out.err
+    assert "failed after retries: conv_stem channels 16-31: RuntimeError: boom" in out.err
+    assert "1 rendered, 0 were already there, 1 failed" in out.out and calls == [0, 16, 16]
+    assert len(_stored(tmp_path / "cli")) == 1
+    # bad input is refused before any task runs: exit 2, one line
+    rc = main(["render-all", "--model", LITE, "--layers", "conv_stem", "--cache", str(tmp_path / "cli2"),
+               "--size", "8"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: --size 8 is too small") and err.count("\n") == 1
+
+
+def test_without_ray_engine_ray_says_how_to_install(monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+    rc = main(["render-all", "--model", LITE, "--layers", "conv_stem", "--cache", str(tmp_path / "c"),
+               "--engine", "ray"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "pip install 'cnnvis[ray]'" in err and err.count("\n") == 1
+    assert not (tmp_path / "c" / "objects").exists() or not any((tmp_path / "c" / "objects").iterdir())
+
+
+def _rows(cache: Path) -> int:
+    try:
+        with sqlite3.connect(cache / "index.sqlite", timeout=5) as con:
+            return con.execute("SELECT COUNT(*) FROM results").fetchone()[0]
+    except sqlite3.Error:
+        return 0
+
+
+def test_a_killed_driver_resumes_with_only_the_unfinished_tasks(tmp_path):
+    """SIGTERM to `cnnvis render-all --engine ray` half-way: it exits (143), what finished is stored and
+    whole; the same command again runs only the rest; every stored result loads and decodes."""
+    cache = tmp_path / "cache"
+    cmd = [sys.executable, "-m", "cnnvis", "render-all", "--model", LITE, "--layers", "blocks.1.0.conv_pw",
+           "--cache", str(cache), "--steps", "6", "--size", "48", "--threads", "1", "--engine", "ray",
+           "--workers", "2"]  # 96 channels: 6 pages
+    env = {**os.environ, "CNNVIS_PROGRESS_EVERY": "0"}
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    t0 = time.time()
+    while _rows(cache) < 2 and p.poll() is None and time.time() - t0 < 240:
+        time.sleep(0.2)
+    assert p.poll() is None, p.communicate()  # still running half-way
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 143, (p.returncode, err[-2000:])
+    assert "run the same command again" in err and "Traceback" not in err
+    first = _stored(cache)
+    assert 2 <= len(first) < 6, len(first)
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"6 tasks: {len(first)} already in" in r.stderr and f"{6 - len(first)} to run" in r.stderr
+    assert f"{6 - len(first)} rendered, {len(first)} were already there" in r.stdout
+    final = _stored(cache)
+    assert len(final) == 6 and _rows(cache) == 6
+    for key, res in final.items():
+        tiles = _pngs(res)
+        assert len(tiles) == 17 and all(t.size > 0 for t in tiles.values())  # a grid + 16 tiles, all decode
+        if key in first:  # what the killed run stored is untouched
+            assert res.files == first[key].files
