@@ -317,7 +317,7 @@ def _top_examples_sharded(data, model, weights, device, cache, as_json, layer, k
         try:
             sp = make_spec("top_examples", model=model, weights=weights, data=data, split=split, layer=layer, k=k,
                            channels=parse_channels(channels), shard=s, shards=shards, limit=limit, size=size,
-                           batch_size=batch_size)
+                           batch_size=batch_size, grids=False)
         except CnnvisError as e:
             raise CnnvisError(_flag_names(str(e), {**_FLAGS, "batch_size": "--batch-size"})) from None
         plan.append(sp.to_dict())

@@ -234,6 +234,7 @@ class TopExamplesSpec(Spec):
     shards: int = Field(1, ge=1)
     limit: int | None = Field(None, ge=1)  # only the first `limit` images
     size: Side | None = None  # feed images at this size (default: their own)
+    grids: bool = True  # False: index.json alone (shards that cnnvis merges; the merge draws the grids)
 
     @model_validator(mode="after")
     def _shard_ok(self):
@@ -268,11 +269,12 @@ class TopExamplesSpec(Spec):
                   "shape": shape, "k": self.k, "channels": chs, "batch_size": self.batch_size,
                   "shard": self.shard, "shards": self.shards, "shards_merged": [self.shard],
                   "rf": rf.to_dict() if rf else None, "skipped": ds.skipped}
-        return render_top(ds, top, header)
+        return render_top(ds, top, header, grids=self.grids)
 
 
-def render_top(ds, top, header: dict) -> tuple[dict, dict, str]:
-    """TopK + its header -> (index document, files {index.json, channel_XXX.png}, main file)."""
+def render_top(ds, top, header: dict, grids: bool = True) -> tuple[dict, dict, str]:
+    """TopK + its header -> (index document, files {index.json, channel_XXX.png}, main file);
+    grids=False: the index alone (a shard that is only merged)."""
     from cnnvis.study.dataref import class_name
     from cnnvis.study.maps import tile_scale
     from cnnvis.study.receptive import RF
@@ -299,6 +301,8 @@ def render_top(ds, top, header: dict) -> tuple[dict, dict, str]:
             box = list(rf.box(y, x, hw)) if rf else [0, 0, hw[0] - 1, hw[1] - 1]
             entries.append({"index": i, "label": int(label), "class": class_name(None, ds, int(label)),
                             "value": v, "y": y, "x": x, "box": box})
+            if not grids:
+                continue
             pil = to_pil(upscale(img, f_img)).convert("RGB")
             ImageDraw.Draw(pil).rectangle([box[1] * f_img, box[0] * f_img, (box[3] + 1) * f_img - 1,
                                            (box[2] + 1) * f_img - 1], outline=(255, 0, 0))
@@ -308,6 +312,8 @@ def render_top(ds, top, header: dict) -> tuple[dict, dict, str]:
             labs.append(f"#{i} {entries[-1]['class'] or ''}"[:16])
             plabs.append(f"{v:.3g}")
         doc["top"][str(c)] = entries
+        if not grids:
+            continue
         k = max(1, len(ims))
         title = f"{header['model_name']} {header['layer']} channel {c}: top {len(ims)} of {top.seen} images"
         if ims:
@@ -316,5 +322,5 @@ def render_top(ds, top, header: dict) -> tuple[dict, dict, str]:
             sheet = labelled_tiles([], [], cols=1, title=title + " (no images)")
         files[f"channel_{c:03d}.png"] = png_bytes(sheet)
     files["index.json"] = json.dumps(doc, indent=1).encode()
-    first = f"channel_{header['channels'][0]:03d}.png" if header["channels"] else "index.json"
+    first = f"channel_{header['channels'][0]:03d}.png" if header["channels"] and grids else "index.json"
     return doc, files, first
