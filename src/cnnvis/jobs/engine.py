@@ -182,18 +182,23 @@ def _run_local(specs, todo, store, summ, bar, units, device, retries, pool) -> N
             except Exception as e:  # noqa: BLE001 - a task's failure is reported, never the whole run's end
                 err = f"{type(e).__name__}: {e}"
             else:
-                store.put(res, aliases=_aliases(specs[i], res))
-                summ.computed += 1
-                summ.keys[i] = res.key
-                summ.task_seconds.append(res.seconds)
-                summ.task_wall.append(time.perf_counter() - t)
-                bar.update(units[i])
+                _keep(store, summ, bar, specs[i], i, units[i], res, t)
                 break
             if attempt < retries:
                 summ.retried += 1
             else:
                 summ.failed.append((specs[i], err))
                 bar.update(units[i], note=f"{len(summ.failed)} failed")
+
+
+def _keep(store, summ, bar, spec: dict, i: int, unit: int, res, t0: float) -> None:
+    """Store task i's result (the driver is the store's one writer) and count it."""
+    store.put(res, aliases=_aliases(spec, res))
+    summ.computed += 1
+    summ.keys[i] = res.key
+    summ.task_seconds.append(res.seconds)
+    summ.task_wall.append(time.perf_counter() - t0)
+    bar.update(unit)
 
 
 def _aliases(spec: dict, res) -> tuple[str, ...]:
@@ -302,12 +307,7 @@ def _run_ray(specs, todo, store, summ, bar, units, device, threads, retries, add
                 cause = e.cause if getattr(e, "cause", None) is not None else e
                 err = str(cause) if isinstance(cause, CnnvisError) else f"{type(cause).__name__}: {cause}"
             else:
-                store.put(res, aliases=_aliases(specs[i], res))
-                summ.computed += 1
-                summ.keys[i] = res.key
-                summ.task_seconds.append(res.seconds)
-                summ.task_wall.append(time.perf_counter() - t)
-                bar.update(units[i])
+                _keep(store, summ, bar, specs[i], i, units[i], res, t)
                 idle.append(a)
                 submit()
                 continue
