@@ -408,6 +408,25 @@ def test_dataset_images_for_the_tsne_hover(client, mid):
     assert r.status_code == 404 and "--data" in r.json()["detail"]
 
 
+def test_loopback_server_answers_only_localhost_names(mnist_run, tmp_path):
+    """`cnnvis serve` on 127.0.0.1 answers only Host: localhost / 127.0.0.1 (a page on another site cannot
+    reach it through DNS rebinding); the boot JSON inside a page cannot close its <script>."""
+    from cnnvis.commands.web import LOOPBACK_NAMES
+    from cnnvis.web.app import create_app
+    from cnnvis.web.pages import _script_json
+
+    app2 = create_app([str(mnist_run)], tmp_path / "c", allowed_hosts=LOOPBACK_NAMES)
+    with TestClient(app2, base_url="http://127.0.0.1:8000") as ok:
+        assert ok.get("/api/models").status_code == 200
+    with TestClient(app2, base_url="http://localhost:8000") as ok:
+        assert ok.get("/").status_code == 200
+    with TestClient(app2, base_url="http://rebound.example.com:8000") as evil:
+        r = evil.get("/api/models")
+        assert r.status_code == 400 and "host" in r.text.lower()
+    assert "</script>" not in _script_json({"name": "</script><script>alert(1)</script>"})
+    assert json.loads(_script_json({"a": "<&>"})) == {"a": "<&>"}
+
+
 def test_no_server_errors_in_this_module(client):
     """Every request above (bad ones included) was answered without a 5xx."""
     assert SERVER_ERRORS == []

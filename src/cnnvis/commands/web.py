@@ -11,6 +11,7 @@ from cnnvis.commands.common import _threads_cb, apply_threads, parse_names
 from cnnvis.web.specs import QUICK_STEPS
 
 DEFAULT_CACHE = "~/.cache/cnnvis/web"
+LOOPBACK_NAMES = ["localhost", "127.0.0.1", "::1"]
 
 
 def _threads(fn):
@@ -42,7 +43,9 @@ def serve_cmd(models, host, port, cache, data, device, max_upload_mb) -> None:
     from cnnvis.web.app import create_app
 
     apply_threads()
-    app = create_app(list(models) or [DEFAULT_MODEL], cache, data=data, device=device, max_upload_mb=max_upload_mb)
+    loopback = host in ("127.0.0.1", "localhost", "::1")
+    app = create_app(list(models) or [DEFAULT_MODEL], cache, data=data, device=device, max_upload_mb=max_upload_mb,
+                     allowed_hosts=LOOPBACK_NAMES if loopback else None)  # no DNS rebinding onto loopback
     shown = "localhost" if host in ("127.0.0.1", "::1") else host
     click.echo(f"cnnvis microscope on http://{shown}:{port}/ (models: {', '.join(app.state.models)}; cache "
                f"{app.state.cache})", err=False)

@@ -285,10 +285,12 @@ class UploadLimit:
 
 # ---------------------------------------------------------------------- the app
 def create_app(models: list[str], cache: str | os.PathLike, *, data: str | None = None, device: str = "cpu",
-               max_upload_mb: int = 20) -> FastAPI:
+               max_upload_mb: int = 20, allowed_hosts: list[str] | None = None) -> FastAPI:
     """The web app over `models` (registry names or checkpoint paths; the first is the default),
     keeping every result in the store at `cache`. `data`: a dataset ref for top examples and the study
-    (checkpoints of `cnnvis train` use their training data when none is given)."""
+    (checkpoints of `cnnvis train` use their training data when none is given). `allowed_hosts`: the
+    only Host headers answered (400 otherwise; `cnnvis serve` on loopback: localhost names only, so a
+    web page elsewhere cannot reach it by DNS rebinding); None: any."""
     from cnnvis.jobs import ModelPool, Store
     from cnnvis.layers import list_layers
     from cnnvis.web import specs
@@ -332,6 +334,10 @@ def create_app(models: list[str], cache: str | os.PathLike, *, data: str | None 
     app.state.cache, app.state.max_upload_mb, app.state.data = cache, max_upload_mb, data
     app.state.fast_pool = fast_pool
     app.add_middleware(UploadLimit, limit=max_upload_mb * 2**20)
+    if allowed_hosts is not None:
+        from starlette.middleware.trustedhost import TrustedHostMiddleware
+
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
     from starlette.formparsers import MultiPartParser
 
     # uploads stay in memory (<= max_upload_mb each) instead of spooling to the system's temp folder:

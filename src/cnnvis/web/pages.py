@@ -61,7 +61,7 @@ def _page(request: Request, name: str, mid: str, active: str, title: str, **ctx)
         ctx["message"] = f"No model {mid!r} is served here; pick one of: {', '.join(served)}."
     boot = {"mid": mid, "page": active, **ctx}
     return templates.TemplateResponse(request, f"{name}.html", {
-        "mid": mid, "active": active, "title": title, "nav": NAV, "boot_json": json.dumps(boot), **ctx},
+        "mid": mid, "active": active, "title": title, "nav": NAV, "boot_json": _script_json(boot), **ctx},
         status_code=status)
 
 
@@ -129,3 +129,8 @@ def _training(request: Request, mid: str) -> dict | None:
 @router.get("/m/{mid}/study", response_class=HTMLResponse)
 def study_page(request: Request, mid: str):
     return _page(request, "study", mid, "study", f"{mid}: dataset study", training=_training(request, mid))
+
+
+def _script_json(obj) -> str:
+    """JSON safe inside a <script> element: '<', '>' and '&' escaped (no '</script>' from a name)."""
+    return json.dumps(obj).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
