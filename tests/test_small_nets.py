@@ -279,3 +279,36 @@ def test_3_channel_32px_net_class_image_gradcam_deconv_dream(cifar, pool):
     # the three colour channels are changed differently: a 3-channel input, not a grey one broadcast
     diff = (b - a).reshape(-1, 3)
     assert np.abs(diff[:, 0] - diff[:, 1]).mean() > 1e-3
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_3_channel_32px_net_every_attribution_method(method, cifar, pool):
+    """Every saliency method on a 3x32x32 input (Lucent assumes ImageNet-sized RGB): a finite 32x32 map
+    that varies over the image; plain saliency equals the input gradient computed here."""
+    net, photo = cifar
+    vm = pool.get(net)
+    res = run({"kind": "attribution", "model": net, "image": photo, "method": method, "target": "ship"}, pool=pool)
+    h = res.array("map.npy")
+    assert h.shape == (32, 32) and np.isfinite(h).all() and float(np.abs(h).max()) > 0, method
+    assert float(np.abs(h).std()) > 1e-3 * float(np.abs(h).max()), method  # not a constant map
+    if method == "saliency":
+        x = torch.from_numpy(np.asarray(Image.open(photo).convert("RGB"), np.float32) / 255).permute(2, 0, 1)[None]
+        x.requires_grad_(True)
+        vm(x)[0, 8].backward()
+        g = x.grad[0].abs().amax(0).numpy()
+        assert np.allclose(h / h.max(), g / g.max(), atol=1e-4)
+
+
+def test_3_channel_32px_net_filters_and_sanity(cifar, pool):
+    net, photo = cifar
+    vm = pool.get(net)
+    res = run({"kind": "filters", "model": net, "layers": ["conv1", "conv2"], "first": 3, "steps": 48}, pool=pool)
+    assert [r["layer"] for r in res.data["layers"]] == ["conv1", "conv2"]
+    tile = np.asarray(res.image(f"tile_0_{res.data['layers'][0]['channels'][0]}.png").convert("RGB"))
+    assert min(tile.shape[:2]) >= 32 and tile.std() > 5  # at least the net's own side; a picture, not flat
+    spread = tile.reshape(-1, 3).astype(np.float32)
+    assert np.abs(spread[:, 0] - spread[:, 1]).mean() > 1  # colour: three input channels, not grey
+    res = run({"kind": "sanity", "model": net, "image": photo, "methods": ["saliency"], "target": "ship"},
+              pool=pool)
+    rho = res.data["spearman"]["saliency"]
+    assert rho[0] > 0.99 and min(rho[1:]) < 0.9, rho  # the unrandomized map is itself; randomizing changes it
