@@ -7,9 +7,9 @@ from cnnvis.report import ReportContext, Section, esc
 
 def render(ctx: ReportContext) -> str:
     out, data = [], {}
-    n, steps, size = (5, 48, 80) if ctx.quick else (10, "auto", "auto")
+    n, steps, size = (5, 48, 64) if ctx.quick else (10, "auto", "auto")
     if ctx.quick:
-        out.append("<p class='note'>Quick mode: 5 filters per layer, 48 steps at 80 px "
+        out.append("<p class='note'>Quick mode: 5 filters per layer, 48 steps at 64 px "
                    "(full report: 10 filters, size and steps per layer from its receptive field).</p>")
     from cnnvis.report import small_net, with_vgg16
 
