@@ -96,7 +96,7 @@ def report_summary(summ, what: str) -> None:
 @click.option("--cache", default=DEFAULT_CACHE, show_default=True, metavar="DIR", envvar="CNNVIS_CACHE")
 @click.option("--device", default="cpu", show_default=True)
 @engine_options
-@click.option("--threads", type=int, default=None, metavar="N",
+@click.option("--threads", type=click.IntRange(1), default=None, metavar="N",
               help="CPU threads for torch, here and in each Ray worker (default: torch's choice here, 1 per Ray "
                    "worker).")
 def render_all_cmd(model, layers, first, steps, size, cache, device, engine, address, workers, retries,
