@@ -340,6 +340,14 @@ def test_photo_upload_pelican(server, page):
     wait_job_done(pg, "#attr-job")
     assert images_loaded(pg, "#attr-out img")[0] > 0
     shot(pg, "10-photo-pelican")
+    for m in ("saliency", "guided", "deconvnet"):  # the other methods of the menu, for the same class
+        pg.select_option("#method", m)
+        pg.click("#attr-btn")
+        wait_job_done(pg, "#attr-job")
+        job = _get_json(f"{server.base}/api/jobs/{pg.get_attribute('#attr-job [data-testid=job-widget]', 'data-job-id')}")
+        d = job["result"]["data"]
+        assert d["method"] == m and d["label"] == "pelican" and d["prob"] > 0.5, (m, d)
+        assert images_loaded(pg, "#attr-out img")[0] > 0
 
     layer = pg.input_value("#layer-select")  # feature maps of the chosen layer
     pg.click("#maps-btn")
@@ -355,6 +363,12 @@ def test_photo_upload_pelican(server, page):
     assert max(w, h) == 320 and abs(w / h - 500 / 334) < 0.02  # the pelican photo is 500x334
     assert images_loaded(pg, "#layer-out img")[0] == w
     shot(pg, "10-photo-pelican-dream")
+    pg.click("#deconv-btn")  # the Zeiler & Fergus panel: the top 3 channels of its layers, projected
+    wait_job_done(pg, "#layer-job")
+    job = _get_json(f"{server.base}/api/jobs/{pg.get_attribute('#layer-job [data-testid=job-widget]', 'data-job-id')}")
+    assert job["result"]["kind"] == "deconv" and all(len(x["channels"]) == 3 for x in job["result"]["data"]["layers"])
+    assert images_loaded(pg, "#layer-out img")[0] > 0
+    shot(pg, "10-photo-pelican-deconv")
 
 
 def test_bad_upload_shows_a_readable_message(server, page, tmp_path):
