@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
 from cnnvis.cli import main
 from cnnvis.report import Section, build_report
+from tests.conftest import SHARED
 
 
 def test_failing_section_does_not_lose_the_report(tmp_path, lite0, monkeypatch):
@@ -156,3 +162,34 @@ def test_study_sections_are_skipped_without_data(tmp_path, lite0):
                         only=["study_accuracy", "study_top_examples", "study_regularizers"])
     html = page.read_text()
     assert html.count("no dataset: give --data") == 2 and "ImageNet-size model" in html
+
+
+@pytest.mark.skipif(not (SHARED / "data" / "cifar10-jpeg.zip").is_file(), reason="../shared/data/cifar10-jpeg.zip")
+def test_report_of_a_cifar_net_has_the_dataset_study_in_colour(tmp_path, one_thread):
+    """`cnnvis report --model NET --data cifar10-jpeg.zip` for a 3-channel 32-px cifar_cnn: photos from the
+    test split, accuracy = the evaluate job's, colour first-layer weights, the study's pictures."""
+    from cnnvis.jobs import run
+    from cnnvis.models import build_arch
+    from cnnvis.models.checkpoint import save_checkpoint
+
+    zp = str(SHARED / "data" / "cifar10-jpeg.zip")
+    torch.manual_seed(0)
+    net = save_checkpoint(tmp_path / "net", build_arch("cifar_cnn", num_classes=10), architecture="cifar_cnn",
+                          classes=["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+                                   "truck"])
+    out = tmp_path / "r"
+    sections = [s for s in STUDY if s != "study_regularizers"]  # no second net here
+    assert main(["report", "--quick", "--model", str(net), "--data", zp, "--out", str(out),
+                 "--sections", ",".join(sections)]) == 0
+    d = json.loads((out / "report.json").read_text())["sections"]
+    assert "_errors" not in d, d.get("_errors")
+    assert len(d["classification"]) == 4  # CIFAR-10 test images as the photos
+    acc = d["study_accuracy"]["evaluate"]
+    ev = run({"kind": "evaluate", "model": str(net), "data": zp, "split": "test", "limit": acc["n"]}).data
+    assert acc["n"] == ev["n"] and acc["accuracy"] == ev["accuracy"]
+    w = np.asarray(Image.open(out / "img" / "study_weights.png").convert("RGB")).astype(np.float32)
+    assert np.abs(w[..., 0] - w[..., 1]).mean() > 1  # 96 colour filters, not grey
+    html = (out / "index.html").read_text()
+    for img in ("study_confusion.png", "study_weights.png", "study_maxmaps.png", "study_atlas.png",
+                "study_neighbours.png"):
+        assert f"img/{img}" in html and (out / "img" / img).stat().st_size > 1000
