@@ -117,8 +117,8 @@ def run_many(specs: Sequence[dict], store: Store, *, engine: str = "local", addr
     t0 = time.perf_counter()
     bar = _Bar(sum(units), unit, progress)
     todo = []
-    for i, s in enumerate(specs):  # the store is asked first: finished tasks are skipped (resume)
-        raw = job_key(parse_spec(s))
+    raws = [job_key(parse_spec(s)) for s in specs]  # each task's key as asked (an alias of its stored key)
+    for i, raw in enumerate(raws):  # the store is asked first: finished tasks are skipped (resume)
         key = store.resolve(raw)
         if key is not None and store.folder(key) is not None:
             summ.skipped += 1
@@ -134,9 +134,10 @@ def run_many(specs: Sequence[dict], store: Store, *, engine: str = "local", addr
     _catch_sigterm()
     try:
         if engine == "local":
-            _run_local(specs, todo, store, summ, bar, units, device, retries, pool)
+            _run_local(specs, raws, todo, store, summ, bar, units, device, retries, pool)
         else:
-            _run_ray(specs, todo, store, summ, bar, units, device, threads, retries, address, workers, progress)
+            _run_ray(specs, raws, todo, store, summ, bar, units, device, threads, retries, address, workers,
+                     progress)
     except _Terminated:
         bar.close()
         _say(f"terminated: {summ.computed} tasks stored this run; run the same command again to finish", progress)
@@ -170,7 +171,7 @@ def _is_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def _run_local(specs, todo, store, summ, bar, units, device, retries, pool) -> None:
+def _run_local(specs, raws, todo, store, summ, bar, units, device, retries, pool) -> None:
     pool = pool or ModelPool(device)
     for i in todo:
         for attempt in range(retries + 1):
@@ -182,18 +183,15 @@ def _run_local(specs, todo, store, summ, bar, units, device, retries, pool) -> N
             except Exception as e:  # noqa: BLE001 - a task's failure is reported, never the whole run's end
                 err = f"{type(e).__name__}: {e}"
             else:
-                _keep(store, summ, bar, specs[i], i, units[i], res, t)
+                _keep(store, summ, bar, raws[i], i, units[i], res, t)
                 break
-            if attempt < retries:
-                summ.retried += 1
-            else:
-                summ.failed.append((specs[i], err))
-                bar.update(units[i], note=f"{len(summ.failed)} failed")
+            if not _again(summ, bar, specs[i], units[i], err, attempt, retries):
+                break
 
 
-def _keep(store, summ, bar, spec: dict, i: int, unit: int, res, t0: float) -> None:
-    """Store task i's result (the driver is the store's one writer) and count it."""
-    store.put(res, aliases=_aliases(spec, res))
+def _keep(store, summ, bar, raw: str, i: int, unit: int, res, t0: float) -> None:
+    """Store task i's result (the driver is the store's one writer; `raw`: its key as asked) and count it."""
+    store.put(res, aliases=(raw,) if raw != res.key else ())
     summ.computed += 1
     summ.keys[i] = res.key
     summ.task_seconds.append(res.seconds)
@@ -201,9 +199,14 @@ def _keep(store, summ, bar, spec: dict, i: int, unit: int, res, t0: float) -> No
     bar.update(unit)
 
 
-def _aliases(spec: dict, res) -> tuple[str, ...]:
-    raw = job_key(parse_spec(spec))
-    return (raw,) if raw != res.key else ()
+def _again(summ, bar, spec: dict, unit: int, err: str, attempt: int, retries: int) -> bool:
+    """After failed try `attempt` (0-based) of a task: True to try again, else it is reported as failed."""
+    if attempt < retries:
+        summ.retried += 1
+        return True
+    summ.failed.append((spec, err.splitlines()[0][:500] if err else "failed"))
+    bar.update(unit, note=f"{len(summ.failed)} failed")
+    return False
 
 
 # ---------------------------------------------------------------------- Ray
@@ -228,8 +231,7 @@ class _Worker:
         self.pool = ModelPool(device)
 
     def run(self, spec: dict):
-        res = run(spec, pool=self.pool)
-        return res, os.getpid()
+        return run(spec, pool=self.pool)
 
 
 def ray_workers(ray, device: str | None, threads: int, workers: int | None) -> int:
@@ -247,7 +249,8 @@ def ray_workers(ray, device: str | None, threads: int, workers: int | None) -> i
     return max(1, int(res.get("CPU", 1)) // max(1, threads))
 
 
-def _run_ray(specs, todo, store, summ, bar, units, device, threads, retries, address, workers, progress) -> None:
+def _run_ray(specs, raws, todo, store, summ, bar, units, device, threads, retries, address, workers,
+             progress) -> None:
     if not todo:
         return
     ray = import_ray()
@@ -275,7 +278,7 @@ def _run_ray(specs, todo, store, summ, bar, units, device, threads, retries, add
         actors += [Actor.remote(device, threads) for _ in range(n)]
         _say(f"Ray: {n} workers ({'1 GPU' if gpu else f'{threads} CPU thread(s)'} each)", progress)
         queue = list(todo)
-        tries = {i: 0 for i in todo}
+        tries = {i: 0 for i in todo}  # failed tries so far
         running: dict = {}  # ObjectRef -> (task index, actor index, submit time)
         idle = list(range(n))
 
@@ -299,7 +302,7 @@ def _run_ray(specs, todo, store, summ, bar, units, device, threads, retries, add
             ref = ready[0]
             i, a, t = running.pop(ref)
             try:
-                res, _pid = ray.get(ref)
+                res = ray.get(ref)
             except ray.exceptions.RayActorError as e:  # the worker died: a fresh one, the task again
                 actors[a] = Actor.remote(device, threads)
                 err = f"worker died: {e}"
@@ -307,18 +310,13 @@ def _run_ray(specs, todo, store, summ, bar, units, device, threads, retries, add
                 cause = e.cause if getattr(e, "cause", None) is not None else e
                 err = str(cause) if isinstance(cause, CnnvisError) else f"{type(cause).__name__}: {cause}"
             else:
-                _keep(store, summ, bar, specs[i], i, units[i], res, t)
-                idle.append(a)
-                submit()
-                continue
+                _keep(store, summ, bar, raws[i], i, units[i], res, t)
+                err = None
             idle.append(a)
-            tries[i] += 1
-            if tries[i] <= retries:
-                summ.retried += 1
-                queue.append(i)
-            else:
-                summ.failed.append((specs[i], err.splitlines()[0][:500] if err else "failed"))
-                bar.update(units[i], note=f"{len(summ.failed)} failed")
+            if err is not None:
+                if _again(summ, bar, specs[i], units[i], err, tries[i], retries):
+                    queue.append(i)
+                tries[i] += 1
             submit()
     finally:
         for a in actors:  # their CPUs/GPUs go back to the cluster (a joined Ray keeps running)
