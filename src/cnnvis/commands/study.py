@@ -235,20 +235,8 @@ def top_examples_cmd(data, model, weights, device, cache, as_json, layer, k, spl
         raise CnnvisError(f"--k must be at least 1 (images kept per channel), got {k}")
     outp = _check_out_dir(out, overwrite)
     if merge:
-        from cnnvis.data import open_dataset
-        from cnnvis.jobs.kinds_study import render_top
-        from cnnvis.study.top_examples import merge_docs
-
         docs = [_read_index(p) for p in data]
-        top, header = merge_docs(docs, list(data))
-        ds = open_dataset(header["data"], split=header["split"], size=header["size"])
-        if header["limit"] is not None and header["limit"] < len(ds):
-            ds = ds.subset(list(range(header["limit"])))
-        if len(ds) != header["images"]:
-            raise CnnvisError(f"dataset {header['data']!r} now has {len(ds)} images, the shards saw "
-                              f"{header['images']}: it changed; run the shards again")
-        doc, files, _ = render_top(ds, top, header)
-        _write_dir(files, outp)
+        doc, top = _merge_into(docs, list(data), outp)
         if as_json:
             from cnnvis.commands.common import echo_json
 
@@ -281,6 +269,25 @@ def top_examples_cmd(data, model, weights, device, cache, as_json, layer, k, spl
                        + (" [from the cache]" if res.cached else ""), out=str(outp))
 
 
+def _merge_into(docs: list[dict], names: list[str], outp: Path):
+    """The index documents of every shard of one run -> merged exactly, grids drawn, written to `outp`
+    -> (index document, merged TopK). The dataset must still be the one the shards read."""
+    from cnnvis.data import open_dataset
+    from cnnvis.jobs.kinds_study import render_top
+    from cnnvis.study.top_examples import merge_docs
+
+    top, header = merge_docs(docs, names)
+    ds = open_dataset(header["data"], split=header["split"], size=header["size"])
+    if header["limit"] is not None and header["limit"] < len(ds):
+        ds = ds.subset(list(range(header["limit"])))
+    if len(ds) != header["images"]:
+        raise CnnvisError(f"dataset {header['data']!r} now has {len(ds)} images, the shards saw "
+                          f"{header['images']}: it changed; run the shards again")
+    doc, files, _ = render_top(ds, top, header)
+    _write_dir(files, outp)
+    return doc, top
+
+
 def _abs_data(data: str) -> str:
     """A dataset path made absolute; a dataset name (mnist, cifar10, ...) as it is."""
     from cnnvis.data.api import ALIASES, KNOWN
@@ -298,16 +305,14 @@ def _top_examples_sharded(data, model, weights, device, cache, as_json, layer, k
     import json
 
     from cnnvis.commands.web import DEFAULT_CACHE, report_summary
-    from cnnvis.data import open_dataset
     from cnnvis.jobs import Store, make_spec
     from cnnvis.jobs.engine import import_ray, run_many
-    from cnnvis.jobs.kinds_study import parse_channels, render_top
-    from cnnvis.study.top_examples import merge_docs
+    from cnnvis.jobs.kinds_study import parse_channels
+
+    from cnnvis.web.specs import canonical_ref
 
     if engine == "ray":
         import_ray()
-    from cnnvis.web.specs import canonical_ref
-
     store = Store(cache or DEFAULT_CACHE)
     dev = None if device == "auto" else device
     # files by absolute path: the same keys from any folder, and Ray workers need not share this one's
@@ -326,12 +331,7 @@ def _top_examples_sharded(data, model, weights, device, cache, as_json, layer, k
                     progress=not as_json)
     report_summary(summ, "shards")
     docs = [json.loads(store.get(key).files["index.json"]) for key in summ.keys]
-    top, header = merge_docs(docs, [f"shard {i}" for i in range(shards)])
-    ds = open_dataset(header["data"], split=header["split"], size=header["size"])
-    if header["limit"] is not None and header["limit"] < len(ds):
-        ds = ds.subset(list(range(header["limit"])))
-    doc, files, _ = render_top(ds, top, header)
-    _write_dir(files, outp)
+    doc, top = _merge_into(docs, [f"shard {i}" for i in range(shards)], outp)
     if as_json:
         from cnnvis.commands.common import echo_json
 
