@@ -43,13 +43,13 @@ def serve_cmd(models, host, port, cache, data, device, max_upload_mb) -> None:
     from cnnvis.web.app import create_app
 
     apply_threads()
-    loopback = host in ("127.0.0.1", "localhost", "::1")
+    loopback = host in LOOPBACK_NAMES
     app = create_app(list(models) or [DEFAULT_MODEL], cache, data=data, device=device, max_upload_mb=max_upload_mb,
                      allowed_hosts=LOOPBACK_NAMES if loopback else None)  # no DNS rebinding onto loopback
     shown = "localhost" if host in ("127.0.0.1", "::1") else host
     click.echo(f"cnnvis microscope on http://{shown}:{port}/ (models: {', '.join(app.state.models)}; cache "
                f"{app.state.cache})", err=False)
-    if host not in ("127.0.0.1", "localhost", "::1"):
+    if not loopback:
         click.echo(f"warning: bound to {host}: anyone who can reach this machine can use the server (and its "
                    "CPU); there is no login", err=True)
     sys.stdout.flush()

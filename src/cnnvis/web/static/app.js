@@ -536,7 +536,7 @@
   const PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
                    "#bcbd22", "#17becf"];
 
-  function scatter(d, atlasUrl) {
+  function scatter(d) {
     const P = d.points;
     const n = P.x.length;
     const W = 520, pad = 10;
@@ -634,7 +634,7 @@
       const files = st.result.files || {};
       out.append(el("p", {"data-testid": "purity"}, `${d.n} images, ${d.layer} (${d.dim} features). k=${d.k} nearest ` +
         `neighbours of the same class: feature purity ${d.feature_purity.toFixed(3)}, pixel purity ` +
-        `${d.pixel_purity.toFixed(3)}`), scatter(d, files["atlas.png"]),
+        `${d.pixel_purity.toFixed(3)}`), scatter(d),
         el("h3", {text: "atlas"}), files["atlas.png"] ? el("img", {src: files["atlas.png"], class: "result-img", alt: "atlas"}) : null,
         el("h3", {text: "neighbours (feature space vs pixel space)"}),
         files["neighbours.png"] ? el("img", {src: files["neighbours.png"], class: "result-img", alt: "neighbours"}) : null);
