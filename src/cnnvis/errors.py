@@ -10,6 +10,10 @@ class CnnvisError(Exception):
     """A problem with the user's input. The CLI prints it on one line and exits with code 2."""
 
 
+class CnnvisWarning(UserWarning):
+    """Something the user should know that did not stop the work (the CLI prints it as one line)."""
+
+
 class UnknownNameError(CnnvisError, KeyError):
     """An unknown model, layer or class name; the message lists close matches."""
 

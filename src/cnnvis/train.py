@@ -50,6 +50,7 @@ MAX_DECODED_BYTES = 8 << 30  # the decoded training set must fit in memory
 HELD_OUT_SEED = 0  # the split does not depend on the training seed
 WARMUP = 0.15  # share of the steps with a linear warm-up
 MOMENTUM = 0.9
+SHOW_SKIPPED = 20  # names of skipped images kept in model.json
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,9 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
     resumed_from: int = 0
     seconds: float = 0.0
+    skipped: int = 0  # unreadable images of the training and held-out sets (each counted once)
+    skipped_names: list[str] = field(default_factory=list)  # the first SHOW_SKIPPED of them
+    format_note: str | None = None  # what differing images were read as (None: they agreed)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -127,6 +131,7 @@ def open_sets(data, split: str | None = None, held_out: float = 0.2, limit: int 
             t = None
         if t is not None and t.split != ds.split and len(t) > 0:
             test = t
+    _check_every_class_has_images(ds, data)
     if test is not None:
         train_ds, held, how = ds, test, "test split"
     else:
@@ -143,6 +148,37 @@ def _cap(ds, n: int):
     if len(ds) <= n:
         return ds
     return ds.subset(np.sort(np.random.default_rng(HELD_OUT_SEED).choice(len(ds), size=n, replace=False)))
+
+
+def _check_every_class_has_images(ds, data) -> None:
+    """A class of the data (its classes are those of every split) with no image in the training
+    split would be a class the net can never learn: refused, naming the folder that is missing."""
+    lab = ds.labels
+    if (lab < 0).all():
+        return
+    have = np.bincount(lab[lab >= 0], minlength=len(ds.classes))
+    absent = [c for c, n in zip(ds.classes, have) if n == 0]
+    if absent:
+        shown = ", ".join(repr(c) for c in absent[:3]) + (", ..." if len(absent) > 3 else "")
+        folder = f"{ds.split}/{absent[0]}/" if ds.split not in (None, "all") else f"{absent[0]}/"
+        raise CnnvisError(f"{str(data)!r}: class {shown} has folders in other splits but no images in the training "
+                          f"split {ds.split!r} (no {folder}): the net could never learn it; add its training images, "
+                          "or rename or remove its other folders")
+
+
+def _check_readable_classes(ds, y: torch.Tensor, data) -> None:
+    """Refuse a class whose training images are all unreadable (it would be trained on nothing)."""
+    got = torch.bincount(y, minlength=len(ds.classes)).tolist()
+    listed = np.bincount(ds.labels[ds.labels >= 0], minlength=len(ds.classes))
+    empty = [k for k in range(len(ds.classes)) if got[k] == 0 and listed[k] > 0]
+    if empty:
+        k = empty[0]
+        pos = int(np.flatnonzero(ds.labels == k)[0])
+        name = ds._src.item_name(ds._src_index(pos))
+        folder = name.rsplit("/", 1)[0] if "/" in name else name
+        more = f" (and {len(empty) - 1} more class(es))" if len(empty) > 1 else ""
+        raise CnnvisError(f"{str(data)!r}: class {ds.classes[k]!r} has no readable training image ({listed[k]} "
+                          f"unreadable, e.g. {name!r}){more}; fix or remove the folder {folder!r}")
 
 
 def _check_labels(ds, data) -> None:
@@ -374,6 +410,7 @@ def train(data, *, out, arch: str | None = None, split: str | None = None, epoch
     epoch's state is saved (1-based epoch; raising KeyboardInterrupt there acts as Ctrl-C).
     Returns a TrainResult; the run folder `out` gets model.safetensors + model.json.
     """
+    from cnnvis.data import skipped_names
     from cnnvis.models.archs import arch_info, build_arch
     from cnnvis.models.checkpoint import META_NAME, WEIGHTS_NAME, save_checkpoint
     from cnnvis.utils import check_writable, resolve_device
@@ -453,6 +490,7 @@ def train(data, *, out, arch: str | None = None, split: str | None = None, epoch
 
         # --- decode once
         xtr, ytr = _decode(train_ds, "train", progress)
+        _check_readable_classes(train_ds, ytr, data)
         xte, yte = _decode(held_ds, "held-out", progress)
         if arch_info(arch).input_shape[0] == c:
             mean, std = list(info.mean), list(info.std)
@@ -536,9 +574,11 @@ def train(data, *, out, arch: str | None = None, split: str | None = None, epoch
         # --- the checkpoint
         final = history[-1]["held_out_accuracy"] if history else _accuracy(net, norm, xte, yte)
         net = net.cpu().eval()
+        skipped = skipped_names(train_ds, held_ds)  # a held-out split of the same source: each counted once
         block = {"data": str(data), "split": train_ds.split, "held_out": how, "held_out_accuracy": final,
                  "train_images": n, "held_out_images": int(len(yte)),
-                 "skipped_images": int(train_ds.skipped + held_ds.skipped),
+                 "skipped_images": len(skipped), "skipped_names": skipped[:SHOW_SKIPPED],
+                 "format_note": train_ds.format_note,
                  "epochs": E, "seed": seed, "batch": B, "lr": LR, "weight_decay": rec.weight_decay,
                  "optimizer": f"SGD, Nesterov momentum {MOMENTUM}",
                  "schedule": f"linear warm-up over {WARMUP:.0%} of the steps, then cosine to 0",
@@ -551,9 +591,8 @@ def train(data, *, out, arch: str | None = None, split: str | None = None, epoch
             state_file.unlink()
         _say(f"held-out accuracy {final:.4f} ({len(yte)} images, {_fmt_held(how)}); checkpoint {str(mpath)!r}",
              progress)
-        if block["skipped_images"]:
-            print(f"{block['skipped_images']} unreadable images were skipped (not trained on, not scored)",
-                  file=sys.stderr, flush=True)
         return TrainResult(out=out, checkpoint=mpath, weights=out / WEIGHTS_NAME, arch=arch, classes=classes,
                            input_shape=(c, h, w), held_out_accuracy=final, held_out=how, epochs=E, history=history,
-                           resumed_from=start_epoch, seconds=round(time.perf_counter() - t_start, 2))
+                           resumed_from=start_epoch, seconds=round(time.perf_counter() - t_start, 2),
+                           skipped=len(skipped), skipped_names=skipped[:SHOW_SKIPPED],
+                           format_note=train_ds.format_note)

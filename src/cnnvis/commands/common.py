@@ -184,6 +184,38 @@ def check_out(path: str | None, inputs: Iterable[str] = (), flag: str = "--out",
     return out
 
 
+def check_out_of_data(out: str | os.PathLike | None, data: Iterable[str | None], *, replaced: bool = False,
+                      flag: str = "--out") -> None:
+    """Refuse an output inside a dataset folder the command reads, or its zip file (a training image
+    would be overwritten, or the output read as data next time); `replaced`: an output folder that is
+    swapped whole must not hold the dataset either. Dataset names (mnist, ...) are not paths here."""
+    from cnnvis.errors import CnnvisError
+
+    if out is None:
+        return
+    o = Path(os.path.realpath(Path(out).expanduser()))
+    for ref in data:
+        if not ref:
+            continue
+        d = Path(str(ref)).expanduser()
+        if not d.exists():
+            continue
+        d = Path(os.path.realpath(d))
+        inside = o == d or (d.is_dir() and o.is_relative_to(d))
+        if inside or (replaced and d.is_relative_to(o)):
+            where = "is" if o == d else ("is inside" if inside else "holds")
+            raise CnnvisError(f"{flag} {str(out)!r} {where} the dataset {str(ref)!r} that this command reads; "
+                              f"write it outside the dataset so that no image of it is overwritten or added")
+
+
+def skipped_line(n: int, names: list[str], what: str = "not used") -> str | None:
+    """'N unreadable image(s) skipped (what): a, b, c, ...' or None when there were none."""
+    if not n:
+        return None
+    shown = ", ".join(names[:3]) + (", ..." if n > 3 else "")
+    return f"{n} unreadable image(s) skipped ({what}){': ' + shown if shown else ''}"
+
+
 def write_image(result, out: Path, name: str | None = None) -> Path:
     """Write the result's picture `name` (default: its main file) to `out`, in the format of its extension."""
     from cnnvis.utils import atomic_write

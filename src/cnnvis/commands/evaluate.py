@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from cnnvis.commands.common import check_out, emit, job_options, run_job, seed_option, write_image
+from cnnvis.commands.common import (check_out, check_out_of_data, emit, job_options, run_job, seed_option, skipped_line,
+                                    write_image)
 
 
 @click.command("evaluate")
@@ -21,6 +22,7 @@ def evaluate_cmd(data, model, weights, device, cache, as_json, split, held_out, 
 
     Example: cnnvis evaluate --model runs/cifar10 ../shared/data/cifar10-jpeg.zip --split test
     """
+    check_out_of_data(out, [data])
     out_path = check_out(out)
     res = run_job("evaluate", model=model, weights=weights, device=device, cache=cache, data=data, split=split,
                   held_out=held_out, limit=limit, seed=seed, flags={"held_out": "--held-out"})
@@ -31,6 +33,7 @@ def evaluate_cmd(data, model, weights, device, cache, as_json, split, held_out, 
     emit(res, as_json, [f"accuracy {d['accuracy']:.4f} on {d['n']} images of {data}"
                         + (f" ({d['split']})" if d.get("split") else ""),
                         "weakest classes: " + ", ".join(f"{k} {v:.3f}" for k, v in worst)]
+         + [line for line in [skipped_line(d.get("skipped", 0), d.get("skipped_names", []), "not scored")] if line]
          + ([f"wrote {out_path}"] if out_path else []))
 
 COMMANDS = [evaluate_cmd]

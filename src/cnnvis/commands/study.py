@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from cnnvis.commands.common import (IMAGE_SUFFIXES, _flag_names, check_out, emit, job_options, run_job, seed_option,
-                                    write_image)
+from cnnvis.commands.common import (IMAGE_SUFFIXES, _flag_names, check_out, check_out_of_data, emit, job_options,
+                                    run_job, seed_option, skipped_line, write_image)
 from cnnvis.commands.web import engine_options
 from cnnvis.errors import CnnvisError
 
@@ -83,6 +83,8 @@ def maxmaps_cmd(data, model, weights, device, cache, as_json, layer, n, split, s
     photos = all(_is_photo(a) for a in data)
     if not photos and len(data) != 1:
         raise CnnvisError("give one dataset (name, zip or folder) or one or more photos, not both")
+    if not photos:
+        check_out_of_data(out, data)
     out = check_out(out, list(data) if photos else [])
     src = {"images": list(data)} if photos else {"data": data[0], "split": split, "n": n}
     res = run_job("max_maps", model=model, weights=weights, device=device, cache=cache, quiet=as_json,
@@ -93,7 +95,8 @@ def maxmaps_cmd(data, model, weights, device, cache, as_json, layer, n, split, s
     for it in d["items"]:
         who = f"#{it['index']} {it.get('class') or ''}" if "index" in it else it["image"]
         lines.append(f"  {who}: channel {it['channel']} max {it['value']:.4g} at ({it['y']}, {it['x']})")
-    emit(res, as_json, lines, out=str(out))
+    line = skipped_line(d.get("skipped", 0), d.get("skipped_names", []), "drawn, not shown; others drawn instead")
+    emit(res, as_json, lines + ([line] if line else []), out=str(out))
 
 
 # ---------------------------------------------------------------------- top examples
@@ -233,9 +236,12 @@ def top_examples_cmd(data, model, weights, device, cache, as_json, layer, k, spl
 
     if k < 1:
         raise CnnvisError(f"--k must be at least 1 (images kept per channel), got {k}")
+    if not merge:
+        check_out_of_data(out, data, replaced=True)
     outp = _check_out_dir(out, overwrite)
     if merge:
         docs = [_read_index(p) for p in data]
+        check_out_of_data(out, [d.get("data") for d in docs[:1]], replaced=True)
         doc, top = _merge_into(docs, list(data), outp)
         if as_json:
             from cnnvis.commands.common import echo_json
@@ -244,6 +250,7 @@ def top_examples_cmd(data, model, weights, device, cache, as_json, layer, k, spl
             return
         click.echo(f"merged {len(docs)} shard(s) ({top.seen} images) into {outp}/: index.json + "
                    f"{len(doc['channels'])} channel grids")
+        _echo_skipped(doc)
         return
     if len(data) != 1:
         raise CnnvisError("give one dataset (name, zip or folder); several folders only with --merge")
@@ -264,9 +271,16 @@ def top_examples_cmd(data, model, weights, device, cache, as_json, layer, k, spl
                   batch_size=batch_size)
     _write_dir(res.files, outp)
     d = res.data
-    emit(res, as_json, f"saved {outp}/: index.json + {len(d['channels'])} channel grids; {d['seen']} images "
-                       f"(shard {s}/{S}) at {d['layer']} {'x'.join(map(str, d['shape']))}, top {k} per channel"
-                       + (" [from the cache]" if res.cached else ""), out=str(outp))
+    line = skipped_line(d.get("skipped", 0), d.get("skipped_names", []), "not scored")
+    emit(res, as_json, [f"saved {outp}/: index.json + {len(d['channels'])} channel grids; {d['seen']} images "
+                        f"(shard {s}/{S}) at {d['layer']} {'x'.join(map(str, d['shape']))}, top {k} per channel"
+                        + (" [from the cache]" if res.cached else "")] + ([line] if line else []), out=str(outp))
+
+
+def _echo_skipped(doc: dict) -> None:
+    line = skipped_line(doc.get("skipped", 0), doc.get("skipped_names", []), "not scored")
+    if line:
+        click.echo(line)
 
 
 def _merge_into(docs: list[dict], names: list[str], outp: Path):
@@ -339,6 +353,7 @@ def _top_examples_sharded(data, model, weights, device, cache, as_json, layer, k
         return
     click.echo(f"saved {outp}/: index.json + {len(doc['channels'])} channel grids; {top.seen} images in {shards} "
                f"shards ({summ.computed} computed, {summ.skipped} from {str(store.root)!r}; {engine})")
+    _echo_skipped(doc)
 
 
 COMMANDS = [maps_cmd, weights_cmd, maxmaps_cmd, top_examples_cmd]

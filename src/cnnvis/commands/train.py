@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import click
 
-from cnnvis.commands.common import _threads_cb, apply_threads, echo_json, json_option, no_progress
+from cnnvis.commands.common import (_threads_cb, apply_threads, check_out_of_data, echo_json, json_option, no_progress,
+                                    skipped_line)
 
 
 def _arch_names() -> list[str]:
@@ -63,6 +64,7 @@ def train_cmd(data, out, arch, epochs, batch_size, lr, seed, split, held_out, au
         from cnnvis.errors import unknown_name
 
         raise unknown_name("architecture", arch, _arch_names(), hint="--arch takes a registered small net")
+    check_out_of_data(out, [data], replaced=False)
     apply_threads()
     res = train(data, out=out, arch=arch, split=split, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                 held_out=held_out, augment=augment, limit=limit, progress=not no_progress(), overwrite=overwrite,
@@ -73,6 +75,9 @@ def train_cmd(data, out, arch, epochs, batch_size, lr, seed, split, held_out, au
     where = "the test split" if res.held_out == "test split" else f"{res.held_out:.0%} held out"
     click.echo(f"held-out accuracy {res.held_out_accuracy:.4f} ({where}, {res.epochs} epochs, {res.arch})")
     click.echo(f"checkpoint: {res.checkpoint} (use --model {res.out})")
+    line = skipped_line(res.skipped, res.skipped_names, "not trained on, not scored")
+    if line:
+        click.echo(line)
 
 
 COMMANDS = [train_cmd]

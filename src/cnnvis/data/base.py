@@ -1,7 +1,9 @@
 """The Dataset every source returns: items, batched streaming, subsets, seeded splits.
 
 A *source* holds uint8 pixels and labels; the Dataset turns them into float tensors in
-[0, 1]. Corrupt images are skipped (one warning per dataset, count in `ds.skipped`).
+[0, 1]. Corrupt images are skipped (one warning per dataset, count in `ds.skipped`, names in
+`ds.skipped_names`: those met among the dataset's own items, and the entries its source
+refused to list, e.g. a zip member with an absolute path).
 """
 
 from __future__ import annotations
@@ -16,11 +18,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cnnvis.errors import CnnvisError
+from cnnvis.errors import CnnvisError, CnnvisWarning
 
 
-class CorruptImageWarning(UserWarning):
+class CorruptImageWarning(CnnvisWarning):
     """An image inside a dataset could not be decoded and was skipped."""
+
+
+class DatasetFormatWarning(CnnvisWarning):
+    """A dataset's images differ in channels or size; what they are all read as was decided."""
 
 
 class CorruptImage(Exception):
@@ -35,7 +41,16 @@ class SkipLog:
         self.bad: dict[int, str] = {}  # source index -> item name
         self._lock = threading.Lock()
         self._warned = False
-        self._pending: list[str] = []
+        self._pending: list[tuple[str, type]] = []
+
+    def note(self, msg: str, category: type = CorruptImageWarning) -> None:
+        """A warning given once, from the consumer's thread, at the next `emit`."""
+        with self._lock:
+            self._pending.append((msg, category))
+
+    def snapshot(self) -> dict[int, str]:
+        with self._lock:
+            return dict(self.bad)
 
     def add(self, index: int, name: str, reason: str) -> None:
         with self._lock:
@@ -44,10 +59,9 @@ class SkipLog:
             self.bad[index] = name
             if not self._warned:
                 self._warned = True
-                self._pending.append(
-                    f"{self.dataset_name}: skipping corrupt image {name!r} ({reason}); later corrupt "
-                    "images are skipped without a warning, their count is in the dataset's .skipped"
-                )
+                self._pending.append((
+                    f"{self.dataset_name}: skipping unreadable image {name!r} ({reason}); later ones are "
+                    "skipped without a warning, and counted", CorruptImageWarning))
 
     def __getstate__(self):  # DataLoader workers under 'spawn' pickle the source
         d = dict(self.__dict__)
@@ -62,8 +76,8 @@ class SkipLog:
         """Give the pending warning (called from the consumer's thread, never from a worker thread)."""
         with self._lock:
             msgs, self._pending = self._pending, []
-        for m in msgs:
-            warnings.warn(m, CorruptImageWarning, stacklevel=3)
+        for m, cat in msgs:
+            warnings.warn(m, cat, stacklevel=3)
 
 
 class Source:
@@ -74,6 +88,8 @@ class Source:
     labels: np.ndarray  # (N,) int64; -1 = unlabelled
     channels: int
     size: tuple[int, int]  # (H, W)
+    unlisted: tuple[str, ...] = ()  # entries refused when listing (unsafe zip paths): skipped, counted
+    format_note: str | None = None  # what the images were read as, when they differ (see FileSource)
 
     def __init__(self) -> None:
         self.log = SkipLog(self.name)
@@ -153,12 +169,34 @@ class Dataset(torch.utils.data.Dataset):
 
     @property
     def skipped(self) -> int:
-        """How many corrupt images were skipped so far (in this dataset's source, all views)."""
-        return len(self._src.log.bad)
+        """How many items were skipped so far: unreadable ones met among this dataset's items (a
+        subset counts its own), and the entries its source refused to list (`unlisted`)."""
+        return len(self.skipped_names)
 
     @property
     def skipped_names(self) -> list[str]:
-        return list(self._src.log.bad.values())
+        """Names of the skipped items (see `skipped`): the unlisted entries first, then in the order met."""
+        return list(self._src.unlisted) + self.unreadable_names
+
+    @property
+    def unreadable_names(self) -> list[str]:
+        """Names of the unreadable items met so far among this dataset's own items."""
+        bad = self._src.log.snapshot()
+        if self._index is None or not bad:
+            return list(bad.values())
+        keys = np.fromiter(bad, np.int64, len(bad))
+        return [bad[int(k)] for k in keys[np.isin(keys, self._index)]]
+
+    @property
+    def unlisted(self) -> list[str]:
+        """Entries of the source that were refused when listing (e.g. zip members with an absolute path)."""
+        return list(self._src.unlisted)
+
+    @property
+    def format_note(self) -> str | None:
+        """One line saying what differing images were read as (None: the images agreed, or channels
+        and size were given)."""
+        return self._src.format_note
 
     def __len__(self) -> int:
         return len(self._src) if self._index is None else len(self._index)
@@ -173,9 +211,20 @@ class Dataset(torch.utils.data.Dataset):
         i = self._src_pos(i)
         return i if self._index is None else int(self._index[i])
 
+    def get(self, i: int) -> tuple[torch.Tensor, int] | None:
+        """Item i as (Tensor (C, H, W) float32 in [0, 1], label), or None when it is unreadable
+        (counted in `skipped`)."""
+        j = self._src_index(i)
+        u8, kept = self._src.read_many(np.asarray([j]))
+        self._src.log.emit()
+        if not len(kept):
+            return None
+        return _to_float(u8, self.channels, self.size)[0], int(self._src.labels[j])
+
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         """(Tensor (C, H, W) float32 in [0, 1], label). A corrupt image is counted in `skipped`
-        and replaced by the next readable one (its image and its label), so a long run goes on."""
+        and replaced by the next readable one (its image and its label), so a long run goes on;
+        `get(i)` gives None instead."""
         n = len(self)
         i = self._src_pos(i)
         for k in range(n):
@@ -281,6 +330,11 @@ class Dataset(torch.utils.data.Dataset):
     def split_held_out(self, held_out: float = 0.2, seed: int = 0) -> tuple[Dataset, Dataset]:
         """Seeded, stratified (train, held-out) views; see `train_test_split`."""
         return train_test_split(self, held_out, seed=seed)
+
+
+def skipped_names(*datasets: Dataset) -> list[str]:
+    """The skipped items of several datasets (e.g. a train and a held-out set), each named once."""
+    return list(dict.fromkeys(n for ds in datasets for n in ds.skipped_names))
 
 
 def train_test_split(ds: Dataset, held_out: float = 0.2, *, seed: int = 0,

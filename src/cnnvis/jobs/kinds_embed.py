@@ -139,7 +139,8 @@ class EmbedSpec(Spec):
 
         data = {
             "dataset": {"data": self.data, "name": ds.name, "split": ds.split, "images": len(ds), "classes": classes,
-                        "channels": ds.channels, "size": list(ds.size), "skipped": ds.skipped, "notes": notes},
+                        "channels": ds.channels, "size": list(ds.size), "skipped": sub.skipped,
+                        "skipped_names": sub.skipped_names[:20], "format_note": ds.format_note, "notes": notes},
             "n": int(len(F)), "layer": describe_layer(vm, self.layer), "module": name, "captured": where,
             "dim": int(F.shape[1]), "metric": "euclidean", "k": self.k,
             "tsne": {**tsne_library(), "perplexity": self.perplexity, "seed": self.seed,

@@ -9,6 +9,8 @@ from cnnvis.errors import CnnvisError
 from cnnvis.jobs.result import png_bytes
 from cnnvis.jobs.spec import Spec, register
 
+SHOW_SKIPPED = 20  # names of skipped images in a result
+
 
 def confusion_image(cm, classes: list[str], cell: int = 28):
     """(K, K) counts (rows: true, columns: predicted) -> a labelled heat map, counts written in."""
@@ -100,6 +102,7 @@ class EvaluateSpec(Spec):
         data = {"data": self.data, "split": ds.split, "n": n, "accuracy": round(float(np.trace(cm) / n), 4),
                 "per_class": per_class, "confusion": cm[np.ix_(used, used)].tolist(),
                 "classes": [vm.labels[c] for c in used], "skipped": ds.skipped,
+                "skipped_names": ds.skipped_names[:SHOW_SKIPPED], "format_note": ds.format_note,
                 "mistakes": [{"index": i, "true": vm.labels[t], "predicted": vm.labels[q], "prob": round(c, 4)}
                              for c, i, t, q in worst]}
         files = {"confusion.png": png_bytes(confusion_image(cm[np.ix_(used, used)], data["classes"]))}

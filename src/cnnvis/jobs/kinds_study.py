@@ -17,6 +17,7 @@ from cnnvis.jobs.result import npy_bytes, png_bytes
 from cnnvis.jobs.spec import Spec, register
 
 INDEX_FORMAT = "cnnvis-top-examples"
+SHOW_SKIPPED = 20  # names of skipped images in a result
 
 
 def _layer(vm, layer: str | None, deep: bool) -> str:
@@ -142,15 +143,15 @@ class MaxMapsSpec(Spec):
         from cnnvis.viz.tiles import labelled_tiles, upscale
 
         items = []
+        extra = {}
         if self.data is not None:
             ds = open_for_model(vm, self.data, self.split, self.size, self.model)
-            rng = np.random.default_rng(self.seed)
-            pos = np.sort(rng.choice(len(ds), min(self.n, len(ds)), replace=False))
+            got, bad = draw_readable(ds, self.n, self.seed)
             xs = []
-            for p in pos:
-                x, y = ds[int(p)]
+            for p, (x, y) in got:
                 xs.append(x[None].to(vm.device))
-                items.append({"index": int(p), "label": int(y), "class": class_name(vm, ds, int(y))})
+                items.append({"index": p, "label": int(y), "class": class_name(vm, ds, int(y))})
+            extra = {"skipped": len(bad), "skipped_names": bad[:SHOW_SKIPPED], "format_note": ds.format_note}
         else:
             xs = [prepare(vm, ref, self.size) for ref in self.images]
             items = [{"image": ref} for ref in self.images]
@@ -182,11 +183,38 @@ class MaxMapsSpec(Spec):
             labels += [name, f"ch {r['channel']}: {r['value']:.3g}", "its field, enlarged"]
         title = f"{vm.name} {lab}: each image's strongest channel, deconvnet ({self.project})"
         img = labelled_tiles(tiles, labels, cols=9 if len(tiles) >= 9 else len(tiles), title=title)
-        data = {"layer": lab, "module": self.layer, "project": self.project, "items": items}
+        data = {"layer": lab, "module": self.layer, "project": self.project, "items": items, **extra}
         files = {"maxmaps.png": png_bytes(img)}
         if len({tuple(r["recon"].shape) for r in rows}) == 1:  # (N, C, H, W) projections, when one size
             files["recons.npy"] = npy_bytes(torch.stack([r["recon"] for r in rows]).float())
         return data, files, "maxmaps.png"
+
+
+def draw_readable(ds, n: int, seed: int) -> tuple[list[tuple[int, tuple]], list[str]]:
+    """min(n, len(ds)) seeded positions of readable images of `ds` -> ([(position, (x, y))] in position
+    order, names of the unreadable images drawn on the way). An unreadable draw is replaced by a
+    further seeded draw (never by a neighbour); with no unreadable image the draw is
+    rng.choice(len(ds), n, replace=False) of default_rng(seed)."""
+    N = len(ds)
+    want = min(n, N)
+    rng = np.random.default_rng(seed)
+    order = [int(p) for p in rng.choice(N, want, replace=False)]
+    got: dict[int, tuple] = {}
+    bad: list[str] = []
+    k = 0
+    while len(got) < want and k < N:
+        if k == len(order):  # more draws, from the positions not drawn yet
+            order += [int(p) for p in rng.permutation(np.setdiff1d(np.arange(N), order))]
+        p = order[k]
+        k += 1
+        item = ds.get(p)
+        if item is None:
+            bad.append(ds._src.item_name(ds._src_index(p)))
+        else:
+            got[p] = item
+    if not got:
+        raise CnnvisError(f"dataset {ds.name!r}: none of its {N} images can be read ({', '.join(bad[:3])}, ...)")
+    return sorted(got.items()), bad
 
 
 # ---------------------------------------------------------------------- top examples
@@ -268,7 +296,8 @@ class TopExamplesSpec(Spec):
                   "limit": self.limit, "layer": _layer_label(vm, self.layer), "module": self.layer,
                   "shape": shape, "k": self.k, "channels": chs, "batch_size": self.batch_size,
                   "shard": self.shard, "shards": self.shards, "shards_merged": [self.shard],
-                  "rf": rf.to_dict() if rf else None, "skipped": ds.skipped}
+                  "rf": rf.to_dict() if rf else None, "skipped": top.skipped,
+                  "skipped_names": top.skipped_names[:SHOW_SKIPPED], "format_note": ds.format_note}
         return render_top(ds, top, header, grids=self.grids)
 
 

@@ -22,7 +22,7 @@ and the union of the shards' top-k lists gives exactly the unsharded top-k (`mer
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -43,6 +43,8 @@ class TopK:
     y: Tensor
     x: Tensor
     seen: int = 0  # images streamed into it
+    skipped: int = 0  # items skipped: the shard's unreadable images (and shard 0: the source's unlisted entries)
+    skipped_names: list[str] = field(default_factory=list)
 
     @classmethod
     def empty(cls, channels: int, k: int) -> "TopK":
@@ -86,6 +88,8 @@ def merge_top(parts: Sequence[TopK]) -> TopK:
     for p in parts:
         out.push(p.values, p.index, p.y, p.x)
         out.seen += p.seen
+        out.skipped += p.skipped
+        out.skipped_names += p.skipped_names
     return out
 
 
@@ -163,10 +167,9 @@ def top_examples(vm, ds, layer: str, k: int = 9, channels: Sequence[int] | None 
         shape = list(acts.shape[1:])
         chs = list(range(acts.shape[1])) if channels is None else [int(c) for c in channels]
         top = TopK.empty(len(chs), k)
-    if ds.skipped:
-        import sys
-
-        print(f"{ds.name}: skipped {ds.skipped} corrupt image(s)", file=sys.stderr)
+    # each unreadable image is in one shard; entries refused when listing are counted by shard 0
+    top.skipped_names = (ds.unlisted if shard == 0 else []) + sub.unreadable_names
+    top.skipped = len(top.skipped_names)
     return (top, shape, chs) if with_info else top
 
 
@@ -193,6 +196,8 @@ def from_index(doc: dict) -> TopK:
             top.index[r, j] = e["index"]
             top.y[r, j], top.x[r, j] = e["y"], e["x"]
     top.seen = int(doc.get("seen", 0))
+    top.skipped = int(doc.get("skipped", 0))
+    top.skipped_names = list(doc.get("skipped_names", []))
     return top
 
 
@@ -226,5 +231,6 @@ def merge_docs(docs: Sequence[dict], names: Sequence[str] | None = None) -> tupl
                           "shard (the result would not be the top-k of the whole dataset)")
     top = merge_top([from_index(d) for d in docs])
     header = {k: v for k, v in first.items() if k not in ("top", "seen")}
-    header.update({"shard": None, "shards_merged": sorted(have)})
+    header.update({"shard": None, "shards_merged": sorted(have), "skipped": top.skipped,
+                   "skipped_names": top.skipped_names[:20]})
     return top, header
