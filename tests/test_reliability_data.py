@@ -420,6 +420,8 @@ def test_an_output_inside_the_dataset_is_refused_and_nothing_is_written(run_dir,
         (["top-examples", *m, data, "--out", tmp_path, "--overwrite"], "holds the dataset"),
         (["embed", *m, data, "--out", data / "emb"], "is inside the dataset"),
         (["train", data, "--out", data / "run", "--epochs", "1"], "is inside the dataset"),
+        (["report", "--model", run_dir, "--data", data, "--sections", "study_weights", "--out", data / "rep"],
+         "is inside the dataset"),
     ]
     for argv, want in cases:
         line = one_error(capsys, argv)

@@ -35,7 +35,7 @@ def report_cmd(model, weights, device, cache, images, out, quick, sections, data
     feature maps, maximal activation maps, top examples, t-SNE atlas, neighbours, regularizers):
     cnnvis report --model runs/mnist --out mnist-report
     """
-    from cnnvis.commands.common import apply_threads, no_progress, parse_names
+    from cnnvis.commands.common import apply_threads, check_out_of_data, no_progress, parse_names
     from cnnvis.images import find_images, load_image
     from cnnvis.jobs import Store
     from cnnvis.models import load
@@ -48,6 +48,7 @@ def report_cmd(model, weights, device, cache, images, out, quick, sections, data
     check_writable(Path(out) / "index.html")  # and on a folder that cannot be written
     training = _training_block(model)
     data, data_split = _study_data(data, data_split, training)
+    check_out_of_data(out, [data])  # the report's images would become the dataset's
     if images:
         photos = [(p.stem, str(p)) for p in find_images(images)]
         for _, p in photos:

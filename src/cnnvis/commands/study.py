@@ -95,7 +95,7 @@ def maxmaps_cmd(data, model, weights, device, cache, as_json, layer, n, split, s
     for it in d["items"]:
         who = f"#{it['index']} {it.get('class') or ''}" if "index" in it else it["image"]
         lines.append(f"  {who}: channel {it['channel']} max {it['value']:.4g} at ({it['y']}, {it['x']})")
-    line = skipped_line(d.get("skipped", 0), d.get("skipped_names", []), "drawn, not shown; others drawn instead")
+    line = skipped_line(d.get("skipped", 0), d.get("skipped_names", []), "drawn, not shown")
     emit(res, as_json, lines + ([line] if line else []), out=str(out))
 
 

@@ -10,6 +10,16 @@ def _data(ctx: ReportContext) -> dict:
     return {"data": ctx.data_ref, "split": ctx.data_split}
 
 
+def _skipped(d: dict) -> str:
+    """A paragraph naming the dataset's unreadable images (none: empty)."""
+    n = d.get("skipped") or 0
+    if not n:
+        return ""
+    names = d.get("skipped_names") or []
+    shown = ", ".join(f"<code>{esc(str(x))}</code>" for x in names[:3]) + (", ..." if n > 3 else "")
+    return f"<p>{n} unreadable image(s) of the dataset were skipped: {shown}.</p>"
+
+
 def _where(ctx: ReportContext) -> str:
     return f"<code>{esc(str(ctx.data_ref))}</code>" + (f" ({esc(ctx.data_split)} split)" if ctx.data_split else "")
 
@@ -34,10 +44,11 @@ def render_accuracy(ctx: ReportContext) -> str:
     held = t.get("held_out") if isinstance(t.get("held_out"), float) and t.get("data") == ctx.data_ref else None
     res = ctx.run("evaluate", **_data(ctx), held_out=held, limit=2000 if ctx.quick else None)
     d = res.data
-    data["evaluate"] = {"n": d["n"], "accuracy": d["accuracy"], "per_class": d["per_class"]}
+    data["evaluate"] = {"n": d["n"], "accuracy": d["accuracy"], "per_class": d["per_class"],
+                        "skipped": d.get("skipped", 0)}
     part = f" (the {held:.0%} held out in training)" if held else ""
     html.append(f"<p>Re-measured here on {d['n']} images of {_where(ctx)}{part}: accuracy "
-                f"<b>{d['accuracy']:.4f}</b>.</p>")
+                f"<b>{d['accuracy']:.4f}</b>.</p>" + _skipped(d))
     html.append(ctx.img_tag(ctx.save_file(res, "study_confusion.png"), "Confusion matrix (rows: true class)"))
     if "mistakes.png" in res.files:
         html.append(ctx.img_tag(ctx.save_file(res, "study_mistakes.png", "mistakes.png"),
@@ -74,8 +85,8 @@ def render_maps(ctx: ReportContext) -> str:
 
 def render_maxmaps(ctx: ReportContext) -> str:
     res = ctx.run("max_maps", **_data(ctx), n=8 if ctx.quick else 16)
-    ctx.data["study_maxmaps"] = {"layer": res.data.get("layer")}
-    return ctx.img_tag(ctx.save_file(res, "study_maxmaps.png"),
+    ctx.data["study_maxmaps"] = {"layer": res.data.get("layer"), "skipped": res.data.get("skipped", 0)}
+    return _skipped(res.data) + ctx.img_tag(ctx.save_file(res, "study_maxmaps.png"),
                        f"Images of {_where(ctx)}, each beside its strongest channel at "
                        f"{esc(str(res.data.get('layer')))} projected back to pixels by the deconvnet") + \
         "<p>Reproduce: <code>cnnvis maxmaps --model MODEL DATA</code></p>"
@@ -91,10 +102,10 @@ def render_top(ctx: ReportContext) -> str:
     for f in files:
         html.append(ctx.img_tag(ctx.save_file(res, f"study_top_{f}", f), esc(f.rsplit(".", 1)[0]), width=320))
     ctx.data["study_top_examples"] = {"layer": res.data.get("layer"), "n_images": res.data.get("images"),
-                                      "channels": len(files)}
+                                      "channels": len(files), "skipped": res.data.get("skipped", 0)}
     return (f"<p>For each channel of {esc(str(res.data.get('layer')))}, the 9 images of {_where(ctx)} that excite it "
             "most, with the receptive-field patch around the maximum (one pass over the data, a bounded top-k per "
-            "channel).</p>" + "".join(html) +
+            "channel).</p>" + _skipped(res.data) + "".join(html) +
             "<p>Reproduce: <code>cnnvis top-examples --model MODEL DATA --layer L --k 9 --out DIR</code></p>")
 
 
@@ -103,10 +114,11 @@ def render_embed(ctx: ReportContext) -> str:
     res = ctx.run("embed", **_data(ctx), limit=1000 if ctx.quick else 2000)
     d = res.data
     ctx.data["study_embed"] = {k: d.get(k) for k in ("n", "layer", "dim", "tsne", "feature_purity", "pixel_purity")}
+    ctx.data["study_embed"]["skipped"] = (d.get("dataset") or {}).get("skipped", 0)
     t = d.get("tsne") or {}
     how = f"{t.get('library', '?')} {t.get('version', '')}, perplexity {t.get('perplexity', '?')}, seed {t.get('seed')}"
     html = [f"<p>{d.get('n')} images of {_where(ctx)}: penultimate features ({esc(str(d.get('layer')))}, "
-            f"{d.get('dim')} numbers each) mapped to 2-D by t-SNE ({esc(how)}).</p>"]
+            f"{d.get('dim')} numbers each) mapped to 2-D by t-SNE ({esc(how)}).</p>" + _skipped(d.get("dataset") or {})]
     for f, cap in (("scatter.png", "t-SNE of the features, coloured by class"),
                    ("atlas.png", "The same map as an image atlas: each cell shows, of the points inside it, the one "
                                 "nearest its centre"),
