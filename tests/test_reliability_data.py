@@ -125,7 +125,7 @@ def test_format_is_the_most_common_not_the_first_images(tmp_path, capsys):
     assert ds.channels == 3 and ds.size == (SIDE, SIDE)
     assert "21 colour, 1 grey" in ds.format_note and "21 of 8x8" in ds.format_note
     # every image converted to that: the grey one as PIL's RGB of it, the big one resized (bilinear)
-    names = [ds._src.item_name(i) for i in range(len(ds))]
+    names = [ds.item_name(i) for i in range(len(ds))]
     x_grey, _ = ds[names.index("cat/00.png")]
     assert torch.equal((x_grey * 255).round().to(torch.uint8),
                        torch.from_numpy(np.array(grey.convert("RGB"))).permute(2, 0, 1))
@@ -170,14 +170,14 @@ def test_maxmaps_shows_readable_images_only_with_their_own_labels(run_dir, tmp_p
     idx = [it["index"] for it in d["items"]]
     assert len(idx) == 16 and len(set(idx)) == 16 and idx == sorted(idx)
     for it in d["items"]:  # each item is its own image: its class is its folder's
-        name = ds._src.item_name(it["index"])
+        name = ds.item_name(it["index"])
         assert name not in BAD and it["class"] == name.split("/")[0] == ds.classes[it["label"]]
     assert d["skipped"] == 4 and sorted(d["skipped_names"]) == sorted(BAD)
     # fewer than all: a seeded draw of readable images; the picture has one row per image
     d5 = _json(capsys, ["maxmaps", "--model", run_dir, data, "-n", "5", "--out", tmp_path / "m5.png", "--json",
                         "--seed", "3", "--threads", "1"])["data"]
     assert len({it["index"] for it in d5["items"]}) == 5
-    assert all(ds._src.item_name(it["index"]) not in BAD for it in d5["items"])
+    assert all(ds.item_name(it["index"]) not in BAD for it in d5["items"])
     out, _ = _text(capsys, ["maxmaps", "--model", run_dir, data, "-n", "20", "--out", tmp_path / "m2.png",
                             "--threads", "1"])
     assert "saved" in out and "16 images" in out and "4 unreadable image(s) skipped" in out
@@ -230,6 +230,10 @@ def test_every_command_counts_each_unreadable_file_once(run_dir, tmp_path, capsy
                         "--queries", "2", "--grid", "3", "--json", "--threads", "1"])["data"]
     assert em["dataset"]["skipped"] == 4 and em["n"] == 16
     # the Python API: the same counts
+    from cnnvis.jobs import run
+
+    assert run({"kind": "evaluate", "model": str(run_dir), "data": str(data)}).data["skipped"] == 4
+    assert run({"kind": "max_maps", "model": str(run_dir), "data": str(data), "n": 20}).data["skipped"] == 4
     ds = open_dataset(data)
     assert sum(len(y) for _, y in ds.batches(5)) == 16 and ds.skipped == 4
     tr, held = train_test_split(ds, 0.25, seed=0)
@@ -341,7 +345,7 @@ def test_encrypted_deflate64_and_oversize_zip_members_are_skipped_and_counted(ru
         assert sum(len(y) for _, y in te.batches(4)) == 8
     assert sorted(te.skipped_names) == ["test/cat/zz_big.png", "test/cat/zz_enc.png", "test/dog/zz_d64.png"]
     for name, why in (("zz_enc", "encrypted"), ("zz_d64", "Deflate64"), ("zz_big", "over the limit")):
-        i = next(k for k in range(len(te)) if name in te._src.item_name(k))
+        i = next(k for k in range(len(te)) if name in te.item_name(k))
         with pytest.raises(CorruptImage, match=why):
             te._src.read(i)
     res = _json(capsys, ["train", zp, "--out", tmp_path / "run", "--epochs", "1", "--threads", "1", "--json"])

@@ -174,7 +174,7 @@ def _check_readable_classes(ds, y: torch.Tensor, data) -> None:
     if empty:
         k = empty[0]
         pos = int(np.flatnonzero(ds.labels == k)[0])
-        name = ds._src.item_name(ds._src_index(pos))
+        name = ds.item_name(pos)
         folder = name.rsplit("/", 1)[0] if "/" in name else name
         more = f" (and {len(empty) - 1} more class(es))" if len(empty) > 1 else ""
         raise CnnvisError(f"{str(data)!r}: class {ds.classes[k]!r} has no readable training image ({listed[k]} "

@@ -211,6 +211,10 @@ class Dataset(torch.utils.data.Dataset):
         i = self._src_pos(i)
         return i if self._index is None else int(self._index[i])
 
+    def item_name(self, i: int) -> str:
+        """Item i's name in its source (a zip member or file path like 'train/cat/0001.jpg'; '#i' in arrays)."""
+        return self._src.item_name(self._src_index(i))
+
     def get(self, i: int) -> tuple[torch.Tensor, int] | None:
         """Item i as (Tensor (C, H, W) float32 in [0, 1], label), or None when it is unreadable
         (counted in `skipped`)."""

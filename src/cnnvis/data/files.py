@@ -82,7 +82,8 @@ def read_capped(f, limit: int) -> bytes:
             raise CorruptImage(f"more than {_mib(limit)} of data, the limit per image")
 
 
-def _fold_classes(names: dict[str, int], where: str, folders: dict[str, list[str]]) -> tuple[dict[str, str], str | None]:
+def _fold_classes(names: dict[str, int], where: str,
+                  folders: dict[str, list[str]]) -> tuple[dict[str, str], str | None]:
     """Class folder names that differ only in case (train/cat, test/Cat) -> one class each.
 
     names: folder name -> images; folders: folder name -> where it is ('train/cat'). Returns

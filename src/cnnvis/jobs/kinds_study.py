@@ -209,7 +209,7 @@ def draw_readable(ds, n: int, seed: int) -> tuple[list[tuple[int, tuple]], list[
         k += 1
         item = ds.get(p)
         if item is None:
-            bad.append(ds._src.item_name(ds._src_index(p)))
+            bad.append(ds.item_name(p))
         else:
             got[p] = item
     if not got:
