@@ -82,18 +82,19 @@ def read_capped(f, limit: int) -> bytes:
             raise CorruptImage(f"more than {_mib(limit)} of data, the limit per image")
 
 
-def _fold_classes(names: dict[str, int], where: str,
-                  folders: dict[str, list[str]]) -> tuple[dict[str, str], str | None]:
+def _fold_classes(names: dict[str, int], where: str, folders: dict[str, list[str]],
+                  trained: set[str] = frozenset()) -> tuple[dict[str, str], str | None]:
     """Class folder names that differ only in case (train/cat, test/Cat) -> one class each.
 
-    names: folder name -> images; folders: folder name -> where it is ('train/cat'). Returns
-    (name -> class name: the spelling with the most images, ties the first sorted; a note or None)."""
+    names: folder name -> images; folders: folder name -> where it is ('train/cat'); trained: the
+    names in the training split. Returns (name -> class name: the training split's spelling, else
+    the one with the most images, ties the first sorted; a note or None)."""
     groups: dict[str, list[str]] = {}
     for n in sorted(names):
         groups.setdefault(n.casefold(), []).append(n)
     canon, merged = {}, []
     for spellings in groups.values():
-        best = min(spellings, key=lambda n: (-names[n], n))
+        best = min(spellings, key=lambda n: (n not in trained, -names[n], n))
         for n in spellings:
             canon[n] = best
         if len(spellings) > 1:
@@ -155,7 +156,8 @@ def resolve_layout(rels: list[str], where: str, split: str | None):
     folders: dict[str, list[str]] = {}
     for s, c in sorted({(p[0], p[1]) for p in parts}):
         folders.setdefault(c, []).append(f"{pre}{s}/{c}")
-    canon, note = _fold_classes(Counter(p[1] for p in parts), where, folders)
+    trained = {p[1] for p in parts if p[0].lower() in SPLIT_ALIASES["train"]}
+    canon, note = _fold_classes(Counter(p[1] for p in parts), where, folders, trained)
     classes = sorted(set(canon.values()))
     cidx = {c: k for k, c in enumerate(classes)}
     entries = [(pre + "/".join(p), cidx[canon[p[1]]]) for p in parts if chosen is None or p[0] == chosen]
