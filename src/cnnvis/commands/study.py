@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from cnnvis.commands.common import (IMAGE_SUFFIXES, _flag_names, check_out, check_out_of_data, emit, job_options,
                                     run_job, seed_option, skipped_line, write_image)
-from cnnvis.commands.web import engine_options
+from cnnvis.commands.web import engine_options, refuse_ray_flags
 from cnnvis.errors import CnnvisError
 
 _FLAGS = {"image": "PHOTO", "data": "DATA", "n": "-n"}
@@ -236,7 +237,14 @@ def top_examples_cmd(data, model, weights, device, cache, as_json, layer, k, spl
 
     if k < 1:
         raise CnnvisError(f"--k must be at least 1 (images kept per channel), got {k}")
-    if not merge:
+    tasks = not merge and (engine == "ray" or shards is not None)  # else one pass here: no tasks to retry
+    retries_given = click.get_current_context().get_parameter_source("retries") == ParameterSource.COMMANDLINE
+    if merge:
+        refuse_ray_flags("local", address, workers, {"--retries": retries_given},
+                         why="--merge only combines finished shards' folders", fix="")
+    else:
+        refuse_ray_flags(engine, address, workers, {} if tasks else {"--retries": retries_given},
+                         fix="add --engine ray" if tasks else "add --engine ray (or, for --retries, --shards S)")
         check_out_of_data(out, data, replaced=True)
     outp = _check_out_dir(out, overwrite)
     if merge:
@@ -318,7 +326,7 @@ def _top_examples_sharded(data, model, weights, device, cache, as_json, layer, k
     """S shard jobs -> run_many (local or Ray) into the store -> merged exactly -> --out."""
     import json
 
-    from cnnvis.commands.web import DEFAULT_CACHE, report_summary
+    from cnnvis.commands.web import DEFAULT_CACHE, report_summary, retries_note
     from cnnvis.jobs import Store, make_spec
     from cnnvis.jobs.engine import import_ray, run_many
     from cnnvis.jobs.kinds_study import parse_channels
@@ -326,7 +334,7 @@ def _top_examples_sharded(data, model, weights, device, cache, as_json, layer, k
     from cnnvis.web.specs import canonical_ref
 
     if engine == "ray":
-        import_ray()
+        import_ray(address)
     store = Store(cache or DEFAULT_CACHE)
     dev = None if device == "auto" else device
     # files by absolute path: the same keys from any folder, and Ray workers need not share this one's
@@ -352,7 +360,8 @@ def _top_examples_sharded(data, model, weights, device, cache, as_json, layer, k
         echo_json({"out": str(outp), "index": doc, "engine": summ.to_dict()})
         return
     click.echo(f"saved {outp}/: index.json + {len(doc['channels'])} channel grids; {top.seen} images in {shards} "
-               f"shards ({summ.computed} computed, {summ.skipped} from {str(store.root)!r}; {engine})")
+               f"shards ({summ.computed} computed, {summ.skipped} from {str(store.root)!r}{retries_note(summ)}; "
+               f"{engine})")
     _echo_skipped(doc)
 
 

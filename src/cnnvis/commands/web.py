@@ -8,6 +8,7 @@ import click
 
 from cnnvis import DEFAULT_MODEL
 from cnnvis.commands.common import _threads_cb, apply_threads, parse_names
+from cnnvis.errors import CnnvisError
 from cnnvis.web.specs import QUICK_STEPS
 
 DEFAULT_CACHE = "~/.cache/cnnvis/web"
@@ -63,23 +64,59 @@ def engine_options(fn):
     fn = click.option("--workers", default=None, type=click.IntRange(1), metavar="N",
                       help="Ray workers (default: one per GPU with --device cuda, else one per --threads CPUs).")(fn)
     fn = click.option("--address", default=None, metavar="ADDR",
-                      help="A Ray cluster to join (e.g. ray://head:10001); default: a local Ray started here.")(fn)
+                      help="A Ray cluster to join: HOST:PORT (its GCS, default port 6379), ray://HOST:10001 (Ray "
+                           "Client) or auto (the one `ray start` made here); default: a local Ray started here.")(fn)
     fn = click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
                       help="local: one task after another in this process; ray: tasks spread over Ray workers "
                            "(needs pip install 'cnnvis[ray]').")(fn)
     return fn
 
 
+def _task_name(spec: dict) -> str:
+    """A task as the user knows it: a layer page's channels, or a shard."""
+    if spec.get("kind") == "filters":
+        return f"{spec.get('layers', [''])[0]} channels {spec['channels'][0]}-{spec['channels'][-1]}"
+    return f"shard {spec.get('shard')}/{spec.get('shards')}"
+
+
+def retries_note(summ) -> str:
+    """', N retries' for the summary line ('' when nothing was tried again)."""
+    return f", {summ.retried} retr{'y' if summ.retried == 1 else 'ies'}" if summ.retried else ""
+
+
 def report_summary(summ, what: str) -> None:
-    """Failed tasks: each named on stderr, exit 1 (finished ones are stored; run again to retry)."""
+    """Tasks tried again are named on stderr (how often, the first error); failed tasks too, exit 1
+    (finished ones are stored; run again to retry). A lost Ray cluster: what is stored, what is not, exit 1."""
+    for i, errs in sorted(summ.retries.items()):
+        if summ.keys[i] is not None:  # (the failed ones are named below)
+            click.echo(f"retried: {_task_name(summ.specs[i])}: stored after {len(errs) + 1} tries (first failure: "
+                       f"{errs[0]})", err=True)
     for spec, err in summ.failed:
-        where = f"{spec.get('layers', [''])[0]} channels {spec['channels'][0]}-{spec['channels'][-1]}" \
-            if spec.get("kind") == "filters" else f"shard {spec.get('shard')}/{spec.get('shards')}"
-        click.echo(f"failed after retries: {where}: {err}", err=True)
+        click.echo(f"failed after retries: {_task_name(spec)}: {err}", err=True)
+    if summ.lost:
+        done = sum(k is not None for k in summ.keys)
+        left = [_task_name(s) for s, k in zip(summ.specs, summ.keys) if k is None]
+        shown = ", ".join(left[:4]) + (f" and {len(left) - 4} more" if len(left) > 4 else "")
+        click.echo(f"error: {summ.lost}: {done} of {summ.total} {what} are stored ({summ.computed} this run), "
+                   f"{len(left)} are not ({shown}); run the same command again, on a running cluster, to "
+                   "compute only those", err=True)
+        sys.exit(1)
     if summ.failed:
         click.echo(f"error: {len(summ.failed)} of {summ.total} {what} failed (named above); the others are "
                    "stored: run the same command again to retry only those", err=True)
         sys.exit(1)
+
+
+def refuse_ray_flags(engine: str, address, workers, also: dict | None = None,
+                     why: str = "this run computes in this process (--engine local)",
+                     fix: str = "add --engine ray") -> None:
+    """--address/--workers (and `also`: flag -> given) only act on Ray runs: refused, not ignored, elsewhere."""
+    given = [f for f, v in {"--address": address is not None, "--workers": workers is not None,
+                            **(also or {})}.items() if v]
+    if engine != "ray" and given:
+        them = "them" if len(given) > 1 else "it"
+        raise CnnvisError(f"{' and '.join(given)} {'do' if len(given) > 1 else 'does'} nothing here: {why}; "
+                          + (f"{fix}, or leave {them} out" if fix else f"leave {them} out"))
 
 
 @click.command("render-all")
@@ -110,14 +147,14 @@ def render_all_cmd(model, layers, first, steps, size, cache, device, engine, add
     """
     import math
 
-    from cnnvis.errors import CnnvisError
     from cnnvis.jobs import Store, default_pool
     from cnnvis.jobs.engine import import_ray, run_many
     from cnnvis.layers import default_layers, list_layers
     from cnnvis.web import specs
 
+    refuse_ray_flags(engine, address, workers)
     if engine == "ray":
-        import_ray()  # says how to install it before anything is loaded
+        import_ray(address)  # says how to install it (and what is wrong with --address) before anything loads
     if threads:
         import torch
 
@@ -142,7 +179,8 @@ def render_all_cmd(model, layers, first, steps, size, cache, device, engine, add
                     threads=threads if engine == "local" else (threads or 1), retries=retries, units=units,
                     unit="channels", pool=default_pool(dev))
     click.echo(f"{len(plan)} pages ({sum(units)} channels) in {str(store.root)!r}: {summ.computed} rendered, "
-               f"{summ.skipped} were already there, {len(summ.failed)} failed ({summ.seconds:.1f} s, {engine})")
+               f"{summ.skipped} were already there, {len(summ.failed)} failed{retries_note(summ)} "
+               f"({summ.seconds:.1f} s, {engine})")
     report_summary(summ, "pages")
 
 

@@ -31,42 +31,52 @@ RAY_MISSING = ("--engine ray needs Ray, which is not installed: pip install 'cnn
 
 @dataclass
 class Summary:
-    """What run_many did: tasks in all, already stored (skipped), computed, failed (spec, error)."""
+    """What run_many did: tasks in all, already stored (skipped), computed, failed (spec, error), the
+    failed tries that were tried again (`retries`: task index -> their errors), and `lost`: why the run
+    stopped early when its Ray cluster went away (the unfinished tasks have key None; run again to finish)."""
 
     total: int
     skipped: int = 0
     computed: int = 0
     failed: list[tuple[dict, str]] = field(default_factory=list)
     retried: int = 0
+    retries: dict[int, list[str]] = field(default_factory=dict)
+    lost: str | None = None
     seconds: float = 0.0
     task_seconds: list[float] = field(default_factory=list)  # compute time of each task, where it ran
     task_wall: list[float] = field(default_factory=list)  # driver's submit -> result time of each task
     keys: list[str | None] = field(default_factory=list)  # store key of every task (None: failed)
+    specs: list[dict] = field(default_factory=list)  # every task's spec, in order
     workers: int = 1
     engine: str = "local"
 
     def to_dict(self) -> dict:
         return {"engine": self.engine, "workers": self.workers, "total": self.total, "skipped": self.skipped,
-                "computed": self.computed, "retried": self.retried, "failed": [{"spec": s, "error": e}
-                                                                            for s, e in self.failed],
+                "computed": self.computed, "retried": self.retried,
+                "retries": [{"spec": self.specs[i] if i < len(self.specs) else None, "errors": errs,
+                             "stored": self.keys[i] is not None if i < len(self.keys) else False}
+                            for i, errs in sorted(self.retries.items())],
+                "failed": [{"spec": s, "error": e} for s, e in self.failed], "lost": self.lost,
                 "seconds": round(self.seconds, 2), "task_seconds": [round(t, 3) for t in self.task_seconds],
                 "task_wall": [round(t, 3) for t in self.task_wall]}
 
 
 class _Bar:
     """One overall bar on stderr: units (channels, images) done of total, with ETA; plain lines when
-    stderr is not a terminal (every CNNVIS_PROGRESS_EVERY seconds)."""
+    stderr is not a terminal (every CNNVIS_PROGRESS_EVERY seconds). Units already stored (`skipped`) count
+    as done but not in the rate: the ETA is this run's time per unit computed times the units left."""
 
-    def __init__(self, total: int, unit: str, enabled: bool) -> None:
+    def __init__(self, total: int, unit: str, enabled: bool, skipped: int = 0) -> None:
         from cnnvis.jobs.runner import LINE_EVERY
 
-        self.total, self.unit, self.done, self.t0 = total, unit, 0, time.perf_counter()
+        self.total, self.unit, self.done, self.skipped, self.t0 = total, unit, skipped, skipped, time.perf_counter()
         self.every, self.last, self.tq = LINE_EVERY, self.t0, None
         self.enabled = enabled
         if enabled and sys.stderr.isatty():
             from tqdm.auto import tqdm
 
-            self.tq = tqdm(total=total, unit=unit, dynamic_ncols=True, mininterval=0.5)
+            # initial: the stored units show as done, and tqdm's rate counts only this run's
+            self.tq = tqdm(total=total, initial=skipped, unit=unit, dynamic_ncols=True, mininterval=0.5)
 
     def update(self, n: int, note: str = "") -> None:
         self.done += n
@@ -80,10 +90,16 @@ class _Bar:
         now = time.perf_counter()
         if now - self.last >= self.every or self.done >= self.total:
             self.last = now
-            el = now - self.t0
-            eta = el / self.done * (self.total - self.done) if self.done else float("nan")
-            print(f"{self.done}/{self.total} {self.unit} ({el:.0f} s, ETA {eta:.0f} s){' ' + note if note else ''}",
-                  file=sys.stderr, flush=True)
+            print(self.line(now) + (" " + note if note else ""), file=sys.stderr, flush=True)
+
+    def eta(self, now: float) -> float:
+        """Seconds left: this run's time per unit computed (skipped units excluded) x units left."""
+        ran = self.done - self.skipped
+        return (now - self.t0) / ran * (self.total - self.done) if ran else float("nan")
+
+    def line(self, now: float) -> str:
+        el = now - self.t0
+        return f"{self.done}/{self.total} {self.unit} ({el:.0f} s, ETA {self.eta(now):.0f} s)"
 
     def close(self) -> None:
         if self.tq is not None:
@@ -104,7 +120,9 @@ def run_many(specs: Sequence[dict], store: Store, *, engine: str = "local", addr
              units: Sequence[int] | None = None, unit: str = "tasks", progress: bool = True,
              pool: ModelPool | None = None) -> Summary:
     """Compute every spec not yet in `store` and store it; `units[i]`: what task i counts for in the
-    bar (its channels, its images). Raises CnnvisError for a bad engine or a missing Ray."""
+    bar (its channels, its images). Raises CnnvisError for a bad engine, a missing Ray or a Ray cluster
+    that cannot be joined (see ray_connect). If the cluster goes away mid-run, the run ends early with
+    `Summary.lost` saying so (what finished is stored; the same call again computes the rest)."""
     if engine not in ENGINES:
         raise CnnvisError(f"unknown engine {engine!r}; use one of {', '.join(ENGINES)}")
     if retries < 0:
@@ -113,9 +131,8 @@ def run_many(specs: Sequence[dict], store: Store, *, engine: str = "local", addr
     units = list(units) if units is not None else [1] * len(specs)
     if len(units) != len(specs):
         raise CnnvisError("units must give one number per spec")
-    summ = Summary(total=len(specs), engine=engine, keys=[None] * len(specs))
+    summ = Summary(total=len(specs), engine=engine, keys=[None] * len(specs), specs=specs)
     t0 = time.perf_counter()
-    bar = _Bar(sum(units), unit, progress)
     todo = []
     raws = [job_key(parse_spec(s)) for s in specs]  # each task's key as asked (an alias of its stored key)
     for i, raw in enumerate(raws):  # the store is asked first: finished tasks are skipped (resume)
@@ -123,9 +140,9 @@ def run_many(specs: Sequence[dict], store: Store, *, engine: str = "local", addr
         if key is not None and store.folder(key) is not None:
             summ.skipped += 1
             summ.keys[i] = key
-            bar.update(units[i])
         else:
             todo.append(i)
+    bar = _Bar(sum(units), unit, progress, skipped=sum(units) - sum(units[i] for i in todo))
     _say(f"{len(specs)} tasks: {summ.skipped} already in {str(store.root)!r}, {len(todo)} to run "
          f"({engine} engine)", progress)
     old = signal.getsignal(signal.SIGTERM)
@@ -185,7 +202,7 @@ def _run_local(specs, raws, todo, store, summ, bar, units, device, retries, pool
             else:
                 _keep(store, summ, bar, raws[i], i, units[i], res, t)
                 break
-            if not _again(summ, bar, specs[i], units[i], err, attempt, retries):
+            if not _again(summ, bar, i, specs[i], units[i], err, attempt, retries):
                 break
 
 
@@ -199,10 +216,12 @@ def _keep(store, summ, bar, raw: str, i: int, unit: int, res, t0: float) -> None
     bar.update(unit)
 
 
-def _again(summ, bar, spec: dict, unit: int, err: str, attempt: int, retries: int) -> bool:
-    """After failed try `attempt` (0-based) of a task: True to try again, else it is reported as failed."""
+def _again(summ, bar, i: int, spec: dict, unit: int, err: str, attempt: int, retries: int) -> bool:
+    """After failed try `attempt` (0-based) of task i: True to try again, else it is reported as failed.
+    Every failed try that is tried again is kept in summ.retries (the summary names them)."""
     if attempt < retries:
         summ.retried += 1
+        summ.retries.setdefault(i, []).append(err.splitlines()[0][:300] if err else "failed")
         return True
     summ.failed.append((spec, err.splitlines()[0][:500] if err else "failed"))
     bar.update(unit, note=f"{len(summ.failed)} failed")
@@ -210,12 +229,17 @@ def _again(summ, bar, spec: dict, unit: int, err: str, attempt: int, retries: in
 
 
 # ---------------------------------------------------------------------- Ray
-def import_ray():
-    """Ray, or a CnnvisError saying how to install it."""
+def import_ray(address: str | None = None):
+    """Ray, or a CnnvisError saying how to install it; `address` checked too (its form, Ray Client for
+    ray://, a cluster for auto), so a command fails before it loads anything."""
     try:
         import ray
     except ImportError:
         raise CnnvisError(RAY_MISSING) from None
+    if address:
+        from cnnvis.jobs.ray_connect import parse_address
+
+        parse_address(address)
     return ray
 
 
@@ -249,6 +273,73 @@ def ray_workers(ray, device: str | None, threads: int, workers: int | None) -> i
     return max(1, int(res.get("CPU", 1)) // max(1, threads))
 
 
+WATCH_EVERY = 2.0  # seconds between checks that the cluster still answers (one TCP connect)
+
+
+def _connect(ray, address: str | None, workers: int | None, threads: int):
+    """ray.init: a local Ray (no address), or the cluster at `address` once it has answered a probe
+    (bounded, see ray_connect) -> (host, port to watch, its name, a function restoring RAY_AUTH_MODE).
+    SIGTERM while connecting -> _Terminated (Ray's own handler would exit 15)."""
+    from cnnvis.jobs.ray_connect import CLIENT_MISSING, FORMS, check_cluster, parse_address
+
+    target = parse_address(address)
+    restore = check_cluster(target) if target is not None else (lambda: None)
+    kw = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False,
+          "address": target.address if target is not None else "local"}  # "local": never a cluster by surprise
+    if target is None and workers:
+        kw["num_cpus"] = max(workers * threads, os.cpu_count() or 1)
+    try:
+        ray.init(**kw)
+        _catch_sigterm()  # ours again (ray.init set its own, which exits 15)
+    except SystemExit as e:
+        restore()
+        if e.code == signal.SIGTERM:
+            _shutdown_quietly(ray)
+            raise _Terminated() from None
+        raise
+    except BaseException as e:
+        restore()
+        _shutdown_quietly(ray)
+        if isinstance(e, ValueError) and "ray[client]" in str(e):
+            raise CnnvisError(CLIENT_MISSING) from None
+        if isinstance(e, (ConnectionError, ValueError, RuntimeError)) and target is not None:
+            raise CnnvisError(f"cannot join the Ray cluster at {target.shown!r}: {str(e).splitlines()[0][:300]}; "
+                              f"check --address: {FORMS}") from None
+        raise
+    if target is not None:
+        return target.host, target.port, f"at {target.shown!r}", restore
+    host, _, port = str(ray.get_runtime_context().gcs_address).rpartition(":")
+    return host, int(port), "that this run started", restore
+
+
+def _shutdown_quietly(ray) -> None:
+    try:
+        ray.shutdown()
+    except Exception:  # noqa: BLE001 - nothing more to release
+        pass
+
+
+class _Watch:
+    """Is the cluster still there? A TCP connect to its GCS (or Ray Client server) every WATCH_EVERY s of
+    waiting: two misses in a row -> gone; after a worker's loss or a failed Ray call, one miss is enough."""
+
+    def __init__(self, host: str, port: int, shown: str) -> None:
+        self.host, self.port, self.shown = host, port, shown
+        self.last, self.misses = time.monotonic(), 0
+
+    def gone(self, now: bool = False) -> str | None:
+        from cnnvis.jobs.ray_connect import reachable
+
+        if not now and time.monotonic() - self.last < WATCH_EVERY:
+            return None
+        self.last = time.monotonic()
+        why = reachable(self.host, self.port, timeout=2.0)
+        self.misses = self.misses + 1 if why else 0
+        if why and (now or self.misses >= 2):
+            return f"the Ray cluster {self.shown} went away mid-run ({self.host}:{self.port}: {why})"
+        return None
+
+
 def _run_ray(specs, raws, todo, store, summ, bar, units, device, threads, retries, address, workers,
              progress) -> None:
     if not todo:
@@ -256,18 +347,11 @@ def _run_ray(specs, raws, todo, store, summ, bar, units, device, threads, retrie
     ray = import_ray()
     threads = threads or 1
     started_here = not ray.is_initialized()
+    restore = lambda: None  # noqa: E731
+    watch = None
     if started_here:
-        kw = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
-        if address:
-            kw["address"] = address
-        elif workers:
-            kw["num_cpus"] = max(workers * threads, os.cpu_count() or 1)
-        try:
-            ray.init(**kw)
-        except ConnectionError as e:
-            raise CnnvisError(f"cannot reach the Ray cluster at {address!r}: {e}; check --address "
-                              "(ray://HOST:10001 or HOST:6379), or leave it out for a local Ray") from None
-        _catch_sigterm()
+        host, port, shown, restore = _connect(ray, address, workers, threads)
+        watch = _Watch(host, port, shown)
     actors: list = []
     try:
         n = min(ray_workers(ray, device, threads, workers), len(todo))
@@ -276,7 +360,8 @@ def _run_ray(specs, raws, todo, store, summ, bar, units, device, threads, retrie
         opts = {"num_gpus": 1, "num_cpus": 0} if gpu else {"num_cpus": threads}
         Actor = ray.remote(_Worker).options(**opts)
         actors += [Actor.remote(device, threads) for _ in range(n)]
-        _say(f"Ray: {n} workers ({'1 GPU' if gpu else f'{threads} CPU thread(s)'} each)", progress)
+        _say(f"Ray: {n} workers ({'1 GPU' if gpu else f'{threads} CPU thread(s)'} each)"
+             + (f" on {address}" if address else ""), progress)
         queue = list(todo)
         tries = {i: 0 for i in todo}  # failed tries so far
         running: dict = {}  # ObjectRef -> (task index, actor index, submit time)
@@ -293,17 +378,28 @@ def _run_ray(specs, raws, todo, store, summ, bar, units, device, threads, retrie
             _TERM["raise"] = False
             try:
                 ready, _ = ray.wait(list(running), num_returns=1, timeout=0.5)  # short waits: SIGTERM is seen
+            except Exception:  # noqa: BLE001 - Ray Client raises when its server is gone
+                if watch is not None and (lost := watch.gone(now=True)):
+                    summ.lost = lost
+                    return
+                raise
             finally:
                 _TERM["raise"] = True
             if _TERM["seen"]:
                 raise _Terminated()
             if not ready:
+                if watch is not None and (lost := watch.gone()):
+                    summ.lost = lost
+                    return
                 continue
             ref = ready[0]
             i, a, t = running.pop(ref)
             try:
                 res = ray.get(ref)
             except ray.exceptions.RayActorError as e:  # the worker died: a fresh one, the task again
+                if watch is not None and (lost := watch.gone(now=True)):  # ... unless the cluster is gone
+                    summ.lost = lost
+                    return
                 actors[a] = Actor.remote(device, threads)
                 err = f"worker died: {e}"
             except ray.exceptions.RayTaskError as e:
@@ -314,15 +410,17 @@ def _run_ray(specs, raws, todo, store, summ, bar, units, device, threads, retrie
                 err = None
             idle.append(a)
             if err is not None:
-                if _again(summ, bar, specs[i], units[i], err, tries[i], retries):
+                if _again(summ, bar, i, specs[i], units[i], err, tries[i], retries):
                     queue.append(i)
                 tries[i] += 1
             submit()
     finally:
-        for a in actors:  # their CPUs/GPUs go back to the cluster (a joined Ray keeps running)
-            try:
-                ray.kill(a)
-            except Exception:  # noqa: BLE001 - already gone
-                pass
+        if summ.lost is None:
+            for a in actors:  # their CPUs/GPUs go back to the cluster (a joined Ray keeps running)
+                try:
+                    ray.kill(a)
+                except Exception:  # noqa: BLE001 - already gone
+                    pass
         if started_here:
-            ray.shutdown()
+            _shutdown_quietly(ray)
+            restore()
