@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import signal
 import sqlite3
 import subprocess
@@ -23,6 +22,7 @@ from cnnvis.cli import main
 from cnnvis.jobs import Store
 from cnnvis.jobs.result import Result
 from tests.conftest import SHARED
+from tests.raycluster import ray_env, remove, sandbox
 
 ray = pytest.importorskip("ray")  # the [ray] extra: make test installs it (CI runs these)
 pytestmark = pytest.mark.slow
@@ -35,10 +35,16 @@ QUICK = ["--steps", "8", "--size", "64", "--threads", "1"]
 
 @pytest.fixture(scope="module")
 def local_ray():
-    """One local Ray for the module's in-process runs (run_many joins it instead of starting its own)."""
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield
-    ray.shutdown()
+    """One local Ray for the module's in-process runs (run_many joins it instead of starting its own), in a
+    sandbox: the auth token a local Ray makes goes to a temporary HOME, never the real ~/.ray."""
+    root = sandbox()
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in ray_env(root).items():
+            mp.setenv(k, v)
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        yield
+        ray.shutdown()
+    remove(root)
 
 
 def _stored(cache: Path) -> dict[str, Result]:
@@ -110,6 +116,9 @@ def test_failed_tasks_are_retried_and_reported(local_ray, tmp_path, capsys, monk
         store = Store(tmp_path / engine)
         s = run_many([good, bad], store, engine=engine, workers=2, threads=1, retries=2, progress=False)
         assert (s.computed, s.skipped, s.retried, len(s.failed)) == (1, 0, 2, 1), (engine, s)
+        assert list(s.retries) == [1] and len(s.retries[1]) == 2 and all("channel 99" in e for e in s.retries[1])
+        d = s.to_dict()
+        assert d["retries"] == [{"spec": bad, "errors": s.retries[1], "stored": False}] and d["lost"] is None
         assert s.failed[0][0] == bad and "channel 99" in s.failed[0][1], s.failed
         assert s.keys[0] is not None and s.keys[1] is None and len(_stored(tmp_path / engine)) == 1
     from cnnvis.jobs.kinds import FiltersSpec
@@ -129,7 +138,7 @@ def test_failed_tasks_are_retried_and_reported(local_ray, tmp_path, capsys, monk
     out = capsys.readouterr()
     assert rc == 1 and "Traceback" not in out.err
     assert "failed after retries: conv_stem channels 16-31: RuntimeError: boom" in out.err
-    assert "1 rendered, 0 were already there, 1 failed" in out.out and calls == [0, 16, 16]
+    assert "1 rendered, 0 were already there, 1 failed, 1 retry (" in out.out and calls == [0, 16, 16]
     assert len(_stored(tmp_path / "cli")) == 1
     # bad input is refused before any task runs: exit 2, one line
     rc = main(["render-all", "--model", LITE, "--layers", "conv_stem", "--cache", str(tmp_path / "cli2"),
@@ -162,7 +171,8 @@ def test_a_killed_driver_resumes_with_only_the_unfinished_tasks(tmp_path):
     cmd = [sys.executable, "-m", "cnnvis", "render-all", "--model", LITE, "--layers", "blocks.1.0.conv_pw",
            "--cache", str(cache), "--steps", "6", "--size", "48", "--threads", "1", "--engine", "ray",
            "--workers", "2"]  # 96 channels: 6 pages
-    env = {**os.environ, "CNNVIS_PROGRESS_EVERY": "0"}
+    root = sandbox()  # its local Ray's token and sessions (removed at the end)
+    env = ray_env(root)
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     t0 = time.time()
     while _rows(cache) < 2 and p.poll() is None and time.time() - t0 < 240:
@@ -185,3 +195,76 @@ def test_a_killed_driver_resumes_with_only_the_unfinished_tasks(tmp_path):
         assert len(tiles) == 17 and all(t.size > 0 for t in tiles.values())  # a grid + 16 tiles, all decode
         if key in first:  # what the killed run stored is untouched
             assert res.files == first[key].files
+    remove(root)
+
+
+def test_retries_that_succeed_are_named_in_the_summary(tmp_path, capsys, monkeypatch):
+    """A page that fails once and then works: stored, and the summary says it was tried again and why."""
+    from cnnvis.jobs.kinds import FiltersSpec
+
+    real = FiltersSpec.run
+    calls = []
+
+    def once(self, vm, ctx):
+        calls.append(self.channels[0])
+        if self.channels[0] == 16 and calls.count(16) == 1:
+            raise RuntimeError("flaky once")
+        return real(self, vm, ctx)
+
+    monkeypatch.setattr(FiltersSpec, "run", once)
+    rc = main(["render-all", "--model", LITE, "--layers", "conv_stem", "--cache", str(tmp_path / "c"), "--steps",
+               "2", "--size", "48", "--threads", "1"])
+    out = capsys.readouterr()
+    assert rc == 0 and calls == [0, 16, 16]
+    assert "2 rendered, 0 were already there, 0 failed, 1 retry (" in out.out
+    assert "retried: conv_stem channels 16-31: stored after 2 tries (first failure: RuntimeError: flaky once)" \
+        in out.err
+    assert len(_stored(tmp_path / "c")) == 2
+
+
+def test_ray_flags_with_the_local_engine_are_refused(tmp_path, capsys):
+    """--address/--workers (and --retries where nothing is retried) with --engine local were silently
+    ignored: now one line, exit 2, before anything runs."""
+    cache = tmp_path / "c"
+    cases = [(["render-all", "--model", LITE, "--layers", "conv_stem", "--cache", str(cache), "--address",
+               "head:6379"], "error: --address does nothing here: this run computes in this process "
+                             "(--engine local); add --engine ray, or leave it out"),
+             (["render-all", "--model", LITE, "--cache", str(cache), "--workers", "4", "--address", "auto"],
+              "error: --address and --workers do nothing here"),
+             (["top-examples", "--model", LITE, "mnist", "--layer", "conv_stem", "--out", str(tmp_path / "o"),
+               "--retries", "3"], "error: --retries does nothing here: this run computes in this process "
+                                  "(--engine local); add --engine ray (or, for --retries, --shards S)"),
+             (["top-examples", "--model", LITE, "mnist", "--layer", "conv_stem", "--out", str(tmp_path / "o"),
+               "--shards", "2", "--workers", "2"], "error: --workers does nothing here"),
+             (["top-examples", "--merge", str(tmp_path / "a"), "--out", str(tmp_path / "o"), "--address", "auto"],
+              "error: --address does nothing here: --merge only combines finished shards' folders; leave it out")]
+    for argv, says in cases:
+        rc = main(argv)
+        err = capsys.readouterr().err
+        assert rc == 2 and err.startswith(says) and err.count("\n") == 1, (argv, err)
+    assert not cache.exists() and not (tmp_path / "o").exists()
+    # --retries acts on the local engine's tasks: accepted there
+    rc = main(["render-all", "--model", LITE, "--layers", "conv_stem", "--first", "16", "--cache", str(cache),
+               "--steps", "1", "--size", "48", "--retries", "0"])
+    assert rc == 0 and "1 rendered" in capsys.readouterr().out
+
+
+def test_the_eta_after_a_resume_counts_only_the_work_left(monkeypatch, capsys):
+    """90 of 100 channels were stored before; 5 computed in 10 s: 5 left at 2 s each = ETA 10 s (it said
+    0.5 s: the skipped 90 counted as work done in those 10 s). A clock the test sets, not a timing."""
+    from cnnvis.jobs import engine
+
+    now = [1000.0]
+    monkeypatch.setattr(engine.time, "perf_counter", lambda: now[0])
+    bar = engine._Bar(100, "channels", True, skipped=90)
+    bar.every = 0
+    now[0] += 10
+    bar.update(5)
+    now[0] += 4
+    bar.update(3)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == ["95/100 channels (10 s, ETA 10 s)", "98/100 channels (14 s, ETA 4 s)"]
+    assert bar.eta(now[0]) == pytest.approx(14 / 8 * 2)
+    fresh = engine._Bar(100, "channels", False)
+    fresh.update(20)
+    assert fresh.eta(now[0] + 10) == pytest.approx(10 / 20 * 80)

@@ -1,8 +1,9 @@
 """Joining a Ray cluster in seconds or saying why not, in one line (render-all, top-examples --engine ray).
 
     target = parse_address("ray://head:10001")   # None: start a local Ray here
-    restore = check_cluster(target, wait)          # reachable? a Ray? which token? -> CnnvisError, else
-    ray.init(address=target.address, ...)          # the auth mode the cluster wants, set for this process
+    restore = check_cluster(target)               # reachable? a Ray? which token? -> CnnvisError, else
+    ray.init(address=target.address, ...)         # with the auth mode the cluster wants, set for this process
+    ...; ray.shutdown(); restore()                # RAY_AUTH_MODE as it was
 
 `ray.init` alone retries a dead address for about 14 minutes, and fails on a token-protected cluster
 (any `ray start` after a local Ray run made ~/.ray/auth_token) with "Failed to connect". So the address is
