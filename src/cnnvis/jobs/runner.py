@@ -181,6 +181,13 @@ class JobContext:
     def __init__(self, progress=None, cancel=None, desc: str = "", models: dict | None = None) -> None:
         self._progress, self._cancel, self.desc = progress, cancel, desc
         self.models = models or {}  # name -> loaded VisModel, for spec.extra_models()
+        self.store: Store | None = None  # where `run` keeps results (sub-jobs use the same)
+        self.pool: ModelPool | None = None
+
+    def sub(self, spec) -> Result:
+        """Run another job as part of this one, through the same store, model pool, progress and cancel
+        flag: an ordinary job, cached and reused like any other (a lens over a run's snapshots)."""
+        return run(spec, store=self.store, pool=self.pool, progress=self._progress, cancel=self._cancel)
 
     def cancelled(self) -> bool:
         c = self._cancel
@@ -287,6 +294,7 @@ def run(spec, *, store: Store | str | os.PathLike | None = None, progress=None, 
             pool = default_pool(device)  # loaded once per device, not once per call
         vm = pool.get(spec.model, spec.weights)
     ctx = JobContext(progress, cancel, desc=spec.kind)
+    ctx.store, ctx.pool = store, pool
     with pool.lock(vm):
         nspec = spec.normalized(vm)
         key = job_key(nspec)
