@@ -49,7 +49,14 @@ def test_every_kind_runs_on_a_1_channel_28px_checkpoint(kind, mnist_ckpt, pool, 
         fields["size"] = 28
     if kind == "filters":
         fields["size"] = 28
-    res = run(make_spec(kind, model=mnist_ckpt, **fields), pool=pool)
+    model = mnist_ckpt
+    if kind == "evolution":  # a lens over a run's snapshots: the checkpoint made into a run with two of them
+        from pathlib import Path
+
+        from test_evolution import as_run_with_snapshots
+
+        model = str(as_run_with_snapshots(Path(mnist_ckpt), tmp_path / "run"))
+    res = run(make_spec(kind, model=model, **fields), pool=pool)
     d = res.to_dict()
     json.dumps(d)  # JSON-able
     assert d["kind"] == kind and len(res.key) == 64

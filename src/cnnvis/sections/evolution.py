@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from cnnvis.report import ReportContext, Section, esc, small_net
 
+QUICK = {"first": 4, "k": 3, "limit": 2000}  # the demo: 4 channels a layer, top examples of 2000 images
+FULL = {"first": 6, "k": 3}
+
 
 def _mean(v) -> float | None:
     v = [x for x in (v or []) if isinstance(x, (int, float))]
@@ -18,9 +21,7 @@ def render(ctx: ReportContext) -> str:
                "a run of <code>cnnvis train DATA --out RUN --snapshots 0,1,2,4</code>")
         return (f"<p>This model kept no snapshots of its training. To see its features form epoch by epoch, train "
                 f"{how} and build the report of that run.</p>")
-    n = 4 if ctx.quick else 6
-    res = ctx.run("evolution", first=n, data=ctx.data_ref, split=ctx.data_split, k=3,
-                  limit=2000 if ctx.quick else None)
+    res = ctx.run("evolution", data=ctx.data_ref, split=ctx.data_split, **(QUICK if ctx.quick else FULL))
     d = res.data
     eps = [s["epoch"] for s in d["snapshots"]]
     rows, summary = [], {}
