@@ -21,7 +21,10 @@ def render(ctx: ReportContext) -> str:
                "a run of <code>cnnvis train DATA --out RUN --snapshots 0,1,2,4</code>")
         return (f"<p>This model kept no snapshots of its training. To see its features form epoch by epoch, train "
                 f"{how} and build the report of that run.</p>")
-    res = ctx.run("evolution", data=ctx.data_ref, split=ctx.data_split, **(QUICK if ctx.quick else FULL))
+    # top examples from the run's own training data (as `cnnvis evolution` takes them), or the report's other data
+    own = ctx.data_ref is None or ctx.data_ref == t.get("data")
+    res = ctx.run("evolution", data=None if own else ctx.data_ref, split=None if own else ctx.data_split,
+                  **(QUICK if ctx.quick else FULL))
     d = res.data
     eps = [s["epoch"] for s in d["snapshots"]]
     rows, summary = [], {}
