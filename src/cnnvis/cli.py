@@ -62,7 +62,10 @@ def _one_line(default):
 
 def _main(argv: list[str] | None) -> int:
     try:
-        cli.main(args=argv, prog_name="cnnvis", standalone_mode=False)
+        try:
+            cli.main(args=argv, prog_name="cnnvis", standalone_mode=False)
+        finally:
+            _finish()  # a finished result is stored (and its notes said) however the command ended
     except CnnvisError as e:
         click.echo(f"error: {e}", err=True)
         return 2
@@ -83,6 +86,12 @@ def _main(argv: list[str] | None) -> int:
         click.echo("error: out of memory; try a smaller --size, --batch or image", err=True)
         return 2
     return 0
+
+
+def _finish() -> None:
+    from cnnvis.commands.common import finish
+
+    finish()
 
 
 def run() -> None:  # pragma: no cover

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from cnnvis.commands.common import (
-    LazyChoice, attribution_methods, check_out, emit, job_options, parse_names, run_job, write_image,
+    LazyChoice, attribution_methods, cache_tag, check_out, emit, job_options, parse_names, run_job, write_image,
 )
 
 _FLAGS = {"image": "PHOTO", "options": "--option"}
@@ -101,7 +101,7 @@ def saliency_cmd(photo, model, weights, device, cache, as_json, method, target, 
         save_png(normalize_map(torch.from_numpy(res.array("map.npy"))), raw_p)
     d = res.data
     what = f"{d.get('label')} ({d.get('target')})" if d.get("label") else (d.get("layer") or "output")
-    emit(res, as_json, f"wrote {out} ({method}, {what})" + (" [from the cache]" if res.cached else ""), out=str(out))
+    emit(res, as_json, f"wrote {out} ({method}, {what})" + cache_tag(res), out=str(out))
 
 
 @click.command("deconv")

@@ -101,9 +101,9 @@ def run_cmd(spec_file, device, cache, out, as_json) -> None:
     """
     import sys
 
-    from cnnvis.commands.common import no_progress
+    from cnnvis.commands.common import cache_tag, no_progress, run_spec
     from cnnvis.errors import CnnvisError
-    from cnnvis.jobs import Store, parse_spec, run
+    from cnnvis.jobs import parse_spec
 
     try:
         text = sys.stdin.read() if spec_file == "-" else open(spec_file, encoding="utf-8").read()
@@ -118,7 +118,7 @@ def run_cmd(spec_file, device, cache, out, as_json) -> None:
         from cnnvis.utils import check_writable
 
         check_writable(Path(out) / "result.json")  # before the work, not after it
-    res = run(spec, store=Store(cache) if cache else None, device=device, progress=None if no_progress() else True)
+    res = run_spec(spec, cache, device, None if no_progress() else True)
     if out:
         from pathlib import Path
 
@@ -127,7 +127,7 @@ def run_cmd(spec_file, device, cache, out, as_json) -> None:
         for name in [*res.files, "result.json"]:  # a photo called input.png in --out is kept
             check_output_path(Path(out) / name, [i for i in spec.inputs() if not str(i).startswith("sample:")])
         res.save(out)
-    emit(res, as_json, [f"{res.kind} {res.key[:12]}" + (" (from the store)" if res.cached else f" ({res.seconds:.1f} s)")]
+    emit(res, as_json, [f"{res.kind} {res.key[:12]}" + (cache_tag(res) if res.cached else f" ({res.seconds:.1f} s)")]
          + ([f"wrote {out}/ ({', '.join(sorted(res.files))}, result.json)"] if out else []))
 
 

@@ -145,20 +145,79 @@ def _flag_names(msg: str, flags: dict[str, str]) -> str:
     return re.sub(r"^bad \w+ spec: ", "", msg)
 
 
+def open_cache(cache: str | None):
+    """--cache DIR -> a Store, or None. A cache that cannot be opened (a file, not creatable, read-only
+    without an index) does not stop the command: it says so on stderr and computes without it."""
+    if not cache:
+        return None
+    from cnnvis.errors import CnnvisError
+    from cnnvis.jobs import Store
+
+    try:
+        return Store(cache)
+    except CnnvisError as e:
+        click.echo(f"note: computing without the cache: {e}", err=True)
+        return None
+
+
+_PENDING: list = []  # results of this command still to be stored: after its output files are written
+
+
 def run_job(kind: str, *, model: str, weights: str | None, device: str, cache: str | None, flags=None,
             quiet: bool = False, **fields):
-    """Build the `kind` spec from CLI values, run it (or fetch it from --cache) -> Result."""
+    """Build the `kind` spec from CLI values, run it (or fetch it from --cache) -> Result. The result is
+    stored in --cache by `finish()` (from `emit`, or when the command ends): after the command wrote
+    its --out, so a cache that cannot take it loses nothing."""
     from cnnvis.errors import CnnvisError
-    from cnnvis.jobs import Store, make_spec, run
+    from cnnvis.jobs import make_spec
 
     try:
         spec = make_spec(kind, model=model, weights=weights, **fields)
     except CnnvisError as e:
         raise CnnvisError(_flag_names(str(e), flags or {})) from None
-    store = Store(cache) if cache else None
     apply_threads()
     progress = None if (quiet or no_progress()) else True
-    return run(spec, store=store, device=device, progress=progress)
+    return run_spec(spec, cache, device, progress)
+
+
+def run_spec(spec, cache: str | None, device: str, progress):
+    """`cnnvis.jobs.run` for a command: store deferred to `finish()`, notes printed by it (not warned)."""
+    import warnings
+
+    from cnnvis.jobs import CacheWarning, run
+
+    store = open_cache(cache)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CacheWarning)
+        res = run(spec, store=store, device=device, progress=progress, defer_store=True)
+    _PENDING.append(res)
+    return res
+
+
+def finish() -> None:
+    """Store this command's results (their files are written by now) and print each note on stderr once."""
+    import contextlib
+
+    from cnnvis.jobs import store_result
+
+    while _PENDING:
+        res = _PENDING.pop(0)
+        store_result(res)
+        with contextlib.suppress(OSError):
+            for n in res.notes:
+                click.echo(f"note: {n}", err=True)
+
+
+def cache_tag(res) -> str:
+    """' [from the cache: torch 2.14.1, cpu, 2 CPU threads]' for a stored result (what made it), else ''."""
+    if not res.cached:
+        return ""
+    e = res.env or {}
+    dev = str(e.get("device", "?"))
+    bits = [f"torch {e.get('torch', '?')}", dev + (f" ({e['gpu']})" if e.get("gpu") else "")]
+    if dev.startswith("cpu") and "threads" in e:
+        bits.append(f"{e['threads']} CPU threads")
+    return f" [from the cache: {', '.join(bits)}]"
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
@@ -241,7 +300,9 @@ def write_file(result, out: Path, name: str) -> Path:
 
 
 def emit(result, as_json: bool, text: str | list[str], **extra) -> None:
-    """Print the result: JSON (result.to_dict() + `extra`) or the text lines."""
+    """Store the command's results (`finish`: its files are written), then print the result: JSON
+    (result.to_dict() + `extra`, with any notes) or the text lines (notes on stderr)."""
+    finish()
     if as_json:
         echo_json({**result.to_dict(), **extra})
         return

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from cnnvis.commands.common import check_out, emit, job_options, parse_ints, parse_names, run_job, seed_option
+from cnnvis.commands.common import cache_tag, check_out, emit, job_options, parse_ints, parse_names, run_job, seed_option
 
 
 def _thumb(size: tuple[int, int], longest: int) -> tuple[int, int]:
@@ -66,7 +66,7 @@ def dream_cmd(photo, model, weights, device, cache, as_json, layers, channels, o
 
         write_image(res, out_p)
         lines.append(f"wrote {out_p} ({res.data['size'][0]}x{res.data['size'][1]}, layers "
-                     f"{', '.join(res.data['layers'])})" + (" [from the cache]" if res.cached else ""))
+                     f"{', '.join(res.data['layers'])})" + cache_tag(res))
         if anim_p is not None:
             write_file(res, anim_p, "animation.gif")
             lines.append(f"wrote {anim_p} (the dream forming, {res.data['frames']} frames)")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from cnnvis.commands.common import check_out_of_data, emit, job_options, run_job, seed_option, skipped_line
+from cnnvis.commands.common import cache_tag, check_out_of_data, emit, job_options, run_job, seed_option, skipped_line
 
 #: what `cnnvis embed` writes into --out (a folder holding only these is ours to replace)
 OUT_FILES = ("scatter.png", "atlas.png", "neighbours.png", "points.npy", "embed.json")
@@ -116,7 +116,7 @@ def embed_cmd(data, model, weights, device, cache, as_json, out, split, limit, l
     t = d["tsne"]
     lines = [f"embedded {d['n']} images of {d['dataset']['name']} ({d['layer']}; {d['dim']} dims) with "
              f"{t['library']} {t['version']} t-SNE (perplexity {t['perplexity']:g})"
-             + (" [from the cache]" if res.cached else ""),
+             + cache_tag(res),
              f"feature purity {d['feature_purity']:.4f}  (share of each image's {d['k']} nearest in feature space "
              "with its class)",
              f"pixel purity   {d['pixel_purity']:.4f}  (the same in pixel space)",

@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 
 from cnnvis.commands.common import (
-    LazyChoice, check_out, emit, job_options, parse_ints, parse_names, preset_names, run_job, seed_option, write_file,
-    write_image,
+    LazyChoice, cache_tag, check_out, emit, job_options, parse_ints, parse_names, preset_names, run_job, seed_option,
+    write_file, write_image,
 )
 
 
@@ -72,7 +72,7 @@ def class_cmd(target, model, weights, device, cache, as_json, preset, steps, siz
     t, label = d["class"]["index"], d["class"]["label"]
     size = res.spec["size"]
     lines = [f"saved {out} ({size}x{size}, preset {d['preset']}, {d['steps']} steps, {d['seconds']:.1f} s"
-             + (f"; {d['message']}" if d["message"] else "") + ")" + (" [from the cache]" if res.cached else ""),
+             + (f"; {d['message']}" if d["message"] else "") + ")" + cache_tag(res),
              f"{label} ({t}): probability {d['prob_png']:.4f} for the PNG re-read from disk", "top-5:"]
     lines += [f"  {q['label'].replace(' ', '_'):<28} {q['prob']:.4f}  ({q['index']})" for q in d["top5"]]
     lines.append("robustness (probability of the class after each perturbation):")
@@ -155,7 +155,7 @@ def filters_cmd(model, weights, device, cache, as_json, preset, layers, all_conv
     d = res.data
     counts = f"; {d['dead']} dead (never fire on the sample photos), {d['grey']} grey" if "dead" in d else ""
     emit(res, as_json, f"saved {out}: {len(d['layers'])} layers x up to {n_cols} filters{counts}"
-         + (" [from the cache]" if res.cached else "") + (f"; animation {anim}" if anim else ""), out=str(out),
+         + cache_tag(res) + (f"; animation {anim}" if anim else ""), out=str(out),
          **({"animation": str(anim)} if anim else {}))
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from cnnvis.commands.common import check_out, emit, job_options, parse_names, run_job, seed_option, write_image
+from cnnvis.commands.common import cache_tag, check_out, emit, job_options, parse_names, run_job, seed_option, write_image
 
 
 @click.command("regularizers")
@@ -35,7 +35,7 @@ def regularizers_cmd(model, weights, device, cache, as_json, judge, steps, size,
         write_image(res, out)
     d = res.data
     lines = [f"{d['size']} px, {d['steps']} steps per row, judge {d['judge'] or 'none'}"
-             + (" [from the cache]" if res.cached else ""),
+             + cache_tag(res),
              f"{'row':<8} {'judge mean p':>12} {'agrees':>7} {'own mean p':>10}  how"]
     for r in d["rows"]:
         jp = f"{r['judge_mean_prob']:.4f}" if r["judge_mean_prob"] is not None else "-"

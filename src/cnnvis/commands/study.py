@@ -7,8 +7,8 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
-from cnnvis.commands.common import (IMAGE_SUFFIXES, _flag_names, check_out, check_out_of_data, emit, job_options,
-                                    run_job, seed_option, skipped_line, write_image)
+from cnnvis.commands.common import (IMAGE_SUFFIXES, _flag_names, cache_tag, check_out, check_out_of_data, emit,
+                                    job_options, run_job, seed_option, skipped_line, write_image)
 from cnnvis.commands.web import engine_options, refuse_ray_flags
 from cnnvis.errors import CnnvisError
 
@@ -282,7 +282,7 @@ def top_examples_cmd(data, model, weights, device, cache, as_json, layer, k, spl
     line = skipped_line(d.get("skipped", 0), d.get("skipped_names", []), "not scored")
     emit(res, as_json, [f"saved {outp}/: index.json + {len(d['channels'])} channel grids; {d['seen']} images "
                         f"(shard {s}/{S}) at {d['layer']} {'x'.join(map(str, d['shape']))}, top {k} per channel"
-                        + (" [from the cache]" if res.cached else "")] + ([line] if line else []), out=str(outp))
+                        + cache_tag(res)] + ([line] if line else []), out=str(outp))
 
 
 def _echo_skipped(doc: dict) -> None:

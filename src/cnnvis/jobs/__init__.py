@@ -15,9 +15,11 @@ from cnnvis.jobs import kinds_study as _kinds_study  # noqa: F401  (feature maps
 from cnnvis.jobs import kinds_eval as _kinds_eval  # noqa: F401
 from cnnvis.jobs import kinds_evolution as _kinds_evolution  # noqa: F401  (features across training)
 from cnnvis.jobs.result import Result
-from cnnvis.jobs.runner import Cancelled, JobContext, ModelPool, default_pool, file_hash, job_key, run
+from cnnvis.jobs.runner import (
+    CacheWarning, Cancelled, JobContext, ModelPool, default_pool, file_hash, job_key, run, store_result,
+)
 from cnnvis.jobs.spec import KINDS, Spec, make_spec, parse_spec, register
 from cnnvis.jobs.store import Store
 
-__all__ = ["KINDS", "Spec", "Result", "Store", "ModelPool", "JobContext", "Cancelled", "run", "make_spec",
-           "parse_spec", "register", "job_key", "file_hash", "default_pool"]
+__all__ = ["KINDS", "Spec", "Result", "Store", "ModelPool", "JobContext", "Cancelled", "CacheWarning", "run",
+           "store_result", "make_spec", "parse_spec", "register", "job_key", "file_hash", "default_pool"]

@@ -7,6 +7,13 @@ The store is asked first with the spec's hash as given (milliseconds, no model l
 miss the model is loaded (once per pool), the spec normalized (class names -> indices, layer
 aliases -> dotted names), asked again, and otherwise computed and stored under both hashes.
 
+Nothing the store does loses a result or serves a wrong one: a damaged entry (files not matching
+their recorded sha256) is computed again and replaced; a store that cannot be written (read-only,
+full) leaves the computed result in the caller's hands. Each such event is a line in
+`result.notes` and a `CacheWarning`. A hit whose `env` (torch, device, CPU threads, machine)
+differs from this process's says so the same way (`result.env_differs`): the key leaves them out
+on purpose, so that a cache is shared between machines.
+
 Thread safety: a `ModelPool` keeps one loaded model per (name, weights, device) and a lock per
 model; a job holds its model's lock while it computes, so hooks and flag changes of one call
 never meet another's. Two jobs on different models run in parallel.
@@ -17,8 +24,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import sqlite3
 import threading
 import time
+import warnings
 import weakref
 from collections.abc import Callable
 from pathlib import Path
@@ -34,28 +43,53 @@ class Cancelled(CnnvisError):
     """Raised inside a job when its `cancel` flag is set."""
 
 
+class CacheWarning(UserWarning):
+    """A store problem that did not stop the job (also in `Result.notes`): a damaged entry computed
+    again, a result that could not be stored, a hit made with another torch/device/thread count."""
+
+
 # ---------------------------------------------------------------------- identity of inputs
 _FILE_HASHES: dict[tuple, str] = {}
 _HASH_LOCK = threading.Lock()
 
 
+MAX_FILE_BYTES = 64 << 30  # the largest input file hashed (weights, photos, zips): larger is a mistake
+
+
 def file_hash(path: str | os.PathLike) -> str:
-    """sha256 of a file's content, memoized by (path, size, mtime, ctime, inode)."""
+    """sha256 of a regular file's content (streamed), memoized by (path, size, mtime, ctime, inode).
+    A folder, device (/dev/zero), FIFO or socket, or a file over MAX_FILE_BYTES is a CnnvisError: one
+    line, never a hang."""
+    import stat as st_
+
     p = Path(path)
     try:
         st = p.stat()
     except OSError as e:
         raise CnnvisError(f"cannot read {str(path)!r}: {e.strerror or e}") from None
-    if p.is_dir():
+    if st_.S_ISDIR(st.st_mode):
         raise CnnvisError(f"{str(path)!r} is a folder; give a file")
+    if not st_.S_ISREG(st.st_mode):
+        raise CnnvisError(f"{str(path)!r} is not a regular file (a device, FIFO or socket); give a file")
+    if st.st_size > MAX_FILE_BYTES:
+        raise CnnvisError(f"{str(path)!r} is {st.st_size / (1 << 30):.0f} GiB, more than cnnvis reads "
+                          f"({MAX_FILE_BYTES >> 30} GiB); give the right file")
     memo = (str(p.resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)  # ctime: no one sets it
     with _HASH_LOCK:
         if memo in _FILE_HASHES:
             return _FILE_HASHES[memo]
     h = hashlib.sha256()
-    with open(p, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
+    left = st.st_size  # never more than its size said: a file that grows while read is not read forever
+    try:
+        with open(p, "rb") as f:
+            while left > 0:
+                chunk = f.read(min(1 << 20, left))
+                if not chunk:
+                    break
+                h.update(chunk)
+                left -= len(chunk)
+    except OSError as e:
+        raise CnnvisError(f"cannot read {str(path)!r}: {e.strerror or e}") from None
     with _HASH_LOCK:
         _FILE_HASHES[memo] = h.hexdigest()
     return h.hexdigest()
@@ -257,13 +291,22 @@ def _lines(iterable, total, desc):
 
 
 # ---------------------------------------------------------------------- run
-def run_env(vm) -> dict:
-    """What a result depends on besides its spec and weights: torch version, device, CPU threads."""
+ENV_FIELDS = ("torch", "device", "threads", "machine", "gpu")  # what `env_differs` compares
+
+
+def run_env(vm=None, device: str | None = None) -> dict:
+    """What a result depends on besides its spec and weights: torch version, device, CPU threads.
+    Of a loaded model `vm`, or (without one) of `device` as `load` would resolve it."""
     import platform
 
     import torch
 
-    dev = vm.device
+    if vm is not None:
+        dev = vm.device
+    else:
+        from cnnvis.utils import resolve_device
+
+        dev = resolve_device(device or "auto")
     out = {"torch": torch.__version__, "device": str(dev), "threads": torch.get_num_threads(),
            "cnnvis": __version__, "machine": platform.machine()}
     if dev.type == "cuda":
@@ -271,23 +314,81 @@ def run_env(vm) -> dict:
     return out
 
 
+def env_differs(stored: dict, here: dict) -> dict:
+    """{field: [stored, here]} for each ENV_FIELDS value that differs (threads only on the CPU)."""
+    out = {}
+    for k in ENV_FIELDS:
+        if k == "threads" and not (str(stored.get("device", "cpu")).startswith("cpu")
+                                   and str(here.get("device", "cpu")).startswith("cpu")):
+            continue
+        if k in stored and stored.get(k) != here.get(k):
+            out[k] = [stored.get(k), here.get(k)]
+    return out
+
+
+def _env_words(env: dict, fields) -> str:
+    names = {"threads": lambda v: f"{v} CPU thread{'' if v == 1 else 's'}", "torch": lambda v: f"torch {v}", "device": lambda v: f"device {v}",
+             "machine": lambda v: f"a {v} machine", "gpu": lambda v: f"GPU {v}"}
+    return ", ".join(names[k](env.get(k)) for k in fields)
+
+
+def env_note(res: Result) -> str:
+    """One line: what the cached `res` was made with, beside this process (only for `res.env_differs`)."""
+    d = res.env_differs
+    stored = {k: v[0] for k, v in d.items()}
+    here = {k: v[1] for k, v in d.items()}
+    fix = f"--threads {stored['threads']} (torch.set_num_threads)" if set(d) == {"threads"} else "the same set-up"
+    return (f"the cached result was computed with {_env_words(stored, d)}; this run has {_env_words(here, d)}: "
+            f"computed here it can differ (optimized pictures visibly); use {fix} or run without the cache "
+            f"to compute it here")
+
+
+def _served(hit: Result, env_here: dict) -> Result:
+    """A store hit, with what differs between its env and this process's (and a note when anything does)."""
+    hit.env_differs = env_differs(hit.env, env_here)
+    if hit.env_differs:
+        hit.notes.append(env_note(hit))
+    return hit
+
+
+def store_result(res: Result) -> Result:
+    """Store a result that `run(..., defer_store=True)` left for later (after the caller wrote its files).
+    A store that cannot take it adds a note (and a CacheWarning) instead of raising: the result is kept."""
+    pending, res.pending_store = res.pending_store, None
+    if pending is None:
+        return res
+    store, aliases = pending
+    try:
+        store.put(res, aliases=aliases)
+    except (CnnvisError, OSError, sqlite3.Error) as e:
+        res.store_error = str(e)
+        res.notes.append(f"the result was not cached: {e}")
+    return res
+
+
 def run(spec, *, store: Store | str | os.PathLike | None = None, progress=None, cancel=None,
-        device: str | None = None, pool: ModelPool | None = None, vm=None) -> Result:
+        device: str | None = None, pool: ModelPool | None = None, vm=None, defer_store: bool = False) -> Result:
     """Compute (or fetch from `store`) the result of a job spec (a Spec, dict or JSON text).
 
     progress: None, True (a bar on stderr) or `fn(done, total, desc)`; cancel: a threading.Event
     or a callable returning True to stop (raises `Cancelled`). `vm`: use this loaded model
     instead of loading `spec.model` (the report passes its own); with a store, `spec.model` and
     `spec.weights` must name that model, since they are what the result is stored under.
+    A store that cannot be written does not lose the result: it comes back with a note in
+    `result.notes`; each note is also a CacheWarning. `defer_store`: leave the storing to
+    `store_result(res)` (the CLI writes the user's --out first; that note is not warned then).
     """
     spec = parse_spec(spec)
     if store is not None and not isinstance(store, Store):
         store = Store(store)
     raw_key = job_key(spec)
+    notes: list[str] = []
     if store is not None:
-        hit = store.get(raw_key)
+        hit, damaged = store.lookup(raw_key)
         if hit is not None:
-            return hit
+            return _warn(_served(hit, run_env(vm, device or (pool.device if pool else None))))
+        if damaged:
+            notes.append(f"a damaged cache entry was computed again and replaced ({damaged})")
     pool = pool or default_pool()
     if vm is None:
         if device is not None and pool.device != device:
@@ -298,12 +399,14 @@ def run(spec, *, store: Store | str | os.PathLike | None = None, progress=None, 
     with pool.lock(vm):
         nspec = spec.normalized(vm)
         key = job_key(nspec)
-        if store is not None:
-            hit = store.get(key)
+        if store is not None and key != raw_key:
+            hit, damaged = store.lookup(key)
             if hit is not None:
-                if raw_key != key:
-                    store.put(hit, aliases=(raw_key,))
-                return hit
+                hit.pending_store = (store, (raw_key,))  # the spec as asked becomes an alias of the hit
+                hit = _served(hit, run_env(vm))
+                return _warn(hit if defer_store else store_result(hit))
+            if damaged and not notes:
+                notes.append(f"a damaged cache entry was computed again and replaced ({damaged})")
         ctx.check()
         extras = {m: pool.get(m, None, role="judge") for m in nspec.extra_models()}
         ctx.models = extras
@@ -311,9 +414,24 @@ def run(spec, *, store: Store | str | os.PathLike | None = None, progress=None, 
         with contextlib.ExitStack() as held:
             for m in extras.values():
                 held.enter_context(pool.lock(m))
+            # every kind sees the model in eval mode, frozen; a user's train-mode model (BatchNorm statistics,
+            # dropout) comes back as it went in, flags and requires_grad restored, also on error
+            from cnnvis.utils import model_guard
+
+            for m in (vm, *extras.values()):
+                held.enter_context(model_guard(m.model))
             data, files, main = nspec.run(vm, ctx)
         res = Result(nspec.kind, nspec.to_dict(), key, data, files, main, time.perf_counter() - t0,
-                     env=run_env(vm))
+                     env=run_env(vm), notes=notes)
     if store is not None:
-        store.put(res, aliases=(raw_key,) if raw_key != key else ())
+        res.pending_store = (store, (raw_key,) if raw_key != key else ())
+        if not defer_store:
+            store_result(res)
+    return _warn(res)
+
+
+def _warn(res: Result) -> Result:
+    """Each note of `res` as a CacheWarning (the Python API's way of saying it; the CLI prints the notes)."""
+    for n in res.notes:
+        warnings.warn(n, CacheWarning, stacklevel=3)
     return res

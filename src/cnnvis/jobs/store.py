@@ -1,7 +1,8 @@
 """The result store: one folder per result plus an SQLite index keyed by the spec hash.
 
     store = Store("~/.cache/cnnvis")
-    store.get(key) -> Result | None        # milliseconds
+    store.get(key) -> Result | None        # milliseconds; every file checked against its size and sha256
+    store.lookup(key) -> (Result | None, why damaged | None)
     store.put(result)                      # atomic: files -> temp folder -> rename -> index row
 
 Layout: DIR/objects/<key[:2]>/<key>/{result.json, files...}, DIR/index.sqlite, DIR/tmp/.
@@ -10,6 +11,12 @@ the index row is added after the rename, so a killed process never leaves a resu
 looks complete. The index is derived data: if it is missing or corrupt it is rebuilt from
 the folders (`rebuild()`), losing nothing. Aliases map other hashes of the same job (the spec
 as asked, before names were resolved) to the canonical key.
+
+Nothing is served unchecked: result.json records each file's size and sha256, and a hit whose
+files do not match (truncated, altered, lost; result.json deleted) is a miss that says why
+(`lookup`); the caller computes again and `put` replaces the damaged folder, so the next
+request hits. A cache that cannot be written (read-only, full disk) is one CnnvisError naming
+the cache directory; `put` leaves nothing behind in tmp/.
 
 Why not diskcache or joblib.Memory: they keep values as pickles under opaque names; here a
 result is a folder of plain PNG/JSON/NPY files that the web server serves as they are and a
@@ -31,7 +38,7 @@ import uuid
 from pathlib import Path
 
 from cnnvis.errors import CnnvisError
-from cnnvis.jobs.result import RESULT_JSON, Result
+from cnnvis.jobs.result import RESULT_JSON, DamagedResult, Result
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS results (key TEXT PRIMARY KEY, kind TEXT NOT NULL, model TEXT, spec TEXT NOT NULL,
@@ -52,6 +59,23 @@ def _os_error(e: OSError, root: Path) -> CnnvisError:
                        f"directory")
 
 
+def _sqlite_error(e: sqlite3.Error, root: Path) -> CnnvisError:
+    """An index that cannot be written (read-only, full disk) as the OSError it is; others named as they are."""
+    text = str(e).lower()
+    if "readonly" in text or "read-only" in text or "unable to open" in text:
+        return _os_error(OSError(errno.EROFS, str(e)), root)
+    if "disk" in text or "full" in text:
+        return _os_error(OSError(errno.ENOSPC, str(e)), root)
+    return CnnvisError(f"cache directory {str(root)!r}: its index failed ({e}); pass another cache directory")
+
+
+def _unwritable(e: sqlite3.Error) -> bool:
+    """An sqlite error that says the index cannot be opened or written (not that it is corrupt)."""
+    text = str(e).lower()
+    return isinstance(e, sqlite3.OperationalError) and any(
+        w in text for w in ("readonly", "read-only", "unable to open", "disk is full", "disk i/o"))
+
+
 class Store:
     """Files + SQLite index; safe across threads (one connection per thread) and processes."""
 
@@ -65,6 +89,8 @@ class Store:
         except OSError as e:
             raise _os_error(e, self.root) from None
         self._local = threading.local()
+        self._ok: dict[str, tuple] = {}  # key -> file signature of its last successful check (see `verified`)
+        self._ok_lock = threading.Lock()
         self._open()
 
     # ------------------------------------------------------------------ index
@@ -83,7 +109,9 @@ class Store:
             con = self._connect()
             con.execute("SELECT count(*) FROM results").fetchone()
             con.close()
-        except sqlite3.DatabaseError:
+        except sqlite3.DatabaseError as e:
+            if _unwritable(e):
+                raise _sqlite_error(e, self.root) from None
             self._set_aside_index()
             fresh = True
         except OSError as e:
@@ -140,7 +168,7 @@ class Store:
 
     # ------------------------------------------------------------------ get / put
     def resolve(self, key: str) -> str | None:
-        """A key or an alias -> the canonical key present in the index, or None."""
+        """A key or an alias -> the canonical key present in the index, or None (no check of its files)."""
         try:
             row = self.con.execute("SELECT key FROM results WHERE key = ? UNION ALL SELECT a.key FROM aliases a "
                                    "JOIN results r ON r.key = a.key WHERE a.alias = ? LIMIT 1", (key, key)).fetchone()
@@ -152,56 +180,137 @@ class Store:
         return row[0] if row else None
 
     def get(self, key: str) -> Result | None:
-        """The stored result for `key` (or an alias of it), or None. A row whose folder is gone is dropped."""
+        """The stored result for `key` (or an alias of it), its files checked against their recorded sizes and
+        sha256, or None. A damaged entry (see `lookup`) is None: computed again, `put` replaces it."""
+        return self.lookup(key)[0]
+
+    def lookup(self, key: str) -> tuple[Result | None, str | None]:
+        """(result, None) for an intact entry; (None, why) for a damaged one (a file missing, truncated or
+        altered, result.json lost or unreadable: its index row is dropped, its folder left for `put` to
+        replace, also when its row was dropped before); (None, None) when there is none."""
+        k = self.resolve(key)
+        if k is None:
+            if self._folder(key).exists():  # no row, but a folder (its row dropped as damaged before): say why
+                try:
+                    self._load(key)
+                except DamagedResult as e:
+                    return None, str(e)
+            return None, None  # an intact folder without its row is indexed by `put` or `rebuild`
+        try:
+            res = self._load(k)
+        except DamagedResult as e:
+            self._drop(k)
+            return None, str(e)
+        return res, None
+
+    def verified(self, key: str) -> str | None:
+        """Like `resolve`, but only for an entry whose files are intact (checked once per change of their
+        sizes/mtimes); a damaged entry's row is dropped. For serving a stored folder's files as they are."""
         k = self.resolve(key)
         if k is None:
             return None
-        folder = self._folder(k)
+        sig = self._signature(k)
+        with self._ok_lock:
+            if sig is not None and self._ok.get(k) == sig:
+                return k
         try:
-            return Result.load(folder)
-        except CnnvisError:
-            with contextlib.suppress(sqlite3.Error):
-                self.con.execute("DELETE FROM results WHERE key = ?", (k,))
+            self._load(k)
+        except DamagedResult:
+            self._drop(k)
             return None
+        return k
+
+    def _load(self, k: str) -> Result:
+        folder = self._folder(k)
+        sig = self._signature(k)
+        res = Result.load(folder, need_digests=True)
+        if res.key != k:
+            raise DamagedResult(f"stored result {str(folder)!r} holds the result {res.key[:12]}, not {k[:12]}")
+        if sig is not None:
+            with self._ok_lock:
+                self._ok[k] = sig
+        return res
+
+    def _signature(self, k: str) -> tuple | None:
+        """(name, size, mtime_ns, inode) of every file of an entry: what `verified` memoizes a check by."""
+        try:
+            return tuple(sorted((p.name, st.st_size, st.st_mtime_ns, st.st_ino)
+                                for p in self._folder(k).iterdir() for st in [p.stat()]))
+        except OSError:
+            return None
+
+    def _drop(self, k: str) -> None:
+        with self._ok_lock:
+            self._ok.pop(k, None)
+        with contextlib.suppress(sqlite3.Error):
+            self.con.execute("DELETE FROM results WHERE key = ?", (k,))
+
+    def _intact(self, k: str) -> bool:
+        try:
+            self._load(k)
+            return True
+        except DamagedResult:
+            return False
 
     def __contains__(self, key: str) -> bool:
         return self.resolve(key) is not None
 
     def put(self, result: Result, aliases: tuple[str, ...] = ()) -> Path:
-        """Store `result` atomically; returns its folder. An existing complete result is kept."""
+        """Store `result` atomically; returns its folder. An intact stored result is kept; a damaged or
+        partial folder under the same key (a file lost, result.json deleted) is replaced. A cache that
+        cannot be written (read-only, full) is a CnnvisError naming the cache directory and why; nothing is
+        left in its tmp/."""
         final = self._folder(result.key)
         tmp = self.root / "tmp" / f"{result.key}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
         try:
-            if (final / RESULT_JSON).exists():
-                try:
-                    Result.load(final)
-                except CnnvisError:  # a folder that lost a file: set aside, so this result takes its place
-                    with contextlib.suppress(OSError):
-                        os.rename(final, self.root / "tmp" / f"{result.key}.broken.{uuid.uuid4().hex[:8]}")
-            if not (final / RESULT_JSON).exists():
-                result.save(tmp)
+            if not self._intact(result.key):
+                self._write(result, tmp)
                 final.parent.mkdir(exist_ok=True)
-                try:
-                    os.rename(tmp, final)
-                except OSError as e:
-                    if e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
-                        raise
-                    shutil.rmtree(tmp, ignore_errors=True)  # another process stored it first
+                aside = None
+                for attempt in range(2):
+                    if final.exists() and not self._intact(result.key):
+                        aside = self._set_aside(final)  # damaged or partial: this result takes its place
+                    try:
+                        os.rename(tmp, final)
+                        break
+                    except OSError as e:
+                        if e.errno not in (errno.EEXIST, errno.ENOTEMPTY) or attempt:
+                            raise
+                        if self._intact(result.key):  # another process stored it first
+                            break
+                if aside is not None:
+                    shutil.rmtree(aside, ignore_errors=True)
             with self.con:
                 self._insert(self.con, result.key, result.kind, result.spec, time.time(), result.seconds)
                 for a in aliases:
                     if a != result.key:
                         self.con.execute("INSERT OR REPLACE INTO aliases VALUES (?, ?)", (a, result.key))
         except OSError as e:
-            shutil.rmtree(tmp, ignore_errors=True)
             raise _os_error(e, self.root) from None
-        except sqlite3.OperationalError as e:
+        except sqlite3.Error as e:
+            raise _sqlite_error(e, self.root) from None
+        finally:
             shutil.rmtree(tmp, ignore_errors=True)
-            if "readonly" in str(e) or "disk" in str(e):
-                raise _os_error(OSError(errno.EROFS if "readonly" in str(e) else errno.ENOSPC, str(e)), self.root) \
-                    from None
-            raise
         return final
+
+    def _write(self, result: Result, folder: Path) -> None:
+        """Every file + result.json into a new folder (OSError as raised: `put` names the cache, not the file)."""
+        folder.mkdir(parents=True)
+        for name, blob in result.files.items():
+            p = folder / name
+            p.parent.mkdir(parents=True, exist_ok=True)
+            with open(p, "wb") as f:
+                f.write(blob)
+        with open(folder / RESULT_JSON, "w") as f:
+            json.dump(result.record(), f, indent=1)
+
+    def _set_aside(self, folder: Path) -> Path:
+        """Move a damaged entry into tmp/, out of its key's way (one rename: atomic for other readers)."""
+        aside = self.root / "tmp" / f"{folder.name}.damaged.{uuid.uuid4().hex[:8]}"
+        os.rename(folder, aside)
+        with self._ok_lock:
+            self._ok.pop(folder.name, None)
+        return aside
 
     def folder(self, key: str) -> Path | None:
         """The folder of a stored result (for serving its files), or None."""

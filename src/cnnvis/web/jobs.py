@@ -89,7 +89,7 @@ class JobManager:
             job = self._jobs.get(key)
             if job is not None and job.status in (QUEUED, RUNNING) and not job.cancel.is_set():
                 return job
-            stored = self.store.resolve(key)
+            stored = self.store.verified(key)  # a damaged entry is computed again
             if stored is not None:
                 job = self._jobs[key] = Job(key, spec, DONE, result_key=stored)
                 return job
@@ -112,7 +112,7 @@ class JobManager:
             job = self._jobs.get(key)
         if job is not None:
             return job
-        stored = self.store.resolve(key)
+        stored = self.store.verified(key)  # a damaged entry is computed again
         if stored is None:
             return None
         return Job(key, None, DONE, result_key=stored)  # type: ignore[arg-type]
@@ -148,6 +148,8 @@ class JobManager:
             try:
                 res = self.runner(job.spec, store=self.store, progress=progress, cancel=job.cancel, pool=self.pool,
                                   device=self.device)
+                if getattr(res, "store_error", None):  # the page serves the stored files: not stored is failed
+                    raise CnnvisError(res.store_error)
                 with self._lock:
                     self.runs += 1
                     job.result_key = res.key
