@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -132,8 +133,17 @@ def _check_metadata(raw, src: str) -> dict:
         raise bad("task", " or ".join(repr(t) for t in TASKS))
     classes = raw.get("classes")
     if classes is not None and (not isinstance(classes, list) or not classes
-                                or not all(isinstance(c, (str, int)) for c in classes)):
+                                or not all(isinstance(c, (str, int)) and not isinstance(c, bool) for c in classes)):
         raise bad("classes", "a non-empty list of class names")
+    if classes:
+        seen: dict[str, int] = {}
+        for c in classes:
+            seen[str(c)] = seen.get(str(c), 0) + 1
+        dup = [c for c, n in seen.items() if n > 1]
+        if dup:
+            raise CnnvisError(f"checkpoint metadata {src!r}: 'classes' must be distinct names, but {dup[0]!r} appears "
+                              f"{seen[dup[0]]} times" + (f" ({len(dup)} names repeat)" if len(dup) > 1 else "")
+                              + "; give each output its own name in the JSON")
     inp = raw.get("input")
     if not isinstance(inp, dict):
         raise CnnvisError(f"checkpoint metadata {src!r} has no 'input' object with 'shape' [C, H, W] and "
@@ -145,10 +155,13 @@ def _check_metadata(raw, src: str) -> dict:
     norm = {}
     for k, default in (("mean", 0.0), ("std", 1.0)):
         v = inp.get(k, [default] * c)
-        if not (isinstance(v, list) and len(v) == c and all(isinstance(t, (int, float)) for t in v)):
+        if not (isinstance(v, list) and len(v) == c
+                and all(isinstance(t, (int, float)) and not isinstance(t, bool) for t in v)):
             raise bad(f"input.{k}", f"a list of {c} numbers (one per channel)")
-        if k == "std" and any(t == 0 for t in v):
-            raise bad("input.std", "non-zero")
+        if not all(math.isfinite(t) for t in v):  # JSON's NaN/Infinity: every probability would be NaN
+            raise bad(f"input.{k}", "finite numbers, one per channel (no NaN or Infinity)")
+        if k == "std" and any(t <= 0 for t in v):  # zero divides by zero; a negative std inverts the image
+            raise bad("input.std", "positive numbers (a negative std would invert the image, zero divides by zero)")
         norm[k] = [float(t) for t in v]
     resize = inp.get("resize", shape[1])
     if not isinstance(resize, int) or resize < shape[1]:
@@ -229,6 +242,9 @@ def load_checkpoint(path: str | os.PathLike, weights: str | os.PathLike | None =
     model, aliases, min_size = _build(meta, src)
     if weights not in ("random",):
         wfile = Path(weights) if weights not in (None, "pretrained", "DEFAULT") else wpath
+        if wfile.exists() and not wfile.is_file():
+            raise CnnvisError(f"checkpoint {src!r} names weights {str(wfile)!r}, which is not a regular file (a "
+                              f"folder, device or FIFO); put the .safetensors beside the JSON or fix its 'weights' field")
         if not wfile.is_file():
             raise CnnvisError(f"checkpoint {src!r} names weights {str(wfile)!r}, which do not exist; put the "
                               f".safetensors beside the JSON or fix its 'weights' field")
@@ -248,11 +264,34 @@ def load_checkpoint(path: str | os.PathLike, weights: str | os.PathLike | None =
                               f"cnnvis.models.save_checkpoint") from None
     inp = meta["input"]
     shape = tuple(inp["shape"])
+    _check_runs(model, shape, src, meta["architecture"], min_size)
     prep = Preprocess(tuple(inp["mean"]), tuple(inp["std"]), bgr=inp["bgr"], resize=inp["resize"], crop=shape[1])
     name = meta.get("name") or (meta_path.parent.name if meta_path.name == META_NAME else meta_path.stem)
     desc = meta.get("description") or f"checkpoint {src} ({meta['architecture']})"
     return VisModel(str(name), model, prep, meta["classes"], meta["task"], aliases or vgg_aliases(model),
                     min_size=min_size, description=desc, input_shape=shape)
+
+
+def _check_runs(model: nn.Module, shape: tuple, src: str, arch: str, min_size: int) -> None:
+    """Refuse, at load, an input shape the network cannot take (too small for its pooling, a head made for
+    another size): one forward of a (1, C, H, W) grey image, no grad, in eval mode (nothing changes)."""
+    import torch
+
+    if min(shape[1:]) < min_size:
+        raise CnnvisError(f"checkpoint metadata {src!r}: input shape {list(shape)} is too small for {arch!r}, which "
+                          f"needs at least {min_size} x {min_size} pixels; fix 'input.shape' in the JSON")
+    training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.full((1, *shape), 0.5))
+    except (RuntimeError, ValueError, IndexError) as e:
+        why = " ".join(str(e).split())[:200]
+        raise CnnvisError(f"checkpoint metadata {src!r}: the {arch!r} network cannot run on its input shape "
+                          f"{list(shape)} ({why}); fix 'input.shape' in the JSON (the size it was trained "
+                          f"on)") from None
+    finally:
+        model.train(training)
 
 
 def save_checkpoint(path: str | os.PathLike, model, *, architecture: str, classes=None, input_shape=None,
