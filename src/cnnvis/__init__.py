@@ -7,6 +7,8 @@
     r = cnnvis.run({"kind": "class_image", "target": "pelican"}, store="cache/")  # a job -> Result
 
 Attributes are imported on first use, so `import cnnvis` (and `cnnvis --help`) stays fast.
+`cnnvis.classify` and `cnnvis.dream` are the functions, also after their modules were imported
+(`from cnnvis.classify import classify` still imports from the module).
 """
 
 __version__ = "0.2.0"
@@ -39,6 +41,17 @@ def attribute(model, x, method: str = "saliency", target=None, **options):
     return make(method, model, **options).attribute(x, target)
 
 
+class _Package(type(__import__("sys"))):
+    """The `cnnvis` module's type: a lazy name is always its function. Importing a submodule of the same
+    name (`from cnnvis.classify import classify`, or any job that imports cnnvis.dream) makes Python set
+    `cnnvis.classify` to the submodule; here that assignment keeps the function instead."""
+
+    def __setattr__(self, name: str, value) -> None:
+        if name in _LAZY and getattr(value, "__name__", None) == _LAZY[name] and hasattr(value, name):
+            value = getattr(value, name)  # the submodule cnnvis.<name> -> its function cnnvis.<name>.<name>
+        super().__setattr__(name, value)
+
+
 def __getattr__(name: str):
     if name in _LAZY:
         import importlib
@@ -51,3 +64,6 @@ def __getattr__(name: str):
 
 def __dir__():
     return sorted(__all__)
+
+
+__import__("sys").modules[__name__].__class__ = _Package

@@ -72,6 +72,30 @@ class RenderResult:
         """(B,) objective value of the last step run."""
         return self.values[-1] if len(self.values) else torch.zeros(self.images.shape[0])
 
+    # ------------------------------------------------------------------ shown (Jupyter, the REPL)
+    def __repr__(self) -> str:
+        shape = "x".join(str(v) for v in self.images.shape)
+        parts = [f"images {shape}", f"{self.steps} steps"]
+        if self.probs is not None:
+            parts.append("probability " + ", ".join(f"{float(p):.3f}" for p in self.probs[:8])
+                         + (" ..." if len(self.probs) > 8 else ""))
+        if self.stopped:
+            parts.append(f"stopped: {self.stopped}")
+        return f"RenderResult({'; '.join(parts)})"
+
+    def _repr_png_(self) -> bytes:
+        """The images side by side (8 bit, as saved): what a notebook shows."""
+        return _png_strip(self.images)
+
+    def _repr_html_(self) -> str:
+        import base64
+        import html
+
+        img = base64.b64encode(self._repr_png_()).decode()
+        line = html.escape(repr(self)[len("RenderResult("):-1] + (f"; {self.message}" if self.message else ""))
+        return (f'<div><img src="data:image/png;base64,{img}" style="image-rendering:pixelated;max-width:100%">'
+                f'<div style="font:12px system-ui,sans-serif">{line}</div></div>')
+
 
 def _sizes(hw: tuple[int, int], octaves: int, scale: float, min_size: int) -> list[tuple[int, int]]:
     h, w = hw
@@ -246,9 +270,11 @@ def render(
     octave = 0
     n_run = 0
     with model_guard(vm.model), capture(vm.model, list(resolved.values()), stop=not needs_out) as cap:
+        fit = _FixedInput(vm.input_shape)
+        model_run = lambda t: fit(lambda u: cap.run(normalize(u)), t)  # noqa: E731
 
         def forward(x: Tensor) -> dict[str, Tensor]:
-            out = cap.run(normalize(x))
+            out = model_run(x)
             acts = {n: cap.outputs[r] for n, r in resolved.items()}
             if needs_out:
                 acts[LOGITS] = out
@@ -337,7 +363,7 @@ def render(
                     for k in live.nonzero().flatten().tolist():
                         image_steps[k] = n_run
                     if stop is not None and n_run >= stop.min_steps and img.shape[-2:] == sizes[-1]:
-                        now, jp, own_ok = _reached(cap, normalize, img, tgt, stop, judge, live & ~done)
+                        now, jp, own_ok = _reached(model_run, img, tgt, stop, judge, live & ~done)
                         now &= ~done
                         reached |= now
                         if jp is not None:  # the judge's probability, checks that pass the own ones first
@@ -384,7 +410,7 @@ def render(
     if targets is not None and vm.task == "classification":
         from cnnvis.classify import predict_probs, topk
 
-        probs = predict_probs(vm, quantize(images))
+        probs = fit(lambda t: predict_probs(vm, t), quantize(images))  # a fixed-size model: at its input size
         t = torch.as_tensor(targets * (images.shape[0] // len(targets)))
         res.probs = probs[torch.arange(images.shape[0]), t]
         res.top5 = topk(probs, vm, 5)
@@ -395,6 +421,29 @@ def render(
             res.judge_probs, res.judge_top1 = jp[torch.arange(images.shape[0]), t], jp.argmax(1)
     res.seconds = time.perf_counter() - t0
     return res
+
+
+def _png_strip(images: Tensor, gap: int = 4, min_side: int = 96) -> bytes:
+    """(B, C, H, W) in [0, 1] -> PNG bytes of the B images in a row on white, each enlarged (nearest) to at
+    least `min_side` px (a 28-px digit stays visible). Encoding only: the pictures of cnnvis.viz are for
+    the faces; a render result shows itself with this and nothing else."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    x = (images.detach().float().cpu().clamp(0, 1) * 255 + 0.5).to(torch.uint8)
+    b, c, h, w = x.shape
+    k = max(1, -(-min_side // max(h, w)))
+    ims = [Image.fromarray(np.ascontiguousarray(t[:3].permute(1, 2, 0).numpy() if c >= 3 else t[0].numpy()))
+           for t in x]
+    ims = [im.resize((w * k, h * k), Image.NEAREST) if k > 1 else im for im in ims]
+    canvas = Image.new("RGB", (b * (w * k + gap) - gap, h * k), "white")
+    for i, im in enumerate(ims):
+        canvas.paste(im.convert("RGB"), (i * (w * k + gap), 0))
+    buf = io.BytesIO()
+    canvas.save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def _copy_param(param: ImageParam) -> ImageParam:
@@ -413,7 +462,47 @@ def _finite(t: Tensor) -> bool:
     return bool(torch.isfinite(lo) & torch.isfinite(hi))
 
 
-def _reached(cap, normalize, img: Tensor, tgt: Tensor, stop: UntilProb, judge=None,
+class _FixedInput:
+    """Brings images back to the model's input size (C, H, W) when the model takes no other size (a
+    Linear head after a flatten, as in a user's `wrap(net, input_shape=(1, 28, 28))`), so that the
+    render's size and its transforms (zoom, crop) work on any model. The first forward at a new size
+    tells: if it raises (mat1 and mat2 shapes cannot be multiplied, a view of the wrong size, ...) and
+    the same images resized to the input size go through, that size is resized from then on; if both
+    fail, the first error is raised. A model that takes any size pays nothing (no extra forward), and a
+    channel objective on a conv layer, whose forward stops before the head, keeps its own size.
+    Resizing is bilinear (antialiased when shrinking) and differentiable."""
+
+    def __init__(self, input_shape) -> None:
+        self.hw = (int(input_shape[1]), int(input_shape[2]))
+        self.takes: dict[tuple[int, int], bool] = {self.hw: True}
+
+    def resize(self, x: Tensor) -> Tensor:
+        shrink = x.shape[-2] > self.hw[0] or x.shape[-1] > self.hw[1]
+        return torch.nn.functional.interpolate(x, size=self.hw, mode="bilinear", align_corners=False,
+                                               antialias=bool(shrink))
+
+    def __call__(self, fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+        """fn(x), or fn(x resized to the input size) for a size the model does not take."""
+        hw = (int(x.shape[-2]), int(x.shape[-1]))
+        known = self.takes.get(hw)
+        if known is not None:
+            return fn(x) if known else fn(self.resize(x))
+        try:
+            out = fn(x)
+        except torch.cuda.OutOfMemoryError:
+            raise
+        except RuntimeError as first:
+            try:
+                out = fn(self.resize(x))
+            except Exception:
+                raise first from None
+            self.takes[hw] = False
+            return out
+        self.takes[hw] = True
+        return out
+
+
+def _reached(model_run, img: Tensor, tgt: Tensor, stop: UntilProb, judge=None,
              live: Tensor | None = None) -> tuple[Tensor, Tensor | None, Tensor]:
     """((B,) bool on the CPU, (B,) judge probabilities or None, (B,) the own checks alone): the image's
     target probability on its 8-bit version is >= stop.prob (and, with stop.robust, >= stop.robust under each of the four
@@ -421,7 +510,7 @@ def _reached(cap, normalize, img: Tensor, tgt: Tensor, stop: UntilProb, judge=No
     The judge is asked about the `live` images only (the others get -1)."""
     q = quantize(img)
     xs = [q] + (list(perturb(q).values()) if stop.robust is not None else [])
-    out = cap.run(normalize(torch.cat(xs)))
+    out = model_run(torch.cat(xs))
     b = img.shape[0]
     n = len(xs)
     t = tgt.repeat(n * b // tgt.numel())

@@ -24,11 +24,15 @@ _INFERNO = np.array([
 _DIVERGING = np.array([[5, 48, 97], [67, 147, 195], [247, 247, 247], [214, 96, 77], [103, 0, 31]], dtype=np.float64)
 
 
-def to_pil(x: Tensor | np.ndarray) -> Image.Image:
-    """(3, H, W) / (1, 3, H, W) / (H, W) in [0, 1] -> 8-bit PIL image (clamped, rounded)."""
+def to_pil(x: Tensor | np.ndarray) -> Image.Image | list[Image.Image]:
+    """(C, H, W) / (1, C, H, W) / (H, W) / (H, W, C) array in [0, 1] -> 8-bit PIL image (clamped, rounded),
+    C = 1 (grey) or 3 (RGB). A batch (B, C, H, W) with B > 1 -> a list of B images, one per image
+    (never only the first); `grid([to_pil(x)])` puts them side by side in one picture."""
     if isinstance(x, Tensor):
         x = x.detach().float().cpu()
         if x.dim() == 4:
+            if x.shape[0] != 1:
+                return [to_pil(im) for im in x]
             x = x[0]
         if x.dim() == 3:
             x = x.permute(1, 2, 0)
