@@ -252,3 +252,70 @@ def test_render_leaves_model_unchanged(model):
         with pytest.raises(RuntimeError, match="boom"):
             render(net, O.channel(layer, 1), steps=2, size=size)
         assert_unchanged(net, before)
+
+
+# ----------------------------------------------------------------------------- every job kind
+
+def bn_digits_net() -> nn.Module:
+    """A 1x28x28 digit classifier with BatchNorm and dropout, in train mode, one frozen parameter: the
+    MNIST data of the dataset kinds fits it, so every kind of `cnnvis.jobs.KINDS` can run on it."""
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(1, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+        nn.Conv2d(6, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(inplace=True), nn.Dropout(0.5),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+    net[0].bias.requires_grad_(False)
+    return net.train()
+
+
+# kinds that cannot run on that model, with the reason (none today: a new kind must run or be listed here)
+KIND_CANNOT_RUN: dict[str, str] = {}
+KIND_SIZES = {"class_image": {"size": 28}, "filters": {"size": 28}}  # the examples' sizes are for 3x224 models
+
+
+@pytest.mark.parametrize("kind", sorted(__import__("cnnvis.jobs", fromlist=["KINDS"]).KINDS))
+def test_every_job_kind_leaves_a_train_mode_model_unchanged(kind):
+    """Each registered kind with its `example` fields through `cnnvis.run(spec, vm=wrap(model))`: the
+    state_dict (BatchNorm running statistics and batch counts included), each module's training flag,
+    requires_grad and hooks are bit-identical afterwards, and the job ran (no kind silently skipped)."""
+    import cnnvis
+    from cnnvis.jobs import KINDS
+
+    net = bn_digits_net()
+    before = snapshot(net)
+    vm = cnnvis.wrap(net, input_shape=(1, 28, 28), labels=[str(i) for i in range(10)])
+    spec = {"kind": kind, **KINDS[kind].example, **KIND_SIZES.get(kind, {})}
+    if kind in KIND_CANNOT_RUN:
+        with pytest.raises(CnnvisError):
+            cnnvis.run(spec, vm=vm)
+    else:
+        res = cnnvis.run(spec, vm=vm)
+        assert res.kind == kind and not res.cached and (res.files or res.data)
+    assert_unchanged(net, before)
+    assert all(m.training for m in net.modules())
+
+
+def test_filters_job_on_a_train_mode_resnet_moves_no_statistics():
+    """The issue's exact case: the filter grid moved 60 BatchNorm tensors of a train-mode ResNet-18."""
+    import cnnvis
+
+    net = resnet18()
+    before = snapshot(net)
+    res = cnnvis.run({"kind": "filters", "layers": ["layer2"], "first": 2, "steps": 3, "size": 48}, vm=cnnvis.wrap(net))
+    assert [row["layer"] for row in res.data["layers"]] == ["layer2"]
+    assert_unchanged(net, before)
+
+
+def test_filter_functions_leave_a_train_mode_model_unchanged():
+    """The compute functions behind the grid, called directly (no job layer around them)."""
+    import cnnvis
+    from cnnvis.optvis.filters import dead_channels, receptive_fields, render_filters
+
+    net = resnet18()
+    vm = cnnvis.wrap(net)
+    before = snapshot(net)
+    assert receptive_fields(vm, ["layer2"])["layer2"] > 10
+    assert set(dead_channels(vm, ["layer2"], size=64)) == {"layer2"}
+    rows = render_filters(vm, ["layer2"], 2, steps=2, size=48)
+    assert rows[0][2].shape[0] == 2
+    assert_unchanged(net, before)

@@ -79,8 +79,10 @@ def receptive_fields(vm, layers: Sequence[str]) -> dict[str, int]:
     for name, m in model.named_modules():
         if not list(m.children()):
             handles.append(m.register_forward_hook(lambda mod, i, o, name=name: order.append((name, mod))))
+    from cnnvis.utils import model_guard
+
     try:
-        with torch.no_grad():
+        with model_guard(model), torch.no_grad():  # eval: a train-mode BatchNorm must not move its statistics
             p = next(model.parameters(), None)
             x = torch.full((1, *vm.input_shape), 0.5, device=p.device if p is not None else "cpu")
             model(vm.preprocess.normalize(x))
@@ -146,8 +148,10 @@ def dead_channels(vm, layers: Sequence[str], photos=None, *, size: int | None = 
     xs = [torch.from_numpy(np.array(im.convert(mode).resize((w, h)))).reshape(h, w, -1).permute(2, 0, 1)
           for im in photos]
     x = (torch.stack(xs).float() / 255).to(dev)
+    from cnnvis.utils import model_guard
+
     out = {}
-    with torch.no_grad(), capture(vm, list(layers)) as cap:
+    with model_guard(vm.model), torch.no_grad(), capture(vm, list(layers)) as cap:
         cap.run(x)
         for layer in layers:
             a = cap[layer]
