@@ -33,7 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cnnvis import __version__
-from cnnvis.errors import CnnvisError
+from cnnvis.errors import CnnvisError, CnnvisWarning
 from cnnvis.jobs.result import Result
 from cnnvis.jobs.spec import Spec, parse_spec
 from cnnvis.jobs.store import Store
@@ -43,7 +43,7 @@ class Cancelled(CnnvisError):
     """Raised inside a job when its `cancel` flag is set."""
 
 
-class CacheWarning(UserWarning):
+class CacheWarning(CnnvisWarning):
     """A store problem that did not stop the job (also in `Result.notes`): a damaged entry computed
     again, a result that could not be stored, a hit made with another torch/device/thread count."""
 
