@@ -61,7 +61,7 @@ class Result:
     # a cached result made with other threads/device/torch) and, on a hit, {field: [stored, here]} of `env`
     notes: list[str] = field(default_factory=list)
     env_differs: dict = field(default_factory=dict)
-    pending_store: tuple | None = field(default=None, repr=False, compare=False)  # (store, aliases): see jobs.run
+    pending_store: tuple | None = field(default=None, repr=False, compare=False)  # (store, aliases, damaged): jobs.run
     store_error: str | None = field(default=None, repr=False, compare=False)  # why the store did not take it
 
     # ------------------------------------------------------------------ views

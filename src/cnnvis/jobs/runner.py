@@ -357,12 +357,16 @@ def store_result(res: Result) -> Result:
     pending, res.pending_store = res.pending_store, None
     if pending is None:
         return res
-    store, aliases = pending
+    store, aliases, damaged = pending
     try:
         store.put(res, aliases=aliases)
     except (CnnvisError, OSError, sqlite3.Error) as e:
         res.store_error = str(e)
-        res.notes.append(f"the result was not cached: {e}")
+        res.notes.append((f"a damaged cache entry was computed again ({damaged}); " if damaged else "")
+                         + f"the result was not cached: {e}")
+    else:
+        if damaged:
+            res.notes.append(f"a damaged cache entry was computed again and replaced ({damaged})")
     return res
 
 
@@ -376,19 +380,17 @@ def run(spec, *, store: Store | str | os.PathLike | None = None, progress=None, 
     `spec.weights` must name that model, since they are what the result is stored under.
     A store that cannot be written does not lose the result: it comes back with a note in
     `result.notes`; each note is also a CacheWarning. `defer_store`: leave the storing to
-    `store_result(res)` (the CLI writes the user's --out first; that note is not warned then).
+    `store_result(res)` (the CLI writes the user's --out first; its notes are not warned then).
     """
     spec = parse_spec(spec)
     if store is not None and not isinstance(store, Store):
         store = Store(store)
     raw_key = job_key(spec)
-    notes: list[str] = []
+    damaged = None
     if store is not None:
         hit, damaged = store.lookup(raw_key)
         if hit is not None:
             return _warn(_served(hit, run_env(vm, device or (pool.device if pool else None))))
-        if damaged:
-            notes.append(f"a damaged cache entry was computed again and replaced ({damaged})")
     pool = pool or default_pool()
     if vm is None:
         if device is not None and pool.device != device:
@@ -400,13 +402,12 @@ def run(spec, *, store: Store | str | os.PathLike | None = None, progress=None, 
         nspec = spec.normalized(vm)
         key = job_key(nspec)
         if store is not None and key != raw_key:
-            hit, damaged = store.lookup(key)
+            hit, why = store.lookup(key)
             if hit is not None:
-                hit.pending_store = (store, (raw_key,))  # the spec as asked becomes an alias of the hit
-                hit = _served(hit, run_env(vm))
-                return _warn(hit if defer_store else store_result(hit))
-            if damaged and not notes:
-                notes.append(f"a damaged cache entry was computed again and replaced ({damaged})")
+                with contextlib.suppress(CnnvisError, OSError, sqlite3.Error):  # an alias only saves a lookup
+                    store.put(hit, aliases=(raw_key,))  # the spec as asked: an alias of the hit
+                return _warn(_served(hit, run_env(vm)))
+            damaged = damaged or why
         ctx.check()
         extras = {m: pool.get(m, None, role="judge") for m in nspec.extra_models()}
         ctx.models = extras
@@ -422,9 +423,9 @@ def run(spec, *, store: Store | str | os.PathLike | None = None, progress=None, 
                 held.enter_context(model_guard(m.model))
             data, files, main = nspec.run(vm, ctx)
         res = Result(nspec.kind, nspec.to_dict(), key, data, files, main, time.perf_counter() - t0,
-                     env=run_env(vm), notes=notes)
+                     env=run_env(vm))
     if store is not None:
-        res.pending_store = (store, (raw_key,) if raw_key != key else ())
+        res.pending_store = (store, (raw_key,) if raw_key != key else (), damaged)
         if not defer_store:
             store_result(res)
     return _warn(res)
