@@ -568,3 +568,18 @@ def test_wrapped_fixed_size_net_renders_and_reaches_the_class(mnist_run):
     job = run({"kind": "class_image", "target": 3, "size": 28, "steps": 96, "min_steps": 0, "judge": "none",
                "until_prob": 0.95}, vm=vm)
     assert job.data["prob_png"] >= 0.9
+
+
+def test_render_all_resume_recomputes_a_damaged_entry(tmp_path):
+    """The engine's resume check skips stored tasks: a damaged one is computed again, not skipped."""
+    from cnnvis.jobs.engine import run_many
+
+    specs = [make_spec("attribution", image=str(sample(n)), size=96).to_dict() for n in ("pelican", "tabby")]
+    store = Store(tmp_path)
+    first = run_many(specs, store, progress=False)
+    assert first.computed == 2 and first.skipped == 0
+    folder = store.folder(first.keys[0])
+    (folder / "panel.png").write_bytes(b"\x89PNG truncated")
+    again = run_many(specs, store, progress=False)
+    assert again.skipped == 1 and again.computed == 1 and again.keys == first.keys
+    assert store.get(first.keys[0]) is not None
