@@ -9,10 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-from cnnvis.deconv import deconvnet, deconvnet_loop
+from cnnvis.deconv import deconvnet
 from cnnvis.errors import CnnvisError
 from cnnvis.hooks import hook_count
 from cnnvis.sanity import sanity_check, spearman
+from deconv_reference import deconvnet_loop
 
 warnings.filterwarnings("ignore", category=UserWarning)
 
@@ -35,8 +36,22 @@ def test_tiny_literal_unpool_relu_convT():
     assert res.max_pools == 1 and res.engine == "chain"
 
 
-def test_one_pass_equals_loop_and_captum_random_vgg():
-    from captum.attr import Deconvolution
+class _Normalized(nn.Module):
+    """A VisModel's normalization then its network, as one module (what Captum hooks)."""
+
+    def __init__(self, vm):
+        super().__init__()
+        self.net, self.norm = vm.model, vm.preprocess.normalize
+
+    def forward(self, z):
+        return self.net(self.norm(z))
+
+
+@pytest.mark.parametrize("rule", ["masked", "zf"])
+def test_one_pass_equals_loop_and_captum_neuron_random_vgg(rule):
+    """The sweep == the per-channel loop == Captum's NeuronGuidedBackprop (masked) / NeuronDeconvolution (zf),
+    seeded with the rectified map (seed='map') and with the strongest unit only (seed='max')."""
+    from captum.attr import NeuronDeconvolution, NeuronGuidedBackprop
 
     from cnnvis.models import load
 
@@ -44,40 +59,60 @@ def test_one_pass_equals_loop_and_captum_random_vgg():
     vm = load("vgg16", weights="random")
     x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     layers = ["conv1_2", "pool2", "conv3_3", "relu4_1", "conv5_3"]
-    one = deconvnet(vm, x, layers, top=2)
-    loop = deconvnet_loop(vm, x, layers, top=2)
-    assert one.engine == "chain" and one.max_pools == 4
-    for a, b, ca, cb in zip(one.reconstructions, loop.reconstructions, one.channels, loop.channels):
-        assert torch.equal(ca, cb)
-        assert _rel(a, b) < 1e-5
-    # Captum's Deconvolution on a model that ends at conv3_3 and scores <seed, activation>
-    i = layers.index("conv3_3")
-    seed = one.activations[i][0]
-    c = int(one.channels[i][0])
+    peer = {"masked": NeuronGuidedBackprop, "zf": NeuronDeconvolution}[rule]
+    for seed in ("map", "max"):
+        one = deconvnet(vm, x, layers, top=2, rule=rule, seed=seed)
+        loop = deconvnet_loop(vm, x, layers, top=2, rule=rule, seed=seed)
+        assert one.engine == "chain" and one.max_pools == 4 and (one.rule, one.seed) == (rule, seed)
+        for a, b, ca, cb in zip(one.reconstructions, loop.reconstructions, one.channels, loop.channels):
+            assert torch.equal(ca, cb)
+            assert _rel(a, b) < 1e-5
+        i = layers.index("conv3_3")
+        c, (uy, ux) = int(one.channels[i][0]), one.units[i][0].tolist()
+        act = one.activations[i][0]
+        assert float(act[uy, ux]) == float(act.max()) > 0  # the strongest unit
+        sel = act if seed == "map" else torch.zeros_like(act).index_put_((torch.tensor(uy), torch.tensor(ux)),
+                                                                         act.max())
+        ref = peer(_Normalized(vm), vm.model.features[14]).attribute(
+            x.clone(), neuron_selector=lambda out: (out[:, c] * sel).sum((1, 2)))
+        assert _rel(one.reconstructions[i][0:1], ref) < 1e-5
+        if seed == "max":  # zero outside the unit's receptive field (conv3_3: 40 px, stride 4)
+            from cnnvis.study.receptive import receptive_field
 
-    class Head(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.trunk = vm.model.features[:15]  # a submodule, so Captum hooks its ReLUs
-
-        def forward(self, z):
-            a = self.trunk(vm.preprocess.normalize(z))
-            return (a[:, c] * seed).sum((1, 2))[:, None]
-
-    ref = Deconvolution(Head()).attribute(x.clone(), target=0)
-    assert _rel(one.reconstructions[i][0:1], ref) < 1e-5
+            t, left, b, r = receptive_field(vm, "conv3_3", (64, 64)).box(uy, ux, (64, 64))
+            inside = torch.zeros(64, 64, dtype=torch.bool)
+            inside[t:b + 1, left:r + 1] = True
+            reach = one.reconstructions[i][0].abs().sum(0) > 0
+            assert reach.any() and not (reach & ~inside).any()
     assert hook_count(vm.model) == 0
 
 
-def test_one_pass_equals_loop_embedded_with_skips():
+def test_rules_differ_where_the_forward_mask_bites():
+    """A unit that did not fire passes the zf signal on, not the masked one (a literal 1-D case)."""
+    conv1 = nn.Conv2d(1, 2, 1, bias=False)
+    conv2 = nn.Conv2d(2, 1, 1, bias=False)
+    with torch.no_grad():
+        conv1.weight.copy_(torch.tensor([1.0, -1.0]).view(2, 1, 1, 1))  # unit 1 fires on -x: off for x > 0
+        conv2.weight.copy_(torch.tensor([1.0, 1.0]).view(1, 2, 1, 1))
+    net = nn.Sequential(conv1, nn.ReLU(), conv2)
+    x = torch.full((1, 1, 1, 1), 2.0)
+    zf = deconvnet(net, x, ["2"], top=1, rule="zf").reconstructions[0]
+    masked = deconvnet(net, x, ["2"], top=1, rule="masked").reconstructions[0]
+    # seed 2 -> conv2^T: [2, 2] -> zf: relu -> [2, 2] -> conv1^T: 2 - 2 = 0; masked: [2, 0] -> 2
+    assert float(zf) == 0.0 and float(masked) == 2.0
+
+
+@pytest.mark.parametrize("rule", ["masked", "zf"])
+def test_one_pass_equals_loop_embedded_with_skips(rule):
     from cnnvis.models import load
 
     vm = load("efficientnet_lite0")
     x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
-    layers = ["blocks.1.0.bn1", "blocks.2.1.conv_pw", "stage3", "stage5"]  # skips jump over conv_pw
-    one = deconvnet(vm, x, layers, top=2)
-    loop = deconvnet_loop(vm, x, layers, top=2)
+    layers = ["blocks.1.0.bn1", "blocks.2.1.conv_pw", "stage3", "stage5"]  # skips jump over conv_pw; stem + 4 stride-2 convs
+    one = deconvnet(vm, x, layers, top=2, rule=rule, seed="map")
+    loop = deconvnet_loop(vm, x, layers, top=2, rule=rule, seed="map")
     assert one.engine == "autograd" and one.max_pools == 0 and "no max-pool" in one.notes[0]
+    assert one.strided == 5 and any("checkerboard" in n for n in one.notes) == (rule == "zf")
     for a, b in zip(one.reconstructions, loop.reconstructions):
         assert _rel(a, b) < 1e-5
     assert hook_count(vm.model) == 0
@@ -92,6 +127,10 @@ def test_deconv_errors():
         deconvnet(net, x, ["nope"])
     with pytest.raises(CnnvisError, match="top"):
         deconvnet(net, x, ["0"], top=0)
+    with pytest.raises(CnnvisError, match="rule must be 'masked'"):
+        deconvnet(net, x, ["0"], rule="guided")
+    with pytest.raises(CnnvisError, match="seed must be 'max'"):
+        deconvnet(net, x, ["0"], seed="all")
     with pytest.raises(CnnvisError, match="one image"):
         deconvnet(net, torch.rand(2, 3, 8, 8), ["0"])
     assert deconvnet(net, x, ["0"], top=5).channels[0].numel() == 2  # clipped to the channel count

@@ -1,7 +1,8 @@
-"""The explicit batched deconvnet sweep's speed paths equal the per-channel loop: channels-last
-transposed convs, upsample x switch-mask unpooling (and the scatter fallback for overlapping /
-ceil-mode pools), ReLU applied before unpooling, BN scale in place, and the CPU block budget
-that cuts the batch into blocks of rows carried down depth first."""
+"""The explicit batched deconvnet sweep's speed paths equal the per-channel loop, for both rules:
+channels-last transposed convs, upsample x switch-mask unpooling (and the scatter fallback for
+overlapping / ceil-mode pools), the ReLU rule applied before unpooling (the masked rule's forward
+mask folded into the switch mask), BN scale in place, and the CPU block budget that cuts the batch
+into blocks of rows carried down depth first."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from torch import nn
 
 import cnnvis.deconv as D
 from cnnvis.attribution import IntegratedGradients
+from deconv_reference import deconvnet_loop
 
 warnings.filterwarnings("ignore", category=UserWarning)
 
@@ -36,7 +38,8 @@ def _nets():
 @pytest.mark.parametrize("name", ["overlap", "ceil_bn", "strided"])
 @pytest.mark.parametrize("size", [32, 33, 17])
 @pytest.mark.parametrize("budget", [D._CPU_BLOCK_NUMEL, 100, 1])
-def test_chain_sweep_equals_loop(name, size, budget, monkeypatch):
+@pytest.mark.parametrize("rule", ["masked", "zf"])
+def test_chain_sweep_equals_loop(name, size, budget, rule, monkeypatch):
     net = _nets()[name].eval()
     if name == "ceil_bn":
         with torch.no_grad():
@@ -45,9 +48,9 @@ def test_chain_sweep_equals_loop(name, size, budget, monkeypatch):
     monkeypatch.setattr(D, "_CPU_BLOCK_NUMEL", budget)  # 100 / 1: every block splits, seeds wait on the stack
     x = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(size))
     layers = [str(i) for i in range(len(net))]
-    one = D.deconvnet(net, x, layers, top=3)
-    loop = D.deconvnet_loop(net, x, layers, top=3)
-    assert one.engine == "chain"
+    one = D.deconvnet(net, x, layers, top=3, rule=rule, seed="map")
+    loop = deconvnet_loop(net, x, layers, top=3, rule=rule, seed="map")
+    assert one.engine == "chain" and one.rule == rule
     for a, b, ca, cb in zip(one.reconstructions, loop.reconstructions, one.channels, loop.channels):
         assert torch.equal(ca, cb)
         assert a.shape == b.shape and a.is_contiguous()

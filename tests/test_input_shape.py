@@ -272,14 +272,17 @@ def test_mnist_every_attribution_method(mnist_vm, digit):
 
 
 def test_mnist_deconvnet(mnist_vm, digit):
-    from cnnvis.deconv import deconvnet, deconvnet_loop
+    from deconv_reference import deconvnet_loop
+
+    from cnnvis.deconv import deconvnet
 
     x = mnist_vm.preprocess.prepare(digit)
-    res = deconvnet(mnist_vm, x, layers=["conv1", "conv2"], top=2)
-    ref = deconvnet_loop(mnist_vm, x, layers=["conv1", "conv2"], top=2)
-    for r, q in zip(res.reconstructions, ref.reconstructions):
-        assert r.shape == (2, 1, 28, 28) and r.abs().sum() > 0
-        assert torch.allclose(r, q, atol=1e-4 * float(q.abs().max()))
+    for rule in ("masked", "zf"):
+        res = deconvnet(mnist_vm, x, layers=["conv1", "conv2"], top=2, rule=rule, seed="map")
+        ref = deconvnet_loop(mnist_vm, x, layers=["conv1", "conv2"], top=2, rule=rule, seed="map")
+        for r, q in zip(res.reconstructions, ref.reconstructions):
+            assert r.shape == (2, 1, 28, 28) and r.abs().sum() > 0
+            assert torch.allclose(r, q, atol=1e-4 * float(q.abs().max()))
     with pytest.raises(CnnvisError, match="1 channel"):
         deconvnet(mnist_vm, torch.rand(1, 3, 28, 28), layers=["conv1"])
 

@@ -3,44 +3,64 @@
     res = deconvnet(vm, x, layers=['conv1_2', 'conv3_3', 'conv5_3'], top=3)
     res.reconstructions[i]   # (k, C, H, W) pixel-space projection of layer i's top-k channels
     res.activations[i]       # (k, h, w) their rectified feature maps; res.channels[i] (k,) indices
+    res.units[i]             # (k, 2) (y, x) of each channel's strongest unit
 
-The rule, applied from the chosen layer down to the pixels: max-pool -> unpool with the switches
-recorded in the forward pass; ReLU -> ReLU of the signal (the forward mask is ignored);
-conv -> transposed conv with the layer's own filters (BatchNorm in eval: its per-channel scale;
-residual sums: the signal goes down both branches). That is exactly the backward pass of the
-network with the deconvnet ReLU rule (`cnnvis.attribution.modified_relu`), so autograd runs it:
-autograd's max-pool backward scatters into the recorded argmax positions (the switches) and a
-conv's input-gradient is the transposed convolution with the same weights.
+Rules (`rule=`), applied from the chosen layer down to the pixels:
+- 'masked' (default): max-pool -> unpool into the switches recorded in the forward pass;
+  ReLU -> ReLU of the signal times the forward ReLU mask (only units that fired pass it on);
+  conv -> transposed conv with the layer's own filters. This is guided backprop (Springenberg
+  et al. 2014) seeded as Z&F seed it; it equals Captum's NeuronGuidedBackprop.
+- 'zf': the pure Z&F rule, the forward mask ignored (ReLU of the signal only); it equals
+  Captum's NeuronDeconvolution. On deep layers of VGG it gives grey lattices, and through the
+  strided convolutions of nets without max-pools (EfficientNet) a checkerboard: the transposed
+  stride-2 convolutions spread a positive signal unevenly and nothing masks it back.
+BatchNorm in eval: its per-channel scale; residual sums: the signal goes down both branches.
+Each rule is the backward pass of the network with a modified ReLU backward
+(`cnnvis.attribution.modified_relu`).
 
-One forward pass (batch 1) records everything. Every chosen layer's top-k channels are then
-projected in ONE batched backward sweep: the sweep starts at the deepest layer with its k seeds,
-goes down segment by segment, and at each shallower chosen layer appends that layer's k seeds to
-the batch. The work is the floor: the sum of each layer's own backward cost, batched.
+Seed of a channel (`seed=`): 'max' (default, Z&F Fig. 2) only its strongest unit, so the
+projection is zero outside that unit's receptive field; 'map' its whole rectified feature map
+(the deep visualization toolbox's view). Reconstructions are always full size, in input
+coordinates; pictures crop them (`cnnvis.viz.deconv_panel`).
+
+Steps: check the arguments; one forward pass (batch 1) records the tape of leaf modules and the
+chosen layers' outputs (`_record_forward`); the seeds are picked (`_seeds`); every chosen layer's
+top-k channels are projected in ONE batched backward sweep that starts at the deepest layer with
+its k seeds, goes down segment by segment and, at each shallower chosen layer, appends that
+layer's k seeds to the batch -- on a plain chain of modules (VGG) the rules run explicitly
+(`_Chain`), otherwise autograd runs them (`_autograd_sweep`). The work is the floor: the sum of
+each layer's own backward cost, batched.
 On a CPU the batch is cut into blocks of rows of at most `_CPU_BLOCK_NUMEL` elements per tensor
 (at 224 px: one row at full resolution, more deeper down), each carried down to the pixels
 before the next: fresh multi-hundred-MB buffers cost a page fault per 4 KiB (measured: as much
 as the transposed convolutions themselves), while blocks this small are recycled by malloc. On a
 GPU the whole batch goes down as one.
-Seed of a channel (Z&F): its rectified feature map, all other channels zero (`seed='max'`:
-only its strongest unit).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cnnvis.attribution.base import check_input, model_parts
-from cnnvis.attribution.modified_relu import modified_relu
+from cnnvis.attribution.modified_relu import RELU_LIKE, modified_relu
 from cnnvis.errors import CnnvisError
 
-
-class _Stop(Exception):
-    pass
+RULES = ("masked", "zf")
+DEFAULT_RULE = "masked"
+SEEDS = ("max", "map")
+DEFAULT_SEED = "max"
+# what each rule does, in a few words (picture titles, captions, --help)
+RULE_TEXT = {
+    "masked": "masked rule: Z&F with the forward ReLU mask (= guided backprop)",
+    "zf": "pure Z&F rule: ReLU of the signal, forward mask ignored (= Captum's deconvolution)",
+}
+_RELU_RULE = {"masked": "guided", "zf": "deconvnet"}  # the modified-ReLU backward each rule uses
 
 
 @dataclass
@@ -52,16 +72,160 @@ class DeconvResult:
     channels: list[Tensor]            # (k,) channel indices, strongest first
     norms: list[Tensor]               # (k,) L2 norms of the rectified feature maps
     activations: list[Tensor]         # (k, h, w) rectified feature maps
-    reconstructions: list[Tensor]     # (k, C, H, W) projections into input space
-    max_pools: int = 0                # max-pool layers crossed (0: the rule is ReLU + transposed convs)
+    reconstructions: list[Tensor]     # (k, C, H, W) projections into input space (full size)
+    max_pools: int = 0                # max-pool layers crossed (0: the rule has no switches)
     notes: list[str] = field(default_factory=list)
     engine: str = "chain"             # 'chain': explicit batched rules; 'autograd': graph with skips
+    rule: str = DEFAULT_RULE          # 'masked' or 'zf'
+    seed: str = DEFAULT_SEED          # 'max' (strongest unit) or 'map' (whole rectified map)
+    units: list[Tensor] = field(default_factory=list)  # (k, 2) (y, x) of each channel's strongest unit
+    strided: int = 0                  # convolutions with stride > 1 crossed
 
 
-def _seeds(act: Tensor, top: int, seed: str, chosen: Sequence[int] | None = None
-           ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(1, C, h, w) activation -> channels (k,), norms (k,), rectified maps (k, h, w), seeds (k, 1, C, h, w).
-    `chosen`: project these channels instead of the `top` strongest by norm."""
+# ---------------------------------------------------------------------- the entry point
+def deconvnet(model, x: Tensor, layers: Sequence[str] | None = None, top: int = 3, *, seed: str = DEFAULT_SEED,
+              rule: str = DEFAULT_RULE, channels: Sequence[int] | None = None) -> DeconvResult:
+    """Project the `top` strongest channels of each layer in `layers` to input space, one backward sweep.
+
+    seed: 'max' (each channel's strongest unit, Z&F Fig. 2) or 'map' (its whole rectified map).
+    rule: 'masked' (Z&F with the forward ReLU mask, = guided backprop) or 'zf' (the pure rule).
+    channels: project these channels of every layer instead (e.g. the channel with the highest max).
+
+    x: (1, C, H, W) with the model's C channels (3 = RGB, 1 = grey; in [0, 1] for a VisModel). Returns a DeconvResult; the model is unchanged.
+    """
+    from cnnvis.utils import model_guard
+
+    module, normalize, _ = model_parts(model)
+    labels, names = check_args(model, layers, top, seed, rule)
+    x = check_input(x, _device(module), model)
+    if x.shape[0] != 1:
+        raise CnnvisError(f"deconvnet projects one image at a time; got a batch of {x.shape[0]}")
+    with model_guard(module), torch.enable_grad(), modified_relu(module, _RELU_RULE[rule], RELU_LIKE):
+        fwd = _record_forward(module, normalize, x, names)
+        picked = {n: _seeds(fwd.outputs[n], top, seed, channels) for n in fwd.order}
+        seeds = {n: p.seeds for n, p in picked.items()}
+        chain = _Chain.plan(fwd, rule)
+        if chain is not None:
+            recon, engine = chain.run(seeds), "chain"
+        else:
+            recon, engine = _autograd_sweep(fwd, seeds), "autograd"
+    return DeconvResult(
+        layers=names, labels=labels,
+        channels=[picked[n].channels.cpu() for n in names], norms=[picked[n].norms.cpu() for n in names],
+        activations=[picked[n].maps.cpu() for n in names], reconstructions=[recon[n].cpu() for n in names],
+        max_pools=fwd.max_pools, notes=_notes(fwd, rule), engine=engine, rule=rule, seed=seed,
+        units=[picked[n].units.cpu() for n in names], strided=fwd.strided)
+
+
+def check_args(model, layers, top, seed, rule) -> tuple[list[str], list[str]]:
+    """-> (labels as given or the model's default layers, dotted names); CnnvisError on bad values."""
+    from cnnvis.layers import default_layers, resolve_layer
+
+    if top < 1:
+        raise CnnvisError(f"top must be at least 1, got {top}")
+    if seed not in SEEDS:
+        raise CnnvisError(f"seed must be 'max' (each channel's strongest unit) or 'map' (its whole feature map), "
+                          f"got {seed!r}")
+    if rule not in RULES:
+        raise CnnvisError(f"rule must be 'masked' (Z&F with the forward ReLU mask) or 'zf' (the pure Z&F rule), "
+                          f"got {rule!r}")
+    labels = list(layers) if layers else default_layers(model)
+    if not labels:
+        raise CnnvisError("no layers to project; give some in layers")
+    names = [resolve_layer(model, n) for n in labels]
+    return labels, names
+
+
+def _notes(fwd: _Forward, rule: str) -> list[str]:
+    notes = []
+    if fwd.max_pools == 0:
+        notes.append("no max-pool layers on the way down: there are no switches; the rule is ReLU + "
+                     "transposed convolutions")
+    if rule == "zf" and fwd.strided:
+        notes.append(f"pure Z&F rule through {fwd.strided} strided convolutions: their transposed convolutions "
+                     f"spread the signal unevenly and no forward mask takes it back, so deep layers show a "
+                     f"checkerboard lattice rather than the photo (the masked rule keeps the photo's structure)")
+    return notes
+
+
+# ---------------------------------------------------------------------- step 1: the forward pass
+class _Stop(Exception):
+    pass
+
+
+@dataclass
+class _Forward:
+    """What the one forward pass recorded."""
+
+    tape: list[tuple[nn.Module, Tensor | None, Tensor]]  # every leaf module run: (module, input, output)
+    order: list[str]                                       # chosen layers in execution order
+    outputs: dict[str, Tensor]                             # chosen layer -> its output (1, C, h, w)
+    x: Tensor                                              # (1, C, H, W) the image, requires grad
+    x_in: Tensor                                           # what the network got (x normalized, or x)
+    max_pools: int
+    strided: int
+
+
+def _record_forward(module: nn.Module, normalize, x: Tensor, names: list[str]) -> _Forward:
+    """Run the network on x up to the deepest chosen layer with the Z&F hooks in place."""
+    uniq = list(dict.fromkeys(names))
+    order: list[str] = []
+    outputs: dict[str, Tensor] = {}
+    tape: list[tuple[nn.Module, Tensor | None, Tensor]] = []
+
+    def keep(name):
+        def fn(mod, inp, out):
+            if name in outputs or not torch.is_tensor(out):
+                return None
+            outputs[name] = out
+            order.append(name)
+            if len(outputs) == len(uniq):
+                raise _Stop
+            return None
+        return fn
+
+    def record(mod, inp, out):
+        tape.append((mod, inp[0] if inp else None, out))
+
+    handles = _zf_hooks(module)
+    try:
+        for m in module.modules():
+            if not list(m.children()):
+                handles.append(m.register_forward_hook(record))
+        for n in uniq:  # after the ReLU-rule hooks, so a ReLU layer's seed goes through its rule
+            handles.append(module.get_submodule(n).register_forward_hook(keep(n)))
+        xg = x.requires_grad_(True)
+        x_in = normalize(xg) if normalize is not None else xg
+        try:
+            module(x_in)
+        except _Stop:
+            pass
+    finally:
+        for h in handles:
+            h.remove()
+    missing = [n for n in uniq if n not in outputs]
+    if missing:
+        raise CnnvisError(f"layers {missing} did not run in the forward pass; pick layers the model uses")
+    for n in uniq:
+        if outputs[n].dim() != 4:
+            raise CnnvisError(f"layer {n!r} has no feature maps (output shape {tuple(outputs[n].shape[1:])}); "
+                              f"deconvnet needs conv layers")
+    pools = sum(isinstance(m, (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)) for m, _, _ in tape)
+    strided = sum(isinstance(m, nn.Conv2d) and max(m.stride) > 1 for m, _, _ in tape)
+    return _Forward(tape, order, outputs, xg, x_in, pools, strided)
+
+
+# ---------------------------------------------------------------------- step 2: the seeds
+class _Picked(NamedTuple):
+    channels: Tensor  # (k,) long
+    norms: Tensor     # (k,)
+    maps: Tensor      # (k, h, w) rectified maps
+    units: Tensor     # (k, 2) (y, x) of each map's strongest unit
+    seeds: Tensor     # (k, 1, C, h, w) one seed per row, every other channel zero
+
+
+def _seeds(act: Tensor, top: int, seed: str, chosen: Sequence[int] | None = None) -> _Picked:
+    """(1, C, h, w) activation -> the `top` strongest channels by norm (or the `chosen` ones) and their seeds."""
     r = act.detach()[0].clamp(min=0)
     C = r.shape[0]
     norms = r.flatten(1).norm(dim=1)
@@ -75,103 +239,258 @@ def _seeds(act: Tensor, top: int, seed: str, chosen: Sequence[int] | None = None
         k = min(top, C)
         nk, ch = norms.topk(k)
     maps = r[ch]
-    seeds = torch.zeros((k, 1, *r.shape), dtype=r.dtype, device=r.device)
+    flat = maps.flatten(1)
+    pos = flat.argmax(1)
+    units = torch.stack([pos // maps.shape[-1], pos % maps.shape[-1]], 1)
     if seed == "max":
-        flat = maps.flatten(1)
-        pos = flat.argmax(1)
-        one = torch.zeros_like(flat).scatter_(1, pos[:, None], flat.gather(1, pos[:, None]))
-        sel = one.view_as(maps)
+        sel = torch.zeros_like(flat).scatter_(1, pos[:, None], flat.gather(1, pos[:, None])).view_as(maps)
     else:
         sel = maps
+    seeds = torch.zeros((k, 1, *r.shape), dtype=r.dtype, device=r.device)
     seeds[torch.arange(k), 0, ch] = sel
-    return ch, nk, maps, seeds
+    return _Picked(ch, nk, maps, units, seeds)
 
 
-def deconvnet(model, x: Tensor, layers: Sequence[str] | None = None, top: int = 3, *, seed: str = "map",
-              channels: Sequence[int] | None = None) -> DeconvResult:
-    """Project the `top` strongest channels of each layer in `layers` to input space, one backward sweep.
+# ---------------------------------------------------------------------- step 3a: the explicit sweep (chains)
+# CPU: no tensor the sweep allocates is bigger than this many elements (16 MB of float32).
+# Freshly mapped memory costs a page fault per 4 KiB page (as much as the convolution itself at
+# 224 px); allocations below glibc's mmap threshold are recycled from the heap without faults.
+# So the batch is cut into blocks of rows that each fit, and every block is carried down to the
+# pixels before the next one starts (depth first: few blocks alive at a time). On a GPU the
+# caching allocator recycles memory anyway: one block, as big as the batch.
+_CPU_BLOCK_NUMEL = 1 << 22
 
-    channels: project these channels of every layer instead (e.g. the channel with the highest max).
 
-    x: (1, C, H, W) with the model's C channels (3 = RGB, 1 = grey; in [0, 1] for a VisModel). Returns a DeconvResult; the model is unchanged.
+class _Chain:
+    """The rules run explicitly, batched, on a plain chain of modules (VGG-like trunks).
+
+    Speed (CPU): signals are kept channels-last (oneDNN's transposed convolution is up to 3x
+    faster than on NCHW batches), the ReLU rule and BN scale run in place, unpooling is one pass
+    (the ReLU rule below a max-pool runs on the 4x smaller signal before it, its forward mask
+    folded into the switch mask), and big batches are cut into blocks of rows that stay below
+    `_CPU_BLOCK_NUMEL` elements.
     """
-    from cnnvis.layers import resolve_layer
-    from cnnvis.utils import model_guard
 
-    module, normalize, _ = model_parts(model)
-    labels, names = _check_args(model, x, layers, top, seed)
-    uniq = list(dict.fromkeys(names))
-    x = check_input(x, _device(module), model)
-    if x.shape[0] != 1:
-        raise CnnvisError(f"deconvnet projects one image at a time; got a batch of {x.shape[0]}")
-    order: list[str] = []
-    orig: dict[str, Tensor] = {}
-    pools = [0]
+    def __init__(self, fwd: _Forward, steps: list[tuple[nn.Module, Tensor, Tensor]], rule: str) -> None:
+        self.fwd, self.rule = fwd, rule
+        self.steps = steps[::-1]  # deepest module first
+        at_out = {id(o): n for n, o in fwd.outputs.items()}
+        self.seed_at = [at_out.get(id(o)) for _, _, o in self.steps]
+        self.budget = _CPU_BLOCK_NUMEL if fwd.x.device.type == "cpu" else None
+        self._unpools: dict[int, _Unpool2d] = {}
+        self._weights: dict[int, Tensor] = {}  # channels-last copies of the filters (else every call converts)
+        self._masks: dict[int, Tensor] = {}    # forward ReLU masks (rule 'masked'), channels-last
 
-    def hook(name):
-        def fn(mod, inp, out):
-            if name in orig or not torch.is_tensor(out):
-                return None
-            orig[name] = out
-            order.append(name)
-            if len(orig) == len(uniq):
-                raise _Stop
+    @classmethod
+    def plan(cls, fwd: _Forward, rule: str) -> _Chain | None:
+        """A _Chain when the modules from the input to the deepest chosen layer form a simple chain
+        of conv / max-pool / ReLU-like / BN / identity modules; else None (autograd does the sweep)."""
+        tape = fwd.tape
+        if not tape:
             return None
-        return fn
+        deepest = fwd.outputs[fwd.order[-1]]
+        end = next((j for j, (_, _, o) in enumerate(tape) if o is deepest), None)
+        if end is None or tape[0][1] is not fwd.x_in:
+            return None
+        tape = tape[:end + 1]
+        for j, (m, inp, out) in enumerate(tape):
+            if j and inp is not tape[j - 1][2]:
+                return None
+            ok = (isinstance(m, RELU_LIKE) or type(m) in (nn.Identity, nn.Dropout, nn.Dropout2d)
+                  or (type(m) is nn.BatchNorm2d and not m.training and m.track_running_stats)
+                  or (isinstance(m, nn.Conv2d) and _conv_geometry(m, inp, out) is not None)
+                  or (type(m) is nn.MaxPool2d and not m.return_indices))
+            if not ok or not torch.is_tensor(inp) or inp.dim() != 4:
+                return None
+        return cls(fwd, tape, rule)
 
-    def count_pool(mod, inp, out):
-        pools[0] += 1
+    def run(self, seeds: dict[str, Tensor]) -> dict[str, Tensor]:
+        """{layer: (k, 1, C, h, w) seeds} -> {layer: (k, C, H, W) projections onto the image x}."""
+        rows: dict[str, range] = {}  # layer -> its rows in the batch (deepest layer first)
+        done: list[tuple[list[int], Tensor]] = []
+        stack: list[tuple[int, Tensor | None, list[int]]] = [(0, None, [])]  # blocks waiting: (step, G, rows)
+        with torch.no_grad():
+            while stack:
+                j, G, ids = stack.pop()
+                G, ids = self._down(j, G, ids, seeds, rows, stack)
+                if G is not None:
+                    done.append((ids, G))
+        order = torch.tensor([i for ids, _ in done for i in ids])
+        G = torch.cat([g for _, g in done])[order.argsort()] if len(done) > 1 else done[0][1]
+        gx = self._to_pixels(G)
+        return {name: gx[r.start:r.stop].detach().contiguous() for name, r in rows.items()}
 
-    tape: list[tuple[nn.Module, object, Tensor]] = []
+    def _down(self, j: int, G: Tensor | None, ids: list[int], seeds, rows, stack) -> tuple[Tensor | None, list[int]]:
+        """Carry one block of rows from step j to the network input, joining seeds on the way;
+        rows beyond the CPU budget are pushed on `stack` for later."""
+        cl = torch.channels_last
+        clamped = False  # True right after an unpool that already applied the ReLU rule below it
+        while j < len(self.steps):
+            m, inp, out = self.steps[j]
+            name = self.seed_at[j]
+            if name is not None and name not in rows:  # this layer's seeds join the batch here
+                s = seeds[name][:, 0].clone(memory_format=cl)  # our own copy: later steps work in place
+                n0 = sum(len(r) for r in rows.values())
+                rows[name] = range(n0, n0 + s.shape[0])
+                if G is None:
+                    G, ids = s, list(rows[name])
+                elif self.budget is None or G.numel() + s.numel() <= self.budget:
+                    G, ids = torch.cat([G, s]).contiguous(memory_format=cl), ids + list(rows[name])
+                else:
+                    stack.append((j, s, list(rows[name])))
+            if G is None:
+                j += 1
+                continue
+            per_row = inp[0].numel()  # what a conv / unpool writes per row
+            if self.budget is not None and G.shape[0] > 1 and G.shape[0] * per_row > self.budget \
+                    and isinstance(m, (nn.Conv2d, nn.MaxPool2d)):
+                step = max(1, self.budget // per_row)
+                for a in range((G.shape[0] - 1) // step * step, 0, -step):  # later blocks wait
+                    stack.append((j, G[a:a + step], ids[a:a + step]))
+                G, ids = G[:step], ids[:step]
+            if isinstance(m, nn.MaxPool2d):
+                G, clamped = self._unpool(j, G)
+            else:
+                if not (clamped and isinstance(m, RELU_LIKE)):
+                    G = self._rule(j, G)
+                clamped = False
+            j += 1
+        return G, ids
 
-    def record(mod, inp, out):
-        tape.append((mod, inp[0] if inp else None, out))
+    def _rule(self, j: int, G: Tensor) -> Tensor:
+        """One non-pool module's backward rule on a block of signals (in place where it can)."""
+        m, inp, out = self.steps[j]
+        if isinstance(m, RELU_LIKE):
+            G.clamp_(min=0)
+            if self.rule == "masked":
+                G.mul_(self._mask(j))
+        elif isinstance(m, nn.Conv2d):
+            if j not in self._weights:
+                self._weights[j] = m.weight.detach().contiguous(memory_format=torch.channels_last)
+            G = _conv_t(G, m, _conv_geometry(m, inp, out), self._weights[j])
+        elif isinstance(m, nn.BatchNorm2d):
+            scale = torch.rsqrt(m.running_var + m.eps)
+            if m.weight is not None:
+                scale = scale * m.weight
+            G.mul_(scale.view(1, -1, 1, 1))
+        return G  # identity, dropout in eval: nothing to do
 
-    handles = []
-    with model_guard(module), torch.enable_grad(), modified_relu(module, "deconvnet", _relu_types()):
-        try:
-            handles += _zf_hooks(module)
-            for m in module.modules():
-                if not list(m.children()):
-                    handles.append(m.register_forward_hook(record))
-            for m in module.modules():
-                if isinstance(m, (nn.MaxPool2d, nn.MaxPool1d, nn.MaxPool3d)):
-                    handles.append(m.register_forward_hook(count_pool))
-            for n in uniq:  # after the ReLU-rule hooks, so a ReLU layer's seed goes through its rule
-                handles.append(module.get_submodule(n).register_forward_hook(hook(n)))
-            xg = x.requires_grad_(True)
-            x_in = normalize(xg) if normalize is not None else xg
-            try:
-                module(x_in)
-            except _Stop:
-                pass
-            missing = [n for n in uniq if n not in orig]
-            if missing:
-                raise CnnvisError(f"layers {missing} did not run in the forward pass; pick layers the model uses")
-            for n in uniq:
-                if orig[n].dim() != 4:
-                    raise CnnvisError(f"layer {n!r} has no feature maps (output shape {tuple(orig[n].shape[1:])}); "
-                                      f"deconvnet needs conv layers")
-            per = {n: _seeds(orig[n], top, seed, channels) for n in uniq}
-            sd = {n: per[n][3] for n in uniq}
-            recon = _chain_sweep(tape, order, orig, x_in, xg, sd)
-            engine = "chain"
-            if recon is None:
-                recon, engine = _sweep(order, orig, xg, sd), "autograd"
-        finally:
-            for h in handles:
-                h.remove()
-    notes = []
-    if pools[0] == 0:
-        notes.append("no max-pool layers on the way down: the rule reduces to ReLU + transposed convolutions")
-    return DeconvResult(
-        layers=names, labels=labels,
-        channels=[per[n][0].cpu() for n in names], norms=[per[n][1].cpu() for n in names],
-        activations=[per[n][2].cpu() for n in names], reconstructions=[recon[n].cpu() for n in names],
-        max_pools=pools[0], notes=notes, engine=engine)
+    def _unpool(self, j: int, G: Tensor) -> tuple[Tensor, bool]:
+        """Unpool into the switches. The ReLU rule right below (when no seed joins there) runs first,
+        on the 4x smaller signal: its clamp commutes with unpooling and its forward mask is folded
+        into the switch mask. Returns (signal, whether that ReLU rule is done)."""
+        below = j + 1 < len(self.steps) and isinstance(self.steps[j + 1][0], RELU_LIKE) \
+            and self.seed_at[j + 1] is None
+        if j not in self._unpools:
+            m, inp, _ = self.steps[j]
+            extra = self._mask(j + 1) if below and self.rule == "masked" else None
+            self._unpools[j] = _Unpool2d(m, inp, extra)
+        if below:
+            G.clamp_(min=0)
+        return self._unpools[j](G), below
+
+    def _mask(self, j: int) -> Tensor:
+        """(1, C, h, w) forward mask of ReLU-like step j: the activation's derivative at its input."""
+        if j not in self._masks:
+            m, inp, _ = self.steps[j]
+            with torch.enable_grad():
+                z = inp.detach().requires_grad_(True)
+                (d,) = torch.autograd.grad(m.forward(z).sum(), z)  # .forward: no hooks
+            self._masks[j] = d.contiguous(memory_format=torch.channels_last)
+        return self._masks[j]
+
+    def _to_pixels(self, G: Tensor) -> Tensor:
+        """(n, C, H, W) signals at the network input -> (n, C, H, W) at the image x: the
+        preprocessing (per-channel affine, maybe an RGB->BGR flip) back to [0, 1] pixels."""
+        x, x_in = self.fwd.x, self.fwd.x_in
+        if x_in is x:
+            return G
+        (gx,) = torch.autograd.grad(x_in, x, G.contiguous().unsqueeze(1), retain_graph=True, is_grads_batched=True)
+        return gx[:, 0]
 
 
-def _sweep(order: list[str], orig: dict[str, Tensor], x: Tensor, seeds: dict[str, Tensor]) -> dict[str, Tensor]:
+def _conv_geometry(mod: nn.Conv2d, x: Tensor, out: Tensor):
+    """(pad, output_padding, crop) for the transposed conv that maps `out` back onto `x`, or None."""
+    k, s, d = mod.kernel_size, mod.stride, mod.dilation
+    if type(mod).__name__ == "Conv2dSame":  # timm: pad_same() then an unpadded conv
+        from timm.layers.padding import get_same_padding
+
+        ph = get_same_padding(x.shape[-2], k[0], s[0], d[0])
+        pw = get_same_padding(x.shape[-1], k[1], s[1], d[1])
+        size = (x.shape[-2] + ph, x.shape[-1] + pw)
+        pad, crop = (0, 0), (ph // 2, x.shape[-2], pw // 2, x.shape[-1])
+    elif type(mod) is nn.Conv2d and mod.padding_mode == "zeros" and not isinstance(mod.padding, str):
+        size, pad, crop = tuple(x.shape[-2:]), tuple(mod.padding), None
+    else:
+        return None
+    full = [(out.shape[-2 + i] - 1) * s[i] - 2 * pad[i] + d[i] * (k[i] - 1) + 1 for i in range(2)]
+    out_pad = tuple(size[i] - full[i] for i in range(2))
+    if min(out_pad) < 0 or any(out_pad[i] >= max(s[i], d[i]) for i in range(2)):
+        return None
+    return pad, out_pad, crop
+
+
+def _conv_t(g: Tensor, mod: nn.Conv2d, geom, weight: Tensor | None = None) -> Tensor:
+    """(n, out, h, w) signal -> (n, in, H, W): the transposed conv with the layer's own filters."""
+    pad, out_pad, crop = geom
+    weight = mod.weight.detach() if weight is None else weight
+    gx = F.conv_transpose2d(g, weight, None, mod.stride, pad, out_pad, mod.groups, mod.dilation)
+    if crop is not None:
+        t, h, left, w = crop
+        gx = gx[..., t:t + h, left:left + w]
+    return gx
+
+
+class _Unpool2d:
+    """Max-unpooling of a batch of signals into the switches of one image's max-pool.
+
+    Non-overlapping windows (kernel == stride, no padding or dilation): nearest upsampling of the
+    signal times a one-hot mask of the switches, both channels-last (no zero-fill + scatter).
+    Anything else: zero-fill + scatter-add into the recorded argmax positions.
+    Either way the result equals autograd's max-pool backward with the same indices, times
+    `extra` (1, C, H, W) when given (the forward mask of the ReLU below the pool).
+    """
+
+    def __init__(self, m: nn.MaxPool2d, inp: Tensor, extra: Tensor | None = None) -> None:
+        _, sw = F.max_pool2d(inp, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode, True)
+        self.sw, self.shape, self.extra = sw, tuple(inp.shape[1:]), extra
+        two = lambda v: (v, v) if isinstance(v, int) else tuple(v)  # noqa: E731
+        k, st, pd, dl = two(m.kernel_size), two(m.stride or m.kernel_size), two(m.padding), two(m.dilation)
+        C, H, W = self.shape
+        h, w = sw.shape[-2:]
+        self.mask = None
+        if k == st and pd == (0, 0) and dl == (1, 1) and h * k[0] <= H and w * k[1] <= W:
+            base = (torch.arange(h, device=sw.device).view(h, 1) * (k[0] * W)
+                    + torch.arange(w, device=sw.device).view(1, w) * k[1])
+            off = sw[0] - base                                  # (C, h, w): offset inside the window
+            pos = (off // W) * k[1] + off % W                   # window-local flat position
+            one = F.one_hot(pos, k[0] * k[1]).to(inp.dtype)     # (C, h, w, k0*k1)
+            mask = inp.new_zeros((1, H, W, C))                  # channels-last (1, C, H, W)
+            mask[0, :h * k[0], :w * k[1]] = one.view(C, h, w, k[0], k[1]).permute(1, 3, 2, 4, 0).reshape(
+                h * k[0], w * k[1], C)
+            self.mask = mask.permute(0, 3, 1, 2)
+            if extra is not None:
+                self.mask = self.mask * extra
+            self.k = k
+
+    def __call__(self, g: Tensor) -> Tensor:
+        C, H, W = self.shape
+        B = g.shape[0]
+        if self.mask is None:
+            flat = g.new_zeros((B, C, H * W))
+            idx = self.sw.reshape(1, C, -1).expand(B, -1, -1)
+            out = flat.scatter_add_(2, idx, g.contiguous().reshape(B, C, -1)).view(B, C, H, W)
+            out = out.contiguous(memory_format=torch.channels_last)
+            return out if self.extra is None else out.mul_(self.extra)
+        # nearest upsampling (a fast channels-last kernel) times the one-hot switch mask
+        up = F.interpolate(g, scale_factor=self.k, mode="nearest")
+        if up.shape[-2:] != (H, W):  # the rows / columns the pool never covered get zero
+            up = F.pad(up, (0, W - up.shape[-1], 0, H - up.shape[-2])).contiguous(memory_format=torch.channels_last)
+        return up.mul_(self.mask)
+
+
+# ---------------------------------------------------------------------- step 3b: the autograd sweep (skips)
+def _autograd_sweep(fwd: _Forward, seeds: dict[str, Tensor]) -> dict[str, Tensor]:
     """One batched backward sweep from the deepest layer to x; returns {layer: (k, C, H, W)}.
 
     Rows of the batch are (layer, channel) pairs, deepest layer first. The sweep stops at each
@@ -181,6 +500,7 @@ def _sweep(order: list[str], orig: dict[str, Tensor], x: Tensor, seeds: dict[str
     seeded in the same segment instead (zero rows elsewhere), because the ReLU rule is not
     linear: signals must merge before they cross a ReLU.
     """
+    order, orig, x = fwd.order, fwd.outputs, fwd.x
     rows: list[tuple[str, int]] = []
     group: list[str] = []                # outputs seeded in the current segment
     grads_at: dict[str, Tensor] = {}     # (n, 1, C, h, w) signal per group output
@@ -239,193 +559,6 @@ def _batched_vjp(outputs: list[Tensor], target: Tensor, grads: list[Tensor], kee
     return torch.stack(out)
 
 
-def _conv_geometry(mod: nn.Conv2d, x: Tensor, out: Tensor):
-    """(pad, output_padding, crop) for the transposed conv that maps `out` back onto `x`, or None."""
-    k, s, d = mod.kernel_size, mod.stride, mod.dilation
-    if type(mod).__name__ == "Conv2dSame":  # timm: pad_same() then an unpadded conv
-        from timm.layers.padding import get_same_padding
-
-        ph = get_same_padding(x.shape[-2], k[0], s[0], d[0])
-        pw = get_same_padding(x.shape[-1], k[1], s[1], d[1])
-        size = (x.shape[-2] + ph, x.shape[-1] + pw)
-        pad, crop = (0, 0), (ph // 2, x.shape[-2], pw // 2, x.shape[-1])
-    elif type(mod) is nn.Conv2d and mod.padding_mode == "zeros" and not isinstance(mod.padding, str):
-        size, pad, crop = tuple(x.shape[-2:]), tuple(mod.padding), None
-    else:
-        return None
-    full = [(out.shape[-2 + i] - 1) * s[i] - 2 * pad[i] + d[i] * (k[i] - 1) + 1 for i in range(2)]
-    out_pad = tuple(size[i] - full[i] for i in range(2))
-    if min(out_pad) < 0 or any(out_pad[i] >= max(s[i], d[i]) for i in range(2)):
-        return None
-    return pad, out_pad, crop
-
-
-def _conv_t(g: Tensor, mod: nn.Conv2d, geom, weight: Tensor | None = None) -> Tensor:
-    pad, out_pad, crop = geom
-    weight = mod.weight.detach() if weight is None else weight
-    gx = F.conv_transpose2d(g, weight, None, mod.stride, pad, out_pad, mod.groups, mod.dilation)
-    if crop is not None:
-        t, h, left, w = crop
-        gx = gx[..., t:t + h, left:left + w]
-    return gx
-
-
-# CPU: no tensor the sweep allocates is bigger than this many elements (16 MB of float32).
-# Freshly mapped memory costs a page fault per 4 KiB page (as much as the convolution itself at
-# 224 px); allocations below glibc's mmap threshold are recycled from the heap without faults.
-# So the batch is cut into blocks of rows that each fit, and every block is carried down to the
-# pixels before the next one starts (depth first: few blocks alive at a time). On a GPU the
-# caching allocator recycles memory anyway: one block, as big as the batch.
-_CPU_BLOCK_NUMEL = 1 << 22
-
-
-class _Unpool2d:
-    """Max-unpooling of a batch of signals into the switches of one image's max-pool.
-
-    Non-overlapping windows (kernel == stride, no padding or dilation): nearest upsampling of the
-    signal times a one-hot mask of the switches, both channels-last (no zero-fill + scatter).
-    Anything else: zero-fill + scatter-add into the recorded argmax positions.
-    Either way the result equals autograd's max-pool backward with the same indices.
-    """
-
-    def __init__(self, m: nn.MaxPool2d, inp: Tensor) -> None:
-        _, sw = F.max_pool2d(inp, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode, True)
-        self.sw, self.shape = sw, tuple(inp.shape[1:])
-        two = lambda v: (v, v) if isinstance(v, int) else tuple(v)  # noqa: E731
-        k, st, pd, dl = two(m.kernel_size), two(m.stride or m.kernel_size), two(m.padding), two(m.dilation)
-        C, H, W = self.shape
-        h, w = sw.shape[-2:]
-        self.mask = None
-        if k == st and pd == (0, 0) and dl == (1, 1) and h * k[0] <= H and w * k[1] <= W:
-            base = (torch.arange(h, device=sw.device).view(h, 1) * (k[0] * W)
-                    + torch.arange(w, device=sw.device).view(1, w) * k[1])
-            off = sw[0] - base                                  # (C, h, w): offset inside the window
-            pos = (off // W) * k[1] + off % W                   # window-local flat position
-            one = F.one_hot(pos, k[0] * k[1]).to(inp.dtype)     # (C, h, w, k0*k1)
-            mask = inp.new_zeros((1, H, W, C))                  # channels-last (1, C, H, W)
-            mask[0, :h * k[0], :w * k[1]] = one.view(C, h, w, k[0], k[1]).permute(1, 3, 2, 4, 0).reshape(
-                h * k[0], w * k[1], C)
-            self.mask = mask.permute(0, 3, 1, 2)
-            self.k = k
-
-    def __call__(self, g: Tensor) -> Tensor:
-        C, H, W = self.shape
-        B = g.shape[0]
-        if self.mask is None:
-            flat = g.new_zeros((B, C, H * W))
-            idx = self.sw.reshape(1, C, -1).expand(B, -1, -1)
-            out = flat.scatter_add_(2, idx, g.contiguous().reshape(B, C, -1)).view(B, C, H, W)
-            return out.contiguous(memory_format=torch.channels_last)
-        # nearest upsampling (a fast channels-last kernel) times the one-hot switch mask
-        up = F.interpolate(g, scale_factor=self.k, mode="nearest")
-        if up.shape[-2:] != (H, W):  # the rows / columns the pool never covered get zero
-            up = F.pad(up, (0, W - up.shape[-1], 0, H - up.shape[-2])).contiguous(memory_format=torch.channels_last)
-        return up.mul_(self.mask)
-
-
-def _chain_sweep(tape, order, orig, x_in: Tensor, x: Tensor, seeds: dict[str, Tensor]) -> dict[str, Tensor] | None:
-    """The Z&F rules run explicitly, batched, on a plain chain of modules (VGG-like trunks).
-
-    Returns None when the network is not a simple chain of conv / max-pool / ReLU-like / BN /
-    identity modules from the input to the deepest chosen layer (then autograd does the sweep).
-
-    Speed (CPU): signals are kept channels-last (oneDNN's transposed convolution is up to 3x
-    faster than on NCHW batches), the ReLU rule and BN scale run in place, unpooling is one pass,
-    and big batches are cut into blocks of rows that stay below `_CPU_BLOCK_NUMEL` elements.
-    """
-    from cnnvis.attribution.modified_relu import RELU_LIKE
-
-    if not tape:
-        return None
-    deepest = orig[order[-1]]
-    end = next((j for j, (_, _, o) in enumerate(tape) if o is deepest), None)
-    if end is None or tape[0][1] is not x_in:
-        return None
-    tape = tape[:end + 1]
-    for j, (m, inp, out) in enumerate(tape):
-        if j and inp is not tape[j - 1][2]:
-            return None
-        ok = (isinstance(m, RELU_LIKE) or type(m) in (nn.Identity, nn.Dropout, nn.Dropout2d)
-              or (type(m) is nn.BatchNorm2d and not m.training and m.track_running_stats)
-              or (isinstance(m, nn.Conv2d) and _conv_geometry(m, inp, out) is not None)
-              or (type(m) is nn.MaxPool2d and not m.return_indices))
-        if not ok or not torch.is_tensor(inp) or inp.dim() != 4:
-            return None
-    rev = tape[::-1]
-    at_out = {id(o): n for n, o in orig.items()}
-    seed_at = [at_out.get(id(o)) for _, _, o in rev]
-    budget = _CPU_BLOCK_NUMEL if x.device.type == "cpu" else None
-    rows: dict[str, range] = {}      # layer -> its rows in the batch (deepest layer first)
-    done: list[tuple[list[int], Tensor]] = []
-    unpools: dict[int, _Unpool2d] = {}
-    weights: dict[int, Tensor] = {}  # channels-last copies of the filters (else every call converts them)
-    stack: list[tuple[int, Tensor | None, list[int]]] = [(0, None, [])]
-    cl = torch.channels_last
-    with torch.no_grad():
-        while stack:
-            j, G, ids = stack.pop()
-            clamped = False   # True right after an unpool that already applied the next ReLU rule
-            while j < len(rev):
-                m, inp, out = rev[j]
-                name = seed_at[j]
-                if name is not None and name not in rows:  # this layer's seeds join the batch here
-                    s = seeds[name][:, 0].clone(memory_format=cl)  # our own copy: later steps work in place
-                    n0 = sum(len(r) for r in rows.values())
-                    rows[name] = range(n0, n0 + s.shape[0])
-                    if G is None:
-                        G, ids = s, list(rows[name])
-                    elif budget is None or G.numel() + s.numel() <= budget:
-                        G, ids = torch.cat([G, s]).contiguous(memory_format=cl), ids + list(rows[name])
-                    else:
-                        stack.append((j, s, list(rows[name])))
-                if G is None:
-                    j += 1
-                    continue
-                per_row = inp[0].numel()  # what a conv / unpool writes per row
-                if budget is not None and G.shape[0] > 1 and G.shape[0] * per_row > budget \
-                        and isinstance(m, (nn.Conv2d, nn.MaxPool2d)):
-                    step = max(1, budget // per_row)
-                    for a in range((G.shape[0] - 1) // step * step, 0, -step):  # later blocks wait
-                        stack.append((j, G[a:a + step], ids[a:a + step]))
-                    G, ids = G[:step], ids[:step]
-                if isinstance(m, RELU_LIKE):
-                    if not clamped:
-                        G.clamp_(min=0)
-                elif isinstance(m, nn.Conv2d):
-                    if j not in weights:
-                        weights[j] = m.weight.detach().contiguous(memory_format=cl)
-                    G = _conv_t(G, m, _conv_geometry(m, inp, out), weights[j])
-                elif isinstance(m, nn.BatchNorm2d):
-                    scale = torch.rsqrt(m.running_var + m.eps)
-                    if m.weight is not None:
-                        scale = scale * m.weight
-                    G.mul_(scale.view(1, -1, 1, 1))
-                elif isinstance(m, nn.MaxPool2d):
-                    if j not in unpools:
-                        unpools[j] = _Unpool2d(m, inp)
-                    # relu commutes with unpooling: apply the next ReLU rule on the 4x smaller signal
-                    nxt = j + 1 < len(rev) and isinstance(rev[j + 1][0], RELU_LIKE) and seed_at[j + 1] is None
-                    if nxt:
-                        G.clamp_(min=0)
-                    G = unpools[j](G)
-                    clamped = nxt
-                    j += 1
-                    continue
-                clamped = False
-                j += 1
-            if G is not None:
-                done.append((ids, G))
-    order_ = torch.tensor([i for ids, _ in done for i in ids])
-    G = torch.cat([g for _, g in done]) if len(done) > 1 else done[0][1]
-    G = G[order_.argsort()] if len(done) > 1 else G
-    # the preprocessing (per-channel affine, maybe an RGB->BGR flip) back to [0, 1] pixels
-    if x_in is not x:
-        (gx,) = torch.autograd.grad(x_in, x, G.contiguous().unsqueeze(1), retain_graph=True, is_grads_batched=True)
-    else:
-        gx = G.unsqueeze(1)
-    return {name: gx[r.start:r.stop, 0].detach().contiguous() for name, r in rows.items()}
-
-
 def _all_paths_through(starts: list[Tensor], stop: Tensor, x: Tensor) -> bool:
     """Does every autograd path from `starts` down to `x` pass through `stop`'s node?"""
     stop_node = stop.grad_fn
@@ -444,36 +577,6 @@ def _all_paths_through(starts: list[Tensor], stop: Tensor, x: Tensor) -> bool:
             return False
         stack.extend(nf for nf, _ in node.next_functions)
     return True
-
-
-def deconvnet_loop(model, x: Tensor, layers: Sequence[str] | None = None, top: int = 3, *, seed: str = "map"
-                   ) -> DeconvResult:
-    """Reference: the same projections, one forward + one backward per (layer, channel).
-
-    Slow on purpose; tests check `deconvnet` against it and the benchmark times both.
-    """
-    from cnnvis.hooks import capture
-    from cnnvis.utils import model_guard
-
-    module, _, _ = model_parts(model)
-    labels, names = _check_args(model, x, layers, top, seed)
-    x = check_input(x, _device(module), model)
-    chans, norms, maps, recons = [], [], [], []
-    with model_guard(module), torch.enable_grad(), modified_relu(module, "deconvnet", _relu_types()):
-        for n in names:
-            with capture(model, [n]) as cap:
-                cap.run(x)
-                ch, nk, mp, sd = _seeds(cap[n], top, seed)
-            rs = []
-            for j in range(len(ch)):
-                xg = x.detach().requires_grad_(True)
-                with capture(model, [n]) as cap:
-                    cap.run(xg)
-                    (g,) = torch.autograd.grad(cap[n], xg, sd[j])
-                rs.append(g[0])
-            chans.append(ch.cpu()), norms.append(nk.cpu()), maps.append(mp.cpu())
-            recons.append(torch.stack(rs).cpu())
-    return DeconvResult(names, labels, chans, norms, maps, recons, engine="loop")
 
 
 class _ConvT(torch.autograd.Function):
@@ -552,29 +655,7 @@ def _zf_hooks(module: nn.Module) -> list:
     return hs
 
 
-def _relu_types():
-    from cnnvis.attribution.modified_relu import RELU_LIKE
-
-    return RELU_LIKE
-
-
 def _device(module: nn.Module) -> torch.device:
     from cnnvis.utils import module_device
 
     return module_device(module)
-
-
-def _check_args(model, x, layers, top, seed) -> tuple[list[str], list[str]]:
-    from cnnvis.layers import resolve_layer
-
-    if top < 1:
-        raise CnnvisError(f"top must be at least 1, got {top}")
-    if seed not in ("map", "max"):
-        raise CnnvisError(f"seed must be 'map' (the whole feature map) or 'max' (its strongest unit), got {seed!r}")
-    from cnnvis.layers import default_layers
-
-    labels = list(layers) if layers else default_layers(model)
-    if not labels:
-        raise CnnvisError("no layers to project; give some in layers")
-    names = [resolve_layer(model, n) for n in labels]
-    return labels, names
