@@ -7,7 +7,8 @@ The machine may be shared (noisy): every contender is timed once per round, in t
 ratios (each ratio taken between runs made seconds apart, under the same load).
 
 1. Deconvnet, all 13 conv layers x top-3 of a random torchvision vgg16:
-   ours (one forward + one batched sweep) vs a loop of 39 Captum `Deconvolution` calls vs
+   the pure rule (rule="zf", seed="map"; bench/deconv_depth.py times both rules against Captum's neuron
+   classes): ours (one forward + one batched sweep) vs a loop of 39 Captum `Deconvolution` calls vs
    one forward + 39 separate backward passes (`retain_graph`), and the floor = one forward + the
    sum of the backward costs from each layer (each of the 39 backward passes timed on its own,
    Python overhead between them left out).
@@ -76,7 +77,7 @@ def deconv_bench(size: int, rounds: int) -> None:
     vm = load("vgg16", weights="random")
     x = torch.rand(1, 3, size, size)
     layers = [f"conv{b}_{i}" for b, n in zip(range(1, 6), (2, 2, 3, 3, 3)) for i in range(1, n + 1)]
-    res = deconvnet(vm, x, layers, 3)  # warm-up; also gives the seeds the others use
+    res = deconvnet(vm, x, layers, 3, rule="zf", seed="map")  # warm-up; also gives the seeds the others use
     seeds = [(l, int(c), a) for l, ch, acts in zip(res.layers, res.channels, res.activations) for c, a in zip(ch, acts)]
     feats = vm.model.features
 
@@ -119,7 +120,7 @@ def deconv_bench(size: int, rounds: int) -> None:
                 total += time.perf_counter() - t
             return total
 
-    t = interleaved({"ours": lambda: deconvnet(vm, x, layers, 3), "loop": captum_loop,
+    t = interleaved({"ours": lambda: deconvnet(vm, x, layers, 3, rule="zf", seed="map"), "loop": captum_loop,
                      "many": fwd_many_bwd, "floor": floor}, rounds)
     print(f"deconvnet vgg16 13 convs x top-3, {size}px, {torch.get_num_threads()} threads, "
           f"median of {rounds} interleaved rounds (per-round times in brackets)")

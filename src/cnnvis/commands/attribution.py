@@ -110,11 +110,17 @@ def saliency_cmd(photo, model, weights, device, cache, as_json, method, target, 
 @click.option("--layers", default=None, help="Comma-separated layers (default: VGG conv1_1..conv5_3 / the stages).")
 @click.option("--all", "all_convs", is_flag=True, help="Every Conv2d layer of the model.")
 @click.option("--top", default=3, show_default=True, type=int, help="Channels per layer.")
-@click.option("--project", "seed_kind", default="map", show_default=True, type=click.Choice(["map", "max"]),
-              help="Project the whole feature map, or only its strongest unit.")
+@click.option("--rule", default=None, type=click.Choice(["masked", "zf"]),
+              help="masked (default): Z&F with the forward ReLU mask (= guided backprop), the photo's structure "
+                   "at every depth. zf: the pure Z&F rule (forward mask ignored, = Captum's deconvolution): grey "
+                   "lattices at VGG's conv3-5, a checkerboard through strided convolutions (EfficientNet).")
+@click.option("--project", "seed_kind", default=None, type=click.Choice(["max", "map"]),
+              help="max (default): each channel's strongest unit, drawn cropped to its receptive field beside the "
+                   "photo patch (Z&F Fig. 2). map: its whole feature map, drawn full size.")
 @click.option("--size", default=None, type=int, help="Input size in pixels (default: the model's).")
 @click.option("--out", "-o", required=True, type=click.Path(), help="Output image (rows = layers).")
-def deconv_cmd(photo, model, weights, device, cache, as_json, layers, all_convs, top, seed_kind, size, out) -> None:
+def deconv_cmd(photo, model, weights, device, cache, as_json, layers, all_convs, top, rule, seed_kind, size,
+               out) -> None:
     """Zeiler & Fergus deconvnet: the top channels of each layer projected back to pixels.
 
     Example: cnnvis deconv cat.jpg --model vgg16_hed --top 3 --out deconv.png
@@ -124,12 +130,15 @@ def deconv_cmd(photo, model, weights, device, cache, as_json, layers, all_convs,
     out = check_out(out, [photo])
     if layers and all_convs:
         raise CnnvisError("give --layers or --all, not both")
+    given = {k: v for k, v in {"rule": rule, "project": seed_kind}.items() if v is not None}  # else the spec's
     res = run_job("deconv", model=model, weights=weights, device=device, cache=cache, flags=_FLAGS, quiet=as_json,
-                  image=photo, layers=parse_names(layers), all_conv=all_convs, top=top, project=seed_kind, size=size)
+                  image=photo, layers=parse_names(layers), all_conv=all_convs, top=top, size=size, **given)
     write_image(res, out)
-    note = "; ".join(res.data["notes"])
-    emit(res, as_json, f"wrote {out} ({len(res.data['layers'])} layers x top {top})" + (f"; {note}" if note else ""),
-         out=str(out))
+    d = res.data
+    note = "; ".join(d["notes"])
+    emit(res, as_json, f"wrote {out} ({len(d['layers'])} layers x top {top}, {d['rule_text']}, "
+                       f"{'strongest unit' if d['project'] == 'max' else 'whole map'} per channel)"
+                       + (f"; {note}" if note else ""), out=str(out))
 
 
 @click.command("sanity")

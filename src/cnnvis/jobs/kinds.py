@@ -499,7 +499,11 @@ def describe(vm, x, target) -> tuple[str, dict]:
 # ---------------------------------------------------------------------- deconvnet
 @register
 class DeconvSpec(_PhotoSpec):
-    """Zeiler & Fergus deconvnet: the top channels of each layer projected back to pixels."""
+    """Zeiler & Fergus deconvnet: the top channels of each layer projected back to pixels.
+
+    Default: Z&F Fig. 2's view (each top channel's strongest unit, its projection cropped to the
+    unit's receptive field beside the photo patch there) with the masked rule (Z&F + the forward
+    ReLU mask); rule 'zf' is the pure rule, project 'map' the whole-map reconstruction."""
 
     kind = "deconv"
     example = {"image": "sample:chelsea", "top": 1}
@@ -507,7 +511,8 @@ class DeconvSpec(_PhotoSpec):
     layers: list[str] | None = None  # default: the model's classic layers
     all_conv: bool = False  # instead of layers: every Conv2d
     top: int = Field(3, ge=1, le=64)
-    project: Literal["map", "max"] = "map"
+    project: Literal["max", "map"] = "max"  # each channel's strongest unit (Z&F Fig. 2) or its whole map
+    rule: Literal["masked", "zf"] = "masked"  # Z&F + the forward ReLU mask (guided backprop), or pure Z&F
 
     def normalized(self, vm):
         layers = _chosen_layers(vm, self.layers, self.all_conv)
@@ -515,16 +520,32 @@ class DeconvSpec(_PhotoSpec):
                                        "all_conv": False})
 
     def run(self, vm, ctx):
-        from cnnvis.deconv import deconvnet
+        from cnnvis.deconv import RULE_TEXT, deconvnet
+        from cnnvis.study.receptive import receptive_field
         from cnnvis.viz import deconv_panel
+        from cnnvis.viz.panels import crop_pairs
 
         x = prepare(vm, self.image, self.size)
-        res = deconvnet(vm, x, self.layers, self.top, seed=self.project)
-        note = "; ".join(res.notes)
-        img = deconv_panel(x, res, title=f"{vm.name} deconvnet" + (f" ({note})" if note else ""))
-        data = {"max_pools": res.max_pools, "notes": res.notes, "engine": res.engine,
-                "layers": [{"layer": lab, "module": n, "channels": c.tolist(), "norms": [round(float(v), 4) for v in k]}
-                           for lab, n, c, k in zip(res.labels, res.layers, res.channels, res.norms)]}
+        res = deconvnet(vm, x, self.layers, self.top, seed=self.project, rule=self.rule)
+        hw = tuple(x.shape[-2:])
+        fields, boxes = [], []
+        for n, units in zip(res.layers, res.units):
+            try:  # the field of each channel's strongest unit, in input pixels
+                rf = receptive_field(vm, n, hw)
+                fields.append(round(rf.size, 2))
+                boxes.append([list(rf.box(int(y), int(xx), hw)) for y, xx in units.tolist()])
+            except CnnvisError:  # no fixed field (after an adaptive pool): the whole photo
+                fields.append(None)
+                boxes.append(None)
+        img = deconv_panel(x, res, boxes, title=f"{vm.name} deconvnet", captions=res.notes)
+        crops = [[list(c) for c, _, _ in row] for row in crop_pairs(x, res, boxes)] if res.seed == "max" else \
+            [None] * len(res.layers)
+        data = {"max_pools": res.max_pools, "notes": res.notes, "engine": res.engine, "rule": res.rule,
+                "rule_text": RULE_TEXT[res.rule], "project": res.seed,
+                "layers": [{"layer": lab, "module": n, "channels": c.tolist(), "norms": [round(float(v), 4) for v in k],
+                            "units": u.tolist(), "field": f, "boxes": b, "crops": cr}
+                           for lab, n, c, k, u, f, b, cr in zip(res.labels, res.layers, res.channels, res.norms,
+                                                                res.units, fields, boxes, crops)]}
         return data, {"panel.png": png_bytes(img)}, "panel.png"
 
 

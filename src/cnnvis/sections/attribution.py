@@ -74,15 +74,23 @@ def render_deconv(ctx: ReportContext) -> str:
         rel = ctx.save_file(res, f"deconv_{model_name}.png")
         note = (f"{d['max_pools']} max-pools: their switches, recorded in the one forward pass, place each "
                 f"signal back where the maximum was" if d["max_pools"] else
-                "This model has no max-pools: the deconvnet rule reduces to ReLU + transposed convolutions "
-                "(and BatchNorm scales, residual sums); there are no switches to record")
-        parts.append(ctx.img_tag(rel, f"{esc(model_name)} on {esc(name)}: rows = layers; per top-3 channel its "
-                                      f"activation over the photo and its reconstruction. {esc(note)}."))
+                "This model has no max-pools, so no switches: the signal goes down through ReLUs, transposed "
+                "(strided) convolutions, BatchNorm scales and residual sums. Under the pure Z&F rule "
+                "(<code>--rule zf</code>) the strided convolutions leave a checkerboard lattice at depth; the "
+                "forward mask of the default rule keeps the photo's structure")
+        parts.append(ctx.img_tag(rel, f"{esc(model_name)} on {esc(name)}, {esc(d['rule_text'])}: rows = layers; "
+                                      f"per top-3 channel the photo patch under its strongest unit's receptive "
+                                      f"field beside that unit's projection, as in Zeiler &amp; Fergus's Fig. 2. "
+                                      f"{note}."))
         data[model_name] = {"layers": [r["layer"] for r in d["layers"]], "channels": [r["channels"] for r in d["layers"]],
-                            "max_pools": d["max_pools"], "engine": d["engine"]}
+                            "max_pools": d["max_pools"], "engine": d["engine"], "rule": d["rule"],
+                            "project": d["project"]}
     ctx.data["deconv"] = data
     return "".join(parts) + ("<p>All layers x top-3 channels are projected in one batched backward sweep "
-                             "after a single forward pass.</p>")
+                             "after a single forward pass. <code>cnnvis deconv PHOTO --rule zf</code> gives the pure "
+                             "Z&amp;F rule (the forward mask ignored, as Captum's deconvolution: grey lattices from "
+                             "VGG's conv3 on), <code>--project map</code> each channel's whole feature map "
+                             "projected, full size.</p>")
 
 
 def render_sanity(ctx: ReportContext) -> str:

@@ -1,0 +1,209 @@
+"""Deconvnet at depth (issue 20, item 1): do the projections show the photo? And the one-pass speed per rule.
+
+    .venv/bin/python bench/deconv_depth.py [--quick] [--skip-quality] [--skip-speed] [--size 224] [--rounds 1]
+
+1. Quality of the top-3 projections `deconvnet()` returns, for each rule x seed (the default
+   first), on vgg16_hed conv4_3 / conv5_3 and efficientnet_lite0 stages 4-6, on two photo sets
+   from ../shared/data/imagenet-samples: TUNING (the photos looked at while choosing the
+   defaults) and HELD_OUT (every 7th photo from the 4th on, in name order, minus the tuning
+   ones: picked by that rule, never looked at while choosing). Two numbers per projection r
+   (C, H, W) of photo x (3, H, W), both recomputable from their definitions:
+   - edge correlation: Pearson correlation, over the pixels r reaches (sum_c |r| > 0), between
+     G4(sum_c |r|) and G4(Sobel magnitude of the grey photo), G4 = Gaussian blur, sigma 4 px
+     (reflect borders), grey = 0.299 R + 0.587 G + 0.114 B;
+   - lattice share: share of the spectral energy |FFT2(sum_c r)|^2 (DC removed) in the top 1% of
+     frequency bins.
+   Goal (issue 20): median edge correlation >= 0.3 and median lattice share <= 0.2 per layer.
+2. Speed of the one-pass sweep per rule: 13 conv layers x top-3 of a random torchvision vgg16,
+   ours vs 39 Captum calls (NeuronDeconvolution for 'zf', NeuronGuidedBackprop for 'masked'),
+   interleaved rounds, ratios per round (goal: the 2.15x of bench/attribution.py stays).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+warnings.filterwarnings("ignore")
+
+def _samples() -> Path:
+    """../shared beside the checkout (or one level up, for worktrees), or $CNNVIS_SHARED."""
+    root = Path(__file__).resolve().parents[1]
+    for cand in (os.environ.get("CNNVIS_SHARED"), root.parent / "shared", root.parent.parent / "shared"):
+        if cand and (Path(cand) / "data" / "imagenet-samples").is_dir():
+            return Path(cand) / "data" / "imagenet-samples"
+    sys.exit(f"the shared photos are not found beside {root}; set CNNVIS_SHARED")
+
+
+SAMPLES = _samples()
+TUNING = ["golden_retriever", "tabby", "pelican", "robin", "jaguar", "monarch", "ambulance", "laptop", "orange",
+          "ice_cream", "cliff"]
+TARGETS = {"vgg16_hed": ["conv4_3", "conv5_3"], "efficientnet_lite0": ["stage4", "stage5", "stage6"]}
+
+
+def held_out() -> list[str]:
+    names = sorted(p.name for p in SAMPLES.glob("*.JPEG"))
+    picked = [n.split("_", 1)[1][:-5] for n in names[3::7]]
+    return [n for n in picked if n not in TUNING]
+
+
+def photo(name: str) -> Path:
+    return next(SAMPLES.glob(f"*_{name}.JPEG"))
+
+
+# ---------------------------------------------------------------------- the two numbers
+def blur(t: torch.Tensor, sigma: float = 4.0) -> torch.Tensor:
+    """(H, W) -> (H, W) Gaussian blur, separable, reflect borders."""
+    r = int(3 * sigma)
+    k = torch.exp(-torch.arange(-r, r + 1, dtype=torch.float32) ** 2 / (2 * sigma ** 2))
+    k = (k / k.sum()).to(t)
+    t = F.conv2d(F.pad(t[None, None], (r, r, 0, 0), mode="reflect"), k.view(1, 1, 1, -1))
+    return F.conv2d(F.pad(t, (0, 0, r, r), mode="reflect"), k.view(1, 1, -1, 1))[0, 0]
+
+
+def edge_map(x: torch.Tensor) -> torch.Tensor:
+    """(3, H, W) photo in [0, 1] -> (H, W) blurred Sobel magnitude of its grey image."""
+    g = (0.299 * x[0] + 0.587 * x[1] + 0.114 * x[2])[None, None]
+    sx = torch.tensor([[-1.0, 0, 1], [-2, 0, 2], [-1, 0, 1]])
+    gp = F.pad(g, (1, 1, 1, 1), mode="replicate")
+    gx, gy = F.conv2d(gp, sx.view(1, 1, 3, 3)), F.conv2d(gp, sx.t().reshape(1, 1, 3, 3))
+    return blur((gx ** 2 + gy ** 2).sqrt()[0, 0])
+
+
+def edge_corr(r: torch.Tensor, edges: torch.Tensor) -> float:
+    a = r.abs().sum(0)
+    reach = a > 0
+    if reach.sum() < 2:
+        return float("nan")
+    u, v = blur(a)[reach], edges[reach]
+    u, v = u - u.mean(), v - v.mean()
+    return float((u * v).sum() / (u.norm() * v.norm()).clamp_min(1e-30))
+
+
+def lattice_share(r: torch.Tensor) -> float:
+    p = torch.fft.fft2(r.sum(0).double()).abs().pow(2).flatten()
+    p[0] = 0
+    k = max(1, math.ceil(0.01 * p.numel()))
+    return float(p.topk(k).values.sum() / p.sum().clamp_min(1e-300))
+
+
+# ---------------------------------------------------------------------- 1. quality
+def quality(photos: dict[str, list[str]], configs: list[tuple[str, str]]) -> None:
+    from cnnvis.deconv import deconvnet
+    from cnnvis.images import load_image
+    from cnnvis.models import load
+
+    for model, layers in TARGETS.items():
+        vm = load(model)
+        stats: dict = {}
+        for set_name, names in photos.items():
+            for name in names:
+                x = vm.preprocess.prepare(load_image(str(photo(name))))  # as the deconv job does
+                edges = edge_map(x[0])
+                for rule, seed in configs:
+                    res = deconvnet(vm, x, layers, 3, rule=rule, seed=seed)
+                    for lab, rec in zip(res.labels, res.reconstructions):
+                        d = stats.setdefault((set_name, rule, seed, lab), ([], []))
+                        for r in rec:
+                            d[0].append(edge_corr(r, edges))
+                            d[1].append(lattice_share(r))
+                print(f"  {model} {set_name} {name}", file=sys.stderr, flush=True)
+        print(f"\n{model}: median edge correlation (goal >= 0.3) / median lattice share (goal <= 0.2), "
+              f"top-3 projections per photo")
+        head = f"  {'set':9s} {'rule':6s} {'seed':4s} " + " ".join(f"{lab:>17s}" for lab in layers)
+        print(head)
+        for set_name in photos:
+            for rule, seed in configs:
+                cells = []
+                for lab in layers:
+                    ec, lat = stats[(set_name, rule, seed, lab)]
+                    ec = [v for v in ec if v == v]
+                    ok = statistics.median(ec) >= 0.3 and statistics.median(lat) <= 0.2
+                    cells.append(f"{statistics.median(ec):+.2f} / {statistics.median(lat):.2f}{' ok' if ok else '   '}")
+                mark = " (default)" if (rule, seed) == configs[0] else ""
+                print(f"  {set_name:9s} {rule:6s} {seed:4s} " + " ".join(f"{c:>17s}" for c in cells) + mark)
+
+
+# ---------------------------------------------------------------------- 2. speed
+def speed(size: int, rounds: int) -> None:
+    from captum.attr import NeuronDeconvolution, NeuronGuidedBackprop
+
+    from cnnvis.deconv import RULES, deconvnet
+    from cnnvis.models import load
+
+    torch.manual_seed(0)
+    vm = load("vgg16", weights="random")
+    x = torch.rand(1, 3, size, size)
+    layers = [f"conv{b}_{i}" for b, n in zip(range(1, 6), (2, 2, 3, 3, 3)) for i in range(1, n + 1)]
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features = vm.model.features
+
+        def forward(self, z):
+            return self.features(vm.preprocess.normalize(z))
+
+    net = Net()
+    peer = {"zf": NeuronDeconvolution, "masked": NeuronGuidedBackprop}
+    fns = {}
+    for rule in RULES:
+        res = deconvnet(vm, x, layers, 3, rule=rule, seed="map")  # warm-up; the seeds Captum gets
+        jobs = [(int(n.split(".")[1]), int(c), a) for n, ch, acts in zip(res.layers, res.channels, res.activations)
+                for c, a in zip(ch, acts)]
+
+        def theirs(jobs=jobs, rule=rule):
+            for i, c, a in jobs:
+                peer[rule](net, net.features[i]).attribute(
+                    x.clone(), neuron_selector=lambda out, c=c, a=a: (out[:, c] * a).sum((1, 2)))
+
+        fns[f"ours {rule}"] = lambda rule=rule: deconvnet(vm, x, layers, 3, rule=rule, seed="map")
+        fns[f"captum {rule}"] = theirs
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t)
+    print(f"\nspeed: 13 convs x top-3 of a random vgg16, {size} px, {torch.get_num_threads()} threads, "
+          f"{rounds} interleaved round(s)")
+    for rule in RULES:
+        ratio = statistics.median(t / o for t, o in zip(times[f"captum {rule}"], times[f"ours {rule}"]))
+        print(f"  {rule:6s} ours {statistics.median(times[f'ours {rule}']):6.2f} s   39 Captum "
+              f"{peer[rule].__name__:20s} {statistics.median(times[f'captum {rule}']):6.2f} s   speed-up {ratio:5.2f}x")
+
+
+def main() -> None:
+    from cnnvis.deconv import DEFAULT_RULE, DEFAULT_SEED, RULES, SEEDS
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="two tuning photos, two held-out ones, the default only")
+    ap.add_argument("--skip-quality", action="store_true")
+    ap.add_argument("--skip-speed", action="store_true")
+    ap.add_argument("--sets", default="tuning,held-out", help="photo sets to measure")
+    ap.add_argument("--size", type=int, default=224, help="speed: image size")
+    ap.add_argument("--rounds", type=int, default=1, help="speed: interleaved rounds")
+    a = ap.parse_args()
+    configs = [(DEFAULT_RULE, DEFAULT_SEED)] + [(r, s) for r in RULES for s in SEEDS if (r, s) != (DEFAULT_RULE, DEFAULT_SEED)]
+    photos = {k: v for k, v in {"tuning": TUNING, "held-out": held_out()}.items() if k in a.sets.split(",")}
+    if a.quick:
+        configs, photos = configs[:1], {k: v[:2] for k, v in photos.items()}
+    print("photos: " + "; ".join(f"{k} {', '.join(v)}" for k, v in photos.items()))
+    if not a.skip_quality:
+        quality(photos, configs)
+    if not a.skip_speed:
+        speed(a.size, a.rounds)
+
+
+if __name__ == "__main__":
+    main()
