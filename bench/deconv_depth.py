@@ -1,6 +1,7 @@
 """Deconvnet at depth (issue 20, item 1): do the projections show the photo? And the one-pass speed per rule.
 
     .venv/bin/python bench/deconv_depth.py [--quick] [--skip-quality] [--skip-speed] [--size 224] [--rounds 1]
+        [--sets tuning,held-out] [--models vgg16_hed,efficientnet_lite0] [--configs masked:max,zf:max]
 
 1. Quality of the top-3 projections `deconvnet()` returns, for each rule x seed (the default
    first), on vgg16_hed conv4_3 / conv5_3 and efficientnet_lite0 stages 4-6, on two photo sets
@@ -98,12 +99,13 @@ def lattice_share(r: torch.Tensor) -> float:
 
 
 # ---------------------------------------------------------------------- 1. quality
-def quality(photos: dict[str, list[str]], configs: list[tuple[str, str]]) -> None:
-    from cnnvis.deconv import deconvnet
+def quality(photos: dict[str, list[str]], configs: list[tuple[str, str]], models: list[str]) -> None:
+    from cnnvis.deconv import DEFAULT_RULE, DEFAULT_SEED, deconvnet
     from cnnvis.images import load_image
     from cnnvis.models import load
 
-    for model, layers in TARGETS.items():
+    for model in models:
+        layers = TARGETS[model]
         vm = load(model)
         stats: dict = {}
         for set_name, names in photos.items():
@@ -130,7 +132,7 @@ def quality(photos: dict[str, list[str]], configs: list[tuple[str, str]]) -> Non
                     ec = [v for v in ec if v == v]
                     ok = statistics.median(ec) >= 0.3 and statistics.median(lat) <= 0.2
                     cells.append(f"{statistics.median(ec):+.2f} / {statistics.median(lat):.2f}{' ok' if ok else '   '}")
-                mark = " (default)" if (rule, seed) == configs[0] else ""
+                mark = " (default)" if (rule, seed) == (DEFAULT_RULE, DEFAULT_SEED) else ""
                 print(f"  {set_name:9s} {rule:6s} {seed:4s} " + " ".join(f"{c:>17s}" for c in cells) + mark)
 
 
@@ -191,16 +193,21 @@ def main() -> None:
     ap.add_argument("--skip-quality", action="store_true")
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--sets", default="tuning,held-out", help="photo sets to measure")
+    ap.add_argument("--models", default=",".join(TARGETS), help="models to measure")
+    ap.add_argument("--configs", default=None,
+                    help="rule:seed pairs to measure, e.g. masked:max,zf:max (default: all, the default first)")
     ap.add_argument("--size", type=int, default=224, help="speed: image size")
     ap.add_argument("--rounds", type=int, default=1, help="speed: interleaved rounds")
     a = ap.parse_args()
     configs = [(DEFAULT_RULE, DEFAULT_SEED)] + [(r, s) for r in RULES for s in SEEDS if (r, s) != (DEFAULT_RULE, DEFAULT_SEED)]
+    if a.configs:
+        configs = [tuple(c.split(":")) for c in a.configs.split(",")]
     photos = {k: v for k, v in {"tuning": TUNING, "held-out": held_out()}.items() if k in a.sets.split(",")}
     if a.quick:
         configs, photos = configs[:1], {k: v[:2] for k, v in photos.items()}
     print("photos: " + "; ".join(f"{k} {', '.join(v)}" for k, v in photos.items()))
     if not a.skip_quality:
-        quality(photos, configs)
+        quality(photos, configs, a.models.split(","))
     if not a.skip_speed:
         speed(a.size, a.rounds)
 

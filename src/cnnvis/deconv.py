@@ -139,8 +139,8 @@ def check_args(model, layers, top, seed, rule) -> tuple[list[str], list[str]]:
 def _notes(fwd: _Forward, rule: str) -> list[str]:
     notes = []
     if fwd.max_pools == 0:
-        notes.append("no max-pool layers on the way down: there are no switches; the rule is ReLU + "
-                     "transposed convolutions")
+        notes.append("no max-pool layers on the way down: no switches to record; the signal goes down through "
+                     "ReLUs and transposed convolutions")
     if rule == "zf" and fwd.strided:
         notes.append(f"pure Z&F rule through {fwd.strided} strided convolutions: their transposed convolutions "
                      f"spread the signal unevenly and no forward mask takes it back, so deep layers show a "

@@ -111,8 +111,9 @@ def saliency_cmd(photo, model, weights, device, cache, as_json, method, target, 
 @click.option("--all", "all_convs", is_flag=True, help="Every Conv2d layer of the model.")
 @click.option("--top", default=3, show_default=True, type=int, help="Channels per layer.")
 @click.option("--rule", default=None, type=click.Choice(["masked", "zf"]),
-              help="masked (default): Z&F with the forward ReLU mask (= guided backprop), the photo's structure "
-                   "at every depth. zf: the pure Z&F rule (forward mask ignored, = Captum's deconvolution): grey "
+              help="masked (default): Z&F with the forward ReLU mask (= guided backprop): only units that fired "
+                   "pass the signal on, so deep layers show the parts of the photo that drove them. zf: the pure Z&F "
+                   "rule (forward mask ignored, = Captum's deconvolution): grey "
                    "lattices at VGG's conv3-5, a checkerboard through strided convolutions (EfficientNet).")
 @click.option("--project", "seed_kind", default=None, type=click.Choice(["max", "map"]),
               help="max (default): each channel's strongest unit, drawn cropped to its receptive field beside the "

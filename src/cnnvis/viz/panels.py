@@ -48,7 +48,7 @@ def deconv_panel(photo: Tensor, res, boxes: Sequence[Sequence[Sequence[int]] | N
                  cell: int = 128, title: str = "", captions: Sequence[str] = ()) -> Image.Image:
     """A DeconvResult as a picture; rows = layers, the rule named under the title.
 
-    res.seed == 'max' (Zeiler & Fergus Fig. 2): first the photo with each top unit's crop outlined,
+    res.seed == 'max' (Zeiler & Fergus Fig. 2): first the photo with each crop outlined ('where'),
     then per top channel the photo patch beside its strongest unit's projection, both cropped to
     the same box: the unit's receptive field, tightened to where the projection holds 99% of its
     energy (deep fields cover the whole photo), at least MIN_CROP px a side.
@@ -87,7 +87,7 @@ def deconv_panel(photo: Tensor, res, boxes: Sequence[Sequence[Sequence[int]] | N
         cols = [s for j in range(k) for s in (f"top{j + 1} activation", "projection (whole map)")]
         how = "each top channel's whole rectified map projected (full size)"
     else:
-        cols = ["fields"] + [s for j in range(k) for s in (f"top{j + 1} photo patch", "its projection")]
+        cols = ["where"] + [s for j in range(k) for s in (f"top{j + 1} photo patch", "its projection")]
         how = ("each top channel's strongest unit projected, beside the photo patch that drove it (Z&F Fig. 2); "
                "both cropped to the unit's receptive field, tightened to 99% of the projection's energy")
     g = viz.grid(rows, row_labels=labels, col_labels=cols, cell=cell)
