@@ -3,6 +3,7 @@ sanity check; CLI exit codes."""
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import pytest
@@ -178,7 +179,7 @@ def test_cli_bad_input_exit_2(tmp_path, photo, capsys):
 
 
 @pytest.mark.slow
-def test_cli_end_to_end(tmp_path, photo, monkeypatch):
+def test_cli_end_to_end(tmp_path, photo, monkeypatch, capsys):
     from PIL import Image
 
     from cnnvis.cli import main
@@ -192,6 +193,11 @@ def test_cli_end_to_end(tmp_path, photo, monkeypatch):
     assert main(["deconv", str(photo), "-m", "vgg16_hed", "--size", "64", "--layers", "conv1_2,pool2",
                  "--top", "2", "--out", str(out)]) == 0
     assert out.exists()
+    assert "masked rule" in capsys.readouterr().out  # the default rule, named
+    assert main(["deconv", str(photo), "-m", "vgg16_hed", "--size", "64", "--layers", "conv3_3", "--top", "1",
+                 "--rule", "zf", "--project", "map", "--json", "--out", str(out)]) == 0
+    d = json.loads(capsys.readouterr().out)["data"]
+    assert (d["rule"], d["project"]) == ("zf", "map") and "grey lattice" in d["notes"][0]
     out = tmp_path / "s.png"
     assert main(["sanity", str(photo), "--method", "saliency", "--size", "64", "--max-steps", "4",
                  "--out", str(out)]) == 0

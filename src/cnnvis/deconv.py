@@ -81,6 +81,11 @@ class DeconvResult:
     units: list[Tensor] = field(default_factory=list)  # (k, 2) (y, x) of each channel's strongest unit
     strided: int = 0                  # convolutions with stride > 1 crossed
 
+    @property
+    def rule_text(self) -> str:
+        """What the rule does, in a few words (for titles and captions)."""
+        return RULE_TEXT[self.rule]
+
 
 # ---------------------------------------------------------------------- the entry point
 def deconvnet(model, x: Tensor, layers: Sequence[str] | None = None, top: int = 3, *, seed: str = DEFAULT_SEED,
@@ -141,6 +146,10 @@ def _notes(fwd: _Forward, rule: str) -> list[str]:
     if fwd.max_pools == 0:
         notes.append("no max-pool layers on the way down: no switches to record; the signal goes down through "
                      "ReLUs and transposed convolutions")
+    if rule == "zf" and not fwd.strided:
+        notes.append("pure Z&F rule: the forward mask is ignored, so the signal also flows through units that never "
+                     "fired; deep layers then show a grey lattice rather than the photo (vgg16_hed from conv3_3 on; "
+                     "the masked rule keeps the photo's structure)")
     if rule == "zf" and fwd.strided:
         notes.append(f"pure Z&F rule through {fwd.strided} strided convolutions: their transposed convolutions "
                      f"spread the signal unevenly and no forward mask takes it back, so deep layers show a "

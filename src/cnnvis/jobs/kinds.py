@@ -520,7 +520,7 @@ class DeconvSpec(_PhotoSpec):
                                        "all_conv": False})
 
     def run(self, vm, ctx):
-        from cnnvis.deconv import RULE_TEXT, deconvnet
+        from cnnvis.deconv import deconvnet
         from cnnvis.study.receptive import receptive_field
         from cnnvis.viz import deconv_panel
         from cnnvis.viz.panels import crop_pairs
@@ -541,7 +541,7 @@ class DeconvSpec(_PhotoSpec):
         crops = [[list(c) for c, _, _ in row] for row in crop_pairs(x, res, boxes)] if res.seed == "max" else \
             [None] * len(res.layers)
         data = {"max_pools": res.max_pools, "notes": res.notes, "engine": res.engine, "rule": res.rule,
-                "rule_text": RULE_TEXT[res.rule], "project": res.seed,
+                "rule_text": res.rule_text, "project": res.seed,
                 "layers": [{"layer": lab, "module": n, "channels": c.tolist(), "norms": [round(float(v), 4) for v in k],
                             "units": u.tolist(), "field": f, "boxes": b, "crops": cr}
                            for lab, n, c, k, u, f, b, cr in zip(res.labels, res.layers, res.channels, res.norms,

@@ -57,8 +57,6 @@ def deconv_panel(photo: Tensor, res, boxes: Sequence[Sequence[Sequence[int]] | N
     it reaches). photo: (1, C, H, W) in [0, 1]; boxes[i][j]: (top, left, bottom, right) inclusive,
     the field of layer i's channel j's strongest unit (None: the whole photo).
     """
-    from cnnvis.deconv import RULE_TEXT
-
     x = photo.detach().float().cpu()[0]
     H, W = x.shape[-2:]
     p = viz.to_pil(x)
@@ -84,14 +82,14 @@ def deconv_panel(photo: Tensor, res, boxes: Sequence[Sequence[Sequence[int]] | N
                     _framed(_fit(signed_image(proj, reach=proj.abs().sum(0) > 0), cell), colour)]
         rows.append(row)
     if res.seed == "map":
-        cols = [s for j in range(k) for s in (f"top{j + 1} activation", "projection (whole map)")]
+        cols = [s for j in range(k) for s in (f"top{j + 1} activation", "its projection")]
         how = "each top channel's whole rectified map projected (full size)"
     else:
         cols = ["where"] + [s for j in range(k) for s in (f"top{j + 1} photo patch", "its projection")]
         how = ("each top channel's strongest unit projected, beside the photo patch that drove it (Z&F Fig. 2); "
                "both cropped to the unit's receptive field, tightened to 99% of the projection's energy")
     g = viz.grid(rows, row_labels=labels, col_labels=cols, cell=cell)
-    lines = [f"{title}: {how}" if title else how, RULE_TEXT[res.rule]] + list(captions)
+    lines = [f"{title}: {how}" if title else how, res.rule_text] + list(captions)
     return stack([_text_lines(lines, g.size[0]), g])
 
 
