@@ -268,8 +268,11 @@ def bn_digits_net() -> nn.Module:
     return net.train()
 
 
-# kinds that cannot run on that model, with the reason (none today: a new kind must run or be listed here)
-KIND_CANNOT_RUN: dict[str, str] = {}
+# kinds that cannot run on that model, with the reason (a new kind must run or be listed here); they must refuse
+# with a CnnvisError and still leave the model unchanged
+KIND_CANNOT_RUN: dict[str, str] = {
+    "evolution": "reads the snapshots of a `cnnvis train` run folder; a wrapped module has none",
+}
 KIND_SIZES = {"class_image": {"size": 28}, "filters": {"size": 28}}  # the examples' sizes are for 3x224 models
 
 
