@@ -2,6 +2,7 @@
 
     list_layers(vm)                 -> [LayerInfo(name='features.0', alias='conv1_1', kind='Conv2d', shape=(64, 224, 224)), ...]
     resolve_layer(vm, 'conv5_3')    -> 'features.28'
+    channel_points(vm, ['features.0'])  -> {'features.0': ChannelPoint(layer, norm='features.1', act='features.2', ...)}
 """
 
 from __future__ import annotations
@@ -134,3 +135,114 @@ def dream_layers(model, n: int = 3) -> list[str]:
     lo = len(cands) // 3
     idx = [round(lo + (len(cands) - 1 - lo) * i / (n - 1)) for i in range(n)]
     return [cands[i] for i in dict.fromkeys(idx)]
+
+
+# ---------------------------------------------------------------------------- where a channel is used
+# activation modules that act on each value alone (a Softmax mixes channels: not one of them)
+_NOT_ELEMENTWISE = {"Softmax", "Softmin", "LogSoftmax", "Softmax2d", "MultiheadAttention", "GLU"}
+
+
+def is_activation(m: nn.Module) -> bool:
+    """True for an elementwise activation module (torch's ReLU, ReLU6, SiLU, GELU..., timm's own)."""
+    mod = type(m).__module__.rsplit(".", 1)[-1]
+    return mod.startswith("activation") and type(m).__name__ not in _NOT_ELEMENTWISE
+
+
+def _batchnorm_affine(m: nn.Module, channels: int):
+    """(scale (C,), shift (C,)) of an eval-mode BatchNorm over `channels` channels, or None when `m`
+    is not one (or keeps no running statistics: its output then depends on the batch)."""
+    mean, var = getattr(m, "running_mean", None), getattr(m, "running_var", None)
+    if not (torch.is_tensor(mean) and torch.is_tensor(var) and mean.numel() == channels == var.numel()):
+        return None
+    w, b = getattr(m, "weight", None), getattr(m, "bias", None)
+    scale = (var.detach().float() + float(getattr(m, "eps", 1e-5))).rsqrt()
+    if torch.is_tensor(w):
+        scale = scale * w.detach().float()
+    shift = -mean.detach().float() * scale
+    if torch.is_tensor(b):
+        shift = shift + b.detach().float()
+    return scale, shift
+
+
+@dataclass(frozen=True)
+class ChannelPoint:
+    """Where a layer's channels are used. layer: the module asked for; norm: the BatchNorm that takes
+    its output (None: none does), with affine = its eval-mode (scale (C,), shift (C,)); act: the module
+    whose output is the channel after its activation (a ReLU after the BatchNorm, or timm's
+    BatchNormAct2d itself); live: where the next layers get it (act, else norm, else layer)."""
+
+    layer: str
+    norm: str | None = None
+    act: str | None = None
+    affine: tuple | None = None
+
+    @property
+    def live(self) -> str:
+        return self.act or self.norm or self.layer
+
+
+def channel_points(model, layers) -> dict[str, ChannelPoint]:
+    """For each layer (alias or dotted name): the BatchNorm and the activation that take its output,
+    found by following its output tensor through one forward pass of a grey image (eval mode, in-place
+    activations off; the model comes back unchanged). A channel read after a BatchNorm is the
+    BatchNorm's affine map of it; a layer whose output feeds an activation module is used after it."""
+    from cnnvis.utils import model_guard
+
+    module, _, vm = _parts(model)
+    names = {n: resolve_layer(model, n) for n in layers}
+    events: list[tuple[str, str, object]] = []  # ('in' | 'out', module name, first input / output)
+    handles = []
+
+    def first(t):
+        return t[0] if isinstance(t, (tuple, list)) and t else t
+
+    named = dict(module.named_modules())
+    try:
+        for n, m in named.items():
+            if not n:
+                continue
+            handles.append(m.register_forward_pre_hook(lambda mod, inp, n=n: events.append(("in", n, first(inp)))))
+            handles.append(m.register_forward_hook(lambda mod, inp, out, n=n: events.append(("out", n, first(out)))))
+        with model_guard(module), torch.no_grad():
+            c, h, w = vm.input_shape
+            module(vm.preprocess.normalize(torch.full((1, c, h, w), 0.5, device=vm.device)))
+    finally:
+        for hd in handles:
+            hd.remove()
+
+    def output(name, after=0):
+        for i in range(after, len(events)):
+            kind, n, t = events[i]
+            if kind == "out" and n == name:
+                return i, t
+        return None, None
+
+    def consumer(t, after):
+        """The first module called after event `after` whose input is the tensor t itself."""
+        if not torch.is_tensor(t):
+            return None
+        for kind, n, x in events[after + 1:]:
+            if kind == "in" and x is t:
+                return n
+        return None
+
+    out = {}
+    for asked, name in names.items():
+        i, t = output(name)
+        norm = act = affine = None
+        nxt = consumer(t, i) if i is not None else None
+        if nxt is not None and torch.is_tensor(t) and t.dim() >= 2:
+            m = named[nxt]
+            affine = _batchnorm_affine(m, t.shape[1])
+            if affine is not None:
+                norm = nxt
+                if any(is_activation(s) for s in m.modules() if s is not m):  # timm's BatchNormAct2d
+                    act = nxt
+                else:
+                    j, u = output(nxt, i)
+                    after = consumer(u, j) if j is not None else None
+                    act = after if after is not None and is_activation(named[after]) else None
+            elif is_activation(m):
+                act = nxt
+        out[asked] = ChannelPoint(name, norm, act, affine)
+    return out

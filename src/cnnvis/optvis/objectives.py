@@ -149,7 +149,8 @@ def _per_image(act: Tensor, n: int, idx: list[int] | None) -> Tensor:
     return act[torch.arange(act.shape[0], device=act.device), sel]
 
 
-def channel(layer: str, n: int | Sequence[int], *, leak: float | None = None) -> Objective:
+def channel(layer: str, n: int | Sequence[int], *, leak: float | None = None,
+            affine: tuple[Tensor, Tensor] | None = None) -> Objective:
     """Mean activation of channel `n` of `layer` ((B, C, h, w) or (B, C)).
 
     n may be a list: image b of the batch maximizes channel n[b] (batched filter rendering).
@@ -158,24 +159,41 @@ def channel(layer: str, n: int | Sequence[int], *, leak: float | None = None) ->
     vanishes (unlike the post-ReLU mean, which is flat where the channel is off), yet a channel
     that fires strongly on part of the image is not outvoted by its negative rest (the plain
     pre-ReLU mean of a sparse channel stays negative and its image grey).
+    affine: (scale (C,), shift (C,)): the channel as a following eval-mode BatchNorm makes it
+    (scale * value + shift, before the leak; `cnnvis.layers.channel_points` finds it). A negative
+    scale turns the channel over: maximizing the conv output would drive what the next layer gets down.
     """
     idx, batch = _index_list(n, "channel")
     if leak is not None and not (isinstance(leak, numbers.Real) and 0 < leak <= 1):
         raise CnnvisError(f"leak must be a number in (0, 1], got {leak!r}")
     leak = None if leak == 1 else leak
     checked = []
+    cache: dict = {}
 
     def fn(acts):
         a = acts[layer]
         if not checked:
             _check_range(a, layer, idx if idx is not None else [int(n)])
+            if affine is not None and not all(t.numel() == a.shape[1] for t in affine):
+                raise CnnvisError(f"affine has {affine[0].numel()} entries but layer {layer!r} has {a.shape[1]} channels")
             checked.append(True)
         v = _per_image(a, int(n) if idx is None else 0, idx)
+        if affine is not None:  # each image's own channel's scale and shift, (B, 1, ...)
+            key = (a.device, a.shape[0])
+            ab = cache.get(key)
+            if ab is None:
+                sel = torch.as_tensor([int(n)] * a.shape[0] if idx is None else idx * (a.shape[0] // len(idx)))
+                shape = (-1, *([1] * (v.dim() - 1)))
+                ab = cache[key] = tuple(t.detach().float()[sel].to(a.device, a.dtype).view(shape) for t in affine)
+            v = v * ab[0] + ab[1]
         if leak is not None:
             v = torch.nn.functional.leaky_relu(v, leak)
         return v.flatten(1).mean(1) if v.dim() > 1 else v
 
     tag = "" if leak is None else f",leak={leak!r}"
+    if affine is not None:
+        raw = b"".join(torch.as_tensor(t, dtype=torch.float32).cpu().numpy().tobytes() for t in affine)
+        tag += f",affine={hashlib.blake2b(raw, digest_size=8).hexdigest()}"
     return Objective(fn, [layer], f"channel({layer},{n if idx is None else f'{len(idx)} channels'}{tag})", batch,
                      key=lambda i, c: f"channel({c(layer)},{int(n) if idx is None else idx[i % len(idx)]}{tag})")
 
