@@ -7,6 +7,7 @@ keeps its objective and its dead channels."""
 from __future__ import annotations
 
 import copy
+import json
 
 import numpy as np
 import torch
@@ -156,3 +157,17 @@ def test_vgg16_hed_keeps_its_objective_and_dead_channels(hed):
         cap.run(photos)
         old = {n: [int(k) for k in (cap[n].amax((0, 2, 3)) <= 0).nonzero().flatten()] for n in layers}
     assert new == old and len(new["conv5_1"]) > 100 and 7 in new["conv2_1"]
+
+
+def test_store_identity_names_the_batchnorm_only_where_there_is_one(hed, lite0):
+    """A filters request on a BN net records the BatchNorm each layer is optimized after (so a grid
+    cached before this rule is not served for it); vgg16_hed's canonical form, hence its key, is as before."""
+    from cnnvis.jobs.spec import make_spec
+
+    h = make_spec("filters", model="vgg16_hed", first=3).normalized(hed)
+    assert h.after_norm is None and "after_norm" not in h.canonical_json()
+    assert sorted(json.loads(h.canonical_json())) == ["all_conv", "animate", "channels", "first", "kind", "layers",
+                                                      "model", "preset", "seed", "size", "steps", "weights"]
+    s = make_spec("filters", layers=["blocks.1.0.conv_pw", "stage2"], first=3).normalized(lite0)
+    assert s.after_norm == {"blocks.1.0.conv_pw": "blocks.1.0.bn1"}
+    assert '"after_norm":{"blocks.1.0.conv_pw":"blocks.1.0.bn1"}' in s.canonical_json()

@@ -132,8 +132,9 @@ def filters_cmd(model, weights, device, cache, as_json, preset, layers, all_conv
     """Grid of filter visualizations: one row per layer, one column per filter.
 
     Without --preset: the robust preset's Fourier image with jitter only, the leaky pre-ReLU channel
-    mean, and per layer an image size and step count from its receptive field. Channels that never
-    fire on the sample photos are not rendered; their tile says 'dead'. Without a terminal (or with
+    mean (after the BatchNorm that follows a conv, if one does), and per layer an image size and step
+    count from its receptive field. Channels that are constant on the sample photos after their
+    BatchNorm and activation (never fire) are not rendered; their tile says 'dead'. Without a terminal (or with
     --json) a line per layer goes to stderr.
 
     Example: cnnvis filters --model vgg16_hed --first 5 --out vgg_filters.png
@@ -153,7 +154,8 @@ def filters_cmd(model, weights, device, cache, as_json, preset, layers, all_conv
         write_file(res, anim, "animation.gif")
     n_cols = max(len(r["channels"]) for r in res.data["layers"])
     d = res.data
-    counts = f"; {d['dead']} dead (never fire on the sample photos), {d['grey']} grey" if "dead" in d else ""
+    counts = (f"; {d['dead']} dead (constant on the sample photos after their BatchNorm and activation), "
+              f"{d['grey']} grey") if "dead" in d else ""
     emit(res, as_json, f"saved {out}: {len(d['layers'])} layers x up to {n_cols} filters{counts}"
          + cache_tag(res) + (f"; animation {anim}" if anim else ""), out=str(out),
          **({"animation": str(anim)} if anim else {}))

@@ -286,16 +286,29 @@ class FiltersSpec(Spec):
     size: Annotated[Side | None, BeforeValidator(_auto_none)] = None
     batch: int = Field(16, ge=1, le=256, exclude=True)  # speed only: not part of the result's identity
     animate: bool = False  # also store the grid forming as an animated GIF (animation.gif), 24 frames
+    # set by normalized(): layer -> the BatchNorm after it whose output its channels are optimized at
+    # (cnnvis.layers.channel_points); in the identity only when there is one (a net without BN keeps its keys)
+    after_norm: dict[str, str] | None = None
 
     def normalized(self, vm):
+        from cnnvis.layers import channel_points
+
         layers = _chosen_layers(vm, self.layers, self.all_conv)
         if not layers:
             raise CnnvisError(f"model {vm.name!r} has no conv layers; give layers")
         chans = self.channels if self.channels is not None else list(range(self.first))
-        return self.model_copy(update={"layers": _resolve_layers(vm, layers), "channels": chans, "all_conv": False,
-                                       "first": len(chans),
+        dotted = _resolve_layers(vm, layers)
+        norms = {n: p.norm for n, p in channel_points(vm, dotted).items() if p.norm is not None}
+        return self.model_copy(update={"layers": dotted, "channels": chans, "all_conv": False,
+                                       "first": len(chans), "after_norm": norms or None,
                                        # None: the filter grid's own recipe (optvis.filters.FILTER_DEFAULTS)
                                        "preset": preset_name(self.preset) if self.preset else None})
+
+    def to_dict(self) -> dict:
+        d = super().to_dict()
+        if d.get("after_norm") is None:
+            d.pop("after_norm", None)
+        return d
 
     def run(self, vm, ctx):
         from cnnvis.optvis.filters import filters_grid, layer_log, render_filters

@@ -28,7 +28,8 @@ def render(ctx: ReportContext) -> str:
                             "dead": res.data.get("dead"), "grey": res.data.get("grey")}
         how = (f"{steps} steps, {side} px" if steps != "auto" else
                "steps and size per layer (auto)" if side == "auto" else f"{side} px, steps per layer (auto)")
-        counts = (f"; {res.data['dead']} channels never fire on the sample photos (tiles marked dead), "
+        counts = (f"; {res.data['dead']} channels constant on the sample photos after their BatchNorm and "
+                  f"activation (tiles marked dead), "
                   f"{res.data['grey']} flat tiles") if "dead" in res.data else ""
         out.append(ctx.img_tag(rel, f"{esc(model_name)}: {len(rows)} layers x {n} filters, preset "
                                     f"{esc(res.spec['preset'] or 'filter default (jitter)')}, {how}{counts}"))
