@@ -62,7 +62,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--set", choices=["heldout", "tuning", "both"], default="both")
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1")
     ap.add_argument("--classes", type=int, default=6, help="the first N classes of each set")
+    ap.add_argument("--only", default=None, help="comma-separated classes of the chosen set(s) to run")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--witness", default="efficientnet_lite2", help="comma-separated independent classifiers")
     ap.add_argument("--spec", default="{}", help="JSON: fields of the class_image spec to override")
@@ -98,7 +100,7 @@ def main() -> None:
           f"{' + ' + json.dumps(over) if over else ''}; witnesses {', '.join(names)}; {a.seeds} seeds")
     summary = {}
     for sname in chosen:
-        classes = sets[sname][:a.classes]
+        classes = [c for c in sets[sname][:a.classes] if a.only is None or c in a.only.split(",")]
         print(f"\n[{sname}] class, seed: steps, seconds, stopping judge's prob | "
               + " | ".join(f"{n} prob (top-1)" for n in names) + "   || Lucent 512: seconds, " + ", ".join(names))
         rows, ratios, lrows = [], [], []
@@ -114,7 +116,7 @@ def main() -> None:
 
                     save_png(img, f"{a.save}/lucent_{c.replace(' ', '_')}.png")
             secs = []
-            for s in range(a.seeds):
+            for s in range(a.first_seed, a.first_seed + a.seeds):
                 t0 = time.perf_counter()
                 res = run({"kind": "class_image", "target": c, "seed": s, **over})
                 sec = time.perf_counter() - t0
@@ -126,7 +128,7 @@ def main() -> None:
                     res.image().save(f"{a.save}/ours_{c.replace(' ', '_')}_{s}.png")
                 jp = d["judge"]["prob"] if d.get("judge") else float("nan")
                 lt = (f"   || {luc[0]:6.1f} s, " + ", ".join(f"{p:.3f}{'' if ok else '!'}" for p, ok in luc[1])
-                      if luc and s == 0 else "")
+                      if luc and s == a.first_seed else "")
                 print(f"  {c:12} {s}: {d['steps']:4d} {sec:6.1f} s  {jp:.3f} | "
                       + " | ".join(f"{p:.3f} ({'yes' if ok else 'NO'})" for p, ok in w) + lt, flush=True)
             if luc:
