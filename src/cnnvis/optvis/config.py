@@ -88,6 +88,8 @@ class RenderConfig:
     seed: with (layer, channel or class) it fixes each image, whatever the batch.
     tile: largest side processed in one forward (memory; spatial-mean objectives such as DeepDream).
     ema: shown image = exponential moving average of the parameters with this decay (0 = off).
+    decay_power: the Fourier image's spectrum falls as 1/frequency**decay_power (Lucid: 1; larger:
+      broader shapes first). Pixel images ignore it.
     """
 
     preset: str = DEFAULT_PRESET
@@ -108,6 +110,7 @@ class RenderConfig:
     seed: int = 0
     tile: int | None = None
     ema: float | None = None
+    decay_power: float | None = None
 
     def __post_init__(self):
         if self.preset is None:
@@ -134,6 +137,8 @@ class RenderConfig:
                                   f"got {v!r}")
         if self.octave_scale is not None and not (_is_num(self.octave_scale) and self.octave_scale > 1):
             raise CnnvisError(f"octave_scale must be a number > 1, got {self.octave_scale!r}")
+        if self.decay_power is not None and not (_is_num(self.decay_power) and 0 <= self.decay_power <= 4):
+            raise CnnvisError(f"decay_power must be a number in [0, 4] (Lucid's: 1), got {self.decay_power!r}")
         if self.ema is not None and not (_is_num(self.ema) and 0 <= self.ema < 1):
             raise CnnvisError(f"ema must be a number in [0, 1) (0 = off), got {self.ema!r}")
         choices = {"optimizer": ("adam", "sgd"), "image": ("fourier", "pixel"),
@@ -204,16 +209,22 @@ def _check_keys(cls, d: dict, what: str) -> None:
 PRESETS: dict[str, RenderConfig] = {
     "chollet2016": RenderConfig("chollet2016", steps=256, lr=2 / 255, optimizer="sgd", image="pixel", init_sd=0.05,
                                 transforms="none", regularizers="chollet", copies=1, octaves=1, octave_scale=1.4,
-                                ema=0.0),
+                                ema=0.0, decay_power=1.0),
     "yosinski2015": RenderConfig("yosinski2015", steps=512, lr=4 / 255, optimizer="sgd", image="pixel", init_sd=0.05,
                                  transforms="jitter", regularizers="yosinski", copies=1, octaves=1, octave_scale=1.4,
-                                 ema=0.0),
+                                 ema=0.0, decay_power=1.0),
     "lucid2017": RenderConfig("lucid2017", steps=512, lr=0.05, optimizer="adam", image="fourier", init_sd=0.01,
-                              transforms="lucid", regularizers="none", copies=1, octaves=1, octave_scale=1.4, ema=0.0),
+                              transforms="lucid", regularizers="none", copies=1, octaves=1, octave_scale=1.4, ema=0.0,
+                              decay_power=1.0),
     "robust": RenderConfig("robust", steps=512, lr=0.05, optimizer="adam", image="fourier", init_sd=0.01,
-                           transforms="robust", regularizers="none", copies=1, octaves=1, octave_scale=1.4, ema=0.0),
+                           transforms="robust", regularizers="none", copies=1, octaves=1, octave_scale=1.4, ema=0.0,
+                           decay_power=1.0),
     "witness": RenderConfig("witness", steps=320, lr=0.1, optimizer="adam", image="fourier", init_sd=0.01,
-                            transforms="robust", regularizers="none", copies=1, octaves=1, octave_scale=1.4, ema=0.9),
+                            transforms="robust", regularizers="none", copies=1, octaves=1, octave_scale=1.4, ema=0.9,
+                            decay_power=1.0),
+    "broad": RenderConfig("broad", steps=320, lr=0.1, optimizer="adam", image="fourier", init_sd=0.01,
+                          transforms="robust", regularizers="none", copies=1, octaves=1, octave_scale=1.4, ema=0.9,
+                          decay_power=1.5),
 }
 _BUILDING = False
 
@@ -222,7 +233,8 @@ PRESET_NOTES = {
     "yosinski2015": "pixels, L2 decay, blur every 4 steps, clip small norm/contribution, jitter",
     "lucid2017": "Fourier spectrum + decorrelated colour, Adam, Lucid's standard transforms",
     "robust": "lucid2017 parameterization + stronger same-size transforms incl. random softening",
-    "witness": "robust at twice the step size, showing the running average of the image (class images' default)",
+    "witness": "robust at twice the step size, showing the running average of the image",
+    "broad": "witness with a steeper spectrum (1/f**1.5): fewer, larger shapes (class images' default)",
 }
 
 

@@ -221,7 +221,9 @@ def render(
     canon = lambda n: n if n == LOGITS else resolve_layer(vm, n)  # noqa: E731
     gens = image_generators(cfg.seed, image_keys(objective, b, canon))
     if init is None:
-        param = make_param(cfg.image, b, *sizes[0], generator=gens, device=device, channels=c_in, sd=cfg.init_sd)
+        extra = {"decay_power": cfg.decay_power} if cfg.image == "fourier" and cfg.decay_power is not None else {}
+        param = make_param(cfg.image, b, *sizes[0], generator=gens, device=device, channels=c_in, sd=cfg.init_sd,
+                           **extra)
     for r in regs:
         r.check(param)
     tgens = [g for _ in range(copies) for g in gens]  # copy k of image i draws from image i's generator
