@@ -403,3 +403,27 @@ def test_render_config_json_overrides_and_canonical_form(tiny_cnn):
             RenderConfig.from_dict(bad)
     res = render(tiny_cnn, channel("4", 0), "lucid2017", steps=3, size=32, transforms="none")
     assert res.config.preset == "lucid2017" and res.config.transforms == "none" and res.config.lr == 0.05
+
+
+def test_decay_power_shapes_the_fourier_spectrum():
+    """RenderConfig.decay_power reaches the Fourier image: its spectrum scale is 1/f**p / 4 (Lucid's p = 1
+    for every older preset; 'broad' uses 1.5, so the lowest frequencies get 224**0.5 = 15x more weight
+    relative to the highest at 224 px); pixel images ignore it; out-of-range values are refused."""
+    from torch import nn
+
+    from cnnvis.models import Preprocess, wrap
+    from cnnvis.optvis import PRESETS, RenderConfig
+    from cnnvis.optvis.param import FourierImage
+
+    assert {k: v.decay_power for k, v in PRESETS.items()} == {
+        "chollet2016": 1.0, "yosinski2015": 1.0, "lucid2017": 1.0, "robust": 1.0, "witness": 1.0, "broad": 1.5}
+    vm = wrap(nn.Sequential(nn.Conv2d(3, 2, 3)).eval(), preprocess=Preprocess.identity(3, resize=32, crop=32))
+    a = render(vm, channel("0", 1), "broad", steps=2, size=32).param
+    b = render(vm, channel("0", 1), "witness", steps=2, size=32).param
+    assert isinstance(a, FourierImage) and (a.decay_power, b.decay_power) == (1.5, 1.0)
+    # frequency (fy, fx) = (0, 1/32) sits at row 0, column 1 (real part at 2, imaginary at 3)
+    assert float(a.scale[0, 0, 0, 2]) == pytest.approx(32 ** 1.5 / 4) and float(b.scale[0, 0, 0, 2]) == pytest.approx(8)
+    px = render(vm, channel("0", 1), "broad", steps=2, size=32, image="pixel")
+    assert px.config.decay_power == 1.5 and not isinstance(px.param, FourierImage)
+    with pytest.raises(CnnvisError, match="decay_power must be a number in"):
+        RenderConfig(decay_power=9)

@@ -233,8 +233,8 @@ PRESET_NOTES = {
     "yosinski2015": "pixels, L2 decay, blur every 4 steps, clip small norm/contribution, jitter",
     "lucid2017": "Fourier spectrum + decorrelated colour, Adam, Lucid's standard transforms",
     "robust": "lucid2017 parameterization + stronger same-size transforms incl. random softening",
-    "witness": "robust at twice the step size, showing the running average of the image",
-    "broad": "witness with a steeper spectrum (1/f**1.5): fewer, larger shapes (class images' default)",
+    "witness": "robust at twice the step size, showing the running average of the image (class images' default)",
+    "broad": "witness with a steeper spectrum (1/f**1.5): fewer, larger shapes; an independent model agrees more",
 }
 
 
