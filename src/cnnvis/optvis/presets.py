@@ -10,6 +10,7 @@
                   transforms (Olah, Mordvintsev & Schubert, "Feature Visualization", Distill 2017)
     witness       (the class images' default) robust at lr 0.1, showing the running average of the
                   image (ema 0.9), stopped by a second model (see below)
+    broad         witness with a steeper Fourier spectrum (decay_power 1.5): broader shapes
     robust        (the default for channels) lucid2017's parameterization with stronger random transforms in
                   ONE bilinear resampling per image: zoom 0.85-1.2, rotation +-10 degrees, shift
                   +-16 px, a random 8-px crop, and on half the images a grid up to 2x coarser (a
@@ -54,6 +55,16 @@ model's own checks pass and the judge gives the PNG >= 0.97 (at 0.95 the mean ov
 seeds was 0.945), and otherwise stops at 320 steps (with the checks, about half the time of
 Lucent's 512), keeping the checked image the judge liked best. The judge only looks: it is never
 differentiated. Numbers per class beside Lucent: bench/render.py (d).
+
+Seen by a model that neither makes nor stops them (efficientnet_lite2, bench/class_independent.py;
+six held-out classes x 3 seeds, never tuned on): `witness` gets mean probability 0.807, top-1 16/18
+(seed 0 alone 0.922, 6/6; school bus seeds 1-2 read as 'pencil box' and 'triceratops', a collage
+of small bus parts). `broad` (witness with the spectrum falling as 1/f**1.5 instead of Lucid's 1/f:
+fewer, larger shapes) gets 0.857, top-1 18/18, at the same cost per step and the same step counts
+(mean 277). Tried on the tuning classes (seed 0) and not kept: a zoom range up to 1.4 (0.672 vs
+0.713), 2 octaves (0.621), the judge's bar at 0.99 (hard classes end at 320 steps without reaching
+0.97 either way). No recipe reached the 0.95 goal; the gap between the two judges (lite1 0.97, lite2
+0.06 on one flamingo: 'jigsaw puzzle') is where a class image is a collage of parts.
 """
 
 from __future__ import annotations
