@@ -149,7 +149,8 @@ def main() -> None:
             print(f"  [{sname}] time ratio ours (mean over seeds) / Lucent 512, per class: "
                   f"{', '.join(f'{r:.2f}' for r in ratios)}; mean {np.mean(ratios):.2f}, max {max(ratios):.2f} "
                   f"(goal <= 0.5)")
-    print("\nsummary: " + "; ".join(f"{s} {n}: mean {m:.3f}, top-1 {k}/{tot}" for (s, n), (m, k, tot) in summary.items())
+    print("\nsummary: " + "; ".join(f"{s} {n}: mean {m:.3f}, top-1 {k}/{tot}"
+                                    for (s, n), (m, k, tot) in summary.items())
           + "  (goal: held-out mean >= 0.95 with every image top-1)")
 
 

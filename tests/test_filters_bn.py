@@ -149,7 +149,8 @@ def test_vgg16_hed_keeps_its_objective_and_dead_channels(hed):
     which is the old rule (conv output <= 0 on every photo) exactly."""
     layers = ["conv2_1", "conv5_1"]
     pts = channel_points(hed, layers)
-    assert [(p.norm, p.affine, p.act) for p in pts.values()] == [(None, None, "features.6"), (None, None, "features.25")]
+    assert [(p.norm, p.affine, p.act) for p in pts.values()] == [(None, None, "features.6"),
+                                                                  (None, None, "features.25")]
     new = dead_channels(hed, layers)
     photos = torch.stack([torch.from_numpy(np.array(im.convert("RGB").resize((224, 224)))).permute(2, 0, 1)
                           for _, im in sample_photos()]).float() / 255

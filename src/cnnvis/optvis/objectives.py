@@ -175,7 +175,8 @@ def channel(layer: str, n: int | Sequence[int], *, leak: float | None = None,
         if not checked:
             _check_range(a, layer, idx if idx is not None else [int(n)])
             if affine is not None and not all(t.numel() == a.shape[1] for t in affine):
-                raise CnnvisError(f"affine has {affine[0].numel()} entries but layer {layer!r} has {a.shape[1]} channels")
+                raise CnnvisError(f"affine has {affine[0].numel()} entries but layer {layer!r} has "
+                                  f"{a.shape[1]} channels")
             checked.append(True)
         v = _per_image(a, int(n) if idx is None else 0, idx)
         if affine is not None:  # each image's own channel's scale and shift, (B, 1, ...)
