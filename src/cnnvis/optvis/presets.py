@@ -61,7 +61,11 @@ six held-out classes x 3 seeds, never tuned on): `witness` gets mean probability
 (seed 0 alone 0.922, 6/6; school bus seeds 1-2 read as 'pencil box' and 'triceratops', a collage
 of small bus parts). `broad` (witness with the spectrum falling as 1/f**1.5 instead of Lucid's 1/f:
 fewer, larger shapes) gets 0.857, top-1 18/18, at the same cost per step and the same step counts
-(mean 277). Tried on the tuning classes (seed 0) and not kept: a zoom range up to 1.4 (0.672 vs
+(mean 277); on the six tuning classes x 3 seeds 0.801, 18/18 vs witness's 0.712, 17/18. Its time
+beside Lucent-512 in one run (red fox, school bus): 0.24x and 0.17x; Lucent's images got 0.017 and
+0.004 from lite2. Not yet the default: the class images of small nets (28-32 px) and the
+regularizer study, which share CLASS_PRESET, are not measured with it. Tried on the tuning classes
+(seed 0) and not kept: a zoom range up to 1.4 (0.672 vs
 0.713), 2 octaves (0.621), the judge's bar at 0.99 (hard classes end at 320 steps without reaching
 0.97 either way). No recipe reached the 0.95 goal; the gap between the two judges (lite1 0.97, lite2
 0.06 on one flamingo: 'jigsaw puzzle') is where a class image is a collage of parts.
