@@ -14,6 +14,7 @@ from cnnvis.jobs import kinds_embed as _kinds_embed  # noqa: F401
 from cnnvis.jobs import kinds_study as _kinds_study  # noqa: F401  (feature maps, weights, max maps, top examples)
 from cnnvis.jobs import kinds_eval as _kinds_eval  # noqa: F401
 from cnnvis.jobs import kinds_evolution as _kinds_evolution  # noqa: F401  (features across training)
+from cnnvis.jobs import kinds_lenses as _kinds_lenses  # noqa: F401  (occlusion, feature inversion, model comparison)
 from cnnvis.jobs.result import Result
 from cnnvis.jobs.runner import (
     CacheWarning, Cancelled, JobContext, ModelPool, default_pool, file_hash, job_key, run, store_result,
