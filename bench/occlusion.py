@@ -39,7 +39,8 @@ def main() -> None:
     from cnnvis.models import load
 
     vm = load("efficientnet_lite0")
-    shared = sorted(Path(__file__).resolve().parents[1].parent.glob("shared/data/imagenet-samples/*_pelican.JPEG"))
+    root = Path(__file__).resolve().parents[1]
+    shared = sorted(p for d in (root.parent, root.parent.parent) for p in d.glob("shared/data/imagenet-samples/*_pelican.JPEG"))
     img = load_image(shared[0]) if shared else sample_photo("chelsea")
     x = vm.preprocess.prepare(img, size=a.size)
     k, s, b = a.window, a.stride, a.batch

@@ -290,7 +290,7 @@ def test_cka_of_a_model_with_itself_is_one_on_the_diagonal(mnist_run, one_thread
 
     vm = load(str(mnist_run))
     layers = compare_layers(vm)
-    res = compare_models(vm, vm, _mnist_pairs(300, 100), layers, layers, match_layer="conv2")
+    res = compare_models(vm, vm, _mnist_pairs(300, 100), layers, layers, match_layer="relu2")
     assert [n for n in layers] == ["features.0", "features.3", "classifier.1", "classifier.4"]
     assert torch.allclose(res.cka.diagonal(), torch.ones(4, dtype=torch.float64), atol=1e-9)
     assert torch.allclose(res.cka, res.cka.T, atol=1e-9)
@@ -307,9 +307,13 @@ def test_two_mnist_seeds_match_layer_by_layer(mnist_run, mnist_run2, one_thread)
     from cnnvis.study.compare import compare_layers, compare_models, linear_cka, pooled
 
     a, b = load(str(mnist_run)), load(str(mnist_run2))
+    a.model.train()  # a user's model in training mode comes back in training mode
+    before = _state(a.model), _state(b.model)
     layers = compare_layers(a)
     pairs = _mnist_pairs()
     res = compare_models(a, b, pairs, layers, layers, grid=2)
+    assert _unchanged(a.model, before[0]) and _unchanged(b.model, before[1]) and a.model.training
+    a.model.eval()
     k = res.cka
     assert res.n == 1000 and k.shape == (4, 4)
     for i in range(4):
@@ -337,7 +341,7 @@ def test_compare_command_on_two_mnist_seeds(mnist_run, mnist_run2, tmp_path, cap
                  "--channels", "0-3", "--steps", "8", "--out", str(out), "--matches", str(m), "--json"])
     d = json.loads(capsys.readouterr().out)
     assert code == 0 and d["data"]["n"] == 400 and d["data"]["layers"] == ["conv1", "conv2", "fc1", "fc2"]
-    assert d["data"]["match"]["layer"] == "conv2" and d["data"]["match"]["shown"] == [0, 1, 2, 3]
+    assert d["data"]["match"]["layer"] == "relu2" and d["data"]["match"]["shown"] == [0, 1, 2, 3]
     assert len(d["data"]["match"]["best"]) == 64 and d["data"]["same_architecture"] is True
     for p in (out, m):
         assert np.asarray(Image.open(p)).std() > 20
@@ -382,3 +386,22 @@ def test_compare_job_on_a_photo_folder_with_the_model_itself(lite0, tmp_path):
     d = res.data
     assert d["n"] == 6 and d["data"]["photos"] == 6 and d["match"] is None
     assert [d["cka"][i][i] for i in range(3)] == pytest.approx([1.0, 1.0, 1.0], abs=1e-6)
+
+
+def test_report_sections_of_two_mnist_seeds(mnist_run, mnist_run2, tmp_path, capsys, one_thread):
+    """`cnnvis report --model runs/mnist --judge runs/mnist-2`: occlusion, inversion (judged by the second
+    net) and the comparison of the two nets, with their pictures."""
+    out = tmp_path / "rep"
+    assert main(["report", "--quick", "--model", str(mnist_run), "--judge", str(mnist_run2), "--sections",
+                 "occlusion,inversion,compare", "--out", str(out)]) == 0
+    d = json.loads((out / "report.json").read_text())["sections"]
+    assert "_errors" not in d
+    assert d["inversion"]["judge"] and d["inversion"]["layers"][0]["distance"] < 0.05
+    assert all(r["judge"]["top1"] == r["model"]["top1"] for r in d["inversion"]["layers"][:2])
+    cka = d["compare"]["cka"]
+    assert all(cka[i][i] == max(cka[i]) for i in range(len(cka)))
+    names = {p.name for p in (out / "img").iterdir()}
+    assert {"compare_cka.png", "compare_matches.png"} <= names
+    assert any(n.startswith("occlusion_") for n in names) and any(n.startswith("inversion_") for n in names)
+    html = (out / "index.html").read_text()
+    assert "Occlusion sensitivity" in html and "Feature inversion" in html and "CKA" in html

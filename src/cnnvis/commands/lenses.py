@@ -144,7 +144,7 @@ def _default_data(model: str) -> str | None:
               help="Conv maps are average-pooled to GRID x GRID before CKA (1 = global average pooling).")
 @click.option("--match-layer", default=None, metavar="LAYER|none",
               help="Same architecture: the layer whose channels are matched (default: the last conv block).")
-@click.option("--channels", default=None, help="A's channels shown with their matches, e.g. 0-7 (default: 0-7).")
+@click.option("--channels", default=None, help="A's channels shown with their matches, e.g. 0-7 (default: the 8 with the best matches).")
 @click.option("--steps", default=64, show_default=True, type=click.IntRange(1, 100000),
               help="Feature visualization steps of each shown channel.")
 @click.option("--out", "-o", required=True, type=click.Path(), help="Output image: the CKA heat map.")
@@ -197,8 +197,10 @@ def compare_cmd(data, models, device, cache, as_json, split, limit, layers, othe
         lines.append(f"{s:<{w}}" + "".join(f"{'nan' if v is None else f'{v:.3f}':>9}" for v in row))
     m = d.get("match")
     if m:
-        pairs = ", ".join(f"{c}->{b}" for c, b in zip(m["shown"], (m["best"][c] for c in m["shown"])))
-        lines.append(f"channel matches at {m['layer']} (mean best correlation {m['mean_best_corr']:.3f}): {pairs}")
+        pairs = ", ".join(f"{c}->{'-' if b is None else b}" for c, b in zip(m["shown"], (m["best"][c] for c in m["shown"])))
+        mean = f"{m['mean_best_corr']:.3f}" if m["mean_best_corr"] is not None else "-"
+        lines.append(f"channel matches at {m['layer']} (mean best correlation {mean} over the {len(m['best']) - m['dead']} "
+                     f"channels of A that vary on the data; {m['dead']} never do): {pairs}")
     emit(res, as_json, lines, out=str(out), **({"matches": str(mp)} if mp is not None else {}))
 
 

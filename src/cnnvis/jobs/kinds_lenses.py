@@ -206,7 +206,7 @@ class CompareSpec(Spec):
     other_layers: list[str] | None = None  # B's layers (default: A's where B has them, else the same choice on B)
     grid: int = Field(2, ge=1, le=32)  # conv maps average-pooled to grid x grid before CKA (1 = global average)
     match_layer: str | None = None  # channel matching (same architecture): default the last conv block; 'none': off
-    channels: list[int] | None = None  # A's channels shown with their matches (default: the first 8)
+    channels: list[int] | None = None  # A's channels shown with their matches (default: the 8 best-matched)
     steps: int = Field(64, ge=1, le=100000)  # feature visualization steps of each shown channel
     size: Side | None = None  # feature visualization size (default: the model's input, at most 128)
     batch_size: int = Field(128, ge=1, le=4096, exclude=True)  # speed only
@@ -330,7 +330,9 @@ class CompareSpec(Spec):
         files = {"cka.png": png_bytes(img), "cka.npy": npy_bytes(res.cka)}
         if res.match is not None:
             m = res.match
-            chans = self.channels if self.channels is not None else list(range(min(8, m.corr.shape[0])))
+            alive = [c for c in range(m.corr.shape[0]) if int(m.best[c]) >= 0]
+            by_r = sorted(alive, key=lambda c: (-float(m.best_corr[c]), c))  # the best-matched first
+            chans = self.channels if self.channels is not None else (by_r or list(range(m.corr.shape[0])))[:8]
             bad = [c for c in chans if c >= m.corr.shape[0]]
             if bad:
                 raise CnnvisError(f"channel {bad[0]} is out of range for layer {_layer_label(vm, m.layer)!r}, which "
@@ -343,11 +345,13 @@ class CompareSpec(Spec):
             files["matches.png"] = png_bytes(matches_panel(
                 rows, _short(self.model), _short(name_b),
                 title=f"{lab}: channels of A = {_short(self.model)} beside the best-matching channel of B = "
-                      f"{_short(name_b)} (correlation r of their activations over {res.n} images)"))
+                      f"{_short(name_b)} (r: correlation of their activations over {res.n} images)"))
             files["correlation.npy"] = npy_bytes(m.corr)
             data["match"] = {"layer": lab, "module": m.layer, "samples": m.samples,
                              "best": [None if b < 0 else b for b in m.best.tolist()], "best_corr": [_r(v, 4) for v in m.best_corr.tolist()],
-                             "mean_best_corr": _r(m.best_corr.mean(), 4), "shown": chans}
+                             "mean_best_corr": _r(m.best_corr[m.best >= 0].mean(), 4) if alive else None,
+                             "above_0.5": sum(1 for c in alive if float(m.best_corr[c]) > 0.5),
+                             "dead": m.corr.shape[0] - len(alive), "shown": chans}
         return data, files, "cka.png"
 
     def _render(self, vm, layer: str, chans: list[int], ctx) -> dict:

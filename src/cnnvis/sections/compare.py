@@ -21,11 +21,12 @@ def render(ctx: ReportContext) -> str:
                         + ", ".join(f"{v:.2f}" for v in diag if v is not None))]
     m = d.get("match")
     if m:
-        ctx.data["compare"]["match"] = {k: m.get(k) for k in ("layer", "mean_best_corr", "shown")}
+        ctx.data["compare"]["match"] = {k: m.get(k) for k in ("layer", "mean_best_corr", "dead", "shown")}
         html.append(ctx.img_tag(ctx.save_file(res, "compare_matches.png", "matches.png"),
-                                f"{esc(m['layer'])}: channels of the first net beside the best-matching channel of "
-                                f"the second (activation correlation r; mean best r over all channels "
-                                f"{m['mean_best_corr']:.2f})"))
+                                f"{esc(m['layer'])}: the 8 best-matched channels of the first net beside their match "
+                                f"in the second (activation correlation r; mean best r "
+                                f"{m['mean_best_corr'] or 0:.2f} over the {len(m['best']) - m['dead']} channels that "
+                                f"vary on the data, {m['dead']} never do)"))
     return ("".join(html) + "<p>Two nets trained from different seeds learn the same representations layer by "
             "layer (a bright diagonal) though not the same channels: some have a near copy in the other net, "
             "others none. Reproduce: <code>cnnvis compare --model A --model B DATA --out cka.png --matches "

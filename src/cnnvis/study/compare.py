@@ -203,15 +203,11 @@ def compare_layers(vm) -> list[str]:
 
 
 def default_match_layer(vm) -> str:
-    """Where channels are matched by default: a small net's last conv (before its nonlinearity, so that no
-    channel is dead: MNIST's conv2); a big net's middle classic layer (lite0's stage3, VGG's conv3_3)."""
-    from cnnvis.layers import conv_layers
-    from cnnvis.study.maps import SMALL_NET, default_map_layer
+    """Where channels are matched by default: the last conv block's output after its nonlinearity, as Li
+    et al. (a small net's relu2; a big net's middle classic layer, `cnnvis.study.maps.default_map_layer`)."""
+    from cnnvis.study.maps import default_map_layer
 
-    convs = conv_layers(vm)
-    if not convs:
-        raise CnnvisError(f"model {vm.name!r} has no conv layers: there are no channels to match")
-    return convs[-1] if len(convs) <= SMALL_NET else default_map_layer(vm)
+    return default_map_layer(vm, deep=True)
 
 
 def same_architecture(vm_a, vm_b) -> bool:
