@@ -2,6 +2,7 @@
 run, interleaved rounds, medians.
 
     .venv/bin/python bench/occlusion.py [--size 224] [--window 45] [--stride 11] [--rounds 3] [--batch 32]
+                                        [--threads N] [--skip-default]
 
 Same photo (the shared pelican, else scikit-image's cat), window, stride, grey baseline 0.5 and target on
 the embedded model (efficientnet_lite0). Captum gets the softmax of the model as its forward and runs
@@ -30,7 +31,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--skip-default", action="store_true", help="skip Captum with perturbations_per_eval=1")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     a = ap.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
 
     from captum.attr import Occlusion
 

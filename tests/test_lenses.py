@@ -147,6 +147,10 @@ def test_occlusion_command(tmp_path, capsys):
     assert p.shape == (5, 5) and 0 <= p.min() < p.max() <= 1
     msg = one_error(capsys, ["occlusion", sample("pelican"), "--size", "64", "--window", "65", "--out", out])
     assert "the occlusion window 65 px is larger than the 64x64 image" in msg
+    msg = one_error(capsys, ["occlusion", sample("pelican"), "--window", "8", "--stride", "9", "--out", out])
+    assert "the stride 9 px is larger than the window 8 px" in msg
+    msg = one_error(capsys, ["occlusion", sample("pelican"), "--layer", "stage9", "--out", out])
+    assert "unknown layer 'stage9'" in msg
 
 
 # ====================================================================== feature inversion

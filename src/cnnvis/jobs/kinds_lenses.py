@@ -53,6 +53,9 @@ class OcclusionSpec(_PhotoSpec):
             raise CnnvisError(f"the occlusion window {window} px is larger than the {side}x{side} image; give a "
                               f"window of at most {side} px")
         stride = self.stride if self.stride is not None else max(1, window // 4)
+        if stride > window and window < side:
+            raise CnnvisError(f"the stride {stride} px is larger than the window {window} px: pixels between two "
+                              "positions would never be occluded; give a stride of at most the window")
         layer = resolve_layer(vm, self.layer) if self.layer is not None else default_occlusion_layer(vm)
         return self.model_copy(update={"target": _class_target(vm, self.target), "window": window, "stride": stride,
                                        "layer": layer})
