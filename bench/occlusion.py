@@ -11,6 +11,14 @@ records the most probable class and the total activation of stage6's strongest c
 from the same forwards; Captum computes the class probability alone. The floor: the same number of
 forwards of batches of occluded images built beforehand (no mask building, no bookkeeping). Checked in
 the run: our per-pixel map equals Captum's within 1e-5.
+
+Measured (2-core shared CPU, other jobs running; one run each):
+  224 px, window 45, stride 11 (324 positions), 1 thread, 3 rounds: max difference 1.3e-7;
+      ours 20.1 s, Captum (perturbations_per_eval=32) 24.1 s, the floor 21.5 s: ours / Captum 0.83,
+      ours / floor 0.99
+  160 px, window 32, stride 8 (289 positions), 2 threads, 3 rounds: max difference 5.9e-7;
+      ours / Captum 0.67, ours / floor 0.92 (load noise); Captum with its default
+      perturbations_per_eval=1: 172 s, ours / that 0.21
 """
 
 from __future__ import annotations
