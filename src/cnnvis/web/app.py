@@ -16,6 +16,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import mimetypes
 import os
 import re
@@ -179,6 +180,28 @@ def _layer_rows(infos) -> list[dict]:
              "stage": i.name.split(".")[0]} for i in infos]
 
 
+def job_body_schema(model_ids: list[str]) -> dict:
+    """The OpenAPI schema of a job request body: 'kind', 'model' and every field any kind has, each with
+    the JSON types some kind accepts for it (GET /api/kinds has each kind's exact schema)."""
+    from cnnvis.jobs import KINDS
+
+    types: dict[str, set[str]] = {}
+    for cls in KINDS.values():
+        for name, prop in cls.model_json_schema().get("properties", {}).items():
+            alts = prop.get("anyOf", [prop])
+            types.setdefault(name, set()).update(a.get("type", "string") for a in alts)  # enums/$refs: strings
+    props: dict[str, dict] = {name: {"type": sorted(t) if len(t) > 1 else next(iter(t))}
+                              for name, t in sorted(types.items()) if name not in ("model", "weights")}
+    props["kind"] = {"type": "string", "enum": sorted(KINDS)}
+    props["model"] = {"type": ["string", "null"], "enum": [*model_ids, None]}
+    props["weights"] = {"type": "null", "description": "not settable here: the server runs only its own models"}
+    return {"type": "object", "required": ["kind"], "additionalProperties": True,
+            "description": "A job spec: 'kind', 'model' (a model id; default: the first model) and the kind's "
+                           "fields (GET /api/kinds). Photo fields take 'upload:<sha256>' (POST /api/uploads) or "
+                           "'sample:NAME'.",
+            "properties": props}
+
+
 def decode_upload(blob: bytes, filename: str, max_pixels: int = UPLOAD_PIXELS):
     """Bytes of an uploaded file -> PIL RGB image; CnnvisError (one line) for anything that is not a
     whole, reasonably sized image in a plain raster format."""
@@ -213,6 +236,44 @@ def decode_upload(blob: bytes, filename: str, max_pixels: int = UPLOAD_PIXELS):
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise CnnvisError(f"{name!r} could not be decoded ({one_line(e)}); is it truncated or corrupt?") from None
     return to_rgb(img)
+
+
+def json_type(v) -> str:
+    """The JSON name of a decoded JSON value's type ('array', 'object', 'number', ...)."""
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "boolean"
+    if isinstance(v, (int, float)):
+        return "number"
+    return {str: "string", list: "array", dict: "object"}.get(type(v), type(v).__name__)
+
+
+def _need_string(body: dict, name: str, what: str) -> None:
+    """CnnvisError (-> 400) when body[name] is given but is not a JSON string (a list, object, number)."""
+    v = body.get(name)
+    if v is not None and not isinstance(v, str):
+        raise CnnvisError(f"field {name!r} must be a string ({what}), not {json_type(v)} {json.dumps(v)[:60]}")
+
+
+def _check_json_types(cls, body: dict) -> None:
+    """CnnvisError when a top-level field's JSON type is not one its kind's schema takes (pydantic's lax mode
+    would read `true` as 1 and `"3"` as 3); unknown fields and values inside arrays are left to the spec."""
+    props = cls.model_json_schema().get("properties", {})
+    for name, v in body.items():
+        prop = props.get(name)
+        if prop is None or v is None and name == "model":
+            continue
+        alts = prop.get("anyOf", [prop])
+        if any("type" not in a for a in alts):
+            continue
+        allowed = {a["type"] for a in alts}
+        t = json_type(v)
+        if t == "number" and isinstance(v, int) or isinstance(v, float) and v.is_integer():
+            t = "integer" if "integer" in allowed else t
+        if t not in allowed and not (t == "integer" and "number" in allowed):
+            want = " or ".join(sorted(allowed))
+            raise CnnvisError(f"bad {cls.kind} spec: field {name!r} must be {want}, not {t} {json.dumps(v)[:60]}")
 
 
 class _TooLarge(Exception):
@@ -481,16 +542,21 @@ def create_app(models: list[str], cache: str | os.PathLike, *, data: str | None 
 
         body = dict(body)
         kind = body.get("kind")
-        if not isinstance(kind, str):
+        if kind is None:
             raise CnnvisError(f"the job spec has no 'kind'; one of: {', '.join(sorted(KINDS))}")
+        _need_string(body, "kind", f"a job kind: one of {', '.join(sorted(KINDS))}")
         if kind not in KINDS:
             raise unknown_name("job kind", str(kind), sorted(KINDS))
+        _need_string(body, "model", f"a model id: one of {', '.join(served)}")
+        _need_string(body, "judge", f"'none' or a model id: one of {', '.join(served)}")
+        _need_string(body, DATA_KINDS_FIELD, "a dataset name; leave it out for the model's own dataset")
         m = model_of(body.get("model"))
         body["model"] = m.ref
         if body.get("weights") is not None:
             raise CnnvisError("the field 'weights' cannot be set here: the server runs only the models named on its "
                               "command line; leave it out")
         fields = KINDS[kind].model_fields
+        _check_json_types(KINDS[kind], body)
 
         def photo(v):
             if isinstance(v, str):
@@ -548,6 +614,8 @@ def create_app(models: list[str], cache: str | os.PathLike, *, data: str | None 
             return [public(x) for x in v]
         if isinstance(v, dict):
             return {k: public(x) for k, x in v.items()}
+        if isinstance(v, float) and not math.isfinite(v):
+            return None  # JSON has no NaN/inf: a non-finite number is shown as null, never a 500
         return v
 
     def job_out(job: Job) -> dict:
@@ -567,14 +635,7 @@ def create_app(models: list[str], cache: str | os.PathLike, *, data: str | None 
                     out["progress"] = {"done": 1, "total": 1, "desc": "done"}
         return out
 
-    from cnnvis.jobs import KINDS
-
-    job_body = {"type": "object", "required": ["kind"], "additionalProperties": True,
-                "description": "A job spec: 'kind', 'model' (a model id; default: the first model) and the kind's "
-                               "fields (GET /api/kinds). Photo fields take 'upload:<sha256>' (POST /api/uploads) or "
-                               "'sample:NAME'.",
-                "properties": {"kind": {"type": "string", "enum": sorted(KINDS)},
-                               "model": {"type": ["string", "null"], "enum": [*served, None]}}}
+    job_body = job_body_schema(list(served))
 
     @api.post("/jobs", response_model=JobOut, responses={400: {"description": "bad spec"},
                                                          404: {"description": "unknown model"}},
