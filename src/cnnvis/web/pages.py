@@ -112,15 +112,12 @@ def class_page(request: Request, mid: str):
 def _training(request: Request, mid: str) -> dict | None:
     """A `cnnvis train` checkpoint's training block (data, held-out share and accuracy), when it is
     evaluated on its own training data: the study page then scores only the held-out images."""
+    from cnnvis.web.context import training_block
+
     m = _served(request).get(mid)
     if m is None or not getattr(m, "ref", None):
         return None
-    p = Path(m.ref)
-    p = p / "model.json" if p.is_dir() else p
-    try:
-        t = json.loads(p.read_text()).get("training") if p.suffix == ".json" and p.is_file() else None
-    except (OSError, ValueError, AttributeError):
-        return None
+    t = training_block(m.ref)
     if not isinstance(t, dict) or t.get("data") != getattr(m, "data", None):
         return None
     return {k: t.get(k) for k in ("data", "split", "held_out", "held_out_accuracy", "epochs", "seed")}
