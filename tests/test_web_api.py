@@ -435,6 +435,47 @@ def test_loopback_server_answers_only_localhost_names(mnist_run, tmp_path):
     assert json.loads(_script_json({"a": "<&>"})) == {"a": "<&>"}
 
 
+def test_pages_answer_html_and_count_pages_from_1(client, mid):
+    """Issue 21 item 5: a page address that does not exist is a readable HTML page (JSON only under /api);
+    page numbers are 1-based in the URL, on screen and in errors."""
+    import re
+
+    def errors(r):
+        return [e for e in re.findall(r'class="error"[^>]*>([^<]*)<', r.text) if e]
+
+    for url, words in [("/nothing/here", "There is no page at this address"),
+                       (f"/m/{mid}/layer/features.0?page=abc", "page &#39;abc&#39; is not a page number; pages are "
+                                                               "1 to 2"),
+                       (f"/m/{mid}/layer/features.0?page=0", "page 0 does not exist; this layer has pages 1 to 2"),
+                       (f"/m/{mid}/layer/features.0?page=3", "page 3 does not exist; this layer has pages 1 to 2"),
+                       (f"/m/{mid}/layer/features.0/channel/x", "channel &#39;x&#39; is not a channel number"),
+                       ("/m/nosuch", "No model &#39;nosuch&#39; is served here")]:
+        r = client.get(url)
+        assert r.status_code == 404 and r.headers["content-type"].startswith("text/html"), (url, r.status_code)
+        assert any(words in e for e in errors(r)), (url, errors(r))
+    r = client.get(f"/m/{mid}/layer/features.0?page=2")
+    assert r.status_code == 200 and "page 2 of 2" in r.text and not errors(r)
+    assert json.loads(r.text.split('<script id="boot" type="application/json">')[1].split("</script>")[0]
+                      )["spec"]["channels"] == list(range(16, 32))
+    r = client.get("/api/nothing")
+    assert r.status_code == 404 and r.headers["content-type"] == "application/json"
+    r = client.post(f"/m/{mid}")
+    assert r.status_code == 405 and r.headers["content-type"].startswith("text/html")
+
+
+def test_progress_names_layers_by_alias(app):
+    """A job's progress line names a layer as the pages do (conv1, not features.0)."""
+    from cnnvis.jobs import parse_spec
+    from cnnvis.web.jobs import Job
+    from cnnvis.web.routers.jobs import job_out
+
+    ctx = app.state.ctx
+    m = ctx.served[ctx.default_mid]
+    job = Job("0" * 64, parse_spec({"kind": "filters", "model": m.ref, "layers": ["features.3"]}), "running", 3, 48,
+              "features.3 (again)")
+    assert job_out(ctx, job)["progress"]["desc"] == "conv2 (again)"
+
+
 def test_no_server_errors_in_this_module(client):
     """Every request above (bad ones included) was answered without a 5xx."""
     assert SERVER_ERRORS == []

@@ -58,7 +58,7 @@ class Server:
         self.base = ""
 
     def start(self) -> "Server":
-        port = _free_port()
+        port = self.port = getattr(self, "port", None) or _free_port()  # a restart keeps the address
         self.base = f"http://127.0.0.1:{port}"
         cmd = [sys.executable, "-m", "cnnvis", "serve", *[a for m in self.models for a in ("--model", m)],
                "--port", str(port), "--cache", str(self.cache), "--threads", "1"]
@@ -103,7 +103,7 @@ def chromium_path():
 def server(chromium_path, mnist_run, tmp_path_factory):  # no browser: fail before training and serving
     ART.mkdir(parents=True, exist_ok=True)
     cache = tmp_path_factory.mktemp("web-cache")
-    srv = Server(["efficientnet_lite0", str(mnist_run)], cache, ART / "server.log")
+    srv = Server(["efficientnet_lite0", str(mnist_run), "vgg16_hed"], cache, ART / "server.log")
     (ART / "server.log").write_text("")
     srv.start()
     yield srv
@@ -139,7 +139,7 @@ def shot(pg, name: str) -> None:
 
 def mnist_mid(server) -> str:
     ids = [m["id"] for m in _get_json(server.base + "/api/models")]
-    assert ids[0] == "efficientnet_lite0" and len(ids) == 2, ids
+    assert ids[0] == "efficientnet_lite0" and ids[2] == "vgg16_hed" and len(ids) == 3, ids
     return ids[1]
 
 
@@ -194,7 +194,7 @@ def test_model_layer_and_channel_pages(server, page, mnist_run):
     pg.click("a[data-testid=layer-link]:text-is('features.0')")
     pg.wait_for_url(f"**/m/{mid}/layer/features.0")
     wait_job_done(pg, "#job")
-    assert pg.inner_text("#page-label").startswith("page 1 of 2")  # 32 channels, 16 a page
+    assert pg.inner_text("[data-testid=page-label] >> nth=0") == "page 1 of 2"  # 32 channels, 16 a page
     srcs = tile_sources(pg)
     assert sorted(srcs) == list(range(16))
     live = [s for s in srcs.values() if s]
@@ -219,7 +219,7 @@ def test_model_layer_and_channel_pages(server, page, mnist_run):
 def test_render_job_shows_progress_and_finishes(server, page):
     pg = page
     mid = mnist_mid(server)
-    pg.goto(f"{server.base}/m/{mid}/layer/features.3?page=1")  # conv2 channels 16-31: not rendered yet
+    pg.goto(f"{server.base}/m/{mid}/layer/features.3?page=2")  # conv2 channels 16-31: not rendered yet
     pg.wait_for_selector("[data-testid=job-widget]")
     seen, fills = [], []
     deadline = time.monotonic() + TIMEOUT_MS / 1000
@@ -398,10 +398,100 @@ def test_bad_addresses_show_readable_messages(server, page):
     pg.wait_for_selector(".error:not([hidden])")
     assert "classifier.1" in pg.inner_text(".error:not([hidden])")
     assert pg.locator("[data-testid=job-widget]").count() == 0  # no job started
-    pg.goto(f"{server.base}/m/{mid}/layer/features.0?page=7")  # 32 channels: pages 0 and 1
-    pg.wait_for_selector(".error:not([hidden])")
-    assert "page 7" in pg.inner_text(".error:not([hidden])") and pg.locator("[data-testid=job-widget]").count() == 0
+    resp = pg.goto(f"{server.base}/m/{mid}/layer/features.0?page=7")  # 32 channels: pages 1 and 2
+    assert resp.status == 404
+    assert pg.inner_text(".error:not([hidden])") == "page 7 does not exist; this layer has pages 1 to 2"
+    assert pg.locator("[data-testid=job-widget]").count() == 0
     shot(pg, "12-layer-page-past-the-end")
+    # issue 21 item 5: no raw JS error on an unknown model, readable HTML (not JSON) for bad addresses
+    resp = pg.goto(f"{server.base}/m/nosuch")
+    assert resp.status == 404 and "html" in resp.headers["content-type"]
+    assert pg.locator(".error:not([hidden])").all_inner_texts() == [pg.inner_text("[data-testid=missing]")]
+    assert "nosuch" in pg.inner_text("[data-testid=missing]")
+    for url, status, words in [(f"/m/{mid}/layer/features.0?page=abc", 404, "page 'abc' is not a page number; "
+                                "pages are 1 to 2"), ("/no/such/page", 404, "There is no page at this address"),
+                               (f"/m/{mid}/layer/features.0/channel/x", 404, "channel 'x' is not a channel number")]:
+        resp = pg.goto(server.base + url)
+        assert resp.status == status and "text/html" in resp.headers["content-type"], (url, resp.status)
+        errs = pg.locator(".error:not([hidden])").all_inner_texts()
+        assert any(words in e for e in errs), (url, errs)
+        assert pg.locator("header.top nav a").count() >= 4  # a page of the site, with its navigation
+    shot(pg, "12-unknown-address")
+
+
+def test_edge_detector_photo_page_shows_its_edge_map(server, page):
+    """VGG16-HED is not a classifier: the photo page shows its output map, not a red 'not a classifier'."""
+    pg = page
+    pg.goto(server.base + "/m/vgg16_hed/photo")
+    pg.click("[data-testid=bundled-photo] >> nth=0")
+    wait_job_done(pg, "#classify-job")
+    pg.wait_for_selector("#sees-out img")
+    assert images_loaded(pg, "#sees-out img")[0] > 0
+    job = _get_json(f"{server.base}/api/jobs/{pg.get_attribute('#classify-job [data-testid=job-widget]', 'data-job-id')}")
+    assert job["result"]["kind"] == "feature_maps" and job["result"]["data"]["module"] == "fuse"
+    assert job["result"]["data"]["shape"][0] == 1  # the one edge map
+    assert pg.locator(".error:not([hidden])").count() == 0 and "edges map" in pg.inner_text("#sees-title")
+    assert pg.is_hidden("#target-wrap")  # no classes to pick
+    shot(pg, "14-photo-hed-edge-map")
+
+
+def test_upload_says_uploading(server, page):
+    pg = page
+    held = []
+    pg.route("**/api/uploads", lambda route: held.append(route))  # hold the upload while we look
+    pg.goto(server.base + "/m/efficientnet_lite0/photo")
+    pg.wait_for_selector("[data-testid=bundled-photo]")
+    pg.set_input_files("#upload", str(sample("pelican")))
+    pg.wait_for_selector("[data-testid=upload-status]:not([hidden])")
+    assert pg.inner_text("[data-testid=upload-status]").startswith(f"uploading {sample('pelican').name}")
+    shot(pg, "15-photo-uploading")
+    assert len(held) == 1
+    held[0].continue_()
+    pg.wait_for_selector("[data-testid=top1]")
+    assert pg.is_hidden("[data-testid=upload-status]")
+
+
+def test_render_progress_names_the_alias_and_a_cancelled_page_offers_retry(server, page):
+    pg = page
+    pg.goto(server.base + "/m/vgg16_hed/layer/features.21")  # conv4_3: minutes of CPU, never finished here
+    assert pg.inner_text("h1") == "Layer features.21 (conv4_3)"
+    pg.wait_for_function("() => (document.querySelector('[data-testid=job-desc]') || {}).textContent"
+                         "?.startsWith('conv4_3')")
+    assert "features.21" not in pg.inner_text("[data-testid=job-desc]")
+    shot(pg, "16-layer-vgg-conv4_3-running")
+    pg.click("[data-testid=cancel]")
+    pg.wait_for_selector("[data-testid=retry]")
+    assert pg.locator(".tile.failed").count() == 16 and pg.locator(".tile.pending").count() == 0
+    assert set(pg.locator(".tile.failed .ph").all_inner_texts()) == {"cancelled"}
+    shot(pg, "17-layer-cancelled-retry")
+    first = pg.get_attribute("[data-testid=job-widget]", "data-job-id")
+    pg.click("[data-testid=retry]")
+    pg.wait_for_selector("[data-testid=job-widget]:not(.ended)")
+    assert pg.locator(".tile.pending").count() == 16
+    pg.wait_for_function("() => ['queued', 'running'].includes(document.querySelector('[data-testid=job-widget]')"
+                         "?.dataset.status)")
+    assert pg.get_attribute("[data-testid=job-widget]", "data-job-id") == first  # the same job, asked again
+    pg.click("[data-testid=cancel]")  # leave the CPU to the other tests
+    pg.wait_for_selector("[data-testid=retry]")
+
+
+def test_a_tab_open_through_a_server_restart_recovers(server, page):
+    """The server goes away mid-job: the page keeps polling (backoff, says so) and, once the server is
+    back, asks for the job again and shows its result without a reload."""
+    pg = page
+    mid = mnist_mid(server)
+    pg.goto(f"{server.base}/m/{mid}/study")
+    pg.fill("#embed-limit", "2500")
+    pg.click("#embed-btn")
+    pg.wait_for_selector("#embed-job [data-testid=job-widget][data-status=running]")
+    server.stop()
+    pg.wait_for_selector("#embed-job [data-testid=job-widget][data-offline]")
+    assert "does not answer" in pg.inner_text("#embed-job [data-testid=job-desc]")
+    shot(pg, "18-server-gone")
+    server.start()
+    wait_job_done(pg, "#embed-job")
+    assert pg.locator("svg.scatter circle").count() == 2500
+    shot(pg, "19-server-back")
 
 
 def test_restart_serves_the_cache(server, page):

@@ -22,6 +22,7 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cnnvis.errors import CnnvisError
 from cnnvis.web.context import ServedModel, WebContext, layer_rows, mid_for, training_data
@@ -41,12 +42,39 @@ async def _cnnvis_error(request: Request, exc: CnnvisError):
     return JSONResponse({"detail": one_line(exc)}, status_code=400)
 
 
+def _is_page(request: Request) -> bool:
+    """A page address (answered in HTML), not the JSON API or its schema."""
+    p = request.url.path
+    return not (p == "/api" or p.startswith("/api/") or p in ("/openapi.json", "/docs", "/redoc")
+                or p.startswith("/docs/"))
+
+
 async def _validation_error(request: Request, exc: RequestValidationError):
     parts = []
     for e in exc.errors():
         loc = ".".join(str(p) for p in e.get("loc", ()) if p not in ("body", "query", "path", "form"))
         parts.append(f"{loc or 'request'}: {e.get('msg', 'invalid')}")
+    if _is_page(request):
+        from cnnvis.web.pages import error_page
+
+        return error_page(request, 400, f"This address has a bad part ({'; '.join(parts)}).")
     return JSONResponse({"detail": "bad request: " + "; ".join(parts)}, status_code=422)
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException):
+    """HTTP errors: JSON under /api (as FastAPI answers), a readable HTML page for page addresses."""
+    if _is_page(request):
+        from cnnvis.web.pages import error_page
+
+        if exc.status_code == 404:
+            msg = exc.detail if isinstance(exc.detail, str) and exc.detail != "Not Found" else \
+                "There is no page at this address. Pages are /m/MODEL (its layers), " \
+                "/m/MODEL/photo, /m/MODEL/class and /m/MODEL/study; the JSON API is under /api."
+        else:
+            msg = f"{request.method} is not how this address is used ({exc.detail})" if exc.status_code == 405 \
+                else str(exc.detail)
+        return error_page(request, exc.status_code, msg)
+    return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
 
 async def _internal(request: Request, exc: Exception):
@@ -134,6 +162,7 @@ def create_app(models: list[str], cache: str | os.PathLike, *, data: str | None 
 
     app.add_exception_handler(CnnvisError, _cnnvis_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _internal)
     app.include_router(api_router())
 

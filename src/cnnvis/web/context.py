@@ -73,6 +73,18 @@ class WebContext:
         raise HTTPException(404, f"unknown model {mid!r}; served models: {', '.join(self.served)}")
 
 
+_NAME_RE = re.compile(r"[A-Za-z_][\w.]*\w")
+
+
+def alias_text(m: ServedModel | None, text: str) -> str:
+    """`text` (a progress line) with each dotted layer name of `m` that has an alias shown as its alias
+    ('features.21 (again)' -> 'conv4_3 (again)'): the pages name layers by alias."""
+    if m is None or not text:
+        return text
+    aliases = {r["name"]: r["alias"] for r in m.layers if r.get("alias") and r["alias"] != r["name"]}
+    return _NAME_RE.sub(lambda mt: aliases.get(mt.group(0), mt.group(0)), text) if aliases else text
+
+
 def get_ctx(request: Request) -> WebContext:
     """FastAPI dependency: the app's WebContext."""
     return request.app.state.ctx

@@ -12,7 +12,7 @@ from typing import Any
 
 from fastapi import APIRouter, Body, Depends, HTTPException, Response
 
-from cnnvis.web.context import WebContext, get_ctx
+from cnnvis.web.context import WebContext, alias_text, get_ctx
 from cnnvis.web.jobs import Job
 from cnnvis.web.policy import build_spec, public
 from cnnvis.web.schemas import JobOut, job_body_schema
@@ -24,9 +24,10 @@ router = APIRouter()
 
 def job_out(ctx: WebContext, job: Job) -> dict:
     """A job's status as the API shows it, with its stored result's data and file URLs once done."""
+    m = ctx.by_ref.get(job.spec.model) if job.spec is not None else None
     out = {"id": job.id, "kind": job.spec.kind if job.spec is not None else None, "status": job.status,
-           "progress": {"done": job.done, "total": job.total, "desc": job.desc}, "error": job.error,
-           "result": None}
+           "progress": {"done": job.done, "total": job.total, "desc": alias_text(m, job.desc)},
+           "error": alias_text(m, job.error) if job.error else job.error, "result": None}
     if job.status == "done" and job.result_key:
         res = ctx.store.get(job.result_key)
         if res is None:  # the folder went away: ask again to recompute

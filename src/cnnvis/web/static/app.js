@@ -1,12 +1,14 @@
 /* cnnvis web UI: the pages' small scripts. They use only the JSON API under /api.
    startJob(spec, area) posts a job, polls /api/jobs/{id} every 0.5 s, draws a progress bar with a
    Cancel button in `area`, and resolves with the finished job (rejects with its error, shown in the
-   `.error` element after `area`). */
+   `.error` element after `area`). A server that stops answering is polled again with backoff; a
+   restarted server that forgot the job is given the spec again (its result may be stored already). */
 (function () {
   "use strict";
   const BOOT = JSON.parse(document.getElementById("boot").textContent || "{}");
   const MID = BOOT.mid;
   const POLL_MS = 500;
+  const MAX_BACKOFF_MS = 8000;
 
   // ------------------------------------------------------------------ small helpers
   function el(tag, attrs, ...kids) {
@@ -25,6 +27,9 @@
   const enc = encodeURIComponent;
   const shapeText = (s) => (Array.isArray(s) && s.length ? s.join(" × ") : "–");
   const pct = (p) => (100 * p).toFixed(p > 0 && p < 0.01 ? 2 : 1) + "%";
+  const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+  const secs = (s) => (s < 90 ? `${Math.max(1, Math.round(s))} s` : s < 5400 ? `${Math.round(s / 60)} min`
+                                                                         : `${(s / 3600).toFixed(1)} h`);
 
   /** A readable sentence from a failed response: the API's `detail`, else the status. */
   async function readError(resp) {
@@ -38,14 +43,22 @@
     return detail || `the server answered ${resp.status} ${resp.statusText}`;
   }
 
+  /** fetch + JSON; errors carry `.status` (an HTTP answer) or `.offline` (no answer at all). */
   async function api(path, opts) {
     let resp;
     try {
       resp = await fetch(path, opts);
     } catch (e) {
-      throw new Error("the cnnvis server does not answer (is `cnnvis serve` still running?)");
+      const err = new Error("the cnnvis server does not answer (is `cnnvis serve` still running?)");
+      err.offline = true;
+      throw err;
     }
-    if (!resp.ok) throw new Error(await readError(resp));
+    if (!resp.ok) {
+      const err = new Error(await readError(resp));
+      err.status = resp.status;
+      if (resp.status === 502 || resp.status === 503 || resp.status === 504) err.offline = true;  // a proxy
+      throw err;
+    }
     return resp.json();
   }
   const postJSON = (path, body) => api(path, {method: "POST", headers: {"Content-Type": "application/json"},
@@ -71,8 +84,10 @@
 
   // ------------------------------------------------------------------ jobs
   /** POST a job spec, poll it every 0.5 s with a progress bar and Cancel button in `area`.
-      Resolves with the job status object once done; rejects (message shown) if failed/cancelled. */
-  function startJob(spec, area, label) {
+      Resolves with the job status object once done; rejects (message shown) if failed/cancelled.
+      opts.onStatus(st): called with every status seen. */
+  function startJob(spec, area, label, opts) {
+    opts = opts || {};
     const box = errBox(area);
     clearError(box);
     const fill = el("div", {class: "fill"});
@@ -83,8 +98,11 @@
     const widget = el("div", {class: "job", "data-testid": "job-widget", "data-status": "queued"},
                       el("span", {class: "job-label", text: label || spec.kind}), bar, desc, cancel);
     area.replaceChildren(widget);
+    const body = Object.assign({}, spec, {model: MID});
     let id = null;
     let stop = false;
+    let misses = 0;  // polls in a row without an answer
+    let runningSince = null;
     return new Promise((resolve, reject) => {
       function fail(msg, status) {
         stop = true;
@@ -93,12 +111,17 @@
         cancel.hidden = true;
         desc.textContent = status === "cancelled" ? "cancelled" : "failed";
         showError(box, msg);
-        reject(new Error(msg));
+        const err = new Error(msg);
+        err.jobStatus = status || "failed";
+        reject(err);
       }
       function draw(st) {
+        misses = 0;
+        delete widget.dataset.offline;
         widget.dataset.status = st.status;
         if (!widget.dataset.firstStatus) widget.dataset.firstStatus = st.status;
         widget.dataset.jobId = st.id;
+        if (opts.onStatus) opts.onStatus(st);
         const p = st.progress || {};
         const total = Number(p.total) || 0;
         const done = Number(p.done) || 0;
@@ -106,10 +129,16 @@
         bar.classList.toggle("indeterminate", st.status === "running" && total <= 0);
         fill.style.width = (100 * frac).toFixed(1) + "%";
         bar.setAttribute("aria-valuenow", Math.round(100 * frac));
-        const words = {queued: "waiting for the worker…", running: "running", done: "done", cancelled: "cancelled",
-                       failed: "failed"}[st.status] || st.status;
-        desc.textContent = st.status === "running" && (p.desc || total)
+        if (st.status === "running" && runningSince === null) runningSince = Date.now();
+        const words = {queued: st.waiting || "waiting for the worker…", running: "running", done: "done",
+                       cancelled: "cancelled", failed: "failed"}[st.status] || st.status;
+        let text = st.status === "running" && (p.desc || total)
           ? `${p.desc || "running"}${total ? ` ${done}/${total}` : ""}` : words;
+        if (st.status === "running" && total > 0 && done > 0 && runningSince !== null) {
+          const spent = (Date.now() - runningSince) / 1000;
+          if (spent > 3 && done < total) text += ` · about ${secs(spent / done * (total - done))} left`;
+        }
+        desc.textContent = text;
         if (st.status === "done") {
           stop = true;
           cancel.hidden = true;
@@ -118,17 +147,50 @@
         } else if (st.status === "failed") {
           fail(st.error || "the job failed", "failed");
         } else if (st.status === "cancelled") {
-          fail("cancelled: the job was stopped", "cancelled");
+          fail(st.error || "cancelled: the job was stopped", "cancelled");
         }
       }
-      async function poll() {
+      function offline() {  // no answer: keep trying, less and less often
+        misses += 1;
+        widget.dataset.offline = "1";
+        const wait = Math.min(MAX_BACKOFF_MS, POLL_MS * 2 ** Math.min(misses, 5));
+        desc.textContent = `the server does not answer; trying again in ${Math.round(wait / 1000) || 1} s…`;
+        return wait;
+      }
+      async function submit() {
         if (stop) return;
+        let st;
         try {
-          draw(await api(`/api/jobs/${enc(id)}`));
+          st = await postJSON("/api/jobs", body);
         } catch (e) {
+          if (e.offline) {
+            setTimeout(submit, offline());
+            return;
+          }
           fail(e.message);
           return;
         }
+        id = st.id;
+        draw(st);
+        if (!stop) setTimeout(poll, POLL_MS);
+      }
+      async function poll() {
+        if (stop) return;
+        let st;
+        try {
+          st = await api(`/api/jobs/${enc(id)}`);
+        } catch (e) {
+          if (e.offline) {
+            setTimeout(poll, offline());
+          } else if (e.status === 404) {  // a restarted server forgot the job: ask again
+            runningSince = null;
+            submit();
+          } else {
+            fail(e.message);
+          }
+          return;
+        }
+        draw(st);
         if (!stop) setTimeout(poll, POLL_MS);
       }
       cancel.addEventListener("click", async () => {
@@ -140,12 +202,7 @@
           fail(e.message);
         }
       });
-      const body = Object.assign({}, spec, {model: MID});
-      postJSON("/api/jobs", body).then((st) => {
-        id = st.id;
-        draw(st);
-        if (!stop) setTimeout(poll, POLL_MS);
-      }, (e) => fail(e.message));
+      submit();
     });
   }
 
@@ -190,9 +247,11 @@
       pick.replaceChildren(...ms.map((m) => el("option", {value: m.id, selected: m.id === MID,
                                                           text: m.id + (m.default ? " (default)" : "")})));
       const me = ms.find((m) => m.id === MID);
-      if (!me && !BOOT.message) {
-        showError(errBox($("#model-info")), `no model ${JSON.stringify(MID)} is served here; pick one of: ` +
-                  ms.map((m) => m.id).join(", "));
+      if (!me) {  // the page itself says so (a 404 page with the served models)
+        if (!BOOT.message) {
+          showError(errBox($("#model-info")), `no model ${JSON.stringify(MID)} is served here; pick one of: ` +
+                    ms.map((m) => m.id).join(", "));
+        }
       } else {
         $("#model-info").textContent = `${me.name} · ${me.task}` + (me.n_classes ? ` · ${me.n_classes} classes` : "") +
           ` · input ${shapeText(me.input_shape)}`;
@@ -204,9 +263,11 @@
   }
 
   const isMap = (l) => Array.isArray(l.shape) && l.shape.length === 3;
-  const layerHref = (name, page) => `/m/${enc(MID)}/layer/${enc(name)}` + (page ? `?page=${page}` : "");
+  const layerHref = (name, page) => `/m/${enc(MID)}/layer/${enc(name)}` + (page > 1 ? `?page=${page}` : "");
+  const channelHref = (name, c) => `/m/${enc(MID)}/layer/${enc(name)}/channel/${c}`;
   const findLayer = (ls, name) => ls.find((l) => l.name === name) || ls.find((l) => l.alias === name);
   const firstConv = (ls) => ls.find((l) => /conv/i.test(l.type || "") && isMap(l));
+  const layerLabel = (l) => (l.alias ? `${l.alias} (${l.name})` : l.name);
 
   // ------------------------------------------------------------------ pages
   async function indexPage() {
@@ -217,40 +278,7 @@
   }
 
   async function modelPage() {
-    const root = $("#layers");
-    let ls;
-    try {
-      ls = await layers();
-    } catch (e) {
-      root.replaceChildren();
-      showError($(".error"), e.message);
-      return;
-    }
-    const stages = new Map();
-    for (const l of ls) {
-      const s = l.stage || "(top)";
-      if (!stages.has(s)) stages.set(s, []);
-      stages.get(s).push(l);
-    }
-    const table = (rows) => el("table", {class: "layers"},
-      el("thead", {}, el("tr", {}, el("th", {text: "layer"}), el("th", {text: "alias"}), el("th", {text: "type"}),
-                                  el("th", {text: "output shape"}))),
-      el("tbody", {}, ...rows.map((l) => el("tr", {"data-layer": l.name},
-        el("td", {}, isMap(l) ? el("a", {href: layerHref(l.name), "data-testid": "layer-link", text: l.name})
-                              : el("span", {text: l.name})),
-        el("td", {text: l.alias || ""}), el("td", {text: l.type || ""}),
-        el("td", {class: "shape", text: shapeText(l.shape)})))));
-    // big stages (a timm net's 'blocks'): their blocks and named layers first, every module on demand
-    const main = (l) => l.alias || l.name.split(".").length <= 2;
-    root.replaceChildren(...[...stages].map(([stage, rows]) => {
-      const top = rows.length > 24 ? rows.filter(main) : rows;
-      const rest = rows.length > 24 ? rows.filter((l) => !main(l)) : [];
-      return el("section", {class: "stage", "data-stage": stage},
-        el("h2", {text: `${stage}`}, el("span", {class: "muted small",
-          text: ` · ${rows.length} layer${rows.length === 1 ? "" : "s"}`})),
-        table(top),
-        rest.length ? el("details", {}, el("summary", {text: `all ${rows.length} modules of ${stage}`}), table(rows)) : null);
-    }));
+    /* the layer table and its thumbnails are rendered by the server */
   }
 
   function channelsOfPage(n, page, per) {
@@ -260,82 +288,75 @@
   }
 
   async function layerPage() {
-    const {layer, page_no: page, per_page: per} = BOOT;
+    const {layer, page_no: page, per_page: per, info} = BOOT;
     const tiles = $("#tiles");
     const area = $("#job");
-    let info;
-    if (BOOT.spec_error) {
-      showError(errBox(area), BOOT.spec_error);
-      $("#page-label").textContent = "";
-      if (page > 0) Object.assign($("#prev-page"), {href: "?page=0", textContent: "‹ first page"});
-      return;
-    }
-    try {
-      info = findLayer(await layers(), layer);
-      if (!info) throw new Error(`${MID} has no layer ${JSON.stringify(layer)}; pick one on the model page`);
-      if (!isMap(info)) throw new Error(`${layer} gives ${shapeText(info.shape)}, not channels of maps: pick a conv layer`);
-    } catch (e) {
-      showError(errBox(area), e.message);
+    if (BOOT.spec_error || !info) {
+      showError(errBox(area), BOOT.spec_error || `${MID} has no layer ${JSON.stringify(layer)}; pick one on the model page`);
       return;
     }
     const n = info.shape[0];
-    const pages = Math.max(1, Math.ceil(n / per));
-    $("#layer-desc").textContent = `${info.type || "layer"}${info.alias ? " (" + info.alias + ")" : ""} · output ` +
-      `${shapeText(info.shape)} · ${n} channels, ${per} a page`;
-    $("#page-label").textContent = `page ${page + 1} of ${pages} (channels ${page * per}–${Math.min(n, (page + 1) * per) - 1})`;
-    $("#next-page").hidden = page >= pages - 1;
-    if (page >= pages) {
-      showError(errBox(area), `page ${page + 1} is past the last page (${pages}); go back`);
-      return;
-    }
-    const spec = BOOT.spec || {kind: "filters", layers: [layer], channels: channelsOfPage(n, page, per)};
+    const spec = BOOT.spec;
     const chans = spec.channels || channelsOfPage(n, page, per);
     const cells = new Map();
-    tiles.replaceChildren(...chans.map((c) => {
-      const cell = el("a", {class: "tile pending", href: `${layerHref(layer)}/channel/${c}`, "data-channel": c,
-                            "data-testid": "tile"}, el("div", {class: "ph"}), el("span", {class: "cap", text: `#${c}`}));
-      cells.set(c, cell);
-      return cell;
-    }));
-    let st;
-    try {
-      st = await startJob(spec, area, `rendering ${chans.length} channels`);
-    } catch (e) {  // the message is shown; the tiles stop waiting
-      for (const cell of cells.values()) cell.classList.replace("pending", "failed");
-      return;
+    function pending() {
+      tiles.replaceChildren(...chans.map((c) => {
+        const cell = el("a", {class: "tile pending", href: channelHref(layer, c), "data-channel": c,
+                              "data-testid": "tile"}, el("div", {class: "ph"}), el("span", {class: "cap", text: `#${c}`}));
+        cells.set(c, cell);
+        return cell;
+      }));
     }
-    const res = st.result || {};
-    const files = res.files || {};
-    const row = ((res.data || {}).layers || [])[0] || {};
-    const dead = new Set(row.dead || []);
-    const values = row.values || [];
-    const order = row.channels || chans;
-    order.forEach((c, i) => {
-      const cell = cells.get(c);
-      if (!cell) return;
-      cell.classList.remove("pending");
-      const url = files[`tile_0_${c}.png`];
-      const v = values[i];
-      if (url && !dead.has(c)) {
-        cell.title = `channel ${c}` + (v !== null && v !== undefined ? `: the image raises it to ${v.toFixed(3)}` : "");
-        cell.replaceChildren(el("img", {src: url, alt: `channel ${c}`, onload: pixelate}),
-                             el("span", {class: "cap", text: `#${c}` + (v !== null && v !== undefined ? ` · ${(Math.abs(v) < 0.005 ? 0 : v).toFixed(2)}` : "")}));
-      } else {
-        cell.classList.add("dead");
-        cell.replaceChildren(el("div", {class: "ph", text: "dead"}), el("span", {class: "cap", text: `#${c} dead`}));
+    async function run() {
+      pending();
+      let st;
+      try {
+        st = await startJob(spec, area, `rendering ${chans.length} channels`);
+      } catch (e) {  // the message is shown; the tiles stop waiting and offer to try again
+        const word = e.jobStatus === "cancelled" ? "cancelled" : "failed";
+        for (const cell of cells.values()) {
+          cell.classList.replace("pending", "failed");
+          cell.querySelector(".ph").textContent = word;
+        }
+        area.append(el("button", {class: "retry", "data-testid": "retry", text: "Render again",
+                                  onclick: () => run()}));
+        return;
       }
-    });
+      const res = st.result || {};
+      const files = res.files || {};
+      const row = ((res.data || {}).layers || [])[0] || {};
+      const dead = new Set(row.dead || []);
+      const values = row.values || [];
+      const order = row.channels || chans;
+      order.forEach((c, i) => {
+        const cell = cells.get(c);
+        if (!cell) return;
+        cell.classList.remove("pending");
+        const url = files[`tile_0_${c}.png`];
+        const v = values[i];
+        if (url && !dead.has(c)) {
+          cell.title = `channel ${c}` + (v !== null && v !== undefined ? `: the image raises it to ${v.toFixed(3)}` : "");
+          cell.replaceChildren(el("img", {src: url, alt: `channel ${c}`, onload: pixelate}),
+                               el("span", {class: "cap", text: `#${c}` + (v !== null && v !== undefined ? ` · ${(Math.abs(v) < 0.005 ? 0 : v).toFixed(2)}` : "")}));
+        } else {
+          cell.classList.add("dead");
+          cell.replaceChildren(el("div", {class: "ph", text: "dead"}), el("span", {class: "cap", text: `#${c} dead`}));
+        }
+      });
+    }
+    run();
   }
 
   async function channelPage() {
     const {layer, channel} = BOOT;
     const seeds = $("#seeds");
-    const specs = BOOT.specs || [0, 1, 2].map((s) => ({kind: "filters", layers: [layer], channels: [channel], seed: s}));
     const area = $("#seeds-job");
-    if (BOOT.spec_error) {
-      showError(errBox(area), BOOT.spec_error);
+    if (BOOT.spec_error || !BOOT.specs) {
+      showError(errBox(area), BOOT.spec_error || "this channel cannot be shown");
+      $("#top-section").hidden = true;
       return;
     }
+    const specs = BOOT.specs;
     seeds.replaceChildren(...specs.map((s) => el("figure", {class: "tile pending", "data-seed": s.seed},
       el("div", {class: "ph"}), el("figcaption", {text: `seed ${s.seed}`}))));
     // weights: only for the first conv layer
@@ -365,10 +386,14 @@
         const st = await startJob(s, area, `seed ${s.seed}`);
         const files = (st.result || {}).files || {};
         const url = files[`tile_0_${channel}.png`];
+        const row = ((st.result.data || {}).layers || [])[0] || {};
+        const v = (row.values || [])[0];
         const fig = seeds.querySelector(`[data-seed="${s.seed}"]`);
         fig.classList.remove("pending");
         fig.replaceChildren(url ? el("img", {src: url, alt: `channel ${channel}, seed ${s.seed}`, onload: pixelate})
-                                : el("div", {class: "ph", text: "dead"}), el("figcaption", {text: `seed ${s.seed}`}));
+                                : el("div", {class: "ph", text: "dead"}),
+                            el("figcaption", {}, `seed ${s.seed}`, v !== null && v !== undefined
+                              ? el("span", {"data-testid": "seed-value", text: ` · activation ${v.toFixed(3)}`}) : null));
       } catch (e) {
         seeds.querySelectorAll(".pending").forEach((f) => f.classList.replace("pending", "failed"));
         return;
@@ -381,6 +406,14 @@
     let ref = null;
     const top5 = $("#top5");
     const target = $("#target");
+    const ms = await models().catch(() => []);
+    const me = ms.find((m) => m.id === MID) || {task: "classification"};
+    const classifier = me.task === "classification";
+    if (!classifier) {  // an edge detector (VGG16-HED): its output map, no classes
+      $("#sees-title").textContent = `2. What the model sees: its ${me.task} map`;
+      for (const id of ["#target-wrap", "#target-other-wrap"]) $(id).hidden = true;
+      $("#attr-title").textContent = `Which pixels make its ${me.task}? Attribution maps`;
+    }
 
     function showTop(top) {
       top5.replaceChildren(el("tr", {}, el("th", {text: "class"}), el("th", {text: "probability"}), el("th")),
@@ -395,11 +428,19 @@
       $("#photo-img").src = src;
       $("#photo-name").textContent = name;
       top5.replaceChildren();
-      for (const id of ["#attr-out", "#layer-out"]) $(id).replaceChildren();
+      for (const id of ["#attr-out", "#layer-out", "#sees-out"]) $(id).replaceChildren();
     }
-    async function classifyRef() {
-      const st = await startJob({kind: "classify", images: [ref], top: 5}, $("#classify-job"), "classify");
-      showTop(st.result.data.predictions[0].top);
+    /** What the model makes of the photo: top-5 classes, or an edge detector's output map. */
+    async function seeRef() {
+      if (classifier) {
+        const st = await startJob({kind: "classify", images: [ref], top: 5}, $("#classify-job"), "classify");
+        showTop(st.result.data.predictions[0].top);
+        return;
+      }
+      const ls = await layers();
+      const out = ls.filter(isMap).pop();  // the last map in execution order: the model's output
+      await jobImage({kind: "feature_maps", image: ref, layer: out.name}, $("#classify-job"), $("#sees-out"),
+                     `${me.task} map`);
     }
 
     try {
@@ -408,7 +449,7 @@
           "data-testid": "bundled-photo", title: p.name, onclick: () => {
             clearError(perr);
             choose(p.ref, p.url, p.name);
-            classifyRef().catch(() => {});
+            seeRef().catch(() => {});
           }}, el("img", {src: p.url, alt: p.name}), el("span", {text: p.name}))));
     } catch (e) {
       showError(perr, e.message);
@@ -417,18 +458,27 @@
       const file = ev.target.files[0];
       if (!file) return;
       clearError(perr);
+      const status = $("#upload-status");
+      status.textContent = `uploading ${file.name} (${(file.size / 1024).toFixed(0)} KB)…`;
+      status.hidden = false;
       const form = new FormData();
       form.append("file", file, file.name);
       let up;
       try {
         up = await api("/api/uploads", {method: "POST", body: form});
       } catch (e) {
+        status.hidden = true;
         $("#photo-panel").hidden = true;
         showError(perr, e.message.includes(file.name) ? e.message : `${file.name}: ${e.message}`);
         ev.target.value = "";
         return;
       }
+      status.hidden = true;
       choose(up.ref, URL.createObjectURL(file), `${file.name} (${up.width}×${up.height})`);
+      if (!classifier) {
+        seeRef().catch(() => {});
+        return;
+      }
       const area = $("#classify-job");
       const box = errBox(area);
       area.replaceChildren(el("span", {class: "muted", text: "classifying…"}));
@@ -449,7 +499,7 @@
       const maps = ls.filter(isMap);
       const pick = maps[Math.floor((maps.length * 2) / 3)] || maps[0];
       $("#layer-select").replaceChildren(...maps.map((l) => el("option", {value: l.name, selected: l === pick,
-        text: `${l.name}${l.alias ? " (" + l.alias + ")" : ""} ${shapeText(l.shape)}`})));
+        text: `${layerLabel(l)} ${shapeText(l.shape)}`})));
     }).catch((e) => showError(errBox($("#layer-job")), e.message));
 
     let timer = null;
@@ -463,7 +513,8 @@
       if (!ref) return;
       const spec = {kind: "attribution", image: ref, method: $("#method").value};
       const other = $("#target-other").value.trim();
-      if (other) spec.target = /^\d+$/.test(other) ? Number(other) : other;
+      if (!classifier) { /* no class: the map explains the sum of the output */ }
+      else if (other) spec.target = /^\d+$/.test(other) ? Number(other) : other;
       else if (target.value !== "") spec.target = Number(target.value);
       jobImage(spec, $("#attr-job"), $("#attr-out"), `${$("#method").value}`).catch(() => {});
     });
@@ -502,7 +553,8 @@
         return;
       }
       const spec = {kind: "class_image", target: /^\d+$/.test(t) ? Number(t) : t,
-                    steps: Number($("#class-steps").value) || 128, judge: $("#judge").value};
+                    steps: Number($("#class-steps").value) || 128, judge: $("#judge").value,
+                    objective: $("#class-objective").value};
       out.replaceChildren();
       let st;
       try {
