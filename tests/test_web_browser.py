@@ -419,6 +419,115 @@ def test_bad_addresses_show_readable_messages(server, page):
     shot(pg, "12-unknown-address")
 
 
+def _views(pg) -> dict:
+    """What a view shows: the sources of its result pictures and its numbers."""
+    return pg.evaluate("""() => ({
+        imgs: [...document.querySelectorAll('main .out img, #top-examples img, [data-testid=class-img]')]
+              .map(i => i.getAttribute('src')),
+        top1: (document.querySelector('[data-testid=top1] .label') || {}).textContent || null,
+        acc: (document.querySelector('[data-testid=accuracy]') || {}).textContent || null,
+        points: document.querySelectorAll('svg.scatter circle').length})""")
+
+
+def _settle(pg) -> None:
+    """Wait until every job widget on the page has ended and every picture has loaded."""
+    pg.wait_for_function("() => [...document.querySelectorAll('[data-testid=job-widget]')].every(w => "
+                         "w.classList.contains('ended')) && [...document.querySelectorAll('main img[src]')].every(i => "
+                         "i.complete && i.naturalWidth > 0)")
+
+
+def test_every_view_is_a_url(server, browser, page):
+    """Issue 21 item 1: a photo page after Grad-CAM and DeepDream, an uploaded photo, a class image, the
+    study and a channel's top examples: each URL, opened in a fresh browser, shows the same view from
+    the store with no new job run; the back button goes back through the views."""
+    pg = page
+    mid = mnist_mid(server)
+    urls: dict[str, str] = {}
+    pg.goto(server.base + "/m/efficientnet_lite0/photo")
+    pg.click("[data-testid=bundled-photo][data-ref='sample:chelsea']")
+    pg.wait_for_selector("[data-testid=top1]")
+    pg.select_option("#method", "gradcam")
+    pg.click("#attr-btn")
+    pg.wait_for_selector("#attr-out img")
+    _settle(pg)
+    after_gradcam = pg.url
+    pg.click("#dream-btn")
+    pg.wait_for_selector("#layer-out img")
+    _settle(pg)
+    urls["photo"] = pg.url
+    assert "photo=sample%3Achelsea" in pg.url and "method=gradcam" in pg.url and "view=dream" in pg.url
+    pg.go_back()  # the Grad-CAM view: DeepDream gone, the map still there
+    pg.wait_for_function("() => !document.querySelector('#layer-out img')")
+    assert pg.url == after_gradcam and pg.locator("#attr-out img").count() == 1
+    pg.go_back()
+    pg.wait_for_function("() => !document.querySelector('#attr-out img')")
+    assert pg.inner_text("#photo-name") == "chelsea"
+    pg.go_forward()
+    pg.go_forward()
+    pg.wait_for_selector("#layer-out img")
+    assert pg.url == urls["photo"]
+
+    pg.goto(server.base + "/m/efficientnet_lite0/photo")  # an upload, by its content key
+    pg.set_input_files("#upload", str(sample("pelican")))
+    pg.wait_for_selector("[data-testid=top1]")
+    pg.select_option("#method", "saliency")
+    pg.click("#attr-btn")
+    pg.wait_for_selector("#attr-out img")
+    _settle(pg)
+    urls["upload"] = pg.url
+    assert "photo=upload%3A" in pg.url
+    pg.goto(f"{server.base}/m/{mid}/class")
+    pg.fill("#class-q", "3")
+    pg.click("#class-btn")
+    pg.wait_for_selector("[data-testid=class-img]")
+    _settle(pg)
+    urls["class"] = pg.url
+    assert "class=3" in pg.url
+    pg.goto(f"{server.base}/m/{mid}/study")
+    pg.click("#eval-btn")
+    pg.wait_for_selector("[data-testid=accuracy]")
+    pg.fill("#embed-limit", "300")
+    pg.click("#embed-btn")
+    pg.wait_for_selector("svg.scatter")
+    _settle(pg)
+    urls["study"] = pg.url
+    pg.goto(f"{server.base}/m/{mid}/layer/features.0/channel/4")
+    pg.click("#top-examples-btn")
+    pg.wait_for_selector("#top-examples img")
+    _settle(pg)
+    urls["channel"] = pg.url
+    ready = {"photo": "[data-testid=top1], #attr-out img, #layer-out img", "upload": "[data-testid=top1], #attr-out img",
+             "class": "[data-testid=class-img]", "study": "[data-testid=accuracy], svg.scatter",
+             "channel": "#top-examples img, [data-seed='2'] img"}
+
+    def wait_view(p, name):
+        for sel in ready[name].replace(" >> ", ", ").split(", "):
+            p.wait_for_selector(sel)
+        _settle(p)
+
+    seen = {}
+    for name, url in urls.items():
+        pg.goto(url)
+        wait_view(pg, name)
+        seen[name] = _views(pg)
+
+    runs = _get_json(server.base + "/api/health")["runs"]
+    ctx = browser.new_context(viewport={"width": 1200, "height": 900})  # a fresh browser: no state, no cache
+    try:
+        fresh = ctx.new_page()
+        fresh.set_default_timeout(TIMEOUT_MS)
+        for name, url in urls.items():
+            fresh.goto(url)
+            wait_view(fresh, name)
+            got = _views(fresh)
+            assert got == seen[name] and got["imgs"], (name, got, seen[name])
+            assert fresh.locator(".error:not([hidden])").count() == 0, name
+            shot(fresh, f"20-view-from-url-{name}")
+    finally:
+        ctx.close()
+    assert _get_json(server.base + "/api/health")["runs"] == runs  # every view came from the store
+
+
 def test_edge_detector_photo_page_shows_its_edge_map(server, page):
     """VGG16-HED is not a classifier: the photo page shows its output map, not a red 'not a classifier'."""
     pg = page

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, File, Form, HTTPException, Response, Upl
 
 from cnnvis.web.context import WebContext, get_ctx
 from cnnvis.web.schemas import ClassifyOut, PhotoOut, UploadOut
-from cnnvis.web.uploads import save_upload
+from cnnvis.web.uploads import UPLOAD_RE, save_upload
 
 router = APIRouter()
 _PHOTO_PNG: dict[str, bytes] = {}  # bundled photo name -> PNG bytes (package data: the same for every app)
@@ -42,6 +42,25 @@ def get_photo(name: str):
 async def post_upload(file: UploadFile = File(...), ctx: WebContext = Depends(get_ctx)):
     sha, w, h = await save_upload(ctx, file)
     return {"ref": f"upload:{sha}", "width": w, "height": h}
+
+
+@router.get("/uploads/{sha}.png", response_class=Response,
+            responses={200: {"content": {"image/png": {}}}, 404: {"description": "no such upload"}})
+def get_upload(sha: str, ctx: WebContext = Depends(get_ctx)):
+    """An uploaded photo by its content key (the sha256 of its PNG): a photo page's URL names it so."""
+    import os
+
+    if not UPLOAD_RE.match(f"upload:{sha}"):
+        raise HTTPException(404, "no such upload; an upload is named by the 64 hex digits of its sha256")
+    path = ctx.uploads / f"{sha}.png"
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        with os.fdopen(fd, "rb") as f:
+            blob = f.read()
+    except OSError:
+        raise HTTPException(404, f"no uploaded photo {sha[:12]}…; upload it again") from None
+    return Response(blob, media_type="image/png", headers={"Cache-Control": "max-age=31536000, immutable",
+                                                           "X-Content-Type-Options": "nosniff"})
 
 
 @router.post("/classify", response_model=ClassifyOut,

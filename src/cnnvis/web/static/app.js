@@ -377,10 +377,13 @@
           text: "No dataset is served for this model: start cnnvis serve with --data DATA to see its top examples."}));
       }
     }).catch(() => {});
+    const topExamples = () => jobImage({kind: "top_examples", layer, channels: [channel], k: 9}, $("#top-job"),
+      $("#top-examples"), "top examples", `channel_${String(channel).padStart(3, "0")}.png`).catch(() => {});
     $("#top-examples-btn").addEventListener("click", () => {
-      jobImage({kind: "top_examples", layer, channels: [channel], k: 9}, $("#top-job"), $("#top-examples"),
-               "top examples", `channel_${String(channel).padStart(3, "0")}.png`).catch(() => {});
+      writeState(Object.assign(readState(), {top: "1"}));
+      topExamples();
     });
+    if (readState().top) topExamples();
     for (const s of specs) {  // one job each; the server runs them one after another
       try {
         const st = await startJob(s, area, `seed ${s.seed}`);
@@ -401,6 +404,23 @@
     }
   }
 
+  // ------------------------------------------------------------------ views are URLs
+  /** The page's view state from its query string: {key: string}. */
+  function readState() {
+    const out = {};
+    for (const [k, v] of new URLSearchParams(location.search)) out[k] = v;
+    return out;
+  }
+  /** Put `state` in the address bar (a new history entry unless `replace`), dropping empty values. */
+  function writeState(state, replace) {
+    const q = new URLSearchParams();
+    for (const [k, v] of Object.entries(state)) if (v !== null && v !== undefined && v !== "") q.set(k, v);
+    const url = location.pathname + (q.toString() ? `?${q}` : "");
+    if (url === location.pathname + location.search) return;
+    if (replace) history.replaceState(null, "", url);
+    else history.pushState(null, "", url);
+  }
+
   async function photoPage() {
     const perr = $("#photo-error");
     let ref = null;
@@ -414,21 +434,34 @@
       for (const id of ["#target-wrap", "#target-other-wrap"]) $(id).hidden = true;
       $("#attr-title").textContent = `Which pixels make its ${me.task}? Attribution maps`;
     }
+    let state = {};  // photo, method, target, view (maps|dream|deconv), layer: the view, as in the URL
 
     function showTop(top) {
       top5.replaceChildren(el("tr", {}, el("th", {text: "class"}), el("th", {text: "probability"}), el("th")),
         ...top.map((t, i) => el("tr", {"data-index": t.index, "data-testid": i === 0 ? "top1" : "topk"},
           el("td", {class: "label", text: t.label}), el("td", {class: "num", text: pct(t.prob)}),
           el("td", {}, el("div", {class: "pbar"}, el("div", {style: `width:${(100 * t.prob).toFixed(1)}%`}))))));
-      target.replaceChildren(...top.map((t) => el("option", {value: t.index, text: `${t.label} (${pct(t.prob)})`})));
+      const keep = state.target;
+      target.replaceChildren(...top.map((t) => el("option", {value: t.index, text: `${t.label} (${pct(t.prob)})`,
+                                                            selected: String(t.index) === keep})));
+      const inTop = top.some((t) => String(t.index) === keep);
+      $("#target-other").value = keep && !inTop ? keep : "";  // a class outside the top-5 stays in the box
     }
-    function choose(newRef, src, name) {
+    function photoUrl(r) {
+      const [kind, name] = r.split(":");
+      return kind === "upload" ? `/api/uploads/${enc(name)}.png` : `/api/photos/${enc(name)}.png`;
+    }
+    function choose(newRef, name) {
       ref = newRef;
       $("#photo-panel").hidden = false;
-      $("#photo-img").src = src;
-      $("#photo-name").textContent = name;
+      $("#photo-img").src = photoUrl(newRef);
+      $("#photo-img").dataset.ref = newRef;
+      $("#photo-name").textContent = name || (newRef.startsWith("upload:") ? `uploaded photo ${newRef.slice(7, 19)}…`
+                                                                            : newRef.slice(7));
       top5.replaceChildren();
-      for (const id of ["#attr-out", "#layer-out", "#sees-out"]) $(id).replaceChildren();
+      for (const id of ["#attr-out", "#layer-out", "#sees-out", "#classify-job", "#attr-job", "#layer-job"]) {
+        $(id).replaceChildren();
+      }
     }
     /** What the model makes of the photo: top-5 classes, or an edge detector's output map. */
     async function seeRef() {
@@ -442,14 +475,68 @@
       await jobImage({kind: "feature_maps", image: ref, layer: out.name}, $("#classify-job"), $("#sees-out"),
                      `${me.task} map`);
     }
+    function attrSpec(s) {
+      const spec = {kind: "attribution", image: s.photo, method: s.method};
+      if (classifier && s.target !== undefined && s.target !== "") {
+        spec.target = /^\d+$/.test(s.target) ? Number(s.target) : s.target;
+      }
+      return spec;
+    }
+    function viewSpec(s) {
+      if (s.view === "maps") return [{kind: "feature_maps", image: s.photo, layer: s.layer}, "feature maps"];
+      if (s.view === "dream") return [{kind: "dream", image: s.photo, layers: [s.layer], max_side: 320, octaves: 3,
+                                       steps: 8}, "DeepDream"];
+      if (s.view === "deconv") return [{kind: "deconv", image: s.photo, layers: [s.layer], top: 3}, "deconvnet"];
+      return [null, ""];
+    }
+    /** Show the view `s` (jobs already stored come back at once, without running again). */
+    async function apply(s) {
+      const before = state;
+      state = s;
+      if (!s.photo) {
+        $("#photo-panel").hidden = true;
+        ref = null;
+        return;
+      }
+      if (s.photo !== before.photo || !ref) {
+        choose(s.photo, s.photo === before.photo ? $("#photo-name").textContent : null);
+        seeRef().catch(() => {});
+      }
+      if (s.method && (s.method !== before.method || s.target !== before.target || s.photo !== before.photo)) {
+        $("#method").value = s.method;
+        if (classifier && s.target !== undefined && target.options.length) {
+          const inTop = [...target.options].some((o) => o.value === s.target);
+          if (inTop) target.value = s.target;
+          $("#target-other").value = inTop ? "" : s.target;
+        }
+        jobImage(attrSpec(s), $("#attr-job"), $("#attr-out"), s.method).catch(() => {});
+      } else if (!s.method) {
+        $("#attr-out").replaceChildren();
+        $("#attr-job").replaceChildren();
+      }
+      if (s.view && (s.view !== before.view || s.layer !== before.layer || s.photo !== before.photo)) {
+        await layersReady;
+        if (s.layer) $("#layer-select").value = s.layer;
+        const [spec, label] = viewSpec(s);
+        if (spec) layerView(spec, label, s).catch(() => {});
+      } else if (!s.view) {
+        $("#layer-out").replaceChildren();
+        $("#layer-job").replaceChildren();
+      }
+    }
+    function go(changes) {
+      const s = Object.assign({}, state, changes);
+      writeState(s);
+      apply(s);
+    }
+    window.addEventListener("popstate", () => apply(readState()));
 
     try {
       const photos = await api("/api/photos");
       $("#bundled").replaceChildren(...photos.map((p) => el("button", {class: "photo-btn", "data-ref": p.ref,
           "data-testid": "bundled-photo", title: p.name, onclick: () => {
             clearError(perr);
-            choose(p.ref, p.url, p.name);
-            seeRef().catch(() => {});
+            go({photo: p.ref, method: null, target: null, view: null, layer: null});
           }}, el("img", {src: p.url, alt: p.name}), el("span", {text: p.name}))));
     } catch (e) {
       showError(perr, e.message);
@@ -474,33 +561,25 @@
         return;
       }
       status.hidden = true;
-      choose(up.ref, URL.createObjectURL(file), `${file.name} (${up.width}×${up.height})`);
-      if (!classifier) {
-        seeRef().catch(() => {});
-        return;
-      }
-      const area = $("#classify-job");
-      const box = errBox(area);
-      area.replaceChildren(el("span", {class: "muted", text: "classifying…"}));
-      const cf = new FormData();
-      cf.append("file", file, file.name);
-      cf.append("model", MID);
-      cf.append("top", "5");
-      try {
-        const res = await api("/api/classify", {method: "POST", body: cf});
-        area.replaceChildren();
-        showTop(res.top);
-      } catch (e) {
-        area.replaceChildren();
-        showError(box, e.message);
-      }
+      ev.target.value = "";
+      const s = {photo: up.ref};
+      writeState(s);
+      state = s;
+      choose(up.ref, `${file.name} (${up.width}×${up.height})`);
+      seeRef().catch(() => {});
     });
-    layers().then((ls) => {
+    const layersReady = layers().then((ls) => {
       const maps = ls.filter(isMap);
       const pick = maps[Math.floor((maps.length * 2) / 3)] || maps[0];
       $("#layer-select").replaceChildren(...maps.map((l) => el("option", {value: l.name, selected: l === pick,
         text: `${layerLabel(l)} ${shapeText(l.shape)}`})));
+      return ls;
     }).catch((e) => showError(errBox($("#layer-job")), e.message));
+
+    /** A layer view (feature maps, DeepDream, deconvnet) of the photo. */
+    async function layerView(spec, label, s) {
+      await jobImage(spec, $("#layer-job"), $("#layer-out"), label);
+    }
 
     let timer = null;
     $("#target-other").addEventListener("input", (ev) => {
@@ -511,20 +590,15 @@
     });
     $("#attr-btn").addEventListener("click", () => {
       if (!ref) return;
-      const spec = {kind: "attribution", image: ref, method: $("#method").value};
       const other = $("#target-other").value.trim();
-      if (!classifier) { /* no class: the map explains the sum of the output */ }
-      else if (other) spec.target = /^\d+$/.test(other) ? Number(other) : other;
-      else if (target.value !== "") spec.target = Number(target.value);
-      jobImage(spec, $("#attr-job"), $("#attr-out"), `${$("#method").value}`).catch(() => {});
+      const t = !classifier ? null : other || (target.value !== "" ? target.value : null);
+      go({method: $("#method").value, target: t});
     });
     const L = () => $("#layer-select").value;
-    $("#maps-btn").addEventListener("click", () => ref && jobImage({kind: "feature_maps", image: ref, layer: L()},
-      $("#layer-job"), $("#layer-out"), "feature maps").catch(() => {}));
-    $("#dream-btn").addEventListener("click", () => ref && jobImage({kind: "dream", image: ref, layers: [L()],
-      max_side: 320, octaves: 3, steps: 8}, $("#layer-job"), $("#layer-out"), "DeepDream").catch(() => {}));
-    $("#deconv-btn").addEventListener("click", () => ref && jobImage({kind: "deconv", image: ref, top: 3},
-      $("#layer-job"), $("#layer-out"), "deconvnet").catch(() => {}));
+    for (const view of ["maps", "dream", "deconv"]) {
+      $(`#${view}-btn`).addEventListener("click", () => ref && go({view, layer: L()}));
+    }
+    apply(readState());
   }
 
   async function classPage() {
@@ -545,16 +619,23 @@
       const others = ms.filter((m) => m.id !== MID && m.n_classes && m.n_classes === me.n_classes);
       $("#judge").append(...others.map((m, i) => el("option", {value: m.id, selected: i === 0, text: m.id})));
     }).catch(() => {});
-    $("#class-btn").addEventListener("click", async () => {
-      const t = q.value.trim();
+    const judges = models().then((ms) => ms).catch(() => []);
+    /** Render the class image of view `s` ({class, steps, judge, objective}; as in the URL). */
+    async function show(s) {
       const out = $("#class-out");
-      if (!t) {
-        showError(errBox($("#class-job")), "type a class name or index first");
+      if (!s.class) {
+        out.replaceChildren();
+        $("#class-job").replaceChildren();
         return;
       }
+      await judges;
+      q.value = s.class;
+      if (s.steps) $("#class-steps").value = s.steps;
+      if (s.judge && [...$("#judge").options].some((o) => o.value === s.judge)) $("#judge").value = s.judge;
+      if (s.objective) $("#class-objective").value = s.objective;
+      const t = s.class;
       const spec = {kind: "class_image", target: /^\d+$/.test(t) ? Number(t) : t,
-                    steps: Number($("#class-steps").value) || 128, judge: $("#judge").value,
-                    objective: $("#class-objective").value};
+                    steps: Number(s.steps) || 128, judge: s.judge || "none", objective: s.objective || "logprob"};
       out.replaceChildren();
       let st;
       try {
@@ -582,7 +663,20 @@
           el("h3", {text: "top-5 of the saved image"}),
           el("table", {class: "probs"}, ...(d.top5 || []).map((p) => el("tr", {},
             el("td", {class: "label", text: p.label}), el("td", {class: "num", text: pct(p.prob)})))))));
+    }
+    $("#class-btn").addEventListener("click", () => {
+      const t = q.value.trim();
+      if (!t) {
+        showError(errBox($("#class-job")), "type a class name or index first");
+        return;
+      }
+      const s = {class: t, steps: $("#class-steps").value, judge: $("#judge").value,
+                 objective: $("#class-objective").value};
+      writeState(s);
+      show(s);
     });
+    window.addEventListener("popstate", () => show(readState()));
+    show(readState());
   }
 
   const PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
@@ -647,7 +741,8 @@
         $("#study-note").hidden = false;
       }
     }).catch(() => {});
-    $("#eval-btn").addEventListener("click", async () => {
+    let state = readState();  // eval=1, embed=LIMIT: the study's views, as in the URL
+    async function evaluate() {
       const out = $("#eval-out");
       out.replaceChildren();
       let st, spec;
@@ -672,13 +767,14 @@
           el("tr", {}, el("th", {text: "accuracy"}), ...pc.map(([, v]) => el("td", {class: "num", text: pct(v)})))),
         files["confusion.png"] ? el("img", {src: files["confusion.png"], alt: "confusion matrix", class: "result-img"}) : null,
         files["mistakes.png"] ? el("img", {src: files["mistakes.png"], alt: "most confident mistakes", class: "result-img"}) : null);
-    });
-    $("#embed-btn").addEventListener("click", async () => {
+    }
+    async function embed(limit) {
       const out = $("#embed-out");
       out.replaceChildren();
+      $("#embed-limit").value = limit;
       let st;
       try {
-        st = await startJob({kind: "embed", limit: Number($("#embed-limit").value) || 1000}, $("#embed-job"), "t-SNE");
+        st = await startJob({kind: "embed", limit}, $("#embed-job"), "t-SNE");
       } catch (e) {
         return;
       }
@@ -690,7 +786,26 @@
         el("h3", {text: "atlas"}), files["atlas.png"] ? el("img", {src: files["atlas.png"], class: "result-img", alt: "atlas"}) : null,
         el("h3", {text: "neighbours (feature space vs pixel space)"}),
         files["neighbours.png"] ? el("img", {src: files["neighbours.png"], class: "result-img", alt: "neighbours"}) : null);
+    }
+    function apply(s, before) {
+      if (s.eval && !before.eval) evaluate();
+      if (!s.eval) for (const id of ["#eval-out", "#eval-job"]) $(id).replaceChildren();
+      if (s.embed && s.embed !== before.embed) embed(Number(s.embed) || 1000);
+      if (!s.embed) for (const id of ["#embed-out", "#embed-job"]) $(id).replaceChildren();
+      state = s;
+    }
+    $("#eval-btn").addEventListener("click", () => {
+      const s = Object.assign({}, state, {eval: "1"});
+      writeState(s);
+      apply(s, {});
     });
+    $("#embed-btn").addEventListener("click", () => {
+      const s = Object.assign({}, state, {embed: String(Number($("#embed-limit").value) || 1000)});
+      writeState(s);
+      apply(s, Object.assign({}, state, {embed: null}));
+    });
+    window.addEventListener("popstate", () => apply(readState(), state));
+    apply(state, {});
   }
 
   window.cnnvis = {startJob, api, indexPage, modelPage, layerPage, channelPage, photoPage, classPage, studyPage};
