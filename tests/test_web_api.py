@@ -275,6 +275,61 @@ def test_cancel(client, app, mid):
     assert client.delete("/api/jobs/" + "0" * 64).status_code == 404
 
 
+def test_interactive_jobs_never_wait_behind_a_render(client, app, mid, monkeypatch):
+    """Issue 21 item 2: a render holding its model's lock (here for as long as it is not cancelled) does
+    not hold up a classify of the same model; a second render waits and says why; a render whose page
+    was left, or that nobody polls, is cancelled."""
+    from cnnvis.jobs import Cancelled, run
+    from cnnvis.web import jobs as web_jobs
+
+    jm = app.state.jobs
+
+    def runner(spec, **kw):
+        if spec.kind != "filters":
+            return run(spec, **kw)
+        pool = kw["pool"]
+        with pool.lock(pool.get(spec.model)):  # as a real render holds it
+            while not kw["cancel"].is_set():
+                time.sleep(0.01)
+        raise Cancelled("the job was cancelled")
+
+    jm.runner = runner
+    try:
+        spec = {"kind": "filters", "model": mid, "layers": ["conv2"], "channels": [1, 2], "steps": 7777}
+        render = client.post("/api/jobs?watch=true", json=spec).json()
+        assert render["lane"] == "render"
+        wait(client, render["id"], until=("running",))
+        second = client.post("/api/jobs", json={**spec, "seed": 5}).json()
+        assert second["status"] == "queued" and second["waiting"] == "waiting: 1 page render ahead"
+        quick = client.post("/api/jobs", json={"kind": "classify", "model": mid, "images": ["sample:rocket"]}).json()
+        assert quick["lane"] == "interactive"
+        q = wait(client, quick["id"])[-1]
+        r = client.get(f"/api/jobs/{render['id']}").json()
+        assert q["status"] == "done" and r["status"] == "running" and r["ended"] is None
+        assert r["started"] <= q["started"] <= q["ended"]  # ran while the render held its model
+        assert jm.pools["interactive"] is not jm.pools["render"]
+        # the render's page is left: cancelled (the test reads the manager: a poll would count as a watcher)
+        client.post(f"/api/jobs/{render['id']}/leave")
+        for _ in range(200):
+            if jm.get(render["id"]).status == "cancelled":
+                break
+            time.sleep(0.05)
+        job = jm.get(render["id"])
+        assert job.status == "cancelled" and "its page was left" in job.error
+        wait(client, second["id"], until=("running",))  # the next render takes the lane: it was not watched
+        client.delete(f"/api/jobs/{second['id']}")
+        # a watched render nobody polls any more (a closed tab) is cancelled after UNWATCHED_S
+        monkeypatch.setattr(web_jobs, "UNWATCHED_S", 1.0)
+        lone = client.post("/api/jobs?watch=true", json={**spec, "seed": 6}).json()
+        for _ in range(200):
+            if jm.get(lone["id"]).status == "cancelled":
+                break
+            time.sleep(0.05)
+        assert jm.get(lone["id"]).status == "cancelled" and "no page asked" in jm.get(lone["id"]).error
+    finally:
+        jm.runner = run
+
+
 def test_failed_job_keeps_its_error(client, mid):
     # a spec valid on its face that fails while running: a layer the net does not have
     job = client.post("/api/jobs", json={"kind": "feature_maps", "model": mid, "image": "sample:chelsea",
@@ -455,12 +510,32 @@ def test_pages_answer_html_and_count_pages_from_1(client, mid):
         assert any(words in e for e in errors(r)), (url, errors(r))
     r = client.get(f"/m/{mid}/layer/features.0?page=2")
     assert r.status_code == 200 and "page 2 of 2" in r.text and not errors(r)
-    assert json.loads(r.text.split('<script id="boot" type="application/json">')[1].split("</script>")[0]
-                      )["spec"]["channels"] == list(range(16, 32))
+    assert _boot(r)["spec"]["channels"] == list(range(16, 32))
     r = client.get("/api/nothing")
     assert r.status_code == 404 and r.headers["content-type"] == "application/json"
     r = client.post(f"/m/{mid}")
     assert r.status_code == 405 and r.headers["content-type"].startswith("text/html")
+
+
+def _boot(r) -> dict:
+    return json.loads(r.text.split('<script id="boot" type="application/json">')[1].split("</script>")[0])
+
+
+def test_layer_page_says_what_it_costs(client, app, mid):
+    """Issue 21 item 2: a layer page not yet stored knows a channel's measured cost (from this layer's
+    stored pages) and the command that fills it ahead; a stored page needs neither."""
+    from cnnvis.web import specs
+
+    spec = specs.layer_page_spec(mid, "conv1", 0)
+    st = wait(client, client.post("/api/jobs", json=spec).json()["id"])[-1]
+    row = st["result"]["data"]["layers"][0]
+    r = client.get(f"/m/{mid}/layer/features.0?page=2")
+    eta = _boot(r)["eta"]
+    assert eta["stored"] is False and eta["channels"] == 16
+    assert eta["per_channel"] == round(row["seconds"] / 16, 2) > 0
+    assert eta["command"] == f"cnnvis render-all --model {app.state.models[mid].ref} --layers conv1 --cache " \
+                             f"{app.state.cache}"
+    assert _boot(client.get(f"/m/{mid}/layer/features.0"))["eta"]["stored"] is True
 
 
 def test_progress_names_layers_by_alias(app):

@@ -528,6 +528,42 @@ def test_every_view_is_a_url(server, browser, page):
     assert _get_json(server.base + "/api/health")["runs"] == runs  # every view came from the store
 
 
+def test_interactive_work_never_waits_behind_a_render_and_leaving_cancels_it(server, page):
+    """Issue 21 item 2: while a VGG16 layer page renders (minutes here), a classify on the photo page and
+    the edge map of VGG16-HED itself (the model the render holds) run and finish; the layer page says
+    what it costs and how to fill it ahead; leaving it cancels its render."""
+    pg = page
+    pg.goto(server.base + "/m/vgg16_hed/layer/features.21?page=2")  # conv4_3, channels 16-31: not stored
+    pg.wait_for_selector("[data-testid=job-widget][data-status=running]")
+    render_id = pg.get_attribute("[data-testid=job-widget]", "data-job-id")
+    note = pg.inner_text("[data-testid=eta]")
+    assert "This page renders 16 channels" in note and "cnnvis render-all --model vgg16_hed --layers conv4_3" in note
+    shot(pg, "21-vgg-render-with-its-cost")
+    other = pg.context.new_page()
+    other.set_default_timeout(TIMEOUT_MS)
+    finished = {}
+    for mid, photo in (("efficientnet_lite0", "rocket"), ("vgg16_hed", "astronaut")):
+        other.goto(f"{server.base}/m/{mid}/photo")
+        other.click(f"[data-testid=bundled-photo][data-ref='sample:{photo}']")
+        wait_job_done(other, "#classify-job")
+        finished[mid] = _get_json(f"{server.base}/api/jobs/"
+                                  f"{other.get_attribute('#classify-job [data-testid=job-widget]', 'data-job-id')}")
+        render = _get_json(f"{server.base}/api/jobs/{render_id}")
+        assert render["status"] == "running" and render["ended"] is None, render  # still rendering meanwhile
+        job = finished[mid]
+        assert job["lane"] == "interactive" and render["started"] < job["started"] <= job["ended"], (job, render)
+    assert finished["efficientnet_lite0"]["kind"] == "classify" and finished["vgg16_hed"]["kind"] == "feature_maps"
+    shot(other, "22-photo-while-vgg-renders")
+    other.close()
+    pg.goto(server.base + "/m/vgg16_hed")  # leave the layer page: its render is cancelled
+    for _ in range(100):
+        render = _get_json(f"{server.base}/api/jobs/{render_id}")
+        if render["status"] != "running":
+            break
+        time.sleep(0.2)
+    assert render["status"] == "cancelled" and "page was left" in render["error"], render
+
+
 def test_edge_detector_photo_page_shows_its_edge_map(server, page):
     """VGG16-HED is not a classifier: the photo page shows its output map, not a red 'not a classifier'."""
     pg = page

@@ -33,14 +33,14 @@ def web_schema(mnist_run, tmp_path_factory, one_thread):
 OPERATIONS = ["GET /api/models", "GET /api/models/{mid}/layers", "GET /api/models/{mid}/classes",
               "GET /api/models/{mid}/data/{index}.png", "GET /api/photos",
               "GET /api/photos/{name}.png", "POST /api/uploads", "GET /api/uploads/{sha}.png", "POST /api/classify",
-              "POST /api/jobs",
+              "POST /api/jobs", "POST /api/jobs/{job_id}/leave",
               "GET /api/jobs/{job_id}", "DELETE /api/jobs/{job_id}", "GET /api/kinds",
               "GET /api/health", "GET /api/results/{key}/{name}"]
 
 # operations whose inputs are unconstrained strings (or none): there is no invalid request to generate
 NO_INPUTS = {"GET /api/models", "GET /api/photos", "GET /api/kinds", "GET /api/health", "GET /api/models/{mid}/layers",
-             "GET /api/photos/{name}.png", "GET /api/uploads/{sha}.png", "GET /api/jobs/{job_id}",
-             "DELETE /api/jobs/{job_id}",
+             "GET /api/photos/{name}.png", "GET /api/uploads/{sha}.png",
+             "DELETE /api/jobs/{job_id}", "POST /api/jobs/{job_id}/leave",
              "GET /api/results/{key}/{name}"}
 
 

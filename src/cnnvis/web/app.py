@@ -137,9 +137,13 @@ def create_app(models: list[str], cache: str | os.PathLike, *, data: str | None 
     dev = None if device in (None, "auto") else device
     pool = default_pool(dev)  # the jobs' models (specs' quick sizes read the same ones)
     served = serve_models(models, pool, data)
-    ctx = WebContext(served=served, store=store, jobs=JobManager(store, pool, dev), cache=store.root,
-                     fast_pool=ModelPool(dev),  # classify requests: their own model copies, never behind a render
-                     data=data, max_upload_mb=max_upload_mb)
+    from cnnvis.web.costs import CostBook
+
+    fast_pool = ModelPool(dev)  # interactive jobs and classify requests: their own model copies
+    costs = CostBook(store)
+    jobs = JobManager(store, pool, dev, interactive_pool=fast_pool, on_done=costs.on_done)
+    ctx = WebContext(served=served, store=store, jobs=jobs, cache=store.root, fast_pool=fast_pool, data=data,
+                     max_upload_mb=max_upload_mb, costs=costs)
 
     app = FastAPI(title="cnnvis microscope", version=_version(), lifespan=_lifespan,
                   description="Feature visualization, attribution and dataset study of the served models; every "

@@ -46,6 +46,7 @@ class WebContext:
     fast_pool: Any
     data: str | None = None  # the --data given for every model (None: each checkpoint's own)
     max_upload_mb: int = 20
+    costs: Any = None  # CostBook: measured seconds per channel of the layer pages
     opened: dict = field(default_factory=dict)  # (dataset ref, split) -> an open dataset (the t-SNE hover)
     opened_lock: threading.Lock = field(default_factory=threading.Lock)
 

@@ -203,13 +203,29 @@ def layer_info(m, layer: str) -> dict | None:
     return next((r for r in rows if r["name"] == layer), None) or next((r for r in rows if r["alias"] == layer), None)
 
 
+def _eta(request: Request, m, spec: dict, layer: str, info: dict | None) -> dict:
+    """Is this page stored; what a channel of its layer costs here (measured); the command filling it ahead."""
+    import shlex
+
+    from cnnvis.jobs import job_key, parse_spec
+
+    ctx = request.app.state.ctx
+    stored = ctx.store.resolve(job_key(parse_spec(spec))) is not None
+    per = ctx.costs.per_channel(m.ref, spec["layers"][0]) if ctx.costs is not None else None
+    name = (info or {}).get("alias") or layer
+    cmd = f"cnnvis render-all --model {shlex.quote(m.ref)} --layers {shlex.quote(name)} --cache " \
+          f"{shlex.quote(str(ctx.cache))}"
+    return {"stored": stored, "per_channel": round(per, 2) if per else None, "channels": len(spec["channels"]),
+            "command": cmd}
+
+
 @router.get("/m/{mid}/layer/{layer}", response_class=HTMLResponse)
 def layer_page(request: Request, mid: str, layer: str, page: str | None = None):
     """One page of a layer's channels: ?page=N, 1-based as on screen."""
     from cnnvis.errors import CnnvisError
     from cnnvis.web import specs
 
-    spec, err, n_pages, index, info = None, None, None, 0, None
+    spec, err, n_pages, index, info, eta = None, None, None, 0, None, None
     m = _served(request).get(mid)
     if m is not None:
         info = layer_info(m, layer)
@@ -221,9 +237,11 @@ def layer_page(request: Request, mid: str, layer: str, page: str | None = None):
             index, err = page_number(page, n_pages)
         if err is None:
             spec, err = _spec("layer_page_spec", m.ref, layer, index, per_page=PER_PAGE)
+        if spec is not None:
+            eta = _eta(request, m, spec, layer, info)
     return _page(request, "layer", mid, "model", f"{mid}: {layer}", status=404 if err else 200, layer=layer,
                  page_no=index,
-                 per_page=PER_PAGE, spec=spec, spec_error=err, n_pages=n_pages, info=info)
+                 per_page=PER_PAGE, spec=spec, spec_error=err, n_pages=n_pages, info=info, eta=eta)
 
 
 @router.get("/m/{mid}/layer/{layer}/channel/{channel}", response_class=HTMLResponse)

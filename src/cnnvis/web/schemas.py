@@ -77,6 +77,11 @@ class JobOut(BaseModel):
     progress: Progress
     error: str | None
     result: ResultOut | None
+    lane: Literal["render", "interactive"] | None = None  # page renders vs quick jobs (never behind a render)
+    waiting: str | None = None  # why a queued job waits
+    created: float | None = None  # seconds since the epoch: submitted, started, ended (None: not yet)
+    started: float | None = None
+    ended: float | None = None
 
 
 def job_body_schema(model_ids: list[str]) -> dict:

@@ -27,7 +27,13 @@ def job_out(ctx: WebContext, job: Job) -> dict:
     m = ctx.by_ref.get(job.spec.model) if job.spec is not None else None
     out = {"id": job.id, "kind": job.spec.kind if job.spec is not None else None, "status": job.status,
            "progress": {"done": job.done, "total": job.total, "desc": alias_text(m, job.desc)},
-           "error": alias_text(m, job.error) if job.error else job.error, "result": None}
+           "error": alias_text(m, job.error) if job.error else job.error, "result": None,
+           "lane": job.lane if job.spec is not None else None, "created": job.created, "started": job.started,
+           "ended": job.ended, "waiting": None}
+    if job.status == "queued":
+        n = ctx.jobs.ahead(job)
+        what = "page render" if job.lane == "render" else "quick job"
+        out["waiting"] = f"waiting: {n} {what}{'s' if n != 1 else ''} ahead" if n else "starting…"
     if job.status == "done" and job.result_key:
         res = ctx.store.get(job.result_key)
         if res is None:  # the folder went away: ask again to recompute
@@ -49,14 +55,31 @@ JOB_BODY_DOC = {"requestBody": {"required": True, "content": {"application/json"
 @router.post("/jobs", response_model=JobOut, responses={400: {"description": "bad spec"},
                                                         404: {"description": "unknown model"}},
              openapi_extra=JOB_BODY_DOC)
-def post_job(body: dict[str, Any] = Body(...), ctx: WebContext = Depends(get_ctx)):
+def post_job(body: dict[str, Any] = Body(...), watch: bool = False, ctx: WebContext = Depends(get_ctx)):
+    """Start (or join, or fetch from the store) a job. watch=true: a page shows it; it is cancelled when
+    the page is left (POST /api/jobs/{id}/leave) or nobody polls it for a minute."""
     spec = build_spec(ctx, body)
-    return job_out(ctx, ctx.jobs.submit(spec))
+    return job_out(ctx, ctx.jobs.submit(spec, watch=watch))
 
 
 @router.get("/jobs/{job_id}", response_model=JobOut, responses={404: {"description": "no such job"}})
-def get_job(job_id: str, ctx: WebContext = Depends(get_ctx)):
+def get_job(job_id: str, watch: bool = False, ctx: WebContext = Depends(get_ctx)):
+    """A job's status. watch=true (the pages' polls): a page still shows it."""
     job = ctx.jobs.get(job_id) if KEY_RE.match(job_id) else None
+    if job is None:
+        raise HTTPException(404, f"no job {job_id[:70]!r}")
+    if watch:
+        ctx.jobs.seen(job_id)
+    return job_out(ctx, job)
+
+
+@router.post("/jobs/{job_id}/leave", response_model=JobOut, responses={404: {"description": "no such job"}})
+def leave_job(job_id: str, ctx: WebContext = Depends(get_ctx)):
+    """The page showing this job was left: a watched job is cancelled unless another page polls it
+    within 2 s (pages send this on pagehide)."""
+    job = ctx.jobs.leave(job_id) if KEY_RE.match(job_id) else None
+    if job is None:
+        job = ctx.jobs.get(job_id) if KEY_RE.match(job_id) else None
     if job is None:
         raise HTTPException(404, f"no job {job_id[:70]!r}")
     return job_out(ctx, job)

@@ -83,6 +83,14 @@
   }
 
   // ------------------------------------------------------------------ jobs
+  // jobs this page shows: when the page is left, the server is told (it cancels them unless another
+  // tab watches them too)
+  const inFlight = new Set();
+  window.addEventListener("pagehide", () => {
+    for (const id of inFlight) navigator.sendBeacon(`/api/jobs/${enc(id)}/leave`);
+  });
+  window.addEventListener("pageshow", (ev) => { if (ev.persisted && inFlight.size) location.reload(); });
+
   /** POST a job spec, poll it every 0.5 s with a progress bar and Cancel button in `area`.
       Resolves with the job status object once done; rejects (message shown) if failed/cancelled.
       opts.onStatus(st): called with every status seen. */
@@ -106,6 +114,7 @@
     return new Promise((resolve, reject) => {
       function fail(msg, status) {
         stop = true;
+        if (id) inFlight.delete(id);
         widget.dataset.status = status || "failed";
         widget.classList.add("ended");
         cancel.hidden = true;
@@ -141,6 +150,7 @@
         desc.textContent = text;
         if (st.status === "done") {
           stop = true;
+          inFlight.delete(st.id);
           cancel.hidden = true;
           widget.classList.add("ended");
           resolve(st);
@@ -161,7 +171,7 @@
         if (stop) return;
         let st;
         try {
-          st = await postJSON("/api/jobs", body);
+          st = await postJSON("/api/jobs?watch=true", body);
         } catch (e) {
           if (e.offline) {
             setTimeout(submit, offline());
@@ -171,6 +181,7 @@
           return;
         }
         id = st.id;
+        if (st.status === "queued" || st.status === "running") inFlight.add(id);
         draw(st);
         if (!stop) setTimeout(poll, POLL_MS);
       }
@@ -178,7 +189,7 @@
         if (stop) return;
         let st;
         try {
-          st = await api(`/api/jobs/${enc(id)}`);
+          st = await api(`/api/jobs/${enc(id)}?watch=true`);
         } catch (e) {
           if (e.offline) {
             setTimeout(poll, offline());
@@ -297,6 +308,20 @@
     }
     const n = info.shape[0];
     const spec = BOOT.spec;
+    const eta = BOOT.eta || {};
+    if (!eta.stored) {  // how long this page takes here, and how to have it ready ahead
+      const note = $("#eta");
+      const est = eta.per_channel ? eta.per_channel * eta.channels : null;
+      if (est === null || est > 20) {
+        note.replaceChildren(est !== null
+          ? `This page renders ${eta.channels} channels: about ${secs(est)} here (${eta.per_channel.toFixed(1)} s a ` +
+            "channel, measured on this server). "
+          : `This page renders ${eta.channels} channels; this layer has not been measured here yet (the bar says ` +
+            "how long once it runs). ",
+          "To have every page of this layer ready ahead, run ", el("code", {text: eta.command}), ".");
+        note.hidden = false;
+      }
+    }
     const chans = spec.channels || channelsOfPage(n, page, per);
     const cells = new Map();
     function pending() {
