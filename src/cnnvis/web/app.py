@@ -98,14 +98,17 @@ def _openapi(app: FastAPI) -> dict:
 
 
 # ---------------------------------------------------------------------- the app
-def serve_models(models: list[str], pool, data: str | None) -> dict[str, ServedModel]:
-    """Load each model once (a ref named twice is served once), list its layers, give it a URL id."""
+def serve_models(models: list[str], pool, data=None) -> dict[str, ServedModel]:
+    """Load each model once (a ref named twice is served once), list its layers, give it a URL id and
+    its dataset (`datasets.assign`: 'REF=DATA', `data` for it or for all where it fits, or its own)."""
     from cnnvis.layers import list_layers
     from cnnvis.web import specs
+    from cnnvis.web.datasets import assign, split_model_arg
 
     served: dict[str, ServedModel] = {}
-    for i, ref in enumerate(models):
-        ref = specs.canonical_ref(str(ref))
+    for i, arg in enumerate(models):
+        given, own_data = split_model_arg(str(arg))
+        ref = specs.canonical_ref(given)
         if any(s.ref == ref for s in served.values()):
             continue
         vm = pool.get(ref)
@@ -113,16 +116,18 @@ def serve_models(models: list[str], pool, data: str | None) -> dict[str, ServedM
             infos = list_layers(vm)
         mid = mid_for(ref, set(served))
         specs.remember(ref, vm, infos, mid=mid)
-        served[mid] = ServedModel(mid, ref, vm, default=(i == 0), data=data or training_data(ref),
-                                  layers=layer_rows(infos))
+        served[mid] = ServedModel(mid, ref, vm, default=(i == 0), data=own_data, layers=layer_rows(infos))
+    assign(served, data, training_data)
     return served
 
 
-def create_app(models: list[str], cache: str | os.PathLike, *, data: str | None = None, device: str = "cpu",
+def create_app(models: list[str], cache: str | os.PathLike, *, data=None, device: str = "cpu",
                max_upload_mb: int = 20, allowed_hosts: list[str] | None = None) -> FastAPI:
-    """The web app over `models` (registry names or checkpoint paths; the first is the default),
-    keeping every result in the store at `cache`. `data`: a dataset ref for top examples and the study
-    (checkpoints of `cnnvis train` use their training data when none is given). `allowed_hosts`: the
+    """The web app over `models` (registry names or checkpoint paths, each optionally 'REF=DATA'; the
+    first is the default), keeping every result in the store at `cache`. `data`: datasets for top
+    examples and the study: 'DATA' for every model it fits, 'MODEL=DATA' for one (a list of these, or a
+    dict); a model with none uses its checkpoint's training data, and a page offers only what fits
+    (cnnvis.web.datasets). `allowed_hosts`: the
     only Host headers answered (400 otherwise; `cnnvis serve` on loopback: localhost names only, so a
     web page elsewhere cannot reach it by DNS rebinding); None: any."""
     from cnnvis.jobs import ModelPool, Store, default_pool

@@ -25,14 +25,17 @@ class ServedModel:
     ref: str
     vm: Any
     default: bool = False
-    data: str | None = None  # dataset for top examples / the study (given, or the run's training data)
+    data: str | None = None  # dataset for top examples / the study (given for it and fitting, or its training data)
     layers: list[dict] = field(default_factory=list)
+    data_note: str | None = None  # what the data is, or why this model has none
+    evaluate_note: str | None = None  # why its accuracy cannot be measured on that data (None: it can)
 
     def info(self) -> dict:
         vm = self.vm
         return {"id": self.mid, "name": vm.name, "task": vm.task, "input_shape": list(vm.input_shape),
                 "n_classes": len(vm.labels) if vm.labels is not None else None, "default": self.default,
-                "data": self.data, "description": getattr(vm, "description", "") or ""}
+                "data": self.data, "data_note": self.data_note, "evaluate_note": self.evaluate_note,
+                "description": getattr(vm, "description", "") or ""}
 
 
 @dataclass

@@ -95,15 +95,16 @@ def build_spec(ctx: WebContext, body: dict):
         if k not in ("kind", "model"):
             body[k] = photo(body[k])
     if DATA_KINDS_FIELD in fields:
-        allowed = {d for d in (m.data, ctx.data) if d}
+        allowed = {m.data} if m.data else set()  # only the model's own, which fits it
         given = body.get(DATA_KINDS_FIELD)
         if given is None and fields[DATA_KINDS_FIELD].is_required():
             if not m.data:
-                raise CnnvisError(f"no dataset is known for model {m.mid!r}; start the server with --data")
+                raise CnnvisError(f"no dataset is served for model {m.mid!r} ({m.data_note}); start the server "
+                                  f"with --data {m.mid}=DATA")
             body[DATA_KINDS_FIELD] = m.data
         elif given is not None and given not in allowed:
             raise CnnvisError(f"dataset {given!r} is not served here; use {m.data!r}" if m.data else
-                              "no dataset is served here; start the server with --data")
+                              f"no dataset is served for model {m.mid!r}; start the server with --data {m.mid}=DATA")
     judge = body.get("judge")
     by_ref = ctx.by_ref
     if isinstance(judge, str) and judge != "none":

@@ -15,7 +15,9 @@ class ModelInfo(BaseModel):
     input_shape: list[int]
     n_classes: int | None
     default: bool
-    data: str | None = None
+    data: str | None = None  # the dataset of its top examples and study (one that fits it), or None
+    data_note: str | None = None  # what that data is, or why the model has none
+    evaluate_note: str | None = None  # why the model cannot be scored on that data (labels), or None
     description: str = ""
 
 

@@ -399,7 +399,12 @@
       if (me && !me.data) {
         $("#top-examples-btn").hidden = true;
         $("#top-examples").replaceChildren(el("p", {class: "muted", "data-testid": "no-data",
-          text: "No dataset is served for this model: start cnnvis serve with --data DATA to see its top examples."}));
+          text: `No dataset that fits ${MID} is served (${me.data_note || "none given"}): start cnnvis serve with ` +
+                `--data ${MID}=DATA (a folder of class/xxx.jpg photos, a zip, or a dataset name) to see its top ` +
+                "examples."}));
+      } else if (me) {
+        $("#top-examples-btn").title = `from ${me.data} (${me.data_note || ""})`;
+        $("#top-examples-btn").textContent = `Find top examples in ${me.data}`;
       }
     }).catch(() => {});
     const topExamples = () => jobImage({kind: "top_examples", layer, channels: [channel], k: 9}, $("#top-job"),
@@ -761,8 +766,14 @@
       const me = ms.find((m) => m.id === MID);
       if (me && !me.data) {
         for (const id of ["#eval-btn", "#embed-btn"]) $(id).disabled = true;
-        $("#study-note").textContent = `No dataset is served for ${MID}: the study needs one. Serve a checkpoint ` +
-          "trained by cnnvis train (its training data is used), or start cnnvis serve with --data DATA.";
+        $("#study-note").textContent = `No dataset that fits ${MID} is served (${me.data_note || "none given"}): ` +
+          "the study needs one. Serve a checkpoint trained by cnnvis train (its training data is used), or start " +
+          `cnnvis serve with --data ${MID}=DATA.`;
+        $("#study-note").hidden = false;
+      } else if (me && me.evaluate_note) {  // a photo folder for top examples: no labels to score
+        $("#eval-btn").disabled = true;
+        $("#study-note").textContent = `Accuracy cannot be measured on ${me.data}: ${me.evaluate_note}. The t-SNE ` +
+          "map below still works.";
         $("#study-note").hidden = false;
       }
     }).catch(() => {});
