@@ -596,6 +596,76 @@ def test_data_belongs_to_a_model(server, page):
     shot(pg, "24-lite0-study-with-a-photo-folder")
 
 
+def test_pictures_lead_to_channel_pages(server, page):
+    """Issue 21 item 4: the deconvnet panel of the layer chosen beside it and the feature-map grid link
+    each channel to its page; the channel page has previous/next, a neuron (x, y) view with the unit's
+    map; the model page has thumbnails and finds a layer or a channel; a layer page jumps to a page."""
+    pg = page
+    mid = mnist_mid(server)
+    pg.goto(server.base + "/m/efficientnet_lite0/photo?photo=sample%3Achelsea")
+    pg.wait_for_selector("[data-testid=top1]")
+    pg.select_option("#layer-select", "blocks.3")
+    pg.click("#deconv-btn")
+    pg.wait_for_selector("[data-testid=deconv-links]")
+    job = _get_json(f"{server.base}/api/jobs/{pg.get_attribute('#layer-job [data-testid=job-widget]', 'data-job-id')}")
+    assert [r["module"] for r in job["result"]["data"]["layers"]] == ["blocks.3"]  # the layer chosen, only
+    top = job["result"]["data"]["layers"][0]["channels"]
+    links = pg.eval_on_selector_all("[data-testid=deconv-links] a", "els => els.map(e => e.getAttribute('href'))")
+    assert links == [f"/m/efficientnet_lite0/layer/blocks.3/channel/{c}" for c in top]
+    shot(pg, "25-deconv-panel-links")
+    pg.click("#maps-btn")
+    pg.wait_for_selector("[data-testid=map-link]")
+    assert pg.locator("[data-testid=map-link]").count() == 80  # every map of stage3's 80 is a link
+    shot(pg, "26-feature-maps-links")
+    pg.click("[data-testid=map-link][data-channel='7']")
+    pg.wait_for_url("**/m/efficientnet_lite0/layer/blocks.3/channel/7")
+    pg.go_back()
+    pg.wait_for_selector("[data-testid=map-link]")
+    pg.go_back()  # the deconvnet view again, from its URL
+    pg.wait_for_selector("[data-testid=deconv-links]")
+    pg.click(f"[data-testid=deconv-links] a[data-channel='{top[0]}']")
+    pg.wait_for_url(f"**/m/efficientnet_lite0/layer/blocks.3/channel/{top[0]}")
+    assert pg.inner_text("[data-testid=channel-no]") == str(top[0])
+
+    pg.goto(f"{server.base}/m/{mid}/layer/features.0/channel/4")  # cheap renders: the MNIST net
+    assert pg.get_attribute("[data-testid=prev-channel]", "href").endswith("/features.0/channel/3")
+    assert pg.get_attribute("[data-testid=next-channel]", "href").endswith("/features.0/channel/5")
+    pg.wait_for_selector("[data-seed='2'] [data-testid=seed-value]")
+    assert pg.inner_text("[data-seed='0'] [data-testid=seed-value]").strip().startswith("· activation ")
+    pg.select_option("#neuron-photo", "sample:coffee")
+    pg.click("#neuron-btn")
+    pg.wait_for_selector("[data-testid=neuron-map]")
+    assert pg.eval_on_selector("[data-testid=neuron-map]", "c => [c.width, c.height]") == [28, 28]
+    box = pg.locator("[data-testid=neuron-map]").bounding_box()
+    pg.locator("[data-testid=neuron-map]").click(position={"x": box["width"] * 10.5 / 28,
+                                                           "y": box["height"] * 20.5 / 28})  # neuron x 10, y 20
+    pg.wait_for_selector("[data-testid=neuron-attr] img")
+    assert "unit=20%2C10" in pg.url and "photo=sample%3Acoffee" in pg.url
+    job = _get_json(f"{server.base}/api/jobs/"
+                    f"{pg.get_attribute('#neuron-attr [data-testid=job-widget]', 'data-job-id')}")
+    assert job["result"]["data"]["unit"] == [20, 10] and job["result"]["data"]["channel"] == 4
+    shot(pg, "27-channel-neuron-view")
+
+    pg.goto(f"{server.base}/m/{mid}/layer/features.0")  # stored by the tests above: thumbnails from it
+    wait_job_done(pg, "#job")
+    pg.goto(f"{server.base}/m/{mid}")
+    thumbs = pg.locator("tr[data-layer='features.0'] [data-testid=thumb]")
+    assert thumbs.count() == 4 and all(w > 0 for w in images_loaded(pg, "tr[data-layer='features.0'] img"))
+    pg.fill("#search-q", "conv2 #7")
+    pg.click("[data-testid=search-go]")
+    pg.wait_for_url(f"**/m/{mid}/layer/features.3/channel/7")
+    pg.goto(f"{server.base}/m/{mid}")
+    pg.fill("#search-q", "conv9")
+    pg.click("[data-testid=search-go]")
+    assert "no layer \"conv9\"" in pg.inner_text("#search + .error")
+    shot(pg, "28-model-thumbnails-and-search")
+    pg.goto(f"{server.base}/m/{mid}/layer/features.3")  # 64 channels: 4 pages; jump to the last
+    pg.fill("[data-testid=jump-page] >> nth=0", "4")
+    pg.press("[data-testid=jump-page] >> nth=0", "Enter")
+    pg.wait_for_url(f"**/m/{mid}/layer/features.3?page=4")
+    assert pg.inner_text("[data-testid=page-label] >> nth=0") == "page 4 of 4"
+
+
 def test_edge_detector_photo_page_shows_its_edge_map(server, page):
     """VGG16-HED is not a classifier: the photo page shows its output map, not a red 'not a classifier'."""
     pg = page

@@ -288,8 +288,94 @@
     else $("#index-msg").textContent = "no model is served; start cnnvis serve --model NAME";
   }
 
+  /** 'conv4_3', 'features.21', 'conv4_3 #12', 'conv4_3:12' or 'conv4_3/12' -> [layer row, channel or null]. */
+  function findTarget(ls, text) {
+    const m = text.trim().match(/^(.*?)(?:\s*[#:/\s]\s*(\d+))?$/);
+    const name = (m[1] || "").trim().toLowerCase();
+    const row = ls.find((l) => l.name.toLowerCase() === name) || ls.find((l) => (l.alias || "").toLowerCase() === name);
+    return [row, m[2] !== undefined ? Number(m[2]) : null];
+  }
+
   async function modelPage() {
-    /* the layer table and its thumbnails are rendered by the server */
+    /* the layer table and its thumbnails are rendered by the server; the search box finds a layer or channel */
+    const form = $("#search");
+    if (!form) return;
+    const box = errBox(form);
+    const ls = await layers().catch(() => []);
+    $("#search-list").replaceChildren(...ls.filter(isMap).flatMap((l) => [el("option", {value: l.name}),
+      l.alias ? el("option", {value: l.alias, text: l.name}) : null].filter(Boolean)));
+    form.addEventListener("submit", (ev) => {
+      ev.preventDefault();
+      clearError(box);
+      const text = $("#search-q").value;
+      const [row, c] = findTarget(ls, text);
+      if (!row) {
+        const near = ls.filter((l) => (l.name + " " + (l.alias || "")).toLowerCase()
+          .includes(text.trim().split(/[\s#:/]/)[0].toLowerCase())).slice(0, 6).map(layerLabel);
+        showError(box, `no layer ${JSON.stringify(text.trim())} in ${MID}` + (near.length ? `; did you mean: ` +
+          near.join(", ") + "?" : "; type a layer name or alias, and a channel as 'conv1 #5'"));
+        return;
+      }
+      if (!isMap(row)) {
+        showError(box, `${layerLabel(row)} gives ${shapeText(row.shape)}, not channels of maps: pick a conv layer`);
+        return;
+      }
+      if (c !== null && !(c >= 0 && c < row.shape[0])) {
+        showError(box, `channel ${c} of ${layerLabel(row)} does not exist; it has channels 0 to ${row.shape[0] - 1}`);
+        return;
+      }
+      location.href = c === null ? layerHref(row.name) : channelHref(row.name, c);
+    });
+  }
+
+  /** Links over a feature-map grid (cnnvis.viz.tiles.labelled_tiles: title 20 px, tiles in rows of
+      ceil(sqrt(C)), 4 px apart, 14 px of label under each): each map opens its channel's page. */
+  function linkTiles(img, shape, module) {
+    if (!img || !Array.isArray(shape) || shape.length !== 3) return;
+    const [C, H, W] = shape;
+    const wrap = el("div", {class: "tile-links", "data-testid": "maps-grid"});
+    img.before(wrap);
+    wrap.append(img);
+    const place = () => {
+      const nw = img.naturalWidth, nh = img.naturalHeight;
+      const cols = Math.max(1, Math.ceil(Math.sqrt(C)));
+      const rows = Math.max(1, Math.ceil(C / cols));
+      const ch = (nh - 24) / rows - 18;
+      const cw = ch * W / H;
+      wrap.querySelectorAll("a").forEach((a) => a.remove());
+      for (let c = 0; c < C; c++) {
+        const r = Math.floor(c / cols), k = c % cols;
+        const x0 = 4 + k * (cw + 4), y0 = 24 + r * (ch + 18);
+        wrap.append(el("a", {href: channelHref(module, c), "data-channel": c, "data-testid": "map-link",
+          title: `channel ${c}: its page`, "aria-label": `channel ${c}`,
+          style: `left:${(100 * x0 / nw).toFixed(3)}%;top:${(100 * y0 / nh).toFixed(3)}%;` +
+                 `width:${(100 * cw / nw).toFixed(3)}%;height:${(100 * (ch + 14) / nh).toFixed(3)}%`}));
+      }
+    };
+    if (img.complete && img.naturalWidth) place();
+    else img.addEventListener("load", place);
+  }
+
+  /** A float32 .npy file (numpy.save, C order) -> {shape, data}. */
+  async function readNpy(url) {
+    const resp = await fetch(url);
+    if (!resp.ok) throw new Error(`could not read ${url}: ${resp.status}`);
+    const buf = await resp.arrayBuffer();
+    const u8 = new Uint8Array(buf);
+    const v1 = u8[6] === 1;
+    const hl = v1 ? u8[8] | (u8[9] << 8) : u8[8] | (u8[9] << 8) | (u8[10] << 16) | (u8[11] << 24);
+    const off = v1 ? 10 : 12;
+    const header = new TextDecoder().decode(u8.slice(off, off + hl));
+    if (!/'descr':\s*'<f4'/.test(header) || /'fortran_order':\s*True/.test(header)) throw new Error("not float32 C-order");
+    const shape = header.match(/'shape':\s*\(([^)]*)\)/)[1].split(",").filter((x) => x.trim()).map(Number);
+    return {shape, data: new Float32Array(buf.slice(off + hl))};
+  }
+
+  const RAMP = [[0, 0, 4], [87, 16, 110], [188, 55, 84], [249, 142, 9], [252, 255, 164]];  // inferno-like
+  function ramp(v) {
+    const t = Math.max(0, Math.min(1, v)) * (RAMP.length - 1);
+    const i = Math.min(RAMP.length - 2, Math.floor(t)), f = t - i;
+    return RAMP[i].map((a, k) => Math.round(a + f * (RAMP[i + 1][k] - a)));
   }
 
   function channelsOfPage(n, page, per) {
@@ -414,6 +500,7 @@
       topExamples();
     });
     if (readState().top) topExamples();
+    neuronView(layer, channel);
     for (const s of specs) {  // one job each; the server runs them one after another
       try {
         const st = await startJob(s, area, `seed ${s.seed}`);
@@ -449,6 +536,61 @@
     if (url === location.pathname + location.search) return;
     if (replace) history.replaceState(null, "", url);
     else history.pushState(null, "", url);
+  }
+
+  /** The channel's map on a photo; a click picks a neuron (x, y), whose guided-backprop map is shown. */
+  async function neuronView(layer, channel) {
+    const out = $("#neuron-out");
+    const pick = $("#neuron-photo");
+    if (!out) return;
+    const photos = await api("/api/photos").catch(() => []);
+    pick.replaceChildren(...photos.map((p) => el("option", {value: p.ref, text: p.name})));
+    let map = null;
+    async function show(s) {
+      if (!s.photo) return;
+      pick.value = s.photo;
+      const st = await startJob({kind: "feature_maps", image: s.photo, layer}, $("#neuron-job"), "the channel's map");
+      const npy = await readNpy(st.result.files["maps.npy"]);
+      const [C, H, W] = npy.shape;
+      const plane = npy.data.subarray(channel * H * W, (channel + 1) * H * W);
+      const canvas = el("canvas", {width: W, height: H, class: "neuron-map", "data-testid": "neuron-map",
+                                   title: "click a neuron"});
+      const g = canvas.getContext("2d");
+      const im = g.createImageData(W, H);
+      plane.forEach((v, i) => { const [r, gg, b] = ramp(v); im.data.set([r, gg, b, 255], 4 * i); });
+      g.putImageData(im, 0, 0);
+      const d = st.result.data;
+      map = {H, W};
+      const fig = el("figure", {}, canvas, el("figcaption", {"data-testid": "neuron-caption",
+        text: `channel ${channel} on ${s.photo.slice(7)}: max ${d.max[channel].toFixed(3)}, mean ` +
+              `${d.mean[channel].toFixed(3)} (${W}×${H} neurons)`}));
+      const panel = el("div", {id: "neuron-attr"});
+      out.replaceChildren(fig, panel);
+      canvas.addEventListener("click", (ev) => {
+        const x = Math.min(W - 1, Math.floor(ev.offsetX / canvas.clientWidth * W));
+        const y = Math.min(H - 1, Math.floor(ev.offsetY / canvas.clientHeight * H));
+        const next = Object.assign(readState(), {photo: s.photo, unit: `${y},${x}`});
+        writeState(next);
+        unit(next);
+      });
+      if (s.unit) unit(s);
+    }
+    function unit(s) {
+      const [y, x] = s.unit.split(",").map(Number);
+      if (!map || !(y >= 0 && y < map.H && x >= 0 && x < map.W)) return;
+      const panel = $("#neuron-attr");
+      const area = el("div", {class: "job-area"});
+      const img = el("div", {class: "out", "data-testid": "neuron-attr"});
+      panel.replaceChildren(el("h3", {text: `neuron (x ${x}, y ${y}): the pixels that drive it`}), area, img);
+      jobImage({kind: "attribution", image: s.photo, method: "guided", layer, channel, unit: [y, x]}, area, img,
+               `neuron (${x}, ${y})`).catch(() => {});
+    }
+    $("#neuron-btn").addEventListener("click", () => {
+      const s = Object.assign(readState(), {photo: pick.value, unit: null});
+      writeState(s);
+      show(s).catch((e) => showError(errBox($("#neuron-job")), e.message));
+    });
+    show(readState()).catch((e) => showError(errBox($("#neuron-job")), e.message));
   }
 
   async function photoPage() {
@@ -608,7 +750,23 @@
 
     /** A layer view (feature maps, DeepDream, deconvnet) of the photo. */
     async function layerView(spec, label, s) {
-      await jobImage(spec, $("#layer-job"), $("#layer-out"), label);
+      const out = $("#layer-out");
+      const st = await jobImage(spec, $("#layer-job"), out, label);
+      const d = st.result.data || {};
+      if (spec.kind === "deconv") {  // each layer's top channels, each a link to its channel page
+        out.append(...(d.layers || []).map((row) => el("p", {class: "channel-links", "data-testid": "deconv-links"},
+          `${row.layer}: top channels `, ...row.channels.flatMap((c, i) => [i ? " · " : "",
+            el("a", {href: channelHref(row.module, c), "data-testid": "channel-link", "data-channel": c,
+                     text: `#${c}`, title: `norm of its projection ${row.norms[i]}`})]))));
+      } else if (spec.kind === "feature_maps") {
+        const img = out.querySelector("img");
+        linkTiles(img, d.shape, d.module);
+        const strongest = d.max.map((v, c) => [v, c]).sort((a, b) => b[0] - a[0]).slice(0, 8);
+        out.append(el("p", {class: "channel-links", "data-testid": "maps-links"}, "strongest channels: ",
+          ...strongest.flatMap(([v, c], i) => [i ? " · " : "", el("a", {href: channelHref(d.module, c),
+            "data-testid": "channel-link", "data-channel": c, text: `#${c}`, title: `max ${v}`}), ` (${v.toFixed(2)})`]),
+          ". Click a map in the grid for its channel's page."));
+      }
     }
 
     let timer = null;
