@@ -640,6 +640,22 @@ def test_render_all_fills_the_pages_cache(mnist_run, tmp_path, capsys, one_threa
     assert main(["serve", "--model", str(tmp_path / "missing"), "--cache", str(cache), "--port", "0"]) == 2
 
 
+def test_export_site_refuses_what_it_cannot_export(tmp_path, capsys):
+    """One line and exit 2: a folder that is not a store, a store with nothing rendered, an --out inside
+    the cache. (The export itself is tested in a browser: test_web_browser.)"""
+    from cnnvis.cli import main
+    from cnnvis.jobs import Store
+
+    assert main(["export-site", "--cache", str(tmp_path / "nothing"), "--out", str(tmp_path / "site")]) == 2
+    assert "is not a cnnvis store" in capsys.readouterr().err
+    Store(tmp_path / "empty")
+    assert main(["export-site", "--cache", str(tmp_path / "empty"), "--out", str(tmp_path / "site")]) == 2
+    assert "holds no rendered pages or class images" in capsys.readouterr().err
+    assert main(["export-site", "--cache", str(tmp_path / "empty"), "--out", str(tmp_path / "empty" / "s")]) == 2
+    assert "inside the cache" in capsys.readouterr().err
+    assert not (tmp_path / "site").exists()
+
+
 # ---------------------------------------------------------------------- a real server, killed mid-job
 def test_serve_killed_mid_job_keeps_finished_results(mnist_run, tmp_path):
     """`cnnvis serve` on 127.0.0.1 prints its URL; kill -9 while a render runs: the render done before is

@@ -757,3 +757,72 @@ def test_restart_serves_the_cache(server, page):
     assert tile_sources(pg) == before  # the very same stored results
     assert all(w > 0 for w in images_loaded(pg, "#tiles img"))
     shot(pg, "13-layer-from-cache-after-restart")
+
+
+def test_exported_site_works_without_the_server(server, browser, tmp_path):
+    """Beyond the anchors: `cnnvis export-site` writes a static atlas of the cache; with the cnnvis server
+    stopped, `python -m http.server` serves it: model page, a layer page's tiles, a channel page, class
+    images, every link relative and every file there."""
+    mid = mnist_mid(server)
+    server.stop()
+    site = tmp_path / "site"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "cnnvis", "export-site", "--cache", str(server.cache), "--out",
+                           str(site)], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"wrote {site}: ") and mid in done.stdout, done.stdout
+    assert not list(site.rglob("*.js"))  # no JavaScript at all
+    port = _free_port()
+    http = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "-d", str(site)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ctx = browser.new_context(viewport={"width": 1200, "height": 900})
+    try:
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(base + "/index.html", timeout=2)
+                break
+            except OSError:
+                time.sleep(0.1)
+        pg = ctx.new_page()
+        pg.set_default_timeout(30_000)
+        missing = []
+        pg.on("response", lambda r: r.status >= 400 and missing.append(r.url))
+        pg.goto(base + "/")
+        pg.click(f"[data-testid=model-link]:text-is('{mid}')")
+        pg.wait_for_url(f"**/m/{mid}/index.html")
+        assert pg.locator("tr[data-layer='features.0'] [data-testid=thumb]").count() == 4
+        pg.click("a[data-testid=layer-link]:text-is('features.0')")
+        pg.wait_for_url(f"**/m/{mid}/layer/features.0/page-1.html")
+        assert pg.inner_text("[data-testid=page-label] >> nth=0") == "page 1 of 2"
+        srcs = tile_sources(pg)
+        assert sorted(srcs) == list(range(16)) and sum(1 for s in srcs.values() if s) >= 12
+        assert all(s.startswith("../../../../files/") for s in srcs.values() if s)  # relative links
+        assert all(w > 0 for w in images_loaded(pg, "#tiles img"))
+        shot(pg, "29-static-site-layer")
+        pg.click("[data-testid=tile][data-channel='4']")
+        pg.wait_for_url(f"**/m/{mid}/layer/features.0/channel/4.html")
+        assert pg.locator("#seeds img").count() >= 1 and all(w > 0 for w in images_loaded(pg, "main img"))
+        assert pg.locator("#top-examples img").count() == 1  # the top examples the channel page found earlier
+        shot(pg, "30-static-site-channel")
+        pg.click("[data-testid=nav-class]")
+        pg.wait_for_url(f"**/m/{mid}/class.html")
+        assert pg.locator("[data-testid=class-image] img").count() >= 1
+        assert all(w > 0 for w in images_loaded(pg, "main img"))
+        assert missing == []
+    finally:
+        ctx.close()
+        http.terminate()
+        http.wait(10)
+    # a second export replaces the first; a folder of the user's is never written into
+    again = subprocess.run([sys.executable, "-m", "cnnvis", "export-site", "--cache", str(server.cache), "--out",
+                            str(site), "--model", "efficientnet_lite0"], capture_output=True, text=True, env=env,
+                           cwd=ROOT, timeout=600)
+    assert again.returncode == 0 and not (site / "m" / mid).exists(), again.stderr
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    refused = subprocess.run([sys.executable, "-m", "cnnvis", "export-site", "--cache", str(server.cache), "--out",
+                              str(mine)], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert refused.returncode == 2 and "not a cnnvis export" in refused.stderr
+    assert (mine / "notes.txt").read_text() == "mine" and sorted(p.name for p in mine.iterdir()) == ["notes.txt"]

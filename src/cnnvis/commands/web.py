@@ -190,4 +190,37 @@ def render_all_cmd(model, layers, first, steps, size, cache, device, engine, add
     report_summary(summ, "pages")
 
 
-COMMANDS = [serve_cmd, render_all_cmd]
+@click.command("export-site")
+@click.option("--cache", default=DEFAULT_CACHE, show_default=True, metavar="DIR", envvar="CNNVIS_CACHE",
+              help="The store to export (filled by cnnvis serve or cnnvis render-all).")
+@click.option("--out", required=True, metavar="DIR",
+              help="Folder of the site (created; an earlier export there is replaced, any other content refused).")
+@click.option("--model", "-m", "models", multiple=True, metavar="NAME|PATH",
+              help="Only these models (repeat; default: every model rendered into the cache).")
+def export_site_cmd(cache, out, models) -> None:
+    """Write a static microscope of what the cache holds: model, layer and channel pages with their
+    images, top examples and class images; no server, no JavaScript, relative links.
+
+    Example: cnnvis render-all --model runs/mnist --cache c && cnnvis export-site --cache c --out site/
+    then: python -m http.server -d site
+    """
+    from pathlib import Path
+
+    from cnnvis.errors import CnnvisError
+    from cnnvis.jobs import Store
+    from cnnvis.web.export import export_site
+
+    if not (Path(cache).expanduser() / "objects").is_dir():
+        raise CnnvisError(f"--cache {cache!r} is not a cnnvis store (no objects/ folder); give the folder "
+                          "cnnvis serve or cnnvis render-all filled")
+    store = Store(cache)
+    summ = export_site(store, out, list(models) or None, progress=lambda line: click.echo(line, err=True))
+    for s in summ.skipped:
+        click.echo(f"left out {s}", err=True)
+    click.echo(f"wrote {out}: {len(summ.models)} model{'s' if len(summ.models) != 1 else ''} "
+               f"({', '.join(summ.models)}), {summ.layer_pages} layer pages, {summ.channel_pages} channel pages, "
+               f"{summ.files} images ({summ.bytes / 2**20:.1f} MB); open {out}/index.html or serve it with "
+               f"python -m http.server -d {out}")
+
+
+COMMANDS = [serve_cmd, render_all_cmd, export_site_cmd]

@@ -60,7 +60,7 @@ def tiles(res, file_url: Callable[[str, str], str]) -> list[dict]:
         name = f"tile_0_{c}.png"
         v = values[i] if i < len(values) else None
         out.append({"channel": c, "src": file_url(res.key, name) if name in res.files and c not in dead else None,
-                    "value": v, "dead": c in dead})
+                    "value": v, "dead": c in dead, "small": (row.get("size") or 999) < 64})
     return out
 
 
