@@ -95,9 +95,9 @@ def main() -> None:
             alone[name] = first
             print(f"    {name:48s} {first:7.2f} s / {1000 * again:6.1f} ms")
         print("(c) a classify while a VGG16-HED conv4_3 page renders:")
-        render = c.post("/api/jobs?watch=true", json={**specs.layer_page_spec("vgg16_hed", "conv4_3", 1),
+        render = c.post("/api/jobs?watch=bench", json={**specs.layer_page_spec("vgg16_hed", "conv4_3", 1),
                                                       "model": "vgg16_hed"}).json()
-        while c.get(f"/api/jobs/{render['id']}?watch=true").json()["status"] != "running":
+        while c.get(f"/api/jobs/{render['id']}?watch=bench").json()["status"] != "running":
             time.sleep(0.05)
         time.sleep(2)
         during, st = job({"kind": "classify", "model": "efficientnet_lite0", "images": ["sample:rocket"], "top": 5})

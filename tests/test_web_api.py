@@ -296,7 +296,7 @@ def test_interactive_jobs_never_wait_behind_a_render(client, app, mid, monkeypat
     jm.runner = runner
     try:
         spec = {"kind": "filters", "model": mid, "layers": ["conv2"], "channels": [1, 2], "steps": 7777}
-        render = client.post("/api/jobs?watch=true", json=spec).json()
+        render = client.post("/api/jobs?watch=tab1", json=spec).json()
         assert render["lane"] == "render"
         wait(client, render["id"], until=("running",))
         second = client.post("/api/jobs", json={**spec, "seed": 5}).json()
@@ -308,8 +308,16 @@ def test_interactive_jobs_never_wait_behind_a_render(client, app, mid, monkeypat
         assert q["status"] == "done" and r["status"] == "running" and r["ended"] is None
         assert r["started"] <= q["started"] <= q["ended"]  # ran while the render held its model
         assert jm.pools["interactive"] is not jm.pools["render"]
-        # the render's page is left: cancelled (the test reads the manager: a poll would count as a watcher)
-        client.post(f"/api/jobs/{render['id']}/leave")
+        # a second tab shows the same render; the first is left: it goes on while the second polls
+        assert client.get(f"/api/jobs/{render['id']}?watch=tab2").status_code == 200
+        client.post(f"/api/jobs/{render['id']}/leave?watch=tab1")
+        for _ in range(int(3 * web_jobs.LEAVE_GRACE_S / 0.2)):
+            client.get(f"/api/jobs/{render['id']}?watch=tab2")
+            client.get(f"/api/jobs/{render['id']}?watch=tab1")  # a poll sent before tab1 left, arriving late
+            time.sleep(0.2)
+        assert client.get(f"/api/jobs/{render['id']}").json()["status"] == "running"
+        client.post(f"/api/jobs/{render['id']}/leave?watch=tab2")  # the last page showing it is left
+        client.get(f"/api/jobs/{render['id']}?watch=tab1")  # late polls of left pages do not keep it
         for _ in range(200):
             if jm.get(render["id"]).status == "cancelled":
                 break
@@ -320,7 +328,7 @@ def test_interactive_jobs_never_wait_behind_a_render(client, app, mid, monkeypat
         client.delete(f"/api/jobs/{second['id']}")
         # a watched render nobody polls any more (a closed tab) is cancelled after UNWATCHED_S
         monkeypatch.setattr(web_jobs, "UNWATCHED_S", 1.0)
-        lone = client.post("/api/jobs?watch=true", json={**spec, "seed": 6}).json()
+        lone = client.post("/api/jobs?watch=tab3", json={**spec, "seed": 6}).json()
         for _ in range(200):
             if jm.get(lone["id"]).status == "cancelled":
                 break

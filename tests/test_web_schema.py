@@ -40,7 +40,7 @@ OPERATIONS = ["GET /api/models", "GET /api/models/{mid}/layers", "GET /api/model
 # operations whose inputs are unconstrained strings (or none): there is no invalid request to generate
 NO_INPUTS = {"GET /api/models", "GET /api/photos", "GET /api/kinds", "GET /api/health", "GET /api/models/{mid}/layers",
              "GET /api/photos/{name}.png", "GET /api/uploads/{sha}.png",
-             "DELETE /api/jobs/{job_id}", "POST /api/jobs/{job_id}/leave",
+             "DELETE /api/jobs/{job_id}",
              "GET /api/results/{key}/{name}"}
 
 

@@ -9,7 +9,7 @@ all, or a checkpoint's own training data; and only where it fits the model.
 from __future__ import annotations
 
 import os
-from pathlib import Path
+import warnings
 
 from cnnvis.errors import CnnvisError
 
@@ -78,7 +78,9 @@ def fit(data: str, vm) -> tuple[bool, str]:
     from cnnvis.data import open_dataset
 
     try:
-        ds = open_dataset(data)
+        with warnings.catch_warnings(record=True) as said:  # e.g. how a folder's mixed formats were read
+            warnings.simplefilter("always")
+            ds = open_dataset(data)
     except CnnvisError as e:
         raise CnnvisError(f"dataset {data!r}: {e}") from None
     except OSError as e:
@@ -89,7 +91,8 @@ def fit(data: str, vm) -> tuple[bool, str]:
         return False, f"its images are {shape}; {vm.name} takes {c}×{h}×{w} ({c} channel{'s' if c != 1 else ''})"
     if min(ds.size) < vm.min_size:
         return False, f"its images are {shape}, smaller than the {vm.min_size} px {vm.name} needs"
-    return True, f"{len(ds)} images, {shape}"
+    notes = [str(w.message).splitlines()[0] for w in said if issubclass(w.category, UserWarning)]
+    return True, f"{len(ds)} images, {shape}" + "".join(f"; {n}" for n in notes[:1])
 
 
 def evaluable(data: str, vm) -> str | None:
@@ -100,7 +103,10 @@ def evaluable(data: str, vm) -> str | None:
     if vm.task != "classification":
         return f"{vm.name} is not a classifier ({vm.task})"
     try:
-        class_map(vm, open_dataset(data))
+        with warnings.catch_warnings():  # fit() has said how the data is read
+            warnings.simplefilter("ignore")
+            ds = open_dataset(data)
+        class_map(vm, ds)
     except CnnvisError as e:
         return str(e)
     return None

@@ -2,18 +2,19 @@
 store key.
 
     jm = JobManager(store, pool, interactive_pool=ModelPool())
-    job = jm.submit(spec, watch=True)   # same key as a queued/running job -> that job (joined)
-    jm.seen(job.id)                     # a page polled it (watched jobs are cancelled when nobody looks)
-    jm.leave(job.id)                    # the page that showed it was left
+    job = jm.submit(spec, watch="v1")   # same key as a queued/running job -> that job (joined); v1: a page
+    jm.seen(job.id, "v1")               # that page polled it (watched jobs are cancelled when nobody looks)
+    jm.leave(job.id, "v1")              # that page was left (a poll of it arriving later is ignored)
     jm.cancel(job.id)
 
 Lanes: page renders (filters, top examples, the study's jobs) run one at a time in the 'render'
 lane; interactive jobs (classify, attribution, one class image, feature maps, DeepDream,
 deconvnet, weights) in the 'interactive' lane, on their own copies of the models
 (`interactive_pool`): they never wait behind a render, not even one on the same model (a model's
-lock belongs to its instance). A job submitted with watch=True (the pages do) is cancelled when its
-page is left (`leave`, then no poll for LEAVE_GRACE_S from another tab) or when nobody has polled it
-for UNWATCHED_S.
+lock belongs to its instance). A job submitted with watch=VIEWER (each page load has its own id) is
+cancelled when every page watching it was left (`leave`; LEAVE_GRACE_S for another tab to ask for
+it) or when none of them has polled it for UNWATCHED_S. A job any client submitted without watch
+is never cancelled that way.
 
 Status lives in memory; results live only in the Store (a restart serves them at once). A job
 already in the store is done without queueing. A failed job keeps its one-line error until it
@@ -62,9 +63,10 @@ class Job:
     started: float | None = None
     ended: float | None = None
     lane: str = RENDER
-    watched: bool = False  # a page shows it: cancelled when nobody looks any more
-    last_seen: float = field(default_factory=time.time)
-    left_at: float | None = None
+    watched: bool = False  # pages show it: cancelled when nobody looks any more
+    viewers: dict[str, float] = field(default_factory=dict)  # page id -> last poll
+    gone: set[str] = field(default_factory=set)  # pages that were left (their late polls are ignored)
+    left_at: float | None = None  # when the last viewer left
     seconds: float | None = None  # compute time of a finished run
 
 
@@ -116,21 +118,24 @@ class JobManager:
     def key(self, spec: Spec) -> str:
         return job_key(spec)
 
-    def submit(self, spec: Spec, watch: bool = False) -> Job:
+    def submit(self, spec: Spec, watch: str | None = None) -> Job:
         """The job of `spec`: done at once when stored, joined when queued/running, else queued."""
         key = self.key(spec)
         now = time.time()
         with self._lock:
             job = self._jobs.get(key)
             if job is not None and job.status in (QUEUED, RUNNING) and not job.cancel.is_set():
-                job.watched = job.watched and watch  # an unwatched (API) submitter keeps it alive
-                job.last_seen, job.left_at = now, None
+                job.watched = job.watched and bool(watch)  # an unwatched (API) submitter keeps it alive
+                if watch:
+                    job.viewers[watch], job.left_at = now, None
+                    job.gone.discard(watch)
                 return job
             stored = self.store.verified(key)  # a damaged entry is computed again
             if stored is not None:
                 job = self._jobs[key] = Job(key, spec, DONE, result_key=stored, lane=lane_of(spec.kind))
                 return job
-            job = self._jobs[key] = Job(key, spec, lane=lane_of(spec.kind), watched=watch)
+            job = self._jobs[key] = Job(key, spec, lane=lane_of(spec.kind), watched=bool(watch),
+                                        viewers={watch: now} if watch else {})
             self._prune()
         self._queues[job.lane].put(job)
         return job
@@ -154,19 +159,25 @@ class JobManager:
             return None
         return Job(key, None, DONE, result_key=stored)  # type: ignore[arg-type]
 
-    def seen(self, key: str) -> None:
-        """A page polled job `key`: someone is watching it."""
+    def seen(self, key: str, viewer: str) -> None:
+        """Page `viewer` polled job `key` (ignored once that page was left)."""
         with self._lock:
             job = self._jobs.get(key)
-            if job is not None:
-                job.last_seen, job.left_at = time.time(), None
+            if job is not None and viewer not in job.gone:
+                job.viewers[viewer], job.left_at = time.time(), None
 
-    def leave(self, key: str) -> Job | None:
-        """The page showing job `key` was left: cancelled soon unless another page polls it."""
+    def leave(self, key: str, viewer: str | None = None) -> Job | None:
+        """Page `viewer` (None: every page) showing job `key` was left: once no page watches it, it is
+        cancelled after LEAVE_GRACE_S unless a page asks for it again."""
         with self._lock:
             job = self._jobs.get(key)
             if job is not None and job.watched and job.status in (QUEUED, RUNNING):
-                job.left_at = time.time()
+                gone = list(job.viewers) if viewer is None else [viewer]
+                for v in gone:
+                    job.viewers.pop(v, None)
+                    job.gone.add(v)
+                if not job.viewers:
+                    job.left_at = time.time()
         return job
 
     def cancel(self, key: str, why: str | None = None) -> Job | None:
@@ -201,9 +212,9 @@ class JobManager:
             for job in self.jobs():
                 if not job.watched or job.status not in (QUEUED, RUNNING):
                     continue
-                if job.left_at is not None and now - job.left_at >= LEAVE_GRACE_S:
+                if not job.viewers and job.left_at is not None and now - job.left_at >= LEAVE_GRACE_S:
                     self.cancel(job.id, "cancelled: its page was left (open the page again to start it again)")
-                elif now - job.last_seen >= UNWATCHED_S:
+                elif job.viewers and now - max(job.viewers.values()) >= UNWATCHED_S:
                     self.cancel(job.id, f"cancelled: no page asked about it for {UNWATCHED_S:.0f} s")
 
     def _work(self, lane: str) -> None:

@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Body, Depends, HTTPException, Response
+from fastapi import APIRouter, Body, Depends, HTTPException, Query, Response
 
 from cnnvis.web.context import WebContext, alias_text, get_ctx
 from cnnvis.web.jobs import Job
@@ -55,29 +55,30 @@ JOB_BODY_DOC = {"requestBody": {"required": True, "content": {"application/json"
 @router.post("/jobs", response_model=JobOut, responses={400: {"description": "bad spec"},
                                                         404: {"description": "unknown model"}},
              openapi_extra=JOB_BODY_DOC)
-def post_job(body: dict[str, Any] = Body(...), watch: bool = False, ctx: WebContext = Depends(get_ctx)):
-    """Start (or join, or fetch from the store) a job. watch=true: a page shows it; it is cancelled when
-    the page is left (POST /api/jobs/{id}/leave) or nobody polls it for a minute."""
+def post_job(body: dict[str, Any] = Body(...), watch: str | None = Query(None, max_length=64),
+             ctx: WebContext = Depends(get_ctx)):
+    """Start (or join, or fetch from the store) a job. watch=PAGE_ID: a page shows it; it is cancelled
+    when every such page was left (POST /api/jobs/{id}/leave) or none polls it for a minute."""
     spec = build_spec(ctx, body)
     return job_out(ctx, ctx.jobs.submit(spec, watch=watch))
 
 
 @router.get("/jobs/{job_id}", response_model=JobOut, responses={404: {"description": "no such job"}})
-def get_job(job_id: str, watch: bool = False, ctx: WebContext = Depends(get_ctx)):
-    """A job's status. watch=true (the pages' polls): a page still shows it."""
+def get_job(job_id: str, watch: str | None = Query(None, max_length=64), ctx: WebContext = Depends(get_ctx)):
+    """A job's status. watch=PAGE_ID (the pages' polls): that page still shows it."""
     job = ctx.jobs.get(job_id) if KEY_RE.match(job_id) else None
     if job is None:
         raise HTTPException(404, f"no job {job_id[:70]!r}")
     if watch:
-        ctx.jobs.seen(job_id)
+        ctx.jobs.seen(job_id, watch)
     return job_out(ctx, job)
 
 
 @router.post("/jobs/{job_id}/leave", response_model=JobOut, responses={404: {"description": "no such job"}})
-def leave_job(job_id: str, ctx: WebContext = Depends(get_ctx)):
-    """The page showing this job was left: a watched job is cancelled unless another page polls it
-    within 2 s (pages send this on pagehide)."""
-    job = ctx.jobs.leave(job_id) if KEY_RE.match(job_id) else None
+def leave_job(job_id: str, watch: str | None = Query(None, max_length=64), ctx: WebContext = Depends(get_ctx)):
+    """Page `watch` (default: every page) showing this job was left: once no page watches it, a watched
+    job is cancelled unless a page asks for it within 2 s (pages send this on pagehide)."""
+    job = ctx.jobs.leave(job_id, watch) if KEY_RE.match(job_id) else None
     if job is None:
         job = ctx.jobs.get(job_id) if KEY_RE.match(job_id) else None
     if job is None:

@@ -86,8 +86,9 @@
   // jobs this page shows: when the page is left, the server is told (it cancels them unless another
   // tab watches them too)
   const inFlight = new Set();
+  const VIEWER = Math.random().toString(36).slice(2, 12) + Date.now().toString(36);  // this page load
   window.addEventListener("pagehide", () => {
-    for (const id of inFlight) navigator.sendBeacon(`/api/jobs/${enc(id)}/leave`);
+    for (const id of inFlight) navigator.sendBeacon(`/api/jobs/${enc(id)}/leave?watch=${VIEWER}`);
   });
   window.addEventListener("pageshow", (ev) => { if (ev.persisted && inFlight.size) location.reload(); });
 
@@ -171,7 +172,7 @@
         if (stop) return;
         let st;
         try {
-          st = await postJSON("/api/jobs?watch=true", body);
+          st = await postJSON(`/api/jobs?watch=${VIEWER}`, body);
         } catch (e) {
           if (e.offline) {
             setTimeout(submit, offline());
@@ -189,7 +190,7 @@
         if (stop) return;
         let st;
         try {
-          st = await api(`/api/jobs/${enc(id)}?watch=true`);
+          st = await api(`/api/jobs/${enc(id)}?watch=${VIEWER}`);
         } catch (e) {
           if (e.offline) {
             setTimeout(poll, offline());
