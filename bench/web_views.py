@@ -67,7 +67,8 @@ def main() -> None:
 
         print("(a) pages (median of 5, HTML only):")
         for name, url in [("model lite0 (262 map layers, thumbnail lookups)", "/m/efficientnet_lite0"),
-                          ("model vgg16_hed", "/m/vgg16_hed"), ("layer vgg16_hed conv4_3", "/m/vgg16_hed/layer/conv4_3"),
+                          ("model vgg16_hed", "/m/vgg16_hed"),
+                          ("layer vgg16_hed conv4_3", "/m/vgg16_hed/layer/conv4_3"),
                           ("channel lite0 blocks.3 #5", "/m/efficientnet_lite0/layer/blocks.3/channel/5"),
                           ("photo lite0", "/m/efficientnet_lite0/photo")]:
             print(f"    {name:48s} {1000 * timed_get(url):7.1f} ms")

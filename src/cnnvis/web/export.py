@@ -161,8 +161,8 @@ def export_site(store, out: str | os.PathLike, models: list[str] | None = None, 
         base = {"nav": NAV, "static_nav": STATIC_NAV, "boot_json": "{}"}
         for mid, m in served.items():
             vm = m.vm
-            info_line = f"{vm.name} · {vm.task}" + (f" · {len(vm.labels)} classes" if vm.labels is not None else "") + \
-                f" · input {' × '.join(map(str, vm.input_shape))}"
+            n_classes = f" · {len(vm.labels)} classes" if vm.labels is not None else ""
+            info_line = f"{vm.name} · {vm.task}{n_classes} · input {' × '.join(map(str, vm.input_shape))}"
             common = {**base, "mid": mid, "model_info": info_line}
             layers = _quick_layers(store, m.ref)
             classes = atlas.class_images(store, m.ref)
@@ -210,9 +210,9 @@ def export_site(store, out: str | os.PathLike, models: list[str] | None = None, 
             if progress:
                 progress(f"{mid}: {len(layers)} layers, {sum(len(la.pages) for la in layers.values())} stored pages, "
                          f"{sum(len(la.channels()) for la in layers.values())} channels, {len(classes)} class images")
-        _write(tmp / "index.html", render("index", **base, mid="", urls=_Urls(0, files), active="", title="cnnvis atlas",
-                                          models=[{"mid": k, "name": m.vm.name, "task": m.vm.task} for k, m in
-                                                  served.items()], skipped=summary.skipped))
+        listed = [{"mid": k, "name": m.vm.name, "task": m.vm.task} for k, m in served.items()]
+        _write(tmp / "index.html", render("index", **base, mid="", urls=_Urls(0, files), active="",
+                                          title="cnnvis atlas", models=listed, skipped=summary.skipped))
         (tmp / "static").mkdir()
         shutil.copy(Path(__file__).parent / "static" / "app.css", tmp / "static" / "app.css")
         for key, name in sorted(files):
