@@ -31,7 +31,8 @@ GOLDEN = Path(__file__).parent / "data" / "job_keys.json"
 MESSAGE = ("a change altered a job key: every cached result (web, render-all, report) would miss; if intended, "
            "regenerate with `python tests/test_job_keys.py --update` and say why in the commit")
 FIXED_MTIME = 1_700_000_000  # the listing of a dataset folder includes mtimes: make them fixed
-PHOTO_KINDS = ("attribution", "classify", "deconv", "dream", "feature_maps", "max_maps", "sanity")
+PHOTO_KINDS = ("attribution", "classify", "deconv", "dream", "feature_maps", "inversion", "max_maps", "occlusion",
+               "sanity")
 
 
 # ---------------------------------------------------------------------- the files the specs name
@@ -181,6 +182,16 @@ RICHER = {
                                           layer="stage5", target="pelican", max_steps=3),
     "deconv:zf_map": lambda w: make_spec("deconv", image="sample:chelsea", layers=["stage2"], top=2, project="map",
                                          rule="zf"),
+    # lenses: a second model, a folder of photos (hashed photo by photo), options moved
+    "compare:other_ckpt": lambda w: make_spec("compare", model="ckpt", other="ckpt/model.json", data="digits.zip",
+                                              limit=4, grid=1, match_layer="none", batch_size=8),
+    "compare:photo_folder": lambda w: make_spec("compare", model="efficientnet_lite0", other="efficientnet_lite1",
+                                                data="photos", layers=["stage2"], other_layers=["stage3"],
+                                                channels=[3, 1], steps=8, size=64),
+    "occlusion:options": lambda w: make_spec("occlusion", image="photos/pelican.jpg", target="pelican", window=32,
+                                             stride=16, baseline=0.0, layer="stage5", channel=7, batch=4),
+    "inversion:options": lambda w: make_spec("inversion", image="photos/pelican.jpg", layers=["stage2", "stage6"],
+                                             steps=40, fourier_steps=0, lr=0.1, pixel_lr=0.01, tv=0.0, size=128),
 }
 
 NORMALIZED = {  # job_key(spec.normalized(vm)): what the runner stores a job under after loading the model
@@ -190,8 +201,9 @@ NORMALIZED = {  # job_key(spec.normalized(vm)): what the runner stores a job und
     "normalized:lite0:class_image:defaults": _norm(RICHER["class_image:defaults"], "efficientnet_lite0"),
     "normalized:lite0:filters": _norm(_example("filters"), "efficientnet_lite0"),
     "normalized:lite0:sanity:methods": _norm(RICHER["sanity:methods"], "efficientnet_lite0"),
+    "normalized:lite0:occlusion:options": _norm(RICHER["occlusion:options"], "efficientnet_lite0"),
+    "normalized:lite0:compare:photo_folder": _norm(RICHER["compare:photo_folder"], "efficientnet_lite0"),
     "normalized:hed:filters": _norm(RICHER["filters:hed"], "vgg16_hed"),
-    "normalized:hed:filters:example": _norm(_example("filters", model="vgg16_hed"), "vgg16_hed"),
     **{f"normalized:ckpt:{k}": _norm(_example(k, model="ckpt"), "ckpt") for k in sorted(KINDS) if k != "evolution"},
 }
 
