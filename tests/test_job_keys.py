@@ -316,7 +316,8 @@ def test_weights_ids(world):
     assert set(want) == set(WEIGHTS_IDS)
     for n, mw in WEIGHTS_IDS.items():
         got = _weights_id(*mw)
-        assert got == world.detokenize(want[n]), f"weights_id{mw}: was {want[n]!r}, now {world.tokenize(got)!r}; {MESSAGE}"
+        assert got == world.detokenize(want[n]), \
+            f"weights_id{mw}: was {want[n]!r}, now {world.tokenize(got)!r}; {MESSAGE}"
 
 
 def test_dataset_ids(world):
