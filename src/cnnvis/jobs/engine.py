@@ -276,6 +276,18 @@ def ray_workers(ray, device: str | None, threads: int, workers: int | None) -> i
 WATCH_EVERY = 2.0  # seconds between checks that the cluster still answers (one TCP connect)
 
 
+INIT_TRIES = 3  # a Ray Client server starts a server per client; on a busy head that start can fail once
+INIT_PAUSE_S = 2.0
+
+
+def _last_line(text: str) -> str:
+    """The first line and, where Ray put the cause on a later line (a server's traceback), the last one."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if not lines:
+        return text
+    return lines[0] if len(lines) == 1 else f"{lines[0].rstrip(':')}: {lines[-1]}"
+
+
 def _connect(ray, address: str | None, workers: int | None, threads: int):
     """ray.init: a local Ray (no address), or the cluster at `address` once it has answered a probe
     (bounded, see ray_connect) -> (host, port to watch, its name, a function restoring RAY_AUTH_MODE).
@@ -289,7 +301,17 @@ def _connect(ray, address: str | None, workers: int | None, threads: int):
     if target is None and workers:
         kw["num_cpus"] = max(workers * threads, os.cpu_count() or 1)
     try:
-        ray.init(**kw)
+        for attempt in range(1, INIT_TRIES + 1):
+            try:
+                ray.init(**kw)
+                break
+            except ConnectionAbortedError as e:  # the Ray Client server could not start this client's server
+                if attempt == INIT_TRIES or "Initialization failure" not in str(e):
+                    raise
+                _shutdown_quietly(ray)
+                print(f"the Ray Client server at {target.shown!r} could not start a session "
+                      f"({_last_line(str(e))}); trying again ({attempt + 1}/{INIT_TRIES})", file=sys.stderr)
+                time.sleep(INIT_PAUSE_S)
         _catch_sigterm()  # ours again (ray.init set its own, which exits 15)
     except SystemExit as e:
         restore()
@@ -303,7 +325,7 @@ def _connect(ray, address: str | None, workers: int | None, threads: int):
         if isinstance(e, ValueError) and "ray[client]" in str(e):
             raise CnnvisError(CLIENT_MISSING) from None
         if isinstance(e, (ConnectionError, ValueError, RuntimeError)) and target is not None:
-            raise CnnvisError(f"cannot join the Ray cluster at {target.shown!r}: {str(e).splitlines()[0][:300]}; "
+            raise CnnvisError(f"cannot join the Ray cluster at {target.shown!r}: {_last_line(str(e))[:300]}; "
                               f"check --address: {FORMS}") from None
         raise
     if target is not None:
