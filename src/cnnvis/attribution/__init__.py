@@ -6,53 +6,41 @@
     h = m.map(x, LayerTarget('block4_pool', 44))      # (B, H, W) >= 0
     NoiseTunnel(GuidedBackprop(vm), kind='vargrad')   # SmoothGrad / VarGrad over any method
 
-Method names (CLI --method): see `METHODS`.
+Method names (CLI --method): `list_methods()`; each class declares what it can do
+(`takes_layer`, `inputs`, `returns_delta`, `seeded`, `report`): see `registry`.
 """
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
+
 from cnnvis.attribution.base import Attribution, LayerTarget, check_input, model_parts
+from cnnvis.attribution.registry import (METHODS, list_methods, method, method_class, register_method,
+                                         unregister_method)
+
+# registration order = listing order (--help, error texts, the web picker, the report grids): the plain
+# gradients, then guided backprop / deconvnet, then the CAM family; then any other module, by name
+from cnnvis.attribution.gradients import (GradientXInput, IntegratedGradients, NoiseTunnel, Saliency,  # noqa: I001
+                                          SmoothGrad, VarGrad)
+from cnnvis.attribution.modified_relu import RELU_LIKE, Deconvnet, GuidedBackprop, ModifiedReLU, modified_relu
 from cnnvis.attribution.gradcam import (CAM, EigenCAM, GradCAM, GradCAMPlusPlus, GuidedGradCAM, LayerCAM, ScoreCAM,
                                         XGradCAM, default_cam_layer)
-from cnnvis.attribution.gradients import (GradientXInput, IntegratedGradients, NoiseTunnel, Saliency, SmoothGrad,
-                                          VarGrad)
-from cnnvis.attribution.modified_relu import RELU_LIKE, Deconvnet, GuidedBackprop, ModifiedReLU, modified_relu
 
-METHODS: dict[str, type[Attribution]] = {
-    "saliency": Saliency,
-    "gradxinput": GradientXInput,
-    "smoothgrad": SmoothGrad,
-    "vargrad": VarGrad,
-    "ig": IntegratedGradients,
-    "guided": GuidedBackprop,
-    "deconvnet": Deconvnet,
-    "gradcam": GradCAM,
-    "guided_gradcam": GuidedGradCAM,
-    "gradcam++": GradCAMPlusPlus,
-    "xgradcam": XGradCAM,
-    "layercam": LayerCAM,
-    "scorecam": ScoreCAM,
-    "eigencam": EigenCAM,
-}
-
-# the methods that take a `layer` argument (the layer the map is computed at)
-LAYER_METHODS = ("gradcam", "guided_gradcam", "gradcam++", "xgradcam", "layercam", "scorecam", "eigencam")
+for _m in sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")):
+    importlib.import_module(f"{__name__}.{_m}")  # a new file registers its method by being there
+del _m
 
 
-def method(name: str, model, **options) -> Attribution:
-    """Build a method by name ('saliency', 'ig', 'gradcam', ...) with its options."""
-    from cnnvis.errors import CnnvisError, unknown_name
-
-    if name not in METHODS:
-        raise unknown_name("attribution method", name, list(METHODS))
-    try:
-        return METHODS[name](model, **options)
-    except TypeError as e:
-        raise CnnvisError(f"bad option for method {name!r}: {e}") from None
+def __getattr__(name: str):
+    if name == "LAYER_METHODS":  # the methods that take a `layer` argument (the layer the map is computed at)
+        return tuple(list_methods(takes_layer=True))
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [
     "Attribution", "LayerTarget", "METHODS", "LAYER_METHODS", "method", "check_input", "model_parts",
+    "list_methods", "method_class", "register_method", "unregister_method",
     "Saliency", "GradientXInput", "IntegratedGradients", "NoiseTunnel", "SmoothGrad", "VarGrad",
     "GuidedBackprop", "Deconvnet", "ModifiedReLU", "modified_relu", "RELU_LIKE",
     "CAM", "GradCAM", "GradCAMPlusPlus", "XGradCAM", "LayerCAM", "ScoreCAM", "EigenCAM", "GuidedGradCAM",

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -102,10 +103,23 @@ class Attribution:
 
     Subclasses implement `_attribute(x, target)`; it runs with the model in eval mode, its
     parameters frozen and in-place activations off (all restored afterwards, also on error).
+    A registered method (`cnnvis.attribution.registry.register_method`) declares what it is and
+    can do in class attributes; every list of methods is derived from them.
     """
 
-    name = "attribution"
+    name: str = "attribution"  # registry key (CLI --method, a job's `method`), a class attribute of its own
+    title: ClassVar[str] = ""  # menu / report label ("Grad-CAM", "integrated gradients")
+    takes_layer: ClassVar[bool] = False  # its `layer` option is where the map is computed (the CAM family)
+    inputs: ClassVar[frozenset[str]] = frozenset({"class", "activation"})  # explains a class score / a LayerTarget
+    returns_delta: ClassVar[bool] = False  # attribute(x, t, return_delta=True) -> (attribution, delta (B,))
+    seeded: ClassVar[bool] = False  # takes `seed=` (draws random numbers)
+    report: ClassVar[tuple[str, ...]] = ("maps",)  # the report grids it is drawn in ('maps', 'cams')
     signed = True  # does `attribute` return signed values?
+
+    @classmethod
+    def has_convergence_delta(cls) -> bool:
+        """Whether `attribute(..., return_delta=True)` also returns a (B,) completeness error (as Captum)."""
+        return cls.returns_delta
 
     def __init__(self, model) -> None:
         self.model = model

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from cnnvis.attribution.base import Attribution
 from cnnvis.attribution.modified_relu import GuidedBackprop
+from cnnvis.attribution.registry import register_method
 from cnnvis.errors import CnnvisError
 
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
@@ -132,6 +133,7 @@ class CAM(Attribution):
     """
 
     name = "cam"
+    takes_layer, inputs, report = True, frozenset({"class"}), ("cams",)
     signed = False
     needs_grad = True  # False: the weights need no backward pass (Score-CAM, Eigen-CAM)
     center = False  # True: the weights apply to A minus its spatial mean (Eigen-CAM's PCA)
@@ -195,21 +197,55 @@ class CAM(Attribution):
         return f"{type(self).__name__}(layer={self.layer!r}{', use_input=True' if self.use_input else ''})"
 
 
+@register_method
 class GradCAM(CAM):
     """Selvaraju et al. 2017: w_k = mean over space of d score / d A_k."""
 
-    name = "gradcam"
+    name, title, report = "gradcam", "Grad-CAM", ("maps", "cams")
 
     def weights(self, a, g, x, target):
         return g.mean((2, 3), keepdim=True)
 
 
+@register_method
+class GuidedGradCAM(Attribution):
+    """Guided backprop x Grad-CAM upsampled to the input: (B, 3, H, W).
+
+    interpolate: 'bilinear' (default: the paper's choice, and the smooth map pytorch-grad-cam
+    shows) or 'nearest' (Captum's GuidedGradCam default, blocky; equal to Captum's result).
+    """
+
+    name, title = "guided_gradcam", "guided Grad-CAM"
+    takes_layer, inputs = True, frozenset({"class"})
+
+    def __init__(self, model, layer: str | None = None, *, interpolate: str = "bilinear",
+                 use_input: bool = False) -> None:
+        super().__init__(model)
+        if interpolate not in ("bilinear", "nearest"):
+            from cnnvis.errors import unknown_name
+
+            raise unknown_name("interpolate mode", interpolate, ("bilinear", "nearest"))
+        self.gradcam = GradCAM(model, layer, use_input=use_input)
+        self.guided = GuidedBackprop(model)
+        self.interpolate = interpolate
+
+    @property
+    def layer(self) -> str | None:
+        return self.gradcam.layer
+
+    def _attribute(self, x: Tensor, target) -> Tensor:
+        target = self.fixed_target(x, target)
+        cam = upsample(self.gradcam._cam(x, target), tuple(x.shape[-2:]), self.interpolate)
+        return self.guided._attribute(x, target) * cam
+
+
+@register_method
 class GradCAMPlusPlus(CAM):
     """Chattopadhyay et al. 2018 (eq. 19): w_k = sum over space of relu(g) * alpha, with
     alpha = g^2 / (2 g^2 + sum(A_k) g^3) where g != 0 (the gradients stand in for exp-score
     derivatives, as in pytorch-grad-cam)."""
 
-    name = "gradcam++"
+    name, title = "gradcam++", "Grad-CAM++"
 
     def weights(self, a, g, x, target):
         g2 = g * g
@@ -218,24 +254,27 @@ class GradCAMPlusPlus(CAM):
         return (torch.relu(g) * alpha).sum((2, 3), keepdim=True)
 
 
+@register_method
 class XGradCAM(CAM):
     """Fu et al. 2020: w_k = sum over space of g * A_k / sum(A_k)."""
 
-    name = "xgradcam"
+    name, title = "xgradcam", "XGrad-CAM"
 
     def weights(self, a, g, x, target):
         return (g * a / (a.sum((2, 3), keepdim=True) + 1e-7)).sum((2, 3), keepdim=True)
 
 
+@register_method
 class LayerCAM(CAM):
     """Jiang et al. 2021: a weight per place, w_k(y, x) = relu(g_k(y, x)); good at early layers."""
 
-    name = "layercam"
+    name, title = "layercam", "LayerCAM"
 
     def weights(self, a, g, x, target):
         return torch.relu(g)
 
 
+@register_method
 class ScoreCAM(CAM):
     """Wang et al. 2020: w = softmax over channels of the target score of x * mask_k, mask_k =
     A_k bilinearly upsampled (corner-aligned, as pytorch-grad-cam) and min-max scaled to [0, 1].
@@ -244,7 +283,7 @@ class ScoreCAM(CAM):
     EfficientNet-Lite0's 1280 at bn2 on photos) has mask 0, and all of them share one forward of
     the black image. No backward pass."""
 
-    name = "scorecam"
+    name, title = "scorecam", "Score-CAM"
     needs_grad = False
 
     def __init__(self, model, layer: str | None = None, *, use_input: bool = False,
@@ -282,13 +321,14 @@ class ScoreCAM(CAM):
         return f"ScoreCAM(layer={self.layer!r}, batch_size={self.batch_size})"
 
 
+@register_method
 class EigenCAM(CAM):
     """Muhammad & Yeasin 2020: the projection of the spatially centred activations on their first
     principal direction (no gradient, class-agnostic: the target is ignored). The SVD's sign is
     arbitrary; it is fixed so the map's largest magnitude is positive (Seg-Eigen-CAM's rule,
     pytorch-grad-cam's `get_2d_projection_with_sign_correction`; its EigenCAM leaves the sign to LAPACK)."""
 
-    name = "eigencam"
+    name, title = "eigencam", "Eigen-CAM"
     needs_grad = False
     center = True
 
@@ -309,33 +349,3 @@ class EigenCAM(CAM):
         flip = proj.amin(1).abs() > proj.amax(1).abs()
         v = torch.where(flip.unsqueeze(1), -v, v)
         return v.view(B, C, 1, 1)
-
-
-class GuidedGradCAM(Attribution):
-    """Guided backprop x Grad-CAM upsampled to the input: (B, 3, H, W).
-
-    interpolate: 'bilinear' (default: the paper's choice, and the smooth map pytorch-grad-cam
-    shows) or 'nearest' (Captum's GuidedGradCam default, blocky; equal to Captum's result).
-    """
-
-    name = "guided_gradcam"
-
-    def __init__(self, model, layer: str | None = None, *, interpolate: str = "bilinear",
-                 use_input: bool = False) -> None:
-        super().__init__(model)
-        if interpolate not in ("bilinear", "nearest"):
-            from cnnvis.errors import unknown_name
-
-            raise unknown_name("interpolate mode", interpolate, ("bilinear", "nearest"))
-        self.gradcam = GradCAM(model, layer, use_input=use_input)
-        self.guided = GuidedBackprop(model)
-        self.interpolate = interpolate
-
-    @property
-    def layer(self) -> str | None:
-        return self.gradcam.layer
-
-    def _attribute(self, x: Tensor, target) -> Tensor:
-        target = self.fixed_target(x, target)
-        cam = upsample(self.gradcam._cam(x, target), tuple(x.shape[-2:]), self.interpolate)
-        return self.guided._attribute(x, target) * cam

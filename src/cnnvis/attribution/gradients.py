@@ -12,22 +12,25 @@ import torch
 from torch import Tensor
 
 from cnnvis.attribution.base import Attribution, repeat_target
+from cnnvis.attribution.registry import register_method
 from cnnvis.errors import CnnvisError
 
 
+@register_method
 class Saliency(Attribution):
     """Simonyan et al. 2013: d score / d x (signed); `map` = max |grad| over colour channels."""
 
-    name = "saliency"
+    name, title = "saliency", "saliency"
 
     def _attribute(self, x: Tensor, target) -> Tensor:
         return self.input_grad(x, target)
 
 
+@register_method
 class GradientXInput(Attribution):
     """x * d score / d x (Shrikumar et al. 2016), with x the [0, 1] image for a VisModel."""
 
-    name = "gradxinput"
+    name, title = "gradxinput", "gradient × input"
 
     def _attribute(self, x: Tensor, target) -> Tensor:
         return x * self.input_grad(x, target)
@@ -97,11 +100,13 @@ class NoiseTunnel(Attribution):
         return f"NoiseTunnel({self.method!r}, kind={self.kind!r}, samples={self.samples})"
 
 
+@register_method
 class SmoothGrad(NoiseTunnel):
     """Smilkov et al. 2017: the mean of `method` (a METHODS name, default plain gradients; other
     keyword options go to it, e.g. layer='conv5_3') over `samples` noisy copies of x;
     magnitude=True: mean of squares (SmoothGrad-squared). Noise options: see NoiseTunnel."""
 
+    name, title, seeded = "smoothgrad", "SmoothGrad", True
     kind = "smoothgrad"
 
     def __init__(self, model, *, method: str = "saliency", samples: int = 25, noise: float = 0.15,
@@ -119,10 +124,12 @@ class SmoothGrad(NoiseTunnel):
         self.name = "smoothgrad" if method == "saliency" else self.name
 
 
+@register_method
 class VarGrad(SmoothGrad):
     """Adebayo et al. 2018: the variance of `method` (default plain gradients) over noisy copies of x.
     Options: see SmoothGrad."""
 
+    name, title, report = "vargrad", "VarGrad", ()
     kind = "vargrad"
 
     def __init__(self, model, *, method: str = "saliency", samples: int = 25, noise: float = 0.15,
@@ -132,6 +139,7 @@ class VarGrad(SmoothGrad):
         self.name = "vargrad" if method == "saliency" else self.name
 
 
+@register_method
 class IntegratedGradients(Attribution):
     """Sundararajan et al. 2017: (x - baseline) * integral of the gradient along the straight path.
 
@@ -143,7 +151,7 @@ class IntegratedGradients(Attribution):
     sum((x - baseline) * mean gradient) - (f(x) - f(baseline)), the completeness error.
     """
 
-    name = "ig"
+    name, title, returns_delta = "ig", "integrated gradients", True
 
     def __init__(self, model, *, steps: int = 50, baseline: float | Tensor = 0.0, method: str = "gausslegendre",
                  batch_size: int | None = None, multiply_by_inputs: bool = True) -> None:

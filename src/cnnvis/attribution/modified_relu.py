@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from cnnvis.attribution.base import Attribution
+from cnnvis.attribution.registry import register_method
 from cnnvis.errors import CnnvisError
 
 RELU_LIKE: tuple[type[nn.Module], ...] = (
@@ -123,13 +124,17 @@ class ModifiedReLU(Attribution):
             return self.input_grad(x, target)
 
 
+@register_method
 class GuidedBackprop(ModifiedReLU):
     """Springenberg et al. 2014: only positive gradients pass back through each ReLU."""
 
+    name, title = "guided", "guided backprop"
     rule = "guided"
 
 
+@register_method
 class Deconvnet(ModifiedReLU):
     """Zeiler & Fergus 2014 as an attribution: ReLU backward = relu(grad), forward mask ignored."""
 
+    name, title = "deconvnet", "deconvnet"
     rule = "deconvnet"

@@ -414,18 +414,16 @@ class DreamSpec(_PhotoSpec):
 
 # ---------------------------------------------------------------------- attribution
 def _attribution_methods() -> list[str]:
-    from cnnvis.attribution import METHODS
+    from cnnvis.attribution import list_methods
 
-    return list(METHODS)
+    return list_methods()
 
 
 def _with_seed(method: str, options: dict, seed: int) -> dict:
-    """Pass the spec's seed to methods that draw random numbers (SmoothGrad, NoiseTunnel, ...)."""
-    import inspect
+    """Pass the spec's seed to methods that draw random numbers (`seeded`: SmoothGrad, VarGrad, ...)."""
+    from cnnvis.attribution import method_class
 
-    from cnnvis.attribution import METHODS
-
-    if "seed" in inspect.signature(METHODS[method].__init__).parameters and "seed" not in options:
+    if method_class(method).seeded and "seed" not in options:
         return {**options, "seed": seed}
     return dict(options)
 
@@ -453,21 +451,23 @@ class AttributionSpec(_PhotoSpec):
         return v
 
     def normalized(self, vm):
-        from cnnvis.attribution import LAYER_METHODS
+        from cnnvis.attribution import method_class
 
-        cam = self.method in LAYER_METHODS
-        if (self.channel is not None or self.unit is not None) and (self.layer is None or cam):
+        cls = method_class(self.method)
+        cam, explains_activation = cls.takes_layer, "activation" in cls.inputs
+        if (self.channel is not None or self.unit is not None) and (self.layer is None or not explains_activation):
             raise CnnvisError("channel/unit need a layer, with a method that is not a CAM method")
         if not cam and self.layer is not None and self.target is not None:
             raise CnnvisError("give either a target (a class) or a layer (an activation), not both")
         return self.model_copy(update=_target_and_layer(vm, self.target, self.layer))
 
     def run(self, vm, ctx):
-        from cnnvis.attribution import LAYER_METHODS, LayerTarget, method as make
+        from cnnvis.attribution import LayerTarget, method as make, method_class
         from cnnvis.viz import attribution_panel
 
         x = prepare(vm, self.image, self.size)
-        cam = self.method in LAYER_METHODS
+        cls = method_class(self.method)
+        cam = cls.takes_layer
         opts = _with_seed(self.method, self.options, self.seed)
         if cam:
             opts["layer"] = self.layer
@@ -484,9 +484,9 @@ class AttributionSpec(_PhotoSpec):
             if tgt is None and vm.task == "classification":
                 tgt = more["target"]
         m = make(self.method, vm, **opts)
-        if self.method == "ig":
+        if cls.returns_delta:
             a, delta = m.attribute(x, tgt, return_delta=True)
-            info["ig_completeness_delta"] = float(delta[0])
+            info[f"{cls.name}_completeness_delta"] = float(delta[0])
         else:
             a = m.attribute(x, tgt)
         heat = a.abs().amax(1)[0] if a.shape[1] > 1 else a[0, 0]
@@ -590,7 +590,7 @@ class SanitySpec(_PhotoSpec):
         return self.model_copy(update=_target_and_layer(vm, self.target, self.layer))
 
     def run(self, vm, ctx):
-        from cnnvis.attribution import LAYER_METHODS
+        from cnnvis.attribution import method_class
         from cnnvis.sanity import sanity_check
         from cnnvis.viz import colormap, curve, grid, stack, to_pil
 
@@ -598,7 +598,7 @@ class SanitySpec(_PhotoSpec):
         results = []
         for n in self.methods:
             opts = dict(self.options)
-            if n in LAYER_METHODS:
+            if method_class(n).takes_layer:
                 opts["layer"] = self.layer
             results.append(sanity_check(vm, x, n, self.target, max_steps=self.max_steps, seed=self.seed,
                                         progress=ctx.bar, **opts))
