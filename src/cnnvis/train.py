@@ -112,13 +112,10 @@ class TrainResult:
 # ------------------------------------------------------------------------------- data
 def _data_id(data) -> str:
     """How a resumed run recognizes its data: a dataset name as such, a path made absolute."""
-    from cnnvis.data.api import ALIASES, KNOWN
+    from cnnvis.data.api import known_name
 
-    s = str(data)
-    canon = ALIASES.get(s.lower(), s.lower())
-    if canon in KNOWN and not (os.sep in s or "/" in s):
-        return canon
-    return os.path.abspath(os.path.expanduser(s))
+    canon = known_name(data)
+    return canon if canon is not None else os.path.abspath(os.path.expanduser(str(data)))
 
 
 def open_sets(data, split: str | None = None, held_out: float = 0.2, limit: int | None = None):

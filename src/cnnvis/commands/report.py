@@ -39,6 +39,7 @@ def report_cmd(model, weights, device, cache, images, out, quick, sections, data
     from cnnvis.images import find_images, load_image
     from cnnvis.jobs import Store
     from cnnvis.models import load
+    from cnnvis.models.refs import training_block
     from cnnvis.report import build_report, check_sections
 
     from cnnvis.utils import check_writable
@@ -46,7 +47,7 @@ def report_cmd(model, weights, device, cache, images, out, quick, sections, data
     only = parse_names(sections)
     check_sections(only)  # fail fast on a typo, before any work
     check_writable(Path(out) / "index.html")  # and on a folder that cannot be written
-    training = _training_block(model)
+    training = training_block(model)  # None for a registry model or a plain checkpoint
     data, data_split = _study_data(data, data_split, training)
     check_out_of_data(out, [data])  # the report's images would become the dataset's
     if images:
@@ -73,20 +74,6 @@ def report_cmd(model, weights, device, cache, images, out, quick, sections, data
         echo_json({"page": str(page), "seconds": d.get("_timings_s"), "errors": d.get("_errors", {})})
     else:
         click.echo(f"wrote {page}")
-
-
-def _training_block(model: str | None) -> dict | None:
-    """The `training` block of a checkpoint's JSON (None for a registry model or a plain checkpoint)."""
-    from cnnvis.models.checkpoint import looks_like_checkpoint, read_metadata
-    from cnnvis.models.registry import _REGISTRY
-
-    if not model or model in _REGISTRY or not looks_like_checkpoint(model):
-        return None
-    try:
-        t = read_metadata(model).get("training")
-    except Exception:  # load() reports a bad checkpoint with its own message
-        return None
-    return t if isinstance(t, dict) else None
 
 
 def _study_data(data: str | None, split: str | None, training: dict | None) -> tuple[str | None, str | None]:

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
-from cnnvis.commands.common import (IMAGE_SUFFIXES, _flag_names, cache_tag, check_out, check_out_of_data, emit,
+from cnnvis.commands.common import (_flag_names, cache_tag, check_out, check_out_of_data, emit,
                                     job_options, run_job, seed_option, skipped_line, write_image)
 from cnnvis.commands.web import engine_options, refuse_ray_flags
 from cnnvis.errors import CnnvisError
@@ -58,6 +58,9 @@ def weights_cmd(model, weights, device, cache, as_json, layer, out) -> None:
 
 
 def _is_photo(a: str) -> bool:
+    """A photo (an image file by its suffix, or sample:NAME), not a dataset."""
+    from cnnvis.images import IMAGE_SUFFIXES
+
     return a.startswith("sample:") or (Path(a).is_file() and Path(a).suffix.lower() in IMAGE_SUFFIXES)
 
 
@@ -330,8 +333,7 @@ def _top_examples_sharded(data, model, weights, device, cache, as_json, layer, k
     from cnnvis.jobs import Store, make_spec
     from cnnvis.jobs.engine import import_ray, run_many
     from cnnvis.jobs.kinds_study import parse_channels
-
-    from cnnvis.web.specs import canonical_ref
+    from cnnvis.models.refs import canonical_ref
 
     if engine == "ray":
         import_ray(address)

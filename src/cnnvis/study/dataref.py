@@ -16,10 +16,9 @@ from cnnvis.errors import CnnvisError
 def _is_checkpoint(model_ref: str | None) -> bool:
     if not model_ref:
         return False
-    from cnnvis.models.checkpoint import looks_like_checkpoint
-    from cnnvis.models.registry import _REGISTRY
+    from cnnvis.models.refs import is_checkpoint
 
-    return model_ref not in _REGISTRY and looks_like_checkpoint(model_ref)
+    return is_checkpoint(model_ref)
 
 
 def open_for_model(vm, ref: str, split: str | None = None, size: int | None = None, model_ref: str | None = None,
