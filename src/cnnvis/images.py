@@ -19,7 +19,12 @@ from torch import Tensor
 from cnnvis.errors import CnnvisError
 
 MAX_PIXELS = 100_000_000  # refuse larger declared sizes (decompression bombs); 12 MP photos are fine
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+# the one list of image files read as input (photos, image folders, datasets), by suffix
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm")
+# the image files written (--out, save_png): suffix -> PIL format
+OUTPUT_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP", ".tif": "TIFF",
+                  ".tiff": "TIFF"}
+OUTPUT_SUFFIXES = tuple(OUTPUT_FORMATS)
 
 
 def load_image(path: str | os.PathLike, *, max_pixels: int = MAX_PIXELS) -> Image.Image:

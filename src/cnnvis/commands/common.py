@@ -36,9 +36,9 @@ class LazyChoice(click.Choice):
 
 
 def attribution_methods() -> list[str]:
-    from cnnvis.attribution import METHODS
+    from cnnvis.attribution import list_methods
 
-    return list(METHODS)
+    return list_methods()
 
 
 def preset_names() -> list[str]:
@@ -220,16 +220,19 @@ def cache_tag(res) -> str:
     return f" [from the cache: {', '.join(bits)}]"
 
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
-
-
-def check_out(path: str | None, inputs: Iterable[str] = (), flag: str = "--out", suffixes=IMAGE_SUFFIXES):
-    """Refuse an output that is an input, a directory, an unknown image format or not writable."""
+def check_out(path: str | None, inputs: Iterable[str] = (), flag: str = "--out",
+              suffixes: tuple[str, ...] | None = None):
+    """Refuse an output that is an input, a directory, an unknown image format or not writable.
+    suffixes: the formats allowed (default: `cnnvis.images.OUTPUT_SUFFIXES`; () allows any)."""
     from cnnvis.errors import CnnvisError
     from cnnvis.utils import check_output_path, check_writable
 
     if path is None:
         return None
+    if suffixes is None:
+        from cnnvis.images import OUTPUT_SUFFIXES
+
+        suffixes = OUTPUT_SUFFIXES
     out = check_output_path(path, [i for i in inputs if i and not str(i).startswith("sample:")])
     if suffixes and out.suffix.lower() not in suffixes:
         raise CnnvisError(f"{flag} {path!r}: unknown image format {out.suffix or '(none)'!r}; "

@@ -27,6 +27,7 @@ from PIL import Image, UnidentifiedImageError
 
 from cnnvis.data.base import CorruptImage, DatasetFormatWarning, Source
 from cnnvis.errors import CnnvisError
+from cnnvis.images import IMAGE_SUFFIXES
 
 MAX_IMAGE_BYTES = 64 << 20  # per image file or zip member (bytes as read, not as claimed)
 FORMAT_SAMPLE = 256  # images whose headers decide what a dataset's images are read as
@@ -37,7 +38,6 @@ _ZIP_METHODS = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflate", z
                 zipfile.ZIP_LZMA: "lzma"}
 _METHOD_NAMES = {9: "Deflate64", 6: "implode", 1: "shrink", 93: "zstd", 95: "xz", 98: "PPMd", 99: "AES"}
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm")
 SPLIT_ALIASES = {
     "train": ("train", "training"),
     "test": ("test", "testing", "val", "valid", "validation"),
@@ -114,7 +114,7 @@ def resolve_layout(rels: list[str], where: str, split: str | None):
     folders whose names differ only in case are one class (note: a line saying so, else None)."""
     parts = [r.split("/") for r in rels]
     if not parts:
-        raise CnnvisError(f"no images in {where} (looked for {', '.join(IMAGE_EXTS)}); {_LAYOUT_HINT}")
+        raise CnnvisError(f"no images in {where} (looked for {', '.join(IMAGE_SUFFIXES)}); {_LAYOUT_HINT}")
     prefix: list[str] = []
     known_splits = {a for v in SPLIT_ALIASES.values() for a in v}
     while (all(len(p) >= 3 for p in parts) and len({p[0] for p in parts}) == 1
@@ -296,10 +296,10 @@ class FolderSource(FileSource):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d != "__MACOSX")
             rel_dir = Path(dirpath).relative_to(root).as_posix()
             for f in sorted(filenames):
-                if f.lower().endswith(IMAGE_EXTS) and not f.startswith("."):
+                if f.lower().endswith(IMAGE_SUFFIXES) and not f.startswith("."):
                     rels.append(f if rel_dir == "." else f"{rel_dir}/{f}")
         if not rels:
-            raise CnnvisError(f"folder {str(root)!r} contains no images ({', '.join(IMAGE_EXTS)}); "
+            raise CnnvisError(f"folder {str(root)!r} contains no images ({', '.join(IMAGE_SUFFIXES)}); "
                               f"{_LAYOUT_HINT}")
         entries, classes, self.split, self.splits, note = resolve_layout(rels, f"folder {str(root)!r}", split)
         super().__init__(root.name or str(root), entries, classes, channels, size, note)
@@ -333,12 +333,12 @@ class ZipSource(FileSource):
             raise CnnvisError(f"{str(path)!r} is not a readable zip file ({e}); give a zip of "
                               f"{_LAYOUT_HINT}, or a folder") from None
         names = [z.filename for z in infos]
-        imgs = [n for n in names if not n.endswith("/") and n.lower().endswith(IMAGE_EXTS)]
+        imgs = [n for n in names if not n.endswith("/") and n.lower().endswith(IMAGE_SUFFIXES)]
         self.unlisted = tuple(n for n in imgs if _unsafe(n))
         rels = [n for n in imgs if not _unsafe(n) and not _hidden(n.split("/"))]
         if not rels:
             raise CnnvisError(f"zip {str(path)!r} contains no images in class folders "
-                              f"({len(names)} entries, none an image: {', '.join(IMAGE_EXTS)}"
+                              f"({len(names)} entries, none an image: {', '.join(IMAGE_SUFFIXES)}"
                               + (f"; {len(self.unlisted)} with an absolute or '..' path, skipped" if self.unlisted
                                  else "") + f"); {_LAYOUT_HINT}")
         entries, classes, self.split, self.splits, note = resolve_layout(rels, f"zip {str(path)!r}", split)

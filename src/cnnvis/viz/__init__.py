@@ -14,6 +14,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
+from cnnvis.images import OUTPUT_FORMATS
 from cnnvis.utils import atomic_write
 
 # anchors of a perceptually ordered map (black-purple-orange-yellow, like 'inferno')
@@ -49,8 +50,7 @@ def save_png(img: Image.Image | Tensor, path: str | os.PathLike) -> Path:
     if not isinstance(img, Image.Image):
         img = to_pil(img)
     path = Path(path)
-    fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF"}.get(
-        path.suffix.lower(), "PNG")
+    fmt = OUTPUT_FORMATS.get(path.suffix.lower(), "PNG")
     with atomic_write(path) as f:
         img.save(f, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
     return path
