@@ -4,9 +4,21 @@ from __future__ import annotations
 
 from cnnvis.report import ReportContext, Section, esc
 
-# the classic methods shown side by side (every registered method is in `cnnvis saliency --method`)
-MAP_METHODS = ["saliency", "gradxinput", "smoothgrad", "ig", "guided", "deconvnet", "gradcam", "guided_gradcam"]
-CAM_METHODS = ["gradcam", "gradcam++", "xgradcam", "layercam", "scorecam", "eigencam"]
+
+def map_methods() -> list[str]:
+    """The methods shown side by side in the first grid: those whose class lists 'maps' in its `report`
+    (saliency, gradxinput, smoothgrad, ig, guided, deconvnet, gradcam, guided_gradcam), registry order."""
+    from cnnvis.attribution import list_methods
+
+    return list_methods(report="maps")
+
+
+def cam_methods() -> list[str]:
+    """The CAM-family grid: the classes that list 'cams' in their `report` (gradcam, gradcam++, xgradcam,
+    layercam, scorecam, eigencam)."""
+    from cnnvis.attribution import list_methods
+
+    return list_methods(report="cams")
 
 
 def _grid(ctx: ReportContext, methods: list[str], size, opts: dict) -> tuple[object, dict]:
@@ -17,7 +29,7 @@ def _grid(ctx: ReportContext, methods: list[str], size, opts: dict) -> tuple[obj
     from cnnvis.viz import methods_grid
 
     photos = ctx.photos[:2] if ctx.quick else ctx.photos
-    xs, data = [], {}
+    xs, data, cams = [], {}, cam_methods()
     maps: dict[str, list] = {n: [] for n in methods}
     for name, ref in photos:
         for n in methods:
@@ -31,7 +43,7 @@ def _grid(ctx: ReportContext, methods: list[str], size, opts: dict) -> tuple[obj
                 data[name] = {"target": d.get("target"), "label": lab}
             if "ig_completeness_delta" in d:
                 data[name]["ig_completeness_delta"] = round(d["ig_completeness_delta"], 4)
-            if d.get("layer") and n in CAM_METHODS:
+            if d.get("layer") and n in cams:
                 data[name]["cam_layer"] = d["layer"]
     return methods_grid(xs, {n: torch.cat(v) for n, v in maps.items()}), data
 
@@ -39,9 +51,9 @@ def _grid(ctx: ReportContext, methods: list[str], size, opts: dict) -> tuple[obj
 def render_maps(ctx: ReportContext) -> str:
     size = 160 if ctx.quick else None
     opts = {"smoothgrad": {"samples": 6 if ctx.quick else 25}, "ig": {"steps": 12 if ctx.quick else 50}}
-    grid, data = _grid(ctx, MAP_METHODS, size, opts)
+    grid, data = _grid(ctx, map_methods(), size, opts)
     rel = ctx.save(grid, "attribution_methods.png")
-    cams, cam_data = _grid(ctx, CAM_METHODS, size, {})
+    cams, cam_data = _grid(ctx, cam_methods(), size, {})
     rel_cam = ctx.save(cams, "attribution_cams.png")
     for k, v in cam_data.items():
         data.setdefault(k, {}).update({"cam_layer": v.get("cam_layer")})

@@ -96,26 +96,17 @@ def get_ctx(request: Request) -> WebContext:
 
 # ---------------------------------------------------------------------- serving a model
 def is_registered(ref: str) -> bool:
-    """A registry name (else a checkpoint path), as `cnnvis.models.load` decides.
+    """A registry name (else a checkpoint path), as `cnnvis.models.load` decides (`models.refs`)."""
+    from cnnvis.models.refs import is_registered as registered
 
-    TODO(architecture pass, issue 19 item 2): models/ has no public "registry name or checkpoint?"
-    function; this and `training_block` copy load()'s rule (a registered name wins, else
-    looks_like_checkpoint) with the public list_models()."""
-    from cnnvis.models import list_models
-
-    return ref in list_models()
+    return registered(ref)
 
 
 def mid_for(ref: str, taken: set[str]) -> str:
     """A URL id for a model ref: a registry name as is, a checkpoint by its folder (or file stem) name."""
-    if is_registered(ref):
-        base = ref
-    else:
-        p = Path(ref)
-        base = (p if p.is_dir() else p.parent).name if p.suffix.lower() in (".json", ".safetensors") or p.is_dir() \
-            else p.stem
-        base = base or "model"
-    base = re.sub(r"[^A-Za-z0-9_.-]+", "-", base).strip("-.") or "model"
+    from cnnvis.models.refs import short_name
+
+    base = re.sub(r"[^A-Za-z0-9_.-]+", "-", short_name(ref)).strip("-.") or "model"
     mid, i = base, 2
     while mid in taken:
         mid, i = f"{base}-{i}", i + 1
@@ -123,16 +114,10 @@ def mid_for(ref: str, taken: set[str]) -> str:
 
 
 def training_block(ref: str) -> dict | None:
-    """A `cnnvis train` checkpoint's 'training' block of its model.json (None for others)."""
-    from cnnvis.models.checkpoint import looks_like_checkpoint, read_metadata
+    """A `cnnvis train` checkpoint's 'training' block of its model.json (None for others; `models.refs`)."""
+    from cnnvis.models.refs import training_block as block
 
-    if is_registered(ref) or not looks_like_checkpoint(ref):
-        return None
-    try:
-        t = read_metadata(ref).get("training")
-    except Exception:  # noqa: BLE001 - no readable metadata: no training block
-        return None
-    return t if isinstance(t, dict) else None
+    return block(ref)
 
 
 def training_data(ref: str) -> str | None:
@@ -144,9 +129,9 @@ def training_data(ref: str) -> str | None:
 
 def embedded(name: str) -> bool:
     """A registry model whose weights ship inside the installed packages (no file path, no download)."""
-    from cnnvis.models import model_info
+    from cnnvis.models.refs import is_embedded
 
-    return is_registered(name) and model_info(name).default_weights == "embedded"
+    return is_embedded(name)
 
 
 def layer_rows(infos) -> list[dict]:

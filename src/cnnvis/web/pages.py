@@ -267,7 +267,10 @@ def channel_page(request: Request, mid: str, layer: str, channel: str):
 
 @router.get("/m/{mid}/photo", response_class=HTMLResponse)
 def photo_page(request: Request, mid: str):
-    return _page(request, "photo", mid, "photo", f"{mid}: photo")
+    from cnnvis.attribution import list_methods, method_class
+
+    methods = [{"name": n, "title": method_class(n).title} for n in list_methods()]  # the picker: every method
+    return _page(request, "photo", mid, "photo", f"{mid}: photo", server={"methods": methods})
 
 
 @router.get("/m/{mid}/class", response_class=HTMLResponse)

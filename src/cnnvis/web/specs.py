@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import threading
-from pathlib import Path
 
 from cnnvis.errors import CnnvisError
 
@@ -27,16 +26,10 @@ _LOCK = threading.Lock()
 
 def canonical_ref(model: str) -> str:
     """How a model is named in specs: a registry name as is, a checkpoint by its absolute path (so that
-    `cnnvis serve` and `cnnvis render-all` started from different folders share results).
-    TODO(architecture pass, issue 19 item 2): load()'s "registry name or checkpoint" rule, copied (no public
-    function for it in models/)."""
-    from cnnvis.models import list_models
-    from cnnvis.models.checkpoint import looks_like_checkpoint
+    `cnnvis serve` and `cnnvis render-all` started from different folders share results): `models.refs`."""
+    from cnnvis.models.refs import canonical_ref as canonical
 
-    model = str(model)
-    if model in list_models() or not looks_like_checkpoint(model):
-        return model
-    return str(Path(model).expanduser().resolve())
+    return canonical(model)
 
 
 def remember(model_ref: str, vm, layers, mid: str | None = None) -> None:
