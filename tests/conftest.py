@@ -1,9 +1,13 @@
-"""Shared fixtures: real models (loaded once), the shared photos, tiny nets."""
+"""Shared fixtures: real models (loaded once), the shared photos, tiny nets, MNIST checkpoints, a pool.
+
+Import helpers as `from conftest import sample, SHARED` (never `from tests.conftest`: that loads this
+file a second time, as another module)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 import torch
@@ -29,6 +33,20 @@ def sample(name: str) -> Path:
     if not hits:
         pytest.fail(f"shared photo for {name!r} not found under {SAMPLES}")
     return hits[0]
+
+
+@pytest.fixture(scope="session")
+def pelican_path() -> Path:
+    """The shared ImageNet photo of a pelican (a file path)."""
+    return sample("pelican")
+
+
+@pytest.fixture(scope="session")
+def pelican_image():
+    """The shared pelican photo as a PIL RGB image (read once; do not change it in place)."""
+    from cnnvis.images import load_image
+
+    return load_image(sample("pelican"))
 
 
 @pytest.fixture(scope="session")
@@ -92,3 +110,49 @@ def mnist_run(tmp_path_factory) -> Path:
 def mnist_run2(tmp_path_factory) -> Path:
     """A second MNIST net trained with another seed (the judge of the first one's class images)."""
     return _train_mnist_quick(tmp_path_factory.mktemp("mnist-run2"), 1)
+
+
+@pytest.fixture(scope="session")
+def mnist_vm(mnist_run):
+    """The trained MNIST net of `mnist_run`, loaded once (a VisModel on the CPU)."""
+    from cnnvis.models import load
+
+    return load(str(mnist_run), device="cpu")
+
+
+class Ckpt(NamedTuple):
+    """A random 1-channel 28x28 `mnist_cnn` checkpoint (seed 0, 10 classes '0'..'9', a training block
+    {'steps': 0}) written by save_checkpoint into a folder named mnist."""
+
+    net: torch.nn.Module  # the saved net, in eval mode
+    json: Path  # its model.json
+    folder: str  # the folder, as a --model / spec `model`
+
+
+def _mnist_ckpt(folder: Path) -> Ckpt:
+    from cnnvis.models import build_arch, save_checkpoint
+
+    torch.manual_seed(0)
+    net = build_arch("mnist_cnn")
+    path = save_checkpoint(folder, net, architecture="mnist_cnn", extra={"training": {"steps": 0}})
+    return Ckpt(net.eval(), path, str(path.parent))
+
+
+@pytest.fixture
+def mnist_ckpt(tmp_path) -> Ckpt:
+    """A fresh checkpoint per test: for tests that change or damage its files."""
+    return _mnist_ckpt(tmp_path / "mnist")
+
+
+@pytest.fixture(scope="session")
+def mnist_ckpt_shared(tmp_path_factory) -> Ckpt:
+    """The same checkpoint, written once per session: never change its files (use `mnist_ckpt`)."""
+    return _mnist_ckpt(tmp_path_factory.mktemp("ckpt") / "mnist")
+
+
+@pytest.fixture(scope="module")
+def pool():
+    """A ModelPool on the CPU, one per test module (the models it loads are reused within the module)."""
+    from cnnvis.jobs import ModelPool
+
+    return ModelPool("cpu")

@@ -11,11 +11,13 @@ import pytest
 import torch
 from torch import nn
 
-from cnnvis.attribution import (METHODS, Deconvnet, EigenCAM, GradCAM, GradCAMPlusPlus, GradientXInput,
+from cnnvis.attribution import (Deconvnet, EigenCAM, GradCAM, GradCAMPlusPlus, GradientXInput,
                                 GuidedBackprop, GuidedGradCAM, IntegratedGradients, LayerCAM, LayerTarget,
-                                NoiseTunnel, Saliency, ScoreCAM, SmoothGrad, VarGrad, XGradCAM, method)
+                                NoiseTunnel, Saliency, ScoreCAM, SmoothGrad, VarGrad, XGradCAM, list_methods,
+                                method)
 from cnnvis.errors import CnnvisError
 from cnnvis.hooks import hook_count
+from conftest import sample
 
 warnings.filterwarnings("ignore", category=UserWarning)
 
@@ -234,7 +236,7 @@ def _state(model):
             [getattr(m, "inplace", None) for m in model.modules()])
 
 
-@pytest.mark.parametrize("name", list(METHODS))
+@pytest.mark.parametrize("name", list_methods())
 def test_model_and_input_untouched(name):
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
@@ -339,13 +341,6 @@ def random_vgg64():
     return vm
 
 
-@pytest.fixture(scope="module")
-def lite0():
-    from cnnvis.models import load
-
-    return load("efficientnet_lite0")
-
-
 def _agree(vm, x, t, guided_model=None):
     from captum.attr import Deconvolution, GuidedBackprop as CGB, InputXGradient
     from captum.attr import IntegratedGradients as CIG, Saliency as CS
@@ -412,12 +407,7 @@ def test_real_photo_end_to_end(lite0):
 
     from cnnvis.attribution import default_cam_layer
 
-    import pathlib
-
-    p = pathlib.Path(__file__).resolve().parents[2] / "shared/data/imagenet-samples/n02051845_pelican.JPEG"
-    if not p.exists():
-        pytest.skip("shared photos not available")
-    img = Image.open(p)
+    img = Image.open(sample("pelican"))  # the shared photo (a missing one fails, never skips)
     x = lite0.preprocess.prepare(img, size=160)
     assert default_cam_layer(lite0) == "bn2"
     cam = GradCAM(lite0).map(x, "pelican")

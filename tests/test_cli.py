@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -108,3 +109,70 @@ def test_report_writes_page_with_classification(capsys, tmp_path):
     top = data["sections"]["classification"]
     assert top["ambulance"][0]["label"] == "ambulance" and top["flamingo"][0]["label"] == "flamingo"
     assert (tmp_path / "rep" / "img" / "photo_flamingo.png").is_file()
+
+
+# ----------------------------------------------------------------------------- saliency, deconv, sanity
+
+@pytest.fixture()
+def odd_png(tmp_path):
+    """A grey+alpha 50x37 PNG: an odd mode and size."""
+    from PIL import Image
+
+    p = tmp_path / "p.png"
+    Image.new("LA", (50, 37), (128, 200)).save(p)
+    return p
+
+
+def test_photo_commands_bad_input_exit_2(tmp_path, odd_png, capsys):
+    out = str(tmp_path / "o.png")
+    assert main(["saliency", str(odd_png), "--target", "5000", "--size", "64", "--out", out]) == 2
+    assert main(["saliency", str(odd_png), "--method", "gradcam", "--layer", "classifier", "--size", "64",
+                 "--out", out]) == 2
+    assert main(["saliency", str(tmp_path / "missing.jpg"), "--out", out]) == 2
+    assert main(["saliency", str(odd_png), "--out", str(odd_png)]) == 2
+    assert main(["deconv", str(odd_png), "--layers", "nope", "--out", out]) == 2
+    assert main(["sanity", str(odd_png), "--method", "foo", "--out", out]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("error:") == 6
+
+
+@pytest.mark.slow
+def test_photo_commands_end_to_end(tmp_path, odd_png, monkeypatch, capsys):
+    from PIL import Image
+
+    monkeypatch.setenv("CNNVIS_NO_PROGRESS", "1")
+    for m in ("saliency", "gradcam", "guided"):
+        out = tmp_path / f"{m}.png"
+        assert main(["saliency", str(odd_png), "--method", m, "--size", "64", "--out", str(out)]) == 0
+        assert Image.open(out).size[0] > 64
+    out = tmp_path / "d.png"
+    assert main(["deconv", str(odd_png), "-m", "vgg16_hed", "--size", "64", "--layers", "conv1_2,pool2",
+                 "--top", "2", "--out", str(out)]) == 0
+    assert out.exists()
+    assert "masked rule" in capsys.readouterr().out  # the default rule, named
+    assert main(["deconv", str(odd_png), "-m", "vgg16_hed", "--size", "64", "--layers", "conv3_3", "--top", "1",
+                 "--rule", "zf", "--project", "map", "--json", "--out", str(out)]) == 0
+    d = json.loads(capsys.readouterr().out)["data"]
+    assert (d["rule"], d["project"]) == ("zf", "map") and "grey lattice" in d["notes"][0]
+    out = tmp_path / "s.png"
+    assert main(["sanity", str(odd_png), "--method", "saliency", "--size", "64", "--max-steps", "4",
+                 "--out", str(out)]) == 0
+    assert out.exists()
+
+
+# ----------------------------------------------------------------------------- photos or a dataset
+def test_maxmaps_reads_a_gif_as_a_photo(tmp_path, capsys, mnist_ckpt_shared):
+    """A .gif given to maxmaps is a photo (an input image suffix, cnnvis.images.IMAGE_SUFFIXES), not a
+    dataset: the command used to decide with the list of output formats, which has no .gif."""
+    from PIL import Image
+
+    gif = tmp_path / "digit.gif"
+    a = np.zeros((28, 28), np.uint8)
+    a[6:22, 12:16] = 255
+    Image.fromarray(a, "L").save(gif)
+    out = tmp_path / "m.png"
+    code, said, err = run(capsys, "maxmaps", str(gif), "--model", mnist_ckpt_shared.folder, "--out", str(out),
+                          "--json")
+    assert code == 0, err
+    items = json.loads(said)["data"]["items"]
+    assert [it["image"] for it in items] == [str(gif)] and Image.open(out).size[0] > 28

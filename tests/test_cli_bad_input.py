@@ -15,7 +15,6 @@ import torch
 
 from cnnvis.cli import main
 from cnnvis.errors import CnnvisError
-from conftest import sample
 
 
 def one_error(capsys, argv) -> str:
@@ -26,11 +25,6 @@ def one_error(capsys, argv) -> str:
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
     return lines[0]
-
-
-@pytest.fixture
-def photo():
-    return sample("pelican")
 
 
 @pytest.fixture
@@ -50,8 +44,8 @@ def h5_file(tmp_path):
 
 
 # ---------------------------------------------------------------------- weights files
-def test_text_weights_file(capsys, photo, text_pth):
-    line = one_error(capsys, ["classify", photo, "--weights", text_pth])
+def test_text_weights_file(capsys, pelican_path, text_pth):
+    line = one_error(capsys, ["classify", pelican_path, "--weights", text_pth])
     assert str(text_pth) in line and "is a text file" in line and "epoch 12" in line
     assert "torch.save(model.state_dict(), path)" in line
 
@@ -80,17 +74,17 @@ def test_weights_files_that_are_not_torch_files(tmp_path):
         read_state_dict(cut)
 
 
-def test_keras_h5_for_a_model_that_is_not_vgg(capsys, photo, h5_file, tmp_path):
-    line = one_error(capsys, ["classify", photo, "--weights", h5_file])  # the default: efficientnet_lite0
+def test_keras_h5_for_a_model_that_is_not_vgg(capsys, pelican_path, h5_file, tmp_path):
+    line = one_error(capsys, ["classify", pelican_path, "--weights", h5_file])  # the default: efficientnet_lite0
     assert "Keras/HDF5" in line and "only supported for VGG16-style models" in line and "pickle" not in line
     renamed = tmp_path / "renamed.pth"
     renamed.write_bytes(h5_file.read_bytes())  # found by its content, not only by its name
-    line = one_error(capsys, ["classify", photo, "--weights", renamed])
+    line = one_error(capsys, ["classify", pelican_path, "--weights", renamed])
     assert "only supported for VGG16-style models" in line
 
 
-def test_subprocess_text_weights_exit_code(photo, text_pth):
-    p = subprocess.run([sys.executable, "-m", "cnnvis.cli", "classify", str(photo), "--weights", str(text_pth)],
+def test_subprocess_text_weights_exit_code(pelican_path, text_pth):
+    p = subprocess.run([sys.executable, "-m", "cnnvis.cli", "classify", str(pelican_path), "--weights", str(text_pth)],
                        capture_output=True, text=True, timeout=300,
                        env={**os.environ, "CNNVIS_NO_PROGRESS": "1"})
     assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
@@ -105,7 +99,7 @@ def _under_a_file(tmp_path) -> Path:
 
 
 @pytest.mark.parametrize("where", ["under_a_file", "proc"])
-def test_out_that_cannot_be_written_is_refused_before_the_work(capsys, photo, tmp_path, where, monkeypatch):
+def test_out_that_cannot_be_written_is_refused_before_the_work(capsys, pelican_path, tmp_path, where, monkeypatch):
     if where == "proc":
         if not Path("/proc/self").is_dir():
             pytest.skip("no /proc")
@@ -115,7 +109,7 @@ def test_out_that_cannot_be_written_is_refused_before_the_work(capsys, photo, tm
     import cnnvis.jobs as jobs
 
     monkeypatch.setattr(jobs, "run", lambda *a, **k: pytest.fail("the job ran before the output was checked"))
-    line = one_error(capsys, ["saliency", photo, "--out", out])
+    line = one_error(capsys, ["saliency", pelican_path, "--out", out])
     assert "cannot write into" in line and "choose another --out" in line
     for argv in (["run", tmp_path / "spec.json", "--out", out.parent], ["report", "--quick", "--out", out.parent]):
         (tmp_path / "spec.json").write_text('{"kind": "classify", "images": ["sample:chelsea"]}')
@@ -153,11 +147,11 @@ def test_atomic_write_errors_are_one_line(tmp_path):
     ["sanity", "{photo}", "--size", "100000", "--out", "{tmp}/a.png"],
     ["dream", "{photo}", "--tile", "100000", "--out", "{tmp}/a.png"],
 ])
-def test_huge_sizes_are_refused_up_front(capsys, photo, tmp_path, argv, monkeypatch):
+def test_huge_sizes_are_refused_up_front(capsys, pelican_path, tmp_path, argv, monkeypatch):
     import cnnvis.models as models
 
     monkeypatch.setattr(models, "load", lambda *a, **k: pytest.fail("the model loaded before the size was checked"))
-    argv = [a.format(tmp=tmp_path, photo=photo) for a in argv]
+    argv = [a.format(tmp=tmp_path, photo=pelican_path) for a in argv]
     flag = next(a for a in argv if a in ("--size", "--tile"))
     line = one_error(capsys, argv)
     value = argv[argv.index(flag) + 1]

@@ -1,9 +1,8 @@
 """Deconvnet (Z&F): one batched sweep == per-channel loop == Captum Deconvolution; literal tiny net;
-sanity check; CLI exit codes."""
+sanity check. (Their command lines: tests/test_cli.py.)"""
 
 from __future__ import annotations
 
-import json
 import warnings
 
 import pytest
@@ -150,55 +149,3 @@ def test_spearman_ties_and_sanity_leaves_model_untouched():
     assert res.maps.shape == (4, 12, 12)
     assert all(torch.equal(sd[k], v) for k, v in net.state_dict().items())
     assert hook_count(net) == 0
-
-
-# ----------------------------------------------------------------------------- CLI
-
-@pytest.fixture()
-def photo(tmp_path):
-    from PIL import Image
-
-    p = tmp_path / "p.png"
-    Image.new("LA", (50, 37), (128, 200)).save(p)  # odd mode and size
-    return p
-
-
-def test_cli_bad_input_exit_2(tmp_path, photo, capsys):
-    from cnnvis.cli import main
-
-    out = str(tmp_path / "o.png")
-    assert main(["saliency", str(photo), "--target", "5000", "--size", "64", "--out", out]) == 2
-    assert main(["saliency", str(photo), "--method", "gradcam", "--layer", "classifier", "--size", "64",
-                 "--out", out]) == 2
-    assert main(["saliency", str(tmp_path / "missing.jpg"), "--out", out]) == 2
-    assert main(["saliency", str(photo), "--out", str(photo)]) == 2
-    assert main(["deconv", str(photo), "--layers", "nope", "--out", out]) == 2
-    assert main(["sanity", str(photo), "--method", "foo", "--out", out]) == 2
-    err = capsys.readouterr().err
-    assert "Traceback" not in err and err.count("error:") == 6
-
-
-@pytest.mark.slow
-def test_cli_end_to_end(tmp_path, photo, monkeypatch, capsys):
-    from PIL import Image
-
-    from cnnvis.cli import main
-
-    monkeypatch.setenv("CNNVIS_NO_PROGRESS", "1")
-    for m in ("saliency", "gradcam", "guided"):
-        out = tmp_path / f"{m}.png"
-        assert main(["saliency", str(photo), "--method", m, "--size", "64", "--out", str(out)]) == 0
-        assert Image.open(out).size[0] > 64
-    out = tmp_path / "d.png"
-    assert main(["deconv", str(photo), "-m", "vgg16_hed", "--size", "64", "--layers", "conv1_2,pool2",
-                 "--top", "2", "--out", str(out)]) == 0
-    assert out.exists()
-    assert "masked rule" in capsys.readouterr().out  # the default rule, named
-    assert main(["deconv", str(photo), "-m", "vgg16_hed", "--size", "64", "--layers", "conv3_3", "--top", "1",
-                 "--rule", "zf", "--project", "map", "--json", "--out", str(out)]) == 0
-    d = json.loads(capsys.readouterr().out)["data"]
-    assert (d["rule"], d["project"]) == ("zf", "map") and "grey lattice" in d["notes"][0]
-    out = tmp_path / "s.png"
-    assert main(["sanity", str(photo), "--method", "saliency", "--size", "64", "--max-steps", "4",
-                 "--out", str(out)]) == 0
-    assert out.exists()

@@ -23,14 +23,9 @@ from conftest import sample
 FAST = dict(octaves=2, steps_per_octave=2, step_size=0.02, jitter=4)
 
 
-@pytest.fixture(scope="module")
-def photo():
-    return load_image(sample("pelican"))
-
-
 @pytest.mark.parametrize("size", [(101, 77), (64, 96)])
-def test_output_has_the_input_size(lite0, photo, size):
-    img = photo.resize(size)
+def test_output_has_the_input_size(lite0, pelican_image, size):
+    img = pelican_image.resize(size)
     out = dream(lite0, img, ["stage2"], **FAST)
     assert torch.is_tensor(out) and out.shape == (1, 3, size[1], size[0])  # compute returns tensors
     x = to_tensor(img)
@@ -44,8 +39,8 @@ def _l2(vm, x, layer):
         return float(cap[layer].pow(2).mean())
 
 
-def test_dream_increases_the_objective_and_keeps_the_model(lite0, photo):
-    x = to_tensor(photo.resize((128, 96)))
+def test_dream_increases_the_objective_and_keeps_the_model(lite0, pelican_image):
+    x = to_tensor(pelican_image.resize((128, 96)))
     flags = [m.training for m in lite0.model.modules()]
     out = dream(lite0, x, ["stage3"], octaves=1, steps_per_octave=6, step_size=0.02, jitter=4)
     assert _l2(lite0, out, "stage3") > 1.2 * _l2(lite0, x, "stage3")
@@ -54,8 +49,8 @@ def test_dream_increases_the_objective_and_keeps_the_model(lite0, photo):
     assert not any(p.requires_grad != True for p in lite0.model.parameters())  # noqa: E712  (untouched flags)
 
 
-def test_channel_dream_raises_those_channels(lite0, photo):
-    x = to_tensor(photo.resize((96, 96)))
+def test_channel_dream_raises_those_channels(lite0, pelican_image):
+    x = to_tensor(pelican_image.resize((96, 96)))
     out = dream(lite0, x, ["stage3"], channels=[5], octaves=1, steps_per_octave=5, jitter=0)
 
     def ch5(t):
@@ -66,8 +61,8 @@ def test_channel_dream_raises_those_channels(lite0, photo):
     assert ch5(out) > 1.5 * ch5(x)
 
 
-def test_seeded_runs_reproduce(lite0, photo):
-    img = photo.resize((80, 64))
+def test_seeded_runs_reproduce(lite0, pelican_image):
+    img = pelican_image.resize((80, 64))
     a = np.asarray(to_pil(dream(lite0, img, ["stage2"], seed=3, **FAST)))
     b = np.asarray(to_pil(dream(lite0, img, ["stage2"], seed=3, **FAST)))
     c = np.asarray(to_pil(dream(lite0, img, ["stage2"], seed=4, **FAST)))
@@ -138,8 +133,8 @@ def test_dream_keeps_the_input_tensor(lite0):
     assert torch.equal(x, before) and out.data_ptr() != x.data_ptr() and (out - x).abs().max() > 0
 
 
-def test_tiled_dream_runs_on_a_photo_larger_than_the_tile(lite0, photo):
-    img = photo.resize((150, 100))
+def test_tiled_dream_runs_on_a_photo_larger_than_the_tile(lite0, pelican_image):
+    img = pelican_image.resize((150, 100))
     out = dream(lite0, img, ["stage2"], tile=64, **FAST)
     assert out.shape == (1, 3, 100, 150)
 
@@ -150,23 +145,23 @@ def test_octave_sizes_end_at_the_input_size():
     assert octave_sizes(60, 60, 5, 1.4, 32)[0][0] >= 32
 
 
-def test_guided_dream_differs_from_plain(lite0, photo):
-    img = photo.resize((96, 96))
+def test_guided_dream_differs_from_plain(lite0, pelican_image):
+    img = pelican_image.resize((96, 96))
     guide = load_image(sample("golden_retriever"))
     a = np.asarray(to_pil(dream(lite0, img, ["stage3"], seed=0, **FAST)), dtype=np.int16)
     b = np.asarray(to_pil(dream(lite0, img, ["stage3"], guide=guide, seed=0, **FAST)), dtype=np.int16)
     assert np.abs(a - b).mean() > 0.5
 
 
-def test_bad_arguments(lite0, photo):
+def test_bad_arguments(lite0, pelican_image):
     with pytest.raises(CnnvisError, match="too small"):
-        dream(lite0, photo.resize((20, 20)), ["stage2"])
+        dream(lite0, pelican_image.resize((20, 20)), ["stage2"])
     with pytest.raises(CnnvisError, match="unknown layer 'stage9'"):
-        dream(lite0, photo.resize((64, 64)), ["stage9"])
+        dream(lite0, pelican_image.resize((64, 64)), ["stage9"])
     with pytest.raises(CnnvisError, match="out of range"):
-        dream(lite0, photo.resize((64, 64)), ["stage2"], channels=[999], **FAST)
+        dream(lite0, pelican_image.resize((64, 64)), ["stage2"], channels=[999], **FAST)
     with pytest.raises(CnnvisError, match="no spatial output"):
-        dream(lite0, photo.resize((64, 64)), ["classifier"], **FAST)
+        dream(lite0, pelican_image.resize((64, 64)), ["classifier"], **FAST)
 
 
 def _sha(p):
@@ -174,8 +169,8 @@ def _sha(p):
 
 
 @pytest.mark.parametrize("mode", ["L", "RGBA", "CMYK", "I;16"])
-def test_cli_converts_any_photo_mode_and_keeps_the_input(tmp_path, capsys, photo, mode):
-    src = photo.resize((72, 56))
+def test_cli_converts_any_photo_mode_and_keeps_the_input(tmp_path, capsys, pelican_image, mode):
+    src = pelican_image.resize((72, 56))
     if mode == "I;16":
         img = Image.fromarray((np.asarray(src.convert("L"), np.uint16) * 257))
         path = tmp_path / "in16.png"
@@ -191,9 +186,9 @@ def test_cli_converts_any_photo_mode_and_keeps_the_input(tmp_path, capsys, photo
     assert _sha(path) == before
 
 
-def test_cli_row_has_one_column_per_layer(tmp_path, capsys, photo):
+def test_cli_row_has_one_column_per_layer(tmp_path, capsys, pelican_image):
     path = tmp_path / "p.png"
-    photo.resize((64, 48)).save(path)
+    pelican_image.resize((64, 48)).save(path)
     code = main(["dream", str(path), "--layers", "stage1,stage3", "--octaves", "1", "--steps", "1", "--row", str(tmp_path / "row.png")])
     assert code == 0
     row = Image.open(tmp_path / "row.png")
@@ -210,9 +205,9 @@ def test_cli_row_has_one_column_per_layer(tmp_path, capsys, photo):
         (["--channels", "a,b", "--out", "{tmp}/o.png"], "comma-separated integers"),
     ],
 )
-def test_cli_bad_input_exits_2_and_keeps_the_input(tmp_path, capsys, photo, args, message):
+def test_cli_bad_input_exits_2_and_keeps_the_input(tmp_path, capsys, pelican_image, args, message):
     inp = tmp_path / "in.png"
-    photo.resize((64, 48)).save(inp)
+    pelican_image.resize((64, 48)).save(inp)
     before = _sha(inp)
     code = main(["dream", str(inp), "--steps", "1", "--octaves", "1"] + [a.format(inp=inp, tmp=tmp_path) for a in args])
     err = capsys.readouterr().err

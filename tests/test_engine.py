@@ -21,7 +21,7 @@ from PIL import Image
 from cnnvis.cli import main
 from cnnvis.jobs import Store
 from cnnvis.jobs.result import Result
-from tests.conftest import SHARED
+from conftest import SHARED
 from tests.raycluster import ray_env, remove, sandbox
 
 ray = pytest.importorskip("ray")  # the [ray] extra: make test installs it (CI runs these)

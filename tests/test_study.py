@@ -14,18 +14,15 @@ import torch
 from PIL import Image
 
 from cnnvis.cli import main
-from cnnvis.jobs import ModelPool, run
+from cnnvis.jobs import run
 from conftest import sample
 from test_cli_bad_input import one_error
 
 
 @pytest.fixture(scope="module")
-def pool():
-    return ModelPool("cpu")
-
-
-@pytest.fixture(scope="module")
 def mnist(mnist_run, pool):
+    """The trained MNIST net as this module's pool holds it: the very object its jobs run on (so a test can
+    check that a job left it unchanged); conftest's `mnist_vm` is another copy."""
     return pool.get(str(mnist_run))
 
 

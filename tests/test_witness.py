@@ -18,7 +18,7 @@ from torch import nn
 from cnnvis.cli import main
 from cnnvis.errors import CnnvisError
 from cnnvis.jobs import run
-from cnnvis.models import build_arch, save_checkpoint, wrap
+from cnnvis.models import wrap
 from cnnvis.optvis import class_logit, render
 from cnnvis.optvis.config import RenderConfig, UntilProb
 from cnnvis.optvis.robustness import check_judge, witness_probs
@@ -136,18 +136,12 @@ def test_class_job_reports_the_judge_and_records_its_env(tmp_path):
     assert again.cached and again.env == res.env and again.data["judge"] == j
 
 
-@pytest.fixture
-def mnist_ckpt(tmp_path):
-    torch.manual_seed(0)
-    return save_checkpoint(tmp_path / "mnist", build_arch("mnist_cnn"), architecture="mnist_cnn")
-
-
-def test_cli_bad_judges(capsys, tmp_path, mnist_ckpt):
+def test_cli_bad_judges(capsys, tmp_path, mnist_ckpt_shared):
     out = tmp_path / "c.png"
     base = ["class", "pelican", "--steps", "2", "--size", "64", "--out", out]
     assert "not a classifier" in one_error(capsys, base + ["--judge", "vgg16_hed"])
     assert "not 'efficientnet_lite0' itself" in one_error(capsys, base + ["--judge", "efficientnet_lite0"])
-    assert "10 classes" in one_error(capsys, base + ["--judge", mnist_ckpt.parent])
+    assert "10 classes" in one_error(capsys, base + ["--judge", mnist_ckpt_shared.folder])
     assert "unknown model 'lite7'" in one_error(capsys, base + ["--judge", "lite7"])
     assert "--animate" in one_error(capsys, base + ["--animate", tmp_path / "a.png"])
     assert "--threads" in one_error(capsys, base + ["--threads", "0"])
