@@ -112,16 +112,10 @@ def invert_cmd(photo, model, weights, device, cache, as_json, layers, steps, fou
 
 def _default_data(model: str) -> str | None:
     """The dataset a `cnnvis train` checkpoint was trained on (None for other models)."""
-    from cnnvis.models import list_models
-    from cnnvis.models.checkpoint import looks_like_checkpoint, read_metadata
+    from cnnvis.models.refs import training_block
 
-    if model in list_models() or not looks_like_checkpoint(model):
-        return None
-    try:
-        t = read_metadata(model).get("training")
-    except Exception:  # load() reports a bad checkpoint with its own message
-        return None
-    return t.get("data") if isinstance(t, dict) and isinstance(t.get("data"), str) else None
+    t = training_block(model)  # None for a name, a plain checkpoint or unreadable metadata (load() says why)
+    return t.get("data") if t and isinstance(t.get("data"), str) else None
 
 
 @click.command("compare")
