@@ -316,8 +316,14 @@ def test_class_page(server, page):
     pg = page
     mid = mnist_mid(server)
     pg.goto(f"{server.base}/m/{mid}/class")
+    # the form shows the class_image spec's defaults (issue 20 item 2): an empty field is the spec's default
+    assert pg.get_attribute("#class-steps", "placeholder") == "320 (default)"
+    assert pg.inner_text("#class-objective option >> nth=0") == "default (logit)"
     pg.fill("#class-q", "7")
+    # this net's 7 under the logit also raises its 9 (ClassImageSpec's note): ask for the log-softmax
+    pg.select_option("#class-objective", "logprob")
     pg.click("#class-btn")
+    pg.wait_for_url("**/class?class=7&judge=&steps=&objective=logprob")
     wait_job_done(pg, "#class-job")
     pg.wait_for_selector("[data-testid=class-img]")
     assert images_loaded(pg, "[data-testid=class-img]")[0] == 28  # the net's own input side
@@ -423,6 +429,43 @@ def test_bad_addresses_show_readable_messages(server, page):
         assert any(words in e for e in errs), (url, errs)
         assert pg.locator("header.top nav a").count() >= 4  # a page of the site, with its navigation
     shot(pg, "12-unknown-address")
+
+
+def test_occlusion_from_the_photo_page(server, page):
+    """Issue 22 in the web: from a photo, the occlusion lens: the photo page links to it with the photo, the
+    form asks the class, window and stride, the URL is the view, the page shows the panel and its numbers;
+    a bad class is a 400 page with one line and the form to fix it."""
+    pg = page
+    pg.goto(server.base + "/m/efficientnet_lite0/photo")
+    pg.click("[data-testid=bundled-photo][data-ref='sample:chelsea']")
+    pg.wait_for_selector("[data-testid=top1]")
+    pg.click("[data-testid=occlusion-link]")
+    pg.wait_for_url("**/m/efficientnet_lite0/occlusion?photo=sample%3Achelsea")
+    assert pg.get_attribute("[data-testid=nav-occlusion]", "aria-current") == "page"
+    assert pg.input_value("[data-testid=lens-photo]") == "sample:chelsea"
+    assert pg.locator("[data-testid=job-widget]").count() == 0  # nothing run before the user asks
+    pg.fill("[data-testid=lens-target]", "tabby")
+    pg.fill("[data-testid=lens-window]", "56")
+    pg.fill("[data-testid=lens-stride]", "56")
+    pg.click("[data-testid=lens-run]")
+    pg.wait_for_url("**/occlusion?photo=sample%3Achelsea&target=tabby&window=56&stride=56&layer=")
+    wait_job_done(pg, "#lens-job")
+    pg.wait_for_selector("[data-testid=lens-numbers]")
+    rows = dict(pg.eval_on_selector_all("[data-testid=lens-numbers] tr", "els => els.map(e => "
+                                        "[e.querySelector('th').textContent, e.querySelector('td').textContent])"))
+    assert rows["class"] == "tabby (#281)"
+    assert rows["patch"] == "56×56 px, stride 56 px, 4×4 positions"
+    job = _get_json(f"{server.base}/api/jobs/{pg.get_attribute('[data-testid=job-widget]', 'data-job-id')}")
+    d = job["result"]["data"]
+    assert rows["probability, unoccluded"] == f"{100 * d['base_prob']:.1f}%"
+    assert all(w > 0 for w in images_loaded(pg, "[data-testid=lens-img]"))
+    assert pg.get_attribute("[data-testid=lens-img]", "src") == job["result"]["main"]
+    shot(pg, "13-occlusion-lite0-chelsea")
+    resp = pg.goto(server.base + "/m/efficientnet_lite0/occlusion?photo=sample:chelsea&target=zzzz")
+    assert resp.status == 400
+    assert pg.inner_text("[data-testid=lens-error]").startswith("unknown class 'zzzz'")
+    assert pg.input_value("[data-testid=lens-target]") == "zzzz" and pg.locator("[data-testid=job-widget]").count() == 0
+    shot(pg, "14-occlusion-bad-class")
 
 
 def _views(pg) -> dict:

@@ -69,7 +69,8 @@ async def _http_error(request: Request, exc: StarletteHTTPException):
         if exc.status_code == 404:
             msg = exc.detail if isinstance(exc.detail, str) and exc.detail != "Not Found" else \
                 "There is no page at this address. Pages are /m/MODEL (its layers), " \
-                "/m/MODEL/photo, /m/MODEL/class and /m/MODEL/study; the JSON API is under /api."
+                "/m/MODEL/photo, /m/MODEL/class, /m/MODEL/study and the lenses /m/MODEL/occlusion, /inversion, " \
+                "/compare, /evolution; the JSON API is under /api."
         else:
             msg = f"{request.method} is not how this address is used ({exc.detail})" if exc.status_code == 405 \
                 else str(exc.detail)
@@ -179,6 +180,9 @@ def create_app(models: list[str], cache: str | os.PathLike, *, data=None, device
 
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static", check_dir=False), name="static")
     app.include_router(pages.router)
+    from cnnvis.web.lenses import router as lens_router
+
+    app.include_router(lens_router)
     return app
 
 

@@ -134,6 +134,16 @@ def embedded(name: str) -> bool:
     return is_embedded(name)
 
 
+def embedded_judges(vm) -> list[str]:
+    """The judges of `vm` the server offers without a download: the jobs' default witness
+    (`cnnvis.jobs.kinds.default_judge`: efficientnet_lite1 for lite0, lite0 for other ImageNet classifiers)
+    when its weights ship inside the package; [] for other label sets."""
+    from cnnvis.jobs.kinds import default_judge
+
+    j = default_judge(vm)
+    return [j] if j != "none" and embedded(j) and j != vm.name else []
+
+
 def layer_rows(infos) -> list[dict]:
     return [{"name": i.name, "alias": i.alias, "type": i.kind, "shape": list(i.shape) if i.shape else None,
              "stage": i.name.split(".")[0]} for i in infos]

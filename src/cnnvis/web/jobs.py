@@ -9,7 +9,7 @@ store key.
 
 Lanes: page renders (filters, top examples, the study's jobs) run one at a time in the 'render'
 lane; interactive jobs (classify, attribution, one class image, feature maps, DeepDream,
-deconvnet, weights) in the 'interactive' lane, on their own copies of the models
+deconvnet, weights, occlusion) in the 'interactive' lane, on their own copies of the models
 (`interactive_pool`): they never wait behind a render, not even one on the same model (a model's
 lock belongs to its instance). A job submitted with watch=VIEWER (each page load has its own id) is
 cancelled when every page watching it was left (`leave`; LEAVE_GRACE_S for another tab to ask for
@@ -37,7 +37,8 @@ log = logging.getLogger("cnnvis.web")
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 MAX_KEPT = 10_000  # job statuses kept in memory (a forgotten done job is still found in the store)
-INTERACTIVE_KINDS = frozenset({"classify", "attribution", "class_image", "feature_maps", "dream", "deconv", "weights"})
+INTERACTIVE_KINDS = frozenset({"classify", "attribution", "class_image", "feature_maps", "dream", "deconv", "weights",
+                               "occlusion"})
 RENDER, INTERACTIVE = "render", "interactive"
 UNWATCHED_S = 60.0  # a watched job nobody polled for this long is cancelled (a closed or crashed tab)
 LEAVE_GRACE_S = 2.0  # after a page is left, another tab polling the same job within this keeps it

@@ -10,6 +10,7 @@ the page (model thumbnails, a stored layer page's tiles, a channel's seeds).
     /m/{mid}/photo                      photo: top-5, feature maps, attributions, DeepDream, deconvnet
     /m/{mid}/class                      class image with its probabilities, robustness and judge
     /m/{mid}/study                      small nets with data: accuracy, t-SNE scatter, neighbours
+    /m/{mid}/occlusion, /inversion, /compare, /evolution   the lenses (cnnvis.web.lenses)
 
 Job specs the cache must share with `cnnvis render-all` come from `cnnvis.web.specs` and are
 embedded in the page as JSON.
@@ -134,8 +135,22 @@ def _page(request: Request, name: str, mid: str, active: str, title: str, server
         ctx["message"] = f"No model {mid!r} is served here; pick one of: {', '.join(served)}."
     boot = {"mid": mid, "page": active, **ctx}
     return templates.TemplateResponse(request, f"{name}.html", {
-        "mid": mid, "active": active, "title": title, "nav": NAV, "boot_json": _script_json(boot),
+        "mid": mid, "active": active, "title": title, "nav": nav_of(request, mid), "boot_json": _script_json(boot),
         "urls": LiveUrls(), **(server or {}), **ctx}, status_code=status)
+
+
+def nav_of(request: Request, mid: str) -> list[tuple[str, str, str]]:
+    """The header's links for model `mid`: NAV with the lens pages that apply to it after the photo page
+    (occlusion, inversion; compare with a second comparable model; evolution for a run with snapshots)."""
+    from cnnvis.web.lenses import lens_nav
+
+    ctx = getattr(request.app.state, "ctx", None)
+    m = _served(request).get(mid)
+    if ctx is None or m is None:
+        return NAV
+    lens = lens_nav(ctx, m)
+    by_photo = [n for n in lens if n[0] in ("occlusion", "inversion")]
+    return NAV[:2] + by_photo + NAV[2:] + [n for n in lens if n not in by_photo]
 
 
 def error_page(request: Request, status: int, message: str) -> HTMLResponse:
@@ -273,9 +288,66 @@ def photo_page(request: Request, mid: str):
     return _page(request, "photo", mid, "photo", f"{mid}: photo", server={"methods": methods})
 
 
+def class_spec(ctx, m, q: dict) -> dict | None:
+    """The `class_image` spec of the class page's view `q` (class, steps, judge, objective): only what the
+    user chose; every other field (steps, judge, objective, preset...) is the spec class's default, so the
+    page asks the job `cnnvis class` asks for the same class. None before a class is asked for."""
+    from cnnvis.errors import CnnvisError
+    from cnnvis.web.lenses import _int, _target, judge_choices
+
+    if "class" not in q:
+        return None
+    t = (q.get("class") or "").strip()
+    if not t:
+        raise CnnvisError("type a class name or index first")
+    spec: dict = {"kind": "class_image", "target": _target(m, t)}
+    steps = _int(q, "steps", "optimization steps", 1, 100000)
+    if steps is not None:
+        spec["steps"] = steps
+    judge = (q.get("judge") or "").strip()
+    if judge:
+        offered = [j for j, _ in judge_choices(ctx, m)]
+        if judge not in offered:
+            from cnnvis.errors import unknown_name
+
+            raise unknown_name("judge", judge, offered)
+        spec["judge"] = judge
+    obj = (q.get("objective") or "").strip()
+    if obj:
+        if obj not in ("logit", "logprob"):
+            raise CnnvisError(f"objective {obj[:40]!r} is not one of: logit, logprob")
+        spec["objective"] = obj
+    return spec
+
+
+def class_form(ctx, m, q: dict) -> dict:
+    """The class page's form: the values asked in `q`, the spec class's defaults, the judges offered."""
+    from cnnvis.jobs import KINDS
+    from cnnvis.jobs.kinds import default_judge
+    from cnnvis.web.lenses import judge_choices
+
+    f = KINDS["class_image"].model_fields
+    return {"q": {k: q.get(k) or "" for k in ("class", "steps", "judge", "objective")},
+            "defaults": {"steps": f["steps"].default, "objective": f["objective"].default,
+                         "judge": default_judge(m.vm)},
+            "judges": judge_choices(ctx, m)}
+
+
 @router.get("/m/{mid}/class", response_class=HTMLResponse)
 def class_page(request: Request, mid: str):
-    return _page(request, "class", mid, "class", f"{mid}: class image")
+    from cnnvis.errors import CnnvisError
+
+    m = _served(request).get(mid)
+    spec, err, form = None, None, None
+    if m is not None:
+        ctx = request.app.state.ctx
+        form = class_form(ctx, m, dict(request.query_params))
+        try:
+            spec = class_spec(ctx, m, dict(request.query_params))
+        except CnnvisError as e:
+            err = str(e)
+    return _page(request, "class", mid, "class", f"{mid}: class image", status=400 if err else 200, spec=spec,
+                 spec_error=err, form=form)
 
 
 def _training(request: Request, mid: str) -> dict | None:

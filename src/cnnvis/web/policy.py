@@ -109,6 +109,10 @@ def build_spec(ctx: WebContext, body: dict):
     by_ref = ctx.by_ref
     if isinstance(judge, str) and judge != "none":
         body["judge"] = ctx.model_of(judge).ref if (judge in served or judge in by_ref) else judge
+    need_string(body, "other", f"a model id to compare with: one of {', '.join(served)}")
+    other = body.get("other")
+    if isinstance(other, str) and (other in served or other in by_ref):  # compare: a served model by its id
+        body["other"] = ctx.model_of(other).ref
     spec = parse_spec(body)
     uploads = ctx.uploads.resolve()
     for p in spec.inputs():

@@ -249,7 +249,8 @@
   const layers = () => (layersPromise = layersPromise || api(`/api/models/${enc(MID)}/layers`));
 
   function pageSuffix() {
-    return {photo: "/photo", class: "/class", study: "/study"}[document.body.dataset.page] || "";
+    return {photo: "/photo", class: "/class", study: "/study", occlusion: "/occlusion", inversion: "/inversion",
+            compare: "/compare", evolution: "/evolution"}[document.body.dataset.page] || "";
   }
 
   async function header() {
@@ -629,6 +630,7 @@
       $("#photo-panel").hidden = false;
       $("#photo-img").src = photoUrl(newRef);
       $("#photo-img").dataset.ref = newRef;
+      for (const lens of ["occlusion", "inversion"]) $(`#${lens}-link`).href = `/m/${enc(MID)}/${lens}?photo=${enc(newRef)}`;
       $("#photo-name").textContent = name || (newRef.startsWith("upload:") ? `uploaded photo ${newRef.slice(7, 19)}…`
                                                                             : newRef.slice(7));
       top5.replaceChildren();
@@ -803,28 +805,12 @@
         } catch (e) { /* the search is a convenience */ }
       }, 200);
     });
-    models().then((ms) => {  // a judge: another served classifier with the same number of classes
-      const me = ms.find((m) => m.id === MID) || {};
-      const others = ms.filter((m) => m.id !== MID && m.n_classes && m.n_classes === me.n_classes);
-      $("#judge").append(...others.map((m, i) => el("option", {value: m.id, selected: i === 0, text: m.id})));
-    }).catch(() => {});
-    const judges = models().then((ms) => ms).catch(() => []);
-    /** Render the class image of view `s` ({class, steps, judge, objective}; as in the URL). */
-    async function show(s) {
+    /** Render the class image the server built from the URL (BOOT.spec: only what the user chose; the rest is
+        the job spec's defaults, as `cnnvis class` asks). */
+    async function show(spec) {
       const out = $("#class-out");
-      if (!s.class) {
-        out.replaceChildren();
-        $("#class-job").replaceChildren();
-        return;
-      }
-      await judges;
-      q.value = s.class;
-      if (s.steps) $("#class-steps").value = s.steps;
-      if (s.judge && [...$("#judge").options].some((o) => o.value === s.judge)) $("#judge").value = s.judge;
-      if (s.objective) $("#class-objective").value = s.objective;
-      const t = s.class;
-      const spec = {kind: "class_image", target: /^\d+$/.test(t) ? Number(t) : t,
-                    steps: Number(s.steps) || 128, judge: s.judge || "none", objective: s.objective || "logprob"};
+      if (!spec) return;
+      const t = spec.target;
       out.replaceChildren();
       let st;
       try {
@@ -853,19 +839,7 @@
           el("table", {class: "probs"}, ...(d.top5 || []).map((p) => el("tr", {},
             el("td", {class: "label", text: p.label}), el("td", {class: "num", text: pct(p.prob)})))))));
     }
-    $("#class-btn").addEventListener("click", () => {
-      const t = q.value.trim();
-      if (!t) {
-        showError(errBox($("#class-job")), "type a class name or index first");
-        return;
-      }
-      const s = {class: t, steps: $("#class-steps").value, judge: $("#judge").value,
-                 objective: $("#class-objective").value};
-      writeState(s);
-      show(s);
-    });
-    window.addEventListener("popstate", () => show(readState()));
-    show(readState());
+    show(BOOT.spec);
   }
 
   const PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
@@ -1003,6 +977,78 @@
     apply(state, {});
   }
 
-  window.cnnvis = {startJob, api, indexPage, modelPage, layerPage, channelPage, photoPage, classPage, studyPage};
+  /** Rows [name, value] of a lens result's numbers (cnnvis.web.lenses pages). */
+  function lensRows(kind, d) {
+    const f = (v, n) => (v === null || v === undefined ? "–" : Number(v).toFixed(n === undefined ? 3 : n));
+    if (kind === "occlusion") {
+      const rows = [["class", d.label ? `${d.label} (#${d.target})` : "the output's mean"],
+                    ["probability, unoccluded", d.base_prob === null ? "–" : pct(d.base_prob)],
+                    ["lowest probability", `${pct(d.min_prob)} with the patch at y ${d.worst_position[0]}, x ` +
+                                           `${d.worst_position[1]}`],
+                    ["patch", `${d.window.join("×")} px, stride ${d.stride[0]} px, ${d.positions.join("×")} positions`]];
+      if (d.channel !== null && d.channel !== undefined) {
+        rows.push(["feature map", `${d.layer} channel ${d.channel} (total activation ${f(d.base_activation)})`]);
+      }
+      if (d.top1_classes) rows.push(["most probable class over the positions", d.top1_classes.slice(0, 4).map((c) =>
+        `${c.label} ${pct(c.share)}`).join(", ")]);
+      return rows;
+    }
+    if (kind === "inversion") {
+      const rows = [["photo's class", d.photo_class ? `${d.photo_class.label} (#${d.photo_class.index})` : "–"]];
+      for (const r of d.layers) {
+        let v = `distance ${f(r.distance)}`;
+        if (r.model) v += ` · model: ${r.model.label} (photo's class ${pct(r.model.prob_photo_class)})`;
+        if (r.judge) v += ` · judge ${r.judge.model}: ${r.judge.label}${r.judge.agrees ? " (agrees)" : ""}`;
+        rows.push([r.layer, v]);
+      }
+      return rows;
+    }
+    if (kind === "compare") {
+      const n = Math.min(d.layers.length, d.other_layers.length);
+      const diag = [...Array(n).keys()].map((i) => d.cka[i][i]);
+      const rows = [["A / B", `${d.model} / ${d.other}`], ["images", String(d.n)],
+                    ["CKA of the same layers (diagonal)", diag.map((v, i) => `${d.layers[i]} ${f(v)}`).join(", ")]];
+      if (d.match) rows.push([`channels matched at ${d.match.layer}`, `mean best correlation ` +
+        `${f(d.match.mean_best_corr)}, ${d.match["above_0.5"]} above 0.5, ${d.match.dead} dead`]);
+      return rows;
+    }
+    if (kind === "evolution") {
+      const rows = [["run", d.run], ["snapshots", d.snapshots.map((s) => `epoch ${s.epoch}` + (s.held_out_accuracy !== null
+        && s.held_out_accuracy !== undefined ? ` (acc ${f(s.held_out_accuracy)})` : "")).join(", ")]];
+      for (const l of d.layers) {
+        rows.push([`${l.layer}: filter correlation with the last snapshot`, l.snapshots.map((s) => `epoch ${s.epoch} ` +
+          (s.weight_corr_to_last ? f(s.weight_corr_to_last.reduce((a, b) => a + (b || 0), 0) /
+            s.weight_corr_to_last.length) : "–")).join(", ")]);
+      }
+      if (d.note) rows.push(["note", d.note]);
+      return rows;
+    }
+    return [];
+  }
+
+  /** A lens page: the server built the job spec from the URL (BOOT.spec); run it, show picture + numbers. */
+  async function lensPage() {
+    const spec = BOOT.spec;
+    if (!spec) return;
+    const out = $("#lens-out");
+    let st;
+    try {
+      st = await startJob(spec, $("#lens-job"), BOOT.lens);
+    } catch (e) {
+      return;
+    }
+    const res = st.result || {};
+    const d = res.data || {};
+    const files = res.files || {};
+    const imgs = [res.main];
+    if (files["matches.png"]) imgs.push(files["matches.png"]);
+    out.replaceChildren(...imgs.filter(Boolean).map((u) => el("img", {src: u, class: "result-img", alt: BOOT.lens,
+                                                                        "data-testid": "lens-img", onload: enlarge})),
+      el("table", {class: "kv", "data-testid": "lens-numbers"}, ...lensRows(spec.kind, d).map(([k, v]) =>
+        el("tr", {}, el("th", {text: k}), el("td", {text: v})))));
+  }
+
+  window.cnnvis = {startJob, api, indexPage, modelPage, layerPage, channelPage, photoPage, classPage, studyPage,
+                   lensPage};
   if (MID) header();
 })();
