@@ -315,3 +315,18 @@ def test_every_face_builds_the_same_spec(client, monkeypatch, tmp_path, lite0):
     assert (s.target, s.steps, s.judge, s.objective) == (11, 64, "none", "logprob")
     assert "unknown judge 'vgg16'" in bad(client, f"/m/{LITE}/class?class=11&judge=vgg16", 400)
     assert "type a class name or index first" in bad(client, f"/m/{LITE}/class?class=", 400)
+
+
+def test_channel_page_seeds_use_the_layer_plan(client, mids):
+    """The channel page's seeds are rendered as `cnnvis filters` renders a channel: the filters spec's own
+    steps and size (the layer plan), not the layer page's quick grid settings."""
+    from cnnvis.jobs import make_spec, parse_spec
+
+    r = client.get(f"/m/{LITE}/layer/stage3/channel/5")
+    seeds = boot(r)["specs"]
+    assert [s["seed"] for s in seeds] == [0, 1, 2]
+    for s in seeds:
+        assert "steps" not in s and "size" not in s
+        cli = make_spec("filters", model=LITE, layers=["stage3"], channels=[5], seed=s["seed"])
+        assert parse_spec(s).normalized(client.app.state.models[LITE].vm).canonical_json() == \
+            cli.normalized(client.app.state.models[LITE].vm).canonical_json()

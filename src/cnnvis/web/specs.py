@@ -1,10 +1,11 @@
 """The job specs the web pages ask for, shared with `cnnvis render-all` so both hit one cache.
 
     layer_page_spec("efficientnet_lite0", "stage3", page=0)   # filters job of channels 0..15
-    channel_spec("runs/mnist", "conv1", c=5, seed=2)          # one channel at seed 2
+    channel_spec("runs/mnist", "conv1", c=5, seed=2)          # one channel at seed 2 (the layer's plan)
 
-Quick CPU settings: 48 steps; 80-px renders for nets made for large inputs, the model's own
-side (28 for MNIST, 32 for CIFAR) for small nets.
+The layer pages' quick CPU settings: 48 steps; 80-px renders for nets made for large inputs, the
+model's own side (28 for MNIST, 32 for CIFAR) for small nets. A channel page renders its channel with
+the filters spec's defaults (the layer plan).
 """
 
 from __future__ import annotations
@@ -104,10 +105,12 @@ def layer_page_spec(model_ref: str, layer: str, page: int, per_page: int = PER_P
 
 
 def channel_spec(model_ref: str, layer: str, c: int, seed: int = 0) -> dict:
-    """The `filters` job spec of one channel at one seed (the channel page shows seeds 0..2)."""
+    """The `filters` job spec of one channel at one seed (the channel page shows seeds 0..2). Steps and
+    size are the spec's defaults: the layer's own plan from its receptive field
+    (`cnnvis.optvis.filters.layer_plan`), as `cnnvis filters --layers L --channels C` renders it; the
+    layer page's 16-channel grids keep the quick settings."""
     model_ref = _ref(model_ref)
     dotted, n = layer_channels(model_ref, layer)
     if not isinstance(c, int) or c < 0 or c >= n:
         raise CnnvisError(f"channel {c} of layer {layer!r} does not exist; it has channels 0..{n - 1}")
-    return {"kind": "filters", "model": model_ref, "layers": [dotted], "channels": [c],
-            "steps": QUICK_STEPS, "size": quick_size(model_ref), "seed": seed}
+    return {"kind": "filters", "model": model_ref, "layers": [dotted], "channels": [c], "seed": seed}
