@@ -440,7 +440,7 @@ def test_occlusion_from_the_photo_page(server, page):
     pg.click("[data-testid=bundled-photo][data-ref='sample:chelsea']")
     pg.wait_for_selector("[data-testid=top1]")
     pg.click("[data-testid=occlusion-link]")
-    pg.wait_for_url("**/m/efficientnet_lite0/occlusion?photo=sample%3Achelsea")
+    pg.wait_for_url("**/m/efficientnet_lite0/occlusion?pick=sample%3Achelsea")  # chosen, nothing run yet
     assert pg.get_attribute("[data-testid=nav-occlusion]", "aria-current") == "page"
     assert pg.input_value("[data-testid=lens-photo]") == "sample:chelsea"
     assert pg.locator("[data-testid=job-widget]").count() == 0  # nothing run before the user asks

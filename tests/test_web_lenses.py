@@ -125,6 +125,11 @@ def test_occlusion_bad_input_is_a_4xx_page_with_one_line(client):
     assert "is not a whole number" in bad(client, base + "&window=big", 400)
     assert "unknown sample photo 'nosuch'" in bad(client, f"/m/{LITE}/occlusion?photo=sample:nosuch", 400)
     assert "upload it again" in bad(client, f"/m/{LITE}/occlusion?photo=upload:{'0' * 64}", 400)
+    # the photo page's link: the form with its photo chosen, nothing run until the user asks
+    r = client.get(f"/m/{LITE}/occlusion?pick=sample:coffee")
+    b = boot(r)
+    assert r.status_code == 200 and b["spec"] is None
+    assert next(f for f in b["fields"] if f["name"] == "photo")["value"] == "sample:coffee"
     # the form stays, with what the user typed, to fix it
     r = client.get(base + "&window=500")
     assert 'name="window" type="number" value="500"' in r.text

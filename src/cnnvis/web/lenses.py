@@ -3,6 +3,7 @@ features across training. Each page is a URL view: its query string is the quest
 turns it into a job spec here (400/404 with one line for a bad one), embeds it in the page, and the
 page's script runs it (POST /api/jobs) and shows the result's picture and numbers.
 
+    /m/{mid}/occlusion?pick=sample:chelsea                     (the form with that photo chosen; nothing runs)
     /m/{mid}/occlusion?photo=sample:chelsea&target=285&window=45&stride=11&layer=stage6
     /m/{mid}/inversion?photo=sample:chelsea&layer=stage4&steps=400&judge=efficientnet_lite1
     /m/{mid}/compare?other=MID2&limit=500&match_layer=conv2     (404 when one model is served)
@@ -291,7 +292,7 @@ def form_fields(ctx, m, kind: str, q: dict) -> list[dict]:
     maps = [(r["alias"] or r["name"], f"{r['alias'] or r['name']} {'×'.join(map(str, r['shape']))}") for r in m.layers
             if isinstance(r.get("shape"), list) and len(r["shape"]) == 3]
     photos = [(f"sample:{n}", n) for n in SAMPLE_NAMES]
-    ph = q.get("photo") or ""
+    ph = q.get("photo") or q.get("pick") or ""  # pick=REF: the photo page's link (chosen, not run yet)
     if ph and ph not in dict(photos):
         photos.insert(0, (ph, f"uploaded {ph[7:19]}…" if ph.startswith("upload:") else ph))
     if kind == "occlusion":

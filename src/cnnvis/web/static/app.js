@@ -630,7 +630,7 @@
       $("#photo-panel").hidden = false;
       $("#photo-img").src = photoUrl(newRef);
       $("#photo-img").dataset.ref = newRef;
-      for (const lens of ["occlusion", "inversion"]) $(`#${lens}-link`).href = `/m/${enc(MID)}/${lens}?photo=${enc(newRef)}`;
+      for (const lens of ["occlusion", "inversion"]) $(`#${lens}-link`).href = `/m/${enc(MID)}/${lens}?pick=${enc(newRef)}`;
       $("#photo-name").textContent = name || (newRef.startsWith("upload:") ? `uploaded photo ${newRef.slice(7, 19)}…`
                                                                             : newRef.slice(7));
       top5.replaceChildren();
