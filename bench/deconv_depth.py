@@ -167,7 +167,7 @@ def quality(photos: dict[str, list[str]], configs: list[tuple[str, str]], models
 def speed(size: int, rounds: int) -> None:
     from captum.attr import Deconvolution, GuidedBackprop
 
-    from cnnvis.deconv import RULES, deconvnet
+    from cnnvis.deconv import DEFAULT_SEED, RULES, deconvnet
     from cnnvis.models import load
 
     torch.manual_seed(0)
@@ -185,32 +185,128 @@ def speed(size: int, rounds: int) -> None:
             return (self.trunk(vm.preprocess.normalize(z))[:, self.c] * self.seed).sum((1, 2))[:, None]
 
     peer = {"zf": Deconvolution, "masked": GuidedBackprop}
-    fns = {}
+    fns, work = {}, []
     for rule in RULES:
-        res = deconvnet(vm, x, layers, 3, rule=rule, seed="map")  # warm-up; the seeds Captum gets
-        jobs = [(int(n.split(".")[1]), int(c), a) for n, ch, acts in zip(res.layers, res.channels, res.activations)
-                for c, a in zip(ch, acts)]
+        for units in (False, True):  # deconvnet() with the default seed; the panel's sweep (+ the strongest units)
+            name = f"{rule}{' +units' if units else ''}"
+            res = deconvnet(vm, x, layers, 3, rule=rule, also_units=units)  # warm-up; the seeds Captum gets
+            maps = [(int(n.split(".")[1]), int(c), a) for n, ch, acts in
+                    zip(res.layers, res.channels, res.activations) for c, a in zip(ch, acts)]
+            jobs = [(i, c, _seed_of(a, s)) for s in (DEFAULT_SEED, "max")[:1 + units] for i, c, a in maps]
 
-        def theirs(jobs=jobs, rule=rule):
-            for i, c, a in jobs:
-                peer[rule](Head(i, c, a)).attribute(x.clone(), target=0)
+            def theirs(jobs=jobs, rule=rule):
+                for i, c, s in jobs:
+                    peer[rule](Head(i, c, s)).attribute(x.clone(), target=0)
 
-        fns[f"ours {rule}"] = lambda rule=rule: deconvnet(vm, x, layers, 3, rule=rule, seed="map")
-        fns[f"captum {rule}"] = theirs
+            fns[f"ours {name}"] = lambda rule=rule, units=units: deconvnet(vm, x, layers, 3, rule=rule,
+                                                                          also_units=units)
+            fns[f"captum {name}"] = theirs
+            work.append((name, rule, len(jobs)))
     times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(rounds):
         for k, fn in fns.items():
             t = time.perf_counter()
             fn()
             times[k].append(time.perf_counter() - t)
-    print(f"\nspeed: 13 convs x top-3 of a random vgg16, {size} px, {torch.get_num_threads()} threads, "
-          f"median of {rounds} interleaved round(s) (ratios per round)")
+    print(f"\nspeed: 13 convs x top-3 of a random vgg16, seed {DEFAULT_SEED!r}, {size} px, {torch.get_num_threads()} "
+          f"threads, median of {rounds} interleaved round(s) (ratios per round)")
     ratio = lambda a, b: statistics.median(t / o for t, o in zip(times[a], times[b]))  # noqa: E731
-    for rule in RULES:
-        print(f"  {rule:6s} ours {statistics.median(times[f'ours {rule}']):6.2f} s   39 Captum "
-              f"{peer[rule].__name__:15s} {statistics.median(times[f'captum {rule}']):6.2f} s   "
-              f"speed-up {ratio(f'captum {rule}', f'ours {rule}'):5.2f}x (goal >= 1.8x, was 2.15x)")
+    for name, rule, n in work:
+        print(f"  {name:13s} ours {statistics.median(times[f'ours {name}']):6.2f} s   {n} Captum "
+              f"{peer[rule].__name__:15s} {statistics.median(times[f'captum {name}']):6.2f} s   "
+              f"speed-up {ratio(f'captum {name}', f'ours {name}'):5.2f}x (goal >= 2.15x)")
     print(f"  ours masked / ours zf: {ratio('ours masked', 'ours zf'):5.2f}")
+
+
+def _seed_of(a: torch.Tensor, seed: str) -> torch.Tensor:
+    """(h, w) rectified map -> the seed `deconvnet` sends down for it (as cnnvis.deconv defines them)."""
+    if seed == "sum":
+        return (a > 0).to(a.dtype)
+    if seed == "max":
+        return torch.zeros_like(a).flatten().scatter_(0, a.flatten().argmax()[None], a.max()[None]).view_as(a)
+    return a
+
+
+# ---------------------------------------------------------------------- 3. the seed sweep behind the default
+def sweep(photos: dict[str, list[str]], models: list[str]) -> None:
+    """Candidate seeds x top-3 channel choices, rule 'masked', as extra rows of one deconvnet sweep
+    per photo (an experiment harness: it swaps cnnvis.deconv's seed step for one that returns every
+    candidate). Per layer: median edge correlation / lattice share, and the median pairwise
+    correlation of the top-3 blurred projections (near 1: the same picture whatever the channel)."""
+    import cnnvis.deconv as D
+    from cnnvis.images import load_image
+    from cnnvis.models import load
+
+    def candidates(z: torch.Tensor) -> dict[str, torch.Tensor]:
+        """(k, h, w) layer outputs of the chosen channels -> {name: (k, h, w) seed}."""
+        r = z.clamp(min=0)
+        flat = r.flatten(1)
+        pos = flat.argmax(1)
+        one = torch.zeros_like(flat).scatter_(1, pos[:, None], 1.0).view(r.shape[0], 1, *r.shape[1:])
+        top = lambda f: (flat * (flat >= flat.topk(max(1, round(f * flat.shape[1])), 1).values[:, -1:])).view_as(r)  # noqa: E731
+        return {"max": r * one[:, 0], "max 3x3": r * F.max_pool2d(one, 3, 1, 1)[:, 0], "top 2%": top(0.02),
+                "top 10%": top(0.10), "map": r, "sqrt map": r.sqrt(), "sum": (z > 0).to(r.dtype),
+                "ones": torch.ones_like(r)}
+
+    choose = {"norm": lambda r: r.flatten(1).norm(dim=1), "max": lambda r: r.flatten(1).amax(1),
+              "mean": lambda r: r.flatten(1).mean(1)}
+    rows: list[list[tuple[str, str]]] = []
+
+    def seeds(act, top, seed, chosen=None):
+        z = act.detach()[0]
+        r = z.clamp(min=0)
+        chs, sel, names = [], [], []
+        for cname, fn in choose.items():
+            ch = fn(r).topk(top).indices
+            for vname, s in candidates(z[ch]).items():
+                chs += list(ch)
+                sel += list(s)
+                names += [(cname, vname)] * top
+        S = torch.zeros((len(sel), 1, *r.shape), dtype=r.dtype)
+        for i, (c, s) in enumerate(zip(chs, sel)):
+            S[i, 0, c] = s
+        ch = torch.stack(chs)
+        rows.append(names)
+        return D._Picked(ch, r[ch].flatten(1).norm(dim=1), r[ch], torch.zeros(len(sel), 2, dtype=torch.long), S)
+
+    own = D._seeds
+    D._seeds = seeds
+    try:
+        for model in models:
+            vm, layers = load(model), TARGETS[model]
+            for set_name, names in photos.items():
+                st: dict = {}
+                for name in names:
+                    x = vm.preprocess.prepare(load_image(str(photo(name))))
+                    edges = edge_map(x[0])
+                    rows.clear()
+                    res = D.deconvnet(vm, x, layers, 3, rule="masked")
+                    for lab, rec, nm in zip(res.labels, res.reconstructions, rows):
+                        for at in range(0, len(nm), 3):
+                            d = st.setdefault((nm[at], lab), ([], [], []))
+                            bl = [blur(r.abs().sum(0)) for r in rec[at:at + 3]]
+                            for r in rec[at:at + 3]:
+                                d[0].append(edge_corr(r, edges))
+                                d[1].append(lattice_share(r))
+                            d[2].extend(_pearson(bl[i], bl[j]) for i in range(3) for j in range(i + 1, 3))
+                    print(f"  sweep {model} {set_name} {name}", file=sys.stderr, flush=True)
+                print(f"\n{model} {set_name}, rule masked: median edge corr / lattice share / top-3 pairwise corr")
+                print(f"  {'choice':6s} {'seed':8s} " + " ".join(f"{lab:>19s}" for lab in layers))
+                for key in dict.fromkeys(k for k, _ in st):
+                    cells = []
+                    for lab in layers:
+                        e, lat, pc = st[(key, lab)]
+                        e = [v for v in e if v == v]
+                        cells.append(f"{statistics.median(e):+.2f}/{statistics.median(lat):.2f}/"
+                                     f"{statistics.median(pc):.2f}")
+                    print(f"  {key[0]:6s} {key[1]:8s} " + " ".join(f"{c:>19s}" for c in cells))
+    finally:
+        D._seeds = own
+
+
+def _pearson(u: torch.Tensor, v: torch.Tensor) -> float:
+    u, v = u.flatten() - u.mean(), v.flatten() - v.mean()
+    return float((u * v).sum() / (u.norm() * v.norm()).clamp_min(1e-30))
 
 
 def main() -> None:
@@ -220,6 +316,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="two tuning photos, two held-out ones, the default only")
     ap.add_argument("--skip-quality", action="store_true")
     ap.add_argument("--skip-speed", action="store_true")
+    ap.add_argument("--sweep", action="store_true", help="also the seed x channel-choice sweep behind the default")
     ap.add_argument("--sets", default="tuning,held-out", help="photo sets to measure")
     ap.add_argument("--models", default=",".join(TARGETS), help="models to measure")
     ap.add_argument("--configs", default=None,
@@ -236,6 +333,8 @@ def main() -> None:
     print("photos: " + "; ".join(f"{k} {', '.join(v)}" for k, v in photos.items()))
     if not a.skip_quality:
         quality(photos, configs, a.models.split(","))
+    if a.sweep:
+        sweep(photos, a.models.split(","))
     if not a.skip_speed:
         speed(a.size, a.rounds)
 

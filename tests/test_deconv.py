@@ -28,12 +28,14 @@ def test_tiny_literal_unpool_relu_convT():
         conv.weight.fill_(2.0)
     net = nn.Sequential(conv, nn.ReLU(), nn.MaxPool2d(2))
     x = torch.tensor([[[[1.0, 3.0], [2.0, 0.0]]]])
-    res = deconvnet(net, x, ["2"], top=1)
+    res = deconvnet(net, x, ["2"], top=1, seed="max")
     # pool output 6 at switch (0, 1); seed = 6 -> unpool -> relu -> conv^T (x2) = 12 at (0, 1)
     exp = torch.zeros(1, 1, 2, 2)
     exp[0, 0, 0, 1] = 12.0
     torch.testing.assert_close(res.reconstructions[0], exp)
     assert res.max_pools == 1 and res.engine == "chain"
+    # the default seed 'sum': 1 where the channel fired (6 > 0) -> 1 x 2 = 2 at the same place
+    torch.testing.assert_close(deconvnet(net, x, ["2"], top=1).reconstructions[0], exp / 6)
 
 
 class _Normalized(nn.Module):
@@ -50,7 +52,8 @@ class _Normalized(nn.Module):
 @pytest.mark.parametrize("rule", ["masked", "zf"])
 def test_one_pass_equals_loop_and_captum_neuron_random_vgg(rule):
     """The sweep == the per-channel loop == Captum's NeuronGuidedBackprop (masked) / NeuronDeconvolution (zf),
-    seeded with the rectified map (seed='map') and with the strongest unit only (seed='max')."""
+    seeded with every unit that fired, weighted 1 (seed='sum', the default), with the rectified map
+    (seed='map') and with the strongest unit only (seed='max', also the extra rows of also_units)."""
     from captum.attr import NeuronDeconvolution, NeuronGuidedBackprop
 
     from cnnvis.models import load
@@ -60,19 +63,23 @@ def test_one_pass_equals_loop_and_captum_neuron_random_vgg(rule):
     x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     layers = ["conv1_2", "pool2", "conv3_3", "relu4_1", "conv5_3"]
     peer = {"masked": NeuronGuidedBackprop, "zf": NeuronDeconvolution}[rule]
-    for seed in ("map", "max"):
-        one = deconvnet(vm, x, layers, top=2, rule=rule, seed=seed)
+    units = deconvnet_loop(vm, x, layers, top=2, rule=rule, seed="max").reconstructions
+    for seed in ("sum", "map", "max"):
+        one = deconvnet(vm, x, layers, top=2, rule=rule, seed=seed, also_units=seed == "sum")
         loop = deconvnet_loop(vm, x, layers, top=2, rule=rule, seed=seed)
         assert one.engine == "chain" and one.max_pools == 4 and (one.rule, one.seed) == (rule, seed)
         for a, b, ca, cb in zip(one.reconstructions, loop.reconstructions, one.channels, loop.channels):
             assert torch.equal(ca, cb)
             assert _rel(a, b) < 1e-5
+        if seed == "sum":  # the strongest units' rows of the same sweep == seed 'max' on its own
+            assert all(_rel(a, b) < 1e-5 for a, b in zip(one.unit_reconstructions, units))
+            assert _rel(one.reconstructions[2], units[2]) > 0.1  # and the default's rows differ from them
         i = layers.index("conv3_3")
         c, (uy, ux) = int(one.channels[i][0]), one.units[i][0].tolist()
         act = one.activations[i][0]
         assert float(act[uy, ux]) == float(act.max()) > 0  # the strongest unit
-        sel = act if seed == "map" else torch.zeros_like(act).index_put_((torch.tensor(uy), torch.tensor(ux)),
-                                                                         act.max())
+        sel = {"map": act, "sum": (act > 0).float(),
+               "max": torch.zeros_like(act).index_put_((torch.tensor(uy), torch.tensor(ux)), act.max())}[seed]
         ref = peer(_Normalized(vm), vm.model.features[14]).attribute(
             x.clone(), neuron_selector=lambda out: (out[:, c] * sel).sum((1, 2)))
         assert _rel(one.reconstructions[i][0:1], ref) < 1e-5
@@ -96,8 +103,8 @@ def test_rules_differ_where_the_forward_mask_bites():
         conv2.weight.copy_(torch.tensor([1.0, 1.0]).view(1, 2, 1, 1))
     net = nn.Sequential(conv1, nn.ReLU(), conv2)
     x = torch.full((1, 1, 1, 1), 2.0)
-    zf = deconvnet(net, x, ["2"], top=1, rule="zf").reconstructions[0]
-    masked = deconvnet(net, x, ["2"], top=1, rule="masked").reconstructions[0]
+    zf = deconvnet(net, x, ["2"], top=1, rule="zf", seed="max").reconstructions[0]
+    masked = deconvnet(net, x, ["2"], top=1, rule="masked", seed="max").reconstructions[0]
     # seed 2 -> conv2^T: [2, 2] -> zf: relu -> [2, 2] -> conv1^T: 2 - 2 = 0; masked: [2, 0] -> 2
     assert float(zf) == 0.0 and float(masked) == 2.0
 
@@ -129,7 +136,7 @@ def test_deconv_errors():
         deconvnet(net, x, ["0"], top=0)
     with pytest.raises(CnnvisError, match="rule must be 'masked'"):
         deconvnet(net, x, ["0"], rule="guided")
-    with pytest.raises(CnnvisError, match="seed must be 'max'"):
+    with pytest.raises(CnnvisError, match="seed must be 'sum'"):
         deconvnet(net, x, ["0"], seed="all")
     with pytest.raises(CnnvisError, match="one image"):
         deconvnet(net, torch.rand(2, 3, 8, 8), ["0"])

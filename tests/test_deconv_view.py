@@ -1,7 +1,8 @@
-"""What the deconvnet shows at depth (issue 20): the default rule against the pure Z&F rule on real
-photos (edge correlation and lattice share computed here from their definitions), the rule named
-in the job's JSON and on its picture, the crop view's photo patch and projection cut from the same
-receptive field, the spec defaults every face gets."""
+"""What the deconvnet shows at depth (issue 20): the default (masked rule, 'sum' seed) against the
+strongest unit alone and the pure Z&F rule on real photos (edge correlation and lattice share
+computed here from their definitions), the rule and seed named in the job's JSON and on its
+picture, the crop view's photo patch and projection cut from the same receptive field, the spec
+defaults every face gets, the deconvnet attribution method's caption."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from cnnvis.deconv import RULE_TEXT, deconvnet
+from cnnvis.deconv import RULE_TEXT, SEED_TEXT, deconvnet
 from conftest import sample
 
 warnings.filterwarnings("ignore", category=UserWarning)
@@ -69,29 +70,45 @@ def test_metrics_on_known_signals():
     assert lattice_share(torch.randn(3, 64, 64, generator=torch.Generator().manual_seed(0))) < 0.08
 
 
-# ---------------------------------------------------------------------- the default rule at depth
+# ---------------------------------------------------------------------- the default at depth
+def _pearson(u: torch.Tensor, v: torch.Tensor) -> float:
+    u, v = u.flatten() - u.mean(), v.flatten() - v.mean()
+    return float((u * v).sum() / (u.norm() * v.norm()))
+
+
 @pytest.mark.slow
-def test_default_rule_shows_the_photo_where_the_pure_rule_draws_a_lattice(hed):
-    """vgg16_hed conv4_3 / conv5_3, top-3 channels, golden retriever and jaguar: the pure rule's
-    projections are lattices (median share > 0.4, measured 0.51); the default's (masked rule,
-    strongest unit) are not (median <= 0.2, issue 20's goal; measured 0.15) and follow the photo's
-    edges better (median edge correlation +0.07 against -0.07). Issue 20's edge goal (>= 0.3) is
-    NOT met by any rule here: bench/deconv_depth.py gives the numbers on two photo sets."""
+def test_default_shows_the_photo_at_depth_where_the_pure_rule_draws_a_lattice(hed):
+    """vgg16_hed, top-3 channels, golden retriever and jaguar. conv4_3: the default (masked rule,
+    'sum' seed) meets issue 20's goal, median edge correlation >= 0.3 and lattice share <= 0.2
+    (measured +0.37 / 0.14), with three pictures, not one (median pairwise correlation of the
+    top-3 blurred projections < 0.9, measured 0.67; ones over the whole map, units that did not
+    fire included, give 0.98: the photo's edges whatever the channel). conv5_3: no lattice
+    (<= 0.2, measured 0.14) and the photo's edges followed better than by the strongest unit alone
+    (+0.20 against +0.10); the 0.3 edge goal is NOT met there (bench/deconv_depth.py: +0.16 on
+    the tuning photos, +0.28 held out). The pure rule: lattices (median share > 0.4, measured 0.48)."""
     from cnnvis.images import load_image
 
-    stats = {"masked": ([], []), "zf": ([], [])}
+    stats: dict = {}
     for name in ("golden_retriever", "jaguar"):
         x = hed.preprocess.prepare(load_image(str(sample(name))))
-        for rule in ("masked", "zf"):
-            res = deconvnet(hed, x, ["conv4_3", "conv5_3"], 3, **({} if rule == "masked" else {"rule": "zf"}))
-            assert res.rule == rule and res.seed == "max"
-            for rec in res.reconstructions:
+        for rule, seed in (("masked", "sum"), ("masked", "max"), ("zf", "sum")):
+            kw = {} if rule == "masked" and seed == "sum" else {"rule": rule, "seed": seed}  # the default: no arguments
+            res = deconvnet(hed, x, ["conv4_3", "conv5_3"], 3, **kw)
+            assert (res.rule, res.seed) == (rule, seed)
+            for lab, rec in zip(res.labels, res.reconstructions):
+                d = stats.setdefault((rule, seed, lab), ([], [], []))
                 for r in rec:
-                    stats[rule][0].append(edge_correlation(r, x[0]))
-                    stats[rule][1].append(lattice_share(r))
-    med = {k: (statistics.median(e), statistics.median(lat)) for k, (e, lat) in stats.items()}
-    assert med["zf"][1] > 0.4 and med["masked"][1] <= 0.2, med
-    assert med["masked"][0] >= med["zf"][0] + 0.1, med
+                    d[0].append(edge_correlation(r, x[0]))
+                    d[1].append(lattice_share(r))
+                bl = [_blur(r.abs().sum(0)) for r in rec]
+                d[2].extend(_pearson(bl[i], bl[j]) for i in range(3) for j in range(i + 1, 3))
+    med = {k: tuple(statistics.median(v) for v in d) for k, d in stats.items()}
+    edge, lat, pair = med[("masked", "sum", "conv4_3")]
+    assert edge >= 0.3 and lat <= 0.2 and pair < 0.9, med
+    edge5, lat5, _ = med[("masked", "sum", "conv5_3")]
+    assert lat5 <= 0.2 and edge5 >= med[("masked", "max", "conv5_3")][0] + 0.05, med
+    for lab in ("conv4_3", "conv5_3"):
+        assert med[("zf", "sum", lab)][1] > 0.4, med
 
 
 # ---------------------------------------------------------------------- the job: rule in JSON and on the picture
@@ -106,26 +123,34 @@ def _header(png: bytes, lines: list[str]) -> tuple[Image.Image, Image.Image]:
     return panel.crop((0, 0, *want.size)), want
 
 
-@pytest.mark.parametrize("rule", ["masked", "zf"])
-def test_job_names_its_rule_in_json_and_on_the_picture(lite0, rule, tmp_path):
+@pytest.mark.parametrize("rule,project", [("masked", None), ("zf", "max")])
+def test_job_names_its_rule_and_seed_in_json_and_on_the_picture(lite0, rule, project, tmp_path):
+    """The default (no rule, no project: masked, 'sum') and the pure rule's Fig. 2 pairs alone: the
+    rule and the seed named in the JSON and drawn under the title; the Fig. 2 crops in the JSON
+    either way (the default projects the strongest units as extra rows of its sweep)."""
     from cnnvis.jobs import run
 
     ref = str(sample("robin"))
     spec = {"kind": "deconv", "model": "efficientnet_lite0", "image": ref, "layers": ["stage1", "stage3"], "size": 96}
     if rule == "zf":
-        spec["rule"] = "zf"
+        spec.update(rule="zf", project=project)
     res = run(spec)
     d = res.data
-    assert d["rule"] == rule and d["rule_text"] == RULE_TEXT[rule] and d["project"] == "max"
+    seed = project or "sum"
+    assert (d["rule"], d["rule_text"], d["project"], d["seed_text"]) == (rule, RULE_TEXT[rule], seed, SEED_TEXT[seed])
+    assert [len(lay["crops"]) for lay in d["layers"]] == [3, 3]
     # the pure rule through lite0's strided convolutions: the checkerboard caption; the masked rule: none
     checker = [n for n in d["notes"] if "checkerboard" in n]
     assert bool(checker) == (rule == "zf")
-    how = ("each top channel's strongest unit projected, beside the photo patch that drove it (Z&F Fig. 2); "
-           "both cropped to the unit's receptive field, tightened to 99% of the projection's energy")
-    got, want = _header(res.files["panel.png"], [f"efficientnet_lite0 deconvnet: {how}", RULE_TEXT[rule]] + d["notes"])
-    assert got.tobytes() == want.tobytes()  # the rule line (and the checkerboard caption) drawn on the panel
+    how = {"sum": "each top channel projected, full size, its strongest unit's box outlined; beside it the photo "
+                  "patch in that box and the strongest unit's own projection there (Z&F Fig. 2)",
+           "max": "each top channel's strongest unit projected, beside the photo patch that drove it (Z&F Fig. 2); "
+                  "both cropped to the unit's receptive field, tightened to 99% of the projection's energy"}[seed]
+    head = f"efficientnet_lite0 deconvnet: {how}"
+    got, want = _header(res.files["panel.png"], [head, f"{RULE_TEXT[rule]}; {SEED_TEXT[seed]}"] + d["notes"])
+    assert got.tobytes() == want.tobytes()  # the rule and seed line (and the checkerboard caption) drawn
     other = "zf" if rule == "masked" else "masked"
-    _, wrong = _header(res.files["panel.png"], [f"efficientnet_lite0 deconvnet: {how}", RULE_TEXT[other]] + d["notes"])
+    _, wrong = _header(res.files["panel.png"], [head, f"{RULE_TEXT[other]}; {SEED_TEXT[seed]}"] + d["notes"])
     assert got.tobytes() != wrong.tobytes()
 
 
@@ -134,28 +159,30 @@ def test_spec_defaults_reach_every_face():
     from cnnvis.jobs import make_spec
 
     s = make_spec("deconv", image="sample:chelsea", top=3)
-    assert (s.rule, s.project) == ("masked", "max")
+    assert (s.rule, s.project) == ("masked", "sum")
     with pytest.raises(Exception, match="rule"):
         make_spec("deconv", image="sample:chelsea", rule="guided")
 
 
 # ---------------------------------------------------------------------- the crop view
 def test_crop_view_pairs_projection_and_photo_patch_at_the_same_field(hed):
-    """Each projection and its photo patch are cut from one box, inside the unit's receptive field,
-    holding (at least) 99% of the projection's energy; the projection itself stays full size and is
-    zero outside the field."""
+    """Each strongest unit's projection (the default seed's extra rows) and its photo patch are cut
+    from one box, inside the unit's receptive field, holding (at least) 99% of the projection's
+    energy; the projection itself stays full size and is zero outside the field. Without those
+    rows there is nothing to crop."""
     from cnnvis.images import load_image
     from cnnvis.study.receptive import receptive_field
     from cnnvis.viz.panels import MIN_CROP, crop_pairs
 
     x = hed.preprocess.prepare(load_image(str(sample("golden_retriever"))), size=128)
-    res = deconvnet(hed, x, ["conv2_2", "conv4_3"], 3)
+    assert crop_pairs(x, deconvnet(hed, x, ["conv2_2"], 3)) is None
+    res = deconvnet(hed, x, ["conv2_2", "conv4_3"], 3, also_units=True)
     boxes = []
     for n, units in zip(res.layers, res.units):
         rf = receptive_field(hed, n, (128, 128))
         boxes.append([rf.box(int(y), int(xx), (128, 128)) for y, xx in units.tolist()])
     pairs = crop_pairs(x, res, boxes)
-    for i, rec in enumerate(res.reconstructions):
+    for i, rec in enumerate(res.unit_reconstructions):
         assert rec.shape == (3, 3, 128, 128)
         for j, ((t, left, b, r), patch, proj) in enumerate(pairs[i]):
             ft, fl, fb, fr = boxes[i][j]
@@ -167,3 +194,25 @@ def test_crop_view_pairs_projection_and_photo_patch_at_the_same_field(hed):
             assert torch.equal(patch, x[0, :, t:b + 1, left:r + 1])      # the photo there ...
             assert torch.equal(proj, rec[j][:, t:b + 1, left:r + 1])     # ... and the projection there
             assert float(proj.abs().sum()) >= 0.99 * float(rec[j].abs().sum())
+
+
+# ---------------------------------------------------------------------- the deconvnet attribution method
+def test_deconvnet_attribution_panel_says_what_the_pure_rule_does(lite0):
+    """The 'deconvnet' attribution method is the pure rule (its map on lite0 is a checkerboard): its
+    panel says so under the picture and points to 'guided'; the guided panel carries no such line."""
+    import io
+
+    from cnnvis.jobs import run
+    from cnnvis.viz.panels import _text_lines
+
+    spec = {"kind": "attribution", "model": "efficientnet_lite0", "image": str(sample("robin")), "size": 96}
+    res = run({**spec, "method": "deconvnet"})
+    cap = res.data["caption"]
+    assert "checkerboard" in cap and "'guided'" in cap and "strided" in cap
+    panel = Image.open(io.BytesIO(res.files["panel.png"])).convert("RGB")
+    want = _text_lines([cap], panel.size[0])
+    got = panel.crop((0, panel.size[1] - want.size[1], panel.size[0], panel.size[1]))
+    assert got.tobytes() == want.tobytes()
+    guided = run({**spec, "method": "guided"})
+    assert "caption" not in guided.data
+    assert Image.open(io.BytesIO(guided.files["panel.png"])).size[1] == panel.size[1] - want.size[1]

@@ -115,9 +115,11 @@ def saliency_cmd(photo, model, weights, device, cache, as_json, method, target, 
                    "pass the signal on, so deep layers show the parts of the photo that drove them. zf: the pure Z&F "
                    "rule (forward mask ignored, = Captum's deconvolution): grey "
                    "lattices at VGG's conv3-5, a checkerboard through strided convolutions (EfficientNet).")
-@click.option("--project", "seed_kind", default=None, type=click.Choice(["max", "map"]),
-              help="max (default): each channel's strongest unit, drawn cropped to its receptive field beside the "
-                   "photo patch (Z&F Fig. 2). map: its whole feature map, drawn full size.")
+@click.option("--project", "seed_kind", default=None, type=click.Choice(["sum", "max", "map"]),
+              help="What each channel sends down. sum (default): every unit where it fired, weighted 1 (its total "
+                   "activation), drawn full size with its strongest unit's box, beside that unit's own projection "
+                   "and the photo patch there (Z&F Fig. 2). max: the Fig. 2 pairs alone. map: the rectified map, "
+                   "each unit weighted by its value.")
 @click.option("--size", default=None, type=int, help="Input size in pixels (default: the model's).")
 @click.option("--out", "-o", required=True, type=click.Path(), help="Output image (rows = layers).")
 def deconv_cmd(photo, model, weights, device, cache, as_json, layers, all_convs, top, rule, seed_kind, size,
@@ -138,7 +140,7 @@ def deconv_cmd(photo, model, weights, device, cache, as_json, layers, all_convs,
     d = res.data
     note = "; ".join(d["notes"])
     emit(res, as_json, f"wrote {out} ({len(d['layers'])} layers x top {top}, {d['rule_text']}, "
-                       f"{'strongest unit' if d['project'] == 'max' else 'whole map'} per channel)"
+                       f"{d['seed_text']})"
                        + (f"; {note}" if note else ""), out=str(out))
 
 

@@ -7,7 +7,7 @@ method modules. The faces (CLI, report, web, Ray) build specs and call `jobs.run
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import AfterValidator, BeforeValidator, Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
@@ -441,6 +441,12 @@ class AttributionSpec(_PhotoSpec):
     channel: int | None = None
     unit: tuple[int, int] | None = None
     options: dict[str, float | int | str | bool | None] = Field(default_factory=dict)  # method options (steps, ...)
+    # under the panel (and in the JSON) of a method whose picture needs a word
+    CAPTIONS: ClassVar[dict[str, str]] = {
+        "deconvnet": "deconvnet = the pure Zeiler & Fergus rule (the ReLU of the signal, the forward mask ignored): "
+                     "through strided convolutions (EfficientNet) or deep VGG layers it spreads the signal into a "
+                     "regular checkerboard, not the photo. Method 'guided' adds the forward mask and keeps the "
+                     "photo's structure."}
 
     @field_validator("method")
     @classmethod
@@ -492,7 +498,10 @@ class AttributionSpec(_PhotoSpec):
         heat = a.abs().amax(1)[0] if a.shape[1] > 1 else a[0, 0]
         if cam:
             info["layer"] = getattr(m, "layer", None)
-        files = {"panel.png": png_bytes(attribution_panel(x, heat, f"{self.method}: {title}")),
+        caption = self.CAPTIONS.get(self.method, "")
+        if caption:
+            info["caption"] = caption
+        files = {"panel.png": png_bytes(attribution_panel(x, heat, f"{self.method}: {title}", caption=caption)),
                  "map.npy": npy_bytes(heat.float()), "attribution.npy": npy_bytes(a[0].float()),
                  "input.png": png_bytes(x[0])}
         return info, files, "panel.png"
@@ -515,9 +524,10 @@ def describe(vm, x, target) -> tuple[str, dict]:
 class DeconvSpec(_PhotoSpec):
     """Zeiler & Fergus deconvnet: the top channels of each layer projected back to pixels.
 
-    Default: Z&F Fig. 2's view (each top channel's strongest unit, its projection cropped to the
-    unit's receptive field beside the photo patch there) with the masked rule (Z&F + the forward
-    ReLU mask); rule 'zf' is the pure rule, project 'map' the whole-map reconstruction."""
+    Default: the masked rule (Z&F + the forward ReLU mask), each top channel seeded with every unit
+    where it fired ('sum'), drawn full size with its strongest unit's box, beside Z&F Fig. 2's
+    pair (the photo patch in that box and the strongest unit's own projection there, one sweep).
+    rule 'zf' is the pure rule; project 'max' the Fig. 2 pairs alone, 'map' the rectified map."""
 
     kind = "deconv"
     example = {"image": "sample:chelsea", "top": 1}
@@ -525,7 +535,8 @@ class DeconvSpec(_PhotoSpec):
     layers: list[str] | None = None  # default: the model's classic layers
     all_conv: bool = False  # instead of layers: every Conv2d
     top: int = Field(3, ge=1, le=64)
-    project: Literal["max", "map"] = "max"  # each channel's strongest unit (Z&F Fig. 2) or its whole map
+    # every unit where the channel fired (1 each), its strongest unit (Z&F Fig. 2), or its rectified map
+    project: Literal["sum", "max", "map"] = "sum"
     rule: Literal["masked", "zf"] = "masked"  # Z&F + the forward ReLU mask (guided backprop), or pure Z&F
 
     def normalized(self, vm):
@@ -540,7 +551,7 @@ class DeconvSpec(_PhotoSpec):
         from cnnvis.viz.panels import crop_pairs
 
         x = prepare(vm, self.image, self.size)
-        res = deconvnet(vm, x, self.layers, self.top, seed=self.project, rule=self.rule)
+        res = deconvnet(vm, x, self.layers, self.top, seed=self.project, rule=self.rule, also_units=True)
         hw = tuple(x.shape[-2:])
         fields, boxes = [], []
         for n, units in zip(res.layers, res.units):
@@ -552,10 +563,9 @@ class DeconvSpec(_PhotoSpec):
                 fields.append(None)
                 boxes.append(None)
         img = deconv_panel(x, res, boxes, title=f"{vm.name} deconvnet", captions=res.notes)
-        crops = [[list(c) for c, _, _ in row] for row in crop_pairs(x, res, boxes)] if res.seed == "max" else \
-            [None] * len(res.layers)
+        crops = [[list(c) for c, _, _ in row] for row in crop_pairs(x, res, boxes)]
         data = {"max_pools": res.max_pools, "notes": res.notes, "engine": res.engine, "rule": res.rule,
-                "rule_text": res.rule_text, "project": res.seed,
+                "rule_text": res.rule_text, "project": res.seed, "seed_text": res.seed_text,
                 "layers": [{"layer": lab, "module": n, "channels": c.tolist(), "norms": [round(float(v), 4) for v in k],
                             "units": u.tolist(), "field": f, "boxes": b, "crops": cr}
                            for lab, n, c, k, u, f, b, cr in zip(res.labels, res.layers, res.channels, res.norms,

@@ -90,10 +90,10 @@ def render_deconv(ctx: ReportContext) -> str:
                 "(strided) convolutions, BatchNorm scales and residual sums. Under the pure Z&F rule "
                 "(<code>--rule zf</code>) the strided convolutions leave a checkerboard lattice at depth; the "
                 "forward mask of the default rule keeps the photo's structure")
-        parts.append(ctx.img_tag(rel, f"{esc(model_name)} on {esc(name)}, {esc(d['rule_text'])}: rows = layers; "
-                                      f"per top-3 channel the photo patch under its strongest unit's receptive "
-                                      f"field beside that unit's projection, as in Zeiler &amp; Fergus's Fig. 2. "
-                                      f"{note}."))
+        parts.append(ctx.img_tag(rel, f"{esc(model_name)} on {esc(name)}, {esc(d['rule_text'])}, "
+                                      f"{esc(d['seed_text'])}: rows = layers; per top-3 channel its projection, full "
+                                      f"size, with its strongest unit's box, then the photo patch in that box beside "
+                                      f"that unit's own projection, as in Zeiler &amp; Fergus's Fig. 2. {note}."))
         data[model_name] = {"layers": [r["layer"] for r in d["layers"]], "channels": [r["channels"] for r in d["layers"]],
                             "max_pools": d["max_pools"], "engine": d["engine"], "rule": d["rule"],
                             "project": d["project"]}
@@ -101,8 +101,8 @@ def render_deconv(ctx: ReportContext) -> str:
     return "".join(parts) + ("<p>All layers x top-3 channels are projected in one batched backward sweep "
                              "after a single forward pass. <code>cnnvis deconv PHOTO --rule zf</code> gives the pure "
                              "Z&amp;F rule (the forward mask ignored, as Captum's deconvolution: grey lattices from "
-                             "VGG's conv3 on), <code>--project map</code> each channel's whole feature map "
-                             "projected, full size.</p>")
+                             "VGG's conv3 on), <code>--project max</code> the Fig. 2 pairs alone, <code>--project "
+                             "map</code> each channel's rectified map (units weighted by their values).</p>")
 
 
 def render_sanity(ctx: ReportContext) -> str:

@@ -23,11 +23,12 @@ def signed_image(r: Tensor, percentile: float = 99.5, reach: Tensor | None = Non
     return viz.to_pil(0.5 + r / (2 * s) if s > 0 else torch.full_like(r, 0.5))
 
 
-def map_panel(photo: Tensor, heat: Tensor, title: str = "", cell: int = 224) -> Image.Image:
-    """[photo | raw map | overlay] for x (1, 3, H, W) in [0, 1] and a (H, W) map."""
+def map_panel(photo: Tensor, heat: Tensor, title: str = "", cell: int = 224, caption: str = "") -> Image.Image:
+    """[photo | raw map | overlay] for x (1, 3, H, W) in [0, 1] and a (H, W) map; `caption` under it."""
     p = viz.to_pil(photo)
-    return viz.grid([[p, viz.colormap(heat), viz.overlay(p, heat)]], col_labels=["photo", "map", "overlay"],
-                    cell=cell, title=title or None)
+    g = viz.grid([[p, viz.colormap(heat), viz.overlay(p, heat)]], col_labels=["photo", "map", "overlay"],
+                 cell=cell, title=title or None)
+    return stack([g, _text_lines([caption], g.size[0])]) if caption else g
 
 
 def methods_grid(photos: Sequence[tuple[str, Tensor]], maps: dict[str, Tensor], cell: int = 160) -> Image.Image:
@@ -46,26 +47,30 @@ MIN_CROP = 32  # px: a field smaller than this (the first layers') is shown with
 
 def deconv_panel(photo: Tensor, res, boxes: Sequence[Sequence[Sequence[int]] | None] | None = None,
                  cell: int = 128, title: str = "", captions: Sequence[str] = ()) -> Image.Image:
-    """A DeconvResult as a picture; rows = layers, the rule named under the title.
+    """A DeconvResult as a picture; rows = layers, the rule and the seed named under the title.
 
-    res.seed == 'max' (Zeiler & Fergus Fig. 2): first the photo with each crop outlined ('where'),
-    then per top channel the photo patch beside its strongest unit's projection, both cropped to
-    the same box: the unit's receptive field, tightened to where the projection holds 99% of its
-    energy (deep fields cover the whole photo), at least MIN_CROP px a side.
-    res.seed == 'map' (whole-map view): per top channel its activation over the photo and its
-    full-size projection. Every projection has its own contrast (`signed_image` over the pixels
-    it reaches). photo: (1, C, H, W) in [0, 1]; boxes[i][j]: (top, left, bottom, right) inclusive,
-    the field of layer i's channel j's strongest unit (None: the whole photo).
+    With the strongest units' projections (res.seed == 'max', or res.unit_reconstructions) the
+    first column is the photo with each crop outlined ('where'); per top channel then (seed 'sum'
+    or 'map') its full-size projection with the same box outlined, and always the photo patch
+    beside the strongest unit's projection, both cropped to that box (Zeiler & Fergus Fig. 2):
+    the unit's receptive field, tightened to where its projection holds 99% of its energy (deep
+    fields cover the whole photo), at least MIN_CROP px a side. Without them (seed 'sum' / 'map'
+    alone): per top channel its activation over the photo and its full-size projection. Every
+    projection has its own contrast (`signed_image` over the pixels it reaches). photo:
+    (1, C, H, W) in [0, 1]; boxes[i][j]: (top, left, bottom, right) inclusive, the field of layer
+    i's channel j's strongest unit (None: the whole photo).
     """
     x = photo.detach().float().cpu()[0]
     H, W = x.shape[-2:]
     p = viz.to_pil(x)
     k = max(len(c) for c in res.channels)
-    pairs = crop_pairs(photo, res, boxes) if res.seed == "max" else None
+    pairs = crop_pairs(photo, res, boxes)
+    whole = res.seed != "max"  # the full-size projections have their own column
+    line = max(1, round(W / cell))
     rows, labels = [], []
     for i, (lab, ch, acts, rec) in enumerate(zip(res.labels, res.channels, res.activations, res.reconstructions)):
         labels.append(f"{lab}: " + ",".join(f"#{c}" for c in ch.tolist()))
-        if res.seed == "map":
+        if pairs is None:
             row = []
             for a, r in zip(acts, rec):
                 row += [viz.overlay(p, a, alpha=0.6), signed_image(r, reach=r.abs().sum(0) > 0)]
@@ -77,30 +82,47 @@ def deconv_panel(photo: Tensor, res, boxes: Sequence[Sequence[Sequence[int]] | N
         for j, (box, patch, proj) in enumerate(pairs[i]):
             colour = _RANK_COLOURS[j % len(_RANK_COLOURS)]
             t, left, bottom, right = box
-            d.rectangle([left, t, right, bottom], outline=colour, width=max(1, round(W / cell)))
+            d.rectangle([left, t, right, bottom], outline=colour, width=line)
+            if whole:
+                full = signed_image(rec[j], reach=rec[j].abs().sum(0) > 0).convert("RGB")
+                ImageDraw.Draw(full).rectangle([left, t, right, bottom], outline=colour, width=line)
+                row.append(full)
             row += [_framed(_fit(viz.to_pil(patch), cell), colour),
                     _framed(_fit(signed_image(proj, reach=proj.abs().sum(0) > 0), cell), colour)]
         rows.append(row)
-    if res.seed == "map":
+    if pairs is None:
         cols = [s for j in range(k) for s in (f"top{j + 1} activation", "its projection")]
-        how = "each top channel's whole rectified map projected (full size)"
+        how = "each top channel projected, full size"
+    elif whole:
+        cols = ["where"] + [s for j in range(k) for s in (f"top{j + 1} projection", "photo patch", "strongest unit")]
+        how = ("each top channel projected, full size, its strongest unit's box outlined; beside it the photo patch "
+               "in that box and the strongest unit's own projection there (Z&F Fig. 2)")
     else:
         cols = ["where"] + [s for j in range(k) for s in (f"top{j + 1} photo patch", "its projection")]
         how = ("each top channel's strongest unit projected, beside the photo patch that drove it (Z&F Fig. 2); "
                "both cropped to the unit's receptive field, tightened to 99% of the projection's energy")
     g = viz.grid(rows, row_labels=labels, col_labels=cols, cell=cell)
-    lines = [f"{title}: {how}" if title else how, res.rule_text] + list(captions)
+    lines = [f"{title}: {how}" if title else how, f"{res.rule_text}; {res.seed_text}"] + list(captions)
     return stack([_text_lines(lines, g.size[0]), g])
 
 
-def crop_pairs(photo: Tensor, res, boxes=None) -> list[list[tuple[tuple[int, int, int, int], Tensor, Tensor]]]:
-    """Per layer, per top channel: (box, photo patch (C, h, w), projection (C, h, w)), both cut from
-    the same box (top, left, bottom, right, inclusive): the unit's field `boxes[i][j]` (None: the
-    whole photo) tightened to 99% of the projection's energy, at least MIN_CROP px a side."""
+def unit_projections(res) -> list[Tensor] | None:
+    """Per layer (k, C, H, W): each top channel's strongest unit projected alone, or None."""
+    return res.reconstructions if res.seed == "max" else getattr(res, "unit_reconstructions", None)
+
+
+def crop_pairs(photo: Tensor, res, boxes=None) -> list[list[tuple[tuple[int, int, int, int], Tensor, Tensor]]] | None:
+    """Per layer, per top channel: (box, photo patch (C, h, w), strongest unit's projection (C, h, w)),
+    both cut from the same box (top, left, bottom, right, inclusive): the unit's field `boxes[i][j]`
+    (None: the whole photo) tightened to 99% of the projection's energy, at least MIN_CROP px a side.
+    None when `res` holds no strongest-unit projections (seed 'sum' / 'map' without also_units)."""
+    recs = unit_projections(res)
+    if recs is None:
+        return None
     x = photo.detach().float().cpu()[0]
     H, W = x.shape[-2:]
     out = []
-    for i, rec in enumerate(res.reconstructions):
+    for i, rec in enumerate(recs):
         fields = boxes[i] if boxes is not None and boxes[i] is not None else [(0, 0, H - 1, W - 1)] * len(rec)
         row = []
         for b, r in zip(fields, rec):
