@@ -111,6 +111,44 @@ def test_default_shows_the_photo_at_depth_where_the_pure_rule_draws_a_lattice(he
         assert med[("zf", "sum", lab)][1] > 0.4, med
 
 
+def test_likeness_and_its_note_on_known_projections():
+    """Likeness = median pairwise correlation of the projections' magnitudes: 1 for one picture three
+    times (sign flips included), near 0 for independent noise, nan for one; the note names the
+    layers above 0.9 (with their value) under the masked rule only."""
+    from cnnvis.deconv import _alike_note, _likeness
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.rand(1, 3, 64, 64, generator=g)
+    assert _likeness(torch.cat([a, -a, 2 * a])) == pytest.approx(1.0, abs=1e-5)
+    assert abs(_likeness(torch.rand(3, 3, 64, 64, generator=g))) < 0.3
+    assert math.isnan(_likeness(a))
+    note = _alike_note(["stage5", "stage6"], [0.95, 0.5], "masked")
+    assert len(note) == 1 and "stage5 0.95" in note[0] and "stage6" not in note[0]
+    assert _alike_note(["stage5"], [0.95], "zf") == [] and _alike_note(["stage5"], [0.85], "masked") == []
+
+
+@pytest.mark.slow
+def test_embedded_model_default_has_no_checkerboard_where_the_pure_rule_has(lite0):
+    """efficientnet_lite0 stages 4-6 on the robin, top-3: the default's median lattice share <= 0.25
+    (measured 0.17-0.22), the pure rule's >= 0.8 (0.88-0.92, the stride-2 checkerboard). The 0.2 goal
+    and the 0.3 edge goal are NOT met on lite0 (bench/deconv_depth.py: 0.21-0.24, +0.15 to +0.33).
+    Where the default's three projections look alike (stages 5-6: 1.00) the panel's note says so."""
+    from cnnvis.images import load_image
+
+    x = lite0.preprocess.prepare(load_image(str(sample("robin"))))
+    layers = ["stage4", "stage5", "stage6"]
+    ours, pure = deconvnet(lite0, x, layers, 3), deconvnet(lite0, x, layers, 3, rule="zf")
+    for lab, r_ours, r_pure in zip(ours.labels, ours.reconstructions, pure.reconstructions):
+        m_ours = statistics.median(lattice_share(r) for r in r_ours)
+        m_pure = statistics.median(lattice_share(r) for r in r_pure)
+        assert m_ours <= 0.25 and m_pure >= 0.8, (lab, m_ours, m_pure)
+    alike = [f"{lab} {v:.2f}" for lab, v in zip(ours.labels, ours.likeness) if v > 0.9]
+    assert {"stage5", "stage6"} <= {s.split()[0] for s in alike}, ours.likeness
+    note = [n for n in ours.notes if "alike" in n]
+    assert len(note) == 1 and all(s in note[0] for s in alike)
+    assert not [n for n in pure.notes if "alike" in n]
+
+
 # ---------------------------------------------------------------------- the job: rule in JSON and on the picture
 def _header(png: bytes, lines: list[str]) -> tuple[Image.Image, Image.Image]:
     """(the panel's top band, the same text lines drawn by the panel's own text helper)."""
