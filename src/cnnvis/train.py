@@ -37,7 +37,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -49,6 +48,7 @@ import torch
 import torch.nn.functional as F
 
 from cnnvis.errors import CnnvisError
+from cnnvis.progress import Bar, say
 
 STATE_NAME = "training-state.pt"
 SNAPSHOTS_DIR = "snapshots"  # out/snapshots/epoch_0005/{model.json, model.safetensors}
@@ -228,47 +228,15 @@ def _decode(ds, what: str, progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 # ------------------------------------------------------------------------------- progress
-class _Bar:
-    """Progress on stderr: tqdm on a terminal, else a plain line every LINE_EVERY seconds."""
+class _Bar(Bar):
+    """Progress of one epoch (or decoding) on stderr: tqdm on a terminal (the running numbers every 10
+    steps), else a line "desc: done/total loss .. acc .. (s)" every LINE_EVERY seconds."""
 
     def __init__(self, total: int, desc: str, enabled: bool, unit: str = "step"):
-        from cnnvis.jobs import runner
-
-        self.total, self.desc, self.enabled = total, desc, enabled
-        self.done, self.t0 = 0, time.perf_counter()
-        self.last = self.t0
-        self.every = runner.LINE_EVERY
-        self.postfix = ""
-        self.tq = None
-        if enabled and sys.stderr.isatty():
-            from tqdm.auto import tqdm
-
-            self.tq = tqdm(total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True, mininterval=0.5)
+        super().__init__(total, desc, unit, enabled=enabled, postfix_every=10)
 
     def step(self, postfix: str = "") -> None:
-        self.done += 1
-        if not self.enabled:
-            return
-        if self.tq is not None:
-            self.tq.update(1)
-            if postfix and (self.done % 10 == 0 or self.done == self.total):
-                self.tq.set_postfix_str(postfix, refresh=False)
-            return
-        now = time.perf_counter()
-        if now - self.last >= self.every:
-            self.last = now
-            extra = f" {postfix}" if postfix else ""
-            print(f"{self.desc}: {self.done}/{self.total}{extra} ({now - self.t0:.0f} s)", file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self.tq is not None:
-            self.tq.close()
-            self.tq = None
-
-
-def _say(msg: str, progress: bool) -> None:
-    if progress:
-        print(msg, file=sys.stderr, flush=True)
+        self.update(1, postfix)
 
 
 # ------------------------------------------------------------------------------- training
@@ -674,8 +642,8 @@ def train(data, *, out, arch: str | None = None, split: str | None = None, epoch
             opt.load_state_dict(state["optimizer"])
             history = list(state["history"])
             start_epoch = int(state["epoch"])
-            _say(f"resuming {str(out)!r} after epoch {start_epoch} of {E}", progress and start_epoch < E)
-        _say(f"training {arch} on {str(data)!r}: {n} images {c}x{h}x{w}, {len(classes)} classes, held out "
+            say(f"resuming {str(out)!r} after epoch {start_epoch} of {E}", progress and start_epoch < E)
+        say(f"training {arch} on {str(data)!r}: {n} images {c}x{h}x{w}, {len(classes)} classes, held out "
              f"{len(yte)} ({_fmt_held(how)}); {E} epochs, batch {B}, lr {LR}, "
              f"augment {'crop+flip' if aug else 'none'}, {torch.get_num_threads()} threads",
              progress and start_epoch < E)
@@ -742,7 +710,7 @@ def train(data, *, out, arch: str | None = None, split: str | None = None, epoch
                 _write_state(state_file, {"format": STATE_FORMAT, "version": 1, "config": config, "epoch": epoch + 1,
                                           "history": history, "model": net.state_dict(), "optimizer": opt.state_dict(),
                                           "torch_rng": torch.get_rng_state()})
-                _say(f"epoch {epoch + 1}/{E}: loss {rec_e['loss']:.4f}, train acc {rec_e['train_accuracy']:.4f}, "
+                say(f"epoch {epoch + 1}/{E}: loss {rec_e['loss']:.4f}, train acc {rec_e['train_accuracy']:.4f}, "
                      f"held-out acc {acc:.4f} ({rec_e['seconds']:.0f} s)", progress)
                 if on_epoch is not None:
                     on_epoch(epoch + 1, rec_e)
@@ -751,10 +719,10 @@ def train(data, *, out, arch: str | None = None, split: str | None = None, epoch
                 bar.close()
             done = len(history)
             if done:
-                print(f"interrupted: {done} of {E} epochs are saved in {str(state_file)!r}; run the same command "
-                      f"again to resume from epoch {done + 1}", file=sys.stderr, flush=True)
+                say(f"interrupted: {done} of {E} epochs are saved in {str(state_file)!r}; run the same command "
+                    f"again to resume from epoch {done + 1}")
             else:
-                print("interrupted before the first epoch ended: nothing saved", file=sys.stderr, flush=True)
+                say("interrupted before the first epoch ended: nothing saved")
             raise
 
         # --- the checkpoint
@@ -775,7 +743,7 @@ def train(data, *, out, arch: str | None = None, split: str | None = None, epoch
         mpath = save_checkpoint(out, net, name=out.name, extra={"training": block}, **ckpt_args)
         if state_file.exists():
             state_file.unlink()
-        _say(f"held-out accuracy {final:.4f} ({len(yte)} images, {_fmt_held(how)}); checkpoint {str(mpath)!r}",
+        say(f"held-out accuracy {final:.4f} ({len(yte)} images, {_fmt_held(how)}); checkpoint {str(mpath)!r}",
              progress)
         return TrainResult(out=out, checkpoint=mpath, weights=out / WEIGHTS_NAME, arch=arch, classes=classes,
                            input_shape=(c, h, w), held_out_accuracy=final, held_out=how, epochs=E, history=history,

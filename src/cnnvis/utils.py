@@ -1,4 +1,4 @@
-"""Small shared helpers: device choice, progress bars, atomic file writes, model state guard."""
+"""Small shared helpers: device choice, atomic file writes, model state guard."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import contextlib
 import errno
 import os
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +14,7 @@ import torch
 from torch import nn
 
 from cnnvis.errors import CnnvisError
-
-Progress = bool | Callable[..., Iterable] | None
+from cnnvis.progress import Progress, progress_iter  # noqa: F401  (their home is cnnvis.progress; kept for old imports)
 
 
 def module_device(module: nn.Module) -> torch.device:
@@ -41,17 +40,6 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     if name == "cpu":
         return torch.device("cpu")
     raise CnnvisError(f"unknown device {device!r}; use cpu, cuda or auto")
-
-
-def progress_iter(iterable: Iterable, *, total: int | None = None, desc: str = "", progress: Progress = None) -> Iterable:
-    """Wrap `iterable` in a progress bar when `progress` is True (tqdm on stderr) or a tqdm-like callable."""
-    if not progress:
-        return iterable
-    if progress is True:
-        from tqdm.auto import tqdm
-
-        return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True, disable=None)  # off when not a TTY
-    return progress(iterable, total=total, desc=desc)
 
 
 @contextlib.contextmanager

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from cnnvis.errors import CnnvisError
 from cnnvis.jobs.runner import ModelPool, job_key, run
 from cnnvis.jobs.spec import parse_spec
 from cnnvis.jobs.store import Store
+from cnnvis.progress import Bar, say as _say
 
 ENGINES = ("local", "ray")
 RAY_MISSING = ("--engine ray needs Ray, which is not installed: pip install 'cnnvis[ray]' (or pip install ray), "
@@ -61,54 +61,13 @@ class Summary:
                 "task_wall": [round(t, 3) for t in self.task_wall]}
 
 
-class _Bar:
+class _Bar(Bar):
     """One overall bar on stderr: units (channels, images) done of total, with ETA; plain lines when
     stderr is not a terminal (every CNNVIS_PROGRESS_EVERY seconds). Units already stored (`skipped`) count
     as done but not in the rate: the ETA is this run's time per unit computed times the units left."""
 
     def __init__(self, total: int, unit: str, enabled: bool, skipped: int = 0) -> None:
-        from cnnvis.jobs.runner import LINE_EVERY
-
-        self.total, self.unit, self.done, self.skipped, self.t0 = total, unit, skipped, skipped, time.perf_counter()
-        self.every, self.last, self.tq = LINE_EVERY, self.t0, None
-        self.enabled = enabled
-        if enabled and sys.stderr.isatty():
-            from tqdm.auto import tqdm
-
-            # initial: the stored units show as done, and tqdm's rate counts only this run's
-            self.tq = tqdm(total=total, initial=skipped, unit=unit, dynamic_ncols=True, mininterval=0.5)
-
-    def update(self, n: int, note: str = "") -> None:
-        self.done += n
-        if not self.enabled:
-            return
-        if self.tq is not None:
-            self.tq.update(n)
-            if note:
-                self.tq.set_postfix_str(note, refresh=False)
-            return
-        now = time.perf_counter()
-        if now - self.last >= self.every or self.done >= self.total:
-            self.last = now
-            print(self.line(now) + (" " + note if note else ""), file=sys.stderr, flush=True)
-
-    def eta(self, now: float) -> float:
-        """Seconds left: this run's time per unit computed (skipped units excluded) x units left."""
-        ran = self.done - self.skipped
-        return (now - self.t0) / ran * (self.total - self.done) if ran else float("nan")
-
-    def line(self, now: float) -> str:
-        el = now - self.t0
-        return f"{self.done}/{self.total} {self.unit} ({el:.0f} s, ETA {self.eta(now):.0f} s)"
-
-    def close(self) -> None:
-        if self.tq is not None:
-            self.tq.close()
-
-
-def _say(msg: str, enabled: bool) -> None:
-    if enabled:
-        print(msg, file=sys.stderr, flush=True)
+        super().__init__(total, unit=unit, enabled=enabled, leave=True, style="eta", skipped=skipped)
 
 
 class _Terminated(BaseException):

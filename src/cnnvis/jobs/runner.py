@@ -247,15 +247,9 @@ class JobContext:
                     total = None
             inner = iterable
             if outer._progress is True:  # on stderr always: a bar on a terminal, else plain lines (a log)
-                import sys
+                from cnnvis import progress
 
-                if sys.stderr.isatty():
-                    from tqdm.auto import tqdm
-
-                    inner = tqdm(iterable, total=total, desc=desc or outer.desc, leave=False, dynamic_ncols=True,
-                                 mininterval=0.5, disable=False)
-                else:
-                    inner = _lines(iterable, total, desc or outer.desc)
+                inner = progress.wrap(iterable, total, desc or outer.desc, end_line=True)
             done = 0
             for item in inner:
                 outer.check()
@@ -267,26 +261,7 @@ class JobContext:
         return wrap
 
 
-# seconds between progress lines when stderr is not a terminal
-LINE_EVERY = float(os.environ.get("CNNVIS_PROGRESS_EVERY", "10"))
-
-
-def _lines(iterable, total, desc):
-    """Progress for a log: a line 'desc: done/total (s)' at most every LINE_EVERY seconds, and at the end."""
-    import sys
-
-    t0 = last = time.perf_counter()
-    done = 0
-    for item in iterable:
-        yield item
-        done += 1
-        now = time.perf_counter()
-        if now - last >= LINE_EVERY:
-            last = now
-            of = f"/{total}" if total else ""
-            print(f"{desc}: {done}{of} ({now - t0:.0f} s)", file=sys.stderr, flush=True)
-    if time.perf_counter() - t0 >= LINE_EVERY and done:
-        print(f"{desc}: done, {done} in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+from cnnvis.progress import LINE_EVERY  # noqa: E402,F401  (its home is cnnvis.progress; kept for old imports)
 
 
 # ---------------------------------------------------------------------- run
