@@ -323,10 +323,10 @@ def _read_state(path: Path) -> dict:
 
 
 def _write_state(path: Path, state: dict) -> None:
-    from cnnvis.models.checkpoint import _atomic
+    from cnnvis.utils import atomic_path
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic(path, lambda tmp: torch.save(state, tmp))
+    atomic_path(path, lambda tmp: torch.save(state, tmp))
 
 
 def _mismatch(saved: dict, now: dict) -> str:

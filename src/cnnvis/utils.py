@@ -6,7 +6,7 @@ import contextlib
 import errno
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +78,32 @@ _DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 def _write_error(path: Path, e: OSError) -> CnnvisError:
     return CnnvisError(f"cannot write {str(path)!r}: {e.strerror or type(e).__name__}; "
                        f"choose a file in a folder you can write to")
+
+
+def atomic_path(path: str | os.PathLike, write: Callable[[str], Any]) -> None:
+    """`write(tmp)` writes a temp file next to `path` (by its name: torch.save, safetensors), which is
+    then renamed onto `path` with mode 0644: never a half-written file. The folder must exist; an
+    error (or Ctrl-C) removes the temp file and propagates."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def unit_scale(Y) -> np.ndarray:  # noqa: F821  (numpy is imported when called)
+    """(N, 2) -> (N, 2) float64 scaled per axis to [0, 1] (t-SNE axes carry no units)."""
+    import numpy as np
+
+    Y = np.asarray(Y, np.float64)
+    lo, hi = Y.min(0), Y.max(0)
+    return (Y - lo) / np.where(hi > lo, hi - lo, 1.0)
 
 
 def check_writable(path: str | os.PathLike) -> None:

@@ -30,7 +30,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 
 from torch import nn
@@ -311,6 +310,7 @@ def save_checkpoint(path: str | os.PathLike, model, *, architecture: str, classe
 
     from cnnvis.models.archs import _ARCHS
     from cnnvis.models.registry import as_vismodel
+    from cnnvis.utils import atomic_path
 
     vm = as_vismodel(model)
     e = _ARCHS.get(architecture)
@@ -340,24 +340,11 @@ def save_checkpoint(path: str | os.PathLike, model, *, architecture: str, classe
         raise CnnvisError(f"save_checkpoint: {str(e).replace('fix the JSON', 'fix the arguments')}") from None
     wpath.parent.mkdir(parents=True, exist_ok=True)
     sd = {k: v.detach().cpu().clone().contiguous() for k, v in vm.model.state_dict().items()}
-    _atomic(wpath, lambda tmp: save_file(sd, tmp))
+    atomic_path(wpath, lambda tmp: save_file(sd, tmp))
     meta["weights_sha256"] = _sha256(wpath)
     text = json.dumps(meta, indent=2)
-    _atomic(mpath, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    atomic_path(mpath, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     return mpath
-
-
-def _atomic(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _sha256(path: Path) -> str:

@@ -299,11 +299,11 @@ def atlas_cells(Y: np.ndarray, grid: int) -> np.ndarray:
     The map is scaled per axis to the unit square (row = y, column = x, as in the scatter);
     cell (r, c) shows, among the points inside it, the one nearest its centre; a cell with no
     point stays empty (a thumbnail is never drawn away from where its point is)."""
-    from cnnvis.viz.embed import unit
+    from cnnvis.utils import unit_scale
 
     if grid < 1:
         raise CnnvisError(f"the atlas grid needs at least 1 cell a side, not {grid}")
-    U = unit(Y)
+    U = unit_scale(Y)
     col = np.minimum((U[:, 0] * grid).astype(np.int64), grid - 1)
     row = np.minimum((U[:, 1] * grid).astype(np.int64), grid - 1)
     dist = np.hypot(U[:, 0] - (col + 0.5) / grid, U[:, 1] - (row + 0.5) / grid)

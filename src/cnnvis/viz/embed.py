@@ -10,6 +10,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from cnnvis import viz
+from cnnvis.utils import unit_scale as unit  # (N, 2) -> per axis in [0, 1]
 
 # matplotlib's tab10 then tab20's light shades: distinct colours for up to 20 classes
 _TAB = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
@@ -24,13 +25,6 @@ def palette(n: int) -> list[tuple[int, int, int]]:
     if n <= len(_TAB):
         return _TAB[:n]
     return [tuple(round(255 * v) for v in colorsys.hsv_to_rgb((i * 0.618034) % 1, 0.75, 0.85)) for i in range(n)]
-
-
-def unit(Y: np.ndarray) -> np.ndarray:
-    """(N, 2) -> (N, 2) scaled per axis to [0, 1] (t-SNE axes carry no units)."""
-    Y = np.asarray(Y, np.float64)
-    lo, hi = Y.min(0), Y.max(0)
-    return (Y - lo) / np.where(hi > lo, hi - lo, 1.0)
 
 
 def thumbnail(x: np.ndarray, side: int) -> Image.Image:
