@@ -126,3 +126,36 @@ def test_a_judge_with_other_labels_or_none_is_refused(capsys, mnist_run, tmp_pat
     assert "blurr" in msg and "--rows" in msg
     out = tmp_path / "panel.png"
     assert not out.exists()
+
+
+def test_the_rows_come_from_one_registry_that_imports_no_torch(mnist_run, tmp_path):
+    """The --rows help, the kind's check and the 'all' row are derived from the registered rows: a row
+    registered in one place (a throwaway one here) is offered and rendered; the registry imports no torch
+    (it builds the CLI's --help)."""
+    import subprocess
+    import sys
+
+    from cnnvis.optvis import regularizers as R
+    from cnnvis.study import regularizers as S
+
+    assert S.row_names() == ("none", "decay", "blur", "clip", "tv", "range", "all", "default")
+    assert S.alone_rows() == ("decay", "blur", "clip", "tv", "range")
+    kinds = [type(r).__name__ for r in S.regularizers_for("all", [0.5])]
+    assert kinds == ["L2Decay", "GaussianBlur", "ClipSmallNorm", "TotalVariation", "BoundedRange"]
+    code = "import sys, cnnvis.study.regularizers; assert 'torch' not in sys.modules, 'torch imported'; print('ok')"
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert p.returncode == 0 and p.stdout.strip() == "ok", p.stderr
+    S.register_row("zz_blur2", doc="a wider blur (a test's throwaway row)")(lambda c: [R.GaussianBlur(2.0, every=1)])
+    try:
+        assert S.row_names()[-3:] == ("zz_blur2", "all", "default")
+        assert [type(r).__name__ for r in S.regularizers_for("all", [0.5])][-1] == "GaussianBlur"
+        res = run({"kind": "regularizer_study", "model": str(mnist_run), "judge": "none", "steps": 3,
+                   "targets": [0, 1], "regularizers": ["none", "zz_blur2"]})
+        a = tiles(res, "zz_blur2")
+        assert [r["name"] for r in res.data["rows"]] == ["none", "zz_blur2"]
+        assert "GaussianBlur" in res.data["rows"][1]["config"] and not np.array_equal(a, tiles(res, "none"))
+        with pytest.raises(ValueError, match="registered already"):
+            S.register_row("tv", doc="again")(lambda c: [])
+    finally:
+        S.unregister_row("zz_blur2")
+    assert "zz_blur2" not in S.row_names()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from cnnvis.commands.common import cache_tag, check_out, emit, job_options, parse_names, run_job, seed_option, write_image
+from cnnvis.study.regularizers import row_names  # torch-free: the rows' names for --help
 
 
 @click.command("regularizers")
@@ -16,8 +17,8 @@ from cnnvis.commands.common import cache_tag, check_out, emit, job_options, pars
 @click.option("--size", type=int, default=None, help="Image size in pixels (default: the model's input size).")
 @click.option("--targets", default=None, help="Comma-separated classes (default: every class of a <= 10-class net, "
                                               "else 5 spread over the labels).")
-@click.option("--rows", default=None, help="Comma-separated rows among none, decay, blur, clip, tv, range, all, "
-                                           "default (default: all of them).")
+@click.option("--rows", default=None,
+              help=f"Comma-separated rows among {', '.join(row_names())} (default: all of them).")
 @click.option("--out", "-o", default=None, type=click.Path(), help="Write the panel (a row per regularizer) here.")
 @seed_option
 def regularizers_cmd(model, weights, device, cache, as_json, judge, steps, size, targets, rows, out, seed) -> None:
