@@ -42,6 +42,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -49,6 +50,9 @@ import torch.nn.functional as F
 
 from cnnvis.errors import CnnvisError
 from cnnvis.progress import Bar, say
+
+if TYPE_CHECKING:
+    from cnnvis.models.archs import Recipe
 
 STATE_NAME = "training-state.pt"
 SNAPSHOTS_DIR = "snapshots"  # out/snapshots/epoch_0005/{model.json, model.safetensors}
@@ -61,24 +65,23 @@ MOMENTUM = 0.9
 SHOW_SKIPPED = 20  # names of skipped images kept in model.json
 
 
-@dataclass(frozen=True)
-class Recipe:
-    """Training defaults for one architecture on one kind of data."""
+def __getattr__(name: str):
+    if name == "Recipe":  # its home is cnnvis.models.archs (imported when asked: models load the registry)
+        from cnnvis.models.archs import Recipe
 
-    epochs: int
-    batch_size: int
-    lr: float
-    weight_decay: float = 5e-4
-    augment: bool = False
+        return Recipe
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def recipe(arch: str, channels: int, size: tuple[int, int]) -> Recipe:
-    """Defaults for `arch` on (channels, H, W) images: random crop + flip for colour images only
-    (a flipped digit is another symbol)."""
-    colour = channels == 3
-    if arch == "mnist_cnn":
-        return Recipe(epochs=8, batch_size=64, lr=0.05, augment=colour)
-    return Recipe(epochs=10, batch_size=128, lr=0.05, augment=colour)
+    """Defaults for `arch` on (channels, H, W) images: its registered `Recipe`, with augment 'colour'
+    resolved (random crop + flip for colour images only: a flipped digit is another symbol)."""
+    from dataclasses import replace
+
+    from cnnvis.models.archs import arch_info
+
+    r = arch_info(arch).recipe
+    return replace(r, augment=channels == 3 if r.augment == "colour" else bool(r.augment))
 
 
 @dataclass
@@ -534,7 +537,7 @@ def train(data, *, out, arch: str | None = None, split: str | None = None, epoch
     Returns a TrainResult; the run folder `out` gets model.safetensors + model.json.
     """
     from cnnvis.data import skipped_names
-    from cnnvis.models.archs import arch_info, build_arch
+    from cnnvis.models.archs import arch_info, build_arch, default_arch
     from cnnvis.models.checkpoint import META_NAME, WEIGHTS_NAME, save_checkpoint
     from cnnvis.utils import check_writable, resolve_device
 
@@ -568,7 +571,7 @@ def train(data, *, out, arch: str | None = None, split: str | None = None, epoch
     train_ds, held_ds, how = open_sets(data, split, held_out, limit)
     _check_labels(train_ds, data)
     c, (h, w) = train_ds.channels, train_ds.size
-    arch = arch or ("mnist_cnn" if (c, h, w) == (1, 28, 28) else "cifar_cnn")
+    arch = arch or default_arch((c, h, w))
     info = arch_info(arch)
     if min(h, w) < info.min_size:
         raise CnnvisError(f"{str(data)!r} has {h}x{w} px images; {arch} takes at least {info.min_size} px: "

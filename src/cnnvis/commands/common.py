@@ -311,3 +311,17 @@ def emit(result, as_json: bool, text: str | list[str], **extra) -> None:
         return
     for line in ([text] if isinstance(text, str) else text):
         click.echo(line)
+
+
+class LazyHelpOption(click.Option):
+    """A click option whose help is `help()`, called when --help is shown: text derived from a registry
+    that imports torch (the archs' recipes) without importing it when the CLI starts."""
+
+    def __init__(self, *args, help: Callable[[], str], **kwargs) -> None:  # noqa: A002  (click's name)
+        super().__init__(*args, **kwargs)
+        self._lazy_help = help
+
+    def get_help_record(self, ctx):
+        if self.help is None:
+            self.help = self._lazy_help()
+        return super().get_help_record(ctx)

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import click
 
-from cnnvis.commands.common import (_threads_cb, apply_threads, check_out_of_data, echo_json, json_option, no_progress,
-                                    skipped_line)
+from cnnvis.commands.common import (LazyHelpOption, _threads_cb, apply_threads, check_out_of_data, echo_json,
+                                    json_option, no_progress, skipped_line)
 
 
 def _arch_names() -> list[str]:
@@ -18,16 +18,40 @@ def _arch_names() -> list[str]:
     return list_archs()
 
 
+def _recipes() -> dict:
+    """name -> its Recipe, for the help texts (imports torch: called when --help is shown)."""
+    from cnnvis.models.archs import arch_info
+
+    return {n: arch_info(n).recipe for n in _arch_names()}
+
+
+def _arch_help() -> str:
+    from cnnvis.models.archs import FALLBACK_ARCH, arch_info
+
+    chosen = [f"{n} for {'x'.join(map(str, arch_info(n).input_shape))} data" for n in _arch_names()
+              if arch_info(n).default_for_shape]
+    return f"{' or '.join(_arch_names())} (default: {', '.join([*chosen, f'{FALLBACK_ARCH} otherwise'])})."
+
+
+def _per_arch(field: str) -> str:
+    return ", ".join(f"{getattr(r, field)} {n}" for n, r in _recipes().items())
+
+
+def _lr_help() -> str:
+    lrs = {r.lr for r in _recipes().values()}
+    return f"Peak learning rate of SGD (default {lrs.pop()})." if len(lrs) == 1 else \
+        f"Peak learning rate of SGD (default: {_per_arch('lr')})."
+
+
 @click.command("train")
 @click.argument("data", metavar="DATA")
 @click.option("--out", required=True, metavar="DIR", help="Run folder: gets model.safetensors + model.json.")
-@click.option("--arch", default=None, metavar="NAME",
-              help="mnist_cnn or cifar_cnn (default: mnist_cnn for 1x28x28 data, cifar_cnn otherwise).")
-@click.option("--epochs", type=int, default=None,
-              help="Epochs (default: the arch's recipe: 8 mnist_cnn, 10 cifar_cnn).")
-@click.option("--batch", "batch_size", type=int, default=None,
-              help="Batch size (default: 64 mnist_cnn, 128 cifar_cnn).")
-@click.option("--lr", type=float, default=None, help="Peak learning rate of SGD (default 0.05).")
+@click.option("--arch", default=None, metavar="NAME", cls=LazyHelpOption, help=_arch_help)
+@click.option("--epochs", type=int, default=None, cls=LazyHelpOption,
+              help=lambda: f"Epochs (default: the arch's recipe: {_per_arch('epochs')}).")
+@click.option("--batch", "batch_size", type=int, default=None, cls=LazyHelpOption,
+              help=lambda: f"Batch size (default: {_per_arch('batch_size')}).")
+@click.option("--lr", type=float, default=None, cls=LazyHelpOption, help=_lr_help)
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed: same seed and --threads, same weights.")
 @click.option("--split", default=None, help="Training split of the data (default: train where there are splits).")
 @click.option("--held-out", "held_out", default=0.2, show_default=True, type=float,

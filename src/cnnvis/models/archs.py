@@ -3,6 +3,8 @@
     list_archs()                                   -> ['mnist_cnn', 'cifar_cnn']
     build_arch('mnist_cnn', num_classes=10)        -> nn.Module, random weights
     arch_info('mnist_cnn').input_shape             -> (1, 28, 28); .mean, .std: its normalization
+    arch_info('mnist_cnn').recipe                  -> Recipe(epochs=8, batch_size=64, lr=0.05, ...)
+    default_arch((1, 28, 28))                      -> 'mnist_cnn' (what `cnnvis train` picks for the data)
 
 A checkpoint (`cnnvis.models.checkpoint`) names its architecture: one registered here, or a
 torchvision / timm model ('torchvision:resnet18', 'timm:resnet18', or the bare name when it is
@@ -14,6 +16,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 from torch import nn
 
@@ -21,9 +24,26 @@ from cnnvis.errors import CnnvisError, unknown_name
 
 
 @dataclass(frozen=True)
+class Recipe:
+    """Training defaults of an architecture (`cnnvis train`): SGD epochs, batch size, peak learning rate,
+    weight decay, and random crop + flip: True, False, or 'colour' (on for colour images only: a
+    flipped digit is another symbol)."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float = 5e-4
+    augment: Literal["colour"] | bool = "colour"
+
+
+FALLBACK_ARCH = "cifar_cnn"  # what `default_arch` gives for data no arch claims
+
+
+@dataclass(frozen=True)
 class ArchEntry:
-    """A registered architecture: `builder(num_classes, input_shape, **arch_args) -> nn.Module`
-    and its default input contract (shape (C, H, W), per-channel mean/std in [0, 1] units)."""
+    """A registered architecture: `builder(num_classes, input_shape, **arch_args) -> nn.Module`,
+    its default input contract (shape (C, H, W), per-channel mean/std in [0, 1] units), its training
+    `recipe`, and `default_for_shape`: `cnnvis train` picks it for data of exactly its input shape."""
 
     name: str
     builder: Callable[..., nn.Module]
@@ -35,18 +55,24 @@ class ArchEntry:
     labels: tuple[str, ...] | None = None
     aliases: dict[str, str] = field(default_factory=dict)
     min_size: int = 1
+    recipe: Recipe = Recipe(10, 128, 0.05)
+    default_for_shape: bool = False
 
 
 _ARCHS: "OrderedDict[str, ArchEntry]" = OrderedDict()
 
 
 def register_arch(name: str, *, description: str, input_shape, mean, std, num_classes: int,
-                  labels=None, aliases: dict[str, str] | None = None, min_size: int = 1):
-    """Decorator: register `builder(num_classes, input_shape, **arch_args) -> nn.Module` as `name`."""
+                  labels=None, aliases: dict[str, str] | None = None, min_size: int = 1,
+                  recipe: Recipe | None = None, default_for_shape: bool = False):
+    """Decorator: register `builder(num_classes, input_shape, **arch_args) -> nn.Module` as `name`
+    (recipe: its training defaults, default Recipe(10, 128, 0.05))."""
 
     def deco(fn):
         _ARCHS[name] = ArchEntry(name, fn, description, tuple(input_shape), tuple(mean), tuple(std),
-                                 num_classes, tuple(labels) if labels else None, dict(aliases or {}), min_size)
+                                 num_classes, tuple(labels) if labels else None, dict(aliases or {}), min_size,
+                                 **({"recipe": recipe} if recipe is not None else {}),
+                                 default_for_shape=default_for_shape)
         return fn
 
     return deco
@@ -55,6 +81,16 @@ def register_arch(name: str, *, description: str, input_shape, mean, std, num_cl
 def list_archs() -> list[str]:
     """Names of the registered architectures."""
     return list(_ARCHS)
+
+
+def default_arch(shape) -> str:
+    """The arch `cnnvis train` uses for (C, H, W) data: the first registered with `default_for_shape`
+    whose input shape is `shape`, else FALLBACK_ARCH."""
+    shape = tuple(int(v) for v in shape)
+    for e in _ARCHS.values():
+        if e.default_for_shape and e.input_shape == shape:
+            return e.name
+    return FALLBACK_ARCH
 
 
 def arch_info(name: str) -> ArchEntry:
@@ -111,7 +147,7 @@ MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
     aliases={"conv1": "features.0", "relu1": "features.1", "pool1": "features.2",
              "conv2": "features.3", "relu2": "features.4", "pool2": "features.5",
              "fc1": "classifier.1", "relu3": "classifier.2", "fc2": "classifier.4"},
-    min_size=4,
+    min_size=4, recipe=Recipe(epochs=8, batch_size=64, lr=0.05), default_for_shape=True,
 )
 def _mnist_cnn(num_classes: int, input_shape, dropout: float = 0.5) -> nn.Module:
     return MnistCNN(num_classes, in_channels=int(input_shape[0]), dropout=dropout)
@@ -154,7 +190,7 @@ CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog",
     aliases={"conv1": "features.0", "relu1": "features.1", "pool1": "features.2",
              "conv2": "features.3", "relu2": "features.4", "pool2": "features.5",
              "fc1": "classifier.1", "fc2": "classifier.3", "fc3": "classifier.5"},
-    min_size=4,
+    min_size=4, recipe=Recipe(epochs=10, batch_size=128, lr=0.05),
 )
 def _cifar_cnn(num_classes: int, input_shape) -> nn.Module:
     return CifarCNN(num_classes, in_channels=int(input_shape[0]))
