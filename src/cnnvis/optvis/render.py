@@ -151,43 +151,96 @@ def render(
     """
     t0 = time.perf_counter()
     vm = as_vismodel(model)
+    cfg = _resolve(config, overrides)
+    objective = as_objective(objective)
+    tf = custom_transforms if custom_transforms is not None else transforms_for(cfg.transforms, vm.input_shape)
+    regs = list(custom_regularizers if custom_regularizers is not None else REGULARIZERS[cfg.regularizers]())
+    watch_every, watch_steps = _check_watch(watch, watch_every)
+    if cfg.tile is not None and (cfg.tile < vm.min_size or cfg.copies > 1):
+        raise CnnvisError(f"tile must be >= {vm.min_size} (the model's smallest input) and needs copies=1, "
+                          f"got tile={cfg.tile}, copies={cfg.copies}")
+
+    objective.setup(vm)
+    targets = objective.class_targets()
+    judge = _judge_for(vm, cfg.stop, targets, judge)
+    start = _start(vm, objective, cfg, init, regs)
+    tf, roll = _split_roll(tf, cfg.tile is not None)
+
+    from cnnvis.hooks import capture
+
+    run = _Run(vm, objective, cfg, start, tf, roll, regs, targets, judge, watch, watch_every, watch_steps)
+    with model_guard(vm.model), capture(vm.model, list(start.resolved.values()), stop=not run.needs_out) as cap:
+        run.attach(cap)
+        for i in progress_iter(range(cfg.steps), total=cfg.steps, desc=desc, progress=progress):
+            if i >= run.bounds[run.octave]:
+                run.next_octave()
+            if not run.step(i):
+                break  # a tiled image went non-finite
+            if run.tiled:
+                continue
+            if run.n_run % cfg.check_every == 0 or run.n_run == cfg.steps:
+                run.check()
+                if bool(run.done.all()):
+                    break
+    res = _finish(run)
+    if targets is not None and vm.task == "classification":
+        _score(res, vm, run.fit, judge, targets)
+    res.seconds = time.perf_counter() - t0
+    return res
+
+
+def _resolve(config, overrides: dict) -> RenderConfig:
+    """A RenderConfig, a preset name or None, with `overrides` (field names) -> the resolved config."""
     if config is None or isinstance(config, str):
         config = RenderConfig(preset=config) if config else RenderConfig()
     elif not isinstance(config, RenderConfig):
         raise CnnvisError(f"config must be a RenderConfig or a preset name, got {type(config).__name__}")
-    cfg = config.with_(**overrides).resolved() if overrides else config.resolved()
-    objective = as_objective(objective)
-    stop = cfg.stop
-    steps, copies, octaves = cfg.steps, cfg.copies, cfg.octaves
-    tf = custom_transforms if custom_transforms is not None else transforms_for(cfg.transforms, vm.input_shape)
-    regs = list(custom_regularizers if custom_regularizers is not None else REGULARIZERS[cfg.regularizers]())
-    tile = cfg.tile
-    watch_steps = isinstance(watch_every, (set, frozenset, list, tuple))
-    if watch_steps:
-        watch_every = frozenset(int(v) for v in watch_every)
-    elif watch is not None and (not isinstance(watch_every, int) or isinstance(watch_every, bool) or watch_every < 1):
-        raise CnnvisError(f"watch_every must be a positive integer or a set of steps, got {watch_every!r}")
-    if tile is not None and (tile < vm.min_size or copies > 1):
-        raise CnnvisError(f"tile must be >= {vm.min_size} (the model's smallest input) and needs copies=1, "
-                          f"got tile={tile}, copies={copies}")
+    return config.with_(**overrides).resolved() if overrides else config.resolved()
 
-    objective.setup(vm)
-    targets = objective.class_targets()
+
+def _check_watch(watch, watch_every) -> tuple[int | frozenset[int], bool]:
+    """-> (watch_every, whether it is a set of steps); a CnnvisError for a bad one."""
+    if isinstance(watch_every, (set, frozenset, list, tuple)):
+        return frozenset(int(v) for v in watch_every), True
+    if watch is not None and (not isinstance(watch_every, int) or isinstance(watch_every, bool) or watch_every < 1):
+        raise CnnvisError(f"watch_every must be a positive integer or a set of steps, got {watch_every!r}")
+    return watch_every, False
+
+
+def _judge_for(vm, stop: UntilProb | None, targets, judge):
+    """The judge a stop names (the one given, else loaded by name), checked against the model; None without
+    one. A stop needs a class objective; `judge=` needs a stop that names one."""
     if stop is not None and targets is None:
         raise CnnvisError("stop=UntilProb(...) needs a class objective (class_logit)")
-    device = vm.device
-    c_in = vm.input_shape[0]
     if stop is not None and stop.judge is not None:
         from cnnvis.optvis.robustness import check_judge
 
         if judge is None:
             from cnnvis.models import load
 
-            judge = load(stop.judge, device=device)
+            judge = load(stop.judge, device=vm.device)
         check_judge(vm, judge)
     elif judge is not None:
         raise CnnvisError("judge= is for a class render that stops on it: give stop=UntilProb(..., judge=NAME)")
+    return judge
 
+
+@dataclass
+class _Start:
+    """Where a render starts: the parameterization (B images), the octaves' sizes [(H, W)], a generator
+    per image (`gens`) and per transformed copy (`tgens`), and the objective's layers resolved."""
+
+    param: ImageParam
+    b: int
+    sizes: list[tuple[int, int]]
+    gens: list[torch.Generator]
+    tgens: list[torch.Generator]
+    resolved: dict[str, str]
+
+
+def _start(vm, objective: Objective, cfg: RenderConfig, init: ImageParam | None, regs) -> _Start:
+    """The batch, sizes and generators, and the image: `init` (checked) or a new seeded one."""
+    c_in = vm.input_shape[0]
     if init is not None:
         param = init
         b, c, h, w = param.shape
@@ -197,9 +250,9 @@ def render(
             raise CnnvisError(f"batch={cfg.batch} but the given init holds {b} images")
         if objective.batch and b % objective.batch:
             raise CnnvisError(f"the objective is for {objective.batch} images but init holds {b}")
-        if octaves > 1:
+        if cfg.octaves > 1:
             raise CnnvisError("octaves need a new image (init=None); for a given image use its own resizing")
-        param = param.to(device)
+        param = param.to(vm.device)
         sizes = [(h, w)]
     else:
         b = objective.batch or cfg.batch or 1
@@ -210,8 +263,8 @@ def render(
         hw = (size, size) if isinstance(size, int) else tuple(size)
         if min(hw) < vm.min_size:
             raise CnnvisError(f"size {size} is too small for {vm.name}; use at least {vm.min_size} pixels")
-        sizes = _sizes(hw, octaves, cfg.octave_scale, vm.min_size)
-    if tile is not None and b > 1:
+        sizes = _sizes(hw, cfg.octaves, cfg.octave_scale, vm.min_size)
+    if cfg.tile is not None and b > 1:
         raise CnnvisError(f"tile is for one large image (DeepDream); got a batch of {b}")
 
     from cnnvis.layers import resolve_layer
@@ -222,182 +275,233 @@ def render(
     gens = image_generators(cfg.seed, image_keys(objective, b, canon))
     if init is None:
         extra = {"decay_power": cfg.decay_power} if cfg.image == "fourier" and cfg.decay_power is not None else {}
-        param = make_param(cfg.image, b, *sizes[0], generator=gens, device=device, channels=c_in, sd=cfg.init_sd,
+        param = make_param(cfg.image, b, *sizes[0], generator=gens, device=vm.device, channels=c_in, sd=cfg.init_sd,
                            **extra)
     for r in regs:
         r.check(param)
-    tgens = [g for _ in range(copies) for g in gens]  # copy k of image i draws from image i's generator
-    tiled = tile is not None
-    roll = None
+    tgens = [g for _ in range(cfg.copies) for g in gens]  # copy k of image i draws from image i's generator
+    return _Start(param, b, sizes, gens, tgens, resolved)
+
+
+def _split_roll(tf, tiled: bool) -> tuple[Callable | None, Roll | None]:
+    """-> (transforms, roll): a tiled render's only transform is a Roll, whose shift moves the tile grid."""
     if tiled and tf is not None:
         if not isinstance(tf, Roll):
             raise CnnvisError("with tile, the only transform is a Roll (its shift moves the tile grid)")
-        roll, tf = tf, None
+        return None, tf
+    return tf, None
 
-    from cnnvis.hooks import capture
 
-    needs_out = LOGITS in objective.layers
-    normalize = vm.preprocess.normalize
-    bounds = [round(steps * (i + 1) / octaves) for i in range(octaves)]
+def _make_opt(p: ImageParam, cfg: RenderConfig) -> torch.optim.Optimizer:
+    ps = list(p.parameters())
+    if cfg.optimizer == "adam":  # the fused kernel: one pass over the parameters (CPU and CUDA)
+        fused = all(q.device.type in ("cpu", "cuda") and q.dtype == torch.float32 for q in ps)
+        return torch.optim.Adam(ps, lr=cfg.lr, fused=fused or None)
+    return torch.optim.SGD(ps, lr=cfg.lr, foreach=False)  # in place: no full-size temporaries
 
-    def make_opt(p):
-        ps = list(p.parameters())
-        if cfg.optimizer == "adam":  # the fused kernel: one pass over the parameters (CPU and CUDA)
-            fused = all(q.device.type in ("cpu", "cuda") and q.dtype == torch.float32 for q in ps)
-            return torch.optim.Adam(ps, lr=cfg.lr, fused=fused or None)
-        return torch.optim.SGD(ps, lr=cfg.lr, foreach=False)  # in place: no full-size temporaries
 
-    history: list[Tensor] = []
-    message = ""
-    done = torch.zeros(b, dtype=torch.bool)        # images that stopped (reached, or went non-finite)
-    reached = torch.zeros(b, dtype=torch.bool)
-    # with a judge: the checked image it liked best so far, per image (kept if the image never reaches)
-    best_p = torch.full((b,), -1.0)
-    best: dict[int, tuple[int, Tensor]] = {}
-    bad = torch.zeros(b, dtype=torch.bool)
-    image_steps = [0] * b
-    bad_step = None
-    # the kept images: the last finite version of each (large tiled images: the parameter itself,
-    # checked before each step instead, so no second full-size copy is made)
-    keep = None
-    if not tiled:
-        with torch.no_grad():
-            keep = param().detach().clone()  # the start image (the average starts there too)
-    opt = make_opt(param)
-    ema = cfg.ema or 0.0
-    # the shown image: with ema, the exponential moving average of the parameters (Polyak averaging):
-    # the optimized image still moves every step with its random transforms; the average holds still
-    avg = _copy_param(param) if ema and not tiled else None
-    view = avg if avg is not None else param
-    octave = 0
-    n_run = 0
-    with model_guard(vm.model), capture(vm.model, list(resolved.values()), stop=not needs_out) as cap:
-        fit = _FixedInput(vm.input_shape)
-        model_run = lambda t: fit(lambda u: cap.run(normalize(u)), t)  # noqa: E731
+class _Run:
+    """The optimization loop's state, one step at a time.
 
-        def forward(x: Tensor) -> dict[str, Tensor]:
-            out = model_run(x)
-            acts = {n: cap.outputs[r] for n, r in resolved.items()}
-            if needs_out:
-                acts[LOGITS] = out
-            return acts
+    history: (B,) objective values per step; done: (B,) stopped images (reached, or non-finite); reached,
+    bad: (B,) bool; best / best_p: with a judge, the checked image it liked best so far per image (kept if
+    the image never reaches); image_steps: steps each image ran; keep: the last finite version of each
+    image (large tiled images: the parameter itself, checked before each step, so no second full-size
+    copy is made); avg: with ema, the exponential moving average of the parameters (Polyak averaging:
+    the optimized image still moves every step with its random transforms; the average holds still);
+    view: what is shown (avg, else the parameter)."""
 
-        tgt = torch.as_tensor(targets, device=device) if targets is not None else None
-        for i in progress_iter(range(steps), total=steps, desc=desc, progress=progress):
-            if i >= bounds[octave]:
-                octave += 1
-                param = (avg if avg is not None else param).resized(*sizes[octave])
+    def __init__(self, vm, objective: Objective, cfg: RenderConfig, start: _Start, tf, roll, regs, targets,
+                 judge, watch, watch_every, watch_steps: bool) -> None:
+        self.vm, self.objective, self.cfg, self.tf, self.roll, self.regs = vm, objective, cfg, tf, roll, regs
+        self.targets, self.judge, self.stop = targets, judge, cfg.stop
+        self.watch, self.watch_every, self.watch_steps = watch, watch_every, watch_steps
+        self.b, self.sizes, self.gens, self.tgens, self.resolved = start.b, start.sizes, start.gens, start.tgens, \
+            start.resolved
+        self.param = start.param
+        self.tiled = cfg.tile is not None
+        self.needs_out = LOGITS in objective.layers
+        self.normalize = vm.preprocess.normalize
+        self.bounds = [round(cfg.steps * (i + 1) / cfg.octaves) for i in range(cfg.octaves)]
+        b = self.b
+        self.history: list[Tensor] = []
+        self.done = torch.zeros(b, dtype=torch.bool)
+        self.reached = torch.zeros(b, dtype=torch.bool)
+        self.best_p = torch.full((b,), -1.0)
+        self.best: dict[int, tuple[int, Tensor]] = {}
+        self.bad = torch.zeros(b, dtype=torch.bool)
+        self.image_steps = [0] * b
+        self.bad_step: int | None = None
+        self.keep: Tensor | None = None
+        if not self.tiled:
+            with torch.no_grad():
+                self.keep = self.param().detach().clone()  # the start image (the average starts there too)
+        self.opt = _make_opt(self.param, cfg)
+        self.ema = cfg.ema or 0.0
+        self.avg = _copy_param(self.param) if self.ema and not self.tiled else None
+        self.view = self.avg if self.avg is not None else self.param
+        self.octave = 0
+        self.n_run = 0
+        self.fit = _FixedInput(vm.input_shape)
+        self.tgt = torch.as_tensor(targets, device=vm.device) if targets is not None else None
+
+    def attach(self, cap) -> None:
+        """The model's forward through the hooks of `capture` (which live while the loop runs)."""
+        self.cap = cap
+        normalize, fit = self.normalize, self.fit
+        self.model_run = lambda t: fit(lambda u: cap.run(normalize(u)), t)  # noqa: E731
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        """(N, C, H, W) images -> the objective's activations {layer or 'logits': tensor}."""
+        out = self.model_run(x)
+        acts = {n: self.cap.outputs[r] for n, r in self.resolved.items()}
+        if self.needs_out:
+            acts[LOGITS] = out
+        return acts
+
+    def next_octave(self) -> None:
+        """Go on at the next octave's size, from the shown image, with a new optimizer (and average)."""
+        self.octave += 1
+        self.param = (self.avg if self.avg is not None else self.param).resized(*self.sizes[self.octave])
+        for r in self.regs:
+            r.check(self.param)
+        self.opt = _make_opt(self.param, self.cfg)
+        if self.avg is not None:
+            self.avg = _copy_param(self.param)
+        self.view = self.avg if self.avg is not None else self.param
+        self.keep = None
+
+    def step(self, i: int) -> bool:
+        """Step i (0-based): gradients, the optimizer step, the average, the history, `watch`. False (and
+        nothing changed) when a tiled image's values or gradients are not finite."""
+        param, regs = self.param, self.regs
+        self.opt.zero_grad(set_to_none=not self.tiled)
+        x = param()
+        vals = self._backward_tiled(x) if self.tiled else self._backward(x)
+        for r in regs:
+            r.on_grad(param)
+        if self.tiled and not (_finite(vals) and all(_finite(p.grad) for p in param.parameters()
+                                                     if p.grad is not None)):
+            self.bad[:] = True  # checked before the step: the parameter still holds the last finite image
+            self.bad_step = i
+            self.n_run = i
+            return False
+        self.opt.step()
+        if regs:
+            with torch.no_grad():
                 for r in regs:
-                    r.check(param)
-                opt = make_opt(param)
-                if avg is not None:
-                    avg = _copy_param(param)
-                view = avg if avg is not None else param
-                keep = None
-            opt.zero_grad(set_to_none=not tiled)
-            x = param()
-            if tiled:
-                shift = tuple(int(v) for v in roll.shifts(gens, 1)[0]) if roll is not None else (0, 0)
-                vals = tiled_backward(lambda t: _per_image(objective(forward(t)), t.shape[0]), x, tile, shift)
-                pens = [p for r in regs if (p := r.penalty(x)) is not None]
-                if pens:
-                    torch.stack([p.sum() for p in pens]).sum().backward()
-            else:
-                xt = x.repeat(copies, 1, 1, 1) if copies > 1 else x
-                if tf is not None:
-                    xt = tf(xt, tgens)
-                vals = _per_image(objective(forward(xt)), xt.shape[0])
-                if copies > 1:
-                    vals = vals.view(copies, -1).mean(0)
-                total = vals
-                for r in regs:
-                    pen = r.penalty(x)
-                    if pen is not None:
-                        total = total - pen
-                (-total.sum()).backward()
-            for r in regs:
-                r.on_grad(param)
-            if tiled and not (_finite(vals) and all(_finite(p.grad) for p in param.parameters() if p.grad is not None)):
-                bad[:] = True  # checked before the step: the parameter still holds the last finite image
-                bad_step = i
-                n_run = i
-                break
-            opt.step()
-            if regs:
-                with torch.no_grad():
-                    for r in regs:
-                        r.after_step(param, i)
-            if avg is not None:
-                with torch.no_grad():
-                    for a, q in zip(avg.parameters(), param.parameters()):
-                        a.lerp_(q, 1 - ema)
-            history.append(vals.detach())
-            n_run = i + 1
-            if watch is not None and (n_run in watch_every if watch_steps else n_run == 1 or n_run % watch_every == 0):
-                with torch.no_grad():
-                    watch(n_run, view().detach().float().cpu().clamp_(0, 1))
-            if tiled:
-                continue
-            if n_run % cfg.check_every == 0 or n_run == steps:
-                with torch.no_grad():
-                    img = view()
-                    recent = torch.stack(history[-cfg.check_every:]).cpu()
-                    ok_rows = torch.isfinite(recent)
-                    ok = ok_rows.all(0) & torch.isfinite(img).flatten(1).all(1).cpu()
-                    newly_bad = ~ok & ~done
-                    if bool(newly_bad.any()):
-                        first = int((~ok_rows[:, newly_bad]).any(1).float().argmax()) if not bool(ok_rows.all()) \
-                            else len(recent) - 1
-                        step_bad = n_run - len(recent) + first
-                        bad_step = step_bad if bad_step is None else min(bad_step, step_bad)
-                        bad |= newly_bad
-                        done |= newly_bad
-                    if keep is None or keep.shape != img.shape:
-                        keep = img.detach().clone()
-                        live = ok
-                    else:
-                        live = ok & ~done
-                        if bool(live.all()):
-                            keep.copy_(img)  # reuse the buffer: no second full-size copy
-                        elif bool(live.any()):
-                            idx = live.nonzero().flatten().to(img.device)
-                            keep[idx] = img[idx]
-                    for k in live.nonzero().flatten().tolist():
-                        image_steps[k] = n_run
-                    if stop is not None and n_run >= stop.min_steps and img.shape[-2:] == sizes[-1]:
-                        now, jp, own_ok = _reached(model_run, img, tgt, stop, judge, live & ~done)
-                        now &= ~done
-                        reached |= now
-                        if jp is not None:  # the judge's probability, checks that pass the own ones first
-                            score = jp + own_ok.float()
-                            for k in (live & ~done & (score > best_p)).nonzero().flatten().tolist():
-                                best_p[k] = score[k]
-                                best[k] = (n_run, img[k].detach().clone())
-                        done |= now
-                if bool(done.all()):
-                    break
-    if tiled:
-        keep = param().detach()
-        image_steps = [n_run] * b
+                    r.after_step(param, i)
+        if self.avg is not None:
+            with torch.no_grad():
+                for a, q in zip(self.avg.parameters(), param.parameters()):
+                    a.lerp_(q, 1 - self.ema)
+        self.history.append(vals.detach())
+        self.n_run = n_run = i + 1
+        watch = self.watch
+        if watch is not None and (n_run in self.watch_every if self.watch_steps
+                                  else n_run == 1 or n_run % self.watch_every == 0):
+            with torch.no_grad():
+                watch(n_run, self.view().detach().float().cpu().clamp_(0, 1))
+        return True
+
+    def _backward(self, x: Tensor) -> Tensor:
+        """Objective minus penalties on the (transformed copies of the) images, backpropagated -> (B,) values."""
+        copies = self.cfg.copies
+        xt = x.repeat(copies, 1, 1, 1) if copies > 1 else x
+        if self.tf is not None:
+            xt = self.tf(xt, self.tgens)
+        vals = _per_image(self.objective(self.forward(xt)), xt.shape[0])
+        if copies > 1:
+            vals = vals.view(copies, -1).mean(0)
+        total = vals
+        for r in self.regs:
+            pen = r.penalty(x)
+            if pen is not None:
+                total = total - pen
+        (-total.sum()).backward()
+        return vals
+
+    def _backward_tiled(self, x: Tensor) -> Tensor:
+        """One large image, tile by tile (the roll's shift moves the grid), then the penalties -> (1,) values."""
+        roll, objective, forward = self.roll, self.objective, self.forward
+        shift = tuple(int(v) for v in roll.shifts(self.gens, 1)[0]) if roll is not None else (0, 0)
+        vals = tiled_backward(lambda t: _per_image(objective(forward(t)), t.shape[0]), x, self.cfg.tile, shift)
+        pens = [p for r in self.regs if (p := r.penalty(x)) is not None]
+        if pens:
+            torch.stack([p.sum() for p in pens]).sum().backward()
+        return vals
+
+    @torch.no_grad()
+    def check(self) -> None:
+        """Every check_every steps (and at the last): stop the images that went non-finite, keep the finite
+        ones, and with a stop, mark those that reach it (a judge's best image is kept)."""
+        cfg, done, stop, n_run = self.cfg, self.done, self.stop, self.n_run
+        img = self.view()
+        recent = torch.stack(self.history[-cfg.check_every:]).cpu()
+        ok_rows = torch.isfinite(recent)
+        ok = ok_rows.all(0) & torch.isfinite(img).flatten(1).all(1).cpu()
+        newly_bad = ~ok & ~done
+        if bool(newly_bad.any()):
+            first = int((~ok_rows[:, newly_bad]).any(1).float().argmax()) if not bool(ok_rows.all()) \
+                else len(recent) - 1
+            step_bad = n_run - len(recent) + first
+            self.bad_step = step_bad if self.bad_step is None else min(self.bad_step, step_bad)
+            self.bad |= newly_bad
+            done |= newly_bad
+        keep = self.keep
+        if keep is None or keep.shape != img.shape:
+            self.keep = img.detach().clone()
+            live = ok
+        else:
+            live = ok & ~done
+            if bool(live.all()):
+                keep.copy_(img)  # reuse the buffer: no second full-size copy
+            elif bool(live.any()):
+                idx = live.nonzero().flatten().to(img.device)
+                keep[idx] = img[idx]
+        for k in live.nonzero().flatten().tolist():
+            self.image_steps[k] = n_run
+        if stop is not None and n_run >= stop.min_steps and img.shape[-2:] == self.sizes[-1]:
+            now, jp, own_ok = _reached(self.model_run, img, self.tgt, stop, self.judge, live & ~done)
+            now &= ~done
+            self.reached |= now
+            if jp is not None:  # the judge's probability, checks that pass the own ones first
+                score = jp + own_ok.float()
+                for k in (live & ~done & (score > self.best_p)).nonzero().flatten().tolist():
+                    self.best_p[k] = score[k]
+                    self.best[k] = (n_run, img[k].detach().clone())
+            done |= now
+
+
+def _finish(run: _Run) -> RenderResult:
+    """The kept images (a judge's best where an image never reached), the values per step (an image that
+    stopped early repeats its last), and why the run stopped."""
+    b, stop, image_steps, bad, n_run = run.b, run.stop, run.image_steps, run.bad, run.n_run
+    keep = run.keep
+    if run.tiled:
+        keep = run.param().detach()
+        image_steps = run.image_steps = [n_run] * b
     kept_best = []
-    for k, (step_k, img_k) in best.items():  # never reached the judge's bar: the check it liked best
-        if not bool(reached[k]) and not bool(bad[k]) and step_k != image_steps[k]:
+    for k, (step_k, img_k) in run.best.items():  # never reached the judge's bar: the check it liked best
+        if not bool(run.reached[k]) and not bool(bad[k]) and step_k != image_steps[k]:
             keep[k] = img_k
             image_steps[k] = step_k
             kept_best.append(k)
     images = keep.float().cpu().clamp_(0, 1)
+    history = run.history
     values = torch.stack(history).float().cpu() if history else torch.zeros(0, b)
     for k in range(b):  # an image that stopped early keeps its last value
         if 0 < image_steps[k] < len(values):
             values[image_steps[k]:, k] = values[image_steps[k] - 1, k]
     stopped = None
+    message = ""
     if bool(bad.any()):
         stopped = "non-finite"
         which = "" if b == 1 else f" in {int(bad.sum())} of {b} images"
         kept = min(image_steps[k] for k in bad.nonzero().flatten().tolist())
-        message = (f"the objective or the image became NaN/inf{which} at step {bad_step + 1}; stopped there and "
+        message = (f"the objective or the image became NaN/inf{which} at step {run.bad_step + 1}; stopped there and "
                    f"kept the last finite image (from step {kept})")
-    elif stop is not None and bool(reached.all()):
+    elif stop is not None and bool(run.reached.all()):
         stopped = "until_prob"
         message = f"reached probability {stop.prob} at step {n_run}" + (
             f" (>= {stop.robust} under each perturbation)" if stop.robust else "") + (
@@ -407,22 +511,25 @@ def render(
         steps_k = ", ".join(str(image_steps[k]) for k in kept_best)
         message = (f"the judge {stop.judge} never gave {stop.judge_prob} with the model's own checks passed{which}; "
                    f"kept the checked image it liked best (step {steps_k})")
-    res = RenderResult(images, values, n_run, stopped, message, targets, image_steps=image_steps, config=cfg,
-                       param=param)
-    if targets is not None and vm.task == "classification":
-        from cnnvis.classify import predict_probs, topk
+    return RenderResult(images, values, n_run, stopped, message, run.targets, image_steps=image_steps,
+                        config=run.cfg, param=run.param)
 
-        probs = fit(lambda t: predict_probs(vm, t), quantize(images))  # a fixed-size model: at its input size
-        t = torch.as_tensor(targets * (images.shape[0] // len(targets)))
-        res.probs = probs[torch.arange(images.shape[0]), t]
-        res.top5 = topk(probs, vm, 5)
-        if judge is not None:
-            from cnnvis.optvis.robustness import witness_probs
 
-            jp = witness_probs(judge, images)
-            res.judge_probs, res.judge_top1 = jp[torch.arange(images.shape[0]), t], jp.argmax(1)
-    res.seconds = time.perf_counter() - t0
-    return res
+def _score(res: RenderResult, vm, fit: _FixedInput, judge, targets: list[int]) -> None:
+    """A class render's result gets its target probabilities and top-5 on the 8-bit images (and the
+    judge's view of them)."""
+    from cnnvis.classify import predict_probs, topk
+
+    images = res.images
+    probs = fit(lambda t: predict_probs(vm, t), quantize(images))  # a fixed-size model: at its input size
+    t = torch.as_tensor(targets * (images.shape[0] // len(targets)))
+    res.probs = probs[torch.arange(images.shape[0]), t]
+    res.top5 = topk(probs, vm, 5)
+    if judge is not None:
+        from cnnvis.optvis.robustness import witness_probs
+
+        jp = witness_probs(judge, images)
+        res.judge_probs, res.judge_top1 = jp[torch.arange(images.shape[0]), t], jp.argmax(1)
 
 
 def _png_strip(images: Tensor, gap: int = 4, min_side: int = 96) -> bytes:
