@@ -268,8 +268,8 @@ def _connect(ray, address: str | None, workers: int | None, threads: int):
                 if attempt == INIT_TRIES or "Initialization failure" not in str(e):
                     raise
                 _shutdown_quietly(ray)
-                print(f"the Ray Client server at {target.shown!r} could not start a session "
-                      f"({_last_line(str(e))}); trying again ({attempt + 1}/{INIT_TRIES})", file=sys.stderr)
+                _say(f"the Ray Client server at {target.shown!r} could not start a session "
+                     f"({_last_line(str(e))}); trying again ({attempt + 1}/{INIT_TRIES})")
                 time.sleep(INIT_PAUSE_S)
         _catch_sigterm()  # ours again (ray.init set its own, which exits 15)
     except SystemExit as e:
