@@ -25,12 +25,6 @@ FORBIDDEN = ("viz", "jobs", "commands", "sections", "report", "web", "cli")
 ALLOWED = {
     ("optvis/filters.py", "cnnvis.viz"):
         "the filters grid is drawn in compute; issue 19 item 4 moves dead_tile/filters_grid to viz/filters.py",
-    ("study/embed.py", "cnnvis.viz.embed"):
-        "`unit` scaling borrowed from viz; issue 19 item 4 moves it to utils.unit_scale",
-    ("train.py", "cnnvis.jobs"):
-        "train._Bar reads runner.LINE_EVERY; issue 19 item 4 (one progress module, cnnvis.progress)",
-    ("train.py", "cnnvis.models.checkpoint._atomic"):
-        "the atomic state write; issue 19 item 4 (utils.atomic_path replaces checkpoint._atomic)",
 }
 
 
