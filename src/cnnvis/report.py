@@ -118,7 +118,7 @@ class ReportContext:
 
     def photo(self, i: int = 0):
         """(name, PIL image) of photo i."""
-        from cnnvis.jobs.kinds import load_input
+        from cnnvis.jobs.helpers import load_input
 
         name, ref = self.photos[i]
         return name, load_input(ref)

@@ -8,7 +8,10 @@
 The CLI, the report, the web app and Ray workers build specs and call `run`; nothing else.
 """
 
-from cnnvis.jobs import kinds as _kinds  # noqa: F401  (registers the job kinds)
+from cnnvis.jobs import kinds_model as _kinds_model  # noqa: F401  (registers the job kinds: classify)
+from cnnvis.jobs import kinds_optvis as _kinds_optvis  # noqa: F401  (class image, filters)
+from cnnvis.jobs import kinds_dream as _kinds_dream  # noqa: F401
+from cnnvis.jobs import kinds_attribution as _kinds_attribution  # noqa: F401  (attribution, deconv, sanity)
 from cnnvis.jobs import kinds_regularizers as _kinds_regularizers  # noqa: F401  (the regularizer study)
 from cnnvis.jobs import kinds_embed as _kinds_embed  # noqa: F401
 from cnnvis.jobs import kinds_study as _kinds_study  # noqa: F401  (feature maps, weights, max maps, top examples)

@@ -23,7 +23,7 @@ from pathlib import Path
 from pydantic import Field
 
 from cnnvis.errors import CnnvisError
-from cnnvis.jobs.kinds import Side, _layer_label, _resolve_layers, preset_name
+from cnnvis.jobs.helpers import Side, layer_label, preset_name, resolve_layers
 from cnnvis.jobs.result import png_bytes
 from cnnvis.jobs.spec import Spec, register
 
@@ -86,8 +86,8 @@ class EvolutionSpec(Spec):
             raise CnnvisError(f"the run {self.model!r} has no snapshot of epoch {', '.join(map(str, missing))}; its "
                               f"snapshots are epochs {', '.join(map(str, have))}: give --snapshots from those (or "
                               f"train again with --snapshots {','.join(map(str, sorted(set(have) | set(missing))))})")
-        layers = _resolve_layers(vm, self.layers) if self.layers is not None else \
-            _resolve_layers(vm, default_layers(vm))
+        layers = resolve_layers(vm, self.layers) if self.layers is not None else \
+            resolve_layers(vm, default_layers(vm))
         if not layers:
             raise CnnvisError(f"model {vm.name!r} has no conv layers; give layers")
         infos = {i.name: i for i in list_layers(vm)}
@@ -95,7 +95,7 @@ class EvolutionSpec(Spec):
             i = infos.get(n)
             if i is None or not i.spatial:
                 spatial = [x.alias or x.name for x in infos.values() if x.spatial]
-                raise CnnvisError(f"layer {_layer_label(vm, n)!r} of {vm.name} has no feature maps (output "
+                raise CnnvisError(f"layer {layer_label(vm, n)!r} of {vm.name} has no feature maps (output "
                                   f"{'x'.join(map(str, i.shape)) if i and i.shape else 'none'}); evolution shows "
                                   f"conv layers: give one of {', '.join(spatial[:12])}")
         narrow = min(layers, key=lambda n: infos[n].shape[0])
@@ -104,7 +104,7 @@ class EvolutionSpec(Spec):
             chans = sorted(set(self.channels))
             bad = [c for c in chans if not 0 <= c < fewest]
             if bad:
-                raise CnnvisError(f"channel {bad[0]} is out of range for layer {_layer_label(vm, narrow)!r}, which has "
+                raise CnnvisError(f"channel {bad[0]} is out of range for layer {layer_label(vm, narrow)!r}, which has "
                                   f"{fewest} channels (0..{fewest - 1}); give channels in that range for every layer")
         else:
             chans = list(range(min(self.first, fewest)))
@@ -173,7 +173,7 @@ class EvolutionSpec(Spec):
         last = len(cols) - 1
         layers_data = []
         for li, n in enumerate(self.layers):
-            lab = _layer_label(vm, n)
+            lab = layer_label(vm, n)
             rows = []
             per_snap = []
             for j, (e, snap, fres, tops) in enumerate(cols):

@@ -10,7 +10,8 @@ from pathlib import Path
 from pydantic import Field
 
 from cnnvis.errors import CnnvisError
-from cnnvis.jobs.kinds import Side, _class_target, _layer_label, _PhotoSpec, load_judge, prepare
+from cnnvis.jobs.helpers import PhotoSpec, Side, class_target, layer_label, prepare
+from cnnvis.jobs.judge import load_judge
 from cnnvis.jobs.result import npy_bytes, png_bytes
 from cnnvis.jobs.spec import Spec, register
 
@@ -27,7 +28,7 @@ def _side(vm, size: int | None) -> int:
 
 # ---------------------------------------------------------------------- occlusion
 @register
-class OcclusionSpec(_PhotoSpec):
+class OcclusionSpec(PhotoSpec):
     """Zeiler & Fergus occlusion sensitivity: a grey patch slid over the photo; at each position the
     class probability, the most probable class and the total activation of the layer's strongest
     feature map (on the unoccluded photo)."""
@@ -57,7 +58,7 @@ class OcclusionSpec(_PhotoSpec):
             raise CnnvisError(f"the stride {stride} px is larger than the window {window} px: pixels between two "
                               "positions would never be occluded; give a stride of at most the window")
         layer = resolve_layer(vm, self.layer) if self.layer is not None else default_occlusion_layer(vm)
-        return self.model_copy(update={"target": _class_target(vm, self.target), "window": window, "stride": stride,
+        return self.model_copy(update={"target": class_target(vm, self.target), "window": window, "stride": stride,
                                        "layer": layer})
 
     def run(self, vm, ctx):
@@ -67,7 +68,7 @@ class OcclusionSpec(_PhotoSpec):
         x = prepare(vm, self.image, self.size)
         res = occlusion(vm, x, self.target, window=self.window, stride=self.stride, baseline=self.baseline,
                         layer=self.layer, channel=self.channel, batch=self.batch, progress=ctx.bar)
-        lab = _layer_label(vm, self.layer)
+        lab = layer_label(vm, self.layer)
         what = f"{vm.label(res.target)} ({res.target})" if res.target is not None else f"the mean of {vm.task} output"
         img = occlusion_panel(x, res, vm.label, lab,
                               title=f"{vm.name}: occlusion of {str(self.image).split('/')[-1][:40]}, {what}")
@@ -96,7 +97,7 @@ class OcclusionSpec(_PhotoSpec):
 
 # ---------------------------------------------------------------------- feature inversion
 @register
-class InversionSpec(_PhotoSpec):
+class InversionSpec(PhotoSpec):
     """Mahendran & Vedaldi feature inversion: for each layer, the image whose representation there
     matches the photo's; a row over depths shows what each layer keeps. With a judge (a second
     classifier of the same classes, never a gradient) each inversion is also classified."""
@@ -113,7 +114,7 @@ class InversionSpec(_PhotoSpec):
     judge: str | None = None  # None: default_judge(model) (efficientnet_lite1 for lite0); 'none': no judge
 
     def normalized(self, vm):
-        from cnnvis.jobs.kinds import default_judge
+        from cnnvis.jobs.judge import default_judge
         from cnnvis.layers import resolve_layer
         from cnnvis.optvis.inversion import inversion_layers
 
@@ -145,7 +146,7 @@ class InversionSpec(_PhotoSpec):
         for i, layer in enumerate(self.layers):
             r = invert(vm, x, layer, steps=self.steps, fourier_steps=self.fourier_steps, lr=self.lr,
                        pixel_lr=self.pixel_lr, tv=self.tv, seed=self.seed, progress=ctx.bar)
-            lab = _layer_label(vm, layer)
+            lab = layer_label(vm, layer)
             row = {"layer": lab, "module": layer, "distance": _r(r.distance), "steps": r.steps,
                    "final_value": _r(r.values[-1]) if len(r.values) else None, "seconds": round(r.seconds, 2)}
             if r.message:
@@ -314,13 +315,13 @@ class CompareSpec(Spec):
             ml = self.match_layer or default_match_layer(vm)
         elif self.match_layer not in (None, "none"):
             raise CnnvisError(f"{self.model!r} and {name_b!r} differ in architecture: channel matching at "
-                              f"{_layer_label(vm, self.match_layer)!r} needs two nets of the same architecture "
+                              f"{layer_label(vm, self.match_layer)!r} needs two nets of the same architecture "
                               "(give no match layer)")
         pairs, n, where = self._pairs(vm, vb)
         res = compare_models(vm, vb, pairs, self.layers, layers_b, grid=self.grid, match_layer=ml,
                              total=-(-n // self.batch_size), progress=ctx.bar)
-        la = [_layer_label(vm, n) for n in res.layers_a]
-        lb = [_layer_label(vb, n) for n in res.layers_b]
+        la = [layer_label(vm, n) for n in res.layers_a]
+        lb = [layer_label(vb, n) for n in res.layers_b]
         what = where.get("dataset") or f"{where.get('photos')} photos"
         img = heatmap(res.cka, la, lb, title=f"linear CKA on {res.n} images of {what} (conv maps pooled to "
                                                 f"{self.grid}x{self.grid})",
@@ -338,13 +339,13 @@ class CompareSpec(Spec):
             chans = self.channels if self.channels is not None else (by_r or list(range(m.corr.shape[0])))[:8]
             bad = [c for c in chans if c >= m.corr.shape[0]]
             if bad:
-                raise CnnvisError(f"channel {bad[0]} is out of range for layer {_layer_label(vm, m.layer)!r}, which "
+                raise CnnvisError(f"channel {bad[0]} is out of range for layer {layer_label(vm, m.layer)!r}, which "
                                   f"has {m.corr.shape[0]} channels (0..{m.corr.shape[0] - 1})")
             best = [int(m.best[c]) for c in chans]
             tiles_a = self._render(vm, m.layer, chans, ctx)
             tiles_b = self._render(vb, m.layer, [b for b in best if b >= 0], ctx) if max(best) >= 0 else {}
             rows = [(c, tiles_a.get(c), b, tiles_b.get(b), float(m.best_corr[c])) for c, b in zip(chans, best)]
-            lab = _layer_label(vm, m.layer)
+            lab = layer_label(vm, m.layer)
             files["matches.png"] = png_bytes(matches_panel(
                 rows, _short(self.model), _short(name_b),
                 title=f"{lab}: channels of A = {_short(self.model)} beside the best-matching channel of B = "

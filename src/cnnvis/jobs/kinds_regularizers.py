@@ -18,7 +18,8 @@ from __future__ import annotations
 from pydantic import Field
 
 from cnnvis.errors import CnnvisError
-from cnnvis.jobs.kinds import CLASS_PRESET, Side, _class_target, default_judge, load_judge
+from cnnvis.jobs.helpers import Side, class_target
+from cnnvis.jobs.judge import CLASS_PRESET, default_judge, load_judge
 from cnnvis.jobs.result import npy_bytes, png_bytes
 from cnnvis.jobs.spec import Spec, register
 from cnnvis.study.regularizers import default_targets, row_names
@@ -58,7 +59,7 @@ class RegularizerStudySpec(Spec):
         if not targets:
             raise CnnvisError("targets is empty; give class names or indices, or leave it out for the default")
         return self.model_copy(update={"judge": judge, "regularizers": rows,
-                                       "targets": [_class_target(vm, t) for t in targets]})
+                                       "targets": [class_target(vm, t) for t in targets]})
 
     def extra_models(self) -> list[str]:
         return [self.judge] if self.judge not in (None, "none") else []

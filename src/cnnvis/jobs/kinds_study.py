@@ -12,7 +12,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from cnnvis.errors import CnnvisError
-from cnnvis.jobs.kinds import Side, _layer_label, _PhotoSpec, prepare
+from cnnvis.jobs.helpers import PhotoSpec, Side, layer_label, prepare
 from cnnvis.jobs.result import npy_bytes, png_bytes
 from cnnvis.jobs.spec import Spec, register
 
@@ -33,7 +33,7 @@ def _r(v: float, n: int = 5) -> float:
 
 # ---------------------------------------------------------------------- feature maps
 @register
-class FeatureMapsSpec(_PhotoSpec):
+class FeatureMapsSpec(PhotoSpec):
     """Every channel's activation at a layer for one photo, each map scaled to its own min..max,
     in channel order (natural order: tile i is channel i, its number under it)."""
 
@@ -52,12 +52,12 @@ class FeatureMapsSpec(_PhotoSpec):
 
         x = prepare(vm, self.image, self.size)
         acts = layer_output(vm, x, self.layer)
-        require_spatial(vm, _layer_label(vm, self.layer), acts.shape)
+        require_spatial(vm, layer_label(vm, self.layer), acts.shape)
         a = acts[0].float().cpu()
         norm = normalize_maps(a)
         f = tile_scale(a.shape[-2])
         tiles = [colormap(m, percentile=100).resize((m.shape[1] * f, m.shape[0] * f), 0) for m in norm]
-        lab = _layer_label(vm, self.layer)
+        lab = layer_label(vm, self.layer)
         img = labelled_tiles(tiles, [str(c) for c in range(len(tiles))],
                              title=f"{vm.name} {lab}: {a.shape[0]} maps {a.shape[1]}x{a.shape[2]}, each own min..max")
         data = {"layer": lab, "module": self.layer, "shape": list(a.shape), "order": "channel",
@@ -91,7 +91,7 @@ class WeightsSpec(Spec):
 
         tiles, info = weight_tiles(vm, self.layer)
         f = tile_scale(tiles.shape[-2], target=40, most=16)
-        lab = _layer_label(vm, info["module"])
+        lab = layer_label(vm, info["module"])
         img = labelled_tiles([upscale(t, f) for t in tiles], [str(i) for i in range(len(tiles))],
                              title=f"{vm.name} {lab}: {tiles.shape[0]} filters, {info['mode']}, 0 = grey, "
                                    f"+-{info['scale']:.3g} = full scale")
@@ -156,7 +156,7 @@ class MaxMapsSpec(Spec):
             xs = [prepare(vm, ref, self.size) for ref in self.images]
             items = [{"image": ref} for ref in self.images]
         rows = max_maps(vm, xs, self.layer, self.project, progress=ctx.bar)
-        lab = _layer_label(vm, self.layer)
+        lab = layer_label(vm, self.layer)
         tiles, labels = [], []
         for x, it, r in zip(xs, items, rows):
             hw = tuple(x.shape[-2:])
@@ -293,7 +293,7 @@ class TopExamplesSpec(Spec):
         header = {"format": INDEX_FORMAT, "version": 1, "model": self.model, "weights": self.weights,
                   "weights_id": weights_id(self.model, self.weights), "model_name": vm.name,
                   "data": self.data, "split": self.split, "dataset": ds.name, "images": len(ds), "size": self.size,
-                  "limit": self.limit, "layer": _layer_label(vm, self.layer), "module": self.layer,
+                  "limit": self.limit, "layer": layer_label(vm, self.layer), "module": self.layer,
                   "shape": shape, "k": self.k, "channels": chs, "batch_size": self.batch_size,
                   "shard": self.shard, "shards": self.shards, "shards_merged": [self.shard],
                   "rf": rf.to_dict() if rf else None, "skipped": top.skipped,

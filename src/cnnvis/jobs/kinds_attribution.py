@@ -1,0 +1,213 @@
+"""Job kinds that explain a photo: attribution maps, the Zeiler & Fergus deconvnet, the sanity check."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import Field, field_validator
+
+from cnnvis.errors import CnnvisError
+from cnnvis.jobs.helpers import (
+    PhotoSpec, chosen_layers, describe, layer_label, prepare, resolve_layers, target_and_layer,
+)
+from cnnvis.jobs.result import npy_bytes, png_bytes
+from cnnvis.jobs.spec import register
+
+
+# ---------------------------------------------------------------------- attribution
+def _attribution_methods() -> list[str]:
+    from cnnvis.attribution import list_methods
+
+    return list_methods()
+
+
+def _with_seed(method: str, options: dict, seed: int) -> dict:
+    """Pass the spec's seed to methods that draw random numbers (`seeded`: SmoothGrad, VarGrad, ...)."""
+    from cnnvis.attribution import method_class
+
+    if method_class(method).seeded and "seed" not in options:
+        return {**options, "seed": seed}
+    return dict(options)
+
+
+@register
+class AttributionSpec(PhotoSpec):
+    """An attribution map (saliency, IG, Grad-CAM, ...) of a photo for a class or a layer's activation."""
+
+    kind = "attribution"
+    example = {"image": "sample:chelsea", "method": "gradcam"}
+    title = "attribution map"
+    method: str = "saliency"
+    target: int | str | None = None  # class (default: top-1); or use layer/channel/unit
+    layer: str | None = None  # CAM methods: the layer the map is computed at; others: explain this activation
+    channel: int | None = None
+    unit: tuple[int, int] | None = None
+    options: dict[str, float | int | str | bool | None] = Field(default_factory=dict)  # method options (steps, ...)
+    # under the panel (and in the JSON) of a method whose picture needs a word
+    CAPTIONS: ClassVar[dict[str, str]] = {
+        "deconvnet": "deconvnet = the pure Zeiler & Fergus rule (the ReLU of the signal, the forward mask ignored): "
+                     "through strided convolutions (EfficientNet) or deep VGG layers it spreads the signal into a "
+                     "regular checkerboard, not the photo. Method 'guided' adds the forward mask and keeps the "
+                     "photo's structure."}
+
+    @field_validator("method")
+    @classmethod
+    def _known(cls, v):
+        methods = _attribution_methods()
+        if v not in methods:
+            raise ValueError(f"unknown method {v!r}; one of {', '.join(methods)}")
+        return v
+
+    def normalized(self, vm):
+        from cnnvis.attribution import method_class
+
+        cls = method_class(self.method)
+        cam, explains_activation = cls.takes_layer, "activation" in cls.inputs
+        if (self.channel is not None or self.unit is not None) and (self.layer is None or not explains_activation):
+            raise CnnvisError("channel/unit need a layer, with a method that is not a CAM method")
+        if not cam and self.layer is not None and self.target is not None:
+            raise CnnvisError("give either a target (a class) or a layer (an activation), not both")
+        return self.model_copy(update=target_and_layer(vm, self.target, self.layer))
+
+    def run(self, vm, ctx):
+        from cnnvis.attribution import LayerTarget, method as make, method_class
+        from cnnvis.viz import attribution_panel
+
+        x = prepare(vm, self.image, self.size)
+        cls = method_class(self.method)
+        cam = cls.takes_layer
+        opts = _with_seed(self.method, self.options, self.seed)
+        if cam:
+            opts["layer"] = self.layer
+        info: dict = {"method": self.method}
+        if not cam and self.layer is not None:
+            tgt = LayerTarget(self.layer, self.channel, self.unit)
+            lab = layer_label(vm, self.layer)
+            title = f"{vm.name}: {lab}" + (f" channel {self.channel}" if self.channel is not None else "") + \
+                (f" unit {self.unit}" if self.unit else "")
+            info.update({"layer": lab, "channel": self.channel, "unit": self.unit})
+        else:
+            tgt, (title, more) = self.target, describe(vm, x, self.target)
+            info.update(more)
+            if tgt is None and vm.task == "classification":
+                tgt = more["target"]
+        m = make(self.method, vm, **opts)
+        if cls.returns_delta:
+            a, delta = m.attribute(x, tgt, return_delta=True)
+            info[f"{cls.name}_completeness_delta"] = float(delta[0])
+        else:
+            a = m.attribute(x, tgt)
+        heat = a.abs().amax(1)[0] if a.shape[1] > 1 else a[0, 0]
+        if cam:
+            info["layer"] = getattr(m, "layer", None)
+        caption = self.CAPTIONS.get(self.method, "")
+        if caption:
+            info["caption"] = caption
+        files = {"panel.png": png_bytes(attribution_panel(x, heat, f"{self.method}: {title}", caption=caption)),
+                 "map.npy": npy_bytes(heat.float()), "attribution.npy": npy_bytes(a[0].float()),
+                 "input.png": png_bytes(x[0])}
+        return info, files, "panel.png"
+
+
+# ---------------------------------------------------------------------- deconvnet
+@register
+class DeconvSpec(PhotoSpec):
+    """Zeiler & Fergus deconvnet: the top channels of each layer projected back to pixels.
+
+    Default: the masked rule (Z&F + the forward ReLU mask), each top channel seeded with every unit
+    where it fired ('sum'), drawn full size with its strongest unit's box, beside Z&F Fig. 2's
+    pair (the photo patch in that box and the strongest unit's own projection there, one sweep).
+    rule 'zf' is the pure rule; project 'max' the Fig. 2 pairs alone, 'map' the rectified map."""
+
+    kind = "deconv"
+    example = {"image": "sample:chelsea", "top": 1}
+    title = "deconvnet (Zeiler & Fergus)"
+    layers: list[str] | None = None  # default: the model's classic layers
+    all_conv: bool = False  # instead of layers: every Conv2d
+    top: int = Field(3, ge=1, le=64)
+    # every unit where the channel fired (1 each), its strongest unit (Z&F Fig. 2), or its rectified map
+    project: Literal["sum", "max", "map"] = "sum"
+    rule: Literal["masked", "zf"] = "masked"  # Z&F + the forward ReLU mask (guided backprop), or pure Z&F
+
+    def normalized(self, vm):
+        layers = chosen_layers(vm, self.layers, self.all_conv)
+        return self.model_copy(update={"layers": [layer_label(vm, n) for n in resolve_layers(vm, layers)],
+                                       "all_conv": False})
+
+    def run(self, vm, ctx):
+        from cnnvis.deconv import deconvnet
+        from cnnvis.study.receptive import receptive_field
+        from cnnvis.viz import deconv_panel
+        from cnnvis.viz.panels import crop_pairs
+
+        x = prepare(vm, self.image, self.size)
+        res = deconvnet(vm, x, self.layers, self.top, seed=self.project, rule=self.rule, also_units=True)
+        hw = tuple(x.shape[-2:])
+        fields, boxes = [], []
+        for n, units in zip(res.layers, res.units):
+            try:  # the field of each channel's strongest unit, in input pixels
+                rf = receptive_field(vm, n, hw)
+                fields.append(round(rf.size, 2))
+                boxes.append([list(rf.box(int(y), int(xx), hw)) for y, xx in units.tolist()])
+            except CnnvisError:  # no fixed field (after an adaptive pool): the whole photo
+                fields.append(None)
+                boxes.append(None)
+        img = deconv_panel(x, res, boxes, title=f"{vm.name} deconvnet", captions=res.notes)
+        crops = [[list(c) for c, _, _ in row] for row in crop_pairs(x, res, boxes)]
+        data = {"max_pools": res.max_pools, "notes": res.notes, "engine": res.engine, "rule": res.rule,
+                "rule_text": res.rule_text, "project": res.seed, "seed_text": res.seed_text,
+                "layers": [{"layer": lab, "module": n, "channels": c.tolist(), "norms": [round(float(v), 4) for v in k],
+                            "units": u.tolist(), "field": f, "boxes": b, "crops": cr}
+                           for lab, n, c, k, u, f, b, cr in zip(res.labels, res.layers, res.channels, res.norms,
+                                                                res.units, fields, boxes, crops)]}
+        return data, {"panel.png": png_bytes(img)}, "panel.png"
+
+
+# ---------------------------------------------------------------------- sanity check
+@register
+class SanitySpec(PhotoSpec):
+    """Adebayo et al. cascading randomization: how much each method's map depends on the weights."""
+
+    kind = "sanity"
+    example = {"image": "sample:chelsea", "max_steps": 2}
+    title = "sanity check (cascading randomization)"
+    methods: list[str] = Field(default_factory=lambda: ["saliency"], min_length=1)
+    target: int | str | None = None
+    layer: str | None = None  # CAM methods' layer
+    max_steps: int = Field(16, ge=1, le=1000)
+    options: dict[str, float | int | str | bool | None] = Field(default_factory=dict)
+
+    @field_validator("methods")
+    @classmethod
+    def _known(cls, v):
+        methods = _attribution_methods()
+        bad = [m for m in v if m not in methods]
+        if bad:
+            raise ValueError(f"unknown method {bad[0]!r}; one of {', '.join(methods)}")
+        return v
+
+    def normalized(self, vm):
+        return self.model_copy(update=target_and_layer(vm, self.target, self.layer))
+
+    def run(self, vm, ctx):
+        from cnnvis.attribution import method_class
+        from cnnvis.sanity import sanity_check
+        from cnnvis.viz import colormap, curve, grid, stack, to_pil
+
+        x = prepare(vm, self.image, self.size)
+        results = []
+        for n in self.methods:
+            opts = dict(self.options)
+            if method_class(n).takes_layer:
+                opts["layer"] = self.layer
+            results.append(sanity_check(vm, x, n, self.target, max_steps=self.max_steps, seed=self.seed,
+                                        progress=ctx.bar, **opts))
+        steps = results[0].steps
+        img = curve(steps, {r.method: r.spearman for r in results})
+        rows = [[to_pil(x)] + [colormap(m) for m in r.maps] for r in results]
+        strip = grid(rows, row_labels=[r.method for r in results], col_labels=["photo"] + [s[:10] for s in steps],
+                     cell=72)
+        data = {"target": results[0].target, "steps": steps,
+                "spearman": {r.method: [round(v, 4) for v in r.spearman] for r in results}}
+        files = {"panel.png": png_bytes(stack([img, strip])), "curve.png": png_bytes(img)}
+        return data, files, "panel.png"

@@ -1,0 +1,72 @@
+"""Job kind of DeepDream on a photo."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from cnnvis.jobs.helpers import PhotoSpec, Side, layer_label, load_input, resolve_layers
+from cnnvis.jobs.result import png_bytes
+from cnnvis.jobs.spec import register
+
+
+# ---------------------------------------------------------------------- DeepDream
+@register
+class DreamSpec(PhotoSpec):
+    """DeepDream of a photo at some layers (output: the photo's size, or `max_side`)."""
+
+    kind = "dream"
+    example = {"image": "sample:chelsea", "octaves": 1, "steps": 2, "max_side": 64}
+    title = "DeepDream"
+    layers: list[str] | None = None  # default: one layer about two thirds deep
+    channels: list[int] | None = None
+    octaves: int = Field(4, ge=1, le=12)
+    octave_scale: float = Field(1.4, ge=1.01, le=4)
+    steps: int = Field(10, ge=1, le=10000)  # per octave
+    step_size: float = Field(0.02, gt=0, le=1)
+    jitter: int = Field(32, ge=0, le=512)
+    tile: Annotated[Side, Field(ge=32)] = 512
+    objective: Literal["l2", "mean"] = "l2"
+    guide: str | None = None
+    max_side: int | None = Field(None, ge=8, le=100000)  # shrink the photo first so its longest side is this
+    animate: bool = False  # also store the optimization as an animated GIF (animation.gif), a frame per step
+
+    def inputs(self) -> list[str]:
+        return [self.image] + ([self.guide] if self.guide else [])
+
+    def normalized(self, vm):
+        from cnnvis.layers import dream_layers
+
+        layers = self.layers if self.layers is not None else dream_layers(vm, 1)
+        return self.model_copy(update={"layers": resolve_layers(vm, layers)})
+
+    def run(self, vm, ctx):
+        from cnnvis.dream import dream
+
+        img = load_input(self.image)
+        if self.max_side and max(img.size) > self.max_side:
+            s = self.max_side / max(img.size)
+            img = img.resize((max(1, round(img.size[0] * s)), max(1, round(img.size[1] * s))))
+        guide = load_input(self.guide) if self.guide else None
+        anim = None
+        if self.animate:
+            import torch.nn.functional as F
+
+            from cnnvis.viz.animate import Animation
+
+            w, h = img.size
+            f = min(1.0, 512 / max(w, h))
+            thumb = (max(1, round(h * f)), max(1, round(w * f)))
+            anim = Animation(compose=lambda n, im: F.interpolate(
+                im, size=thumb, mode="bilinear", antialias=True, align_corners=False)[0])
+        out = dream(vm, img, self.layers, self.channels, octaves=self.octaves, octave_scale=self.octave_scale,
+                    steps_per_octave=self.steps, step_size=self.step_size, jitter=self.jitter, tile=self.tile,
+                    objective=self.objective, guide=guide, seed=self.seed, progress=ctx.bar,
+                    watch=anim.add if anim is not None else None)
+        files = {"dream.png": png_bytes(out)}
+        if anim is not None:
+            anim.add(self.steps * self.octaves, out, final=True)
+            files["animation.gif"] = anim.gif()
+        return ({"size": [out.shape[-1], out.shape[-2]], "layers": [layer_label(vm, n) for n in self.layers],
+                 "frames": len(anim.frames) if anim is not None else 0}, files, "dream.png")
