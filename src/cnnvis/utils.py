@@ -75,6 +75,48 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
 _DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
+@contextlib.contextmanager
+def atomic_dir(out: str | os.PathLike) -> Iterator[Path]:
+    """Write a whole folder at once: `with atomic_dir(out) as tmp:` gives an empty hidden folder beside `out`
+    to write into; when the block ends normally it replaces `out` (usual permissions, the old folder removed).
+    When it raises, `out` is left as it was (put back if the swap had moved it) and the temp folder removed;
+    an OSError becomes one CnnvisError naming `out`."""
+    import shutil
+
+    out = Path(out)
+    parent = out.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".part", dir=parent))
+    except OSError as e:
+        raise _write_error(out, e) from None
+    old = None
+    try:
+        yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700 folders
+        for f in tmp.iterdir():
+            if f.is_file():
+                os.chmod(f, 0o666 & ~umask)
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=parent))
+            os.replace(out, old / "d")
+        os.replace(tmp, out)
+    except BaseException as e:
+        if old is not None and (old / "d").exists() and not out.exists():
+            os.replace(old / "d", out)  # put the earlier output back
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        if isinstance(e, OSError):
+            raise _write_error(out, e) from None
+        raise
+    if old is not None:
+        with contextlib.suppress(OSError):
+            shutil.rmtree(old)
+
+
 def _write_error(path: Path, e: OSError) -> CnnvisError:
     return CnnvisError(f"cannot write {str(path)!r}: {e.strerror or type(e).__name__}; "
                        f"choose a file in a folder you can write to")

@@ -31,44 +31,11 @@ def check_out_dir(out: Path) -> None:
 
 def write_out_dir(out: Path, files: dict[str, bytes]) -> None:
     """Write `files` into a temp folder beside `out`, then swap it in: never a half-written --out."""
-    import contextlib
-    import os
-    import shutil
-    import tempfile
+    from cnnvis.utils import atomic_dir
 
-    from cnnvis.utils import _write_error
-
-    parent = out.parent if str(out.parent) else Path(".")
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".part", dir=parent))
-    except OSError as e:
-        raise _write_error(out, e) from None
-    old = None
-    try:
+    with atomic_dir(out) as tmp:
         for name, data in files.items():
             (tmp / name).write_bytes(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)
-        for name in files:
-            os.chmod(tmp / name, 0o666 & ~umask)
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=parent))
-            os.replace(out, old / "d")
-        os.replace(tmp, out)
-    except BaseException as e:
-        if old is not None and (old / "d").exists() and not out.exists():
-            os.replace(old / "d", out)  # put the earlier output back
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-        if isinstance(e, OSError):
-            raise _write_error(out, e) from None
-        raise
-    if old is not None:
-        with contextlib.suppress(OSError):
-            shutil.rmtree(old)
 
 
 @click.command("embed")

@@ -145,41 +145,11 @@ def _check_out_dir(out: str, overwrite: bool) -> Path:
 def _write_dir(files: dict[str, bytes], out: Path) -> None:
     """Write every file into a hidden sibling folder, index.json last, then swap it in for `out`:
     an interrupted run never leaves a folder that looks complete."""
-    import os
-    import shutil
-    import tempfile
+    from cnnvis.utils import atomic_dir
 
-    from cnnvis.errors import CnnvisError
-
-    parent = out.parent if str(out.parent) else Path(".")
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".part", dir=parent))
-    try:
+    with atomic_dir(out) as tmp:
         for name in sorted(files, key=lambda n: n == "index.json"):
             (tmp / name).write_bytes(files[name])
-        os.chmod(tmp, 0o777 & ~_umask())
-        old = None
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=parent))
-            os.rmdir(old)
-            os.replace(out, old)
-        os.replace(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise CnnvisError(f"cannot write {str(out)!r}: {e.strerror or e}; choose a folder you can write to") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def _umask() -> int:
-    import os
-
-    m = os.umask(0)
-    os.umask(m)
-    return m
 
 
 def _read_index(folder: str) -> dict:
