@@ -32,7 +32,8 @@ def main() -> None:
 
     from cnnvis.layers import default_layers
     from cnnvis.models import load
-    from cnnvis.optvis.filters import GREY_STD, dead_channels, filters_grid, render_filters
+    from cnnvis.optvis.filters import GREY_STD, dead_channels, render_filters
+    from cnnvis.viz.filters import filters_grid
 
     vm = load("vgg16_hed")
     layers = args.layers.split(",") if args.layers else default_layers(vm)

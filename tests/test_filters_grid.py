@@ -13,9 +13,10 @@ import torch
 
 from cnnvis.optvis import channel, render
 from cnnvis.optvis.filters import (
-    FILTER_DEFAULTS, GREY_STD, MAX_SIZE, MAX_STEPS, dead_channels, filters_grid, flat_score, layer_plan,
-    receptive_fields, render_filters,
+    FILTER_DEFAULTS, GREY_STD, MAX_SIZE, MAX_STEPS, dead_channels, flat_score, layer_plan, receptive_fields,
+    render_filters,
 )
+from cnnvis.viz.filters import filters_grid
 
 
 def test_receptive_fields_and_plan_grow_with_depth(hed):
@@ -124,3 +125,27 @@ def test_filters_cli_json_prints_layer_lines(capsys, tmp_path, hed, monkeypatch)
     assert "filters: conv1_1 (1/1)" in err
     d = json.loads(o)["data"]
     assert d["layers"][0]["size"] == layer_plan(3, hed.min_size)[0] and d["dead"] == 0 and out.exists()
+
+
+def test_job_context_log_policy(monkeypatch):
+    """The filters job's per-layer lines go through JobContext.log (compute no longer reads the context's
+    privates): stderr in a log or under --json, nothing while a terminal shows the bar, when the caller
+    takes progress itself, or under CNNVIS_NO_PROGRESS."""
+    import io
+    import sys
+
+    from cnnvis.jobs import JobContext
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.delenv("CNNVIS_NO_PROGRESS", raising=False)
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    assert JobContext(None).log is not None and JobContext(lambda *a: None).log is None
+    JobContext(True).log("filters: conv1_1 (1/1)")
+    assert sys.stderr.getvalue() == "filters: conv1_1 (1/1)\n"
+    monkeypatch.setattr(sys, "stderr", Tty())
+    assert JobContext(True).log is None and JobContext(None).log is not None
+    monkeypatch.setenv("CNNVIS_NO_PROGRESS", "1")
+    assert JobContext(None).log is None

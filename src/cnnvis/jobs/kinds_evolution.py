@@ -138,13 +138,13 @@ class EvolutionSpec(Spec):
 
     def run(self, vm, ctx):
         from cnnvis.jobs.spec import make_spec
-        from cnnvis.optvis.filters import dead_tile, layer_log
         from cnnvis.train import read_snapshots
         from cnnvis.viz.evolution import evolution_grid
+        from cnnvis.viz.filters import dead_tile
 
         run_dir, snaps = read_snapshots(self.model)
         by_epoch = {s.epoch: s for s in snaps}
-        log = layer_log(ctx)
+        log = ctx.log
         top_on = bool(self.k and self.data is not None)
         cols = []
         for j, e in enumerate(self.snapshots):

@@ -161,14 +161,15 @@ class FiltersSpec(Spec):
         return d
 
     def run(self, vm, ctx):
-        from cnnvis.optvis.filters import filters_grid, layer_log, render_filters
+        from cnnvis.optvis.filters import render_filters
         from cnnvis.viz import to_pil
+        from cnnvis.viz.filters import filters_grid
 
         if self.size is not None and self.size < vm.min_size:
             raise CnnvisError(f"size {self.size} is too small for {vm.name}; use at least {vm.min_size}")
         n_frames = 24 if self.animate else None
         rows = render_filters(vm, self.layers, self.channels, preset=self.preset, steps=self.steps, size=self.size,
-                              seed=self.seed, batch=self.batch, progress=ctx.bar, log=layer_log(ctx), frames=n_frames)
+                              seed=self.seed, batch=self.batch, progress=ctx.bar, log=ctx.log, frames=n_frames)
         labels = [layer_label(vm, r[0]) for r in rows]
         title = f"{vm.name}: {len(rows[0][1])} filters per layer"
         img = filters_grid(vm, rows, row_labels=labels, title=title)

@@ -208,6 +208,12 @@ _POOLS_LOCK = threading.Lock()
 
 
 # ---------------------------------------------------------------------- progress and cancel
+def _stderr_line(text: str) -> None:
+    import sys
+
+    print(text, file=sys.stderr, flush=True)
+
+
 class JobContext:
     """What a running job gets besides its spec: progress reporting, cancellation, the device."""
 
@@ -221,6 +227,21 @@ class JobContext:
         """Run another job as part of this one, through the same store, model pool, progress and cancel
         flag: an ordinary job, cached and reused like any other (a lens over a run's snapshots)."""
         return run(spec, store=self.store, pool=self.pool, progress=self._progress, cancel=self._cancel)
+
+    @property
+    def log(self) -> Callable[[str], None] | None:
+        """Where a job writes a line of news (a layer done): stderr, or None while a terminal shows the job's
+        progress bar there, when the caller reports progress itself (a callable) or under CNNVIS_NO_PROGRESS.
+        So a log file and `--json` (no bar) still see the lines."""
+        import sys
+
+        if os.environ.get("CNNVIS_NO_PROGRESS"):
+            return None
+        if callable(self._progress):
+            return None
+        if self._progress is True and getattr(sys.stderr, "isatty", lambda: False)():
+            return None
+        return _stderr_line
 
     def cancelled(self) -> bool:
         c = self._cancel

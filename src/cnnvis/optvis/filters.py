@@ -4,7 +4,7 @@
     # [FilterRow(layer, [0..9], images (10, 3, s, s), final objective values (10,)), ...]
     # each row also has .size, .steps (the layer's plan), .rf, .dead, .grey, .seconds,
     # .norm (the BatchNorm whose output was optimized, or None), .live (where .dead was decided)
-    img = filters_grid(vm, rows)        # dead channels drawn as a 'dead' tile
+    img = cnnvis.viz.filters.filters_grid(vm, rows)  # the picture (viz): dead channels as a 'dead' tile
 
 Per-layer plan (`layer_plan`). A filter of an early layer sees a few pixels (VGG16 conv1_1: a
 3 px receptive field, conv2_1: 10 px, conv5_3: 196 px), so it is rendered on a small image with
@@ -51,7 +51,6 @@ pixel standard deviation in the tile's centre, borders cut by 1/8) is below GREY
 from __future__ import annotations
 
 import math
-import sys
 import time
 from collections.abc import Callable, Sequence
 
@@ -187,26 +186,6 @@ def flat_score(images):
     return images[..., mh:h - mh, mw:w - mw].flatten(2).std(2).mean(1)
 
 
-def _stderr_line(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
-
-
-def layer_log(ctx) -> Callable[[str], None] | None:
-    """Where a filters job writes its line per layer: stderr, unless a terminal shows the job's
-    progress bar there, the caller reports progress itself (a callable), or CNNVIS_NO_PROGRESS is set.
-    So a log file and `--json` (no bar) still see one line per layer."""
-    import os
-
-    if os.environ.get("CNNVIS_NO_PROGRESS"):
-        return None
-    prog = getattr(ctx, "_progress", None)
-    if callable(prog):
-        return None
-    if prog is True and getattr(sys.stderr, "isatty", lambda: False)():
-        return None
-    return _stderr_line
-
-
 def render_filters(vm, layers, channels, *, preset=None, steps=None, size=None, seed=0, batch=16, progress=None,
                    leak: float | None = LEAK, skip_dead: bool = True, retry: bool = True,
                    log: Callable[[str], None] | None = None, frames: int | None = None):
@@ -311,50 +290,3 @@ def render_filters(vm, layers, channels, *, preset=None, steps=None, size=None, 
             log(f"filters: {shown} ({li + 1}/{len(plan)}) {secs:.1f} s ({s} px, {n_steps} steps{note}; "
                 f"{time.perf_counter() - t_all:.0f} s so far)")
     return rows
-
-
-def dead_tile(size: int):
-    """A light tile with 'dead' written on it (a channel that never fires on photos)."""
-    from PIL import Image, ImageDraw
-
-    from cnnvis.viz import font
-
-    im = Image.new("RGB", (size, size), (236, 236, 236))
-    d = ImageDraw.Draw(im)
-    for k in range(-size, size, max(6, size // 8)):  # light hatching: not mistaken for a grey render
-        d.line([(k, size), (k + size, 0)], fill=(222, 222, 222), width=1)
-    f = font(max(10, size // 6))
-    text = "dead"
-    try:
-        w = int(f.getlength(text))
-    except AttributeError:
-        w = 7 * len(text)
-    d.text(((size - w) // 2, size // 2 - size // 12), text, fill=(150, 40, 40), font=f)
-    return im
-
-
-def filters_grid(vm, rows, *, title: str | None = None, row_labels: Sequence[str] | None = None):
-    """The grid image of `render_filters` rows: every tile at the largest row's size (smaller renders
-    enlarged; tiles under 64 px to about 84, nearest-neighbour, so a 28-px net's can be seen), dead channels as
-    a 'dead' tile."""
-    from PIL import Image
-
-    from cnnvis.viz import grid, to_pil
-
-    cell = max(int(r[2].shape[-1]) for r in rows)
-    if cell < 64:  # a small net's tiles: whole multiples, so its pixels stay square and sharp
-        cell *= -(-84 // cell)
-    tiles = []
-    for r in rows:
-        dead = set(getattr(r, "dead", ()))
-        line = []
-        for ch, im in zip(r[1], r[2]):
-            if ch in dead:
-                line.append(dead_tile(cell))
-            else:
-                pil = to_pil(im)
-                up = Image.NEAREST if cell % pil.size[0] == 0 else Image.BICUBIC
-                line.append(pil if pil.size[0] == cell else pil.resize((cell, cell), up))
-        tiles.append(line)
-    cols = max(rows, key=lambda r: len(r[1]))[1]
-    return grid(tiles, row_labels=row_labels or [r[0] for r in rows], col_labels=[str(c) for c in cols], title=title)
