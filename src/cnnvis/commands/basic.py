@@ -43,22 +43,22 @@ def layers_cmd(model: str | None, weights: str, size: int | None, show_all: bool
     """
     from cnnvis import DEFAULT_MODEL
     from cnnvis.errors import CnnvisError
-    from cnnvis.layers import list_layers
-    from cnnvis.models import load
 
-    vm = load(model or DEFAULT_MODEL, weights=weights, device="cpu")
-    if size is not None and size < vm.min_size:
-        raise CnnvisError(f"--size {size} is too small for {vm.name}; use at least {vm.min_size}")
-    infos = list_layers(vm, size, leaves_only=not show_all)
+    try:
+        res = run_job("layers", model=model or DEFAULT_MODEL, weights=weights, device="cpu", cache=None, quiet=True,
+                      size=size, leaves_only=not show_all)
+    except CnnvisError as e:
+        msg = str(e)
+        raise CnnvisError(f"--{msg}" if msg.startswith("size ") else msg) from None
+    infos = res.data["layers"]
     if as_json:
-        echo_json([{"name": i.name, "alias": i.alias, "type": i.kind, "shape": i.shape, "params": i.params}
-                   for i in infos])
+        echo_json([{k: i[k] for k in ("name", "alias", "type", "shape", "params")} for i in infos])
         return
-    w = max(len(i.name) for i in infos)
-    a = max((len(i.alias) for i in infos), default=0)
+    w = max(len(i["name"]) for i in infos)
+    a = max((len(i["alias"]) for i in infos), default=0)
     for i in infos:
-        shape = "x".join(map(str, i.shape)) if i.shape else "-"
-        click.echo(f"{i.name:<{w}}  {i.alias:<{a}}  {i.kind:<18} {shape}")
+        shape = "x".join(map(str, i["shape"])) if i["shape"] else "-"
+        click.echo(f"{i['name']:<{w}}  {i['alias']:<{a}}  {i['type']:<18} {shape}")
 
 
 @click.command("classify")

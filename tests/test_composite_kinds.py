@@ -1,0 +1,46 @@
+"""Issue 19 item 3: what the faces composed themselves is a job kind they build specs for (cached, shared)."""
+
+import json
+
+from cnnvis.cli import main
+from cnnvis.jobs import Store, make_spec, run
+from cnnvis.layers import list_layers
+
+
+def run_cli(capsys, *args):
+    code = main(list(args))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_layers_kind_is_list_layers(lite0, tmp_path):
+    """`layers` = `list_layers` row for row (probe size and containers honoured); a rerun is a store hit."""
+    spec = make_spec("layers", model="efficientnet_lite0", size=96, leaves_only=False)
+    store = Store(tmp_path / "cache")
+    res = run(spec, vm=lite0, store=store)
+    want = list_layers(lite0, 96, leaves_only=False)
+    assert [(d["name"], d["alias"], d["type"], d["shape"], d["params"], d["spatial"]) for d in res.data["layers"]] == \
+        [(i.name, i.alias, i.kind, list(i.shape) if i.shape is not None else None, i.params, i.spatial) for i in want]
+    row = next(d for d in res.data["layers"] if d["name"] == "blocks.3")
+    assert row["alias"] == "stage3" and row["shape"] == [80, 6, 6] and row["spatial"] is True
+    assert res.files == {} and not res.cached
+    again = run(spec, vm=lite0, store=store)
+    assert again.cached and again.data == json.loads(json.dumps(res.data))
+    leaves = run(make_spec("layers", model="efficientnet_lite0"), vm=lite0).data["layers"]
+    assert [d["name"] for d in leaves] == [i.name for i in list_layers(lite0, leaves_only=True)]
+    assert len(leaves) < len(res.data["layers"])
+
+
+def test_layers_cli_prints_the_job(capsys, lite0):
+    """`cnnvis layers --json` is the job's rows without `spatial`; the text form lines up the same rows;
+    a too-small --size is one line naming the flag."""
+    code, out, _ = run_cli(capsys, "layers", "--json", "--size", "64")
+    assert code == 0
+    want = list_layers(lite0, 64, leaves_only=True)
+    assert json.loads(out) == [{"name": i.name, "alias": i.alias, "type": i.kind,
+                                "shape": list(i.shape) if i.shape else None, "params": i.params} for i in want]
+    code, out, _ = run_cli(capsys, "layers", "--size", "64")
+    assert code == 0 and len(out.splitlines()) == len(want)
+    assert out.splitlines()[0].split()[0] == want[0].name
+    code, _, err = run_cli(capsys, "layers", "--size", "4")
+    assert code == 2 and err.strip() == "error: --size 4 is too small for efficientnet_lite0; use at least 32"
