@@ -44,3 +44,14 @@ def test_layers_cli_prints_the_job(capsys, lite0):
     assert out.splitlines()[0].split()[0] == want[0].name
     code, _, err = run_cli(capsys, "layers", "--size", "4")
     assert code == 2 and err.strip() == "error: --size 4 is too small for efficientnet_lite0; use at least 32"
+
+
+def test_web_listing_is_the_layers_job(lite0):
+    """The web (serve, render-all, export) lists a model's layers through the `layers` job: the same
+    LayerInfo rows list_layers gives (containers included), so layer pages and channel counts are unchanged."""
+    from cnnvis.jobs import ModelPool
+    from cnnvis.web.specs import model_layers
+
+    pool = ModelPool()
+    pool.add(lite0, "efficientnet_lite0")
+    assert model_layers(pool, "efficientnet_lite0", lite0) == list_layers(lite0)

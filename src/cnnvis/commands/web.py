@@ -155,7 +155,7 @@ def render_all_cmd(model, layers, first, steps, size, cache, device, engine, add
 
     from cnnvis.jobs import Store, default_pool
     from cnnvis.jobs.engine import import_ray, run_many
-    from cnnvis.layers import default_layers, list_layers
+    from cnnvis.layers import default_layers
     from cnnvis.web import specs
 
     refuse_ray_flags(engine, address, workers)
@@ -169,7 +169,7 @@ def render_all_cmd(model, layers, first, steps, size, cache, device, engine, add
     ref = specs.canonical_ref(model)
     dev = None if device == "auto" else device
     vm = default_pool(dev).get(ref)
-    specs.remember(ref, vm, list_layers(vm))
+    specs.remember(ref, vm, specs.model_layers(default_pool(dev), ref, vm))
     names = parse_names(layers) or default_layers(vm)
     if size is not None and size < vm.min_size:
         raise CnnvisError(f"--size {size} is too small for {vm.name}; use at least {vm.min_size}")

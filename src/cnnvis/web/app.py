@@ -102,7 +102,6 @@ def _openapi(app: FastAPI) -> dict:
 def serve_models(models: list[str], pool, data=None) -> dict[str, ServedModel]:
     """Load each model once (a ref named twice is served once), list its layers, give it a URL id and
     its dataset (`datasets.assign`: 'REF=DATA', `data` for it or for all where it fits, or its own)."""
-    from cnnvis.layers import list_layers
     from cnnvis.web import specs
     from cnnvis.web.datasets import assign, split_model_arg
 
@@ -113,8 +112,7 @@ def serve_models(models: list[str], pool, data=None) -> dict[str, ServedModel]:
         if any(s.ref == ref for s in served.values()):
             continue
         vm = pool.get(ref)
-        with pool.lock(vm):
-            infos = list_layers(vm)
+        infos = specs.model_layers(pool, ref, vm)
         mid = mid_for(ref, set(served))
         specs.remember(ref, vm, infos, mid=mid)
         served[mid] = ServedModel(mid, ref, vm, default=(i == 0), data=own_data, layers=layer_rows(infos))

@@ -128,7 +128,6 @@ def export_site(store, out: str | os.PathLike, models: list[str] | None = None, 
     """Write the static atlas of `models` (refs; default: every model with renders in `store`) to `out`.
     `progress(line)`: called with a line per model."""
     from cnnvis.jobs import default_pool
-    from cnnvis.layers import list_layers
     from cnnvis.web import atlas, specs
     from cnnvis.web.context import ServedModel, layer_rows, mid_for
     from cnnvis.web.pages import NAV, PER_PAGE, layer_info, model_view, render
@@ -153,8 +152,7 @@ def export_site(store, out: str | os.PathLike, models: list[str] | None = None, 
             except CnnvisError as e:
                 summary.skipped.append(f"{ref}: {e}")
                 continue
-            with pool.lock(vm):
-                infos = list_layers(vm)
+            infos = specs.model_layers(pool, ref, vm)
             specs.remember(ref, vm, infos)
             mid = mid_for(ref, set(served))
             served[mid] = ServedModel(mid, ref, vm, layers=layer_rows(infos))

@@ -33,6 +33,17 @@ def canonical_ref(model: str) -> str:
     return canonical(model)
 
 
+def model_layers(pool, model_ref: str, vm) -> list:
+    """Every module of the loaded `vm` (containers too) as `cnnvis.layers.LayerInfo` rows, from the `layers`
+    job (run under the model's lock, through `pool`; no store)."""
+    from cnnvis.jobs import make_spec, run
+    from cnnvis.layers import LayerInfo
+
+    res = run(make_spec("layers", model=model_ref, leaves_only=False), pool=pool, vm=vm)
+    return [LayerInfo(d["name"], d["type"], tuple(d["shape"]) if d["shape"] is not None else None, d["alias"],
+                      d["params"]) for d in res.data["layers"]]
+
+
 def remember(model_ref: str, vm, layers, mid: str | None = None) -> None:
     """Known model + its `list_layers` (the app calls this at start, before any job runs: building the
     list hooks the model, which must never happen beside a running job). `mid`: its web id."""
@@ -55,12 +66,9 @@ def _vm(model_ref: str):
         if model_ref in _VMS:
             return _VMS[model_ref]
     from cnnvis.jobs import default_pool
-    from cnnvis.layers import list_layers
 
     vm = default_pool().get(model_ref)
-    with default_pool().lock(vm):
-        infos = list_layers(vm)
-    remember(model_ref, vm, infos)
+    remember(model_ref, vm, model_layers(default_pool(), model_ref, vm))
     return vm
 
 
