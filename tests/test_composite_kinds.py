@@ -55,3 +55,49 @@ def test_web_listing_is_the_layers_job(lite0):
     pool = ModelPool()
     pool.add(lite0, "efficientnet_lite0")
     assert model_layers(pool, "efficientnet_lite0", lite0) == list_layers(lite0)
+
+
+def _dream_kw():
+    return dict(image="sample:chelsea", octaves=1, steps=2, max_side=64, step_size=0.03)
+
+
+def test_dream_row_is_the_hand_made_row_of_its_dream_jobs(lite0, tmp_path):
+    """`dream_row` sends each layer's `dream` spec as the faces did (a warm store serves them) and composes
+    the same picture: the report's (cell None: photo resized to the dreams, names as given) and the CLI's
+    (cell 384: photo thumbnailed, names as each dream job gives them)."""
+    import numpy as np
+
+    from cnnvis.jobs.helpers import load_input
+    from cnnvis.layers import dream_layers
+    from cnnvis.viz import grid
+
+    store = Store(tmp_path / "cache")
+    layers = dream_layers(lite0, 2)
+    singles = [run(make_spec("dream", layers=[n], **_dream_kw()), vm=lite0, store=store) for n in layers]
+    dreams = [r.image() for r in singles]
+    photo = load_input("sample:chelsea")
+
+    res = run(make_spec("dream_row", n=2, **_dream_kw()), vm=lite0, store=store)
+    assert res.data["layers"] == layers and res.data["size"] == list(dreams[0].size)
+    assert [d["key"] for d in res.data["dreams"]] == [r.key for r in singles]  # the same jobs, served by the store
+    small = photo.resize(dreams[0].size)
+    want = grid([[small] + dreams], col_labels=["photo"] + layers, cell=small.size)
+    assert np.array_equal(np.asarray(res.image()), np.asarray(want.convert(res.image().mode)))
+
+    f = min(1.0, 384 / max(photo.size))
+    cell = max(1, round(photo.size[0] * f)), max(1, round(photo.size[1] * f))
+    cli = run(make_spec("dream_row", layers=layers, cell=384, **_dream_kw()), vm=lite0, store=store)
+    labels = [r.data["layers"][0] for r in singles]
+    want = grid([[photo] + dreams], col_labels=["photo"] + labels, cell=cell)
+    assert np.array_equal(np.asarray(cli.image()), np.asarray(want.convert(cli.image().mode)))
+    assert cli.data["labels"] == labels and cli.data["dreams"] == res.data["dreams"]
+    assert run(make_spec("dream_row", n=2, **_dream_kw()), vm=lite0, store=store).cached
+
+
+def test_dream_row_checks_every_layer_first(lite0):
+    import pytest
+
+    from cnnvis.errors import CnnvisError
+
+    with pytest.raises(CnnvisError, match="unknown layer 'nope'"):
+        run(make_spec("dream_row", layers=["stage1", "nope"], **_dream_kw()), vm=lite0)

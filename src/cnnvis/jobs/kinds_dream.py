@@ -70,3 +70,66 @@ class DreamSpec(PhotoSpec):
             files["animation.gif"] = anim.gif()
         return ({"size": [out.shape[-1], out.shape[-2]], "layers": [layer_label(vm, n) for n in self.layers],
                  "frames": len(anim.frames) if anim is not None else 0}, files, "dream.png")
+
+
+# ---------------------------------------------------------------------- a row of dreams
+@register
+class DreamRowSpec(PhotoSpec):
+    """The photo beside its DeepDream at each of several layers: one `dream` job per layer (cached and shared
+    like any other), composed into row.png."""
+
+    kind = "dream_row"
+    example = {"image": "sample:chelsea", "n": 2, "octaves": 1, "steps": 2, "max_side": 64}
+    title = "DeepDream row (one dream per layer)"
+    layers: list[str] | None = Field(None, min_length=1, max_length=8)  # default: `n` layers (dream_layers)
+    n: int = Field(1, ge=1, le=8)  # how many layers, shallow to deep, when `layers` is not given
+    channels: list[int] | None = None
+    octaves: int = Field(4, ge=1, le=12)
+    octave_scale: float = Field(1.4, ge=1.01, le=4)
+    steps: int = Field(10, ge=1, le=10000)  # per octave
+    step_size: float = Field(0.02, gt=0, le=1)
+    jitter: int = Field(32, ge=0, le=512)
+    tile: Annotated[Side, Field(ge=32)] = 512
+    objective: Literal["l2", "mean"] = "l2"
+    guide: str | None = None
+    max_side: int | None = Field(None, ge=8, le=100000)
+    # None: the report's row (the photo resized to the dreams' size, columns labelled with `layers` as named);
+    # a side in px: the CLI's (`cnnvis dream --row`: cells of the photo thumbnailed to it, columns labelled as
+    # each dream job names its layer)
+    cell: int | None = Field(None, ge=8, le=2048)
+
+    def inputs(self) -> list[str]:
+        return [self.image] + ([self.guide] if self.guide else [])
+
+    def normalized(self, vm):
+        from cnnvis.layers import dream_layers
+
+        layers = self.layers if self.layers is not None else dream_layers(vm, self.n)
+        resolve_layers(vm, layers)  # every name checked before the first dream
+        return self.model_copy(update={"layers": list(layers), "n": len(layers)})
+
+    def dream_specs(self) -> list:
+        """The `dream` job of each layer: what `cnnvis dream --row` and the report sent before this kind."""
+        from cnnvis.jobs.spec import make_spec
+
+        common = self.model_dump(exclude={"layers", "n", "cell"})
+        return [make_spec("dream", **{**common, "layers": [n]}) for n in self.layers]
+
+    def run(self, vm, ctx):
+        from cnnvis.viz import grid
+
+        results = [ctx.sub(s) for s in self.dream_specs()]
+        dreams = [r.image() for r in results]
+        photo = load_input(self.image)
+        if self.cell is None:
+            photo = photo.resize(dreams[0].size)  # the dreams were made at max_side
+            cell = photo.size
+        else:
+            f = min(1.0, self.cell / max(photo.size))
+            cell = max(1, round(photo.size[0] * f)), max(1, round(photo.size[1] * f))
+        labels = [r.data["layers"][0] for r in results]
+        row = grid([[photo] + dreams], col_labels=["photo"] + (labels if self.cell is not None else self.layers),
+                   cell=cell)
+        data = {"layers": list(self.layers), "labels": labels, "size": list(dreams[0].size),
+                "dreams": [{"key": r.key, "layers": r.data["layers"], "size": r.data["size"]} for r in results]}
+        return data, {"row.png": png_bytes(row)}, "row.png"

@@ -222,11 +222,17 @@ class JobContext:
         self.models = models or {}  # name -> loaded VisModel, for spec.extra_models()
         self.store: Store | None = None  # where `run` keeps results (sub-jobs use the same)
         self.pool: ModelPool | None = None
+        self.vm = None  # the job's loaded model, handed to its sub-jobs on the same model and weights
+        self.own: tuple[str, str | None] | None = None  # (model, weights) of the job's spec
 
     def sub(self, spec) -> Result:
         """Run another job as part of this one, through the same store, model pool, progress and cancel
-        flag: an ordinary job, cached and reused like any other (a lens over a run's snapshots)."""
-        return run(spec, store=self.store, pool=self.pool, progress=self._progress, cancel=self._cancel)
+        flag: an ordinary job, cached and reused like any other (a lens over a run's snapshots, a row of
+        dreams). A sub-job on this job's model and weights gets the loaded model itself (its lock is
+        re-entered), so a model the pool does not hold (the report's, a user's wrap()) serves it too."""
+        spec = parse_spec(spec)
+        vm = self.vm if self.vm is not None and (spec.model, spec.weights) == self.own else None
+        return run(spec, store=self.store, pool=self.pool, vm=vm, progress=self._progress, cancel=self._cancel)
 
     @property
     def log(self) -> Callable[[str], None] | None:
@@ -392,7 +398,7 @@ def run(spec, *, store: Store | str | os.PathLike | None = None, progress=None, 
             pool = default_pool(device)  # loaded once per device, not once per call
         vm = pool.get(spec.model, spec.weights)
     ctx = JobContext(progress, cancel, desc=spec.kind)
-    ctx.store, ctx.pool = store, pool
+    ctx.store, ctx.pool, ctx.vm, ctx.own = store, pool, vm, (spec.model, spec.weights)
     with pool.lock(vm):
         nspec = spec.normalized(vm)
         key = job_key(nspec)

@@ -6,19 +6,13 @@ from cnnvis.report import ReportContext, Section, esc
 
 
 def render(ctx: ReportContext) -> str:
-    from cnnvis.layers import dream_layers
-    from cnnvis.viz import grid
-
-    name, photo = ctx.photo(0)
+    name, ref = ctx.photos[0]
     side = 320 if ctx.quick else 512
     kw = dict(octaves=3 if ctx.quick else 4, steps=6 if ctx.quick else 12, step_size=0.03, max_side=side)
-    layers = dream_layers(ctx.vm, 3)
-    results = [ctx.run("dream", image=ctx.photos[0][1], layers=[layer], **kw) for layer in layers]
-    dreams = [r.image() for r in results]
-    photo = photo.resize(dreams[0].size)  # the dreams were made at max_side
-    row = grid([[photo] + dreams], col_labels=["photo"] + layers, cell=photo.size)
-    rel = ctx.save(row, f"dream_{name}.png")
-    ctx.data["dream"] = {"photo": name, "layers": layers, "size": list(photo.size), **kw}
+    res = ctx.run("dream_row", image=ref, n=3, **kw)  # a dream job per layer (dream_layers), the photo first
+    layers = res.data["layers"]
+    rel = ctx.save_file(res, f"dream_{name}.png")
+    ctx.data["dream"] = {"photo": name, "layers": layers, "size": res.data["size"], **kw}
     return (ctx.img_tag(rel, f"{esc(name)} dreamed at {', '.join(esc(x) for x in layers)} "
                              f"({kw['octaves']} octaves x {kw['steps']} steps)") +
             "<p>Shallow layers add strokes and textures; deeper layers add eyes, fur and object parts. "
