@@ -23,8 +23,6 @@ FORBIDDEN = ("viz", "jobs", "commands", "sections", "report", "web", "cli")
 
 # (file relative to src/cnnvis, imported module): why it is still there and what removes it
 ALLOWED = {
-    ("optvis/filters.py", "cnnvis.viz"):
-        "the filters grid is drawn in compute; issue 19 item 4 moves dead_tile/filters_grid to viz/filters.py",
 }
 
 
