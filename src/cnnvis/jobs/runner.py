@@ -208,12 +208,6 @@ _POOLS_LOCK = threading.Lock()
 
 
 # ---------------------------------------------------------------------- progress and cancel
-def _stderr_line(text: str) -> None:
-    import sys
-
-    print(text, file=sys.stderr, flush=True)
-
-
 class JobContext:
     """What a running job gets besides its spec: progress reporting, cancellation, the device."""
 
@@ -247,7 +241,9 @@ class JobContext:
             return None
         if self._progress is True and getattr(sys.stderr, "isatty", lambda: False)():
             return None
-        return _stderr_line
+        from cnnvis.progress import say
+
+        return say
 
     def cancelled(self) -> bool:
         c = self._cancel
