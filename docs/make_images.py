@@ -30,9 +30,16 @@ def main(report: str) -> None:
         if im.size[0] > 1400:
             im = im.resize((1400, round(im.size[1] * 1400 / im.size[0])), Image.LANCZOS)
         im.save(dst / f"{name}.jpg", quality=85)
+    for path in sorted(src.glob("occlusion_*.png"))[:1] + sorted(src.glob("inversion_*.png"))[:1]:
+        name = path.stem.split("_")[0]  # occlusion.jpg, inversion.jpg: the report's first photo
+        im = Image.open(path).convert("RGB")
+        if im.size[0] > 1400:
+            im = im.resize((1400, round(im.size[1] * 1400 / im.size[0])), Image.LANCZOS)
+        im.save(dst / f"{name}.jpg", quality=85)
     study = Path(report) / "mnist" / "img"  # the dataset study of the demo's MNIST net
     for name in ("study_weights", "study_maps_0-0", "study_maxmaps", "study_top_channel_001", "study_atlas",
-                 "study_neighbours", "study_regularizers", "study_confusion"):
+                 "study_neighbours", "study_regularizers", "study_confusion", "compare_cka", "compare_matches",
+                 "evolution"):
         if (study / f"{name}.png").exists():
             Image.open(study / f"{name}.png").convert("RGB").save(dst / f"{name.replace('_0-0', '')}.png")
 
