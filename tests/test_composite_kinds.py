@@ -101,3 +101,58 @@ def test_dream_row_checks_every_layer_first(lite0):
 
     with pytest.raises(CnnvisError, match="unknown layer 'nope'"):
         run(make_spec("dream_row", layers=["stage1", "nope"], **_dream_kw()), vm=lite0)
+
+
+def _grid_kw():
+    return dict(images=["sample:chelsea", "sample:astronaut"], names=["cat", "astro"], size=64,
+                methods=["saliency", "ig", "gradcam"], options={"ig": {"steps": 4}})
+
+
+def test_attribution_grid_is_the_hand_made_grid_of_its_attribution_jobs(lite0, tmp_path):
+    """`attribution_grid` sends each photo's and method's `attribution` spec as the report did (a warm store
+    serves them) and composes the same picture (methods_grid, rows labelled with each photo's top-1 class)."""
+    import numpy as np
+    import torch
+
+    from cnnvis.images import to_tensor
+    from cnnvis.viz import methods_grid
+
+    kw = _grid_kw()
+    store = Store(tmp_path / "cache")
+    singles = [[run(make_spec("attribution", image=ref, method=n, size=64, options=kw["options"].get(n, {})),
+                    vm=lite0, store=store) for n in kw["methods"]] for ref in kw["images"]]
+    xs = []
+    for name, row in zip(kw["names"], singles):
+        d, im = row[0].data, row[0].image("input.png")
+        xs.append((f"{name}: {d['label']} (p={d['prob']:.2f})", to_tensor(im, mode=im.mode)))
+    maps = {n: torch.cat([torch.from_numpy(row[j].array("map.npy"))[None] for row in singles])
+            for j, n in enumerate(kw["methods"])}
+    want = methods_grid(xs, maps)
+
+    res = run(make_spec("attribution_grid", **kw), vm=lite0, store=store)
+    assert not res.cached and res.main == "grid.png"
+    assert np.array_equal(np.asarray(res.image()), np.asarray(want.convert(res.image().mode)))
+    assert [[m["key"] for m in r["maps"]] for r in res.data["rows"]] == [[s.key for s in row] for row in singles]
+    assert [r["name"] for r in res.data["rows"]] == ["cat", "astro"]
+    assert [r["target"] for r in res.data["rows"]] == [row[0].data["target"] for row in singles]
+    ig = res.data["rows"][0]["maps"][1]
+    assert ig["method"] == "ig" and ig["ig_completeness_delta"] == singles[0][1].data["ig_completeness_delta"]
+    assert res.data["rows"][0]["maps"][2]["layer"] == singles[0][2].data["layer"]
+    again = run(make_spec("attribution_grid", **kw), vm=lite0, store=store)
+    assert again.cached and again.files["grid.png"] == res.files["grid.png"]
+
+
+def test_attribution_grid_default_names_and_bad_input():
+    import pytest
+
+    from cnnvis.errors import CnnvisError
+
+    spec = make_spec("attribution_grid", images=["sample:chelsea", "/x/dog.jpg"], methods=["saliency"])
+    assert spec.row_names() == ["chelsea", "dog"]
+    for bad, msg in [(dict(methods=["saliency", "nope"]), "unknown method 'nope'"),
+                     (dict(methods=["saliency", "saliency"]), "listed twice"),
+                     (dict(methods=["saliency"], names=["a", "b"]), "2 names for 1 images"),
+                     (dict(methods=["saliency"], options={"ig": {"steps": 4}}), "options for 'ig'"),
+                     (dict(methods=[]), "methods")]:
+        with pytest.raises(CnnvisError, match=msg):
+            make_spec("attribution_grid", **{"images": ["sample:chelsea"], **bad})

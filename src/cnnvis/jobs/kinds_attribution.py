@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from cnnvis.errors import CnnvisError
 from cnnvis.jobs.helpers import (
-    PhotoSpec, chosen_layers, describe, layer_label, prepare, resolve_layers, target_and_layer,
+    PhotoSpec, Side, chosen_layers, describe, layer_label, prepare, resolve_layers, target_and_layer,
 )
 from cnnvis.jobs.result import npy_bytes, png_bytes
-from cnnvis.jobs.spec import register
+from cnnvis.jobs.spec import Spec, register
 
 
 # ---------------------------------------------------------------------- attribution
@@ -107,6 +107,84 @@ class AttributionSpec(PhotoSpec):
                  "map.npy": npy_bytes(heat.float()), "attribution.npy": npy_bytes(a[0].float()),
                  "input.png": png_bytes(x[0])}
         return info, files, "panel.png"
+
+
+# ---------------------------------------------------------------------- a grid of methods
+@register
+class AttributionGridSpec(Spec):
+    """Rows = photos, columns = the photo and one overlay per method: one `attribution` job per photo and method
+    (cached and shared like any other), composed into grid.png (the report's methods and CAM grids)."""
+
+    kind = "attribution_grid"
+    example = {"images": ["sample:chelsea"], "methods": ["saliency", "gradcam"], "size": 64}
+    title = "attribution grid (one attribution job per photo and method)"
+    images: list[str] = Field(min_length=1, max_length=16)  # paths or 'sample:NAME', a row each
+    names: list[str] | None = None  # row names (default: each photo's file stem or sample name)
+    methods: list[str] = Field(min_length=1, max_length=16)  # a column each
+    size: Side | None = None  # input size in pixels (default: the model's)
+    options: dict[str, dict[str, float | int | str | bool | None]] = Field(default_factory=dict)  # per method
+
+    @field_validator("methods")
+    @classmethod
+    def _known(cls, v):
+        methods = _attribution_methods()
+        bad = [m for m in v if m not in methods]
+        if bad:
+            raise ValueError(f"unknown method {bad[0]!r}; one of {', '.join(methods)}")
+        if len(set(v)) != len(v):
+            raise ValueError("a method is listed twice; list each once")
+        return v
+
+    @model_validator(mode="after")
+    def _fits(self):
+        if self.names is not None and len(self.names) != len(self.images):
+            raise ValueError(f"{len(self.names)} names for {len(self.images)} images; give one name per image")
+        extra = [m for m in self.options if m not in self.methods]
+        if extra:
+            raise ValueError(f"options for {extra[0]!r}, which is not in methods; drop them or add the method")
+        return self
+
+    def inputs(self) -> list[str]:
+        return list(self.images)
+
+    def row_names(self) -> list[str]:
+        from pathlib import Path
+
+        if self.names is not None:
+            return list(self.names)
+        return [r.split(":", 1)[1] if r.startswith("sample:") else Path(r).stem for r in self.images]
+
+    def attribution_specs(self) -> list[list]:
+        """The `attribution` job of each photo (rows) and method (columns): what the report sent before this kind."""
+        from cnnvis.jobs.spec import make_spec
+
+        common = {"model": self.model, "weights": self.weights, "seed": self.seed, "size": self.size}
+        return [[make_spec("attribution", image=ref, method=n, options=self.options.get(n, {}), **common)
+                 for n in self.methods] for ref in self.images]
+
+    def run(self, vm, ctx):
+        import torch
+
+        from cnnvis.images import to_tensor
+        from cnnvis.viz import methods_grid
+
+        xs, rows = [], []
+        maps: dict[str, list] = {n: [] for n in self.methods}
+        for name, specs in zip(self.row_names(), self.attribution_specs()):
+            results = [ctx.sub(s) for s in specs]
+            for n, r in zip(self.methods, results):
+                maps[n].append(torch.from_numpy(r.array("map.npy"))[None])
+            d = results[0].data
+            lab = f"{d['label']} (p={d['prob']:.2f})" if d.get("label") else "sum of the output"
+            im = results[0].image("input.png")
+            xs.append((f"{name}: {lab}", to_tensor(im, mode=im.mode)))
+            rows.append({"name": name, "target": d.get("target"), "label": lab,
+                         "maps": [{"method": n, "key": r.key,
+                                   **{k: r.data[k] for k in ("layer", "ig_completeness_delta") if k in r.data}}
+                                  for n, r in zip(self.methods, results)]})
+        grid = methods_grid(xs, {n: torch.cat(v) for n, v in maps.items()})
+        return {"methods": list(self.methods), "rows": rows, "size": list(grid.size)}, \
+            {"grid.png": png_bytes(grid)}, "grid.png"
 
 
 # ---------------------------------------------------------------------- deconvnet

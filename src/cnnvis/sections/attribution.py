@@ -22,39 +22,29 @@ def cam_methods() -> list[str]:
 
 
 def _grid(ctx: ReportContext, methods: list[str], size, opts: dict) -> tuple[object, dict]:
-    """Rows = photos, columns = photo + one overlay per method (each map a job)."""
-    import torch
-
-    from cnnvis.images import to_tensor
-    from cnnvis.viz import methods_grid
-
+    """Rows = photos, columns = photo + one overlay per method: the `attribution_grid` job (each map its own
+    `attribution` job). Returns (the job's result, per photo name its target, label, IG delta, CAM layer)."""
     photos = ctx.photos[:2] if ctx.quick else ctx.photos
-    xs, data, cams = [], {}, cam_methods()
-    maps: dict[str, list] = {n: [] for n in methods}
-    for name, ref in photos:
-        for n in methods:
-            res = ctx.run("attribution", image=ref, method=n, size=size, options=opts.get(n, {}))
-            maps[n].append(torch.from_numpy(res.array("map.npy"))[None])
-            d = res.data
-            if n == methods[0]:
-                lab = f"{d['label']} (p={d['prob']:.2f})" if d.get("label") else "sum of the output"
-                im = res.image("input.png")
-                xs.append((f"{name}: {lab}", to_tensor(im, mode=im.mode)))
-                data[name] = {"target": d.get("target"), "label": lab}
-            if "ig_completeness_delta" in d:
-                data[name]["ig_completeness_delta"] = round(d["ig_completeness_delta"], 4)
-            if d.get("layer") and n in cams:
-                data[name]["cam_layer"] = d["layer"]
-    return methods_grid(xs, {n: torch.cat(v) for n, v in maps.items()}), data
+    res = ctx.run("attribution_grid", images=[ref for _, ref in photos], names=[name for name, _ in photos],
+                  methods=methods, size=size, options={n: o for n, o in opts.items() if n in methods})
+    data, cams = {}, cam_methods()
+    for row in res.data["rows"]:
+        d = data[row["name"]] = {"target": row["target"], "label": row["label"]}
+        for m in row["maps"]:
+            if "ig_completeness_delta" in m:
+                d["ig_completeness_delta"] = round(m["ig_completeness_delta"], 4)
+            if m.get("layer") and m["method"] in cams:
+                d["cam_layer"] = m["layer"]
+    return res, data
 
 
 def render_maps(ctx: ReportContext) -> str:
     size = 160 if ctx.quick else None
     opts = {"smoothgrad": {"samples": 6 if ctx.quick else 25}, "ig": {"steps": 12 if ctx.quick else 50}}
     grid, data = _grid(ctx, map_methods(), size, opts)
-    rel = ctx.save(grid, "attribution_methods.png")
+    rel = ctx.save_file(grid, "attribution_methods.png")
     cams, cam_data = _grid(ctx, cam_methods(), size, {})
-    rel_cam = ctx.save(cams, "attribution_cams.png")
+    rel_cam = ctx.save_file(cams, "attribution_cams.png")
     for k, v in cam_data.items():
         data.setdefault(k, {}).update({"cam_layer": v.get("cam_layer")})
     ctx.data["attribution"] = data
