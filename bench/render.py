@@ -205,7 +205,7 @@ def _judge_png(vm, judge, img, t):
     from PIL import Image
 
     from cnnvis.images import to_tensor
-    from cnnvis.jobs.kinds import image_stats
+    from cnnvis.jobs.kinds_optvis import image_stats
     from cnnvis.jobs.result import png_bytes
     from cnnvis.optvis import robustness
     from cnnvis.optvis.robustness import witness_probs

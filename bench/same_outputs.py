@@ -82,7 +82,7 @@ class Items:
 
     def photo(self, size: int):
         """sample:chelsea as the lite0 input, (1, 3, size, size) in [0, 1]."""
-        from cnnvis.jobs.kinds import load_input
+        from cnnvis.jobs.helpers import load_input
 
         return self.vm("efficientnet_lite0").preprocess.prepare(load_input("sample:chelsea"), size=size)
 
@@ -141,7 +141,7 @@ class Items:
 
     def deconv_parts(self, model, layers, size, **kw) -> dict:
         from cnnvis.deconv import deconvnet
-        from cnnvis.jobs.kinds import load_input
+        from cnnvis.jobs.helpers import load_input
 
         vm = self.vm(model)
         x = vm.preprocess.prepare(load_input("sample:chelsea"), size=size)

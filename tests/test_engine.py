@@ -129,7 +129,7 @@ def test_failed_tasks_are_retried_and_reported(local_ray, tmp_path, capsys, monk
         assert d["retries"] == [{"spec": bad, "errors": s.retries[1], "stored": False}] and d["lost"] is None
         assert s.failed[0][0] == bad and "channel 99" in s.failed[0][1], s.failed
         assert s.keys[0] is not None and s.keys[1] is None and len(_stored(tmp_path / engine)) == 1
-    from cnnvis.jobs.kinds import FiltersSpec
+    from cnnvis.jobs.kinds_optvis import FiltersSpec
 
     real = FiltersSpec.run
     calls = []
@@ -208,7 +208,7 @@ def test_a_killed_driver_resumes_with_only_the_unfinished_tasks(tmp_path):
 
 def test_retries_that_succeed_are_named_in_the_summary(tmp_path, capsys, monkeypatch):
     """A page that fails once and then works: stored, and the summary says it was tried again and why."""
-    from cnnvis.jobs.kinds import FiltersSpec
+    from cnnvis.jobs.kinds_optvis import FiltersSpec
 
     real = FiltersSpec.run
     calls = []
@@ -260,11 +260,11 @@ def test_ray_flags_with_the_local_engine_are_refused(tmp_path, capsys):
 def test_the_eta_after_a_resume_counts_only_the_work_left(monkeypatch, capsys):
     """90 of 100 channels were stored before; 5 computed in 10 s: 5 left at 2 s each = ETA 10 s (it said
     0.5 s: the skipped 90 counted as work done in those 10 s). A clock the test sets, not a timing."""
-    from cnnvis.jobs import engine
+    from cnnvis import progress
 
     now = [1000.0]
-    monkeypatch.setattr(engine.time, "perf_counter", lambda: now[0])
-    bar = engine._Bar(100, "channels", True, skipped=90)
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: now[0])
+    bar = progress.Bar(100, unit="channels", leave=True, style="eta", skipped=90)  # as run_many makes it
     bar.every = 0
     now[0] += 10
     bar.update(5)
@@ -273,7 +273,7 @@ def test_the_eta_after_a_resume_counts_only_the_work_left(monkeypatch, capsys):
     lines = capsys.readouterr().err.splitlines()
     assert lines == ["95/100 channels (10 s, ETA 10 s)", "98/100 channels (14 s, ETA 4 s)"]
     assert bar.eta(now[0]) == pytest.approx(14 / 8 * 2)
-    fresh = engine._Bar(100, "channels", False)
+    fresh = progress.Bar(100, unit="channels", enabled=False, leave=True, style="eta")
     fresh.update(20)
     assert fresh.eta(now[0] + 10) == pytest.approx(10 / 20 * 80)
 

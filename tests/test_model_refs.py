@@ -100,7 +100,7 @@ def test_a_registered_name_wins_over_a_folder_of_that_name(mnist_ckpt_shared, tm
 
 
 def test_model_entries_name_their_judge():
-    from cnnvis.jobs.kinds import default_judge
+    from cnnvis.jobs.judge import default_judge
 
     assert model_info("efficientnet_lite0").judge == "efficientnet_lite1"
     assert model_info("efficientnet_lite1").judge is None and model_info("vgg16").judge is None

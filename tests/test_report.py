@@ -41,7 +41,7 @@ def test_report_json_and_cache_reuse(tmp_path, capsys, monkeypatch):
     args = ["report", "--sections", "sanity", "--quick", "--cache", str(tmp_path / "c"), "--json"]
     assert main(args + ["--out", str(tmp_path / "a")]) == 0
     first = json.loads(capsys.readouterr().out)
-    from cnnvis.jobs.kinds import SanitySpec
+    from cnnvis.jobs.kinds_attribution import SanitySpec
 
     def never(self, vm, ctx):
         raise AssertionError("recomputed instead of served from the store")

@@ -215,7 +215,7 @@ def test_progress_bar_on_a_terminal(monkeypatch):
     import sys
     import time
 
-    from cnnvis.train import _Bar
+    from cnnvis.progress import Bar
 
     class Tty(io.StringIO):
         def isatty(self):
@@ -223,10 +223,10 @@ def test_progress_bar_on_a_terminal(monkeypatch):
 
     err = Tty()
     monkeypatch.setattr(sys, "stderr", err)
-    bar = _Bar(20, "epoch 1/1", True)
+    bar = Bar(20, "epoch 1/1", "step", enabled=True, postfix_every=10)  # as train() makes an epoch's bar
     for i in range(20):
         time.sleep(0.06)  # the bar redraws every 0.5 s
-        bar.step(f"loss {1 / (i + 1):.3f} acc 0.500")
+        bar.update(1, f"loss {1 / (i + 1):.3f} acc 0.500")
     bar.close()
     text = err.getvalue()
     assert "epoch 1/1" in text and "/20 [" in text and "acc 0.500" in text and "\r" in text

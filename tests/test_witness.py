@@ -116,7 +116,7 @@ def test_witness_probs_is_the_judges_view_of_the_png_file(lite1):
 
 
 def test_default_judge_is_the_other_embedded_model(lite0, lite1, redness):
-    from cnnvis.jobs.kinds import default_judge
+    from cnnvis.jobs.judge import default_judge
 
     assert default_judge(lite0) == "efficientnet_lite1" and default_judge(lite1) == "efficientnet_lite0"
     assert default_judge(redness) == "none"

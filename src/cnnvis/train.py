@@ -230,18 +230,6 @@ def _decode(ds, what: str, progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat(xs), torch.cat(ys)
 
 
-# ------------------------------------------------------------------------------- progress
-class _Bar(Bar):
-    """The old name of an epoch's bar (train itself makes `Bar`s): tqdm on a terminal (the running numbers
-    every 10 steps), else a line "desc: done/total loss .. acc .. (s)" every LINE_EVERY seconds."""
-
-    def __init__(self, total: int, desc: str, enabled: bool, unit: str = "step"):
-        super().__init__(total, desc, unit, enabled=enabled, postfix_every=10)
-
-    def step(self, postfix: str = "") -> None:
-        self.update(1, postfix)
-
-
 # ------------------------------------------------------------------------------- training
 def lr_at(step: int, total: int, peak: float, warmup: float = WARMUP) -> float:
     """Learning rate of `step` (0-based) of `total`: linear warm-up to `peak` over the first

@@ -61,15 +61,6 @@ class Summary:
                 "task_wall": [round(t, 3) for t in self.task_wall]}
 
 
-class _Bar(Bar):
-    """One overall bar on stderr: units (channels, images) done of total, with ETA; plain lines when
-    stderr is not a terminal (every CNNVIS_PROGRESS_EVERY seconds). Units already stored (`skipped`) count
-    as done but not in the rate: the ETA is this run's time per unit computed times the units left."""
-
-    def __init__(self, total: int, unit: str, enabled: bool, skipped: int = 0) -> None:
-        super().__init__(total, unit=unit, enabled=enabled, leave=True, style="eta", skipped=skipped)
-
-
 class _Terminated(BaseException):
     """SIGTERM: unwind (finished results are stored already), shut Ray down, exit 143."""
 
@@ -101,7 +92,10 @@ def run_many(specs: Sequence[dict], store: Store, *, engine: str = "local", addr
             summ.keys[i] = key
         else:
             todo.append(i)
-    bar = _Bar(sum(units), unit, progress, skipped=sum(units) - sum(units[i] for i in todo))
+    # one overall bar: units done of total with ETA (plain lines when stderr is not a terminal); units already
+    # stored count as done but not in the rate: the ETA is this run's time per unit times the units left
+    bar = Bar(sum(units), unit=unit, enabled=progress, leave=True, style="eta",
+              skipped=sum(units) - sum(units[i] for i in todo))
     _say(f"{len(specs)} tasks: {summ.skipped} already in {str(store.root)!r}, {len(todo)} to run "
          f"({engine} engine)", progress)
     old = signal.getsignal(signal.SIGTERM)

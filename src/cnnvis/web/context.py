@@ -136,9 +136,9 @@ def embedded(name: str) -> bool:
 
 def embedded_judges(vm) -> list[str]:
     """The judges of `vm` the server offers without a download: the jobs' default witness
-    (`cnnvis.jobs.kinds.default_judge`: efficientnet_lite1 for lite0, lite0 for other ImageNet classifiers)
+    (`cnnvis.jobs.judge.default_judge`: efficientnet_lite1 for lite0, lite0 for other ImageNet classifiers)
     when its weights ship inside the package; [] for other label sets."""
-    from cnnvis.jobs.kinds import default_judge
+    from cnnvis.jobs.judge import default_judge
 
     j = default_judge(vm)
     return [j] if j != "none" and embedded(j) and j != vm.name else []

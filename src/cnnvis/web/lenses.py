@@ -305,7 +305,7 @@ def form_fields(ctx, m, kind: str, q: dict) -> list[dict]:
     if kind == "inversion":
         rows = [(r["alias"] or r["name"], f"{r['alias'] or r['name']} {'×'.join(map(str, r['shape']))}")
                 for r in m.layers if isinstance(r.get("shape"), list)]
-        from cnnvis.jobs.kinds import default_judge
+        from cnnvis.jobs.judge import default_judge
 
         jd = default_judge(m.vm)  # what the spec's judge=None becomes
         return [sel("photo", "photo", photos, ph or photos[0][0]),

@@ -323,7 +323,7 @@ def class_spec(ctx, m, q: dict) -> dict | None:
 def class_form(ctx, m, q: dict) -> dict:
     """The class page's form: the values asked in `q`, the spec class's defaults, the judges offered."""
     from cnnvis.jobs import KINDS
-    from cnnvis.jobs.kinds import default_judge
+    from cnnvis.jobs.judge import default_judge
     from cnnvis.web.lenses import judge_choices
 
     f = KINDS["class_image"].model_fields
