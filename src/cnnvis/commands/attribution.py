@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from cnnvis import defaults as D
 from cnnvis.commands.common import (
     LazyChoice, attribution_methods, cache_tag, check_out, emit, job_options, parse_names, run_job, write_image,
 )
@@ -60,7 +61,7 @@ def method_options(steps, samples, noise, baseline, extra) -> dict:
 @click.command("saliency")
 @click.argument("photo", type=click.Path())
 @job_options
-@click.option("--method", default="saliency", show_default=True, type=LazyChoice(attribution_methods))
+@click.option("--method", default=D.Attribution.method, show_default=True, type=LazyChoice(attribution_methods))
 @_photo_options
 @click.option("--layer", "-l", default=None,
               help="CAM methods: the layer (default: the last spatial block). Other methods: explain this layer's "
@@ -109,7 +110,7 @@ def saliency_cmd(photo, model, weights, device, cache, as_json, method, target, 
 @job_options
 @click.option("--layers", default=None, help="Comma-separated layers (default: VGG conv1_1..conv5_3 / the stages).")
 @click.option("--all", "all_convs", is_flag=True, help="Every Conv2d layer of the model.")
-@click.option("--top", default=3, show_default=True, type=int, help="Channels per layer.")
+@click.option("--top", default=D.Deconv.top, show_default=True, type=int, help="Channels per layer.")
 @click.option("--rule", default=None, type=click.Choice(["masked", "zf"]),
               help="masked (default): Z&F with the forward ReLU mask (= guided backprop): only units that fired "
                    "pass the signal on, so deep layers show the parts of the photo that drove them. zf: the pure Z&F "
@@ -147,12 +148,12 @@ def deconv_cmd(photo, model, weights, device, cache, as_json, layers, all_convs,
 @click.command("sanity")
 @click.argument("photo", type=click.Path())
 @job_options
-@click.option("--method", "methods", default="saliency", show_default=True,
+@click.option("--method", "methods", default=",".join(D.Sanity.methods), show_default=True,
               help="Method, or several comma-separated (see `cnnvis saliency --help` for the names).")
 @_photo_options
 @click.option("--layer", "-l", default=None, help="CAM methods' layer.")
 @_method_options
-@click.option("--max-steps", default=16, show_default=True, type=int,
+@click.option("--max-steps", default=D.Sanity.max_steps, show_default=True, type=int,
               help="At most this many randomization steps (layers are grouped to fit).")
 @click.option("--out", "-o", required=True, type=click.Path(), help="Output image: the correlation curve and the maps.")
 def sanity_cmd(photo, model, weights, device, cache, as_json, methods, target, size, layer, steps, samples, noise,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from cnnvis import defaults as D
 from cnnvis.commands.common import (
     cache_option, echo_json, emit, job_options, json_option, model_options, run_job,
 )
@@ -64,7 +65,7 @@ def layers_cmd(model: str | None, weights: str, size: int | None, show_all: bool
 @click.command("classify")
 @click.argument("images", nargs=-1, required=True, type=click.Path())
 @job_options
-@click.option("--top", default=5, show_default=True, type=click.IntRange(1, 1000), help="How many classes to show.")
+@click.option("--top", default=D.Classify.top, show_default=True, type=click.IntRange(1, 1000), help="How many classes to show.")
 def classify_cmd(images, model, weights, device, cache, as_json, top) -> None:
     """Top-k classes of each IMAGE (files or folders of images), with probabilities.
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from cnnvis import defaults as D
 from cnnvis.commands.common import cache_tag, check_out, emit, job_options, parse_ints, parse_names, run_job, seed_option
 
 
@@ -19,14 +20,14 @@ def _thumb(size: tuple[int, int], longest: int) -> tuple[int, int]:
               help="Comma-separated layers (aliases such as pool4, stage4, or dotted names; default: one about "
                    "two thirds deep, e.g. stage4 or pool4).")
 @click.option("--channels", default=None, help="Comma-separated channel indices (default: all channels).")
-@click.option("--octaves", default=4, show_default=True, type=int)
-@click.option("--octave-scale", default=1.4, show_default=True, type=float)
-@click.option("--steps", default=10, show_default=True, type=int, help="Steps per octave.")
-@click.option("--step-size", default=0.02, show_default=True, type=float,
+@click.option("--octaves", default=D.Dream.octaves, show_default=True, type=int)
+@click.option("--octave-scale", default=D.Dream.octave_scale, show_default=True, type=float)
+@click.option("--steps", default=D.Dream.steps, show_default=True, type=int, help="Steps per octave.")
+@click.option("--step-size", default=D.Dream.step_size, show_default=True, type=float,
               help="Step in [0,1] pixel units (gradient is RMS-normalized).")
-@click.option("--jitter", default=32, show_default=True, type=int, help="Largest random roll, pixels.")
-@click.option("--tile", default=512, show_default=True, type=int, help="Tile size for large photos.")
-@click.option("--objective", type=click.Choice(["l2", "mean"]), default="l2", show_default=True)
+@click.option("--jitter", default=D.Dream.jitter, show_default=True, type=int, help="Largest random roll, pixels.")
+@click.option("--tile", default=D.Dream.tile, show_default=True, type=int, help="Tile size for large photos.")
+@click.option("--objective", type=click.Choice(["l2", "mean"]), default=D.Dream.objective, show_default=True)
 @click.option("--guide", type=click.Path(), default=None, help="Guide image whose features steer the dream.")
 @click.option("--out", "-o", default=None, type=click.Path(), help="Output image (format from the extension).")
 @click.option("--row", default=None, type=click.Path(),

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from cnnvis import defaults as D
 from cnnvis.commands.common import cache_tag, check_out_of_data, emit, job_options, run_job, seed_option, skipped_line
 
 #: what `cnnvis embed` writes into --out (a folder holding only these is ours to replace)
@@ -43,15 +44,15 @@ def write_out_dir(out: Path, files: dict[str, bytes]) -> None:
 @job_options
 @click.option("--out", "-o", required=True, type=click.Path(), help="Output folder (new, empty, or an earlier embed's).")
 @click.option("--split", default=None, help="Dataset split: train, test, ... (default: the dataset's own).")
-@click.option("--limit", type=int, default=2000, show_default=True,
+@click.option("--limit", type=int, default=D.Embed.limit, show_default=True,
               help="Most images (a seeded, class-stratified subset of a larger dataset).")
 @click.option("--layer", default=None, help="Layer whose output to embed, averaged over space if it has any "
                                             "(default: the input of the last Linear, the penultimate features).")
-@click.option("--perplexity", type=float, default=30.0, show_default=True, help="t-SNE perplexity (needs more than "
+@click.option("--perplexity", type=float, default=D.Embed.perplexity, show_default=True, help="t-SNE perplexity (needs more than "
                                                                               "3x as many images).")
-@click.option("--queries", type=int, default=8, show_default=True, help="Query images in the neighbours panel.")
-@click.option("--k", "k", type=int, default=8, show_default=True, help="Nearest neighbours per query.")
-@click.option("--grid", type=int, default=20, show_default=True, help="Atlas cells a side.")
+@click.option("--queries", type=int, default=D.Embed.queries, show_default=True, help="Query images in the neighbours panel.")
+@click.option("--k", "k", type=int, default=D.Embed.k, show_default=True, help="Nearest neighbours per query.")
+@click.option("--grid", type=int, default=D.Embed.grid, show_default=True, help="Atlas cells a side.")
 @click.option("--convert", is_flag=True, help="Convert images of another channel count (RGB <-> grey) to the "
                                               "model's instead of refusing them.")
 @seed_option

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import click
 
+from cnnvis import defaults as D
 from cnnvis.commands.common import (_threads_cb, cache_option, check_out, check_out_of_data, emit, json_option,
                                     parse_ints, parse_names, run_job, seed_option, write_image)
 
@@ -23,16 +24,16 @@ def _mean(v) -> float | None:
 @click.option("--layers", default=None, help="Comma-separated layer names or aliases (default: a small net's conv "
               "layers; see `cnnvis layers --model RUN`).")
 @click.option("--channels", default=None, help="Channels of every layer, e.g. 0-5,9 (default: the first --first).")
-@click.option("--first", type=int, default=6, show_default=True, help="The first N channels of each layer.")
+@click.option("--first", type=int, default=D.Evolution.first, show_default=True, help="The first N channels of each layer.")
 @click.option("--data", default=None, metavar="DATA",
               help="Dataset of the top examples (default: the run's own training data, when it can be read here).")
 @click.option("--split", default=None, help="Split of the data (default: the run's training split).")
-@click.option("--k", type=int, default=3, show_default=True, help="Top examples per cell (0: visualizations only).")
+@click.option("--k", type=int, default=D.Evolution.k, show_default=True, help="Top examples per cell (0: visualizations only).")
 @click.option("--limit", type=int, default=None, metavar="N", help="Top examples from the first N images only.")
 @click.option("--steps", type=int, default=None, help="Optimizer steps per filter (default: per layer, 48..80).")
 @click.option("--size", type=int, default=None,
               help="Filter image size in pixels (default: a small net's input size, else per layer).")
-@click.option("--batch", type=int, default=16, show_default=True, help="Filters rendered together (speed only).")
+@click.option("--batch", type=int, default=D.Evolution.batch, show_default=True, help="Filters rendered together (speed only).")
 @click.option("--out", "-o", required=True, type=click.Path(), help="Output image (the grid).")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
 @click.option("--threads", type=int, default=None, expose_value=False, callback=_threads_cb, metavar="N",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from cnnvis import defaults as D
 from cnnvis import DEFAULT_MODEL
 from cnnvis.commands.common import (
     _threads_cb, cache_option, check_out, emit, job_options, json_option, parse_names, run_job, seed_option,
@@ -21,12 +22,12 @@ _FLAGS = {"image": "PHOTO", "data": "DATA", "other": "--model"}
 @click.option("--window", "-w", default=None, type=int,
               help="Side of the grey patch in pixels of the model's input (default: a fifth of the image side).")
 @click.option("--stride", "-s", default=None, type=int, help="Step between patch positions (default: window / 4).")
-@click.option("--baseline", default=0.5, show_default=True, type=float, help="The patch's grey level in [0, 1].")
+@click.option("--baseline", default=D.Occlusion.baseline, show_default=True, type=float, help="The patch's grey level in [0, 1].")
 @click.option("--layer", "-l", default=None,
               help="Layer of the feature map followed (default: the deepest classic layer, Z&F's layer 5).")
 @click.option("--channel", default=None, type=int, help="Its channel (default: the strongest on the photo).")
 @click.option("--size", default=None, type=int, help="Input size in pixels (default: the model's).")
-@click.option("--batch", default=32, show_default=True, type=click.IntRange(1, 1024),
+@click.option("--batch", default=D.Occlusion.batch, show_default=True, type=click.IntRange(1, 1024),
               help="Occluded images per forward pass (speed only).")
 @click.option("--out", "-o", required=True, type=click.Path(),
               help="Output image: photo | feature map | probability | most probable class.")
@@ -69,10 +70,10 @@ def occlusion_cmd(photo, model, weights, device, cache, as_json, target, window,
 @job_options
 @click.option("--layers", "-l", default=None,
               help="Comma-separated layers (default: four depths, e.g. stage1,stage3,stage4,stage6).")
-@click.option("--steps", default=400, show_default=True, type=click.IntRange(1, 100000), help="Steps per layer.")
+@click.option("--steps", default=D.Inversion.steps, show_default=True, type=click.IntRange(1, 100000), help="Steps per layer.")
 @click.option("--fourier-steps", default=None, type=click.IntRange(0, 100000),
               help="Of which the first on Lucid's Fourier image (default: a fifth, at most 64), the rest on pixels.")
-@click.option("--tv", default=0.1, show_default=True, type=click.FloatRange(0, None),
+@click.option("--tv", default=D.Inversion.tv, show_default=True, type=click.FloatRange(0, None),
               help="Total-variation prior weight in the pixel phase (Mahendran & Vedaldi); 0: the closest match, "
                    "with more colour noise.")
 @click.option("--judge", default=None, metavar="MODEL|none",
@@ -128,18 +129,18 @@ def _default_data(model: str) -> str | None:
 @cache_option
 @json_option
 @click.option("--split", default=None, help="Dataset split (default: the dataset's own; 'test' where it has one).")
-@click.option("--limit", default=2000, show_default=True, type=click.IntRange(2, None),
+@click.option("--limit", default=D.Compare.limit, show_default=True, type=click.IntRange(2, None),
               help="At most this many images (a seeded class-stratified subset).")
 @click.option("--layers", default=None, help="Comma-separated layers of A (default: small nets every conv and "
                                              "linear layer; big nets the stages and the logits).")
 @click.option("--other-layers", default=None,
               help="Comma-separated layers of B (default: A's layers where B has them, else the same choice on B).")
-@click.option("--grid", default=2, show_default=True, type=click.IntRange(1, 32),
+@click.option("--grid", default=D.Compare.grid, show_default=True, type=click.IntRange(1, 32),
               help="Conv maps are average-pooled to GRID x GRID before CKA (1 = global average pooling).")
 @click.option("--match-layer", default=None, metavar="LAYER|none",
               help="Same architecture: the layer whose channels are matched (default: the last conv block).")
 @click.option("--channels", default=None, help="A's channels shown with their matches, e.g. 0-7 (default: the 8 with the best matches).")
-@click.option("--steps", default=64, show_default=True, type=click.IntRange(1, 100000),
+@click.option("--steps", default=D.Compare.steps, show_default=True, type=click.IntRange(1, 100000),
               help="Feature visualization steps of each shown channel.")
 @click.option("--out", "-o", required=True, type=click.Path(), help="Output image: the CKA heat map.")
 @click.option("--matches", default=None, type=click.Path(),

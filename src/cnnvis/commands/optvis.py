@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from cnnvis import defaults as D
 from cnnvis.commands.common import (
     LazyChoice, cache_tag, check_out, emit, job_options, parse_ints, parse_names, preset_names, run_job, seed_option,
     write_file, write_image,
@@ -25,22 +26,22 @@ def _animate_option(fn):
 @click.argument("target", metavar="CLASS")
 @job_options
 @_preset_option
-@click.option("--steps", type=int, default=320, show_default=True,
+@click.option("--steps", type=int, default=D.ClassImage.steps, show_default=True,
               help="Most steps to run (most images stop earlier, once the checks below pass).")
 @click.option("--size", type=int, default=None,
               help="Image size in pixels (default: the model's input size, at most 224).")
-@click.option("--until-prob", type=float, default=0.99, show_default=True,
+@click.option("--until-prob", type=float, default=D.ClassImage.until_prob, show_default=True,
               help="Stop once the 8-bit image reaches this probability (0 = run all steps).")
-@click.option("--robust-prob", type=float, default=0.95, show_default=True,
+@click.option("--robust-prob", type=float, default=D.ClassImage.robust_prob, show_default=True,
               help="...and this probability under each of the four perturbations (0 = do not require it).")
 @click.option("--judge", default=None, metavar="MODEL",
               help="A second classifier with the same labels that checks the saved PNG (a witness: it never gives "
                    "a gradient). Default: the other embedded model (efficientnet_lite1 for lite0); 'none' = no judge.")
-@click.option("--judge-prob", type=float, default=0.97, show_default=True,
+@click.option("--judge-prob", type=float, default=D.ClassImage.judge_prob, show_default=True,
               help="...and stop only once the judge gives the PNG this probability (0 = report it, don't wait for it).")
-@click.option("--min-steps", type=int, default=192, show_default=True,
+@click.option("--min-steps", type=int, default=D.ClassImage.min_steps, show_default=True,
               help="Never stop before this many steps (early stops give pale, faint images).")
-@click.option("--objective", type=click.Choice(["logit", "logprob"]), default="logit", show_default=True,
+@click.option("--objective", type=click.Choice(["logit", "logprob"]), default=D.ClassImage.objective, show_default=True,
               help="Maximize the class logit (Lucid's choice: the most natural images) or its log-softmax (rival "
                    "classes pushed down too: greyer, but a way out when the logit also raises a rival class).")
 @click.option("--out", "-o", required=True, type=click.Path(), help="Output image (PNG keeps the checked bytes).")
@@ -116,13 +117,13 @@ _INT_OR_AUTO = _IntOrAuto()
 @click.option("--layers", default=None, help="Comma-separated layer names or aliases (default: conv1_1..conv5_3 "
               "for VGG, stage0..stage6 for the embedded model).")
 @click.option("--all-conv", is_flag=True, help="Every Conv2d layer of the model.")
-@click.option("--first", type=int, default=10, show_default=True, help="First N filters per layer.")
+@click.option("--first", type=int, default=D.Filters.first, show_default=True, help="First N filters per layer.")
 @click.option("--channels", default=None, help="Comma-separated filter indices (instead of --first), e.g. 0,5,9.")
 @click.option("--steps", type=_INT_OR_AUTO, default="auto", show_default=True,
               help="Optimizer steps per filter; auto: per layer, more for deeper layers (48..80).")
 @click.option("--size", type=_INT_OR_AUTO, default="auto", show_default=True,
               help="Size of each filter image in pixels; auto: per layer, from its receptive field (48..80).")
-@click.option("--batch", type=int, default=16, show_default=True,
+@click.option("--batch", type=int, default=D.Filters.batch, show_default=True,
               help="Filters rendered together in one batch (speed only: results do not depend on it).")
 @click.option("--out", "-o", required=True, type=click.Path(), help="Output image (the grid).")
 @_animate_option

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from cnnvis import defaults as D
 from cnnvis.commands.common import cache_tag, check_out, emit, job_options, parse_names, run_job, seed_option, write_image
 from cnnvis.study.regularizers import row_names  # torch-free: the rows' names for --help
 
@@ -13,7 +14,7 @@ from cnnvis.study.regularizers import row_names  # torch-free: the rows' names f
 @click.option("--judge", default=None, metavar="MODEL|PATH",
               help="A second classifier trained on the same classes (a checkpoint path for a small net, e.g. "
                    "runs/mnist2); it reads the saved images. Default: the other embedded model for ImageNet nets.")
-@click.option("--steps", type=click.IntRange(1, 100000), default=128, show_default=True, help="Steps per row.")
+@click.option("--steps", type=click.IntRange(1, 100000), default=D.RegularizerStudy.steps, show_default=True, help="Steps per row.")
 @click.option("--size", type=int, default=None, help="Image size in pixels (default: the model's input size).")
 @click.option("--targets", default=None, help="Comma-separated classes (default: every class of a <= 10-class net, "
                                               "else 5 spread over the labels).")

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
+from cnnvis import defaults as D
 from cnnvis.commands.common import (_flag_names, cache_tag, check_out, check_out_of_data, emit,
                                     job_options, run_job, seed_option, skipped_line, write_image)
 from cnnvis.commands.web import engine_options, refuse_ray_flags
@@ -69,10 +70,10 @@ def _is_photo(a: str) -> bool:
 @job_options
 @click.option("--layer", "-l", default=None, help="Layer (default: small nets: the last conv's nonlinearity; big "
               "nets: a middle stage).")
-@click.option("-n", "n", default=16, show_default=True, type=int, help="Images drawn from DATA (seeded).")
+@click.option("-n", "n", default=D.MaxMaps.n, show_default=True, type=int, help="Images drawn from DATA (seeded).")
 @click.option("--split", default=None, help="Dataset split (train, test, all, ...).")
 @click.option("--size", default=None, type=int, help="Input size (photos: default the model's; data: its own).")
-@click.option("--project", type=click.Choice(["max", "map"]), default="max", show_default=True,
+@click.option("--project", type=click.Choice(["max", "map"]), default=D.MaxMaps.project, show_default=True,
               help="Project the strongest unit only (max) or the whole map of the channel.")
 @click.option("--out", "-o", default="maxmaps.png", show_default=True, type=click.Path(), help="Output image.")
 @seed_option
@@ -175,13 +176,13 @@ def _read_index(folder: str) -> dict:
 @click.argument("data", nargs=-1, required=True)
 @job_options
 @click.option("--layer", "-l", default=None, help="Layer (default: as maxmaps). See `cnnvis layers`.")
-@click.option("--k", "k", default=9, show_default=True, type=int, help="Images kept per channel.")
+@click.option("--k", "k", default=D.TopExamples.k, show_default=True, type=int, help="Images kept per channel.")
 @click.option("--split", default=None, help="Dataset split (train, test, all, ...).")
 @click.option("--channels", default=None, help="Channels, e.g. 0-15,20 (default: all).")
 @click.option("--shard", default=None, metavar="s/S", help="Run shard s of S (0-based); merge with --merge.")
 @click.option("--limit", default=None, type=int, help="Only the first N images.")
 @click.option("--size", default=None, type=int, help="Feed images at this size (default: their own).")
-@click.option("--batch-size", default=256, show_default=True, type=int,
+@click.option("--batch-size", default=D.TopExamples.batch_size, show_default=True, type=int,
               help="Images per forward pass; shards of one run must use the same.")
 @click.option("--merge", is_flag=True, help="DATA... are the --out folders of every shard of one run: merge them "
               "exactly into --out (the dataset must still be readable where the shards read it).")

@@ -6,6 +6,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from cnnvis import defaults as D
 from cnnvis.errors import CnnvisError
 from cnnvis.jobs.helpers import (
     PhotoSpec, Side, chosen_layers, describe, layer_label, prepare, resolve_layers, target_and_layer,
@@ -37,7 +38,7 @@ class AttributionSpec(PhotoSpec):
     kind = "attribution"
     example = {"image": "sample:chelsea", "method": "gradcam"}
     title = "attribution map"
-    method: str = "saliency"
+    method: str = D.Attribution.method
     target: int | str | None = None  # class (default: top-1); or use layer/channel/unit
     layer: str | None = None  # CAM methods: the layer the map is computed at; others: explain this activation
     channel: int | None = None
@@ -202,10 +203,10 @@ class DeconvSpec(PhotoSpec):
     title = "deconvnet (Zeiler & Fergus)"
     layers: list[str] | None = None  # default: the model's classic layers
     all_conv: bool = False  # instead of layers: every Conv2d
-    top: int = Field(3, ge=1, le=64)
+    top: int = Field(D.Deconv.top, ge=1, le=64)
     # every unit where the channel fired (1 each), its strongest unit (Z&F Fig. 2), or its rectified map
-    project: Literal["sum", "max", "map"] = "sum"
-    rule: Literal["masked", "zf"] = "masked"  # Z&F + the forward ReLU mask (guided backprop), or pure Z&F
+    project: Literal["sum", "max", "map"] = D.Deconv.project
+    rule: Literal["masked", "zf"] = D.Deconv.rule  # Z&F + the forward ReLU mask (guided backprop), or pure Z&F
 
     def normalized(self, vm):
         layers = chosen_layers(vm, self.layers, self.all_conv)
@@ -249,10 +250,10 @@ class SanitySpec(PhotoSpec):
     kind = "sanity"
     example = {"image": "sample:chelsea", "max_steps": 2}
     title = "sanity check (cascading randomization)"
-    methods: list[str] = Field(default_factory=lambda: ["saliency"], min_length=1)
+    methods: list[str] = Field(default_factory=lambda: list(D.Sanity.methods), min_length=1)
     target: int | str | None = None
     layer: str | None = None  # CAM methods' layer
-    max_steps: int = Field(16, ge=1, le=1000)
+    max_steps: int = Field(D.Sanity.max_steps, ge=1, le=1000)
     options: dict[str, float | int | str | bool | None] = Field(default_factory=dict)
 
     @field_validator("methods")

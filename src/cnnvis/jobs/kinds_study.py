@@ -11,6 +11,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field, model_validator
 
+from cnnvis import defaults as D
 from cnnvis.errors import CnnvisError
 from cnnvis.jobs.helpers import PhotoSpec, Side, layer_label, prepare
 from cnnvis.jobs.result import npy_bytes, png_bytes
@@ -111,10 +112,10 @@ class MaxMapsSpec(Spec):
     data: str | None = None  # a dataset (cnnvis.data.open_dataset ref) ...
     images: list[str] | None = None  # ... or photos
     split: str | None = None
-    n: int = Field(16, ge=1, le=256)  # images drawn from the dataset (seeded)
+    n: int = Field(D.MaxMaps.n, ge=1, le=256)  # images drawn from the dataset (seeded)
     layer: str | None = None  # default: default_map_layer(vm, deep=True)
     size: Side | None = None  # photos: the model's size; data: the images' own size
-    project: Literal["max", "map"] = "max"  # seed the deconvnet with the strongest unit or the whole map
+    project: Literal["max", "map"] = D.MaxMaps.project  # seed the deconvnet with the strongest unit or the whole map
 
     @model_validator(mode="after")
     def _one_source(self):
@@ -255,9 +256,9 @@ class TopExamplesSpec(Spec):
     data: str
     split: str | None = None
     layer: str | None = None  # default: default_map_layer(vm, deep=True)
-    k: int = Field(9, ge=1, le=1000)
+    k: int = Field(D.TopExamples.k, ge=1, le=1000)
     channels: list[int] | None = None  # None: all
-    batch_size: int = Field(256, ge=1, le=65536)  # part of the identity: it defines the shards
+    batch_size: int = Field(D.TopExamples.batch_size, ge=1, le=65536)  # part of the identity: it defines the shards
     shard: int = Field(0, ge=0)
     shards: int = Field(1, ge=1)
     limit: int | None = Field(None, ge=1)  # only the first `limit` images
