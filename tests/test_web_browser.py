@@ -368,17 +368,27 @@ def test_photo_upload_pelican(server, page):
     shapes = {x["name"]: x["shape"] for x in _get_json(server.base + "/api/models/efficientnet_lite0/layers")}
     assert job["result"]["data"]["shape"] == shapes[layer]
     assert images_loaded(pg, "#layer-out img")[0] > 0
-    pg.click("#dream-btn")  # DeepDream of that layer, on the photo shrunk to 320 px
+    posted = lambda r: r.method == "POST" and "/api/jobs?" in r.url  # noqa: E731  (the spec the page sends)
+    with pg.expect_request(posted) as req:
+        pg.click("#dream-btn")  # DeepDream of that layer, on the photo shrunk to 320 px
+    dream_spec = json.loads(req.value.post_data)
     wait_job_done(pg, "#layer-job")
     job = _get_json(f"{server.base}/api/jobs/{pg.get_attribute('#layer-job [data-testid=job-widget]', 'data-job-id')}")
     w, h = job["result"]["data"]["size"]
     assert max(w, h) == 320 and abs(w / h - 500 / 334) < 0.02  # the pelican photo is 500x334
+    from cnnvis.web.specs import PHOTO_DREAM_QUICK  # the page's named quick preview, said so on the page
+
+    assert {k: dream_spec[k] for k in PHOTO_DREAM_QUICK} == PHOTO_DREAM_QUICK and dream_spec["kind"] == "dream"
+    assert "quick preview: 3 octaves x 8 steps" in pg.inner_text("[data-testid=dream-quick]")
     assert images_loaded(pg, "#layer-out img")[0] == w
     shot(pg, "10-photo-pelican-dream")
-    pg.click("#deconv-btn")  # the Zeiler & Fergus panel: the top 3 channels of its layers, projected
+    with pg.expect_request(posted) as req:
+        pg.click("#deconv-btn")  # the Zeiler & Fergus panel: the top 3 channels of its layers, projected
+    deconv_spec = json.loads(req.value.post_data)
     wait_job_done(pg, "#layer-job")
     job = _get_json(f"{server.base}/api/jobs/{pg.get_attribute('#layer-job [data-testid=job-widget]', 'data-job-id')}")
     assert job["result"]["kind"] == "deconv" and all(len(x["channels"]) == 3 for x in job["result"]["data"]["layers"])
+    assert set(deconv_spec) == {"kind", "image", "layers", "model"}  # the rest: the deconv spec's defaults
     assert images_loaded(pg, "#layer-out img")[0] > 0
     shot(pg, "10-photo-pelican-deconv")
 

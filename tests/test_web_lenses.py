@@ -263,8 +263,8 @@ def _cli_spec(monkeypatch, argv: list[str]):
     return got[0]
 
 
-def _report_spec(monkeypatch, section: str, vm, tmp_path):
-    """The first spec report section `section` asks for on the photo chelsea (full, not --quick)."""
+def _report_spec(monkeypatch, section: str, vm, tmp_path, photo: str = "sample:chelsea"):
+    """The first spec report section `section` asks for on `photo` (full, not --quick)."""
     import importlib
 
     import cnnvis.jobs
@@ -277,9 +277,9 @@ def _report_spec(monkeypatch, section: str, vm, tmp_path):
         raise _Captured
 
     monkeypatch.setattr(cnnvis.jobs, "run", capture)
-    ctx = ReportContext(vm=vm, photos=[("chelsea", "sample:chelsea")], out=tmp_path)
+    ctx = ReportContext(vm=vm, photos=[("chelsea", photo)], out=tmp_path)
     with pytest.raises(_Captured):
-        importlib.import_module(f"cnnvis.sections.{section}").render(ctx)
+        importlib.import_module(f"cnnvis.sections.{section}").SECTION.render(ctx)
     return got[0]
 
 
@@ -320,6 +320,62 @@ def test_every_face_builds_the_same_spec(client, monkeypatch, tmp_path, lite0):
     assert (s.target, s.steps, s.judge, s.objective) == (11, 64, "none", "logprob")
     assert "unknown judge 'vgg16'" in bad(client, f"/m/{LITE}/class?class=11&judge=vgg16", 400)
     assert "type a class name or index first" in bad(client, f"/m/{LITE}/class?class=", 400)
+
+
+def test_more_faces_build_the_same_spec(client, monkeypatch, tmp_path, lite0, pelican_path):
+    """Class images, filter grids, DeepDream and attribution maps: the CLI, the report, the web and
+    `cnnvis.run` (make_spec with only the question) ask the same job; a face that repeats a default of
+    its own (a different value) fails here. The web photo page's DeepDream is its named quick preview."""
+    from cnnvis.jobs import job_key, make_spec, parse_spec
+    from cnnvis.web.specs import PHOTO_DREAM_QUICK
+
+    out = str(tmp_path / "x.png")
+    photo = str(pelican_path)
+
+    def same(kind, *specs, vm=None):
+        assert {s.kind for s in specs} == {kind}
+        forms = {(s.normalized(vm) if vm is not None else s).canonical_json() for s in specs}
+        assert len(forms) == 1, (kind, forms)
+        assert len({job_key(s.normalized(vm) if vm is not None else s) for s in specs}) == 1
+
+    def web(url):
+        r = client.get(url)
+        assert r.status_code == 200, r.text[-300:]
+        return parse_spec({**boot(r)["spec"], "model": LITE})
+
+    # class images: the class page, `cnnvis class`, the report's first reference class, cnnvis.run
+    same("class_image", web(f"/m/{LITE}/class?class=pelican&steps=&judge=&objective="),
+         _cli_spec(monkeypatch, ["class", "pelican", "--out", out]),
+         _report_spec(monkeypatch, "optvis_classes", lite0, tmp_path),
+         make_spec("class_image", target="pelican"))
+    # filter grids: `cnnvis filters` and the report (its first grid: VGG16's, 10 filters, steps and size per
+    # layer), cnnvis.run; one channel: the web channel page's first seed and `cnnvis filters --layers L --channels C`
+    same("filters", _cli_spec(monkeypatch, ["filters", "--model", "vgg16_hed", "--out", out]),
+         _report_spec(monkeypatch, "optvis_filters", lite0, tmp_path), make_spec("filters", model="vgg16_hed"))
+    seed0 = parse_spec(boot(client.get(f"/m/{LITE}/layer/stage3/channel/5"))["specs"][0])
+    same("filters", seed0, _cli_spec(monkeypatch, ["filters", "--layers", "stage3", "--channels", "5", "--out", out]),
+         vm=lite0)
+    # DeepDream: the report's row is one `dream` job per layer, each what `cnnvis dream --layers L --max-side 512`
+    # asks (the line the report prints); without options the CLI asks cnnvis.run's defaults
+    row = _report_spec(monkeypatch, "dream", lite0, tmp_path, photo=photo).normalized(lite0)
+    layer = row.layers[0]
+    same("dream", row.dream_specs()[0],
+         _cli_spec(monkeypatch, ["dream", photo, "--layers", layer, "--max-side", "512", "--out", out]), vm=lite0)
+    same("dream", _cli_spec(monkeypatch, ["dream", photo, "--out", out]), make_spec("dream", image=photo))
+    # ...the web photo page's preview is the CLI with the preset's flags (the page says so)
+    flags = [a for k, v in PHOTO_DREAM_QUICK.items() for a in (f"--{k.replace('_', '-')}", str(v))]
+    web_dream = parse_spec({"kind": "dream", "image": photo, "layers": [layer], **PHOTO_DREAM_QUICK, "model": LITE})
+    same("dream", web_dream, _cli_spec(monkeypatch, ["dream", photo, "--layers", layer, *flags, "--out", out]))
+    page = client.get(f"/m/{LITE}/photo")
+    assert boot(page)["dream_quick"] == PHOTO_DREAM_QUICK
+    assert "quick preview: 3 octaves x 8 steps on the photo shrunk to 320 px" in " ".join(page.text.split())
+    # attribution: the photo page's map (kind, image, method), `cnnvis saliency`, the report's first map
+    web_attr = parse_spec({"kind": "attribution", "image": photo, "method": "saliency", "model": LITE})
+    same("attribution", web_attr, _cli_spec(monkeypatch, ["saliency", photo, "--out", out]),
+         _report_spec(monkeypatch, "attribution", lite0, tmp_path, photo=photo), make_spec("attribution", image=photo))
+    # the deconvnet panel (kind, image, layers: the spec's top, rule and projection) and `cnnvis deconv --layers L`
+    web_deconv = parse_spec({"kind": "deconv", "image": photo, "layers": ["stage3"], "model": LITE})
+    same("deconv", web_deconv, _cli_spec(monkeypatch, ["deconv", photo, "--layers", "stage3", "--out", out]))
 
 
 def test_channel_page_seeds_use_the_layer_plan(client, mids):

@@ -29,6 +29,8 @@ def _thumb(size: tuple[int, int], longest: int) -> tuple[int, int]:
 @click.option("--tile", default=D.Dream.tile, show_default=True, type=int, help="Tile size for large photos.")
 @click.option("--objective", type=click.Choice(["l2", "mean"]), default=D.Dream.objective, show_default=True)
 @click.option("--guide", type=click.Path(), default=None, help="Guide image whose features steer the dream.")
+@click.option("--max-side", type=int, default=None, metavar="PX",
+              help="Shrink the photo first so that its longest side is PX (default: dream at the photo's size).")
 @click.option("--out", "-o", default=None, type=click.Path(), help="Output image (format from the extension).")
 @click.option("--row", default=None, type=click.Path(),
               help="Write a row: the photo dreamed at each of --layers separately, labelled.")
@@ -36,7 +38,7 @@ def _thumb(size: tuple[int, int], longest: int) -> tuple[int, int]:
               help="Also write the dream (--out) forming, one frame per step, as an animated GIF.")
 @seed_option
 def dream_cmd(photo, model, weights, device, cache, as_json, layers, channels, octaves, octave_scale, steps, step_size,
-              jitter, tile, objective, guide, out, row, animate, seed) -> None:
+              jitter, tile, objective, guide, max_side, out, row, animate, seed) -> None:
     """DeepDream on PHOTO at the chosen layers (output is the photo's size).
 
     Example: cnnvis dream cat.jpg --layers stage3 --out dream.jpg
@@ -55,9 +57,9 @@ def dream_cmd(photo, model, weights, device, cache, as_json, layers, channels, o
     names = parse_names(layers)
     fields = dict(image=photo, channels=parse_ints(channels, "--channels"), octaves=octaves, octave_scale=octave_scale,
                   steps=steps, step_size=step_size, jitter=jitter, tile=tile, objective=objective, guide=guide,
-                  seed=seed)
+                  max_side=max_side, seed=seed)
     common = dict(model=model, weights=weights, device=device, cache=cache, quiet=as_json,
-                  flags={"steps": "--steps", "image": "PHOTO"})
+                  flags={"steps": "--steps", "image": "PHOTO", "max_side": "--max-side"})
     img = load_image(photo)  # fail fast on a bad photo, before the model loads
     report = {}
     lines = []

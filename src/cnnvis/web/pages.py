@@ -284,8 +284,13 @@ def channel_page(request: Request, mid: str, layer: str, channel: str):
 def photo_page(request: Request, mid: str):
     from cnnvis.attribution import list_methods, method_class
 
+    from cnnvis import defaults as D
+    from cnnvis.web.specs import PHOTO_DREAM_QUICK
+
     methods = [{"name": n, "title": method_class(n).title} for n in list_methods()]  # the picker: every method
-    return _page(request, "photo", mid, "photo", f"{mid}: photo", server={"methods": methods})
+    full = {"octaves": D.Dream.octaves, "steps": D.Dream.steps}  # what `cnnvis dream` does without options
+    return _page(request, "photo", mid, "photo", f"{mid}: photo", server={"methods": methods, "dream_full": full},
+                 dream_quick=PHOTO_DREAM_QUICK)
 
 
 def class_spec(ctx, m, q: dict) -> dict | None:

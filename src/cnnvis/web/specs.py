@@ -5,7 +5,8 @@
 
 The layer pages' quick CPU settings: 48 steps; 80-px renders for nets made for large inputs, the
 model's own side (28 for MNIST, 32 for CIFAR) for small nets. A channel page renders its channel with
-the filters spec's defaults (the layer plan).
+the filters spec's defaults (the layer plan). The photo page's DeepDream is a quick preview too
+(PHOTO_DREAM_QUICK, said so on the page); its deconvnet and attribution maps use the spec defaults.
 """
 
 from __future__ import annotations
@@ -18,6 +19,10 @@ from cnnvis.errors import CnnvisError
 QUICK_STEPS = 48
 QUICK_SIZE = 80  # px a side for ImageNet-sized models
 PER_PAGE = 16
+# The photo page's DeepDream preview: a panel the user waits for on a shared server, so fewer octaves and steps
+# on a photo shrunk to 320 px, instead of the `dream` spec's defaults (cnnvis.defaults.Dream: 4 octaves x 10
+# steps at the photo's own size, up to 2048 px). The page says so and shows the `cnnvis dream` line.
+PHOTO_DREAM_QUICK = {"max_side": 320, "octaves": 3, "steps": 8}
 
 _LAYERS: dict[str, dict] = {}  # model ref -> {dotted name: LayerInfo}
 _VMS: dict[str, object] = {}

@@ -659,9 +659,11 @@
     }
     function viewSpec(s) {
       if (s.view === "maps") return [{kind: "feature_maps", image: s.photo, layer: s.layer}, "feature maps"];
-      if (s.view === "dream") return [{kind: "dream", image: s.photo, layers: [s.layer], max_side: 320, octaves: 3,
-                                       steps: 8}, "DeepDream"];
-      if (s.view === "deconv") return [{kind: "deconv", image: s.photo, layers: [s.layer], top: 3}, "deconvnet"];
+      // DeepDream: the page's quick preview (web/specs.py PHOTO_DREAM_QUICK, said so on the page); the rest: the
+      // spec's own defaults
+      if (s.view === "dream") return [{kind: "dream", image: s.photo, layers: [s.layer], ...BOOT.dream_quick},
+                                      "DeepDream"];
+      if (s.view === "deconv") return [{kind: "deconv", image: s.photo, layers: [s.layer]}, "deconvnet"];
       return [null, ""];
     }
     /** Show the view `s` (jobs already stored come back at once, without running again). */
