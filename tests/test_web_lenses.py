@@ -369,10 +369,13 @@ def test_more_faces_build_the_same_spec(client, monkeypatch, tmp_path, lite0, pe
     page = client.get(f"/m/{LITE}/photo")
     assert boot(page)["dream_quick"] == PHOTO_DREAM_QUICK
     assert "quick preview: 3 octaves x 8 steps on the photo shrunk to 320 px" in " ".join(page.text.split())
-    # attribution: the photo page's map (kind, image, method), `cnnvis saliency`, the report's first map
+    # attribution: the photo page's map (kind, image, method), `cnnvis saliency`, the report grid's first map
+    # (its saliency job: the attribution_grid sends one per photo and method), cnnvis.run
     web_attr = parse_spec({"kind": "attribution", "image": photo, "method": "saliency", "model": LITE})
+    grid = _report_spec(monkeypatch, "attribution", lite0, tmp_path, photo=photo)
+    assert grid.kind == "attribution_grid" and grid.methods[0] == "saliency"
     same("attribution", web_attr, _cli_spec(monkeypatch, ["saliency", photo, "--out", out]),
-         _report_spec(monkeypatch, "attribution", lite0, tmp_path, photo=photo), make_spec("attribution", image=photo))
+         grid.attribution_specs()[0][0], make_spec("attribution", image=photo))
     # the deconvnet panel (kind, image, layers: the spec's top, rule and projection) and `cnnvis deconv --layers L`
     web_deconv = parse_spec({"kind": "deconv", "image": photo, "layers": ["stage3"], "model": LITE})
     same("deconv", web_deconv, _cli_spec(monkeypatch, ["deconv", photo, "--layers", "stage3", "--out", out]))
