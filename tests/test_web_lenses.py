@@ -322,6 +322,12 @@ def test_every_face_builds_the_same_spec(client, monkeypatch, tmp_path, lite0):
     assert "type a class name or index first" in bad(client, f"/m/{LITE}/class?class=", 400)
 
 
+def _field(kind: str, name: str):
+    from cnnvis.jobs import KINDS
+
+    return KINDS[kind].model_fields[name].default
+
+
 def test_more_faces_build_the_same_spec(client, monkeypatch, tmp_path, lite0, pelican_path):
     """Class images, filter grids, DeepDream and attribution maps: the CLI, the report, the web and
     `cnnvis.run` (make_spec with only the question) ask the same job; a face that repeats a default of
@@ -376,6 +382,14 @@ def test_more_faces_build_the_same_spec(client, monkeypatch, tmp_path, lite0, pe
     assert grid.kind == "attribution_grid" and grid.methods[0] == "saliency"
     same("attribution", web_attr, _cli_spec(monkeypatch, ["saliency", photo, "--out", out]),
          grid.attribution_specs()[0][0], make_spec("attribution", image=photo))
+    # the study page's t-SNE map: a named quicker image count, shown in its form and said so beside it
+    from cnnvis import defaults as D
+    from cnnvis.web.specs import STUDY_EMBED_LIMIT
+
+    study = client.get(f"/m/{LITE}/study")
+    assert boot(study)["embed_limit"] == STUDY_EMBED_LIMIT
+    assert f'value="{STUDY_EMBED_LIMIT}"' in study.text and D.Embed.limit == _field("embed", "limit")
+    assert f"maps {D.Embed.limit} by default" in " ".join(study.text.split())
     # the deconvnet panel (kind, image, layers: the spec's top, rule and projection) and `cnnvis deconv --layers L`
     web_deconv = parse_spec({"kind": "deconv", "image": photo, "layers": ["stage3"], "model": LITE})
     same("deconv", web_deconv, _cli_spec(monkeypatch, ["deconv", photo, "--layers", "stage3", "--out", out]))

@@ -371,7 +371,11 @@ def _training(request: Request, mid: str) -> dict | None:
 
 @router.get("/m/{mid}/study", response_class=HTMLResponse)
 def study_page(request: Request, mid: str):
-    return _page(request, "study", mid, "study", f"{mid}: dataset study", training=_training(request, mid))
+    from cnnvis import defaults as D
+    from cnnvis.web.specs import STUDY_EMBED_LIMIT
+
+    return _page(request, "study", mid, "study", f"{mid}: dataset study", training=_training(request, mid),
+                 embed_limit=STUDY_EMBED_LIMIT, embed_full=D.Embed.limit)
 
 
 def _script_json(obj) -> str:

@@ -23,6 +23,9 @@ PER_PAGE = 16
 # on a photo shrunk to 320 px, instead of the `dream` spec's defaults (cnnvis.defaults.Dream: 4 octaves x 10
 # steps at the photo's own size, up to 2048 px). The page says so and shows the `cnnvis dream` line.
 PHOTO_DREAM_QUICK = {"max_side": 320, "octaves": 3, "steps": 8}
+# The study page's t-SNE map: 1000 images by default (the `embed` spec's own default, cnnvis.defaults.Embed,
+# is 2000: t-SNE time grows faster than the image count); the form shows the number and takes another.
+STUDY_EMBED_LIMIT = 1000
 
 _LAYERS: dict[str, dict] = {}  # model ref -> {dotted name: LayerInfo}
 _VMS: dict[str, object] = {}

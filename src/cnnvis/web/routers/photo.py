@@ -7,6 +7,7 @@ import io
 
 from fastapi import APIRouter, Depends, File, Form, HTTPException, Response, UploadFile
 
+from cnnvis import defaults as D
 from cnnvis.web.context import WebContext, get_ctx
 from cnnvis.web.schemas import ClassifyOut, PhotoOut, UploadOut
 from cnnvis.web.uploads import UPLOAD_RE, save_upload
@@ -67,7 +68,7 @@ def get_upload(sha: str, ctx: WebContext = Depends(get_ctx)):
              responses={400: {"description": "not a readable image"}, 413: {"description": "too large"},
                         415: {"description": "not an image type"}})
 async def post_classify(file: UploadFile = File(...), model: str | None = Form(None),
-                        top: int = Form(5, ge=1, le=1000), ctx: WebContext = Depends(get_ctx)):
+                        top: int = Form(D.Classify.top, ge=1, le=1000), ctx: WebContext = Depends(get_ctx)):
     m = ctx.model_of(model)
     if m.vm.task != "classification":
         raise HTTPException(400, f"model {m.mid!r} is not a classifier ({m.vm.task})")

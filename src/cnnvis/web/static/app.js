@@ -495,7 +495,7 @@
         $("#top-examples-btn").textContent = `Find top examples in ${me.data}`;
       }
     }).catch(() => {});
-    const topExamples = () => jobImage({kind: "top_examples", layer, channels: [channel], k: 9}, $("#top-job"),
+    const topExamples = () => jobImage({kind: "top_examples", layer, channels: [channel]}, $("#top-job"),
       $("#top-examples"), "top examples", `channel_${String(channel).padStart(3, "0")}.png`).catch(() => {});
     $("#top-examples-btn").addEventListener("click", () => {
       writeState(Object.assign(readState(), {top: "1"}));
@@ -641,7 +641,7 @@
     /** What the model makes of the photo: top-5 classes, or an edge detector's output map. */
     async function seeRef() {
       if (classifier) {
-        const st = await startJob({kind: "classify", images: [ref], top: 5}, $("#classify-job"), "classify");
+        const st = await startJob({kind: "classify", images: [ref]}, $("#classify-job"), "classify");  // top: the spec's
         showTop(st.result.data.predictions[0].top);
         return;
       }
@@ -961,7 +961,7 @@
     function apply(s, before) {
       if (s.eval && !before.eval) evaluate();
       if (!s.eval) for (const id of ["#eval-out", "#eval-job"]) $(id).replaceChildren();
-      if (s.embed && s.embed !== before.embed) embed(Number(s.embed) || 1000);
+      if (s.embed && s.embed !== before.embed) embed(Number(s.embed) || BOOT.embed_limit);
       if (!s.embed) for (const id of ["#embed-out", "#embed-job"]) $(id).replaceChildren();
       state = s;
     }
@@ -971,7 +971,7 @@
       apply(s, {});
     });
     $("#embed-btn").addEventListener("click", () => {
-      const s = Object.assign({}, state, {embed: String(Number($("#embed-limit").value) || 1000)});
+      const s = Object.assign({}, state, {embed: String(Number($("#embed-limit").value) || BOOT.embed_limit)});
       writeState(s);
       apply(s, Object.assign({}, state, {embed: null}));
     });
