@@ -5,7 +5,7 @@ pass the same values without importing pydantic or torch (`cnnvis --help` stays 
 report leave a field out to get the spec's default. One class per job kind, named after it; change a
 default here and every face follows. Deliberate exceptions are named where they live and said so where
 they show: the report's --quick mode, the web's quick previews (`cnnvis.web.specs`: the layer pages'
-grids, the photo page's DeepDream).
+grids, the photo page's DeepDream, the study page's t-SNE image count).
 
 Nothing here imports anything (a basics module: every layer may read it).
 """
