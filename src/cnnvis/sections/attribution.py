@@ -68,7 +68,7 @@ def render_deconv(ctx: ReportContext) -> str:
         layers = ["conv1_2", "conv2_2", "conv3_3", "conv4_3", "conv5_3"] if model_name == "vgg16_hed" and ctx.quick \
             else None
         try:
-            res = ctx.run("deconv", model=model_name, image=ref, layers=layers)  # top: the spec default (cnnvis.defaults)
+            res = ctx.run("deconv", model=model_name, image=ref, layers=layers)  # top: the spec default
         except ImportError as e:  # a missing optional weight package must not kill the section
             parts.append(f"<p>{esc(model_name)}: not available ({esc(str(e))})</p>")
             continue
