@@ -13,14 +13,9 @@ from cnnvis.jobs.spec import register
 
 
 # ---------------------------------------------------------------------- DeepDream
-@register
-class DreamSpec(PhotoSpec):
-    """DeepDream of a photo at some layers (output: the photo's size, or `max_side`)."""
+class DreamSettings(PhotoSpec):
+    """The settings a dream and a row of dreams share (not a job kind itself)."""
 
-    kind = "dream"
-    example = {"image": "sample:chelsea", "octaves": 1, "steps": 2, "max_side": 64}
-    title = "DeepDream"
-    layers: list[str] | None = None  # default: one layer about two thirds deep
     channels: list[int] | None = None
     octaves: int = Field(D.Dream.octaves, ge=1, le=12)
     octave_scale: float = Field(D.Dream.octave_scale, ge=1.01, le=4)
@@ -31,10 +26,20 @@ class DreamSpec(PhotoSpec):
     objective: Literal["l2", "mean"] = D.Dream.objective
     guide: str | None = None
     max_side: int | None = Field(None, ge=8, le=100000)  # shrink the photo first so its longest side is this
-    animate: bool = False  # also store the optimization as an animated GIF (animation.gif), a frame per step
 
     def inputs(self) -> list[str]:
         return [self.image] + ([self.guide] if self.guide else [])
+
+
+@register
+class DreamSpec(DreamSettings):
+    """DeepDream of a photo at some layers (output: the photo's size, or `max_side`)."""
+
+    kind = "dream"
+    example = {"image": "sample:chelsea", "octaves": 1, "steps": 2, "max_side": 64}
+    title = "DeepDream"
+    layers: list[str] | None = None  # default: one layer about two thirds deep
+    animate: bool = False  # also store the optimization as an animated GIF (animation.gif), a frame per step
 
     def normalized(self, vm):
         from cnnvis.layers import dream_layers
@@ -75,7 +80,7 @@ class DreamSpec(PhotoSpec):
 
 # ---------------------------------------------------------------------- a row of dreams
 @register
-class DreamRowSpec(PhotoSpec):
+class DreamRowSpec(DreamSettings):
     """The photo beside its DeepDream at each of several layers: one `dream` job per layer (cached and shared
     like any other), composed into row.png."""
 
@@ -84,23 +89,10 @@ class DreamRowSpec(PhotoSpec):
     title = "DeepDream row (one dream per layer)"
     layers: list[str] | None = Field(None, min_length=1, max_length=8)  # default: `n` layers (dream_layers)
     n: int = Field(1, ge=1, le=8)  # how many layers, shallow to deep, when `layers` is not given
-    channels: list[int] | None = None
-    octaves: int = Field(D.Dream.octaves, ge=1, le=12)
-    octave_scale: float = Field(D.Dream.octave_scale, ge=1.01, le=4)
-    steps: int = Field(D.Dream.steps, ge=1, le=10000)  # per octave
-    step_size: float = Field(D.Dream.step_size, gt=0, le=1)
-    jitter: int = Field(D.Dream.jitter, ge=0, le=512)
-    tile: Annotated[Side, Field(ge=32)] = D.Dream.tile
-    objective: Literal["l2", "mean"] = D.Dream.objective
-    guide: str | None = None
-    max_side: int | None = Field(None, ge=8, le=100000)
     # None: the report's row (the photo resized to the dreams' size, columns labelled with `layers` as named);
     # a side in px: the CLI's (`cnnvis dream --row`: cells of the photo thumbnailed to it, columns labelled as
     # each dream job names its layer)
     cell: int | None = Field(None, ge=8, le=2048)
-
-    def inputs(self) -> list[str]:
-        return [self.image] + ([self.guide] if self.guide else [])
 
     def normalized(self, vm):
         from cnnvis.layers import dream_layers
