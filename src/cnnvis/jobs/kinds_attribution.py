@@ -16,10 +16,14 @@ from cnnvis.jobs.spec import Spec, register
 
 
 # ---------------------------------------------------------------------- attribution
-def _attribution_methods() -> list[str]:
+def _known_methods(names: list[str]) -> None:
+    """ValueError naming the first of `names` the attribution registry does not know, and the known ones."""
     from cnnvis.attribution import list_methods
 
-    return list_methods()
+    methods = list_methods()
+    bad = [m for m in names if m not in methods]
+    if bad:
+        raise ValueError(f"unknown method {bad[0]!r}; one of {', '.join(methods)}")
 
 
 def _with_seed(method: str, options: dict, seed: int) -> dict:
@@ -54,9 +58,7 @@ class AttributionSpec(PhotoSpec):
     @field_validator("method")
     @classmethod
     def _known(cls, v):
-        methods = _attribution_methods()
-        if v not in methods:
-            raise ValueError(f"unknown method {v!r}; one of {', '.join(methods)}")
+        _known_methods([v])
         return v
 
     def normalized(self, vm):
@@ -128,10 +130,7 @@ class AttributionGridSpec(Spec):
     @field_validator("methods")
     @classmethod
     def _known(cls, v):
-        methods = _attribution_methods()
-        bad = [m for m in v if m not in methods]
-        if bad:
-            raise ValueError(f"unknown method {bad[0]!r}; one of {', '.join(methods)}")
+        _known_methods(v)
         if len(set(v)) != len(v):
             raise ValueError("a method is listed twice; list each once")
         return v
@@ -259,10 +258,7 @@ class SanitySpec(PhotoSpec):
     @field_validator("methods")
     @classmethod
     def _known(cls, v):
-        methods = _attribution_methods()
-        bad = [m for m in v if m not in methods]
-        if bad:
-            raise ValueError(f"unknown method {bad[0]!r}; one of {', '.join(methods)}")
+        _known_methods(v)
         return v
 
     def normalized(self, vm):
