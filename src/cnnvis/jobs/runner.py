@@ -134,7 +134,8 @@ def dataset_id(ref: str) -> str:
 
 def job_key(spec: Spec) -> str:
     """The store key: hash of the canonical spec, the weights, the input files and the code version."""
-    extra = "|".join([weights_id(spec.model, spec.weights), *(weights_id(m, None) for m in spec.extra_models()),
+    own = [weights_id(spec.model, spec.weights)] if spec.keyed_by_model() else []
+    extra = "|".join([*own, *(weights_id(m, None) for m in spec.extra_models()),
                       *(file_hash(p) for p in spec.inputs()
                                                                   if not str(p).startswith("sample:")),
                       *(dataset_id(d) for d in spec.datasets()),
@@ -389,9 +390,11 @@ def run(spec, *, store: Store | str | os.PathLike | None = None, progress=None, 
         if hit is not None:
             return _warn(_served(hit, run_env(vm, device or (pool.device if pool else None))))
     pool = pool or default_pool()
+    if device is not None and pool.device != device and vm is None:
+        pool = default_pool(device)  # loaded once per device, not once per call
+    if not spec.loads_model:  # asked of the kind: it combines other results, never loads weights here
+        return _run_modelless(spec, raw_key, store, damaged, pool, vm, progress, cancel, defer_store)
     if vm is None:
-        if device is not None and pool.device != device:
-            pool = default_pool(device)  # loaded once per device, not once per call
         vm = pool.get(spec.model, spec.weights)
     ctx = JobContext(progress, cancel, desc=spec.kind)
     ctx.store, ctx.pool, ctx.vm, ctx.own = store, pool, vm, (spec.model, spec.weights)
@@ -423,6 +426,27 @@ def run(spec, *, store: Store | str | os.PathLike | None = None, progress=None, 
                      env=run_env(vm))
     if store is not None:
         res.pending_store = (store, (raw_key,) if raw_key != key else (), damaged)
+        if not defer_store:
+            store_result(res)
+    return _warn(res)
+
+
+def _run_modelless(spec: Spec, key: str, store, damaged, pool: ModelPool, vm, progress, cancel,
+                   defer_store: bool) -> Result:
+    """`run` for a kind with `loads_model = False`: no model loaded, no lock taken; `normalized(None)` must
+    not change its key. Its sub-jobs (`ctx.sub`) load what they need, or get `vm` when the caller gave one."""
+    ctx = JobContext(progress, cancel, desc=spec.kind)
+    ctx.store, ctx.pool, ctx.vm, ctx.own = store, pool, vm, (spec.model, spec.weights)
+    nspec = spec.normalized(None)
+    if job_key(nspec) != key:
+        raise RuntimeError(f"job kind {spec.kind!r} loads no model: its normalized(None) must keep its key")
+    ctx.check()
+    t0 = time.perf_counter()
+    data, files, main = nspec.run(None, ctx)
+    res = Result(nspec.kind, nspec.to_dict(), key, data, files, main, time.perf_counter() - t0,
+                 env=run_env(vm, pool.device))
+    if store is not None:
+        res.pending_store = (store, (), damaged)
         if not defer_store:
             store_result(res)
     return _warn(res)

@@ -32,6 +32,9 @@ class Spec(BaseModel):
     kind: ClassVar[str] = ""
     title: ClassVar[str] = ""  # one line for --help, the web page and the report
     example: ClassVar[dict] = {}  # small, quick fields: the tests run every registered kind with them
+    # False: the kind needs no model of its own (it combines stored results, e.g. a top-examples merge): the
+    # runner neither loads `model` nor takes its lock and calls `normalized(None)` and `run(None, ctx)`
+    loads_model: ClassVar[bool] = True
 
     model: str = DEFAULT_MODEL  # registry name or path to a checkpoint
     weights: str | None = None  # None: the model's own; 'random'; or a path
@@ -58,6 +61,11 @@ class Spec(BaseModel):
         """Names of models besides `model` the job loads (a class image's judge); their weights are part
         of its identity, and the runner hands them over loaded in `ctx.models`."""
         return []
+
+    def keyed_by_model(self) -> bool:
+        """Whether the model's weights are part of the job's identity (default: yes). A kind whose result
+        follows from its input files alone (which name the weights themselves) says no."""
+        return True
 
     def hash(self, extra: str = "") -> str:
         """sha256 of the canonical form (+ `extra`: weights and input file hashes, code version)."""
