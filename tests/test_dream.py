@@ -195,6 +195,30 @@ def test_cli_row_has_one_column_per_layer(tmp_path, capsys, pelican_image):
     assert row.size[0] > 3 * 64 and row.size[1] < 2 * 64
 
 
+def test_cli_row_json_lists_every_dream_job_in_full(tmp_path, capsys, pelican_image):
+    """`dream --row --json` lists each layer's `dream` result as the Python API gives it (spec, key, data,
+    files, env...): computed (cached false), and on a rerun with the same --cache (store hits, every field)."""
+    import json
+
+    from cnnvis.jobs import Store, make_spec, run
+
+    path = tmp_path / "p.png"
+    pelican_image.resize((64, 48)).save(path)
+    args = ["dream", str(path), "--layers", "stage1,stage3", "--octaves", "1", "--steps", "1", "--row",
+            str(tmp_path / "row.png"), "--json", "--cache", str(tmp_path / "cache")]
+    runs = []
+    for _ in range(2):
+        assert main(args) == 0
+        runs.append(json.loads(capsys.readouterr().out))
+    want = [run(make_spec("dream", image=str(path), layers=[n], octaves=1, steps=1), store=Store(tmp_path / "cache"))
+            .to_dict() for n in ("stage1", "stage3")]  # store hits
+    assert [w["cached"] for w in want] == [True, True] and want[0]["data"]["layers"] == ["stage1"]
+    assert runs[1] == {"row": {"path": str(tmp_path / "row.png"), "results": want}}
+    made = [{k: v for k, v in w.items() if k not in ("seconds", "env_differs")} | {"cached": False} for w in want]
+    assert runs[0]["row"]["path"] == str(tmp_path / "row.png")
+    assert [{k: v for k, v in d.items() if k != "seconds"} for d in runs[0]["row"]["results"]] == made
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
