@@ -101,6 +101,8 @@ def test_dream_row_checks_every_layer_first(lite0):
 
     with pytest.raises(CnnvisError, match="unknown layer 'nope'"):
         run(make_spec("dream_row", layers=["stage1", "nope"], **_dream_kw()), vm=lite0)
+    # `cnnvis dream --row` took any number of --layers before it sent this kind: a long row is still a row
+    assert len(make_spec("dream_row", layers=[f"stage{i % 7}" for i in range(12)], **_dream_kw()).layers) == 12
 
 
 def _grid_kw():

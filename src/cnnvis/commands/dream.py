@@ -8,9 +8,20 @@ from cnnvis import defaults as D
 from cnnvis.commands.common import cache_tag, check_out, emit, job_options, parse_ints, parse_names, run_job, seed_option
 
 
-def _thumb(size: tuple[int, int], longest: int) -> tuple[int, int]:
-    f = min(1.0, longest / max(size))
-    return max(1, round(size[0] * f)), max(1, round(size[1] * f))
+ROW_CELL = 384  # --row: the photo and each dream thumbnailed to this longest side
+
+
+def _dream_results(row) -> list[dict]:
+    """The `dream` results of a `dream_row` result, each as `Result.to_dict()`: as they were served when the
+    row was made; a row from the store serves them from it too (cached, with the row's env check)."""
+    out = []
+    for d in row.data["results"]:
+        d = dict(d)
+        if row.cached:
+            d.pop("notes", None)
+            d.update({"cached": True, "env_differs": row.env_differs}, **({"notes": row.notes} if row.notes else {}))
+        out.append(d)
+    return out
 
 
 @click.command("dream")
@@ -60,7 +71,7 @@ def dream_cmd(photo, model, weights, device, cache, as_json, layers, channels, o
                   max_side=max_side, seed=seed)
     common = dict(model=model, weights=weights, device=device, cache=cache, quiet=as_json,
                   flags={"steps": "--steps", "image": "PHOTO", "max_side": "--max-side"})
-    img = load_image(photo)  # fail fast on a bad photo, before the model loads
+    load_image(photo)  # fail fast on a bad photo, before the model loads
     report = {}
     lines = []
     if out_p is not None:
@@ -75,15 +86,13 @@ def dream_cmd(photo, model, weights, device, cache, as_json, layers, channels, o
             lines.append(f"wrote {anim_p} (the dream forming, {res.data['frames']} frames)")
         report["out"] = {"path": str(out_p), **res.to_dict()}
     if row_p is not None:
-        from cnnvis.viz import grid, save_png
+        from cnnvis.commands.common import write_image
 
-        results = [run_job("dream", layers=[n] if names else None, **common, **fields) for n in (names or [None])]
-        labels = [r.data["layers"][0] for r in results]
-        pic = grid([[img] + [r.image() for r in results]], col_labels=["photo"] + labels, cell=_thumb(img.size, 384))
-        save_png(pic, row_p)
-        lines.append(f"wrote {row_p} (photo + {len(results)} layers)")
-        report["row"] = {"path": str(row_p), "results": [r.to_dict() for r in results]}
-        res = results[-1]
+        # one `dream` job per layer, composed by the `dream_row` kind (cells of the photo thumbnailed to 384 px)
+        res = run_job("dream_row", layers=names, n=1, cell=ROW_CELL, **common, **fields)
+        write_image(res, row_p)
+        lines.append(f"wrote {row_p} (photo + {len(res.data['layers'])} layers)")
+        report["row"] = {"path": str(row_p), "results": _dream_results(res)}
     if as_json:
         from cnnvis.commands.common import echo_json
 

@@ -87,7 +87,7 @@ class DreamRowSpec(DreamSettings):
     kind = "dream_row"
     example = {"image": "sample:chelsea", "n": 2, "octaves": 1, "steps": 2, "max_side": 64}
     title = "DeepDream row (one dream per layer)"
-    layers: list[str] | None = Field(None, min_length=1, max_length=8)  # default: `n` layers (dream_layers)
+    layers: list[str] | None = Field(None, min_length=1, max_length=32)  # default: `n` layers (dream_layers)
     n: int = Field(1, ge=1, le=8)  # how many layers, shallow to deep, when `layers` is not given
     # None: the report's row (the photo resized to the dreams' size, columns labelled with `layers` as named);
     # a side in px: the CLI's (`cnnvis dream --row`: cells of the photo thumbnailed to it, columns labelled as
@@ -124,5 +124,7 @@ class DreamRowSpec(DreamSettings):
         row = grid([[photo] + dreams], col_labels=["photo"] + (labels if self.cell is not None else self.layers),
                    cell=cell)
         data = {"layers": list(self.layers), "labels": labels, "size": list(dreams[0].size),
-                "dreams": [{"key": r.key, "layers": r.data["layers"], "size": r.data["size"]} for r in results]}
+                "dreams": [{"key": r.key, "layers": r.data["layers"], "size": r.data["size"]} for r in results],
+                # each dream job's result as it was served when this row was made (`cnnvis dream --row --json`)
+                "results": [r.to_dict() for r in results]}
         return data, {"row.png": png_bytes(row)}, "row.png"
