@@ -46,6 +46,23 @@ def test_report_grids_and_capabilities():
     assert len(set(titles)) == len(titles) and method_class("ig").title == "integrated gradients"
 
 
+# the report's grid captions, worded as they always were: each method's words come from its class
+MAPS_CAPTION = ("Rows: photos (the map explains the top-1 class). Columns: saliency, gradient x input, SmoothGrad, "
+                "integrated gradients, guided backprop, deconvnet, Grad-CAM (last conv block), guided Grad-CAM.")
+CAMS_CAPTION = ("Grad-CAM, Grad-CAM++, XGrad-CAM, LayerCAM, Score-CAM (gradient-free: each channel's map masks the "
+                "photo) and Eigen-CAM (first principal component of the activations, class-agnostic). Each equals "
+                "pytorch-grad-cam's in the tests.")
+
+
+def test_report_captions_come_from_the_classes():
+    from cnnvis.sections.attribution import cams_caption, maps_caption
+
+    assert maps_caption() == MAPS_CAPTION and cams_caption() == CAMS_CAPTION
+    assert method_class("gradcam").caption_for("maps") == "Grad-CAM (last conv block)"
+    assert method_class("gradcam").caption_for("cams") == "Grad-CAM"
+    assert method_class("smoothgrad").caption_for("maps") == method_class("smoothgrad").title  # no caption: title
+
+
 def test_unknown_names_and_bad_registrations():
     with pytest.raises(CnnvisError) as e:
         method("gradcm", None)
@@ -75,7 +92,7 @@ from cnnvis.attribution import Attribution, register_method
 
 @register_method
 class Ones(Attribution):
-    name, title = "zz_ones", "ones (test)"
+    name, title, caption = "zz_ones", "ones (test)", "all ones (a test)"
 
     def _attribute(self, x, target):
         return torch.ones_like(x) * self.input_grad(x, target).sign()
@@ -118,8 +135,14 @@ def test_a_new_method_is_one_class(ones, capsys, tmp_path, mnist_ckpt_shared):
     assert main(["saliency", str(digit), "--model", mnist_ckpt_shared.folder, "--method", "zz_ones", "--target", "3",
                  "--cache", str(tmp_path / "cache"), "--out", str(out)]) == 0, capsys.readouterr().err
     assert Image.open(out).size[0] >= 28
-    # the report: drawn in the maps grid (its class's default `report`), not in the CAM grid
+    # the report: drawn in the maps grid (its class's default `report`), not in the CAM grid, named in the
+    # grid's caption as the class says (`caption`)
     assert map_methods()[-1] == "zz_ones" and "zz_ones" not in cam_methods()
+    assert main(["report", "--model", mnist_ckpt_shared.folder, "--quick", "--sections", "attribution", "--threads",
+                 "1", "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "report")]) == 0
+    page = (tmp_path / "report" / "index.html").read_text()
+    assert "<figcaption>" + MAPS_CAPTION[:-1] + ", all ones (a test).</figcaption>" in page
+    assert "<figcaption>" + CAMS_CAPTION + "</figcaption>" in page
     # the web photo page's method picker, in registry order, with the class's title
     app = create_app([mnist_ckpt_shared.folder], tmp_path / "web-cache")
     with TestClient(app) as client:

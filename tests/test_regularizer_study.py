@@ -145,9 +145,17 @@ def test_the_rows_come_from_one_registry_that_imports_no_torch(mnist_run, tmp_pa
     code = "import sys, cnnvis.study.regularizers; assert 'torch' not in sys.modules, 'torch imported'; print('ok')"
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert p.returncode == 0 and p.stdout.strip() == "ok", p.stderr
-    S.register_row("zz_blur2", doc="a wider blur (a test's throwaway row)")(lambda c: [R.GaussianBlur(2.0, every=1)])
+    from cnnvis.sections.study import regularizers_description
+
+    old = regularizers_description()  # the report's line, in the words it always had
+    assert old == ("Decay, blur, clipping of weak pixels, total variation and bounded range, each alone and together "
+                   "(Yosinski et al. 2015; Mahendran & Vedaldi 2015).")
+    S.register_row("zz_blur2", doc="a wider blur (a test's throwaway row)", caption="a wider blur")(
+        lambda c: [R.GaussianBlur(2.0, every=1)])
     try:
         assert S.row_names()[-3:] == ("zz_blur2", "all", "default")
+        assert regularizers_description() == old.replace("total variation and bounded range",
+                                                         "total variation, bounded range and a wider blur")
         assert [type(r).__name__ for r in S.regularizers_for("all", [0.5])][-1] == "GaussianBlur"
         res = run({"kind": "regularizer_study", "model": str(mnist_run), "judge": "none", "steps": 3,
                    "targets": [0, 1], "regularizers": ["none", "zz_blur2"]})
@@ -158,4 +166,4 @@ def test_the_rows_come_from_one_registry_that_imports_no_torch(mnist_run, tmp_pa
             S.register_row("tv", doc="again")(lambda c: [])
     finally:
         S.unregister_row("zz_blur2")
-    assert "zz_blur2" not in S.row_names()
+    assert "zz_blur2" not in S.row_names() and regularizers_description() == old

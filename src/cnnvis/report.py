@@ -56,7 +56,7 @@ class Section:
     title: str
     render: Callable[["ReportContext"], str]
     order: int = 50
-    description: str = ""
+    description: str | Callable[[], str] = ""  # a callable: built when the report is (from a registry)
     applies: Callable[[object], str | None] = _always  # vm -> None, or why the section is skipped
     needs_data: bool = False  # a dataset study section: skipped when the report has no dataset
 
@@ -218,7 +218,8 @@ def build_report(
                 error = f"{type(e).__name__}: {e}" if not isinstance(e, CnnvisError) else str(e)
                 errors[s.name] = {"error": error, "traceback": traceback.format_exc(limit=6)}
         timings[s.name] = round(time.perf_counter() - t0, 2)
-        rendered.append({"name": s.name, "title": s.title, "description": s.description, "body": body,
+        desc = s.description() if callable(s.description) else s.description
+        rendered.append({"name": s.name, "title": s.title, "description": desc, "body": body,
                          "skip": skip, "error": error, "seconds": timings[s.name]})
     page = render_template("report.html", vm=vm, version=__version__, device=str(device or vm.device), seed=seed,
                            n_photos=len(photos), when=time.strftime("%Y-%m-%d %H:%M"), quick=quick, sections=rendered)

@@ -114,7 +114,15 @@ class Attribution:
     returns_delta: ClassVar[bool] = False  # attribute(x, t, return_delta=True) -> (attribution, delta (B,))
     seeded: ClassVar[bool] = False  # takes `seed=` (draws random numbers)
     report: ClassVar[tuple[str, ...]] = ("maps",)  # the report grids it is drawn in ('maps', 'cams')
+    caption: ClassVar[str] = ""  # how the report's figure captions name it ('': its title)
+    caption_notes: ClassVar[dict[str, str]] = {}  # per report grid: what its caption adds in parentheses
     signed = True  # does `attribute` return signed values?
+
+    @classmethod
+    def caption_for(cls, grid: str) -> str:
+        """Its words in the caption of report grid `grid` ('maps', 'cams'): 'Grad-CAM (last conv block)'."""
+        note = cls.caption_notes.get(grid)
+        return (cls.caption or cls.title or cls.name) + (f" ({note})" if note else "")
 
     @classmethod
     def has_convergence_delta(cls) -> bool:

@@ -202,6 +202,7 @@ class GradCAM(CAM):
     """Selvaraju et al. 2017: w_k = mean over space of d score / d A_k."""
 
     name, title, report = "gradcam", "Grad-CAM", ("maps", "cams")
+    caption_notes = {"maps": "last conv block"}  # the maps grid has one CAM; the CAM grid's heading says where
 
     def weights(self, a, g, x, target):
         return g.mean((2, 3), keepdim=True)
@@ -284,6 +285,7 @@ class ScoreCAM(CAM):
     the black image. No backward pass."""
 
     name, title = "scorecam", "Score-CAM"
+    caption_notes = {"cams": "gradient-free: each channel's map masks the photo"}
     needs_grad = False
 
     def __init__(self, model, layer: str | None = None, *, use_input: bool = False,
@@ -329,6 +331,7 @@ class EigenCAM(CAM):
     pytorch-grad-cam's `get_2d_projection_with_sign_correction`; its EigenCAM leaves the sign to LAPACK)."""
 
     name, title = "eigencam", "Eigen-CAM"
+    caption_notes = {"cams": "first principal component of the activations, class-agnostic"}
     needs_grad = False
     center = True
 

@@ -30,7 +30,7 @@ class Saliency(Attribution):
 class GradientXInput(Attribution):
     """x * d score / d x (Shrikumar et al. 2016), with x the [0, 1] image for a VisModel."""
 
-    name, title = "gradxinput", "gradient × input"
+    name, title, caption = "gradxinput", "gradient × input", "gradient x input"
 
     def _attribute(self, x: Tensor, target) -> Tensor:
         return x * self.input_grad(x, target)

@@ -21,6 +21,25 @@ def cam_methods() -> list[str]:
     return list_methods(report="cams")
 
 
+def _names(methods: list[str], grid: str, last: str = ", ") -> str:
+    """The methods as each class names itself in a caption of report grid `grid` (`caption_for`), in order;
+    `last` joins the last two."""
+    from cnnvis.attribution import method_class
+
+    words = [method_class(m).caption_for(grid) for m in methods]
+    return last.join([", ".join(words[:-1]), words[-1]]) if len(words) > 1 else "".join(words)
+
+
+def maps_caption() -> str:
+    """The maps grid's caption: its columns as the method classes name themselves."""
+    return f"Rows: photos (the map explains the top-1 class). Columns: {_names(map_methods(), 'maps')}."
+
+
+def cams_caption() -> str:
+    """The CAM grid's caption: its columns as the method classes name themselves."""
+    return f"{_names(cam_methods(), 'cams', last=' and ')}. Each equals pytorch-grad-cam's in the tests."
+
+
 def _grid(ctx: ReportContext, methods: list[str], size, opts: dict) -> tuple[object, dict]:
     """Rows = photos, columns = photo + one overlay per method: the `attribution_grid` job (each map its own
     `attribution` job). Returns (the job's result, per photo name its target, label, IG delta, CAM layer)."""
@@ -48,15 +67,12 @@ def render_maps(ctx: ReportContext) -> str:
     for k, v in cam_data.items():
         data.setdefault(k, {}).update({"cam_layer": v.get("cam_layer")})
     ctx.data["attribution"] = data
-    return (ctx.img_tag(rel, "Rows: photos (the map explains the top-1 class). Columns: saliency, gradient x input, "
-                        "SmoothGrad, integrated gradients, guided backprop, deconvnet, Grad-CAM (last conv block), "
-                        "guided Grad-CAM.")
+    text = lambda s: esc(s, quote=False)  # noqa: E731  (a class's words are text; apostrophes stay as they are)
+    return (ctx.img_tag(rel, text(maps_caption()))
             + "<p>Guided backprop and deconvnet apply their modified-ReLU rule to every ReLU-like module "
               "(here ReLU6, which Captum would silently skip).</p>"
             + "<h3>The CAM family at the last spatial block</h3>"
-            + ctx.img_tag(rel_cam, "Grad-CAM, Grad-CAM++, XGrad-CAM, LayerCAM, Score-CAM (gradient-free: each "
-                                   "channel's map masks the photo) and Eigen-CAM (first principal component of the "
-                                   "activations, class-agnostic). Each equals pytorch-grad-cam's in the tests."))
+            + ctx.img_tag(rel_cam, text(cams_caption())))
 
 
 def render_deconv(ctx: ReportContext) -> str:

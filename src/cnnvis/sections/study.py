@@ -135,6 +135,16 @@ def render_embed(ctx: ReportContext) -> str:
 
 
 # ---------------------------------------------------------------------- regularizers
+def regularizers_description() -> str:
+    """The section's line: the registered rows as they name themselves (`row_caption`), in order."""
+    from cnnvis.study.regularizers import alone_rows, row_caption
+
+    words = [row_caption(r) for r in alone_rows()]
+    names = " and ".join([", ".join(words[:-1]), words[-1]]) if len(words) > 1 else "".join(words)
+    return (names[:1].upper() + names[1:] + ", each alone and together (Yosinski et al. 2015; Mahendran & "
+            "Vedaldi 2015).")
+
+
 def render_regularizers(ctx: ReportContext) -> str:
     if not ctx.judge:
         return ("<p>Needs a second net of the same classes as the judge: <code>cnnvis report --judge "
@@ -169,6 +179,5 @@ SECTIONS = [
                         "neighbours in feature space against pixel space."),
     Section("study_regularizers", "Class images under each regularizer, judged by a second net",
             render_regularizers, order=21, applies=small_net,
-            description="Decay, blur, clipping of weak pixels, total variation and bounded range, each alone and "
-                        "together (Yosinski et al. 2015; Mahendran & Vedaldi 2015)."),
+            description=regularizers_description),
 ]

@@ -33,24 +33,27 @@ INIT_SD = 0.05
 
 @dataclass(frozen=True)
 class RowEntry:
-    """A registered row: `make(center) -> list[Regularizer]` (fresh objects each call) and a short doc."""
+    """A registered row: `make(center) -> list[Regularizer]` (fresh objects each call), a short doc and how the
+    report's captions name it ('': its name)."""
 
     name: str
     make: Callable[[list[float]], list]
     doc: str
+    caption: str = ""
 
 
 _ROWS: dict[str, RowEntry] = {}  # registration order = the rows' order
 _FIXED = ("none", "all", "default")
 
 
-def register_row(name: str, *, doc: str) -> Callable:
-    """Decorator: register `make(center) -> list[Regularizer]` as the row `name` (after the earlier ones)."""
+def register_row(name: str, *, doc: str, caption: str = "") -> Callable:
+    """Decorator: register `make(center) -> list[Regularizer]` as the row `name` (after the earlier ones);
+    `caption`: its words in the report's captions (default: `name`)."""
 
     def deco(make):
         if name in _ROWS or name in _FIXED:
             raise ValueError(f"regularizer row {name!r} is registered already")
-        _ROWS[name] = RowEntry(name, make, doc)
+        _ROWS[name] = RowEntry(name, make, doc, caption)
         return make
 
     return deco
@@ -69,6 +72,11 @@ def alone_rows() -> tuple[str, ...]:
 def row_names() -> tuple[str, ...]:
     """Every row in order: 'none', the registered ones, 'all', 'default'."""
     return ("none", *_ROWS, "all", "default")
+
+
+def row_caption(name: str) -> str:
+    """How the report's captions name a registered row ('clipping of weak pixels')."""
+    return _ROWS[name].caption or name
 
 
 def row_doc(name: str) -> str:
@@ -92,21 +100,22 @@ def _blur(center) -> list:
     return [R.GaussianBlur(0.5, every=4)]
 
 
-@register_row("clip", doc="the weaker half of the pixels set to the mean every 4 steps")
+@register_row("clip", doc="the weaker half of the pixels set to the mean every 4 steps",
+              caption="clipping of weak pixels")
 def _clip(center) -> list:
     from cnnvis.optvis import regularizers as R
 
     return [R.ClipSmallNorm(50, every=4, center=center)]
 
 
-@register_row("tv", doc="a total variation penalty (weight 50)")
+@register_row("tv", doc="a total variation penalty (weight 50)", caption="total variation")
 def _tv(center) -> list:
     from cnnvis.optvis import regularizers as R
 
     return [R.TotalVariation(50.0)]
 
 
-@register_row("range", doc="a penalty on values outside [0, 1]")
+@register_row("range", doc="a penalty on values outside [0, 1]", caption="bounded range")
 def _range(center) -> list:
     from cnnvis.optvis import regularizers as R
 
