@@ -443,8 +443,8 @@ def _run_modelless(spec: Spec, key: str, store, damaged, pool: ModelPool, vm, pr
     ctx.check()
     t0 = time.perf_counter()
     data, files, main = nspec.run(None, ctx)
-    res = Result(nspec.kind, nspec.to_dict(), key, data, files, main, time.perf_counter() - t0,
-                 env=run_env(vm, pool.device))
+    env = {k: v for k, v in run_env(vm, pool.device).items() if k not in ("device", "threads", "gpu")}  # no model ran
+    res = Result(nspec.kind, nspec.to_dict(), key, data, files, main, time.perf_counter() - t0, env=env)
     if store is not None:
         res.pending_store = (store, (), damaged)
         if not defer_store:
