@@ -282,3 +282,49 @@ def test_the_web_refuses_a_merge_of_folders_it_does_not_serve(mnist_ckpt_shared,
     assert r.status_code == 400 and r.json()["detail"] == (
         f"photo {str(part / 'index.json')!r} is not served here; give 'upload:<sha256>' (POST /api/uploads) or "
         "'sample:NAME'")
+
+
+def test_a_kind_that_declares_it_loads_no_model_gets_none(tmp_path, monkeypatch):
+    """`loads_model = False` is asked of the kind (a throwaway one here), not decided by its name: the runner
+    loads nothing, hands `normalized` and `run` None, and `keyed_by_model() False` leaves the weights out of
+    the key (a model that does not exist is no error then)."""
+    import pytest
+
+    from cnnvis.jobs import KINDS, ModelPool, job_key
+    from cnnvis.jobs.spec import Spec, register
+
+    seen = []
+
+    class Sum(Spec):
+        kind, example, loads_model = "zz_sum", {"values": [1, 2]}, False
+        values: list[int]
+
+        def keyed_by_model(self):
+            return False
+
+        def normalized(self, vm):
+            seen.append(("normalized", vm))
+            return self
+
+        def run(self, vm, ctx):
+            seen.append(("run", vm))
+            return {"sum": sum(self.values)}, {}, None
+
+    def boom(*a, **k):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(ModelPool, "get", boom)
+    register(Sum)
+    try:
+        spec = make_spec("zz_sum", model="/no/such/model", values=[1, 2, 3])
+        store = Store(tmp_path / "cache")
+        res = run(spec, store=store)
+        assert res.data == {"sum": 6} and seen == [("normalized", None), ("run", None)]
+        assert run(spec, store=store).cached and len(seen) == 2
+        from cnnvis import __version__
+
+        assert job_key(spec) == spec.hash(f"cnnvis {__version__}")  # no weights_id in what is hashed
+        with pytest.raises(AssertionError, match="a model was loaded"):  # the default: the model is loaded
+            run(make_spec("layers", model="efficientnet_lite0"))
+    finally:
+        KINDS.pop("zz_sum")
