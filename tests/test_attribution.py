@@ -60,8 +60,10 @@ def test_tiny_literal_maps():
     # input with a dead unit: hidden pre-activations (-1+..): x = (1, -1) -> (-1, -2), both dead
     xd = torch.tensor([[[[1.0, -1.0]]]])
     torch.testing.assert_close(GuidedBackprop(net).attribute(xd, 1), torch.zeros(1, 1, 1, 2))
-    # deconvnet ignores the forward mask: relu([0.5, 0.5]) @ w1 = [0, 1.5]
-    torch.testing.assert_close(Deconvnet(net).attribute(xd, 1), torch.tensor([[[[0.0, 1.5]]]]))
+    # the pure deconvnet rule ignores the forward mask: relu([0.5, 0.5]) @ w1 = [0, 1.5]; the default
+    # rule ('fired') passes the signal only where the unit fired: nothing here
+    torch.testing.assert_close(Deconvnet(net, rule="zf").attribute(xd, 1), torch.tensor([[[[0.0, 1.5]]]]))
+    torch.testing.assert_close(Deconvnet(net).attribute(xd, 1), torch.zeros(1, 1, 1, 2))
     # IG on a piecewise-linear net from 0 with many steps: completeness is exact
     ig = IntegratedGradients(net, steps=64)
     a, delta = ig.attribute(X2, 0, return_delta=True)
@@ -77,10 +79,14 @@ def test_tiny_literal_maps():
 def test_relu6_gets_the_rule_too():
     net = Tiny(nn.ReLU6())
     xd = torch.tensor([[[[1.0, -1.0]]]])
-    torch.testing.assert_close(Deconvnet(net).attribute(xd, 1), torch.tensor([[[[0.0, 1.5]]]]))
-    # saturated unit (pre-activation 15 > 6): plain gradient and guided are 0 through it
+    torch.testing.assert_close(Deconvnet(net, rule="zf").attribute(xd, 1), torch.tensor([[[[0.0, 1.5]]]]))
+    # saturated unit (pre-activation 15 > 6): plain gradient and guided are 0 through it; it fired
+    # (output 6 > 0), so the deconvnet's 'fired' rule passes relu([1, -3]) * [1, 0] @ w1 = [1, 2]
     xs = torch.tensor([[[[5.0, 5.0]]]])  # pre-activations (15, 0)
     torch.testing.assert_close(GuidedBackprop(net).attribute(xs, 0), torch.zeros(1, 1, 1, 2))
+    torch.testing.assert_close(Deconvnet(net).attribute(xs, 0), torch.tensor([[[[1.0, 2.0]]]]))
+    with pytest.raises(CnnvisError, match="deconvnet rule must be 'fired'"):
+        Deconvnet(net, rule="guided")
 
 
 def test_layer_target_channel_unit():
@@ -352,7 +358,7 @@ def _agree(vm, x, t, guided_model=None):
           rel=1e-5)
     gseq = guided_model if guided_model is not None else seq
     close(GuidedBackprop(vm).attribute(x, t), CGB(gseq).attribute(x.clone(), target=t))
-    close(Deconvnet(vm).attribute(x, t), Deconvolution(gseq).attribute(x.clone(), target=t))
+    close(Deconvnet(vm, rule="zf").attribute(x, t), Deconvolution(gseq).attribute(x.clone(), target=t))
 
 
 def _gradcam_ref(seq, layer_module, x, t):
@@ -593,7 +599,7 @@ def test_noise_tunnel_equals_captum(random_vgg, monkeypatch, inner, kind):
             n = drawn.pop(0)  # Captum: (B * r, ...) image-major (repeat_interleave); ours: (r, B, ...)
             return n.view(shape[1], shape[0], *shape[2:]).transpose(0, 1)
 
-    opts = {"steps": 3} if inner == "ig" else {}
+    opts = {"steps": 3} if inner == "ig" else {"rule": "zf"} if inner == "deconvnet" else {}
     ours = Replay(method(inner, vm, **opts), kind=kind, samples=5, stdev=0.2, batch_size=4).attribute(x, t)
     close(ours, ref, rel=1e-5)
     assert not drawn

@@ -1,4 +1,4 @@
-"""What the deconvnet shows at depth (issue 20): the default (masked rule, 'sum' seed) against the
+"""What the deconvnet shows at depth (issue 20): the default (fired rule, 'sum' seed) against the
 strongest unit alone and the pure Z&F rule on real photos (edge correlation and lattice share
 computed here from their definitions), the rule and seed named in the job's JSON and on its
 picture, the crop view's photo patch and projection cut from the same receptive field, the spec
@@ -10,6 +10,7 @@ import math
 import statistics
 import warnings
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -51,6 +52,24 @@ def lattice_share(r: torch.Tensor) -> float:
     return float(p.topk(math.ceil(0.01 * p.numel())).values.sum() / p.sum())
 
 
+def alias_share(r: torch.Tensor) -> float:
+    """Share of |FFT2(sum_c r)|^2 (DC removed) in the stride-lattice bins: within 1 bin of a multiple of
+    N/8 on both axes, or on one axis with the other within 1 of 0 (periods 2, 4, 8 px), DC's own
+    neighbourhood left out (bench/deconv_depth.py's alias_share)."""
+    H, W = r.shape[-2:]
+    p = torch.fft.fft2(r.sum(0).double()).abs().pow(2)
+    p[0, 0] = 0
+
+    def near(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        f = torch.fft.fftfreq(n, dtype=torch.float64) * n
+        q = n / 8
+        return ((f / q - (f / q).round()).abs() * q <= 1.0) & (f.abs() > 1), f.abs() <= 1
+
+    (lh, zh), (lw, zw) = near(H), near(W)
+    lat = lh[:, None] & lw[None] | lh[:, None] & zw[None] | zh[:, None] & lw[None]
+    return float(p[lat].sum() / p.sum())
+
+
 def test_metrics_on_known_signals():
     """The two numbers mean what they say: a pure checkerboard is all lattice; a projection that is the
     photo's own edge magnitude correlates with it; a blob where the photo is flat does not."""
@@ -58,6 +77,9 @@ def test_metrics_on_known_signals():
     x[:, 16:48, 16:48] = 1.0  # a white square: edges on its outline
     board = ((torch.arange(64)[:, None] + torch.arange(64)[None]) % 2).float().expand(3, -1, -1) - 0.5
     assert lattice_share(board) == pytest.approx(1.0)
+    assert alias_share(board) == pytest.approx(1.0)
+    stripes = (torch.arange(64) % 4 < 2).float().expand(3, 64, -1) - 0.5  # period 4 along x: at N/4 on one axis
+    assert alias_share(stripes) == pytest.approx(1.0)
     g = x[0][None, None]
     sob = torch.tensor([[-1.0, 0, 1], [-2, 0, 2], [-1, 0, 1]])
     gp = F.pad(g, (1, 1, 1, 1), mode="replicate")
@@ -67,7 +89,10 @@ def test_metrics_on_known_signals():
     blob[:, 28:36, 28:36] = 1.0  # inside the square: no edges there
     assert edge_correlation(blob + 1e-3, x) < 0
     # white noise: the top 1% of exponentially distributed bin energies hold about 1% x (1 + ln 100) = 5.6%
-    assert lattice_share(torch.randn(3, 64, 64, generator=torch.Generator().manual_seed(0))) < 0.08
+    noise = torch.randn(3, 64, 64, generator=torch.Generator().manual_seed(0))
+    assert lattice_share(noise) < 0.08
+    noise = torch.randn(3, 224, 224, generator=torch.Generator().manual_seed(0))
+    assert alias_share(noise) < 0.02  # at 224 px: about 0.6% of the bins
 
 
 # ---------------------------------------------------------------------- the default at depth
@@ -78,7 +103,7 @@ def _pearson(u: torch.Tensor, v: torch.Tensor) -> float:
 
 @pytest.mark.slow
 def test_default_shows_the_photo_at_depth_where_the_pure_rule_draws_a_lattice(hed):
-    """vgg16_hed, top-3 channels, golden retriever and jaguar. conv4_3: the default (masked rule,
+    """vgg16_hed, top-3 channels, golden retriever and jaguar. conv4_3: the default (fired rule = the masked rule on VGG,
     'sum' seed) meets issue 20's goal, median edge correlation >= 0.3 and lattice share <= 0.2
     (measured +0.37 / 0.14), with three pictures, not one (median pairwise correlation of the
     top-3 blurred projections < 0.9, measured 0.67; ones over the whole map, units that did not
@@ -91,8 +116,8 @@ def test_default_shows_the_photo_at_depth_where_the_pure_rule_draws_a_lattice(he
     stats: dict = {}
     for name in ("golden_retriever", "jaguar"):
         x = hed.preprocess.prepare(load_image(str(sample(name))))
-        for rule, seed in (("masked", "sum"), ("masked", "max"), ("zf", "sum")):
-            kw = {} if rule == "masked" and seed == "sum" else {"rule": rule, "seed": seed}  # the default: no arguments
+        for rule, seed in (("fired", "sum"), ("masked", "max"), ("zf", "sum")):
+            kw = {} if rule == "fired" and seed == "sum" else {"rule": rule, "seed": seed}  # the default: no arguments
             res = deconvnet(hed, x, ["conv4_3", "conv5_3"], 3, **kw)
             assert (res.rule, res.seed) == (rule, seed)
             for lab, rec in zip(res.labels, res.reconstructions):
@@ -103,9 +128,9 @@ def test_default_shows_the_photo_at_depth_where_the_pure_rule_draws_a_lattice(he
                 bl = [_blur(r.abs().sum(0)) for r in rec]
                 d[2].extend(_pearson(bl[i], bl[j]) for i in range(3) for j in range(i + 1, 3))
     med = {k: tuple(statistics.median(v) for v in d) for k, d in stats.items()}
-    edge, lat, pair = med[("masked", "sum", "conv4_3")]
+    edge, lat, pair = med[("fired", "sum", "conv4_3")]
     assert edge >= 0.3 and lat <= 0.2 and pair < 0.9, med
-    edge5, lat5, _ = med[("masked", "sum", "conv5_3")]
+    edge5, lat5, _ = med[("fired", "sum", "conv5_3")]
     assert lat5 <= 0.2 and edge5 >= med[("masked", "max", "conv5_3")][0] + 0.05, med
     for lab in ("conv4_3", "conv5_3"):
         assert med[("zf", "sum", lab)][1] > 0.4, med
@@ -128,25 +153,39 @@ def test_likeness_and_its_note_on_known_projections():
 
 
 @pytest.mark.slow
-def test_embedded_model_default_has_no_checkerboard_where_the_pure_rule_has(lite0):
-    """efficientnet_lite0 stages 4-6 on the robin, top-3: the default's median lattice share <= 0.25
-    (measured 0.17-0.22), the pure rule's >= 0.8 (0.88-0.92, the stride-2 checkerboard). The 0.2 goal
-    and the 0.3 edge goal are NOT met on lite0 (bench/deconv_depth.py: 0.21-0.24, +0.15 to +0.33).
-    Where the default's three projections look alike (stages 5-6: 1.00) the panel's note says so."""
+def test_embedded_model_default_follows_the_photo_without_the_stride_lattice(lite0):
+    """efficientnet_lite0 stages 4-6 on the robin, top-3, medians per stage. The default (fired rule:
+    ReLU6 units saturated at 6 pass the signal, strided convs undone by nearest resize) follows the
+    photo's edges (edge correlation >= 0.3, measured +0.34..+0.49) better than the masked rule (guided
+    backprop, +0.14..+0.26; by >= 0.05), and has no stride lattice: its alias share <= 0.02 (measured
+    0.005, white noise ~0.006) where the masked rule's zero insertion leaves >= 0.04 (0.06-0.11) and the
+    pure rule's checkerboard >= 0.5 (0.62-0.67; lattice share >= 0.8, measured 0.88-0.92). The issue's
+    lattice share of the default is 0.26-0.28 here, above the 0.2 goal: that number also counts the
+    low-frequency energy of a photo-like picture (the photo itself: 0.8-0.96), so it stays NOT met; it is
+    held below 0.3 and below the pure rule's. Where the three projections look alike (stages 5-6) the
+    panel's note says so."""
     from cnnvis.images import load_image
 
     x = lite0.preprocess.prepare(load_image(str(sample("robin"))))
     layers = ["stage4", "stage5", "stage6"]
-    ours, pure = deconvnet(lite0, x, layers, 3), deconvnet(lite0, x, layers, 3, rule="zf")
-    for lab, r_ours, r_pure in zip(ours.labels, ours.reconstructions, pure.reconstructions):
-        m_ours = statistics.median(lattice_share(r) for r in r_ours)
-        m_pure = statistics.median(lattice_share(r) for r in r_pure)
-        assert m_ours <= 0.25 and m_pure >= 0.8, (lab, m_ours, m_pure)
+    ours = deconvnet(lite0, x, layers, 3)
+    assert ours.rule == "fired"
+    masked, pure = deconvnet(lite0, x, layers, 3, rule="masked"), deconvnet(lite0, x, layers, 3, rule="zf")
+    for i, lab in enumerate(ours.labels):
+        med = {name: (statistics.median(edge_correlation(r, x[0]) for r in res.reconstructions[i]),
+                      statistics.median(lattice_share(r) for r in res.reconstructions[i]),
+                      statistics.median(alias_share(r) for r in res.reconstructions[i]))
+               for name, res in (("fired", ours), ("masked", masked), ("zf", pure))}
+        (e_f, l_f, a_f), (e_m, _, a_m), (_, l_z, a_z) = med["fired"], med["masked"], med["zf"]
+        assert e_f >= 0.3 and e_f >= e_m + 0.05, (lab, med)
+        assert a_f <= 0.02 and a_m >= 0.04 and a_z >= 0.5, (lab, med)
+        assert l_f <= 0.3 and l_z >= 0.8, (lab, med)
     alike = [f"{lab} {v:.2f}" for lab, v in zip(ours.labels, ours.likeness) if v > 0.9]
     assert {"stage5", "stage6"} <= {s.split()[0] for s in alike}, ours.likeness
     note = [n for n in ours.notes if "alike" in n]
     assert len(note) == 1 and all(s in note[0] for s in alike)
     assert not [n for n in pure.notes if "alike" in n]
+    assert any("nearest resize" in n for n in ours.notes) and any("faint lattice" in n for n in masked.notes)
 
 
 # ---------------------------------------------------------------------- the job: rule in JSON and on the picture
@@ -161,9 +200,9 @@ def _header(png: bytes, lines: list[str]) -> tuple[Image.Image, Image.Image]:
     return panel.crop((0, 0, *want.size)), want
 
 
-@pytest.mark.parametrize("rule,project", [("masked", None), ("zf", "max")])
+@pytest.mark.parametrize("rule,project", [("fired", None), ("zf", "max")])
 def test_job_names_its_rule_and_seed_in_json_and_on_the_picture(lite0, rule, project, tmp_path):
-    """The default (no rule, no project: masked, 'sum') and the pure rule's Fig. 2 pairs alone: the
+    """The default (no rule, no project: fired, 'sum') and the pure rule's Fig. 2 pairs alone: the
     rule and the seed named in the JSON and drawn under the title; the Fig. 2 crops in the JSON
     either way (the default projects the strongest units as extra rows of its sweep)."""
     from cnnvis.jobs import run
@@ -177,7 +216,7 @@ def test_job_names_its_rule_and_seed_in_json_and_on_the_picture(lite0, rule, pro
     seed = project or "sum"
     assert (d["rule"], d["rule_text"], d["project"], d["seed_text"]) == (rule, RULE_TEXT[rule], seed, SEED_TEXT[seed])
     assert [len(lay["crops"]) for lay in d["layers"]] == [3, 3]
-    # the pure rule through lite0's strided convolutions: the checkerboard caption; the masked rule: none
+    # the pure rule through lite0's strided convolutions: the checkerboard caption; the fired rule: none
     checker = [n for n in d["notes"] if "checkerboard" in n]
     assert bool(checker) == (rule == "zf")
     how = {"sum": "each top channel projected, full size, its strongest unit's box outlined; beside it the photo "
@@ -187,7 +226,7 @@ def test_job_names_its_rule_and_seed_in_json_and_on_the_picture(lite0, rule, pro
     head = f"efficientnet_lite0 deconvnet: {how}"
     got, want = _header(res.files["panel.png"], [head, f"{RULE_TEXT[rule]}; {SEED_TEXT[seed]}"] + d["notes"])
     assert got.tobytes() == want.tobytes()  # the rule and seed line (and the checkerboard caption) drawn
-    other = "zf" if rule == "masked" else "masked"
+    other = "zf" if rule == "fired" else "fired"
     _, wrong = _header(res.files["panel.png"], [head, f"{RULE_TEXT[other]}; {SEED_TEXT[seed]}"] + d["notes"])
     assert got.tobytes() != wrong.tobytes()
 
@@ -197,7 +236,7 @@ def test_spec_defaults_reach_every_face():
     from cnnvis.jobs import make_spec
 
     s = make_spec("deconv", image="sample:chelsea", top=3)
-    assert (s.rule, s.project) == ("masked", "sum")
+    assert (s.rule, s.project) == ("fired", "sum")
     with pytest.raises(Exception, match="rule"):
         make_spec("deconv", image="sample:chelsea", rule="guided")
 
@@ -235,22 +274,32 @@ def test_crop_view_pairs_projection_and_photo_patch_at_the_same_field(hed):
 
 
 # ---------------------------------------------------------------------- the deconvnet attribution method
-def test_deconvnet_attribution_panel_says_what_the_pure_rule_does(lite0):
-    """The 'deconvnet' attribution method is the pure rule (its map on lite0 is a checkerboard): its
-    panel says so under the picture and points to 'guided'; the guided panel carries no such line."""
+@pytest.mark.slow
+def test_deconvnet_attribution_map_shows_the_photo_and_names_its_rule(lite0):
+    """The 'deconvnet' attribution method (the photo page's map) takes the deconvnet's default rule,
+    'fired': on lite0's robin (224 px, its top class) its map follows the photo's edges (edge
+    correlation >= 0.25, measured +0.33) with no stride lattice (alias share <= 0.02, measured 0.005);
+    option rule 'zf' (the pure rule, = Captum's Deconvolution) is the checkerboard (alias share >= 0.5,
+    measured 0.67; edge +0.14). Each panel says which rule drew it, under the picture; guided: no line."""
     import io
 
     from cnnvis.jobs import run
     from cnnvis.viz.panels import _text_lines
 
-    spec = {"kind": "attribution", "model": "efficientnet_lite0", "image": str(sample("robin")), "size": 96}
-    res = run({**spec, "method": "deconvnet"})
-    cap = res.data["caption"]
-    assert "checkerboard" in cap and "'guided'" in cap and "strided" in cap
-    panel = Image.open(io.BytesIO(res.files["panel.png"])).convert("RGB")
-    want = _text_lines([cap], panel.size[0])
-    got = panel.crop((0, panel.size[1] - want.size[1], panel.size[0], panel.size[1]))
-    assert got.tobytes() == want.tobytes()
-    guided = run({**spec, "method": "guided"})
+    spec = {"kind": "attribution", "model": "efficientnet_lite0", "image": str(sample("robin")),
+            "method": "deconvnet"}
+    fired, pure = run(spec), run({**spec, "options": {"rule": "zf"}})
+    rgb = np.asarray(Image.open(io.BytesIO(fired.files["input.png"])).convert("RGB"), dtype=np.float32)
+    x = torch.from_numpy(rgb / 255).permute(2, 0, 1)  # (3, H, W): the photo as the job saw it
+    maps = {k: torch.from_numpy(r.array("attribution.npy")) for k, r in (("fired", fired), ("zf", pure))}
+    assert edge_correlation(maps["fired"], x) >= 0.25 and alias_share(maps["fired"]) <= 0.02
+    assert alias_share(maps["zf"]) >= 0.5
+    assert "fired rule" in fired.data["caption"] and "checkerboard" in pure.data["caption"]
+    for res in (fired, pure):
+        cap = res.data["caption"]
+        panel = Image.open(io.BytesIO(res.files["panel.png"])).convert("RGB")
+        want = _text_lines([cap], panel.size[0])
+        got = panel.crop((0, panel.size[1] - want.size[1], panel.size[0], panel.size[1]))
+        assert got.tobytes() == want.tobytes()
+    guided = run({**spec, "method": "guided", "size": 96})
     assert "caption" not in guided.data
-    assert Image.open(io.BytesIO(guided.files["panel.png"])).size[1] == panel.size[1] - want.size[1]

@@ -8,10 +8,18 @@
     res.likeness[i]          # median pairwise correlation of the top-k projections (near 1: alike; a note says so)
 
 Rules (`rule=`), applied from the chosen layer down to the pixels:
-- 'masked' (default): max-pool -> unpool into the switches recorded in the forward pass;
-  ReLU -> ReLU of the signal times the forward ReLU mask (only units that fired pass it on);
-  conv -> transposed conv with the layer's own filters. This is guided backprop (Springenberg
-  et al. 2014) seeded as Z&F seed it; it equals Captum's NeuronGuidedBackprop.
+- 'fired' (default): max-pool -> unpool into the switches recorded in the forward pass;
+  ReLU-like -> ReLU of the signal times the mask of the units that fired (forward output > 0);
+  conv -> transposed conv with the layer's own filters; a strided conv's transpose is followed by
+  a box of width s (`unstride`): nearest-neighbour upsampling of the signal, then the stride-1
+  transpose -- Odena et al. 2016's resize-convolution, run backward -- instead of inserting s^2 - 1
+  zeros per unit (the checkerboard). On nets of nn.ReLU without strided convs (VGG) it is exactly
+  'masked'. On EfficientNet-Lite (ReLU6, five stride-2 convs) it differs twice: a unit saturated
+  at 6 fired (the gradient's mask, 0 there, drops the strongest units), and no lattice.
+- 'masked': max-pool -> unpool into the switches; ReLU -> ReLU of the signal times the forward
+  mask (the activation's derivative: only units that fired pass it on, ReLU6's saturated ones do
+  not); conv -> transposed conv. This is guided backprop (Springenberg et al. 2014) seeded as Z&F
+  seed it; it equals Captum's NeuronGuidedBackprop.
 - 'zf': the pure Z&F rule, the forward mask ignored (ReLU of the signal only); it equals
   Captum's NeuronDeconvolution. On deep layers of VGG it gives grey lattices, and through the
   strided convolutions of nets without max-pools (EfficientNet) a checkerboard: the transposed
@@ -52,6 +60,7 @@ GPU the whole batch goes down as one.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -61,15 +70,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cnnvis.attribution.base import check_input, model_parts
-from cnnvis.attribution.modified_relu import RELU_LIKE, modified_relu
+from cnnvis.attribution.modified_relu import RELU_LIKE, modified_relu, unstride
 from cnnvis.errors import CnnvisError
 
-RULES = ("masked", "zf")
-DEFAULT_RULE = "masked"
+RULES = ("fired", "masked", "zf")
+DEFAULT_RULE = "fired"
 SEEDS = ("sum", "max", "map")
 DEFAULT_SEED = "sum"
 # what each rule does, in a few words (picture titles, captions, --help)
 RULE_TEXT = {
+    "fired": "fired rule: Z&F with the mask of the units that fired; strided convs undone by nearest resize "
+             "(no checkerboard)",
     "masked": "masked rule: Z&F with the forward ReLU mask (= guided backprop)",
     "zf": "pure Z&F rule: ReLU of the signal, forward mask ignored (= Captum's deconvolution)",
 }
@@ -79,7 +90,7 @@ SEED_TEXT = {
     "max": "seed: the channel's strongest unit alone (Z&F Fig. 2)",
     "map": "seed: the channel's whole rectified map, each unit weighted by its value",
 }
-_RELU_RULE = {"masked": "guided", "zf": "deconvnet"}  # the modified-ReLU backward each rule uses
+_RELU_RULE = {"fired": "fired", "masked": "guided", "zf": "deconvnet"}  # the modified-ReLU backward each rule uses
 
 
 @dataclass
@@ -95,7 +106,7 @@ class DeconvResult:
     max_pools: int = 0                # max-pool layers crossed (0: the rule has no switches)
     notes: list[str] = field(default_factory=list)
     engine: str = "chain"             # 'chain': explicit batched rules; 'autograd': graph with skips
-    rule: str = DEFAULT_RULE          # 'masked' or 'zf'
+    rule: str = DEFAULT_RULE          # 'fired', 'masked' or 'zf'
     seed: str = DEFAULT_SEED          # 'sum' (firing units, 1 each), 'max' (strongest unit), 'map' (rectified map)
     units: list[Tensor] = field(default_factory=list)  # (k, 2) (y, x) of each channel's strongest unit
     strided: int = 0                  # convolutions with stride > 1 crossed
@@ -121,7 +132,8 @@ def deconvnet(model, x: Tensor, layers: Sequence[str] | None = None, top: int = 
 
     seed: 'sum' (every unit where the channel fired, weighted 1), 'max' (each channel's strongest
     unit, Z&F Fig. 2) or 'map' (its whole rectified map).
-    rule: 'masked' (Z&F with the forward ReLU mask, = guided backprop) or 'zf' (the pure rule).
+    rule: 'fired' (Z&F with the mask of the units that fired, strided convs undone by nearest resize),
+    'masked' (Z&F with the forward ReLU mask, = guided backprop) or 'zf' (the pure rule).
     channels: project these channels of every layer instead (e.g. the channel with the highest max).
     also_units: also project each channel's strongest unit alone (res.unit_reconstructions, the
     Fig. 2 crop view), as extra rows of the same sweep (the same tensors when seed is 'max').
@@ -136,7 +148,7 @@ def deconvnet(model, x: Tensor, layers: Sequence[str] | None = None, top: int = 
     if x.shape[0] != 1:
         raise CnnvisError(f"deconvnet projects one image at a time; got a batch of {x.shape[0]}")
     with model_guard(module), torch.enable_grad(), modified_relu(module, _RELU_RULE[rule], RELU_LIKE):
-        fwd = _record_forward(module, normalize, x, names)
+        fwd = _record_forward(module, normalize, x, names, resize=rule == "fired")
         picked = {n: _seeds(fwd.outputs[n], top, seed, channels) for n in fwd.order}
         extra = also_units and seed != "max"  # the strongest units' seeds join the batch as more rows
         seeds = {n: torch.cat([p.seeds, _unit_seeds(p)]) if extra else p.seeds for n, p in picked.items()}
@@ -170,8 +182,9 @@ def check_args(model, layers, top, seed, rule) -> tuple[list[str], list[str]]:
         raise CnnvisError(f"seed must be 'sum' (every unit where the channel fired), 'max' (its strongest unit) or "
                           f"'map' (its whole rectified map), got {seed!r}")
     if rule not in RULES:
-        raise CnnvisError(f"rule must be 'masked' (Z&F with the forward ReLU mask) or 'zf' (the pure Z&F rule), "
-                          f"got {rule!r}")
+        raise CnnvisError(f"rule must be 'fired' (Z&F with the mask of the units that fired, strided convolutions "
+                          f"undone by nearest resize), 'masked' (Z&F with the forward ReLU mask) or 'zf' (the pure "
+                          f"Z&F rule), got {rule!r}")
     labels = list(layers) if layers else default_layers(model)
     if not labels:
         raise CnnvisError("no layers to project; give some in layers")
@@ -188,6 +201,12 @@ def _notes(fwd: _Forward, rule: str) -> list[str]:
         notes.append("pure Z&F rule: the forward mask is ignored, so the signal also flows through units that never "
                      "fired; deep layers then show a grey lattice rather than the photo (vgg16_hed from conv3_3 on; "
                      "the masked rule keeps the photo's structure)")
+    if rule == "masked" and fwd.strided:
+        notes.append(f"masked rule through {fwd.strided} strided convolutions: their transposes insert zeros between "
+                     f"units, which leaves a faint lattice (the default 'fired' rule resizes instead)")
+    if rule == "fired" and fwd.strided:
+        notes.append(f"fired rule: {fwd.strided} strided convolutions undone by nearest resize then their filters "
+                     f"(Odena et al. 2016), not by zero insertion: no lattice from the strides")
     if rule == "zf" and fwd.strided:
         notes.append(f"pure Z&F rule through {fwd.strided} strided convolutions: their transposed convolutions "
                      f"spread the signal unevenly and no forward mask takes it back, so deep layers show a "
@@ -213,9 +232,9 @@ def _likeness(rec: Tensor) -> float:
 
 def _alike_note(labels: list[str], alike: list[float], rule: str) -> list[str]:
     same = [f"{lab} {v:.2f}" for lab, v in zip(labels, alike) if v > ALIKE]
-    if not same or rule != "masked":
+    if not same or rule == "zf":
         return []
-    return [f"top channels' projections alike (correlation {', '.join(same)}): there the masked rule mostly "
+    return [f"top channels' projections alike (correlation {', '.join(same)}): there the {rule} rule mostly "
             f"redraws the photo's edges whatever the channel (as guided backprop does), so they show where the "
             f"channels fire more than what they detect"]
 
@@ -238,8 +257,9 @@ class _Forward:
     strided: int
 
 
-def _record_forward(module: nn.Module, normalize, x: Tensor, names: list[str]) -> _Forward:
-    """Run the network on x up to the deepest chosen layer with the Z&F hooks in place."""
+def _record_forward(module: nn.Module, normalize, x: Tensor, names: list[str], resize: bool = False) -> _Forward:
+    """Run the network on x up to the deepest chosen layer with the Z&F hooks in place (resize: strided
+    convolutions go back by nearest resize, `unstride`)."""
     uniq = list(dict.fromkeys(names))
     order: list[str] = []
     outputs: dict[str, Tensor] = {}
@@ -259,7 +279,7 @@ def _record_forward(module: nn.Module, normalize, x: Tensor, names: list[str]) -
     def record(mod, inp, out):
         tape.append((mod, inp[0] if inp else None, out))
 
-    handles = _zf_hooks(module)
+    handles = _zf_hooks(module, resize)
     try:
         for m in module.modules():
             if not list(m.children()):
@@ -367,7 +387,7 @@ class _Chain:
         self.budget = _CPU_BLOCK_NUMEL if fwd.x.device.type == "cpu" else None
         self._unpools: dict[int, _Unpool2d] = {}
         self._weights: dict[int, Tensor] = {}  # channels-last copies of the filters (else every call converts)
-        self._masks: dict[int, Tensor] = {}    # forward ReLU masks (rule 'masked'), channels-last
+        self._masks: dict[int, Tensor] = {}    # forward ReLU masks (rules 'fired', 'masked'), channels-last
 
     @classmethod
     def plan(cls, fwd: _Forward, rule: str) -> _Chain | None:
@@ -450,12 +470,14 @@ class _Chain:
         m, inp, out = self.steps[j]
         if isinstance(m, RELU_LIKE):
             G.clamp_(min=0)
-            if self.rule == "masked":
+            if self.rule != "zf":
                 G.mul_(self._mask(j))
         elif isinstance(m, nn.Conv2d):
             if j not in self._weights:
                 self._weights[j] = m.weight.detach().contiguous(memory_format=torch.channels_last)
             G = _conv_t(G, m, _conv_geometry(m, inp, out), self._weights[j])
+            if self.rule == "fired" and max(m.stride) > 1:
+                G = unstride(G, m.stride)
         elif isinstance(m, nn.BatchNorm2d):
             scale = torch.rsqrt(m.running_var + m.eps)
             if m.weight is not None:
@@ -471,16 +493,20 @@ class _Chain:
             and self.seed_at[j + 1] is None
         if j not in self._unpools:
             m, inp, _ = self.steps[j]
-            extra = self._mask(j + 1) if below and self.rule == "masked" else None
+            extra = self._mask(j + 1) if below and self.rule != "zf" else None
             self._unpools[j] = _Unpool2d(m, inp, extra)
         if below:
             G.clamp_(min=0)
         return self._unpools[j](G), below
 
     def _mask(self, j: int) -> Tensor:
-        """(1, C, h, w) forward mask of ReLU-like step j: the activation's derivative at its input."""
+        """(1, C, h, w) forward mask of ReLU-like step j: rule 'fired': [output > 0] (the units that fired);
+        'masked': the activation's derivative at its input (the same for nn.ReLU; 0 where ReLU6 saturates)."""
         if j not in self._masks:
-            m, inp, _ = self.steps[j]
+            m, inp, out = self.steps[j]
+            if self.rule == "fired":
+                self._masks[j] = (out.detach() > 0).to(out.dtype).contiguous(memory_format=torch.channels_last)
+                return self._masks[j]
             with torch.enable_grad():
                 z = inp.detach().requires_grad_(True)
                 (d,) = torch.autograd.grad(m.forward(z).sum(), z)  # .forward: no hooks
@@ -673,12 +699,12 @@ class _ConvT(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(x, y, weight, stride, pad, dilation, groups, out_pad, crop):
+    def forward(x, y, weight, stride, pad, dilation, groups, out_pad, crop, resize):
         return y.view_as(y)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        _, _, ctx.weight, ctx.stride, ctx.pad, ctx.dilation, ctx.groups, ctx.out_pad, ctx.crop = inputs
+        _, _, ctx.weight, ctx.stride, ctx.pad, ctx.dilation, ctx.groups, ctx.out_pad, ctx.crop, ctx.resize = inputs
 
     @staticmethod
     def backward(ctx, g):
@@ -686,7 +712,9 @@ class _ConvT(torch.autograd.Function):
         if ctx.crop is not None:  # TF-style 'same' padding: drop the padded border
             t, h, left, w = ctx.crop
             gx = gx[..., t:t + h, left:left + w]
-        return gx, None, None, None, None, None, None, None, None
+        if ctx.resize and max(ctx.stride) > 1:
+            gx = unstride(gx, ctx.stride)
+        return gx, None, None, None, None, None, None, None, None, None
 
 
 class _Unpool(torch.autograd.Function):
@@ -712,7 +740,7 @@ class _Unpool(torch.autograd.Function):
         return gx, None, None
 
 
-def _conv_hook(mod: nn.Conv2d, inp, out):
+def _conv_hook(mod: nn.Conv2d, inp, out, resize: bool = False):
     x = inp[0]
     if not (torch.is_tensor(x) and x.dim() == 4 and out.dim() == 4 and x.requires_grad):
         return None
@@ -720,7 +748,7 @@ def _conv_hook(mod: nn.Conv2d, inp, out):
     if geom is None:
         return None  # anything else: autograd's own conv backward (the same rule, unbatched kernels)
     pad, out_pad, crop = geom
-    return _ConvT.apply(x, out, mod.weight.detach(), mod.stride, pad, mod.dilation, mod.groups, out_pad, crop)
+    return _ConvT.apply(x, out, mod.weight.detach(), mod.stride, pad, mod.dilation, mod.groups, out_pad, crop, resize)
 
 
 def _pool_hook(mod: nn.MaxPool2d, inp, out):
@@ -732,12 +760,14 @@ def _pool_hook(mod: nn.MaxPool2d, inp, out):
     return _Unpool.apply(x, out, sw)
 
 
-def _zf_hooks(module: nn.Module) -> list:
-    """Explicit Z&F backward rules for plain convs and max-pools (batched kernels under vmap)."""
+def _zf_hooks(module: nn.Module, resize: bool = False) -> list:
+    """Explicit Z&F backward rules for plain convs and max-pools (batched kernels under vmap); resize: strided
+    convs go back by nearest resize (`unstride`)."""
     hs = []
+    conv = functools.partial(_conv_hook, resize=resize)
     for m in module.modules():
         if isinstance(m, nn.Conv2d):
-            hs.append(m.register_forward_hook(_conv_hook))
+            hs.append(m.register_forward_hook(conv))
         elif isinstance(m, nn.MaxPool2d):
             hs.append(m.register_forward_hook(_pool_hook))
     return hs

@@ -44,7 +44,7 @@ class Attribution:  # kind "attribution" (`cnnvis saliency`)
 class Deconv:  # kind "deconv" (`cnnvis deconv`)
     top = 3
     project = "sum"
-    rule = "masked"
+    rule = "fired"
 
 
 class Sanity:  # kind "sanity" (`cnnvis sanity`)

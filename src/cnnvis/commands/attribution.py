@@ -111,10 +111,12 @@ def saliency_cmd(photo, model, weights, device, cache, as_json, method, target, 
 @click.option("--layers", default=None, help="Comma-separated layers (default: VGG conv1_1..conv5_3 / the stages).")
 @click.option("--all", "all_convs", is_flag=True, help="Every Conv2d layer of the model.")
 @click.option("--top", default=D.Deconv.top, show_default=True, type=int, help="Channels per layer.")
-@click.option("--rule", default=None, type=click.Choice(["masked", "zf"]),
-              help="masked (default): Z&F with the forward ReLU mask (= guided backprop): only units that fired "
-                   "pass the signal on, so deep layers show the parts of the photo that drove them. zf: the pure Z&F "
-                   "rule (forward mask ignored, = Captum's deconvolution): grey "
+@click.option("--rule", default=None, type=click.Choice(["fired", "masked", "zf"]),
+              help="fired (default): Z&F with the mask of the units that fired (output > 0, ReLU6's saturated "
+                   "units too), strided convolutions undone by nearest resize, not zero insertion (no "
+                   "checkerboard); on VGG the same as masked. masked: Z&F with the forward ReLU mask (= guided "
+                   "backprop): only units that fired pass the signal on, so deep layers show the parts of the photo "
+                   "that drove them. zf: the pure Z&F rule (forward mask ignored, = Captum's deconvolution): grey "
                    "lattices at VGG's conv3-5, a checkerboard through strided convolutions (EfficientNet).")
 @click.option("--project", "seed_kind", default=None, type=click.Choice(["sum", "max", "map"]),
               help="What each channel sends down. sum (default): every unit where it fired, weighted 1 (its total "

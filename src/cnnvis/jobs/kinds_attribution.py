@@ -50,10 +50,13 @@ class AttributionSpec(PhotoSpec):
     options: dict[str, float | int | str | bool | None] = Field(default_factory=dict)  # method options (steps, ...)
     # under the panel (and in the JSON) of a method whose picture needs a word
     CAPTIONS: ClassVar[dict[str, str]] = {
-        "deconvnet": "deconvnet = the pure Zeiler & Fergus rule (the ReLU of the signal, the forward mask ignored): "
-                     "through strided convolutions (EfficientNet) or deep VGG layers it spreads the signal into a "
-                     "regular checkerboard, not the photo. Method 'guided' adds the forward mask and keeps the "
-                     "photo's structure."}
+        "deconvnet": "deconvnet, fired rule (the default): the ReLU of the signal where the unit fired, strided "
+                     "convolutions undone by nearest resize, not zero insertion (no checkerboard). Option rule 'zf': "
+                     "the pure Zeiler & Fergus rule.",
+        "deconvnet:zf": "deconvnet, pure Zeiler & Fergus rule (the ReLU of the signal, the forward mask ignored; = "
+                        "Captum's Deconvolution): through strided convolutions (EfficientNet) or deep VGG layers it "
+                        "spreads the signal into a regular checkerboard, not the photo. The default rule 'fired' "
+                        "keeps the photo's structure."}  # key 'method:rule' for a rule given in options
 
     @field_validator("method")
     @classmethod
@@ -103,7 +106,7 @@ class AttributionSpec(PhotoSpec):
         heat = a.abs().amax(1)[0] if a.shape[1] > 1 else a[0, 0]
         if cam:
             info["layer"] = getattr(m, "layer", None)
-        caption = self.CAPTIONS.get(self.method, "")
+        caption = self.CAPTIONS.get(f"{self.method}:{self.options.get('rule')}", self.CAPTIONS.get(self.method, ""))
         if caption:
             info["caption"] = caption
         files = {"panel.png": png_bytes(attribution_panel(x, heat, f"{self.method}: {title}", caption=caption)),
@@ -192,10 +195,12 @@ class AttributionGridSpec(Spec):
 class DeconvSpec(PhotoSpec):
     """Zeiler & Fergus deconvnet: the top channels of each layer projected back to pixels.
 
-    Default: the masked rule (Z&F + the forward ReLU mask), each top channel seeded with every unit
+    Default: the fired rule (Z&F + the mask of the units that fired, strided convolutions undone by
+    nearest resize; on VGG = the masked rule, guided backprop), each top channel seeded with every unit
     where it fired ('sum'), drawn full size with its strongest unit's box, beside Z&F Fig. 2's
     pair (the photo patch in that box and the strongest unit's own projection there, one sweep).
-    rule 'zf' is the pure rule; project 'max' the Fig. 2 pairs alone, 'map' the rectified map."""
+    rule 'masked' is guided backprop (zero insertion through strides), 'zf' the pure rule; project 'max' the
+    Fig. 2 pairs alone, 'map' the rectified map."""
 
     kind = "deconv"
     example = {"image": "sample:chelsea", "top": 1}
@@ -205,7 +210,8 @@ class DeconvSpec(PhotoSpec):
     top: int = Field(D.Deconv.top, ge=1, le=64)
     # every unit where the channel fired (1 each), its strongest unit (Z&F Fig. 2), or its rectified map
     project: Literal["sum", "max", "map"] = D.Deconv.project
-    rule: Literal["masked", "zf"] = D.Deconv.rule  # Z&F + the forward ReLU mask (guided backprop), or pure Z&F
+    # Z&F + the mask of the units that fired, strided convs resized; + the forward ReLU mask (guided backprop); pure
+    rule: Literal["fired", "masked", "zf"] = D.Deconv.rule
 
     def normalized(self, vm):
         layers = chosen_layers(vm, self.layers, self.all_conv)
