@@ -219,7 +219,7 @@ def speed(size: int, rounds: int) -> None:
         def forward(self, z):
             return (self.trunk(vm.preprocess.normalize(z))[:, self.c] * self.seed).sum((1, 2))[:, None]
 
-    peer = {"zf": Deconvolution, "masked": GuidedBackprop}
+    peer = {"zf": Deconvolution, "masked": GuidedBackprop, "fired": GuidedBackprop}  # fired = masked on VGG
     fns, work = {}, []
     for rule in RULES:
         for units in (False, True):  # deconvnet() with the default seed; the panel's sweep (+ the strongest units)
@@ -251,6 +251,18 @@ def speed(size: int, rounds: int) -> None:
               f"{peer[rule].__name__:15s} {statistics.median(times[f'captum {name}']):6.2f} s   "
               f"speed-up {ratio(f'captum {name}', f'ours {name}'):5.2f}x (goal >= 2.15x)")
     print(f"  ours masked / ours zf: {ratio('ours masked', 'ours zf'):5.2f}")
+    # the nearest resize through strided convs: efficientnet_lite0 (5 stride-2 convs, the autograd sweep)
+    lite = load("efficientnet_lite0")
+    xl = torch.rand(1, 3, size, size)
+    tl: dict[str, list[float]] = {r: [] for r in RULES}
+    for _ in range(rounds + 1):  # the first round warms up
+        for r in RULES:
+            t = time.perf_counter()
+            deconvnet(lite, xl, TARGETS["efficientnet_lite0"], 3, rule=r)
+            tl[r].append(time.perf_counter() - t)
+    med = {r: statistics.median(v[1:]) for r, v in tl.items()}
+    print("  efficientnet_lite0 stages 4-6 x top-3: " + ", ".join(f"{r} {v:.2f} s" for r, v in med.items())
+          + f"; fired / masked {med['fired'] / med['masked']:.2f}")
 
 
 def _seed_of(a: torch.Tensor, seed: str) -> torch.Tensor:

@@ -1,5 +1,7 @@
 """The reference deconvnet the tests check `cnnvis.deconv.deconvnet` against: the same projections,
-one forward + one backward per (layer, channel), through autograd with the modified ReLU rule.
+one forward + one backward per (layer, channel), through autograd with the modified ReLU rule (rule
+'fired': the fired mask, and strided convs' gradients resized by `resized_strides`' pre-hooks, a
+mechanism of its own, not the sweep's).
 
 Slow on purpose and kept out of the product: nothing under src/ imports it.
 """
@@ -8,16 +10,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import contextlib
+
 import torch
 from torch import Tensor
 
 from cnnvis.attribution.base import check_input, model_parts
-from cnnvis.attribution.modified_relu import RELU_LIKE, modified_relu
+from cnnvis.attribution.modified_relu import RELU_LIKE, modified_relu, resized_strides
 from cnnvis.deconv import DeconvResult, _seeds, check_args
 from cnnvis.hooks import capture
 from cnnvis.utils import model_guard, module_device
 
-_RELU_RULE = {"masked": "guided", "zf": "deconvnet"}
+_RELU_RULE = {"fired": "fired", "masked": "guided", "zf": "deconvnet"}
 
 
 def deconvnet_loop(model, x: Tensor, layers: Sequence[str] | None = None, top: int = 3, *, seed: str = "max",
@@ -27,7 +31,8 @@ def deconvnet_loop(model, x: Tensor, layers: Sequence[str] | None = None, top: i
     labels, names = check_args(model, layers, top, seed, rule)
     x = check_input(x, module_device(module), model)
     chans, norms, maps, recons, units = [], [], [], [], []
-    with model_guard(module), torch.enable_grad(), modified_relu(module, _RELU_RULE[rule], RELU_LIKE):
+    resize = resized_strides(module) if rule == "fired" else contextlib.nullcontext()
+    with model_guard(module), torch.enable_grad(), modified_relu(module, _RELU_RULE[rule], RELU_LIKE), resize:
         for n in names:
             with capture(model, [n]) as cap:
                 cap.run(x)

@@ -150,7 +150,7 @@ def test_photo_commands_end_to_end(tmp_path, odd_png, monkeypatch, capsys):
                  "--top", "2", "--out", str(out)]) == 0
     assert out.exists()
     said = capsys.readouterr().out
-    assert "masked rule" in said and "every unit where the channel fired" in said  # the default rule and seed, named
+    assert "fired rule" in said and "every unit where the channel fired" in said  # the default rule and seed, named
     assert main(["deconv", str(odd_png), "-m", "vgg16_hed", "--size", "64", "--layers", "conv3_3", "--top", "1",
                  "--rule", "zf", "--project", "map", "--json", "--out", str(out)]) == 0
     d = json.loads(capsys.readouterr().out)["data"]

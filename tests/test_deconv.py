@@ -49,9 +49,10 @@ class _Normalized(nn.Module):
         return self.net(self.norm(z))
 
 
-@pytest.mark.parametrize("rule", ["masked", "zf"])
+@pytest.mark.parametrize("rule", ["fired", "masked", "zf"])
 def test_one_pass_equals_loop_and_captum_neuron_random_vgg(rule):
-    """The sweep == the per-channel loop == Captum's NeuronGuidedBackprop (masked) / NeuronDeconvolution (zf),
+    """The sweep == the per-channel loop == Captum's NeuronGuidedBackprop (masked; and fired, the same rule on
+    VGG: nn.ReLU's fired units are its derivative's, no strided convs) / NeuronDeconvolution (zf),
     seeded with every unit that fired, weighted 1 (seed='sum', the default), with the rectified map
     (seed='map') and with the strongest unit only (seed='max', also the extra rows of also_units)."""
     from captum.attr import NeuronDeconvolution, NeuronGuidedBackprop
@@ -62,7 +63,7 @@ def test_one_pass_equals_loop_and_captum_neuron_random_vgg(rule):
     vm = load("vgg16", weights="random")
     x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     layers = ["conv1_2", "pool2", "conv3_3", "relu4_1", "conv5_3"]
-    peer = {"masked": NeuronGuidedBackprop, "zf": NeuronDeconvolution}[rule]
+    peer = {"fired": NeuronGuidedBackprop, "masked": NeuronGuidedBackprop, "zf": NeuronDeconvolution}[rule]
     units = deconvnet_loop(vm, x, layers, top=2, rule=rule, seed="max").reconstructions
     for seed in ("sum", "map", "max"):
         one = deconvnet(vm, x, layers, top=2, rule=rule, seed=seed, also_units=seed == "sum")
@@ -109,7 +110,7 @@ def test_rules_differ_where_the_forward_mask_bites():
     assert float(zf) == 0.0 and float(masked) == 2.0
 
 
-@pytest.mark.parametrize("rule", ["masked", "zf"])
+@pytest.mark.parametrize("rule", ["fired", "masked", "zf"])
 def test_one_pass_equals_loop_embedded_with_skips(rule):
     from cnnvis.models import load
 
@@ -134,7 +135,7 @@ def test_deconv_errors():
         deconvnet(net, x, ["nope"])
     with pytest.raises(CnnvisError, match="top"):
         deconvnet(net, x, ["0"], top=0)
-    with pytest.raises(CnnvisError, match="rule must be 'masked'"):
+    with pytest.raises(CnnvisError, match="rule must be 'fired'"):
         deconvnet(net, x, ["0"], rule="guided")
     with pytest.raises(CnnvisError, match="seed must be 'sum'"):
         deconvnet(net, x, ["0"], seed="all")

@@ -38,7 +38,7 @@ def _nets():
 @pytest.mark.parametrize("name", ["overlap", "ceil_bn", "strided"])
 @pytest.mark.parametrize("size", [32, 33, 17])
 @pytest.mark.parametrize("budget", [D._CPU_BLOCK_NUMEL, 100, 1])
-@pytest.mark.parametrize("rule", ["masked", "zf"])
+@pytest.mark.parametrize("rule", ["fired", "masked", "zf"])
 def test_chain_sweep_equals_loop(name, size, budget, rule, monkeypatch):
     net = _nets()[name].eval()
     if name == "ceil_bn":

@@ -267,7 +267,7 @@ def test_mnist_deconvnet(mnist_wrapped, digit):
     from cnnvis.deconv import deconvnet
 
     x = mnist_wrapped.preprocess.prepare(digit)
-    for rule in ("masked", "zf"):
+    for rule in ("fired", "masked", "zf"):
         res = deconvnet(mnist_wrapped, x, layers=["conv1", "conv2"], top=2, rule=rule, seed="map")
         ref = deconvnet_loop(mnist_wrapped, x, layers=["conv1", "conv2"], top=2, rule=rule, seed="map")
         for r, q in zip(res.reconstructions, ref.reconstructions):
