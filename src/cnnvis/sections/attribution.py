@@ -70,7 +70,10 @@ def render_maps(ctx: ReportContext) -> str:
     text = lambda s: esc(s, quote=False)  # noqa: E731  (a class's words are text; apostrophes stay as they are)
     return (ctx.img_tag(rel, text(maps_caption()))
             + "<p>Guided backprop and deconvnet apply their modified-ReLU rule to every ReLU-like module "
-              "(here ReLU6, which Captum would silently skip).</p>"
+              "(here ReLU6, which Captum would silently skip). The deconvnet column is the deconvnet's default "
+              "fired rule (the units that fired, strided convolutions undone by nearest resize); on a net of plain "
+              "ReLUs without strided convolutions it equals guided backprop. Method option "
+              "<code>rule: zf</code> gives the pure Zeiler &amp; Fergus rule (a checkerboard here).</p>"
             + "<h3>The CAM family at the last spatial block</h3>"
             + ctx.img_tag(rel_cam, text(cams_caption())))
 
@@ -95,7 +98,9 @@ def render_deconv(ctx: ReportContext) -> str:
                 "This model has no max-pools, so no switches: the signal goes down through ReLUs, transposed "
                 "(strided) convolutions, BatchNorm scales and residual sums. Under the pure Z&F rule "
                 "(<code>--rule zf</code>) the strided convolutions leave a checkerboard lattice at depth; the "
-                "forward mask of the default rule keeps the photo's structure")
+                "default fired rule keeps the photo's structure: only units that fired pass the signal on, and a "
+                "strided convolution goes back by nearest resize then its filters, not by zero insertion "
+                "(<code>--rule masked</code>, guided backprop, inserts zeros: a faint lattice)")
         parts.append(ctx.img_tag(rel, f"{esc(model_name)} on {esc(name)}, {esc(d['rule_text'])}, "
                                       f"{esc(d['seed_text'])}: rows = layers; per top-3 channel its projection, full "
                                       f"size, with its strongest unit's box, then the photo patch in that box beside "
