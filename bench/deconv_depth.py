@@ -47,7 +47,9 @@ Measured (2 shared CPU cores, torch 2.14 CPU; default = fired rule, seed 'sum'; 
     0.97), so on lite0 the <= 0.2 part of the goal is NOT met by the default (0.31-0.33); the stride
     lattice itself is gone (alias share at the noise level). vgg16_hed conv5_3's edge goal is NOT met
     (+0.16 / +0.28): its channels follow the object (the pelican's outline) where the photo's edges
-    are mostly in the background (foliage: -0.10 to -0.25 on that photo).
+    are mostly in the background (foliage: -0.10 to -0.25 on that photo). No seed helps there: --sweep
+    on the tuning photos (8 seeds x 3 channel choices, rule masked = fired on VGG) tops out at +0.20
+    at conv5_3 (ones over the whole map, the same picture for every channel), 'sum' +0.16-0.18.
   The web's 'deconvnet' attribution map (lite0, top class, 6 tuning photos): fired rule edge +0.38
   median, alias 0.005; pure rule +0.16, alias 0.67; guided +0.29, alias 0.05.
   The seed rows (max, map) of the first pass: git history of this file and README.

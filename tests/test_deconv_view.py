@@ -103,8 +103,8 @@ def _pearson(u: torch.Tensor, v: torch.Tensor) -> float:
 
 @pytest.mark.slow
 def test_default_shows_the_photo_at_depth_where_the_pure_rule_draws_a_lattice(hed):
-    """vgg16_hed, top-3 channels, golden retriever and jaguar. conv4_3: the default (fired rule = the masked rule on VGG,
-    'sum' seed) meets issue 20's goal, median edge correlation >= 0.3 and lattice share <= 0.2
+    """vgg16_hed, top-3 channels, golden retriever and jaguar. conv4_3: the default (fired rule, = the
+    masked rule on VGG; 'sum' seed) meets issue 20's goal, median edge correlation >= 0.3 and lattice share <= 0.2
     (measured +0.37 / 0.14), with three pictures, not one (median pairwise correlation of the
     top-3 blurred projections < 0.9, measured 0.67; ones over the whole map, units that did not
     fire included, give 0.98: the photo's edges whatever the channel). conv5_3: no lattice
