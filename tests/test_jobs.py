@@ -98,6 +98,25 @@ def test_same_job_asked_two_ways_has_one_key(lite0, tmp_path):
     assert job_key(s1) != job_key(make_spec("class_image", target=3, steps=511))
 
 
+def test_a_methods_default_option_is_part_of_the_key(lite0):
+    """The deconvnet map's default rule changed ('zf' -> 'fired'): the normalized spec writes the rule out,
+    so the default and rule 'fired' are one job, 'zf' another, and a map stored before the change (its
+    normalized spec had no rule) is not served for the new default."""
+    from cnnvis.attribution import method_class
+
+    photo = str(sample("pelican"))
+    keyed = {r: job_key(make_spec("attribution", image=photo, method="deconvnet", target=144,
+                                  options={} if r is None else {"rule": r}).normalized(lite0))
+             for r in (None, "fired", "zf")}
+    assert keyed[None] == keyed["fired"] != keyed["zf"]
+    d = make_spec("attribution", image=photo, method="deconvnet", target=144).normalized(lite0)
+    assert d.options == {"rule": "fired"} == method_class("deconvnet").option_defaults
+    old = make_spec("attribution", image=photo, method="deconvnet", target=144)  # as keyed before
+    assert job_key(old.model_copy(update={"layer": d.layer, "target": d.target})) != keyed[None]
+    # a method without declared defaults keeps its options as given
+    assert make_spec("attribution", image=photo, method="saliency", target=144).normalized(lite0).options == {}
+
+
 def test_batch_is_not_part_of_the_identity():
     a, b = make_spec("filters", batch=4), make_spec("filters", batch=16)
     assert a.canonical_json() == b.canonical_json() and a.batch == 4

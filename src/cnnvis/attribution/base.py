@@ -116,6 +116,7 @@ class Attribution:
     report: ClassVar[tuple[str, ...]] = ("maps",)  # the report grids it is drawn in ('maps', 'cams')
     caption: ClassVar[str] = ""  # how the report's figure captions name it ('': its title)
     caption_notes: ClassVar[dict[str, str]] = {}  # per report grid: what its caption adds in parentheses
+    option_defaults: ClassVar[dict] = {}  # defaults a job writes into its spec (a changed default = new key)
     signed = True  # does `attribute` return signed values?
 
     @classmethod

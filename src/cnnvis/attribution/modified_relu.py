@@ -230,6 +230,7 @@ class Deconvnet(ModifiedReLU):
 
     name, title = "deconvnet", "deconvnet"
     rule = "fired"
+    option_defaults = {"rule": "fired"}  # so a map cached under the old default rule is not served
 
     def __init__(self, model, *, rule: str | None = None,
                  types: tuple[type[nn.Module], ...] = RELU_LIKE) -> None:

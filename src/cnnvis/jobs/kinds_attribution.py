@@ -73,7 +73,8 @@ class AttributionSpec(PhotoSpec):
             raise CnnvisError("channel/unit need a layer, with a method that is not a CAM method")
         if not cam and self.layer is not None and self.target is not None:
             raise CnnvisError("give either a target (a class) or a layer (an activation), not both")
-        return self.model_copy(update=target_and_layer(vm, self.target, self.layer))
+        return self.model_copy(update={**target_and_layer(vm, self.target, self.layer),
+                                       "options": {**cls.option_defaults, **self.options}})
 
     def run(self, vm, ctx):
         from cnnvis.attribution import LayerTarget, method as make, method_class
