@@ -68,6 +68,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--witness", default="efficientnet_lite2", help="comma-separated independent classifiers")
     ap.add_argument("--spec", default="{}", help="JSON: fields of the class_image spec to override")
+    ap.add_argument("--candidates", default=None,
+                    help='JSON {"name": {spec fields}, ...}: several recipes measured in the same run (instead of '
+                         '--spec), e.g. \'{"default": {}, "lite0 alone": {"ensemble": ["none"]}}\'')
     ap.add_argument("--no-lucent", action="store_true")
     ap.add_argument("--lucent-classes", type=int, default=None, help="Lucent on the first N classes of a set only")
     ap.add_argument("--save", default=None, help="write every image (ours and Lucent's) into this folder")
@@ -80,7 +83,7 @@ def main() -> None:
     from cnnvis.jobs import run
     from cnnvis.models import load
 
-    over = json.loads(a.spec)
+    cands = json.loads(a.candidates) if a.candidates else {"default" if a.spec == "{}" else a.spec: json.loads(a.spec)}
     vm = load("efficientnet_lite0")
     wits = [load(n) for n in a.witness.split(",")]
     names = [w.name.replace("efficientnet_", "") for w in wits]
@@ -96,14 +99,16 @@ def main() -> None:
         os.makedirs(a.save, exist_ok=True)
     sets = {"tuning": TUNING, "heldout": HELDOUT}
     chosen = list(sets) if a.set == "both" else [a.set]
-    print(f"torch {torch.__version__}, {a.threads} thread(s); efficientnet_lite0, `cnnvis class` defaults"
-          f"{' + ' + json.dumps(over) if over else ''}; witnesses {', '.join(names)}; {a.seeds} seeds")
-    summary = {}
+    print(f"torch {torch.__version__}, {a.threads} thread(s); efficientnet_lite0, `cnnvis class` defaults + "
+          f"{json.dumps(cands)}; witnesses {', '.join(names)}; {a.seeds} seeds")
+    table = []  # (set, candidate, witness, mean, top-1, n, min, ratio mean, ratio max)
     for sname in chosen:
         classes = [c for c in sets[sname][:a.classes] if a.only is None or c in a.only.split(",")]
-        print(f"\n[{sname}] class, seed: steps, seconds, stopping judge's prob | "
+        print(f"\n[{sname}] candidate, class, seed: steps, seconds, judge's prob | "
               + " | ".join(f"{n} prob (top-1)" for n in names) + "   || Lucent 512: seconds, " + ", ".join(names))
-        rows, ratios, lrows = [], [], []
+        rows = {k: [] for k in cands}
+        ratios = {k: [] for k in cands}
+        lrows = []
         for c in classes:
             t = vm.class_index(c)
             luc = None
@@ -111,47 +116,47 @@ def main() -> None:
                 img, lsec = lucent_class(vm, t, 512)
                 luc = (lsec, witness(wits, png_tensor(img), t))
                 lrows.append(luc)
+                print(f"  Lucent-512   {c:12}: {lsec:6.1f} s | " + " | ".join(
+                    f"{p:.3f} ({'yes' if ok else 'NO'})" for p, ok in luc[1]), flush=True)
                 if a.save:
                     from cnnvis.viz import save_png
 
                     save_png(img, f"{a.save}/lucent_{c.replace(' ', '_')}.png")
-            secs = []
-            for s in range(a.first_seed, a.first_seed + a.seeds):
-                t0 = time.perf_counter()
-                res = run({"kind": "class_image", "target": c, "seed": s, **over})
-                sec = time.perf_counter() - t0
-                secs.append(sec)
-                d = res.data
-                w = witness(wits, to_tensor(res.image()), t)  # the PNG the job stored
-                rows.append((c, s, d["steps"], sec, w))
-                if a.save:
-                    res.image().save(f"{a.save}/ours_{c.replace(' ', '_')}_{s}.png")
-                jp = d["judge"]["prob"] if d.get("judge") else float("nan")
-                lt = (f"   || {luc[0]:6.1f} s, " + ", ".join(f"{p:.3f}{'' if ok else '!'}" for p, ok in luc[1])
-                      if luc and s == a.first_seed else "")
-                print(f"  {c:12} {s}: {d['steps']:4d} {sec:6.1f} s  {jp:.3f} | "
-                      + " | ".join(f"{p:.3f} ({'yes' if ok else 'NO'})" for p, ok in w) + lt, flush=True)
-            if luc:
-                ratios.append(np.mean(secs) / luc[0])
-        print(f"  [{sname}] ours:", end="")
-        for k, n in enumerate(names):
-            ps = np.array([r[4][k][0] for r in rows])
-            top = sum(r[4][k][1] for r in rows)
-            print(f"  {n} mean {ps.mean():.3f} (min {ps.min():.3f}), top-1 {top}/{len(rows)};", end="")
-            summary[(sname, n)] = (ps.mean(), top, len(rows))
-        print(f" steps mean {np.mean([r[2] for r in rows]):.0f}, seconds mean {np.mean([r[3] for r in rows]):.1f}")
+            for k, over in cands.items():
+                secs = []
+                for s in range(a.first_seed, a.first_seed + a.seeds):
+                    t0 = time.perf_counter()
+                    res = run({"kind": "class_image", "target": c, "seed": s, **over})
+                    sec = time.perf_counter() - t0
+                    secs.append(sec)
+                    d = res.data
+                    w = witness(wits, to_tensor(res.image()), t)  # the PNG the job stored
+                    rows[k].append((c, s, d["steps"], sec, w))
+                    if a.save:
+                        res.image().save(f"{a.save}/{k.replace(' ', '_')}_{c.replace(' ', '_')}_{s}.png")
+                    jp = d["judge"]["prob"] if d.get("judge") else float("nan")
+                    print(f"  {k[:12]:12} {c:12} {s}: {d['steps']:4d} {sec:6.1f} s  {jp:.3f} | "
+                          + " | ".join(f"{p:.3f} ({'yes' if ok else 'NO'})" for p, ok in w), flush=True)
+                if luc:
+                    ratios[k].append(np.mean(secs) / luc[0])
+        for k in cands:
+            for j, n in enumerate(names):
+                ps = np.array([r[4][j][0] for r in rows[k]])
+                top = sum(r[4][j][1] for r in rows[k])
+                rr = ratios[k]
+                table.append((sname, k, n, ps.mean(), top, len(ps), ps.min(),
+                              np.mean(rr) if rr else float("nan"), max(rr) if rr else float("nan"),
+                              np.mean([r[2] for r in rows[k]])))
         if lrows:
-            print(f"  [{sname}] Lucent 512:", end="")
-            for k, n in enumerate(names):
-                ps = np.array([r[1][k][0] for r in lrows])
-                print(f"  {n} mean {ps.mean():.3f}, top-1 {sum(r[1][k][1] for r in lrows)}/{len(lrows)};", end="")
-            print(f" seconds mean {np.mean([r[0] for r in lrows]):.1f}")
-            print(f"  [{sname}] time ratio ours (mean over seeds) / Lucent 512, per class: "
-                  f"{', '.join(f'{r:.2f}' for r in ratios)}; mean {np.mean(ratios):.2f}, max {max(ratios):.2f} "
-                  f"(goal <= 0.5)")
-    print("\nsummary: " + "; ".join(f"{s} {n}: mean {m:.3f}, top-1 {k}/{tot}"
-                                    for (s, n), (m, k, tot) in summary.items())
-          + "  (goal: held-out mean >= 0.95 with every image top-1)")
+            for j, n in enumerate(names):
+                ps = np.array([r[1][j][0] for r in lrows])
+                table.append((sname, "Lucent-512", n, ps.mean(), sum(r[1][j][1] for r in lrows), len(ps), ps.min(),
+                              1.0, 1.0, 512))
+    print("\nset      recipe            witness  mean prob  top-1   min prob  steps  time / Lucent-512 (mean, max "
+          "over classes)")
+    for sname, k, n, m, top, tot, mn, rm, rx, st in table:
+        print(f"{sname:8} {k[:17]:17} {n:8} {m:9.3f}  {top:2d}/{tot:<3d} {mn:8.3f}  {st:5.0f}  {rm:.2f}, {rx:.2f}")
+    print("goal: held-out mean >= 0.95, every image top-1, time <= 0.5 of Lucent-512's")
 
 
 if __name__ == "__main__":

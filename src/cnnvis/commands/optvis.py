@@ -34,9 +34,14 @@ def _animate_option(fn):
               help="Stop once the 8-bit image reaches this probability (0 = run all steps).")
 @click.option("--robust-prob", type=float, default=D.ClassImage.robust_prob, show_default=True,
               help="...and this probability under each of the four perturbations (0 = do not require it).")
+@click.option("--ensemble", default=None, metavar="MODELS",
+              help="Comma-separated classifiers with the same labels whose logits are averaged with the model's: "
+                   "the image is made for all of them (each gives a gradient), and a third model agrees more. "
+                   "Default: efficientnet_lite1 for lite0, none for other models; 'none' = the model alone.")
 @click.option("--judge", default=None, metavar="MODEL",
               help="A second classifier with the same labels that checks the saved PNG (a witness: it never gives "
-                   "a gradient). Default: the other embedded model (efficientnet_lite1 for lite0); 'none' = no judge.")
+                   "a gradient; not one of the ensemble). Default: the other embedded model (efficientnet_lite1 "
+                   "for lite0) unless it is in the ensemble (then none); 'none' = no judge.")
 @click.option("--judge-prob", type=float, default=D.ClassImage.judge_prob, show_default=True,
               help="...and stop only once the judge gives the PNG this probability (0 = report it, don't wait for it).")
 @click.option("--min-steps", type=int, default=D.ClassImage.min_steps, show_default=True,
@@ -47,8 +52,8 @@ def _animate_option(fn):
 @click.option("--out", "-o", required=True, type=click.Path(), help="Output image (PNG keeps the checked bytes).")
 @_animate_option
 @seed_option
-def class_cmd(target, model, weights, device, cache, as_json, preset, steps, size, until_prob, robust_prob, judge,
-              judge_prob, min_steps, objective, out, animate, seed) -> None:
+def class_cmd(target, model, weights, device, cache, as_json, preset, steps, size, until_prob, robust_prob, ensemble,
+              judge, judge_prob, min_steps, objective, out, animate, seed) -> None:
     """Render an image the model sees as CLASS (name or index), save it, and check it.
 
     Prints the probability the model gives the saved 8-bit PNG, its top-5, the probability
@@ -64,7 +69,8 @@ def class_cmd(target, model, weights, device, cache, as_json, preset, steps, siz
     anim = check_out(animate, [str(out)], flag="--animate", suffixes=(".gif",))
     res = run_job("class_image", model=model, weights=weights, device=device, cache=cache, quiet=as_json,
                   target=target, preset=preset, steps=steps, size=size, until_prob=until_prob,
-                  robust_prob=robust_prob, min_steps=min_steps, judge=judge, judge_prob=judge_prob,
+                  robust_prob=robust_prob, min_steps=min_steps, ensemble=parse_names(ensemble), judge=judge,
+                  judge_prob=judge_prob,
                   objective=objective, animate=anim is not None, seed=seed)
     write_image(res, out)
     if anim is not None:
@@ -81,13 +87,18 @@ def class_cmd(target, model, weights, device, cache, as_json, preset, steps, siz
         v = d["robustness"][k]
         flag = "" if v >= 0.9 else "   <- below 0.9: adversarial noise rather than a picture?"
         lines.append(f"  {desc:<48} {v:.4f}{flag}")
+    for e in d.get("ensemble") or []:
+        lines.append(f"made also for {e['model']} (mean logits with {res.spec['model']}; it gave gradients): "
+                     f"probability {e['prob']:.4f} for the PNG")
     j = d.get("judge")
     if j:
         verdict = "agrees" if j["agrees"] else f"DISAGREES: its top-1 is {j['top1']['label']} ({j['top1']['prob']:.4f})"
         lines.append(f"judge {j['model']} (a second model; it gave no gradient): probability {j['prob']:.4f} "
                      f"for the PNG; it {verdict}")
     else:
-        lines.append("judge: none (no second model with these labels; --judge MODEL adds one)")
+        lines.append("judge: none (" + ("the ensemble's models gave gradients; --judge MODEL adds a witness outside it)"
+                                        if d.get("ensemble") else
+                                        "no second model with these labels; --judge MODEL adds one)"))
     lines.append(f"colour saturation {d['saturation']:.3f}, contrast (pixel std) {d['contrast']:.3f}")
     if anim is not None:
         lines.append(f"animation: {anim}")

@@ -1,5 +1,6 @@
-"""The judge policy of class images: the default recipe and side, which second classifier witnesses a
-model's class images (`default_judge`) and loading it (`load_judge`)."""
+"""The judge policy of class images: the default recipe and side, which models a class image is made
+for besides the model (`default_ensemble`), which second classifier witnesses a model's class images
+(`default_judge`) and loading them (`load_members`, `load_judge`)."""
 
 from __future__ import annotations
 
@@ -35,3 +36,32 @@ def default_judge(vm) -> str:
     if vm.labels is not None and list(vm.labels) == list(imagenet_labels()):
         return "efficientnet_lite0"
     return "none"
+
+
+def default_ensemble(vm) -> list[str]:
+    """The models whose logits a class image of `vm` is also made for (their mean with vm's): lite1 for
+    lite0 (an image two separately trained models agree on convinces a third, efficientnet_lite2:
+    bench/class_independent.py); none for any other model."""
+    return ["efficientnet_lite1"] if vm.name == "efficientnet_lite0" and vm.task == "classification" else []
+
+
+def class_judge(vm, ensemble: list[str] | None = None) -> str:
+    """The default judge of `vm`'s class images made with `ensemble` (None: default_ensemble(vm)): the
+    default witness, or 'none' when it is a member (it gave gradients: its view is no longer a check)."""
+    ens = default_ensemble(vm) if ensemble is None else ensemble
+    j = default_judge(vm)
+    return "none" if j in ens else j
+
+
+def load_members(vm, ctx, names: list[str]) -> list:
+    """The ensemble's other members, as the runner loaded them (ctx.models) or loaded here (checked with vm
+    by `cnnvis.models.ensemble.ensemble`: classifiers of the same labels, not vm itself)."""
+    out = []
+    for name in names:
+        m = ctx.models.get(name)
+        if m is None:
+            from cnnvis.models import load
+
+            m = load(name, device=vm.device)
+        out.append(m)
+    return out

@@ -9,7 +9,7 @@ from pydantic import BeforeValidator, Field
 from cnnvis import defaults as D
 from cnnvis.errors import CnnvisError
 from cnnvis.jobs.helpers import Side, chosen_layers, class_target, layer_label, preset_name, resolve_layers
-from cnnvis.jobs.judge import CLASS_PRESET, CLASS_SIDE, default_judge, load_judge
+from cnnvis.jobs.judge import CLASS_PRESET, CLASS_SIDE, class_judge, default_ensemble, load_judge, load_members
 from cnnvis.jobs.result import png_bytes
 from cnnvis.jobs.spec import Spec, register
 
@@ -18,7 +18,9 @@ from cnnvis.jobs.spec import Spec, register
 @register
 class ClassImageSpec(Spec):
     """An image the model sees as `target`, re-checked from its 8-bit PNG, under four perturbations
-    and by a second classifier (the judge: a witness, never a gradient)."""
+    and by a second classifier (the judge: a witness, never a gradient). With an ensemble, the image is
+    made for the mean logits of the model and the ensemble's members (each gives a gradient); a member
+    cannot be the judge."""
 
     kind = "class_image"
     example = {"target": 1, "steps": 4, "min_steps": 0, "size": 64, "judge": "none"}
@@ -37,18 +39,39 @@ class ClassImageSpec(Spec):
     # (log-softmax: rival classes pushed down too; greyer images, yet a way out when a class's logit also
     # raises a rival's, as an MNIST net's 9 did its 7)
     objective: Literal["logit", "logprob"] = D.ClassImage.objective
+    # models of the same labels whose logits are averaged with the model's for the gradient (an image two
+    # models agree on convinces a third); None = default_ensemble(model) (lite1 for lite0); [] = the model alone.
+    # Not in the identity when empty (a model alone keeps its job keys).
+    ensemble: list[str] | None = None
 
     def normalized(self, vm):
-        judge = self.judge if self.judge is not None else default_judge(vm)
+        ens = list(self.ensemble) if self.ensemble is not None else default_ensemble(vm)
+        ens = [] if ens == ["none"] else ens
+        if self.model in ens and self.weights is None:
+            raise CnnvisError(f"the ensemble lists {self.model!r}, the model itself; give the other models, "
+                              "e.g. --ensemble efficientnet_lite1, or --ensemble none")
+        if len(set(ens)) < len(ens) or "none" in ens:
+            raise CnnvisError(f"the ensemble must name different models (or only 'none'), got {', '.join(ens)}")
+        judge = self.judge if self.judge is not None else class_judge(vm, ens)
+        if judge in ens:
+            raise CnnvisError(f"the judge {judge!r} is in the ensemble: its view is what the render optimized; "
+                              "give a model outside it, or --judge none")
         if judge != "none" and judge == self.model and self.weights is None:
             raise CnnvisError(f"the judge must be a second model, not {self.model!r} itself: its own view is what the "
                               "render optimized; give another classifier with the same labels, or --judge none")
         size = self.size if self.size is not None else min(CLASS_SIDE, *vm.input_shape[1:])
         return self.model_copy(update={"target": class_target(vm, self.target), "size": size,
-                                       "preset": preset_name(self.preset or CLASS_PRESET), "judge": judge})
+                                       "preset": preset_name(self.preset or CLASS_PRESET), "judge": judge,
+                                       "ensemble": ens})
+
+    def to_dict(self) -> dict:
+        d = super().to_dict()
+        if not d.get("ensemble"):
+            d.pop("ensemble", None)
+        return d
 
     def extra_models(self) -> list[str]:
-        return [self.judge] if self.judge not in (None, "none") else []
+        return [*(self.ensemble or []), *([self.judge] if self.judge not in (None, "none") else [])]
 
     def run(self, vm, ctx):
         import io
@@ -65,6 +88,12 @@ class ClassImageSpec(Spec):
         if self.size < vm.min_size:
             raise CnnvisError(f"size {self.size} is too small for {vm.name}; use at least {vm.min_size}")
         judge = load_judge(vm, ctx, self.judge)
+        members = load_members(vm, ctx, self.ensemble or [])
+        made_for = vm
+        if members:
+            from cnnvis.models.ensemble import ensemble
+
+            made_for = ensemble([vm, *members])
         t = int(self.target)
         stop = None
         if self.until_prob:
@@ -74,7 +103,7 @@ class ClassImageSpec(Spec):
         cfg = RenderConfig(preset=self.preset, steps=self.steps, size=self.size, seed=self.seed, stop=stop)
         anim = Animation(every=frame_every(self.steps)) if self.animate else None
         obj = class_logprob(t) if self.objective == "logprob" else class_logit(t)
-        res = render(vm, obj, cfg, progress=ctx.bar, desc=f"class {vm.label(t)}",
+        res = render(made_for, obj, cfg, progress=ctx.bar, desc=f"class {vm.label(t)}",
                      judge=judge if stop is not None and stop.judge else None,
                      watch=anim.add if anim else None, watch_every=anim.every if anim else 8)
         png = png_bytes(res.images[0])
@@ -90,6 +119,9 @@ class ClassImageSpec(Spec):
                 "robustness": {k: v for k, v in rob.items() if k != "png"}, "perturbations": dict(PERTURBATIONS),
                 "judge": None}
         data.update(image_stats(res.images[0]))
+        if members:  # what each other member (it gave gradients) says of the PNG
+            data["ensemble"] = [{"model": m.name, "prob": round(float(witness_probs(m, x)[0][t]), 6)}
+                                for m in members]
         if judge is not None:
             jp = witness_probs(judge, x)[0]
             top = int(jp.argmax())

@@ -9,6 +9,7 @@ CLASSES = ["pelican", "magpie", "sea snake", "flamingo", "golden retriever"]
 
 def _prob_table(d: dict) -> str:
     rows = [("PNG re-read from disk", d["prob_png"])] + [(d["perturbations"][k], v) for k, v in d["robustness"].items()]
+    rows += [(f"{e['model']} (made also for it)", e["prob"]) for e in d.get("ensemble") or []]
     j = d.get("judge")
     if j:
         rows.append((f"judge {j['model']} (a second model)", j["prob"]))
@@ -51,21 +52,24 @@ def render(ctx: ReportContext) -> str:
                 "saved" + (f", and by the judge <code>{esc(ctx.judge)}</code>" if ctx.judge else "") + ".</p>"
                 + "".join(html))
     judge = spec.get("judge") or "none"
+    ens = spec.get("ensemble") or []
     head = (f"<p>What <code>cnnvis class NAME</code> makes: preset <b>{esc(d0['preset'])}</b>, 224 px, seed "
-            f"{ctx.seed}. After at least {spec['min_steps']} steps (at most {spec['steps']}) each render stops once "
+            f"{ctx.seed}" + (f", made for the mean logits of {esc(ctx.vm.name)} and {esc(', '.join(ens))} (an "
+                             "image two separately trained models agree on convinces a third)" if ens else "")
+            + f". After at least {spec['min_steps']} steps (at most {spec['steps']}) each render stops once "
             f"the 8-bit image reaches probability {spec['until_prob']}, at least {spec['robust_prob']} under each "
             "perturbation" + (f", and the judge <b>{esc(judge)}</b> (a second, separately trained model that "
                               f"never gives a gradient) gives it at least {spec['judge_prob']}" if judge != "none"
                               else "") +
             ". Numbers are probabilities of the class, measured on the PNG file as saved.</p>")
-    # the same class with every preset: plain pixel ascent is adversarial noise
+    # the same class with every preset, on the model alone: plain pixel ascent is adversarial noise
     cmp_steps = 48 if ctx.quick else 256
     presets = ["chollet2016", "lucid2017"] if ctx.quick else ["chollet2016", "yosinski2015", "lucid2017", "robust", "witness"]
-    html.append(f"<h3>Presets compared (pelican, {cmp_steps} steps, no early stop)</h3>")
+    html.append(f"<h3>Presets compared (pelican, {esc(ctx.vm.name)} alone, {cmp_steps} steps, no early stop)</h3>")
     data["_presets"] = {}
     for p in presets:
         res = ctx.run("class_image", target="pelican", preset=p, steps=cmp_steps, min_steps=0, until_prob=0,
-                      judge_prob=0)
+                      judge_prob=0, ensemble=["none"])
         rel = ctx.save_file(res, f"class_pelican_{p}.png")
         data["_presets"][p] = _numbers(res.data)
         html.append(ctx.img_tag(rel, f"<b>{p}</b>" + _prob_table(res.data), width=224))

@@ -328,13 +328,13 @@ def class_spec(ctx, m, q: dict) -> dict | None:
 def class_form(ctx, m, q: dict) -> dict:
     """The class page's form: the values asked in `q`, the spec class's defaults, the judges offered."""
     from cnnvis.jobs import KINDS
-    from cnnvis.jobs.judge import default_judge
+    from cnnvis.jobs.judge import class_judge
     from cnnvis.web.lenses import judge_choices
 
     f = KINDS["class_image"].model_fields
     return {"q": {k: q.get(k) or "" for k in ("class", "steps", "judge", "objective")},
             "defaults": {"steps": f["steps"].default, "objective": f["objective"].default,
-                         "judge": default_judge(m.vm)},
+                         "judge": class_judge(m.vm)},
             "judges": judge_choices(ctx, m)}
 
 
