@@ -74,17 +74,24 @@ def test_default_class_image_is_made_for_lite0_and_lite1_and_judged_by_neither(t
     spec = {"kind": "class_image", "target": "goldfinch", "steps": 3, "min_steps": 0, "size": 64, "until_prob": 0}
     res = run(spec, store=tmp_path / "store")
     assert res.spec["ensemble"] == ["efficientnet_lite1"] and res.spec["judge"] == "none"
-    assert res.data["judge"] is None
+    assert res.spec["preset"] == res.data["preset"] == "agree" and res.data["judge"] is None
     x = to_tensor(res.image())
     (e,) = res.data["ensemble"]
     assert e["model"] == "efficientnet_lite1"
     assert e["prob"] == pytest.approx(float(witness_probs(lite1, x)[0, 11]), abs=1e-6)
-    want = render(ensemble([lite0, lite1]), class_logit(11), RenderConfig(res.spec["preset"], steps=3, size=64))
+    both = ensemble([lite0, lite1])
+    want = render(both, class_logit(11), RenderConfig("agree", steps=3, size=64))
     got = x[0]
     assert torch.allclose(got, (want.images[0] * 255).round() / 255, atol=1 / 255 + 1e-6)
+    assert want.config.decay_power == 1.25 and want.config.ema == 0.9 and want.config.lr == 0.1
+    # neither lite0 alone nor the witness recipe (spectrum 1/f) makes that image
+    for other in (render(lite0, class_logit(11), RenderConfig("agree", steps=3, size=64)),
+                  render(both, class_logit(11), RenderConfig("witness", steps=3, size=64))):
+        assert (other.images[0] - want.images[0]).abs().mean() > 0.01
     # the model alone (the old default) is one option away, judged by lite1 again
     alone = ClassImageSpec(target="goldfinch", ensemble=["none"]).normalized(lite0)
     assert alone.ensemble == [] and alone.judge == "efficientnet_lite1" and "ensemble" not in alone.to_dict()
+    assert alone.preset == "witness"
     # a member cannot judge
     with pytest.raises(CnnvisError, match="judge 'efficientnet_lite1' is in the ensemble"):
         ClassImageSpec(target="goldfinch", judge="efficientnet_lite1").normalized(lite0)
@@ -102,3 +109,4 @@ def test_other_models_keep_their_class_image_alone(lite1, mnist_vm):
     assert default_ensemble(lite1) == [] and default_ensemble(mnist_vm) == []
     s = ClassImageSpec(model="efficientnet_lite1", target="goldfinch").normalized(lite1)
     assert s.ensemble == [] and s.judge == "efficientnet_lite0" and "ensemble" not in s.to_dict()
+    assert s.preset == "witness"

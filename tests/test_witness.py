@@ -123,8 +123,10 @@ def test_default_judge_is_the_other_embedded_model(lite0, lite1, redness):
 
 
 def test_class_job_reports_the_judge_and_records_its_env(tmp_path):
-    """The job result carries the judge's verdict and what the numbers depend on; both survive the store."""
-    spec = {"kind": "class_image", "target": "goldfinch", "steps": 8, "min_steps": 0, "size": 64, "until_prob": 0}
+    """The job result carries the judge's verdict and what the numbers depend on; both survive the store
+    (lite0 alone: by default lite1 is in the ensemble and judges nothing, tests/test_ensemble.py)."""
+    spec = {"kind": "class_image", "target": "goldfinch", "steps": 8, "min_steps": 0, "size": 64, "until_prob": 0,
+            "ensemble": ["none"]}
     res = run(spec, store=tmp_path / "store")
     j = res.data["judge"]
     assert j["model"] == "efficientnet_lite1" and res.spec["judge"] == "efficientnet_lite1"
@@ -143,6 +145,12 @@ def test_cli_bad_judges(capsys, tmp_path, mnist_ckpt_shared):
     assert "not 'efficientnet_lite0' itself" in one_error(capsys, base + ["--judge", "efficientnet_lite0"])
     assert "10 classes" in one_error(capsys, base + ["--judge", mnist_ckpt_shared.folder])
     assert "unknown model 'lite7'" in one_error(capsys, base + ["--judge", "lite7"])
+    in_ens = "judge 'efficientnet_lite1' is in the ensemble"
+    assert in_ens in one_error(capsys, base + ["--judge", "efficientnet_lite1"])
+    assert "'vgg16_hed' is not a classifier" in one_error(capsys, base + ["--ensemble", "vgg16_hed"])
+    assert "the model itself" in one_error(capsys, base + ["--ensemble", "efficientnet_lite0"])
+    other = "other labels than 'efficientnet_lite0'"
+    assert other in one_error(capsys, base + ["--ensemble", mnist_ckpt_shared.folder])
     assert "--animate" in one_error(capsys, base + ["--animate", tmp_path / "a.png"])
     assert "--threads" in one_error(capsys, base + ["--threads", "0"])
     assert not out.exists()

@@ -13,11 +13,11 @@ Nothing here imports anything (a basics module: every layer may read it).
 from __future__ import annotations
 
 
-class ClassImage:  # kind "class_image" (`cnnvis class`)
-    steps = 320
+class ClassImage:  # kind "class_image" (`cnnvis class`); lite0's images are made for lite0 + lite1 (jobs.judge)
+    steps = 192  # an ensemble step costs both models' (2.4x lite0's): 128-192 steps stay under half of Lucent-512
     until_prob = 0.99
     robust_prob = 0.95
-    min_steps = 192
+    min_steps = 128
     judge_prob = 0.97
     objective = "logit"
 

@@ -13,8 +13,8 @@ from cnnvis.commands.common import (
 
 def _preset_option(fn):
     return click.option("--preset", type=LazyChoice(preset_names), default=None,
-                        help="Recipe (default: witness for class images; for filters, jitter only with a larger "
-                             "random start; see cnnvis.optvis.presets).")(fn)
+                        help="Recipe (default for class images: agree when made for an ensemble (lite0's default), else "
+                             "witness; for filters, jitter only with a larger random start; see cnnvis.optvis.presets).")(fn)
 
 
 def _animate_option(fn):

@@ -4,7 +4,8 @@ for besides the model (`default_ensemble`), which second classifier witnesses a 
 
 from __future__ import annotations
 
-CLASS_PRESET = "witness"  # the class image's default recipe (see optvis.presets)
+CLASS_PRESET = "witness"  # the class image's default recipe for a model alone (see optvis.presets)
+ENSEMBLE_PRESET = "agree"  # ... and for one made for an ensemble (default_ensemble: lite0 + lite1)
 CLASS_SIDE = 224  # the largest default class image side (a net made for 28-px digits gets 28-px images)
 
 

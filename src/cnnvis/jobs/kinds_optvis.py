@@ -9,7 +9,9 @@ from pydantic import BeforeValidator, Field
 from cnnvis import defaults as D
 from cnnvis.errors import CnnvisError
 from cnnvis.jobs.helpers import Side, chosen_layers, class_target, layer_label, preset_name, resolve_layers
-from cnnvis.jobs.judge import CLASS_PRESET, CLASS_SIDE, class_judge, default_ensemble, load_judge, load_members
+from cnnvis.jobs.judge import (
+    CLASS_PRESET, CLASS_SIDE, ENSEMBLE_PRESET, class_judge, default_ensemble, load_judge, load_members,
+)
 from cnnvis.jobs.result import png_bytes
 from cnnvis.jobs.spec import Spec, register
 
@@ -26,7 +28,7 @@ class ClassImageSpec(Spec):
     example = {"target": 1, "steps": 4, "min_steps": 0, "size": 64, "judge": "none"}
     title = "class image (activation maximization of a class logit)"
     target: int | str
-    preset: str | None = None  # default: CLASS_PRESET
+    preset: str | None = None  # default: CLASS_PRESET, ENSEMBLE_PRESET with an ensemble
     steps: int = Field(D.ClassImage.steps, ge=1, le=100000)
     size: Side | None = None  # default: the model's input side, at most CLASS_SIDE (MNIST 28, CIFAR 32, ImageNet 224)
     until_prob: float = Field(D.ClassImage.until_prob, ge=0, le=1)
@@ -61,7 +63,8 @@ class ClassImageSpec(Spec):
                               "render optimized; give another classifier with the same labels, or --judge none")
         size = self.size if self.size is not None else min(CLASS_SIDE, *vm.input_shape[1:])
         return self.model_copy(update={"target": class_target(vm, self.target), "size": size,
-                                       "preset": preset_name(self.preset or CLASS_PRESET), "judge": judge,
+                                       "preset": preset_name(self.preset or (ENSEMBLE_PRESET if ens else CLASS_PRESET)),
+                                       "judge": judge,
                                        "ensemble": ens})
 
     def to_dict(self) -> dict:
@@ -71,7 +74,8 @@ class ClassImageSpec(Spec):
         return d
 
     def extra_models(self) -> list[str]:
-        return [*(self.ensemble or []), *([self.judge] if self.judge not in (None, "none") else [])]
+        judge = [self.judge] if self.judge not in (None, "none") else []
+        return [*(m for m in self.ensemble or [] if m != "none"), *judge]
 
     def run(self, vm, ctx):
         import io

@@ -225,6 +225,9 @@ PRESETS: dict[str, RenderConfig] = {
     "broad": RenderConfig("broad", steps=320, lr=0.1, optimizer="adam", image="fourier", init_sd=0.01,
                           transforms="robust", regularizers="none", copies=1, octaves=1, octave_scale=1.4, ema=0.9,
                           decay_power=1.5),
+    "agree": RenderConfig("agree", steps=192, lr=0.1, optimizer="adam", image="fourier", init_sd=0.01,
+                          transforms="robust", regularizers="none", copies=1, octaves=1, octave_scale=1.4, ema=0.9,
+                          decay_power=1.25),
 }
 _BUILDING = False
 
@@ -235,6 +238,7 @@ PRESET_NOTES = {
     "robust": "lucid2017 parameterization + stronger same-size transforms incl. random softening",
     "witness": "robust at twice the step size, showing the running average of the image (class images' default)",
     "broad": "witness with a steeper spectrum (1/f**1.5): fewer, larger shapes; an independent model agrees more",
+    "agree": "witness with the spectrum at 1/f**1.25 (class images made for an ensemble: lite0's default)",
 }
 
 
