@@ -1,21 +1,29 @@
 """Class images judged by models that took no part in making them (issue 20 item 4). Not a test.
 
     .venv/bin/python bench/class_independent.py [--set heldout|tuning|both] [--seeds 3] [--threads 1]
-        [--witness efficientnet_lite2] [--spec '{"steps": 320}'] [--no-lucent | --lucent-classes N] [--save DIR]
+        [--witness efficientnet_lite2] [--spec '{"steps": 320}' | --candidates '{"NAME": {...}, ...}']
+        [--no-lucent | --lucent-classes N] [--save DIR]
 
-The default `cnnvis class CLASS` (the job layer's class_image spec with its defaults: preset
-`witness`, made with efficientnet_lite0 and stopped by efficientnet_lite1) is rendered for each class
-and seed; each 8-bit PNG, re-read as a user would, is classified by the independent witness(es)
-(default: efficientnet_lite2, trained separately from lite0 and lite1; neither makes nor stops the
-render). Printed: per class and seed the witnesses' probability of the class and whether it is their
-top-1, the render's steps and seconds, the stopping judge's probability; per set the mean probability,
-its minimum and the top-1 count per witness; and the time ratio to Lucent's 512-step render of the
-same class (torch-lucent 0.1.8, its defaults: Fourier image, Adam 0.05, standard transforms),
-measured in the same run on the same threads (seed 0, once per class; its witness probabilities too).
+The default `cnnvis class CLASS` (the job layer's class_image spec with its defaults: made for the mean
+logits of efficientnet_lite0 and efficientnet_lite1, preset `agree`, 128-192 steps, stopped by the
+ensemble's own checks) is rendered for each class and seed; each 8-bit PNG, re-read as a user would,
+is classified by the independent witness(es) (default: efficientnet_lite2, trained separately from lite0
+and lite1; it neither makes nor stops the render). Printed: per class and seed the witnesses'
+probability of the class and whether it is their top-1, the render's steps and seconds, the judge's
+probability (none by default: lite1 gives gradients); then one table per set and recipe: mean
+probability, top-1 count, minimum, mean steps, and the time ratio to Lucent's 512-step render of the
+same class (torch-lucent 0.1.8, its defaults: Fourier image, Adam 0.05, standard transforms), measured
+in the same run on the same threads (seed 0, once per class; its witness probabilities too).
 
 Two sets of six classes, none of them the README's or the report's: TUNING (what a change may be tried
 on) and HELDOUT (only ever measured, never tuned on). `--spec` overrides fields of the class_image spec
-(e.g. '{"judge_prob": 0.99}') to measure a candidate; without it the defaults are measured.
+(e.g. '{"ensemble": ["none"]}': lite0 alone, the witness recipe judged by lite1); `--candidates` measures
+several such recipes in one run, each with its row in the final table.
+
+Measured (2 CPU cores shared with two other benchmarks, 1 thread; see README and optvis.presets):
+held-out 6 x 3, lite2: default (lite0 + lite1, agree) MEAN_H, top-1 TOP_H/18, min MIN_H, time RATIO_H of Lucent-512;
+tuning 6 x 3: MEAN_T, TOP_T/18, min MIN_T, RATIO_T. Before (lite0 alone, preset witness, judged by lite1):
+held-out 0.807, 16/18; tuning 0.712, 17/18.
 """
 
 from __future__ import annotations
