@@ -298,7 +298,7 @@ def class_spec(ctx, m, q: dict) -> dict | None:
     user chose; every other field (steps, judge, objective, preset...) is the spec class's default, so the
     page asks the job `cnnvis class` asks for the same class. None before a class is asked for."""
     from cnnvis.errors import CnnvisError
-    from cnnvis.web.lenses import _int, _target, judge_choices
+    from cnnvis.web.lenses import _int, _target
 
     if "class" not in q:
         return None
@@ -311,7 +311,7 @@ def class_spec(ctx, m, q: dict) -> dict | None:
         spec["steps"] = steps
     judge = (q.get("judge") or "").strip()
     if judge:
-        offered = [j for j, _ in judge_choices(ctx, m)]
+        offered = [j for j, _ in class_judges(ctx, m)]
         if judge not in offered:
             from cnnvis.errors import unknown_name
 
@@ -325,17 +325,26 @@ def class_spec(ctx, m, q: dict) -> dict | None:
     return spec
 
 
+def class_judges(ctx, m) -> list[tuple[str, str]]:
+    """The judges the class page offers: those of `judge_choices` outside the default ensemble (a model the
+    image is made for gives gradients: it cannot judge it; lite1 for lite0)."""
+    from cnnvis.jobs.judge import default_ensemble
+    from cnnvis.web.lenses import judge_choices
+
+    members = set(default_ensemble(m.vm))
+    return [(j, label) for j, label in judge_choices(ctx, m) if j not in members]
+
+
 def class_form(ctx, m, q: dict) -> dict:
     """The class page's form: the values asked in `q`, the spec class's defaults, the judges offered."""
     from cnnvis.jobs import KINDS
     from cnnvis.jobs.judge import class_judge
-    from cnnvis.web.lenses import judge_choices
 
     f = KINDS["class_image"].model_fields
     return {"q": {k: q.get(k) or "" for k in ("class", "steps", "judge", "objective")},
             "defaults": {"steps": f["steps"].default, "objective": f["objective"].default,
                          "judge": class_judge(m.vm)},
-            "judges": judge_choices(ctx, m)}
+            "judges": class_judges(ctx, m)}
 
 
 @router.get("/m/{mid}/class", response_class=HTMLResponse)
