@@ -59,6 +59,10 @@ def test_class_cli_text(capsys, tmp_path, lite0):
                         "--size", "64", "--out", str(tmp_path / "p.png"))
     assert rc == 0, err
     assert "re-read from disk" in text and "top-5:" in text and "Gaussian blur" in text
+    # lite0's default: made also for lite1 (its view of the PNG is printed), and no judge (lite1 gave gradients)
+    assert "made also for efficientnet_lite1 (mean logits with efficientnet_lite0; it gave gradients): probability " \
+        in text
+    assert "judge: none (the ensemble's models gave gradients; --judge MODEL adds a witness outside it)" in text
 
 
 def test_filters_cli(capsys, tmp_path, lite0):
