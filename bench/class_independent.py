@@ -21,9 +21,10 @@ on) and HELDOUT (only ever measured, never tuned on). `--spec` overrides fields 
 several such recipes in one run, each with its row in the final table.
 
 Measured (2 CPU cores shared with two other benchmarks, 1 thread; see README and optvis.presets):
-held-out 6 x 3, lite2: default (lite0 + lite1, agree) MEAN_H, top-1 TOP_H/18, min MIN_H, time RATIO_H of Lucent-512;
-tuning 6 x 3: MEAN_T, TOP_T/18, min MIN_T, RATIO_T. Before (lite0 alone, preset witness, judged by lite1):
-held-out 0.807, 16/18; tuning 0.712, 17/18.
+held-out 6 x 3, lite2: default (lite0 + lite1, agree, 128 steps) mean 0.938, top-1 18/18, min 0.721; time
+0.32x Lucent-512 on red fox in a quiet run (0.26x, 0.53x on hummingbird, red fox with the machine loaded 5x
+over); tuning 6 x 3: 0.954, 18/18, min 0.714. Before (lite0 alone, preset witness, judged by lite1):
+held-out 0.807, 16/18; tuning 0.712, 17/18. Goal (held-out >= 0.95) not reached.
 """
 
 from __future__ import annotations
