@@ -5,7 +5,7 @@
         [--no-lucent | --lucent-classes N] [--save DIR]
 
 The default `cnnvis class CLASS` (the job layer's class_image spec with its defaults: made for the mean
-logits of efficientnet_lite0 and efficientnet_lite1, preset `agree`, 128-192 steps, stopped by the
+logits of efficientnet_lite0 and efficientnet_lite1, preset `agree`, 128-320 steps, stopped by the
 ensemble's own checks) is rendered for each class and seed; each 8-bit PNG, re-read as a user would,
 is classified by the independent witness(es) (default: efficientnet_lite2, trained separately from lite0
 and lite1; it neither makes nor stops the render). Printed: per class and seed the witnesses'

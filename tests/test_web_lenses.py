@@ -308,14 +308,14 @@ def test_every_face_builds_the_same_spec(client, monkeypatch, tmp_path, lite0):
         assert {s.kind for s in specs} == {kind}
         assert len({s.canonical_json() for s in specs}) == 1, (kind, [s.canonical_json() for s in specs])
         assert len({job_key(s) for s in specs}) == 1
-    # the class page's defaults are the spec's: 192 steps, the logit, made for lite0 + lite1, so no judge
+    # the class page's defaults are the spec's: 320 steps at most, the logit, made for lite0 + lite1, so no judge
     # (lite1 gives gradients: the page does not offer it as a judge)
     cls = faces["class_image"][0]
-    assert (cls.steps, cls.objective, cls.judge, cls.ensemble) == (192, "logit", None, None)
+    assert (cls.steps, cls.objective, cls.judge, cls.ensemble) == (320, "logit", None, None)
     n = cls.normalized(lite0)
     assert (n.judge, n.ensemble, n.preset) == ("none", ["efficientnet_lite1"], "agree")
     b = boot(client.get(f"/m/{LITE}/class"))
-    assert b["form"]["defaults"] == {"steps": 192, "objective": "logit", "judge": "none"}
+    assert b["form"]["defaults"] == {"steps": 320, "objective": "logit", "judge": "none"}
     assert [j for j, _ in b["form"]["judges"]] == ["none"]
     assert "unknown judge 'efficientnet_lite1'" in bad(client, f"/m/{LITE}/class?class=11&judge=efficientnet_lite1",
                                                        400)

@@ -225,7 +225,7 @@ PRESETS: dict[str, RenderConfig] = {
     "broad": RenderConfig("broad", steps=320, lr=0.1, optimizer="adam", image="fourier", init_sd=0.01,
                           transforms="robust", regularizers="none", copies=1, octaves=1, octave_scale=1.4, ema=0.9,
                           decay_power=1.5),
-    "agree": RenderConfig("agree", steps=192, lr=0.1, optimizer="adam", image="fourier", init_sd=0.01,
+    "agree": RenderConfig("agree", steps=320, lr=0.1, optimizer="adam", image="fourier", init_sd=0.01,
                           transforms="robust", regularizers="none", copies=1, octaves=1, octave_scale=1.4, ema=0.9,
                           decay_power=1.25),
 }

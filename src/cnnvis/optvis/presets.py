@@ -78,7 +78,8 @@ transfers to a third (Liu et al. 2017, ensembles of models for transferable adve
 So lite0's class images are made for the mean logits of lite0 and lite1 (`cnnvis.models.ensemble`,
 spec field `ensemble`, `jobs.judge.default_ensemble`); lite1 then gives gradients and cannot judge,
 so the render stops on the ensemble's own checks (the 8-bit PNG >= 0.99, >= 0.95 under each
-perturbation) after at least 128 steps, at most 192 (an ensemble step costs ~2.4 lite0 steps).
+perturbation) after at least 128 steps (an ensemble step costs ~2.4 lite0 steps), at most 320 (`min_steps`
+was 192 before for every model: a model alone now stops from 128 on too; small nets need the 320).
 Tuning classes, seed 0, lite2's probability (mean, min; top-1 6/6 each), 2 CPU cores shared:
   lite0 alone, witness (old default, 6 x 3)      0.712              (17/18)
   ensemble, witness, 128 steps                   0.958, min 0.864
