@@ -416,7 +416,8 @@ def test_decay_power_shapes_the_fourier_spectrum():
     from cnnvis.optvis.param import FourierImage
 
     assert {k: v.decay_power for k, v in PRESETS.items()} == {
-        "chollet2016": 1.0, "yosinski2015": 1.0, "lucid2017": 1.0, "robust": 1.0, "witness": 1.0, "broad": 1.5}
+        "chollet2016": 1.0, "yosinski2015": 1.0, "lucid2017": 1.0, "robust": 1.0, "witness": 1.0, "broad": 1.5,
+        "agree": 1.25}
     vm = wrap(nn.Sequential(nn.Conv2d(3, 2, 3)).eval(), preprocess=Preprocess.identity(3, resize=32, crop=32))
     a = render(vm, channel("0", 1), "broad", steps=2, size=32).param
     b = render(vm, channel("0", 1), "witness", steps=2, size=32).param
