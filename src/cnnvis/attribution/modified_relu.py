@@ -85,22 +85,22 @@ def _guided_hook(module, inputs, output):
     return None
 
 
-def _deconv_hook(module, inputs, output):
+def _routed_input(inputs, output) -> Tensor | None:
+    """The activation's tensor input when a gradient flows through it (else None: leave the module as is)."""
     if not torch.is_tensor(output) or not inputs or not torch.is_tensor(inputs[0]):
         return None
     x = inputs[0]
-    if not (x.requires_grad or output.requires_grad):
-        return None
-    return _DeconvGrad.apply(x, output)
+    return x if x.requires_grad or output.requires_grad else None
+
+
+def _deconv_hook(module, inputs, output):
+    x = _routed_input(inputs, output)
+    return None if x is None else _DeconvGrad.apply(x, output)
 
 
 def _fired_hook(module, inputs, output):
-    if not torch.is_tensor(output) or not inputs or not torch.is_tensor(inputs[0]):
-        return None
-    x = inputs[0]
-    if not (x.requires_grad or output.requires_grad):
-        return None
-    return _FiredGrad.apply(x, output, (output.detach() > 0).to(output.dtype))
+    x = _routed_input(inputs, output)
+    return None if x is None else _FiredGrad.apply(x, output, (output.detach() > 0).to(output.dtype))
 
 
 def unstride(g: Tensor, stride) -> Tensor:

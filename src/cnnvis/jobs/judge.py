@@ -16,13 +16,19 @@ def load_judge(vm, ctx, name: str | None):
 
     if name in (None, "none"):
         return None
-    judge = ctx.models.get(name)
-    if judge is None:  # run outside the runner
-        from cnnvis.models import load
-
-        judge = load(name, device=vm.device)
+    judge = _second_model(vm, ctx, name)
     check_judge(vm, judge)
     return judge
+
+
+def _second_model(vm, ctx, name: str):
+    """Model `name` as the runner loaded it beside `vm` (ctx.models), or loaded here (run outside the runner)."""
+    m = ctx.models.get(name)
+    if m is None:
+        from cnnvis.models import load
+
+        m = load(name, device=vm.device)
+    return m
 
 
 def default_judge(vm) -> str:
@@ -57,12 +63,4 @@ def class_judge(vm, ensemble: list[str] | None = None) -> str:
 def load_members(vm, ctx, names: list[str]) -> list:
     """The ensemble's other members, as the runner loaded them (ctx.models) or loaded here (checked with vm
     by `cnnvis.models.ensemble.ensemble`: classifiers of the same labels, not vm itself)."""
-    out = []
-    for name in names:
-        m = ctx.models.get(name)
-        if m is None:
-            from cnnvis.models import load
-
-            m = load(name, device=vm.device)
-        out.append(m)
-    return out
+    return [_second_model(vm, ctx, name) for name in names]
