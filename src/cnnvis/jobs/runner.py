@@ -424,11 +424,7 @@ def run(spec, *, store: Store | str | os.PathLike | None = None, progress=None, 
             data, files, main = nspec.run(vm, ctx)
         res = Result(nspec.kind, nspec.to_dict(), key, data, files, main, time.perf_counter() - t0,
                      env=run_env(vm))
-    if store is not None:
-        res.pending_store = (store, (raw_key,) if raw_key != key else (), damaged)
-        if not defer_store:
-            store_result(res)
-    return _warn(res)
+    return _finish(res, store, (raw_key,) if raw_key != key else (), damaged, defer_store)
 
 
 def _run_modelless(spec: Spec, key: str, store, damaged, pool: ModelPool, vm, progress, cancel,
@@ -445,8 +441,13 @@ def _run_modelless(spec: Spec, key: str, store, damaged, pool: ModelPool, vm, pr
     data, files, main = nspec.run(None, ctx)
     env = {k: v for k, v in run_env(vm, pool.device).items() if k not in ("device", "threads", "gpu")}  # no model ran
     res = Result(nspec.kind, nspec.to_dict(), key, data, files, main, time.perf_counter() - t0, env=env)
+    return _finish(res, store, (), damaged, defer_store)
+
+
+def _finish(res: Result, store, aliases: tuple, damaged, defer_store: bool) -> Result:
+    """A computed result: stored under its key (+ `aliases`) now, or later by the caller (`defer_store`)."""
     if store is not None:
-        res.pending_store = (store, (), damaged)
+        res.pending_store = (store, aliases, damaged)
         if not defer_store:
             store_result(res)
     return _warn(res)
