@@ -428,3 +428,56 @@ def test_decay_power_shapes_the_fourier_spectrum():
     assert px.config.decay_power == 1.5 and not isinstance(px.param, FourierImage)
     with pytest.raises(CnnvisError, match="decay_power must be a number in"):
         RenderConfig(decay_power=9)
+
+
+def test_a_registered_preset_is_offered_and_compared_in_the_report(lite0, monkeypatch, tmp_path):
+    """Each preset declares whether the report draws it beside the others ('quick': every report, 'full': the
+    full one, None: not drawn); the CLI's --preset choices, the config's validation and the report's comparison
+    are derived from that one registry. A throwaway preset registered here is accepted, drawn in the full
+    report's comparison (after the built-in ones, in order) and left out of the quick one."""
+    from types import SimpleNamespace
+
+    import cnnvis.jobs
+    from cnnvis.commands.common import preset_names
+    from cnnvis.optvis import PRESETS, RenderConfig
+    from cnnvis.optvis import config as C
+    from cnnvis.report import ReportContext
+    from cnnvis.sections import optvis_classes
+
+    assert C.compared_presets(quick=True) == ["chollet2016", "lucid2017"]
+    assert C.compared_presets() == ["chollet2016", "yosinski2015", "lucid2017", "robust", "witness"]
+    with pytest.raises(ValueError, match="registered already"):
+        C.register_preset("robust", note="again", base="robust")
+    with pytest.raises(ValueError, match="leaves steps"):
+        C.register_preset("zz_half", note="no steps", lr=0.1)
+    assert "zz_half" not in PRESETS
+
+    def compared(quick: bool) -> list[str]:
+        asked = []
+
+        def fake_run(spec, *a, **k):
+            d = spec.to_dict() if hasattr(spec, "to_dict") else dict(spec)
+            asked.append(d)
+            data = {"class": {"index": 144}, "steps": 1, "seconds": 0.0, "prob_png": 0.5, "robustness": {},
+                    "perturbations": {}, "saturation": 0.0, "contrast": 0.0, "preset": d.get("preset") or "x"}
+            full = {"judge": None, "ensemble": [], "min_steps": 1, "steps": 1, "until_prob": 0.99,
+                    "robust_prob": 0.95, "judge_prob": 0.97}
+            return SimpleNamespace(files={"m.png": b"\x89PNG"}, main="m.png", data=data, spec=full)
+
+        monkeypatch.setattr(cnnvis.jobs, "run", fake_run)
+        ctx = ReportContext(vm=lite0, photos=[], out=tmp_path / str(quick), quick=quick)
+        html = optvis_classes.SECTION.render(ctx)
+        return [d["preset"] for d in asked if d.get("steps") in (48, 256) and d.get("until_prob") == 0], html
+
+    C.register_preset("zz_flat", note="a test's throwaway preset: lucid2017 with a flat spectrum",
+                      compared="full", base="lucid2017", decay_power=0.0)
+    try:
+        assert "zz_flat" in preset_names() and RenderConfig("zz_flat").resolved().decay_power == 0.0
+        full, html = compared(quick=False)
+        assert full == ["chollet2016", "yosinski2015", "lucid2017", "robust", "witness", "zz_flat"]
+        assert "<b>zz_flat</b>" in html and (tmp_path / "False" / "img" / "class_pelican_zz_flat.png").exists()
+        assert compared(quick=True)[0] == ["chollet2016", "lucid2017"]
+    finally:
+        C.unregister_preset("zz_flat")
+    assert "zz_flat" not in PRESETS and "zz_flat" not in preset_names()
+    assert compared(quick=False)[0] == ["chollet2016", "yosinski2015", "lucid2017", "robust", "witness"]

@@ -194,7 +194,7 @@ class RenderConfig:
 
 
 _LEGACY = {"until_prob", "until_robust", "min_steps"}
-_BUILDING = True  # while PRESETS itself is being built
+_BUILDING = False  # True while register_preset builds a preset's config (its name is not known yet)
 
 
 def _check_keys(cls, d: dict, what: str) -> None:
@@ -206,40 +206,89 @@ def _check_keys(cls, d: dict, what: str) -> None:
         raise CnnvisError(f"unknown {what} {bad[0]!r}{hint}; fields: {', '.join(names)}")
 
 
-PRESETS: dict[str, RenderConfig] = {
-    "chollet2016": RenderConfig("chollet2016", steps=256, lr=2 / 255, optimizer="sgd", image="pixel", init_sd=0.05,
-                                transforms="none", regularizers="chollet", copies=1, octaves=1, octave_scale=1.4,
-                                ema=0.0, decay_power=1.0),
-    "yosinski2015": RenderConfig("yosinski2015", steps=512, lr=4 / 255, optimizer="sgd", image="pixel", init_sd=0.05,
-                                 transforms="jitter", regularizers="yosinski", copies=1, octaves=1, octave_scale=1.4,
-                                 ema=0.0, decay_power=1.0),
-    "lucid2017": RenderConfig("lucid2017", steps=512, lr=0.05, optimizer="adam", image="fourier", init_sd=0.01,
-                              transforms="lucid", regularizers="none", copies=1, octaves=1, octave_scale=1.4, ema=0.0,
-                              decay_power=1.0),
-    "robust": RenderConfig("robust", steps=512, lr=0.05, optimizer="adam", image="fourier", init_sd=0.01,
-                           transforms="robust", regularizers="none", copies=1, octaves=1, octave_scale=1.4, ema=0.0,
-                           decay_power=1.0),
-    "witness": RenderConfig("witness", steps=320, lr=0.1, optimizer="adam", image="fourier", init_sd=0.01,
-                            transforms="robust", regularizers="none", copies=1, octaves=1, octave_scale=1.4, ema=0.9,
-                            decay_power=1.0),
-    "broad": RenderConfig("broad", steps=320, lr=0.1, optimizer="adam", image="fourier", init_sd=0.01,
-                          transforms="robust", regularizers="none", copies=1, octaves=1, octave_scale=1.4, ema=0.9,
-                          decay_power=1.5),
-    "agree": RenderConfig("agree", steps=320, lr=0.1, optimizer="adam", image="fourier", init_sd=0.01,
-                          transforms="robust", regularizers="none", copies=1, octaves=1, octave_scale=1.4, ema=0.9,
-                          decay_power=1.25),
-}
-_BUILDING = False
+PRESETS: dict[str, RenderConfig] = {}  # name -> fully resolved config, in registration order
+PRESET_NOTES: dict[str, str] = {}  # name -> one line: what the recipe is
+COMPARED = ("quick", "full")  # where a preset is drawn in the report's side-by-side comparison
 
-PRESET_NOTES = {
-    "chollet2016": "pixels, RMS-normalized gradient ascent from grey noise, clamp to [0, 1]",
-    "yosinski2015": "pixels, L2 decay, blur every 4 steps, clip small norm/contribution, jitter",
-    "lucid2017": "Fourier spectrum + decorrelated colour, Adam, Lucid's standard transforms",
-    "robust": "lucid2017 parameterization + stronger same-size transforms incl. random softening",
-    "witness": "robust at twice the step size, showing the running average of the image (class images' default)",
-    "broad": "witness with a steeper spectrum (1/f**1.5): fewer, larger shapes; an independent model agrees more",
-    "agree": "witness with the spectrum at 1/f**1.25 (class images made for an ensemble: lite0's default)",
-}
+
+@dataclass(frozen=True)
+class PresetInfo:
+    """What a preset declares besides its config. note: one line. compared: 'quick' (drawn in every
+    report's comparison of presets), 'full' (in the full report only) or None (not drawn there)."""
+
+    note: str
+    compared: str | None = None
+
+
+PRESET_INFO: dict[str, PresetInfo] = {}
+
+
+def register_preset(name: str, *, note: str, compared: str | None = None, base: str | None = None,
+                    **settings) -> RenderConfig:
+    """Add a named recipe: every RenderConfig field (or `base`'s, overridden by `settings`).
+
+    Its name is then accepted everywhere a preset is (CLI --preset, specs, the web) and, if `compared`,
+    drawn in the report's comparison of presets. Returns the resolved config."""
+    global _BUILDING
+    if name in PRESETS:
+        raise ValueError(f"preset {name!r} is registered already")
+    if compared not in (None, *COMPARED):
+        raise ValueError(f"compared must be None or one of {COMPARED}, got {compared!r}")
+    if base is not None:
+        settings = {**{f.name: getattr(PRESETS[base], f.name) for f in fields(RenderConfig)
+                       if f.name not in ("preset", "stop", "seed", "check_every")}, **settings}
+    _BUILDING, was = True, _BUILDING
+    try:
+        cfg = RenderConfig(name, **settings)
+    finally:
+        _BUILDING = was
+    missing = [f for f in _RESOLVED if getattr(cfg, f) is None]
+    if missing:
+        raise ValueError(f"preset {name!r} leaves {', '.join(missing)} unset; a preset sets every one of "
+                         f"{', '.join(_RESOLVED)}")
+    PRESETS[name], PRESET_INFO[name], PRESET_NOTES[name] = cfg, PresetInfo(note, compared), note
+    return cfg
+
+
+def unregister_preset(name: str) -> None:
+    """Remove a preset added by register_preset (tests' throwaway presets)."""
+    for d in (PRESETS, PRESET_INFO, PRESET_NOTES):
+        d.pop(name, None)
+
+
+def compared_presets(quick: bool = False) -> list[str]:
+    """The presets the report draws side by side, in registration order ('quick' ones only when quick)."""
+    return [n for n, i in PRESET_INFO.items() if i.compared == "quick" or (i.compared == "full" and not quick)]
+
+
+_RESOLVED = ("steps", "lr", "optimizer", "image", "init_sd", "transforms", "regularizers", "copies", "octaves",
+             "octave_scale", "ema", "decay_power")
+
+register_preset("chollet2016", compared="quick",
+                note="pixels, RMS-normalized gradient ascent from grey noise, clamp to [0, 1]",
+                steps=256, lr=2 / 255, optimizer="sgd", image="pixel", init_sd=0.05, transforms="none",
+                regularizers="chollet", copies=1, octaves=1, octave_scale=1.4, ema=0.0, decay_power=1.0)
+register_preset("yosinski2015", compared="full",
+                note="pixels, L2 decay, blur every 4 steps, clip small norm/contribution, jitter",
+                steps=512, lr=4 / 255, optimizer="sgd", image="pixel", init_sd=0.05, transforms="jitter",
+                regularizers="yosinski", copies=1, octaves=1, octave_scale=1.4, ema=0.0, decay_power=1.0)
+register_preset("lucid2017", compared="quick",
+                note="Fourier spectrum + decorrelated colour, Adam, Lucid's standard transforms",
+                steps=512, lr=0.05, optimizer="adam", image="fourier", init_sd=0.01, transforms="lucid",
+                regularizers="none", copies=1, octaves=1, octave_scale=1.4, ema=0.0, decay_power=1.0)
+register_preset("robust", compared="full",
+                note="lucid2017 parameterization + stronger same-size transforms incl. random softening",
+                base="lucid2017", transforms="robust")
+register_preset("witness", compared="full",
+                note="robust at twice the step size, showing the running average of the image (class images' "
+                     "default)",
+                base="robust", steps=320, lr=0.1, ema=0.9)
+register_preset("broad", note="witness with a steeper spectrum (1/f**1.5): fewer, larger shapes; an independent "
+                              "model agrees more",
+                base="witness", decay_power=1.5)
+register_preset("agree", note="witness with the spectrum at 1/f**1.25 (class images made for an ensemble: "
+                              "lite0's default)",
+                base="witness", decay_power=1.25)
 
 
 def get_preset(name: "str | RenderConfig | None" = None) -> RenderConfig:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from cnnvis.optvis.config import compared_presets
 from cnnvis.report import ReportContext, Section, classifier_only, esc
 
 CLASSES = ["pelican", "magpie", "sea snake", "flamingo", "golden retriever"]
@@ -64,7 +65,7 @@ def render(ctx: ReportContext) -> str:
             ". Numbers are probabilities of the class, measured on the PNG file as saved.</p>")
     # the same class with every preset, on the model alone: plain pixel ascent is adversarial noise
     cmp_steps = 48 if ctx.quick else 256
-    presets = ["chollet2016", "lucid2017"] if ctx.quick else ["chollet2016", "yosinski2015", "lucid2017", "robust", "witness"]
+    presets = compared_presets(quick=ctx.quick)  # each preset declares whether it is drawn here
     html.append(f"<h3>Presets compared (pelican, {esc(ctx.vm.name)} alone, {cmp_steps} steps, no early stop)</h3>")
     data["_presets"] = {}
     for p in presets:
