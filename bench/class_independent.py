@@ -5,7 +5,7 @@
         [--no-lucent | --lucent-classes N] [--save DIR]
 
 The default `cnnvis class CLASS` (the job layer's class_image spec with its defaults: made for the mean
-logits of efficientnet_lite0 and efficientnet_lite1, preset `agree`, 128-320 steps, stopped by the
+logits of efficientnet_lite0 and efficientnet_lite1, preset `agree`, 192-320 steps, stopped by the
 ensemble's own checks) is rendered for each class and seed; each 8-bit PNG, re-read as a user would,
 is classified by the independent witness(es) (default: efficientnet_lite2, trained separately from lite0
 and lite1; it neither makes nor stops the render). Printed: per class and seed the witnesses'
@@ -20,11 +20,14 @@ on) and HELDOUT (only ever measured, never tuned on). `--spec` overrides fields 
 (e.g. '{"ensemble": ["none"]}': lite0 alone, the witness recipe judged by lite1); `--candidates` measures
 several such recipes in one run, each with its row in the final table.
 
-Measured (2 CPU cores shared with two other benchmarks, 1 thread; see README and optvis.presets):
-held-out 6 x 3, lite2: default (lite0 + lite1, agree, 128 steps) mean 0.938, top-1 18/18, min 0.721; time
-0.32x Lucent-512 on red fox in a quiet run (0.26x, 0.53x on hummingbird, red fox with the machine loaded 5x
-over); tuning 6 x 3: 0.954, 18/18, min 0.714. Before (lite0 alone, preset witness, judged by lite1):
-held-out 0.807, 16/18; tuning 0.712, 17/18. Goal (held-out >= 0.95) not reached.
+Measured (1 thread; see README and optvis.presets):
+held-out 6 x 3, lite2: default (lite0 + lite1, agree, min_steps 192) mean 0.966, top-1 18/18, min 0.868;
+time 0.47x Lucent-512 (per class 0.44x-0.51x; quiet machine, --candidates '{"m192": {"min_steps": 192}}'
+before it became the default); Lucent-512 itself 0.169, 2/6. Tuning 6 x 3: 0.973, 18/18, min 0.866 (two
+such runs side by side). At min_steps 128 (the previous default): held-out 0.938, 18/18, min 0.721, 0.32x;
+tuning 0.954, 18/18, min 0.714. Before (lite0 alone, preset witness, judged by lite1): held-out 0.807,
+16/18; tuning 0.712, 17/18. Goal (held-out >= 0.95, <= 0.5x Lucent): quality met; time met on the mean,
+one class (school bus) at 0.51x.
 """
 
 from __future__ import annotations
