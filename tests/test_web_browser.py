@@ -650,6 +650,45 @@ def test_data_belongs_to_a_model(server, page):
     shot(pg, "24-lite0-study-with-a-photo-folder")
 
 
+def test_deconvnet_panel_offers_every_rule_and_projection(server, page):
+    """Issue 20 item 1: the photo page's deconvnet panel has the rule and projection menus (from deconv's
+    RULES and SEEDS, the default first and marked); choosing the pure Z&F rule sends it in the spec, redraws
+    the panel, says what it does and is kept in the URL; back to the default, the spec has no rule field
+    (the same job as `cnnvis deconv`); the address bar brings a choice back."""
+    from cnnvis.deconv import RULE_TEXT, RULES, SEEDS
+
+    pg = page
+    posted = lambda r: r.method == "POST" and "/api/jobs?" in r.url  # noqa: E731
+    pg.goto(server.base + "/m/efficientnet_lite0/photo?photo=sample%3Achelsea")
+    pg.wait_for_selector("[data-testid=top1]")
+    rules = pg.eval_on_selector_all("#deconv-rule option", "os => os.map(o => [o.value, o.textContent])")
+    assert [r for r, _ in rules] == ["fired"] + [r for r in RULES if r != "fired"] and "default" in rules[0][1]
+    assert sorted(pg.eval_on_selector_all("#deconv-project option", "os => os.map(o => o.value)")) == sorted(SEEDS)
+    assert RULE_TEXT["fired"] in pg.inner_text("[data-testid=deconv-rule-text]")
+    pg.select_option("#layer-select", "blocks.3")
+    pg.select_option("#deconv-rule", "zf")
+    assert RULE_TEXT["zf"] in pg.inner_text("[data-testid=deconv-rule-text]")
+    with pg.expect_request(posted) as req:
+        pg.click("#deconv-btn")
+    spec = json.loads(req.value.post_data)
+    assert spec["rule"] == "zf" and "project" not in spec and "rule=zf" in pg.url
+    wait_job_done(pg, "#layer-job")
+    job = _get_json(f"{server.base}/api/jobs/{pg.get_attribute('#layer-job [data-testid=job-widget]', 'data-job-id')}")
+    assert job["result"]["data"]["rule"] == "zf" and job["result"]["data"]["rule_text"] == RULE_TEXT["zf"]
+    shot(pg, "27-deconv-panel-pure-rule")
+    with pg.expect_request(posted) as req:  # a new choice redraws the panel shown
+        pg.select_option("#deconv-rule", "fired")
+    spec = json.loads(req.value.post_data)
+    assert set(spec) == {"kind", "image", "layers", "model"} and "rule=" not in pg.url
+    wait_job_done(pg, "#layer-job")
+    job = _get_json(f"{server.base}/api/jobs/{pg.get_attribute('#layer-job [data-testid=job-widget]', 'data-job-id')}")
+    assert job["result"]["data"]["rule"] == "fired"
+    pg.go_back()  # the pure rule's view again, from its URL: the menu follows
+    pg.wait_for_function("document.querySelector('#deconv-rule').value === 'zf'")
+    pg.wait_for_selector("#layer-job [data-testid=job-widget].ended")
+    assert RULE_TEXT["zf"] in pg.inner_text("[data-testid=deconv-rule-text]")
+
+
 def test_pictures_lead_to_channel_pages(server, page):
     """Issue 21 item 4: the deconvnet panel of the layer chosen beside it and the feature-map grid link
     each channel to its page; the channel page has previous/next, a neuron (x, y) view with the unit's

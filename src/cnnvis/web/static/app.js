@@ -663,7 +663,12 @@
       // spec's own defaults
       if (s.view === "dream") return [{kind: "dream", image: s.photo, layers: [s.layer], ...BOOT.dream_quick},
                                       "DeepDream"];
-      if (s.view === "deconv") return [{kind: "deconv", image: s.photo, layers: [s.layer]}, "deconvnet"];
+      if (s.view === "deconv") {  // the rule and projection only when not the spec's defaults (the same job as the CLI's)
+        const spec = {kind: "deconv", image: s.photo, layers: [s.layer]};
+        if (s.rule && s.rule !== BOOT.deconv.rule) spec.rule = s.rule;
+        if (s.project && s.project !== BOOT.deconv.project) spec.project = s.project;
+        return [spec, "deconvnet"];
+      }
       return [null, ""];
     }
     /** Show the view `s` (jobs already stored come back at once, without running again). */
@@ -691,7 +696,11 @@
         $("#attr-out").replaceChildren();
         $("#attr-job").replaceChildren();
       }
-      if (s.view && (s.view !== before.view || s.layer !== before.layer || s.photo !== before.photo)) {
+      $("#deconv-rule").value = s.rule || BOOT.deconv.rule;
+      $("#deconv-project").value = s.project || BOOT.deconv.project;
+      showDeconvText();
+      if (s.view && (s.view !== before.view || s.layer !== before.layer || s.photo !== before.photo
+                     || (s.view === "deconv" && (s.rule !== before.rule || s.project !== before.project)))) {
         await layersReady;
         if (s.layer) $("#layer-select").value = s.layer;
         const [spec, label] = viewSpec(s);
@@ -788,8 +797,26 @@
       go({method: $("#method").value, target: t});
     });
     const L = () => $("#layer-select").value;
-    for (const view of ["maps", "dream", "deconv"]) {
+    for (const view of ["maps", "dream"]) {
       $(`#${view}-btn`).addEventListener("click", () => ref && go({view, layer: L()}));
+    }
+    /** The deconvnet choices as URL state: a default is left out (null), so the default view's URL stays short. */
+    const deconvChoice = () => {
+      const rule = $("#deconv-rule").value;
+      const project = $("#deconv-project").value;
+      return {rule: rule === BOOT.deconv.rule ? null : rule, project: project === BOOT.deconv.project ? null : project};
+    };
+    function showDeconvText() {
+      const r = BOOT.deconv.rules.find((x) => x.name === $("#deconv-rule").value);
+      const p = BOOT.deconv.projects.find((x) => x.name === $("#deconv-project").value);
+      $("#deconv-rule-text").textContent = r && p ? `Deconvnet panel: ${r.text}; ${p.text}.` : "";
+    }
+    $("#deconv-btn").addEventListener("click", () => ref && go({view: "deconv", layer: L(), ...deconvChoice()}));
+    for (const id of ["#deconv-rule", "#deconv-project"]) {  // a new choice redraws the panel when it is shown
+      $(id).addEventListener("change", () => {
+        showDeconvText();
+        if (ref && state.view === "deconv") go({layer: L(), ...deconvChoice()});
+      });
     }
     apply(readState());
   }
