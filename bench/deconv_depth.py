@@ -50,6 +50,15 @@ Measured (2 shared CPU cores, torch 2.14 CPU; default = fired rule, seed 'sum'; 
     are mostly in the background (foliage: -0.10 to -0.25 on that photo). No seed helps there: --sweep
     on the tuning photos (8 seeds x 3 channel choices, rule masked = fired on VGG) tops out at +0.20
     at conv5_3 (ones over the whole map, the same picture for every channel), 'sum' +0.16-0.18.
+  Third pass (lite0 tuning photos, one variant at a time, median edge / top-1% share [stride-lattice]):
+    the fired mask kept only past the first K ReLU6s (before them: the masked rule's 0 < y < 6; the
+    stem and blocks 0-1 are where lite0's units saturate, 3-9% of them): K=1 +0.43/0.33, K=3
+    +0.34..+0.37/0.24, K=12 +0.27..+0.37/0.24 (stage4, stage5-6); the strided transposes renormalized by
+    their overlap count instead of the resize: fired mask +0.42..+0.45/0.23 [0.10-0.14], with K=3
+    +0.19..+0.32/0.13-0.14 [0.04-0.06]; renormalized at 224/112 px only, box below: K=0 +0.47..+0.51/0.27
+    [0.12-0.17], K=3 +0.23..+0.35/0.13-0.16 [0.05-0.07]. Seeds: fired max +0.10..+0.39/0.31-0.32, map
+    +0.41/0.32-0.33. Whatever lowers the top-1% share either brings the stride lattice back or drops
+    stage 4's edge correlation below 0.3: the two goals trade off on lite0 and no variant meets both.
   The web's 'deconvnet' attribution map (lite0, top class, 6 tuning photos): fired rule edge +0.38
   median, alias 0.005; pure rule +0.16, alias 0.67; guided +0.29, alias 0.05.
   The seed rows (max, map) of the first pass: git history of this file and README.
