@@ -450,6 +450,10 @@ def test_a_registered_preset_is_offered_and_compared_in_the_report(lite0, monkey
         C.register_preset("robust", note="again", base="robust")
     with pytest.raises(ValueError, match="leaves steps"):
         C.register_preset("zz_half", note="no steps", lr=0.1)
+    with pytest.raises(ValueError, match="unknown base preset 'lucid'"):
+        C.register_preset("zz_half", note="a typo", base="lucid")
+    with pytest.raises(CnnvisError, match="unknown render setting 'stpes'"):
+        C.register_preset("zz_half", note="a typo", base="lucid2017", stpes=3)
     assert "zz_half" not in PRESETS
 
     def compared(quick: bool) -> list[str]:

@@ -234,6 +234,9 @@ def register_preset(name: str, *, note: str, compared: str | None = None, base: 
         raise ValueError(f"preset {name!r} is registered already")
     if compared not in (None, *COMPARED):
         raise ValueError(f"compared must be None or one of {COMPARED}, got {compared!r}")
+    if base is not None and base not in PRESETS:
+        raise ValueError(f"unknown base preset {base!r}; registered: {', '.join(PRESETS)}")
+    _check_keys(RenderConfig, settings, "render setting")
     if base is not None:
         settings = {**{f.name: getattr(PRESETS[base], f.name) for f in fields(RenderConfig)
                        if f.name not in ("preset", "stop", "seed", "check_every")}, **settings}

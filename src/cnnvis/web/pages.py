@@ -285,9 +285,8 @@ def photo_page(request: Request, mid: str):
     from cnnvis.attribution import list_methods, method_class
 
     from cnnvis import defaults as D
-    from cnnvis.web.specs import PHOTO_DREAM_QUICK
-
     from cnnvis.deconv import RULE_TEXT, RULES, SEED_TEXT, SEEDS
+    from cnnvis.web.specs import PHOTO_DREAM_QUICK
 
     methods = [{"name": n, "title": method_class(n).title} for n in list_methods()]  # the picker: every method
     full = {"octaves": D.Dream.octaves, "steps": D.Dream.steps}  # what `cnnvis dream` does without options
