@@ -42,9 +42,9 @@ def attribution_methods() -> list[str]:
 
 
 def preset_names() -> list[str]:
-    from cnnvis.optvis import PRESETS
+    from cnnvis.jobs.helpers import preset_names as names
 
-    return list(PRESETS)
+    return names()
 
 
 _THREADS: list[int] = []  # --threads N, applied by run_job (torch is not imported while parsing)

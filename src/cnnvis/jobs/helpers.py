@@ -52,6 +52,21 @@ def preset_name(preset: str | None) -> str:
     return get_preset(preset or DEFAULT_PRESET).preset
 
 
+def preset_names() -> list[str]:
+    """Every registered preset (optvis.config.register_preset), in registration order: the --preset choices."""
+    from cnnvis.optvis.config import PRESETS
+
+    return list(PRESETS)
+
+
+def compared_presets(quick: bool = False) -> list[str]:
+    """The presets the report's class-image section draws side by side, as each preset declares
+    (`register_preset(..., compared=)`: 'quick' ones in every report, 'full' ones in the full one)."""
+    from cnnvis.optvis.config import compared_presets as declared
+
+    return declared(quick)
+
+
 def target_and_layer(vm, target, layer) -> dict:
     """Spec updates for a class target (-> index) and an optional layer (-> dotted name)."""
     upd = {"target": class_target(vm, target)}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cnnvis.optvis.config import compared_presets
+from cnnvis.jobs.helpers import compared_presets
 from cnnvis.report import ReportContext, Section, classifier_only, esc
 
 CLASSES = ["pelican", "magpie", "sea snake", "flamingo", "golden retriever"]
