@@ -45,6 +45,11 @@ def with_vgg16(vm) -> list[str]:
     return list(dict.fromkeys(["vgg16_hed", vm.name])) if small_net(vm) else [vm.name]
 
 
+def join_words(words: list[str], last: str = " and ") -> str:
+    """['a', 'b', 'c'] -> 'a, b and c' (`last` joins the last two): a caption's list of names."""
+    return last.join([", ".join(words[:-1]), words[-1]]) if len(words) > 1 else "".join(words)
+
+
 def classifier_only(vm) -> str | None:
     """`applies` for sections that need class scores."""
     return None if vm.task == "classification" else f"{vm.name} is not a classifier ({vm.task})"

@@ -219,6 +219,20 @@ class DeconvSpec(PhotoSpec):
         return self.model_copy(update={"layers": [layer_label(vm, n) for n in resolve_layers(vm, layers)],
                                        "all_conv": False})
 
+    @classmethod
+    def menus(cls) -> dict:
+        """The choices of `rule` and `project`, each [{name, text}] with the default first (the web panel's
+        menus; the texts are deconv.RULE_TEXT / SEED_TEXT)."""
+        from cnnvis.deconv import RULE_TEXT, RULES, SEED_TEXT, SEEDS
+
+        rule, project = cls.model_fields["rule"].default, cls.model_fields["project"].default
+
+        def menu(names, texts, default: str) -> list[dict]:
+            return [{"name": n, "text": texts[n]} for n in sorted(names, key=lambda n: n != default)]
+
+        return {"rule": rule, "project": project,
+                "rules": menu(RULES, RULE_TEXT, rule), "projects": menu(SEEDS, SEED_TEXT, project)}
+
     def run(self, vm, ctx):
         from cnnvis.deconv import deconvnet
         from cnnvis.study.receptive import receptive_field

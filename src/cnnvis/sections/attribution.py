@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cnnvis.report import ReportContext, Section, esc
+from cnnvis.report import ReportContext, Section, esc, join_words
 
 
 def map_methods() -> list[str]:
@@ -26,8 +26,7 @@ def _names(methods: list[str], grid: str, last: str = ", ") -> str:
     `last` joins the last two."""
     from cnnvis.attribution import method_class
 
-    words = [method_class(m).caption_for(grid) for m in methods]
-    return last.join([", ".join(words[:-1]), words[-1]]) if len(words) > 1 else "".join(words)
+    return join_words([method_class(m).caption_for(grid) for m in methods], last)
 
 
 def maps_caption() -> str:

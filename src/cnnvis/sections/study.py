@@ -3,7 +3,7 @@ given --data) seen from every side. Each is skipped when the report has no datas
 
 from __future__ import annotations
 
-from cnnvis.report import ReportContext, Section, classifier_only, esc, small_net
+from cnnvis.report import ReportContext, Section, classifier_only, esc, join_words, small_net
 
 
 def _data(ctx: ReportContext) -> dict:
@@ -139,8 +139,7 @@ def regularizers_description() -> str:
     """The section's line: the registered rows as they name themselves (`row_caption`), in order."""
     from cnnvis.study.regularizers import alone_rows, row_caption
 
-    words = [row_caption(r) for r in alone_rows()]
-    names = " and ".join([", ".join(words[:-1]), words[-1]]) if len(words) > 1 else "".join(words)
+    names = join_words([row_caption(r) for r in alone_rows()])
     return (names[:1].upper() + names[1:] + ", each alone and together (Yosinski et al. 2015; Mahendran & "
             "Vedaldi 2015).")
 

@@ -285,18 +285,13 @@ def photo_page(request: Request, mid: str):
     from cnnvis.attribution import list_methods, method_class
 
     from cnnvis import defaults as D
-    from cnnvis.deconv import RULE_TEXT, RULES, SEED_TEXT, SEEDS
+    from cnnvis.jobs import KINDS
     from cnnvis.web.specs import PHOTO_DREAM_QUICK
 
     methods = [{"name": n, "title": method_class(n).title} for n in list_methods()]  # the picker: every method
     full = {"octaves": D.Dream.octaves, "steps": D.Dream.steps}  # what `cnnvis dream` does without options
-    # the deconvnet panel's rule and projection menus: every rule and seed deconvnet() knows, the spec's default first
-    deconv = {"rule": D.Deconv.rule, "project": D.Deconv.project,
-              "rules": [{"name": r, "text": RULE_TEXT[r]} for r in sorted(RULES, key=lambda r: r != D.Deconv.rule)],
-              "projects": [{"name": s, "text": SEED_TEXT[s]}
-                           for s in sorted(SEEDS, key=lambda s: s != D.Deconv.project)]}
     return _page(request, "photo", mid, "photo", f"{mid}: photo", server={"methods": methods, "dream_full": full},
-                 dream_quick=PHOTO_DREAM_QUICK, deconv=deconv)
+                 dream_quick=PHOTO_DREAM_QUICK, deconv=KINDS["deconv"].menus())  # the deconvnet panel's menus
 
 
 def class_spec(ctx, m, q: dict) -> dict | None:
