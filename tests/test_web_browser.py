@@ -687,6 +687,12 @@ def test_deconvnet_panel_offers_every_rule_and_projection(server, page):
     pg.wait_for_function("document.querySelector('#deconv-rule').value === 'zf'")
     pg.wait_for_selector("#layer-job [data-testid=job-widget].ended")
     assert RULE_TEXT["zf"] in pg.inner_text("[data-testid=deconv-rule-text]")
+    # a hand-edited address with a rule that does not exist: the server's one-line refusal, no panel
+    pg.goto(server.base + "/m/efficientnet_lite0/photo?photo=sample%3Achelsea&view=deconv&layer=blocks.3&rule=zz")
+    pg.wait_for_selector("#layer-job + .error:not([hidden])")
+    err = pg.inner_text("#layer-job + .error")
+    assert "rule" in err and "'fired'" in err and "Traceback" not in err, err
+    assert pg.locator("#layer-out img").count() == 0
 
 
 def test_pictures_lead_to_channel_pages(server, page):
