@@ -23,11 +23,12 @@ several such recipes in one run, each with its row in the final table.
 Measured (1 thread; see README and optvis.presets):
 held-out 6 x 3, lite2: default (lite0 + lite1, agree, min_steps 192) mean 0.966, top-1 18/18, min 0.868;
 time 0.47x Lucent-512 (per class 0.44x-0.51x; quiet machine, --candidates '{"m192": {"min_steps": 192}}'
-before it became the default); Lucent-512 itself 0.169, 2/6. Tuning 6 x 3: 0.973, 18/18, min 0.866 (two
+before it became the default); Lucent-512 itself 0.169, 2/6. With the images in channels_last format for
+lite0 and lite1 (bench/channels_last.py; bit-identical images on one thread): 0.966, 18/18, min 0.868,
+time 0.40x (max over classes 0.43x; Lucent-512 in that run 0.304, 3/6: its own seeding does not fix it). Tuning 6 x 3: 0.973, 18/18, min 0.866 (two
 such runs side by side). At min_steps 128 (the previous default): held-out 0.938, 18/18, min 0.721, 0.32x;
 tuning 0.954, 18/18, min 0.714. Before (lite0 alone, preset witness, judged by lite1): held-out 0.807,
-16/18; tuning 0.712, 17/18. Goal (held-out >= 0.95, <= 0.5x Lucent): quality met; time met on the mean,
-one class (school bus) at 0.51x.
+16/18; tuning 0.712, 17/18. Goal (held-out >= 0.95, <= 0.5x Lucent): met (quality and time, every class).
 """
 
 from __future__ import annotations

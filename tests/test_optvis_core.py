@@ -485,3 +485,45 @@ def test_a_registered_preset_is_offered_and_compared_in_the_report(lite0, monkey
         C.unregister_preset("zz_flat")
     assert "zz_flat" not in PRESETS and "zz_flat" not in preset_names()
     assert compared(quick=False)[0] == ["chollet2016", "yosinski2015", "lucid2017", "robust", "witness"]
+
+
+class _ViewNet(nn.Module):
+    """conv -> ReLU -> x.view(B, -1) -> linear: a user's forward that needs contiguous conv outputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv, self.fc = nn.Conv2d(3, 4, 3, padding=1), nn.Linear(4 * 8 * 8, 3)
+        self.seen: list[bool] = []
+
+    def forward(self, x):
+        self.seen.append(x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous())
+        return self.fc(torch.relu(self.conv(x)).view(x.shape[0], -1))
+
+
+def test_channels_last_only_for_the_zoo_models_that_take_it_and_the_same_image():
+    """The zoo's lite and HED models are fed channels_last images on the CPU (faster convs); a wrapped
+    module is not (its forward may `.view` a conv output, which channels_last breaks); the layout does
+    not change what the render computes."""
+    from dataclasses import replace
+
+    from cnnvis.models import load, wrap
+    from cnnvis.models.ensemble import ensemble
+
+    lite0, lite1 = load("efficientnet_lite0"), load("efficientnet_lite1")
+    assert lite0.channels_last and load("vgg16_hed").channels_last and ensemble([lite0, lite1]).channels_last
+    net = _ViewNet()
+    vm = wrap(net, input_shape=(3, 8, 8))
+    assert not vm.channels_last
+    res = render(vm, class_logit(1), preset="chollet2016", size=8, steps=3, seed=0, progress=False)
+    assert net.seen and not any(net.seen)  # a plain module: contiguous images, its .view works
+    cl = replace(vm, channels_last=True)
+    with pytest.raises(RuntimeError, match="view"):
+        render(cl, class_logit(1), preset="chollet2016", size=8, steps=3, seed=0, progress=False)
+    assert net.seen[-1]  # the opted-in model got channels_last images (so the view failed)
+    conv_net = colour_net()
+    a = render(wrap(conv_net, input_shape=(3, 16, 16)), class_logit(0), seed=0, steps=6, progress=False, **PIXEL)
+    b = render(replace(wrap(conv_net, input_shape=(3, 16, 16)), channels_last=True), class_logit(0), seed=0, steps=6,
+               progress=False, **PIXEL)
+    torch.testing.assert_close(a.images, b.images, atol=1e-5, rtol=0)
+    assert res.images.shape == (1, 3, 8, 8)

@@ -17,7 +17,7 @@ class ClassImage:  # kind "class_image" (`cnnvis class`); lite0's images are mad
     steps = 320  # at most (small nets need them); lite0 + lite1 renders stop at 192 (bench/class_independent.py)
     until_prob = 0.99
     robust_prob = 0.95
-    min_steps = 192  # lite0 + lite1: lite2 agrees more than at 128 (held-out 0.966 vs 0.938); ~0.47x Lucent-512's time
+    min_steps = 192  # lite0 + lite1: lite2 agrees more than at 128 (held-out 0.966 vs 0.938); ~0.40x Lucent-512's time
     judge_prob = 0.97
     objective = "logit"
 

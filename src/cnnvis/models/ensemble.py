@@ -62,4 +62,5 @@ def ensemble(members: Sequence[VisModel], name: str | None = None) -> VisModel:
     prep = Preprocess.identity(c, resize=first.preprocess.resize, crop=first.preprocess.crop)
     return VisModel(name or "+".join(names), _MeanLogits(members), prep, list(first.labels),
                     min_size=max(m.min_size for m in members), input_shape=(c, h, w),
-                    description="mean logits of " + ", ".join(names))
+                    description="mean logits of " + ", ".join(names),
+                    channels_last=all(m.channels_last for m in members))

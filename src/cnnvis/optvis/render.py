@@ -349,7 +349,11 @@ class _Run:
         """The model's forward through the hooks of `capture` (which live while the loop runs)."""
         self.cap = cap
         normalize, fit = self.normalize, self.fit
-        self.model_run = lambda t: fit(lambda u: cap.run(normalize(u)), t)  # noqa: E731
+        if self.vm.channels_last and self.vm.device.type == "cpu":  # the model's forward takes it (VisModel)
+            self.model_run = lambda t: fit(lambda u: cap.run(  # noqa: E731
+                normalize(u).contiguous(memory_format=torch.channels_last)), t)
+        else:
+            self.model_run = lambda t: fit(lambda u: cap.run(normalize(u)), t)  # noqa: E731
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         """(N, C, H, W) images -> the objective's activations {layer or 'logits': tensor}."""
