@@ -59,6 +59,14 @@ Measured (2 shared CPU cores, torch 2.14 CPU; default = fired rule, seed 'sum'; 
     [0.12-0.17], K=3 +0.23..+0.35/0.13-0.16 [0.05-0.07]. Seeds: fired max +0.10..+0.39/0.31-0.32, map
     +0.41/0.32-0.33. Whatever lowers the top-1% share either brings the stride lattice back or drops
     stage 4's edge correlation below 0.3: the two goals trade off on lite0 and no variant meets both.
+  Fourth pass (vgg16_hed, default rule, tuning / held-out): the photo at a larger size (HED runs at any
+    size), shorter side -> S, centre crop S: S=224 conv4_3 +0.32/+0.33, conv5_3 +0.16/+0.28; S=320
+    +0.23/+0.21, +0.14/+0.23; S=448 +0.15/+0.20, +0.05/+0.27 (lattice shares 0.16-0.19 throughout): worse,
+    the finer the photo, the more of its Sobel energy is texture. What conv5_3 draws (looked at on the 11
+    tuning photos): the object's outline (the pelican's, the cliff's skyline, the bowl's rim), not the
+    foliage, rock or fur texture where most of the photo's Sobel energy is; this trunk was fine-tuned to
+    find object boundaries (HED, BSDS). Against the Sobel magnitude of the photo blurred first (sigma 2 /
+    4 px, object-scale edges) conv5_3's median is +0.17 / +0.24 (tuning) and +0.36 / +0.34 (held-out).
   The web's 'deconvnet' attribution map (lite0, top class, 6 tuning photos): fired rule edge +0.38
   median, alias 0.005; pure rule +0.16, alias 0.67; guided +0.29, alias 0.05.
   The seed rows (max, map) of the first pass: git history of this file and README.
