@@ -70,10 +70,11 @@ Measured (2 shared CPU cores, torch 2.14 CPU; default = fired rule, seed 'sum'; 
   The web's 'deconvnet' attribution map (lite0, top class, 6 tuning photos): fired rule edge +0.38
   median, alias 0.005; pure rule +0.16, alias 0.67; guided +0.29, alias 0.05.
   The seed rows (max, map) of the first pass: git history of this file and README.
-  speed, 224 px, 1 round, load average 7 on the 2 cores (noisy), speed-up over Captum's calls:
-    fired 2.47x (39 calls), fired +units 2.39x (78 calls); masked 2.66x / 4.75x; zf 3.40x / 3.68x
-    (goal >= 2.15x: met for every rule in this run); efficientnet_lite0 stages 4-6 x top-3:
-    fired / masked 1.12 (the box after each of the 5 strided transposes, and the fired mask).
+  speed, 224 px, 1 round, quiet machine (load 1.2), 2 threads, speed-up over Captum's calls:
+    fired 2.24x (39 calls), fired +units 2.27x (78 calls); masked 2.30x / 2.36x; zf 2.52x / 2.27x
+    (goal >= 2.15x: met for every rule); efficientnet_lite0 stages 4-6 x top-3: fired 0.19 s,
+    masked 0.16 s, zf 0.15 s (the box after each of the 5 strided transposes, and the fired mask).
+    An earlier run at load average 7 (noisy): fired 2.47x / 2.39x, masked 2.66x / 4.75x, zf 3.40x / 3.68x.
 """
 
 from __future__ import annotations
