@@ -527,3 +527,14 @@ def test_channels_last_only_for_the_zoo_models_that_take_it_and_the_same_image()
                progress=False, **PIXEL)
     torch.testing.assert_close(a.images, b.images, atol=1e-5, rtol=0)
     assert res.images.shape == (1, 3, 8, 8)
+    # a user's objective that .views an activation of an opted-in model still works (it sees contiguous ones)
+    seen = []
+
+    def flat_mean(acts):
+        a = acts["blocks.2"]
+        seen.append(a.is_contiguous())
+        return a.view(a.shape[0], -1).mean(1)
+
+    render(lite0, Objective(flat_mean, ["blocks.2"]), preset="chollet2016", size=64, steps=2, seed=0,
+           progress=False)
+    assert seen == [True, True]

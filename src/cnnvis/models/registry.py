@@ -42,7 +42,7 @@ class VisModel:
     `task` is 'classification' (output (B, classes) logits) or 'edges' (output (B, 1, H, W) logits).
     `aliases` maps classic names (conv1_1, pool5, fc8) to dotted module names.
     `channels_last`: optimized images reach the model in channels_last memory format on the CPU
-    (oneDNN's convolutions skip a reorder: class images 13-15% faster on lite0 + lite1,
+    (oneDNN's convolutions skip a reorder: class images 10-15% faster on lite0 + lite1,
     bench/channels_last.py). Only for a forward that never `.view`s a conv output; set by the zoo
     for the architectures it builds and measured (EfficientNet-Lite, vgg16_hed), off for a wrapped module.
     """

@@ -359,6 +359,8 @@ class _Run:
         """(N, C, H, W) images -> the objective's activations {layer or 'logits': tensor}."""
         out = self.model_run(x)
         acts = {n: self.cap.outputs[r] for n, r in self.resolved.items()}
+        if self.vm.channels_last:  # an objective sees contiguous activations, as without it (a user's .view works)
+            acts = {n: a.contiguous() for n, a in acts.items()}
         if self.needs_out:
             acts[LOGITS] = out
         return acts
