@@ -207,7 +207,6 @@ def _check_keys(cls, d: dict, what: str) -> None:
 
 
 PRESETS: dict[str, RenderConfig] = {}  # name -> fully resolved config, in registration order
-PRESET_NOTES: dict[str, str] = {}  # name -> one line: what the recipe is
 COMPARED = ("quick", "full")  # where a preset is drawn in the report's side-by-side comparison
 
 
@@ -249,13 +248,13 @@ def register_preset(name: str, *, note: str, compared: str | None = None, base: 
     if missing:
         raise ValueError(f"preset {name!r} leaves {', '.join(missing)} unset; a preset sets every one of "
                          f"{', '.join(_RESOLVED)}")
-    PRESETS[name], PRESET_INFO[name], PRESET_NOTES[name] = cfg, PresetInfo(note, compared), note
+    PRESETS[name], PRESET_INFO[name] = cfg, PresetInfo(note, compared)
     return cfg
 
 
 def unregister_preset(name: str) -> None:
     """Remove a preset added by register_preset (tests' throwaway presets)."""
-    for d in (PRESETS, PRESET_INFO, PRESET_NOTES):
+    for d in (PRESETS, PRESET_INFO):
         d.pop(name, None)
 
 

@@ -348,18 +348,18 @@ class _Run:
     def attach(self, cap) -> None:
         """The model's forward through the hooks of `capture` (which live while the loop runs)."""
         self.cap = cap
-        normalize, fit = self.normalize, self.fit
-        if self.vm.channels_last and self.vm.device.type == "cpu":  # the model's forward takes it (VisModel)
-            self.model_run = lambda t: fit(lambda u: cap.run(  # noqa: E731
-                normalize(u).contiguous(memory_format=torch.channels_last)), t)
-        else:
-            self.model_run = lambda t: fit(lambda u: cap.run(normalize(u)), t)  # noqa: E731
+        fit, normalize = self.fit, self.normalize
+        # the zoo's models that take it get channels_last images on the CPU (VisModel.channels_last)
+        self.channels_last = self.vm.channels_last and self.vm.device.type == "cpu"
+        layout = torch.channels_last if self.channels_last else torch.contiguous_format
+        self.model_run = lambda t: fit(  # noqa: E731
+            lambda u: cap.run(normalize(u).contiguous(memory_format=layout)), t)
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         """(N, C, H, W) images -> the objective's activations {layer or 'logits': tensor}."""
         out = self.model_run(x)
         acts = {n: self.cap.outputs[r] for n, r in self.resolved.items()}
-        if self.vm.channels_last:  # an objective sees contiguous activations, as without it (a user's .view works)
+        if self.channels_last:  # an objective sees contiguous activations, as without it (a user's .view works)
             acts = {n: a.contiguous() for n, a in acts.items()}
         if self.needs_out:
             acts[LOGITS] = out
