@@ -161,54 +161,51 @@ def edge_corr(r: torch.Tensor, edges: torch.Tensor) -> float:
     return float((u * v).sum() / (u.norm() * v.norm()).clamp_min(1e-30))
 
 
+def power(r: torch.Tensor) -> torch.Tensor:
+    """(C, H, W) -> (H, W) |FFT2(sum_c r)|^2 with DC set to 0."""
+    p = torch.fft.fft2(r.sum(0).double()).abs().pow(2)
+    p[0, 0] = 0
+    return p
+
+
 def lattice_share(r: torch.Tensor) -> float:
-    p = torch.fft.fft2(r.sum(0).double()).abs().pow(2).flatten()
-    p[0] = 0
+    p = power(r).flatten()
     k = max(1, math.ceil(0.01 * p.numel()))
     return float(p.topk(k).values.sum() / p.sum().clamp_min(1e-300))
 
 
-def alias_share(r: torch.Tensor) -> float:
-    """Share of |FFT2(sum_c r)|^2 (DC removed) at the stride lattice: the bins within 1 of a multiple of
-    N/8 on both axes (periods 2, 4 and 8 px: where zero insertion by up to three stacked stride-2 layers
-    puts the images of the signal's low frequencies), DC's own neighbourhood left out. Chance (white
-    noise): the share of such bins, 0.6% at 224 px. Not the issue's number: an addition that tells a
-    lattice from the low-frequency energy of a photo-like picture, which the lattice share also counts
-    (the photo itself: 0.79-0.96)."""
-    H, W = r.shape[-2:]
-    p = torch.fft.fft2(r.sum(0).double()).abs().pow(2)
-    p[0, 0] = 0
-
+def lattice_mask(h: int, w: int, width: float) -> torch.Tensor:
+    """(h, w) bool: the bins within `width` of a multiple of N/8 on both axes (periods 2, 4 and 8 px: where
+    zero insertion by up to three stacked stride-2 layers puts the images of the signal's low
+    frequencies), DC's own neighbourhood (within `width` on both axes) left out."""
     def near(n: int) -> torch.Tensor:
         f = torch.fft.fftfreq(n, dtype=torch.float64) * n
         q = n / 8
-        return ((f / q - (f / q).round()).abs() * q <= 1.0) & (f.abs() > 1)
+        return (f / q - (f / q).round()).abs() * q <= width
 
-    lat = near(H)[:, None] & near(W)[None] | near(H)[:, None] & (torch.fft.fftfreq(W) * W).abs()[None].le(1) \
-        | (torch.fft.fftfreq(H) * H).abs()[:, None].le(1) & near(W)[None]
-    return float(p[lat].sum() / p.sum().clamp_min(1e-300))
+    def low(n: int) -> torch.Tensor:
+        return (torch.fft.fftfreq(n, dtype=torch.float64) * n).abs() <= width
+
+    return near(h)[:, None] & near(w)[None] & ~(low(h)[:, None] & low(w)[None])
+
+
+def alias_share(r: torch.Tensor) -> float:
+    """Share of |FFT2(sum_c r)|^2 (DC removed) at the stride lattice (lattice_mask, width 1). Chance
+    (white noise): the share of such bins, 0.6% at 224 px. Not the issue's number: an addition that
+    tells a lattice from the rest of the picture's energy, which the lattice share also counts."""
+    p = power(r)
+    return float(p[lattice_mask(*p.shape, 1.0)].sum() / p.sum().clamp_min(1e-300))
 
 
 def top_at_lattice(r: torch.Tensor, width: int = 2) -> float:
     """Of the energy in the top 1% of frequency bins (what lattice_share counts), the share at the stride
-    lattice: bins within `width` of a multiple of N/8 on both axes (one of them may be near 0), DC's own
-    neighbourhood left out. Near 1: the top bins are a lattice's; near 0: they are the picture's own (the
-    oriented streak of its long straight edges)."""
-    H, W = r.shape[-2:]
-    p = torch.fft.fft2(r.sum(0).double()).abs().pow(2)
-    p[0, 0] = 0
-    fy = torch.fft.fftfreq(H, dtype=torch.float64)[:, None] * H
-    fx = torch.fft.fftfreq(W, dtype=torch.float64)[None] * W
-
-    def near(f: torch.Tensor, n: int) -> torch.Tensor:
-        q = n / 8
-        return ((f / q - (f / q).round()).abs() * q <= width) | (f.abs() <= width)
-
-    lat = near(fy, H) & near(fx, W) & ~(fy.abs().le(width) & fx.abs().le(width))
+    lattice (lattice_mask, `width` 2). Near 1: the top bins are a lattice's; near 0: they are the
+    picture's own (the oriented streak of its long straight edges)."""
+    p = power(r)
     top = torch.zeros(p.numel(), dtype=torch.bool)
     top[p.flatten().topk(max(1, math.ceil(0.01 * p.numel()))).indices] = True
     top = top.view_as(p)
-    return float(p[top & lat].sum() / p[top].sum().clamp_min(1e-300))
+    return float(p[top & lattice_mask(*p.shape, width)].sum() / p[top].sum().clamp_min(1e-300))
 
 
 def with_noise(r: torch.Tensor, seed: int = 0) -> torch.Tensor:

@@ -231,8 +231,10 @@ def class_table(vm, a):
 
     import numpy as np
 
+    from cnnvis.images import to_tensor
     from cnnvis.jobs import run
     from cnnvis.models import load
+    from cnnvis.optvis.robustness import witness_probs
 
     judge = load("efficientnet_lite2")  # lite1 is a member of the default's ensemble: not a witness
     classes = CLASSES[:a.classes]
@@ -261,9 +263,6 @@ def class_table(vm, a):
             res = run({"kind": "class_image", "target": c, "seed": s})  # the command's defaults
             sec = time.perf_counter() - t0
             d = res.data
-            from cnnvis.images import to_tensor
-            from cnnvis.optvis.robustness import witness_probs
-
             wp = witness_probs(judge, to_tensor(res.image()))[0]
             if a.save:
                 res.image().save(f"{a.save}/ours_{c.replace(' ', '_')}_{s}.png")
