@@ -176,6 +176,36 @@ def test_put_replaces_a_partial_folder_and_keeps_an_intact_one(tmp_path):
     assert st.verified(r.key) is None and st.resolve(r.key) is None
 
 
+@pytest.mark.parametrize("damage", ["overwritten", "deleted"])
+def test_an_index_damaged_while_in_use_heals_for_every_thread(tmp_path, damage):
+    """A server's job thread holds its own index connection: after the index is overwritten with garbage
+    (found corrupt by another thread, set aside, rebuilt) or deleted, what that thread stores next is in the
+    index every thread and every new process reads, not in the file set aside."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    st = Store(tmp_path)
+    results = [Result("classify", {"kind": "classify", "model": "m", "i": i}, f"{i:02x}" * 32, {"i": i},
+                      {"a.png": bytes([i]) * 8}, "a.png") for i in range(3)]
+    with ThreadPoolExecutor(1) as worker:  # one long-lived thread, as the web's job runner
+        worker.submit(st.put, results[0]).result()
+        assert st.get(results[0].key) is not None
+        if damage == "overwritten":
+            with open(st.index_path, "r+b") as f:  # the same file (inode), its bytes garbage
+                f.write(os.urandom(4096))
+            assert st.get(results[0].key) is not None  # this thread: found corrupt, set aside, rebuilt
+        else:
+            st.index_path.unlink()
+        worker.submit(st.put, results[1]).result()
+        worker.submit(st.put, results[2]).result()
+        for r in results:
+            assert st.get(r.key) is not None and st.resolve(r.key) == r.key, r.key[:4]
+            assert worker.submit(st.resolve, r.key).result() == r.key
+    fresh = Store(tmp_path)
+    assert {row["key"] for row in fresh.list()} == {r.key for r in results}
+    if damage == "overwritten":
+        assert list(tmp_path.glob("index.sqlite.corrupt-*"))  # kept for inspection
+
+
 # ---------------------------------------------------------------------- 2. a cache that cannot be written
 def _can_unshare() -> bool:
     if shutil.which("unshare") is None:

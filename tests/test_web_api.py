@@ -507,6 +507,85 @@ def test_result_files_no_traversal(client, app, mid, cache):
         assert r.status_code == 404 and b"secret" not in r.content
 
 
+def test_damaged_files_are_never_served_and_an_upload_heals_when_sent_again(client, app, mid, cache):
+    """A result file or an upload truncated or altered on disk is answered 404 (not the broken bytes with a
+    year-long cache header); a job on the damaged upload is refused in one line; uploading the same photo
+    again writes it whole, and the same ref works again."""
+    import hashlib
+
+    from cnnvis.web import specs
+
+    st = wait(client, client.post("/api/jobs", json=specs.layer_page_spec(mid, "conv2", 0)).json()["id"])[-1]
+    key = st["result"]["key"]
+    tile = next(n for n in st["result"]["files"] if n.startswith("tile_"))
+    url = f"/api/results/{key}/{tile}"
+    good = client.get(url)
+    assert good.status_code == 200 and good.content[:4] == b"\x89PNG"
+    path = app.state.store.folder(key) / tile
+    path.write_bytes(good.content[:100])
+    assert client.get(url).status_code == 404
+    # the upload: named by the sha256 of its bytes
+    jpeg = sample("robin").read_bytes()
+    ref = client.post("/api/uploads", files={"file": ("r.jpg", jpeg, "image/jpeg")}).json()["ref"]
+    sha = ref.split(":", 1)[1]
+    saved = Path(cache) / "uploads" / f"{sha}.png"
+    whole = saved.read_bytes()
+    for damaged in (whole[:3000], whole[:-8] + b"garbage!"):
+        saved.write_bytes(damaged)
+        r = client.get(f"/api/uploads/{sha}.png")
+        assert r.status_code == 404 and "upload it again" in one_line_detail(r)
+        r = client.post("/api/jobs", json={"kind": "classify", "model": LITE, "images": [ref], "top": 1})
+        assert r.status_code == 400 and "damaged" in one_line_detail(r) and str(cache) not in r.text
+        assert client.post("/api/uploads", files={"file": ("r.jpg", jpeg, "image/jpeg")}).json()["ref"] == ref
+        assert hashlib.sha256(saved.read_bytes()).hexdigest() == sha
+        assert client.get(f"/api/uploads/{sha}.png").content == whole
+
+
+def test_an_extremely_elongated_image_is_refused_not_blown_up(client, tmp_path):
+    """A 225-byte 50000x1 PNG passed the pixel limit, and scaling its short side to 256 made a 12,800,000 x 256
+    image that ran the server out of memory: now refused in one line at upload, and by the CLI's loader."""
+    import struct
+    import zlib
+
+    from cnnvis.images import load_image
+
+    def chunk(t, d):
+        return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d))
+
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 50000, 1, 8, 2, 0, 0, 0)) + \
+        chunk(b"IDAT", zlib.compress(b"\0" * 150001)) + chunk(b"IEND", b"")
+    assert len(png) < 300
+    for path in ("/api/uploads", "/api/classify"):
+        r = client.post(path, files={"file": ("wide.png", png, "image/png")})
+        assert r.status_code == 400 and "50000x1" in one_line_detail(r) and "crop it" in r.json()["detail"], r.text
+    (tmp_path / "wide.png").write_bytes(png)
+    with pytest.raises(Exception, match="crop it"):
+        load_image(tmp_path / "wide.png")
+    Image.new("RGB", (400, 20)).save(tmp_path / "ok.png")  # 20:1 is still taken
+    assert load_image(tmp_path / "ok.png").size == (400, 20)
+
+
+def test_numbers_in_other_scripts_or_too_long_are_refused_not_500(client, mid):
+    """'²' passes str.isdigit() and int() refuses it; so does a 5000-digit number: pages answer a readable
+    400/404 page, the API a one-line 4xx or a job error that names the class, never an internal error."""
+    nines = "9" * 5000
+    for url in [f"/m/{mid}/layer/features.0?page=%C2%B2", f"/m/{mid}/layer/features.0?page={nines}",
+                f"/m/{mid}/layer/features.0/channel/%C2%B2", f"/m/{mid}/layer/features.0/channel/{nines}",
+                f"/m/{LITE}/class?class=%C2%B2", f"/m/{LITE}/class?class=5&steps=%C2%B2",
+                f"/m/{LITE}/occlusion?photo=sample:chelsea&window=%C2%B2"]:
+        r = client.get(url)
+        assert 400 <= r.status_code < 500 and r.headers["content-type"].startswith("text/html"), (url, r.status_code)
+        assert "internal error" not in r.text
+    for target in ("²", nines):
+        r = client.post("/api/jobs", json={"kind": "attribution", "model": LITE, "image": "sample:chelsea",
+                                           "target": target})
+        if r.status_code == 200:
+            st = wait(client, r.json()["id"])[-1]
+            assert st["status"] == "failed" and "internal error" not in st["error"] and "class" in st["error"], st
+        else:
+            assert r.status_code == 400 and "class" in one_line_detail(r)
+
+
 def test_dataset_images_for_the_tsne_hover(client, mid):
     """GET /api/models/{mid}/data/{i}.png: item i of the model's dataset (the positions embed reports)."""
     import io

@@ -34,3 +34,13 @@ def unknown_name(kind: str, name: str, valid: Iterable[str], *, hint: str = "", 
     if hint:
         msg += f" ({hint})"
     return UnknownNameError(msg)
+
+
+def whole_number(text: str, *, signed: bool = True, digits: int = 18) -> int | None:
+    """'144', ' -3 ' -> the int; None for anything else: other Unicode digits ('²', '٣', which
+    str.isdigit accepts and int() may refuse), more than `digits` digits, a sign when not `signed`."""
+    t = text.strip()
+    body = t[1:] if signed and t.startswith("-") else t
+    if not body or len(body) > digits or not (body.isascii() and body.isdigit()):
+        return None
+    return int(t)

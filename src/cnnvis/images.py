@@ -19,6 +19,16 @@ from torch import Tensor
 from cnnvis.errors import CnnvisError
 
 MAX_PIXELS = 100_000_000  # refuse larger declared sizes (decompression bombs); 12 MP photos are fine
+MAX_ASPECT = 20  # refuse images more elongated than 20:1: scaling the shorter side to a model's input would
+# blow the longer one up (a 50000x1 PNG of 225 bytes -> 12,800,000 x 256 pixels)
+
+
+def aspect_problem(w: int, h: int) -> str | None:
+    """Why a w x h image is too elongated to take (a phrase), or None."""
+    if min(w, h) > 0 and max(w, h) > MAX_ASPECT * min(w, h):
+        return (f"is {w}x{h}, {max(w, h) / min(w, h):.0f} times longer one way than the other (the limit is "
+                f"{MAX_ASPECT}:1); crop it to the part to look at")
+    return None
 # the one list of image files read as input (photos, image folders, datasets), by suffix
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm")
 # the image files written (--out, save_png): suffix -> PIL format
@@ -54,6 +64,8 @@ def load_image(path: str | os.PathLike, *, max_pixels: int = MAX_PIXELS) -> Imag
                 )
             if w == 0 or h == 0:
                 raise CnnvisError(f"image {name!r} has zero size")
+            if aspect_problem(w, h):
+                raise CnnvisError(f"image {name!r} {aspect_problem(w, h)}")
             img.load()
     except CnnvisError:
         raise

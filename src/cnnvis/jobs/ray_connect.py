@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from cnnvis.errors import CnnvisError
+from cnnvis.errors import CnnvisError, whole_number
 
 CONNECT_S = 5.0  # one TCP connect
 PROBE_S = 10.0  # one gRPC call to a GCS or a Ray Client server (they answer in milliseconds)
@@ -61,7 +61,8 @@ def parse_address(address: str | None) -> Target | None:
     rest = address[len("ray://"):] if client else address
     host, sep, port = rest.rpartition(":")
     host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536 or "/" in rest:
+    if not sep or not host or whole_number(port, signed=False, digits=5) is None or not 0 < int(port) < 65536 \
+            or "/" in rest:
         raise CnnvisError(f"--address {shown!r} is not a Ray address; give {FORMS}")
     if client:
         check_client_installed()

@@ -91,6 +91,7 @@ class Store:
         self._local = threading.local()
         self._ok: dict[str, tuple] = {}  # key -> file signature of its last successful check (see `verified`)
         self._ok_lock = threading.Lock()
+        self._index_lock = threading.Lock()  # one thread sets a corrupt index aside and rebuilds it
         self._open()
 
     # ------------------------------------------------------------------ index
@@ -127,17 +128,56 @@ class Store:
                 with contextlib.suppress(OSError):
                     p.replace(p.with_name(p.name + f".corrupt-{int(time.time())}"))
 
+    def _index_id(self) -> tuple[int, int] | None:
+        """(device, inode) of the index file now, None when it is missing."""
+        try:
+            st = os.stat(self.index_path)
+        except OSError:
+            return None
+        return st.st_dev, st.st_ino
+
     @property
     def con(self) -> sqlite3.Connection:
-        con = getattr(self._local, "con", None)
-        if con is None:
-            try:
-                con = self._local.con = self._connect()
-            except sqlite3.DatabaseError:
+        """This thread's connection to the index file that is in place now: a thread whose index was set
+        aside (found corrupt by another thread or process) or deleted reconnects, so nothing is written into
+        a file that is no longer the index; a missing index is rebuilt from the result folders."""
+        held = getattr(self._local, "con", None)
+        now = self._index_id()
+        if held is not None and now is not None and held[1] == now:
+            return held[0]
+        if held is not None:
+            self._local.con = None
+            with contextlib.suppress(sqlite3.Error):
+                held[0].close()
+        if now is None:
+            with self._index_lock:  # one thread rebuilds; the others find the new index in place
+                if self._index_id() is None:
+                    self._open()
+        try:
+            con = self._connect()
+        except sqlite3.DatabaseError as e:
+            if _unwritable(e):
+                raise _sqlite_error(e, self.root) from None
+            with self._index_lock:
                 self._set_aside_index()
                 self.rebuild()
-                con = self._local.con = self._connect()
+            con = self._connect()
+        self._local.con = (con, self._index_id())
         return con
+
+    def _recover(self) -> None:
+        """The index was found corrupt while in use: set it aside and rebuild it (every thread reconnects),
+        unless another thread has done so since this thread connected."""
+        held = getattr(self._local, "con", None)
+        self._local.con = None
+        if held is not None:
+            with contextlib.suppress(sqlite3.Error):
+                held[0].close()
+        with self._index_lock:
+            if held is not None and self._index_id() != held[1]:
+                return
+            self._set_aside_index()
+            self.rebuild()
 
     def _folder(self, key: str) -> Path:
         return self.root / "objects" / key[:2] / key
@@ -172,10 +212,10 @@ class Store:
         try:
             row = self.con.execute("SELECT key FROM results WHERE key = ? UNION ALL SELECT a.key FROM aliases a "
                                    "JOIN results r ON r.key = a.key WHERE a.alias = ? LIMIT 1", (key, key)).fetchone()
-        except sqlite3.DatabaseError:
-            self._local.con = None
-            self._set_aside_index()
-            self.rebuild()
+        except sqlite3.DatabaseError as e:
+            if _unwritable(e):
+                raise _sqlite_error(e, self.root) from None
+            self._recover()
             return self.resolve(key)
         return row[0] if row else None
 
@@ -280,11 +320,14 @@ class Store:
                             break
                 if aside is not None:
                     shutil.rmtree(aside, ignore_errors=True)
-            with self.con:
-                self._insert(self.con, result.key, result.kind, result.spec, time.time(), result.seconds)
-                for a in aliases:
-                    if a != result.key:
-                        self.con.execute("INSERT OR REPLACE INTO aliases VALUES (?, ?)", (a, result.key))
+            for attempt in range(2):
+                try:
+                    self._index_put(result, aliases)
+                    break
+                except sqlite3.DatabaseError as e:
+                    if _unwritable(e) or attempt:
+                        raise
+                    self._recover()  # corrupt: set aside and rebuilt from the folders (this one's among them)
         except OSError as e:
             raise _os_error(e, self.root) from None
         except sqlite3.Error as e:
@@ -292,6 +335,14 @@ class Store:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return final
+
+    def _index_put(self, result: Result, aliases: tuple[str, ...]) -> None:
+        con = self.con
+        with con:
+            self._insert(con, result.key, result.kind, result.spec, time.time(), result.seconds)
+            for a in aliases:
+                if a != result.key:
+                    con.execute("INSERT OR REPLACE INTO aliases VALUES (?, ?)", (a, result.key))
 
     def _write(self, result: Result, folder: Path) -> None:
         """Every file + result.json into a new folder (OSError as raised: `put` names the cache, not the file)."""
@@ -312,9 +363,10 @@ class Store:
             self._ok.pop(folder.name, None)
         return aside
 
-    def folder(self, key: str) -> Path | None:
-        """The folder of a stored result (for serving its files), or None."""
-        k = self.resolve(key)
+    def folder(self, key: str, *, intact: bool = True) -> Path | None:
+        """The folder of a stored result (for serving its files), or None: by default only when its files
+        match their recorded sha256 (`verified`: a truncated or altered file is never served as it is)."""
+        k = self.verified(key) if intact else self.resolve(key)
         return self._folder(k) if k else None
 
     def list(self, kind: str | None = None, model: str | None = None) -> list[dict]:

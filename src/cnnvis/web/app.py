@@ -39,6 +39,10 @@ __all__ = ["create_app", "ServedModel", "WebContext", "decode_upload", "read_res
 
 # ---------------------------------------------------------------------- errors: one readable line
 async def _cnnvis_error(request: Request, exc: CnnvisError):
+    if _is_page(request):
+        from cnnvis.web.pages import error_page
+
+        return error_page(request, 400, one_line(exc))
     return JSONResponse({"detail": one_line(exc)}, status_code=400)
 
 
@@ -80,7 +84,12 @@ async def _http_error(request: Request, exc: StarletteHTTPException):
 
 async def _internal(request: Request, exc: Exception):
     log.exception("internal error on %s %s", request.method, request.url.path)
-    return JSONResponse({"detail": f"internal error: {type(exc).__name__}; see the server log"}, status_code=500)
+    msg = f"internal error: {type(exc).__name__}; see the server log"
+    if _is_page(request):
+        from cnnvis.web.pages import error_page
+
+        return error_page(request, 500, f"Something went wrong on the server ({msg}).")
+    return JSONResponse({"detail": msg}, status_code=500)
 
 
 @contextlib.asynccontextmanager

@@ -38,7 +38,7 @@ class CostBook:
                 return
             self._loaded.add(ref)
         for row in self.store.list(kind="filters", model=ref):
-            folder = self.store.folder(row["key"])
+            folder = self.store.folder(row["key"], intact=False)  # its result.json alone is read
             try:
                 meta = json.loads((folder / "result.json").read_text()) if folder else None
             except (OSError, ValueError):

@@ -19,7 +19,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 
-from cnnvis.errors import CnnvisError, unknown_name
+from cnnvis.errors import CnnvisError, unknown_name, whole_number
 
 router = APIRouter(include_in_schema=False)
 
@@ -45,9 +45,9 @@ def _int(q: dict, name: str, what: str, lo: int = 0, hi: int = 10**6) -> int | N
     raw = (q.get(name) or "").strip()
     if not raw:
         return None
-    if not raw.lstrip("-").isdigit():
+    v = whole_number(raw)
+    if v is None:
         raise CnnvisError(f"{name} {raw[:40]!r} is not a whole number ({what})")
-    v = int(raw)
     if not lo <= v <= hi:
         raise CnnvisError(f"{name} {v} is out of range: give {what} from {lo} to {hi}")
     return v
@@ -62,9 +62,10 @@ def _ints(q: dict, name: str, what: str) -> list[int] | None:
     for part in raw.replace(" ", ",").split(","):
         if not part:
             continue
-        if not part.isdigit():
+        v = whole_number(part, signed=False)
+        if v is None:
             raise CnnvisError(f"{name} {raw[:60]!r} is not a list of whole numbers ({what}), e.g. 0,1,3")
-        out.append(int(part))
+        out.append(v)
     return out or None
 
 
@@ -109,7 +110,7 @@ def _target(m, raw: str):
     if m.vm.task != "classification":
         raise CnnvisError(f"model {m.mid!r} is not a classifier ({m.vm.task}): leave the class empty")
     m.vm.class_index(t)  # CnnvisError with close names
-    return int(t) if t.isdigit() else t
+    return whole_number(t) if whole_number(t) is not None else t
 
 
 # ---------------------------------------------------------------------- the specs of the pages

@@ -26,6 +26,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 
+from cnnvis.errors import whole_number
+
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates" / "web"
 templates = Jinja2Templates(directory=str(TEMPLATES))
 PER_PAGE = 16
@@ -204,9 +206,9 @@ def page_number(raw: str | None, n_pages: int | None) -> tuple[int, str | None]:
     if raw is None or raw == "":
         return 0, None
     txt = raw.strip()
-    if not txt.lstrip("-").isdigit():
+    p = whole_number(txt)
+    if p is None:
         return 0, f"page {raw[:40]!r} is not a page number" + (f"; pages are 1 to {n_pages}" if n_pages else "")
-    p = int(txt)
     if p < 1 or (n_pages is not None and p > n_pages):
         return 0, f"page {p} does not exist" + (f"; this layer has pages 1 to {n_pages}" if n_pages else "")
     return p - 1, None
@@ -262,7 +264,7 @@ def layer_page(request: Request, mid: str, layer: str, page: str | None = None):
 @router.get("/m/{mid}/layer/{layer}/channel/{channel}", response_class=HTMLResponse)
 def channel_page(request: Request, mid: str, layer: str, channel: str):
     seeds, err, n, info = [], None, None, None
-    c = int(channel) if channel.strip().isdigit() else None
+    c = whole_number(channel, signed=False)
     m = _served(request).get(mid)
     if m is not None:
         info = layer_info(m, layer)

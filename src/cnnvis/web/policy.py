@@ -10,7 +10,7 @@ from pathlib import Path
 
 from cnnvis.errors import CnnvisError
 from cnnvis.web.context import WebContext, embedded
-from cnnvis.web.uploads import UPLOAD_RE
+from cnnvis.web.uploads import UPLOAD_RE, read_upload
 
 DATA_KINDS_FIELD = "data"
 
@@ -86,6 +86,9 @@ def build_spec(ctx: WebContext, body: dict):
                 p = ctx.uploads / f"{mt.group(1)}.png"
                 if not p.is_file() or p.is_symlink():
                     raise CnnvisError(f"no uploaded photo {v!r}; upload it first (POST /api/uploads)")
+                if read_upload(p, mt.group(1)) is None:
+                    raise CnnvisError(f"the uploaded photo {v!r} is damaged on the server (its bytes no longer match "
+                                      f"its sha256); upload it again (POST /api/uploads)")
                 return str(p)
         if isinstance(v, list):
             return [photo(x) for x in v]

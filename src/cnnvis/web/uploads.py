@@ -27,7 +27,7 @@ def decode_upload(blob: bytes, filename: str, max_pixels: int = UPLOAD_PIXELS):
     whole, reasonably sized image in a plain raster format."""
     from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-    from cnnvis.images import to_rgb
+    from cnnvis.images import aspect_problem, to_rgb
 
     name = filename or "the upload"
     if not blob:
@@ -44,6 +44,8 @@ def decode_upload(blob: bytes, filename: str, max_pixels: int = UPLOAD_PIXELS):
                                   f"{max_pixels / 1e6:.0f}; refused as a possible decompression bomb (shrink it first)")
             if w == 0 or h == 0:
                 raise CnnvisError(f"{name!r} has zero size")
+            if aspect_problem(w, h):
+                raise CnnvisError(f"{name!r} {aspect_problem(w, h)}")
             img.load()
             img = ImageOps.exif_transpose(img)
     except CnnvisError:
@@ -90,10 +92,24 @@ def store_upload(folder, blob: bytes, filename: str) -> tuple[str, int, int]:
     png = buf.getvalue()
     sha = hashlib.sha256(png).hexdigest()
     path = folder / f"{sha}.png"
-    if not path.exists():
+    if read_upload(path, sha) is None:  # new, or damaged on disk since: (re)written whole
         with atomic_write(path) as f:
             f.write(png)
     return sha, img.size[0], img.size[1]
+
+
+def read_upload(path, sha: str) -> bytes | None:
+    """The bytes of a stored upload when they still hash to its name `sha` (a plain file, no symlink);
+    None when it is missing or damaged (truncated, altered): never served or computed on as it is."""
+    import os
+
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        with os.fdopen(fd, "rb") as f:
+            blob = f.read()
+    except OSError:
+        return None
+    return blob if hashlib.sha256(blob).hexdigest() == sha else None
 
 
 class _TooLarge(Exception):

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, File, Form, HTTPException, Response, Upl
 from cnnvis import defaults as D
 from cnnvis.web.context import WebContext, get_ctx
 from cnnvis.web.schemas import ClassifyOut, PhotoOut, UploadOut
-from cnnvis.web.uploads import UPLOAD_RE, save_upload
+from cnnvis.web.uploads import UPLOAD_RE, read_upload, save_upload
 
 router = APIRouter()
 _PHOTO_PNG: dict[str, bytes] = {}  # bundled photo name -> PNG bytes (package data: the same for every app)
@@ -49,17 +49,11 @@ async def post_upload(file: UploadFile = File(...), ctx: WebContext = Depends(ge
             responses={200: {"content": {"image/png": {}}}, 404: {"description": "no such upload"}})
 def get_upload(sha: str, ctx: WebContext = Depends(get_ctx)):
     """An uploaded photo by its content key (the sha256 of its PNG): a photo page's URL names it so."""
-    import os
-
     if not UPLOAD_RE.match(f"upload:{sha}"):
         raise HTTPException(404, "no such upload; an upload is named by the 64 hex digits of its sha256")
-    path = ctx.uploads / f"{sha}.png"
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-        with os.fdopen(fd, "rb") as f:
-            blob = f.read()
-    except OSError:
-        raise HTTPException(404, f"no uploaded photo {sha[:12]}…; upload it again") from None
+    blob = read_upload(ctx.uploads / f"{sha}.png", sha)
+    if blob is None:  # missing, or damaged on disk (its bytes no longer hash to its name)
+        raise HTTPException(404, f"no uploaded photo {sha[:12]}… (missing or damaged); upload it again")
     return Response(blob, media_type="image/png", headers={"Cache-Control": "max-age=31536000, immutable",
                                                            "X-Content-Type-Options": "nosniff"})
 
