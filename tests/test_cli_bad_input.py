@@ -166,3 +166,62 @@ def test_size_limit_in_the_spec_schema():
     assert make_spec("attribution", image="x.jpg", size=2048).size == 2048
     with pytest.raises(CnnvisError, match="field 'size': 2049 pixels is too large"):
         make_spec("attribution", image="x.jpg", size=2049)
+
+
+# ---------------------------------------------------------------------- a hostile user's pass (sixth session)
+def test_a_second_hostile_pass_each_refused_in_one_line(capsys, pelican_path, tmp_path):
+    """Each of these was a traceback, a crash, a NaN result or a silent default before: now one line, exit 2,
+    and the line names the problem."""
+    out = tmp_path / "o.png"
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100000 + "]" * 100000)
+    fifo = tmp_path / "fifo.jpg"
+    os.mkfifo(fifo)
+    cases = [
+        (["occlusion", pelican_path, "-o", out, "-l", "classifier", "--window", 112, "--stride", 112],
+         "layer 'classifier' has no feature maps"),
+        (["run", deep], "nested too deeply"),
+        (["classify", pelican_path, "--threads", 100000], "--threads must be a number of CPU threads from 1 to"),
+        (["classify", fifo], "not a regular file"),
+        (["saliency", pelican_path, "-o", out, "--method", "ig", "--baseline", "nan", "--steps", 2],
+         "baseline must be a grey level in [0, 1]"),
+        (["saliency", pelican_path, "-o", out, "--method", "ig", "--baseline", 5, "--steps", 2], "got 5.0"),
+        (["saliency", pelican_path, "-o", out, "--method", "smoothgrad", "--noise", "nan", "--samples", 2],
+         "noise level must be a finite number"),
+        (["saliency", pelican_path, "-o", out, "-l", "stage3", "--channel", -1], "channel -1 is out of range"),
+        (["maps", pelican_path, "-o", out, "-l", "blocks.0.0.drop_path"],
+         "'blocks.0.0.drop_path' did not run in the forward pass"),
+        (["filters", "--steps", 2, "--size", 48, "-o", out, "--layers", ",,", "--first", 1], "names nothing"),
+        (["filters", "--steps", 2, "--size", 48, "-o", out, "--layers", "stage0", "--channels", "1,1"],
+         "names 1 twice"),
+        (["invert", pelican_path, "--steps", 2, "--judge", "none", "--size", 64, "-o", out, "--layers", ""],
+         "--layers '' names nothing"),
+        (["invert", pelican_path, "--steps", 2, "--judge", "none", "--size", 64, "-o", out, "--layers", "stage1",
+          "--fourier-steps", 5], "more than all the steps"),
+        (["class", "robin", "--ensemble", "none", "--judge", "none", "--steps", 2, "--size", 64, "-o", out,
+          "--animate", tmp_path / "o.png"], "--out and --animate name the same file"),
+    ]
+    for argv, words in cases:
+        line = one_error(capsys, argv)
+        assert words in line, (argv, line)
+    assert not out.exists()
+    for body, words in [('{"kind": "feature_maps", "image": "sample:chelsea", "seed": true}', "'seed' must be integer"),
+                        ('{"kind": "feature_maps", "image": "sample:chelsea", "size": "224"}', "'size' must be")]:
+        spec = tmp_path / "spec.json"
+        spec.write_text(body)
+        assert words in one_error(capsys, ["run", spec])
+
+
+def test_weights_full_of_nan_are_refused_not_a_nan_answer(capsys, pelican_path, tmp_path):
+    """A state_dict from a diverged run (every float NaN) classified as 'tench nan' with exit 0."""
+    import torchvision
+
+    sd = torchvision.models.resnet18().state_dict()
+    sd["layer1.0.conv1.weight"][0, 0, 0, 0] = float("inf")
+    torch.save(sd, tmp_path / "one_inf.pth")
+    line = one_error(capsys, ["classify", pelican_path, "-m", "resnet18", "--weights", tmp_path / "one_inf.pth"])
+    assert "NaN or infinite values in 1 tensors (e.g. layer1.0.conv1.weight)" in line
+    sd["bn1.running_var"].fill_(float("nan"))
+    torch.save(sd, tmp_path / "nan_stats.pth")
+    assert "in 2 tensors" in one_error(capsys, ["classify", pelican_path, "-m", "resnet18", "--weights",
+                                                tmp_path / "nan_stats.pth"])

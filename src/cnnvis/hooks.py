@@ -56,7 +56,9 @@ class Capture:
             self.finished = True
             missing = [n for n in self.names if n not in self.outputs]
             if missing:
-                raise RuntimeError(f"layers {missing} did not run in the forward pass")
+                raise CnnvisError(f"layer{'s' * (len(missing) > 1)} {', '.join(map(repr, missing))} did not run in "
+                                  f"the forward pass (defined in the model but not used on this input, e.g. a "
+                                  f"dropped path or an unused head); pick another layer (see `cnnvis layers`)")
         self._check_unchanged()
         return out
 

@@ -49,6 +49,8 @@ def load_image(path: str | os.PathLike, *, max_pixels: int = MAX_PIXELS) -> Imag
         raise CnnvisError(f"image {name!r} does not exist")
     if path.is_dir():
         raise CnnvisError(f"image {name!r} is a directory, not an image file")
+    if not path.is_file():
+        raise CnnvisError(f"image {name!r} is not a regular file (a device, FIFO or socket); give an image file")
     if path.stat().st_size == 0:
         raise CnnvisError(f"image {name!r} is empty (0 bytes)")
     ImageFile.LOAD_TRUNCATED_IMAGES = False

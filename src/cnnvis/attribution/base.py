@@ -43,7 +43,7 @@ class LayerTarget:
         """(B, C, h, w) or (B, C) activation -> (B,) score; clear errors for bad indices."""
         a = act
         if self.channel is not None:
-            if a.dim() < 2 or not -a.shape[1] <= self.channel < a.shape[1]:
+            if a.dim() < 2 or not 0 <= self.channel < a.shape[1]:
                 raise CnnvisError(f"channel {self.channel} is out of range for layer {self.layer!r} "
                                   f"with {a.shape[1] if a.dim() > 1 else 0} channels (valid: 0..{a.shape[1] - 1})")
         if self.unit is not None:

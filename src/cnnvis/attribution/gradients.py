@@ -7,6 +7,8 @@ of an intermediate activation (whole layer, one channel or one unit) instead of 
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -63,8 +65,10 @@ class NoiseTunnel(Attribution):
             raise unknown_name("noise tunnel kind", kind, self.KINDS)
         if samples < 1:
             raise CnnvisError(f"samples must be >= 1, got {samples}")
-        if (stdev if stdev is not None else noise) < 0:
-            raise CnnvisError(f"the noise level must be >= 0, got stdev={stdev}, noise={noise}")
+        level = stdev if stdev is not None else noise
+        if not (isinstance(level, (int, float)) and math.isfinite(level) and level >= 0):
+            raise CnnvisError(f"the noise level must be a finite number >= 0 (a fraction of the image's range, e.g. "
+                              f"0.15), got stdev={stdev}, noise={noise}")
         super().__init__(method.model)
         self.method, self.kind, self.samples, self.stdev, self.noise = method, kind, samples, stdev, noise
         self.batch_size, self.seed = max(1, batch_size), seed
@@ -163,6 +167,11 @@ class IntegratedGradients(Attribution):
             from cnnvis.errors import unknown_name
 
             raise unknown_name("integration method", method, valid)
+        if isinstance(baseline, Tensor):
+            if not bool(torch.isfinite(baseline).all()):
+                raise CnnvisError("the IG baseline image holds NaN or infinite values; give pixels in [0, 1]")
+        elif not (isinstance(baseline, (int, float)) and math.isfinite(baseline) and 0 <= baseline <= 1):
+            raise CnnvisError(f"the IG baseline must be a grey level in [0, 1] (0 black, 0.5 grey), got {baseline!r}")
         self.steps, self.baseline, self.method = steps, baseline, method
         self.batch_size = None if batch_size is None else max(1, batch_size)
         self.multiply_by_inputs = multiply_by_inputs

@@ -158,9 +158,12 @@ def occlusion(model, x: Tensor, target: int | str | None = None, *, window: int 
         ch, a0 = None, None
         if lname is not None:
             act = cap[lname]
-            nch = act.shape[1] if act.dim() > 1 else 1
+            if act.dim() != 4:
+                raise CnnvisError(f"layer {layer!r} has no feature maps (output shape {tuple(act.shape[1:])}); "
+                                  f"give a conv layer (see `cnnvis layers`)")
+            nch = act.shape[1]
             if channel is None:
-                ch = int(act.flatten(2).amax(2)[0].argmax()) if act.dim() > 2 else int(act[0].argmax())
+                ch = int(act.flatten(2).amax(2)[0].argmax())
             else:
                 if not -nch <= channel < nch:
                     raise CnnvisError(f"channel {channel} is out of range for layer {layer!r}, which has {nch} "

@@ -138,7 +138,7 @@ def deconv_cmd(photo, model, weights, device, cache, as_json, layers, all_convs,
         raise CnnvisError("give --layers or --all, not both")
     given = {k: v for k, v in {"rule": rule, "project": seed_kind}.items() if v is not None}  # else the spec's
     res = run_job("deconv", model=model, weights=weights, device=device, cache=cache, flags=_FLAGS, quiet=as_json,
-                  image=photo, layers=parse_names(layers), all_conv=all_convs, top=top, size=size, **given)
+                  image=photo, layers=parse_names(layers, "--layers"), all_conv=all_convs, top=top, size=size, **given)
     write_image(res, out)
     d = res.data
     note = "; ".join(d["notes"])
@@ -167,7 +167,7 @@ def sanity_cmd(photo, model, weights, device, cache, as_json, methods, target, s
     from cnnvis.errors import CnnvisError
 
     out = check_out(out, [photo])
-    names = parse_names(methods)
+    names = parse_names(methods, "--methods")
     if not names:
         raise CnnvisError("--method is empty")
     res = run_job("sanity", model=model, weights=weights, device=device, cache=cache, flags={**_FLAGS, "methods": "--method"},

@@ -50,12 +50,24 @@ def preset_names() -> list[str]:
 _THREADS: list[int] = []  # --threads N, applied by run_job (torch is not imported while parsing)
 
 
-def _threads_cb(ctx, param, value):
+def check_threads(value: int | None) -> int | None:
+    """--threads: 1 to max(64, 4 x this machine's cores) (far more threads than cores only slows torch, and
+    100000 of them ran the process out of memory and crashed it)."""
     if value is not None:
-        if value < 1:
-            from cnnvis.errors import CnnvisError
+        import os
 
-            raise CnnvisError(f"--threads must be a positive number of CPU threads, got {value}")
+        from cnnvis.errors import CnnvisError
+
+        cores = os.cpu_count() or 1
+        most = max(64, 4 * cores)
+        if not 1 <= value <= most:
+            raise CnnvisError(f"--threads must be a number of CPU threads from 1 to {most} (this machine has {cores} "
+                              f"cores), got {value}")
+    return value
+
+
+def _threads_cb(ctx, param, value):
+    if check_threads(value) is not None:
         _THREADS[:] = [value]
     return value
 
@@ -123,14 +135,34 @@ def parse_ints(s: str | None, what: str) -> list[int] | None:
         raise CnnvisError(f"{what} must be comma-separated integers, e.g. 0,5,9; got {s!r}") from None
     if not out:
         raise CnnvisError(f"{what} is empty")
+    _once(out, what, s)
     return out
 
 
-def parse_names(s: str | None) -> list[str] | None:
-    """'a, b,c' -> ['a', 'b', 'c']; None stays None."""
+def _once(items: list, flag: str, raw: str) -> None:
+    """A list option that names an item twice is a CnnvisError (the same picture twice, or a typo)."""
+    seen: set = set()
+    for v in items:
+        if v in seen:
+            from cnnvis.errors import CnnvisError
+
+            raise CnnvisError(f"{flag} {raw!r} names {v!r} twice; give each once")
+        seen.add(v)
+
+
+def parse_names(s: str | None, flag: str = "the option") -> list[str] | None:
+    """'a, b,c' -> ['a', 'b', 'c']; None stays None; a value that names nothing ('', ',,') is a CnnvisError
+    (it silently meant the defaults)."""
     if s is None:
         return None
-    return [p.strip() for p in s.split(",") if p.strip()] or None
+    names = [p.strip() for p in s.split(",") if p.strip()]
+    if not names:
+        from cnnvis.errors import CnnvisError
+
+        raise CnnvisError(f"{flag} {s!r} names nothing; leave {flag} out for the defaults, or give names separated "
+                          f"by commas")
+    _once(names, flag, s)
+    return names
 
 
 def _flag_names(msg: str, flags: dict[str, str]) -> str:

@@ -65,7 +65,7 @@ def dream_cmd(photo, model, weights, device, cache, as_json, layers, channels, o
     if animate is not None and out_p is None:
         raise CnnvisError("--animate shows the --out dream forming; give --out FILE too")
     anim_p = check_out(animate, [photo, guide, out, row], "--animate", suffixes=(".gif",))
-    names = parse_names(layers)
+    names = parse_names(layers, "--layers")
     fields = dict(image=photo, channels=parse_ints(channels, "--channels"), octaves=octaves, octave_scale=octave_scale,
                   steps=steps, step_size=step_size, jitter=jitter, tile=tile, objective=objective, guide=guide,
                   max_side=max_side, seed=seed)

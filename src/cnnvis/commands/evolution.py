@@ -60,7 +60,7 @@ def evolution_cmd(model, snapshots, layers, channels, first, data, split, k, lim
     out = check_out(out)
     check_out_of_data(out, [data])
     res = run_job("evolution", model=model, weights=None, device=device, cache=cache, quiet=as_json, flags=_FLAGS,
-                  snapshots=snaps, layers=parse_names(layers), channels=chans, first=first, data=data, split=split,
+                  snapshots=snaps, layers=parse_names(layers, "--layers"), channels=chans, first=first, data=data, split=split,
                   k=k, limit=limit, steps=steps, size=size, batch=batch, seed=seed)
     write_image(res, out)
     d = res.data

@@ -92,7 +92,7 @@ def invert_cmd(photo, model, weights, device, cache, as_json, layers, steps, fou
     """
     out = check_out(out, [photo])
     res = run_job("inversion", model=model, weights=weights, device=device, cache=cache, flags=_FLAGS, quiet=as_json,
-                  image=photo, layers=parse_names(layers), steps=steps, fourier_steps=fourier_steps, tv=tv,
+                  image=photo, layers=parse_names(layers, "--layers"), steps=steps, fourier_steps=fourier_steps, tv=tv,
                   judge=judge, size=size, seed=seed)
     write_image(res, out)
     d = res.data
@@ -173,8 +173,8 @@ def compare_cmd(data, models, device, cache, as_json, split, limit, layers, othe
     if split is None and _has_test_split(data):
         split = "test"
     res = run_job("compare", model=models[0], weights=None, device=device, cache=cache, flags=_FLAGS, quiet=as_json,
-                  other=models[1], data=data, split=split, limit=limit, layers=parse_names(layers),
-                  other_layers=parse_names(other_layers), grid=grid, match_layer=match_layer,
+                  other=models[1], data=data, split=split, limit=limit, layers=parse_names(layers, "--layers"),
+                  other_layers=parse_names(other_layers, "--other-layers"), grid=grid, match_layer=match_layer,
                   channels=parse_channels(channels), steps=steps, seed=seed)
     write_image(res, out)
     d = res.data

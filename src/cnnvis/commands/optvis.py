@@ -17,6 +17,17 @@ def _preset_option(fn):
                              "witness; for filters, jitter only with a larger random start; see cnnvis.optvis.presets).")(fn)
 
 
+def _check_animate(animate, out):
+    """--animate: a .gif that is not --out (which it would overwrite)."""
+    import os
+
+    from cnnvis.errors import CnnvisError
+
+    if animate is not None and out is not None and os.path.realpath(animate) == os.path.realpath(out):
+        raise CnnvisError("--out and --animate name the same file; give two names")
+    return check_out(animate, [str(out)], flag="--animate", suffixes=(".gif",))
+
+
 def _animate_option(fn):
     return click.option("--animate", default=None, metavar="OUT.gif", type=click.Path(),
                         help="Also write the optimization as an animated GIF (a frame every few steps).")(fn)
@@ -66,10 +77,10 @@ def class_cmd(target, model, weights, device, cache, as_json, preset, steps, siz
     from cnnvis.errors import CnnvisError
 
     out = check_out(out)
-    anim = check_out(animate, [str(out)], flag="--animate", suffixes=(".gif",))
+    anim = _check_animate(animate, out)
     res = run_job("class_image", model=model, weights=weights, device=device, cache=cache, quiet=as_json,
                   target=target, preset=preset, steps=steps, size=size, until_prob=until_prob,
-                  robust_prob=robust_prob, min_steps=min_steps, ensemble=parse_names(ensemble), judge=judge,
+                  robust_prob=robust_prob, min_steps=min_steps, ensemble=parse_names(ensemble, "--ensemble"), judge=judge,
                   judge_prob=judge_prob,
                   objective=objective, animate=anim is not None, seed=seed)
     write_image(res, out)
@@ -157,9 +168,9 @@ def filters_cmd(model, weights, device, cache, as_json, preset, layers, all_conv
         raise CnnvisError("give --layers or --all-conv, not both")
     chans = parse_ints(channels, "--channels")
     out = check_out(out)
-    anim = check_out(animate, [str(out)], flag="--animate", suffixes=(".gif",))
+    anim = _check_animate(animate, out)
     res = run_job("filters", model=model, weights=weights, device=device, cache=cache, quiet=as_json,
-                  layers=parse_names(layers), all_conv=all_conv, animate=anim is not None,
+                  layers=parse_names(layers, "--layers"), all_conv=all_conv, animate=anim is not None,
                   channels=chans, first=first, preset=preset, steps=steps, size=size, batch=batch, seed=seed)
     write_image(res, out)
     if anim is not None:

@@ -32,7 +32,7 @@ def regularizers_cmd(model, weights, device, cache, as_json, judge, steps, size,
     out = check_out(out)
     res = run_job("regularizer_study", model=model, weights=weights, device=device, cache=cache, quiet=as_json,
                   flags={"regularizers": "--rows"}, judge=judge, steps=steps, size=size,
-                  targets=parse_names(targets), regularizers=parse_names(rows), seed=seed)
+                  targets=parse_names(targets, "--targets"), regularizers=parse_names(rows, "--rows"), seed=seed)
     if out is not None:
         write_image(res, out)
     d = res.data

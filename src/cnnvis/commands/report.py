@@ -44,7 +44,7 @@ def report_cmd(model, weights, device, cache, images, out, quick, sections, data
 
     from cnnvis.utils import check_writable
 
-    only = parse_names(sections)
+    only = parse_names(sections, "--sections")
     check_sections(only)  # fail fast on a typo, before any work
     check_writable(Path(out) / "index.html")  # and on a folder that cannot be written
     training = training_block(model)  # None for a registry model or a plain checkpoint

@@ -7,7 +7,7 @@ import sys
 import click
 
 from cnnvis import DEFAULT_MODEL
-from cnnvis.commands.common import _threads_cb, apply_threads, parse_names
+from cnnvis.commands.common import _threads_cb, apply_threads, check_threads, parse_names
 from cnnvis.errors import CnnvisError
 from cnnvis.web.specs import QUICK_STEPS
 
@@ -139,7 +139,7 @@ def refuse_ray_flags(engine: str, address, workers, also: dict | None = None,
 @click.option("--cache", default=DEFAULT_CACHE, show_default=True, metavar="DIR", envvar="CNNVIS_CACHE")
 @click.option("--device", default="cpu", show_default=True)
 @engine_options
-@click.option("--threads", type=click.IntRange(1), default=None, metavar="N",
+@click.option("--threads", type=int, default=None, metavar="N", callback=lambda c, p, v: check_threads(v),
               help="CPU threads for torch, here and in each Ray worker (default: torch's choice here, 1 per Ray "
                    "worker).")
 def render_all_cmd(model, layers, first, steps, size, cache, device, engine, address, workers, retries,
@@ -170,7 +170,7 @@ def render_all_cmd(model, layers, first, steps, size, cache, device, engine, add
     dev = None if device == "auto" else device
     vm = default_pool(dev).get(ref)
     specs.remember(ref, vm, specs.model_layers(default_pool(dev), ref, vm))
-    names = parse_names(layers) or default_layers(vm)
+    names = parse_names(layers, "--layers") or default_layers(vm)
     if size is not None and size < vm.min_size:
         raise CnnvisError(f"--size {size} is too small for {vm.name}; use at least {vm.min_size}")
     plan, units = [], []

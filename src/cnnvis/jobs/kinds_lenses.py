@@ -122,6 +122,9 @@ class InversionSpec(PhotoSpec):
         layers = self.layers if self.layers is not None else inversion_layers(vm)
         if not layers:
             raise CnnvisError("give at least one layer to invert")
+        if self.fourier_steps is not None and self.fourier_steps > self.steps:
+            raise CnnvisError(f"field fourier_steps {self.fourier_steps} is more than all the steps ({self.steps}): "
+                              f"the Fourier phase is the first part of them; give at most {self.steps}")
         judge = self.judge if self.judge is not None else default_judge(vm)
         if judge != "none" and judge == self.model and self.weights is None:
             raise CnnvisError(f"the judge must be a second model, not {self.model!r} itself; give another classifier "

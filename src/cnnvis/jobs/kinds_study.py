@@ -368,8 +368,8 @@ def read_index(folder: str) -> dict:
     except OSError:
         raise CnnvisError(f"{folder!r} is not a top-examples output (no readable index.json); give the --out "
                           "folders of the shards") from None
-    except ValueError as e:
-        raise CnnvisError(f"{str(p)!r} is not valid JSON ({e}); run that shard again") from None
+    except (ValueError, RecursionError) as e:
+        raise CnnvisError(f"{str(p)!r} is not valid JSON ({type(e).__name__}: {e}); run that shard again") from None
     if not isinstance(doc, dict) or doc.get("format") != INDEX_FORMAT:
         raise CnnvisError(f"{str(p)!r} is not a top-examples index; give the --out folders of the shards")
     return doc

@@ -116,6 +116,37 @@ def make_spec(kind: str, **fields) -> Spec:
         raise CnnvisError(validation_message(e, kind)) from None
 
 
+def json_type(v) -> str:
+    """The JSON name of a decoded JSON value's type ('array', 'object', 'number', ...)."""
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "boolean"
+    if isinstance(v, (int, float)):
+        return "number"
+    return {str: "string", list: "array", dict: "object"}.get(type(v), type(v).__name__)
+
+
+def check_json_types(cls, body: dict) -> None:
+    """CnnvisError when a top-level field's JSON type is not one its kind's schema takes (pydantic's lax mode
+    would read `true` as 1 and `"3"` as 3); unknown fields and values inside arrays are left to the spec."""
+    props = cls.model_json_schema().get("properties", {})
+    for name, v in body.items():
+        prop = props.get(name)
+        if prop is None or v is None and name == "model":
+            continue
+        alts = prop.get("anyOf", [prop])
+        if any("type" not in a for a in alts):
+            continue
+        allowed = {a["type"] for a in alts}
+        t = json_type(v)
+        if t == "number" and isinstance(v, int) or isinstance(v, float) and v.is_integer():
+            t = "integer" if "integer" in allowed else t
+        if t not in allowed and not (t == "integer" and "number" in allowed):
+            want = " or ".join(sorted(allowed))
+            raise CnnvisError(f"bad {cls.kind} spec: field {name!r} must be {want}, not {t} {json.dumps(v)[:60]}")
+
+
 def parse_spec(obj: "Spec | dict | str | bytes") -> Spec:
     """A spec, a dict with a 'kind' key, or its JSON text -> a validated spec (CnnvisError if not)."""
     if isinstance(obj, Spec):
@@ -125,6 +156,9 @@ def parse_spec(obj: "Spec | dict | str | bytes") -> Spec:
             obj = json.loads(obj)
         except json.JSONDecodeError as e:
             raise CnnvisError(f"the job spec is not valid JSON: {e}") from None
+        except RecursionError:
+            raise CnnvisError("the job spec is nested too deeply to be one; a spec is a flat JSON object with a "
+                              "'kind' field") from None
     if not isinstance(obj, dict):
         raise CnnvisError(f"a job spec is a JSON object with a 'kind' field, got {type(obj).__name__}")
     obj = dict(obj)

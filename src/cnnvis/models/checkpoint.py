@@ -106,6 +106,9 @@ def read_metadata(path: str | os.PathLike) -> dict:
     except json.JSONDecodeError as e:
         raise CnnvisError(f"checkpoint metadata {src!r} is not valid JSON ({e.msg} at line {e.lineno} column "
                           f"{e.colno}); fix it or write it again with cnnvis.models.save_checkpoint") from None
+    except RecursionError:
+        raise CnnvisError(f"checkpoint metadata {src!r} is nested too deeply to be one; write it again with "
+                          "cnnvis.models.save_checkpoint") from None
     except (OSError, UnicodeDecodeError) as e:
         raise CnnvisError(f"checkpoint metadata {src!r} could not be read ({e})") from None
     return _check_metadata(raw, src)

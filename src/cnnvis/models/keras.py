@@ -179,6 +179,9 @@ def _parse_json(raw, src: str):
         return json.loads(raw)
     except json.JSONDecodeError as e:
         raise CnnvisError(f"Keras model config in {src!r} is not valid JSON ({e.msg}); save the model again") from None
+    except RecursionError:
+        raise CnnvisError(f"Keras model config in {src!r} is nested too deeply to be a model; save the model "
+                          "again") from None
 
 
 def _text(v) -> str:

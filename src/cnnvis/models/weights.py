@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import warnings
 from collections import OrderedDict
 from pathlib import Path
 
@@ -38,7 +39,9 @@ def read_state_dict(path: str | os.PathLike) -> "OrderedDict[str, Tensor]":
             raise CnnvisError(f"weights file {str(path)!r} is not a valid safetensors file ({e})") from None
     _check_torch_file(path)
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's notes on the pickle protocol: the message below says it all
+            warnings.simplefilter("ignore", UserWarning)
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CnnvisError(
@@ -114,6 +117,16 @@ def apply_state_dict(model: nn.Module, sd: "OrderedDict[str, Tensor]", *, source
         raise CnnvisError(
             f"{source} do not fit this model: {len(bad)} tensors have the wrong shape "
             f"(e.g. {k}: file {got}, model {want}); are they for another architecture or class count?"
+        )
+    params = {k for k, _ in model.named_parameters()}
+    stats = {k for k, _ in model.named_buffers() if k.endswith(("running_mean", "running_var"))}
+    broken = [k for k in own if (k in params or k in stats) and sd[k].is_floating_point()
+              and not bool(torch.isfinite(sd[k]).all())]
+    if broken:
+        raise CnnvisError(
+            f"{source} hold NaN or infinite values in {len(broken)} tensors (e.g. {broken[0]}): they come from a "
+            f"training run that diverged or a damaged file, and every output would be NaN; give weights saved "
+            f"before the divergence"
         )
     with torch.no_grad():
         model.load_state_dict(sd, strict=True)

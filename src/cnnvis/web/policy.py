@@ -9,21 +9,11 @@ import math
 from pathlib import Path
 
 from cnnvis.errors import CnnvisError
+from cnnvis.jobs.spec import check_json_types, json_type  # noqa: F401  (json_type re-exported)
 from cnnvis.web.context import WebContext, embedded
 from cnnvis.web.uploads import UPLOAD_RE, read_upload
 
 DATA_KINDS_FIELD = "data"
-
-
-def json_type(v) -> str:
-    """The JSON name of a decoded JSON value's type ('array', 'object', 'number', ...)."""
-    if v is None:
-        return "null"
-    if isinstance(v, bool):
-        return "boolean"
-    if isinstance(v, (int, float)):
-        return "number"
-    return {str: "string", list: "array", dict: "object"}.get(type(v), type(v).__name__)
 
 
 def need_string(body: dict, name: str, what: str) -> None:
@@ -31,26 +21,6 @@ def need_string(body: dict, name: str, what: str) -> None:
     v = body.get(name)
     if v is not None and not isinstance(v, str):
         raise CnnvisError(f"field {name!r} must be a string ({what}), not {json_type(v)} {json.dumps(v)[:60]}")
-
-
-def check_json_types(cls, body: dict) -> None:
-    """CnnvisError when a top-level field's JSON type is not one its kind's schema takes (pydantic's lax mode
-    would read `true` as 1 and `"3"` as 3); unknown fields and values inside arrays are left to the spec."""
-    props = cls.model_json_schema().get("properties", {})
-    for name, v in body.items():
-        prop = props.get(name)
-        if prop is None or v is None and name == "model":
-            continue
-        alts = prop.get("anyOf", [prop])
-        if any("type" not in a for a in alts):
-            continue
-        allowed = {a["type"] for a in alts}
-        t = json_type(v)
-        if t == "number" and isinstance(v, int) or isinstance(v, float) and v.is_integer():
-            t = "integer" if "integer" in allowed else t
-        if t not in allowed and not (t == "integer" and "number" in allowed):
-            want = " or ".join(sorted(allowed))
-            raise CnnvisError(f"bad {cls.kind} spec: field {name!r} must be {want}, not {t} {json.dumps(v)[:60]}")
 
 
 def build_spec(ctx: WebContext, body: dict):
