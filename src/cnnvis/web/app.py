@@ -58,6 +58,11 @@ async def _validation_error(request: Request, exc: RequestValidationError):
     for e in exc.errors():
         loc = ".".join(str(p) for p in e.get("loc", ()) if p not in ("body", "query", "path", "form"))
         parts.append(f"{loc or 'request'}: {e.get('msg', 'invalid')}")
+    ctype = request.headers.get("content-type", "")
+    if request.method == "POST" and any(tuple(e.get("loc", ())) == ("body",) for e in exc.errors()) \
+            and ctype and "json" not in ctype and "multipart" not in ctype:
+        parts.append(f"the body was sent as {ctype.split(';')[0]}; send the JSON object with Content-Type: "
+                     f"application/json")
     if _is_page(request):
         from cnnvis.web.pages import error_page
 
@@ -79,7 +84,11 @@ async def _http_error(request: Request, exc: StarletteHTTPException):
             msg = f"{request.method} is not how this address is used ({exc.detail})" if exc.status_code == 405 \
                 else str(exc.detail)
         return error_page(request, exc.status_code, msg)
-    return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+    detail = exc.detail
+    if exc.status_code == 400 and detail == "There was an error parsing the body":  # FastAPI's words for a body
+        detail = ("the request body could not be read as JSON (nested too deeply, or a number of over 4300 "  # json
+                  "digits); send a flat JSON object such as {\"kind\": \"classify\", ...}")  # cannot decode
+    return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
 
 async def _internal(request: Request, exc: Exception):

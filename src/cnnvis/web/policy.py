@@ -97,12 +97,20 @@ def build_spec(ctx: WebContext, body: dict):
         q = Path(p)
         if q.parent.resolve() != uploads or not UPLOAD_RE.match("upload:" + q.stem) or q.suffix != ".png" \
                 or q.is_symlink() or not q.is_file():
-            raise CnnvisError(f"photo {p!r} is not served here; give 'upload:<sha256>' (POST /api/uploads) "
-                              f"or 'sample:NAME'")
+            raise CnnvisError(f"{p!r} is not served here: this server reads only its own photos, 'upload:<sha256>' "
+                              f"(POST /api/uploads) or 'sample:NAME', and the datasets it was started with")
     for mname in spec.extra_models():  # a judge: a served model or one embedded in the package, never a
         if mname not in by_ref and not embedded(mname):  # path or a download
             raise CnnvisError(f"model {mname!r} is not served here; use one of {', '.join(served)} or 'none'")
     return spec
+
+
+def public_text(ctx: WebContext, text: str) -> str:
+    """A message as the client named things: an upload's path in the server's cache -> 'upload:<sha>'."""
+    import os
+    import re
+
+    return re.sub(re.escape(str(ctx.uploads) + os.sep) + r"([0-9a-f]{64})\.png", r"upload:\1", text)
 
 
 def public(ctx: WebContext, v):

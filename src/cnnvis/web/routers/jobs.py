@@ -14,7 +14,7 @@ from fastapi import APIRouter, Body, Depends, HTTPException, Query, Response
 
 from cnnvis.web.context import WebContext, alias_text, get_ctx
 from cnnvis.web.jobs import Job
-from cnnvis.web.policy import build_spec, public
+from cnnvis.web.policy import build_spec, public, public_text
 from cnnvis.web.schemas import JobOut, job_body_schema
 
 KEY_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -27,7 +27,7 @@ def job_out(ctx: WebContext, job: Job) -> dict:
     m = ctx.by_ref.get(job.spec.model) if job.spec is not None else None
     out = {"id": job.id, "kind": job.spec.kind if job.spec is not None else None, "status": job.status,
            "progress": {"done": job.done, "total": job.total, "desc": alias_text(m, job.desc)},
-           "error": alias_text(m, job.error) if job.error else job.error, "result": None,
+           "error": public_text(ctx, alias_text(m, job.error)) if job.error else job.error, "result": None,
            "lane": job.lane if job.spec is not None else None, "created": job.created, "started": job.started,
            "ended": job.ended, "waiting": None}
     if job.status == "queued":
