@@ -92,7 +92,8 @@ async def _http_error(request: Request, exc: StarletteHTTPException):
 
 
 async def _internal(request: Request, exc: Exception):
-    log.exception("internal error on %s %s", request.method, request.url.path)
+    # one line here: Starlette re-raises the exception after this handler, and the server logs its traceback
+    log.error("internal error on %s %s: %s: %s", request.method, request.url.path, type(exc).__name__, one_line(exc))
     msg = f"internal error: {type(exc).__name__}; see the server log"
     if _is_page(request):
         from cnnvis.web.pages import error_page
