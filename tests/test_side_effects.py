@@ -333,3 +333,72 @@ def test_filter_functions_leave_a_train_mode_model_unchanged():
     rows = render_filters(vm, ["layer2"], 2, steps=2, size=48)
     assert rows[0][2].shape[0] == 2
     assert_unchanged(net, before)
+
+
+# ---------------------------------------------------------------------- a practitioner's pass (sixth session)
+def test_capture_leaves_a_train_mode_model_unchanged():
+    """`cnnvis.capture` (the README's feature-map example) ran a train-mode model as it was: BatchNorm's
+    running statistics moved and the maps were batch-statistics maps. Now eval inside, all restored."""
+    import cnnvis
+
+    net = bn_net()
+    before = snapshot(net)
+    x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    with cnnvis.capture(net, ["5"]) as cap:
+        assert not net.training
+        cap.run(x)
+        got = cap["5"].clone()
+    assert_unchanged(net, before)
+    with torch.no_grad():
+        want = net.eval()[:6](x)
+    assert torch.equal(got, want)  # the eval-mode activation
+
+
+def test_models_in_other_dtypes_inputs_out_of_range_and_dict_outputs():
+    """A float64 / bfloat16 model took float32 images and raised torch's dtype error in every verb; a uint8 or
+    0-255 photo was clamped to white by dream and inverted as is; a model returning a dict refused the callable
+    target its own message asked for."""
+    import cnnvis
+    from cnnvis.optvis.inversion import invert
+
+    torch.manual_seed(0)
+    ref = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(8, 10)).eval()
+    x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    want = cnnvis.attribute(ref, x, "saliency", target=1)
+    wide = nn.Sequential(*[m for m in __import__("copy").deepcopy(ref)]).double()
+    got = cnnvis.attribute(wide, x, "saliency", target=1)
+    assert got.dtype == torch.float64 and torch.allclose(got.float(), want, rtol=1e-4, atol=1e-6)
+    assert all(p.dtype == torch.float64 for p in wide.parameters())
+    res = cnnvis.render(wide, cnnvis.class_logit(1), steps=2, size=32)
+    assert res.images.dtype == torch.float32 and torch.isfinite(res.images).all() and res.probs is not None
+    half = __import__("copy").deepcopy(ref).bfloat16()
+    assert cnnvis.dream(half, x, layers=["1"], octaves=1, steps_per_octave=1).shape == x.shape
+
+    for bad, words in [((x * 255).round().byte(), "uint8 tensor"), (x * 255, "divide by 255"),
+                       (x * float("nan"), "NaN"), (torch.rand(1, 1, 32, 32), "channel")]:
+        for fn in (lambda b: cnnvis.dream(ref, b, layers=["1"], octaves=1, steps_per_octave=1),
+                   lambda b: invert(ref, b, "1", steps=2)):
+            with pytest.raises(CnnvisError, match=words):
+                fn(bad)
+
+    class Dict(nn.Module):
+        def __init__(self, body):
+            super().__init__()
+            self.body = body
+
+        def forward(self, x):
+            return {"logits": self.body(x)}
+
+    for name in ("saliency", "gradcam", "ig"):
+        a = cnnvis.attribute(Dict(ref), x, name, target=lambda o: o["logits"][:, 1],
+                             **({"layer": "body.0"} if name == "gradcam" else {}))
+        b = cnnvis.attribute(ref, x, name, target=1, **({"layer": "0"} if name == "gradcam" else {}))
+        assert torch.equal(a, b), name
+    with pytest.raises(CnnvisError, match="callable target that takes it"):
+        cnnvis.attribute(Dict(ref), x, "saliency", target=1)
+    with pytest.raises(CnnvisError, match="cannot make an objective from '0:zz'"):
+        cnnvis.render(ref, "0:zz", steps=2, size=32)
+    lazy = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.LazyLinear(3))
+    with pytest.raises(CnnvisError, match="uninitialized parameters"):
+        cnnvis.attribute(lazy, x, "saliency", target=0)

@@ -114,7 +114,7 @@ def dream(
     one tile's activations; the input tensor is not changed. watch: called as watch(step, image)
     after every step (step counts over all octaves; the image (1, C, h, w) is the octave's size).
     """
-    from cnnvis.images import to_tensor
+    from cnnvis.images import check_pixels, to_tensor
     from cnnvis.layers import dream_layers, resolve_layer
     from cnnvis.models.registry import as_vismodel
     from cnnvis.optvis import PixelImage, Roll, render
@@ -130,6 +130,7 @@ def dream(
     if x0.dim() != 4 or x0.shape[0] != 1 or x0.shape[1] != c:
         raise CnnvisError(f"dream takes one image (1, {c}, H, W) for {vm.name} ({c} channel(s)) or a PIL image, "
                           f"got shape {tuple(x0.shape)}")
+    check_pixels(x0, "the dream's image")
     h, w = x0.shape[-2:]
     if min(h, w) < vm.min_size:
         raise CnnvisError(f"image is {w}x{h} pixels, too small for {vm.name}; give at least {vm.min_size} pixels a side")

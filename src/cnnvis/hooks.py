@@ -35,6 +35,8 @@ class Capture:
 
     def __init__(self, model: nn.Module, names: list[str], normalize=None, stop: bool = True):
         self.model, self.names, self.normalize, self.stop = model, names, normalize, stop
+        # a model kept in float64 / bfloat16 gets its images in its own dtype (the images are float32)
+        self.dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
         self.outputs: dict[str, Tensor] = {}
         self.finished = False  # True when the forward ran to the end (not stopped early)
 
@@ -48,6 +50,8 @@ class Capture:
         self.finished = False
         if self.normalize is not None:
             x = self.normalize(x)
+        if x.dtype != self.dtype and x.is_floating_point():
+            x = x.to(self.dtype)
         try:
             out = self.model(x)
         except _StopForward:
@@ -58,7 +62,9 @@ class Capture:
             if missing:
                 raise CnnvisError(f"layer{'s' * (len(missing) > 1)} {', '.join(map(repr, missing))} did not run in "
                                   f"the forward pass (defined in the model but not used on this input, e.g. a "
-                                  f"dropped path or an unused head); pick another layer (see `cnnvis layers`)")
+                                  f"dropped path or an unused head); pick another layer (see `cnnvis layers`)"
+                                  + ("; a torch.compile'd model runs no hooks: pass the original module "
+                                     "(model._orig_mod)" if hasattr(self.model, "_orig_mod") else ""))
         self._check_unchanged()
         return out
 
@@ -105,9 +111,12 @@ def capture(model, layers: Sequence[str], *, stop: bool = True) -> Iterator[Capt
     """Hook `layers` of `model` (an nn.Module or a VisModel; names may be aliases).
 
     With stop=True the forward pass ends right after every requested layer has produced its
-    output: nothing deeper is computed.
+    output: nothing deeper is computed. Inside the block the model is in eval mode with in-place
+    activations off (a train-mode model's BatchNorm statistics are not updated by a look); every
+    flag is restored afterwards.
     """
     from cnnvis.layers import _parts, resolve_layer
+    from cnnvis.utils import model_guard
 
     module, _, vm = _parts(model)
     normalize = vm.preprocess.normalize if vm is not None else None
@@ -116,13 +125,14 @@ def capture(model, layers: Sequence[str], *, stop: bool = True) -> Iterator[Capt
     cap = Capture(module, uniq, normalize, stop and bool(uniq))
     cap._alias = {a: r for a, r in zip(layers, names)}
     handles = []
-    try:
-        for n in uniq:
-            handles.append(module.get_submodule(n).register_forward_hook(cap._hook(n)))
-        yield cap
-    finally:
-        for h in handles:
-            h.remove()
+    with model_guard(module, freeze=False):
+        try:
+            for n in uniq:
+                handles.append(module.get_submodule(n).register_forward_hook(cap._hook(n)))
+            yield cap
+        finally:
+            for h in handles:
+                h.remove()
 
 
 def hook_count(model: nn.Module) -> int:

@@ -80,6 +80,19 @@ def load_image(path: str | os.PathLike, *, max_pixels: int = MAX_PIXELS) -> Imag
     return to_rgb(img)
 
 
+def check_pixels(x: Tensor, what: str = "the image") -> None:
+    """CnnvisError unless x is a float tensor of finite pixels in about [0, 1] (a uint8 or 0-255 image
+    was clamped to white, a NaN one failed later with another cause named)."""
+    if not x.is_floating_point():
+        raise CnnvisError(f"{what} is a {x.dtype} tensor; give float pixels in [0, 1] (x.float() / 255)")
+    if not bool(torch.isfinite(x).all()):
+        raise CnnvisError(f"{what} holds NaN or infinite values; give finite pixels in [0, 1]")
+    lo, hi = (float(v) for v in torch.aminmax(x.detach()))
+    if lo < -0.5 or hi > 1.5:
+        raise CnnvisError(f"{what} has pixels from {lo:.3g} to {hi:.3g}; give pixels in [0, 1]"
+                          + (" (divide by 255)" if hi > 2 else ""))
+
+
 def to_rgb(img: Image.Image) -> Image.Image:
     """Any PIL image -> 8-bit RGB (EXIF orientation applied)."""
     try:

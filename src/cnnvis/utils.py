@@ -191,6 +191,9 @@ def model_guard(model: nn.Module, *, eval_mode: bool = True, freeze: bool = True
     In-place activations are switched off inside the block. Restores each module's `training`
     and `inplace` flags and each parameter's `requires_grad`.
     """
+    if any(isinstance(p, nn.parameter.UninitializedParameter) for p in model.parameters()):
+        raise CnnvisError("the model has uninitialized parameters (a torch.nn.Lazy* module); run it once on an "
+                          "input of its size first, e.g. model(torch.zeros(1, 3, 224, 224))")
     training = {m: m.training for m in model.modules()}
     grads = {p: p.requires_grad for p in model.parameters()}
     inplace = {m: m.inplace for m in model.modules() if isinstance(getattr(m, "inplace", None), bool)}

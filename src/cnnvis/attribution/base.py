@@ -95,6 +95,12 @@ def check_input(x: Tensor, device: torch.device, model=None) -> Tensor:
         raise CnnvisError(f"expected a float image tensor in [0, 1], got dtype {x.dtype}")
     if not torch.isfinite(x).all():
         raise CnnvisError("the input image holds NaN or infinite values")
+    if model is not None:  # a model kept in float64 / bfloat16 gets the image in its dtype (prepare gives float32)
+        from cnnvis.layers import _parts
+
+        module = _parts(model)[0]
+        dtype = next((p.dtype for p in module.parameters() if p.is_floating_point()), x.dtype)
+        return x.detach().to(device, dtype).clone()
     return x.detach().to(device).clone()
 
 
@@ -239,15 +245,17 @@ class Attribution:
         check=False skips the index range check (a GPU sync) for targets already checked."""
         if isinstance(out, (tuple, list)):
             out = out[0]
-        if not torch.is_tensor(out):
-            raise CnnvisError(f"the model returned {type(out).__name__}, not a tensor; pass a callable target")
-        N = out.shape[0]
-        if callable(target) and not torch.is_tensor(target):
+        if callable(target) and not torch.is_tensor(target):  # it gets the output as the model returns it (a dict)
             s = target(out)
+            N = out.shape[0] if torch.is_tensor(out) else (s.shape[0] if torch.is_tensor(s) and s.dim() == 1 else -1)
             if not torch.is_tensor(s) or s.shape != (N,):
-                raise CnnvisError(f"a callable target must return one score per image, shape ({N},); "
+                raise CnnvisError(f"a callable target must return one score per image, shape (batch,); "
                                   f"got {tuple(s.shape) if torch.is_tensor(s) else type(s).__name__}")
             return s
+        if not torch.is_tensor(out):
+            raise CnnvisError(f"the model returned {type(out).__name__}, not a tensor; pass a callable target that "
+                              f"takes it and returns one score per image, e.g. lambda o: o['logits'][:, 2]")
+        N = out.shape[0]
         if target is None:
             if out.dim() != 2:  # edge maps, segmentation: the sum of the outputs
                 return out.reshape(N, -1).sum(1)

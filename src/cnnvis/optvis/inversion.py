@@ -116,6 +116,11 @@ def invert(vm, x: Tensor, layer: str, *, steps: int = 400, fourier_steps: int | 
     vm = as_vismodel(vm)
     if not torch.is_tensor(x) or x.dim() != 4 or x.shape[0] != 1:
         raise CnnvisError(f"invert takes one image (1, C, H, W) in [0, 1], got {getattr(x, 'shape', type(x))}")
+    from cnnvis.images import check_pixels
+    from cnnvis.models.registry import check_channels
+
+    check_channels(vm, x, "the photo to invert")
+    check_pixels(x, "the photo to invert")
     if steps < 1:
         raise CnnvisError(f"steps must be at least 1, got {steps}")
     name = resolve_layer(vm, layer)

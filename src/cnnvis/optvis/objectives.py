@@ -327,6 +327,9 @@ def as_objective(spec) -> Objective:
     if isinstance(spec, Objective):
         return spec
     if isinstance(spec, str) and ":" in spec:
+        from cnnvis.errors import whole_number
+
         layer, n = spec.rsplit(":", 1)
-        return channel(layer, int(n))
+        if layer.strip() and whole_number(n, signed=False) is not None:
+            return channel(layer.strip(), whole_number(n))
     raise CnnvisError(f"cannot make an objective from {spec!r}; use e.g. channel('conv3_1', 5) or 'conv3_1:5'")
