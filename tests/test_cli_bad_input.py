@@ -225,3 +225,54 @@ def test_weights_full_of_nan_are_refused_not_a_nan_answer(capsys, pelican_path, 
     torch.save(sd, tmp_path / "nan_stats.pth")
     assert "in 2 tensors" in one_error(capsys, ["classify", pelican_path, "-m", "resnet18", "--weights",
                                                 tmp_path / "nan_stats.pth"])
+
+
+def test_outputs_that_would_overwrite_data_shards_or_a_users_folder(capsys, tmp_path, mnist_run):
+    """compare wrote its picture over a dataset image; a report replaced a website's index.html; a merge
+    replaced one of its own shards; an export deleted files added to it; a FIFO in a photo folder was
+    skipped without a word; --lr 1e300 overflowed inside the optimizer (a traceback)."""
+    import json
+
+    from PIL import Image
+
+    from cnnvis.jobs.kinds_study import INDEX_FORMAT
+    from cnnvis.web.export import MARKER, _prepare_out
+
+    data = tmp_path / "digits"
+    for c in ("3", "7"):
+        (data / c).mkdir(parents=True)
+        for i in range(2):
+            Image.new("L", (28, 28), 60 * i).save(data / c / f"{i}.png")
+    before = (data / "3" / "1.png").read_bytes()
+    line = one_error(capsys, ["compare", "--model", mnist_run, "--model", mnist_run, data, "--out", "c.png",
+                              "--matches", data / "3" / "1.png"])
+    assert "inside" in line and (data / "3" / "1.png").read_bytes() == before
+    site = tmp_path / "mysite"
+    site.mkdir()
+    (site / "index.html").write_text("<h1>my homepage</h1>")
+    assert "not an earlier cnnvis report" in one_error(capsys, ["report", "--quick", "--out", site])
+    assert (site / "index.html").read_text() == "<h1>my homepage</h1>"
+    parts = []
+    for s in range(2):
+        parts.append(tmp_path / f"part{s}")
+        parts[-1].mkdir()
+        (parts[-1] / "index.json").write_text(json.dumps({"format": INDEX_FORMAT}))
+    line = one_error(capsys, ["top-examples", "--merge", *parts, "--out", parts[0]])
+    assert "the shard folder" in line and json.loads((parts[0] / "index.json").read_text()) == {"format": INDEX_FORMAT}
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.new("RGB", (32, 32)).save(photos / "a.png")
+    os.mkfifo(photos / "pipe.png")
+    assert "pipe.png (not a regular file)" in one_error(capsys, ["classify", photos])
+    assert "learning rate must be a positive number up to 100" in one_error(
+        capsys, ["train", data, "--out", tmp_path / "run", "--lr", "1e300"])
+    export = tmp_path / "site"
+    export.mkdir()
+    (export / "index.html").write_text("x")
+    (export / MARKER).write_text("written by cnnvis export-site; ...:\nindex.html\n")
+    _prepare_out(export)  # only its own files: replaced
+    (export / "mine.txt").write_text("mine")
+    with pytest.raises(CnnvisError, match=r"1 file\(s\) were added to it since \(mine.txt\)"):
+        _prepare_out(export)
+    for p in tmp_path.glob(".site.tmp-*"):
+        p.rmdir()

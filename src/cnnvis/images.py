@@ -146,7 +146,14 @@ def find_images(folder: str | os.PathLike) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise CnnvisError(f"images folder {str(folder)!r} does not exist or is not a folder")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    named = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    odd = [p for p in named if not p.is_file() and not p.is_dir()]  # a FIFO, socket, device or broken link
+    if odd:  # was skipped without a word (a corrupt file in the same folder stops the command)
+        what = lambda p: "a broken link" if p.is_symlink() and not p.exists() else "not a regular file"  # noqa: E731
+        raise CnnvisError(f"images folder {str(folder)!r} holds {len(odd)} entr{'y' if len(odd) == 1 else 'ies'} named "
+                          f"like images that cannot be read: " + ", ".join(f"{p.name} ({what(p)})" for p in odd[:3])
+                          + "; remove them or give the images another way")
+    files = [p for p in named if p.is_file()]
     if not files:
         raise CnnvisError(f"images folder {str(folder)!r} holds no images ({', '.join(IMAGE_SUFFIXES)})")
     return files

@@ -162,6 +162,24 @@ def check_sections(only: Sequence[str] | None) -> list[Section]:
     return secs
 
 
+def check_report_folder(out: Path) -> None:
+    """A report goes into a new or empty folder, or over an earlier report (its report.json says so); a folder
+    holding anything else (a website, a training run) is refused: its index.html and files would be replaced."""
+    if out.exists() and not out.is_dir():
+        raise CnnvisError(f"out {str(out)!r} is a file; give a folder for the report")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    try:
+        doc = json.loads((out / "report.json").read_text())
+        earlier = isinstance(doc, dict) and {"model", "seed", "sections"} <= set(doc)
+    except (OSError, ValueError, RecursionError):
+        earlier = False
+    if not earlier:
+        shown = ", ".join(sorted(p.name for p in out.iterdir())[:4])
+        raise CnnvisError(f"out {str(out)!r} holds files that are not an earlier cnnvis report ({shown}, ...); the "
+                          f"report would replace its index.html and more: give a new or empty folder")
+
+
 def build_report(
     vm,
     photos: Sequence[tuple[str, str]],
@@ -192,8 +210,7 @@ def build_report(
     from cnnvis.viz import render_template
 
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise CnnvisError(f"out {str(out)!r} is a file; give a folder for the report")
+    check_report_folder(out)
     if not photos:
         raise CnnvisError("the report needs at least one photo; give photos")
     secs = check_sections(only)

@@ -591,8 +591,8 @@ def _check_args(out: Path, *, epochs, batch_size, lr, limit, snapshots, held_out
         raise CnnvisError(f"epochs must be at least 1, got {epochs}")
     if batch_size is not None and batch_size < 1:
         raise CnnvisError(f"batch size must be at least 1, got {batch_size}")
-    if lr is not None and not lr > 0:
-        raise CnnvisError(f"learning rate must be positive, got {lr}")
+    if lr is not None and not 0 < lr <= 100:  # 1e300 overflowed float32 inside the optimizer step (a traceback)
+        raise CnnvisError(f"learning rate must be a positive number up to 100 (SGD's are 0.001-1), got {lr}")
     if limit is not None and limit < 2:
         raise CnnvisError(f"limit must be at least 2 images, got {limit}")
     if snapshots is not None and snapshots != "all" and epochs is not None:

@@ -7,8 +7,8 @@ import click
 from cnnvis import defaults as D
 from cnnvis import DEFAULT_MODEL
 from cnnvis.commands.common import (
-    _threads_cb, cache_option, check_out, emit, job_options, json_option, parse_names, run_job, seed_option,
-    write_image, write_file,
+    _threads_cb, cache_option, check_out, check_out_of_data, emit, job_options, json_option, parse_names, run_job,
+    seed_option, write_image, write_file,
 )
 from cnnvis.errors import CnnvisError
 
@@ -170,6 +170,8 @@ def compare_cmd(data, models, device, cache, as_json, split, limit, layers, othe
         if data is None:
             raise CnnvisError("give DATA: the images both models see (a dataset name, a zip, a folder of class "
                               "folders, or a folder of photos)")
+    check_out_of_data(out, [data])  # a dataset image overwritten, or the picture read as data next time
+    check_out_of_data(mp, [data], flag="--matches")
     if split is None and _has_test_split(data):
         split = "test"
     res = run_job("compare", model=models[0], weights=None, device=device, cache=cache, flags=_FLAGS, quiet=as_json,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
@@ -243,6 +244,12 @@ def _top_examples_merge(parts: list[str], cache, device, as_json, outp: Path, ou
 
     docs = [read_index(p) for p in parts]  # each damaged or foreign part: its one line, before any work
     check_out_of_data(out, [d.get("data") for d in docs[:1]], replaced=True)
+    o = Path(os.path.realpath(outp))
+    for p in parts:  # the merge replaces --out whole: a shard's own folder would be lost (or one inside it)
+        q = Path(os.path.realpath(p))
+        if o == q or o.is_relative_to(q) or q.is_relative_to(o):
+            raise CnnvisError(f"--out {out!r} is {'the shard folder' if o == q else 'around or inside the shard folder'} "
+                              f"{p!r}, which the merge reads; give a new folder for the merged result")
     h = docs[0]
     res = run_job("top_examples_merge", model=h.get("model"), weights=h.get("weights"), device=device, cache=cache,
                   quiet=as_json, data=h.get("data"), split=h.get("split"), layer=h.get("module"), k=h.get("k"),

@@ -118,6 +118,16 @@ def _prepare_out(out: Path) -> Path:
     if out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file():
         raise CnnvisError(f"--out {str(out)!r} is a non-empty folder that is not a cnnvis export; give a new or "
                           "empty folder")
+    if (out / MARKER).is_file():  # an earlier export: replaced whole, unless files were added to it since
+        lines = (out / MARKER).read_text(errors="replace").splitlines()
+        if len(lines) > 1:  # the list of what it wrote (exports before it listed nothing)
+            ours = set(lines[1:]) | {MARKER}
+            added = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and
+                           str(p.relative_to(out)) not in ours)
+            if added:
+                raise CnnvisError(f"--out {str(out)!r} is an earlier export, but {len(added)} file(s) were added to it "
+                                  f"since ({', '.join(added[:3])}); the export replaces the folder whole: move them "
+                                  f"out, or give another --out")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
@@ -221,7 +231,9 @@ def export_site(store, out: str | os.PathLike, models: list[str] | None = None, 
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(folder / name, dst)
             summary.files += 1
-        (tmp / MARKER).write_text("written by cnnvis export-site; the folder is replaced by the next export\n")
+        written = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
+        (tmp / MARKER).write_text("written by cnnvis export-site; the folder is replaced by the next export, which "
+                                  "refuses to if it holds other files than these:\n" + "\n".join(written) + "\n")
         summary.bytes = sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file())
         old = None
         if out.exists():
