@@ -259,6 +259,31 @@ def test_top_examples_cli_shards_merge_and_patches(mnist_run, tmp_path, capsys):
     assert "not a shard of the same run" in one_error(capsys, ["top-examples", "--merge", tmp_path / "p0",
                                                               tmp_path / "all", "--out", tmp_path / "m3"])
     assert not (tmp_path / "m2").exists() and not (tmp_path / "m3").exists()
+    # a hand-edited shard: each edit one line naming that shard (were tracebacks, or a wrong image merged)
+    import shutil
+
+    good = json.loads((tmp_path / "p1" / "index.json").read_text())
+    c = str(good["channels"][0])
+    own = good["top"][c][0]["index"]
+    other = next(i for i in range(150) if (i // 32) % 3 != 1)
+    edits = {"top is null": (lambda d: d.update(top=None), "missing fields"),
+             "an image out of range": (lambda d: d["top"][c][0].update(index=99999), "not one of its shard's images"),
+             "a negative index": (lambda d: d["top"][c][0].update(index=-3), "not one of its shard's images"),
+             "another shard's image": (lambda d: d["top"][c][0].update(index=other), "not one of its shard's images"),
+             "a unit off the map": (lambda d: d["top"][c][0].update(y=-3, x=10**9), "outside the layer's"),
+             "a NaN value": (lambda d: d["top"][c][0].update(value=float("nan")), "not numbers"),
+             "too many entries": (lambda d: d["top"][c].extend(d["top"][c]), "entries for channel")}
+    assert own // 32 % 3 == 1
+    for what, (edit, words) in edits.items():
+        shutil.rmtree(tmp_path / "h", ignore_errors=True)
+        shutil.copytree(tmp_path / "p1", tmp_path / "h")
+        d = json.loads(json.dumps(good))
+        edit(d)
+        (tmp_path / "h" / "index.json").write_text(json.dumps(d))
+        line = one_error(capsys, ["top-examples", "--merge", tmp_path / "p0", tmp_path / "h", tmp_path / "p2",
+                                  "--out", tmp_path / "m4"])
+        assert "h/index.json" in line and words in line and "run that shard again" in line, (what, line)
+    assert not (tmp_path / "m4").exists()
 
 
 def top_args(model, data, out, *extra):

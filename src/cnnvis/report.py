@@ -167,7 +167,8 @@ def check_report_folder(out: Path) -> None:
     holding anything else (a website, a training run) is refused: its index.html and files would be replaced."""
     if out.exists() and not out.is_dir():
         raise CnnvisError(f"out {str(out)!r} is a file; give a folder for the report")
-    if not out.is_dir() or not any(out.iterdir()):
+    names = {p.name for p in out.iterdir()} if out.is_dir() else set()
+    if names <= {"inputs", "img"}:  # new, empty, or a report run that stopped before its index and report.json
         return
     try:
         doc = json.loads((out / "report.json").read_text())

@@ -48,8 +48,8 @@ def report_cmd(model, weights, device, cache, images, out, quick, sections, data
     check_sections(only)  # fail fast on a typo, before any work
     from cnnvis.report import check_report_folder
 
+    check_writable(Path(out) / "index.html")  # a folder that cannot be written
     check_report_folder(Path(out))  # a website or a training run is not replaced by a report
-    check_writable(Path(out) / "index.html")  # and on a folder that cannot be written
     training = training_block(model)  # None for a registry model or a plain checkpoint
     data, data_split = _study_data(data, data_split, training)
     check_out_of_data(out, [data])  # the report's images would become the dataset's

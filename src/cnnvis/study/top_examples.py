@@ -206,6 +206,40 @@ SAME_RUN = ("format", "weights_id", "data", "split", "size", "limit", "module", 
             "shards", "images", "rf", "shape")
 
 
+def _check_entries(doc: dict, name: str) -> None:
+    """CnnvisError unless a shard's index lists, for each of its channels, at most k entries of images of its
+    own batches, at units inside the layer's map, with finite values (a hand-edited or damaged index.json
+    raised deep inside the merge, or merged a wrong image silently)."""
+    import math
+
+    def bad(what: str) -> CnnvisError:
+        return CnnvisError(f"{name}/index.json {what}; it was edited or damaged: run that shard again")
+
+    try:
+        k, n, b, S = int(doc["k"]), int(doc["images"]), int(doc["batch_size"]), int(doc.get("shards", 1))
+        h, w = (int(v) for v in list(doc["shape"])[-2:])
+        own = set(doc.get("shards_merged", [doc.get("shard", 0)]))
+        top = doc["top"]
+        for c in doc["channels"]:
+            entries = top[str(c)]
+            if not isinstance(entries, list) or len(entries) > k:
+                raise bad(f"lists {len(entries) if isinstance(entries, list) else 'no'} entries for channel {c} "
+                          f"(k is {k})")
+            for e in entries:
+                i, v, y, x = e["index"], e["value"], e["y"], e["x"]
+                if not all(type(t) is int for t in (i, y, x)) or not isinstance(v, (int, float)) \
+                        or not math.isfinite(v):
+                    raise bad(f"has an entry of channel {c} that is not numbers: {str(e)[:80]}")
+                if not 0 <= i < n or (i // b) % S not in own:
+                    raise bad(f"names image {i} for channel {c}, which is not one of its shard's images")
+                if not (0 <= y < h and 0 <= x < w):
+                    raise bad(f"names unit ({y}, {x}) for channel {c}, outside the layer's {h}x{w} map")
+    except CnnvisError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise bad("is missing fields or has fields of the wrong type") from None
+
+
 def merge_docs(docs: Sequence[dict], names: Sequence[str] | None = None) -> tuple[TopK, dict]:
     """index.json documents of the shards of one run -> (merged TopK, merged header). Every shard
     0..S-1 must be there exactly once and the parts must agree on SAME_RUN; else a CnnvisError."""
@@ -229,6 +263,8 @@ def merge_docs(docs: Sequence[dict], names: Sequence[str] | None = None) -> tupl
     if missing:
         raise CnnvisError(f"shard(s) {', '.join(map(str, missing))} of {S} missing: give the output folder of every "
                           "shard (the result would not be the top-k of the whole dataset)")
+    for d, n in zip(docs, names):
+        _check_entries(d, n)
     top = merge_top([from_index(d) for d in docs])
     header = {k: v for k, v in first.items() if k not in ("top", "seen")}
     header.update({"shard": None, "shards_merged": sorted(have), "skipped": top.skipped,
