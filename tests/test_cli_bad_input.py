@@ -276,3 +276,18 @@ def test_outputs_that_would_overwrite_data_shards_or_a_users_folder(capsys, tmp_
         _prepare_out(export)
     for p in tmp_path.glob(".site.tmp-*"):
         p.rmdir()
+
+
+def test_a_runs_recorded_data_that_is_not_found_is_named(capsys, tmp_path, mnist_run):
+    """compare without DATA reads the run's recorded dataset: when that path is not found from here, the line
+    says where it came from (was: cannot read 'good': No such file or directory)."""
+    import json
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(mnist_run, run)
+    meta = json.loads((run / "model.json").read_text())
+    meta["training"]["data"] = "nowhere/digits"
+    (run / "model.json").write_text(json.dumps(meta))
+    line = one_error(capsys, ["compare", "--model", run, "--model", mnist_run, "--out", tmp_path / "c.png"])
+    assert "was trained on 'nowhere/digits' (its model.json says so)" in line and "give DATA" in line

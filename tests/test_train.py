@@ -168,7 +168,8 @@ def test_tiny_image_error_names_the_arch(tmp_path):
 def test_cifar_cnn_on_a_cifar_subset(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr("cnnvis.jobs.runner.LINE_EVERY", 0.0)  # a progress line per step
     out = tmp_path / "cifar"
-    assert main(["train", str(CIFAR_ZIP), "--out", str(out), "--limit", "256", "--epochs", "1",
+    monkeypatch.chdir(CIFAR_ZIP.parent)  # the data given relative to here: recorded as an absolute path
+    assert main(["train", CIFAR_ZIP.name, "--out", str(out), "--limit", "256", "--epochs", "1",
                  "--threads", "1"]) == 0
     o, err = capsys.readouterr()
     assert "held-out accuracy" in o and "epoch 1/1:" in err and "loss" in err and "acc" in err
@@ -176,6 +177,7 @@ def test_cifar_cnn_on_a_cifar_subset(tmp_path, capsys, monkeypatch):
     t = meta["training"]
     assert meta["architecture"] == "cifar_cnn" and meta["input"]["shape"] == [3, 32, 32]
     assert t["held_out"] == "test split" and t["split"] == "train" and t["train_images"] == 256
+    assert t["data"] == str(CIFAR_ZIP.resolve())  # was 'cifar10-jpeg.zip': read from wherever the next command ran
     vm = load(str(out / "model.safetensors"))
     assert vm.labels == ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
     _, held, _ = open_sets(str(CIFAR_ZIP), limit=256)

@@ -741,6 +741,15 @@ def test_export_site_refuses_what_it_cannot_export(tmp_path, capsys):
     assert main(["export-site", "--cache", str(tmp_path / "empty"), "--out", str(tmp_path / "empty" / "s")]) == 2
     assert "inside the cache" in capsys.readouterr().err
     assert not (tmp_path / "site").exists()
+    # a model named that the cache holds nothing of (an empty atlas was written, exit 0)
+    from cnnvis.jobs import Result
+
+    Store(tmp_path / "other").put(Result("filters", {"kind": "filters", "model": "vgg16_hed"}, "cd" * 32, {}, {}, None))
+    assert main(["export-site", "--cache", str(tmp_path / "other"), "--out", str(tmp_path / "site"),
+                 "--model", LITE]) == 2
+    err = capsys.readouterr().err
+    assert f"holds nothing of {LITE}" in err and f"cnnvis render-all --model {LITE}" in err
+    assert not (tmp_path / "site").exists()
 
 
 # ---------------------------------------------------------------------- a real server, killed mid-job

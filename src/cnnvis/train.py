@@ -744,7 +744,7 @@ class _Snapshots:
     def __init__(self, out: Path, data, d: TrainData, fit: _Fit, mean, std) -> None:
         p = fit.plan
         self.out, self.fit, self.data, self.arch = out, fit, data, d.arch
-        self.about = {"data": str(data), "split": d.train.split, "held_out": d.how, "train_images": len(fit.ytr),
+        self.about = {"data": _data_id(data), "split": d.train.split, "held_out": d.how, "train_images": len(fit.ytr),
                       "held_out_images": int(len(fit.yte)), "run_epochs": p.epochs, "seed": p.config["seed"],
                       "batch": p.batch, "lr": p.lr, "weight_decay": p.weight_decay,
                       "optimizer": f"SGD, Nesterov momentum {MOMENTUM}",
@@ -846,7 +846,7 @@ def _save(fit: _Fit, snapshot: _Snapshots, out: Path, data, d: TrainData, seed: 
     net = fit.net.cpu().eval()
     skipped = skipped_names(d.train, d.held)  # a held-out split of the same source: each counted once
     about = snapshot.about
-    block = {"data": str(data), "split": d.train.split, "held_out": d.how, "held_out_accuracy": final,
+    block = {"data": _data_id(data), "split": d.train.split, "held_out": d.how, "held_out_accuracy": final,
              "train_images": len(fit.ytr), "held_out_images": int(len(fit.yte)),
              "skipped_images": len(skipped), "skipped_names": skipped[:SHOW_SKIPPED],
              "format_note": d.train.format_note,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 
 from cnnvis import defaults as D
@@ -116,7 +118,14 @@ def _default_data(model: str) -> str | None:
     from cnnvis.models.refs import training_block
 
     t = training_block(model)  # None for a name, a plain checkpoint or unreadable metadata (load() says why)
-    return t.get("data") if t and isinstance(t.get("data"), str) else None
+    data = t.get("data") if t and isinstance(t.get("data"), str) else None
+    if data is not None:
+        from cnnvis.data.api import known_name
+
+        if known_name(data) is None and not os.path.exists(os.path.expanduser(data)):
+            raise CnnvisError(f"the run {model!r} was trained on {data!r} (its model.json says so), which is not "
+                              f"found from here; give DATA")
+    return data
 
 
 @click.command("compare")
