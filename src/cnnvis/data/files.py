@@ -199,11 +199,13 @@ class FileSource(Source):
         kinds: Counter = Counter()
         sizes: Counter = Counter()
         tried = self._sample()
+        first_why = None
         for i in tried:
             try:
                 mode, hw = self._header(i)
             except CorruptImage as e:
                 self.log.add(i, self.item_name(i), str(e) or "unreadable")
+                first_why = first_why or str(e) or "unreadable"
                 continue
             kinds["grey" if mode in _GREY else "colour"] += 1
             sizes[hw] += 1
@@ -219,7 +221,7 @@ class FileSource(Source):
                 break
         if not sizes:
             raise CnnvisError(f"{self.name}: none of its {len(self.entries)} images can be decoded "
-                              f"(e.g. {self.entries[0]!r})")
+                              f"(e.g. {self.entries[0]!r}: {first_why or 'unreadable'})")
         if channels is None:
             channels = 1 if kinds["grey"] > kinds["colour"] else 3
         if size is None:

@@ -27,7 +27,7 @@ KINDS: dict[str, type["Spec"]] = {}
 class Spec(BaseModel):
     """Base of every job spec. Subclasses set `kind` and implement `run(vm, ctx) -> Result`."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # NaN: "should be finite", not a range
 
     kind: ClassVar[str] = ""
     title: ClassVar[str] = ""  # one line for --help, the web page and the report

@@ -59,6 +59,9 @@ def _paths(path: str | os.PathLike) -> tuple[Path, Path]:
             jsons = sorted(p.glob("*.json"))
             if len(jsons) == 1:
                 meta = jsons[0]
+            elif not jsons and ((p / ".training.lock").exists() or (p / "training-state.pt").exists()):
+                raise CnnvisError(f"{str(p)!r} is a `cnnvis train` run that has not finished (no {META_NAME!r} yet); "
+                                  f"run the same cnnvis train command again to resume it")
             elif not jsons:
                 raise CnnvisError(f"checkpoint folder {str(p)!r} has no metadata {META_NAME!r}; write it beside the "
                                   f"weights with cnnvis.models.save_checkpoint (architecture, classes, input shape)")

@@ -76,9 +76,10 @@ def check_judge(vm, judge) -> None:
                           "render optimized; give another classifier with the same labels, or --judge none")
     a, b = list(vm.labels or []), list(judge.labels or [])
     if a != b:
-        what = f"{len(b)} classes" if len(a) != len(b) else "other class names"
-        raise CnnvisError(f"judge {judge.name!r} has {what} than {vm.name!r} ({len(a)} classes); a witness needs the "
-                          "same labels: give a classifier trained on the same classes, or --judge none")
+        what = f"has {len(b)} classes where {vm.name!r} has {len(a)}" if len(a) != len(b) else \
+            f"names its classes otherwise than {vm.name!r}"
+        raise CnnvisError(f"judge {judge.name!r} {what}; a witness needs the same labels: give a classifier trained "
+                          "on the same classes, or --judge none")
 
 
 def _same_weights(a, b) -> bool:
