@@ -397,6 +397,11 @@ def test_models_in_other_dtypes_inputs_out_of_range_and_dict_outputs():
         assert torch.equal(a, b), name
     with pytest.raises(CnnvisError, match="callable target that takes it"):
         cnnvis.attribute(Dict(ref), x, "saliency", target=1)
+    for opts, words in [({"baseline": float("nan")}, "grey level in"), ({"baseline": 5.0}, "got 5.0")]:
+        with pytest.raises(CnnvisError, match=words):
+            cnnvis.attribute(ref, x, "ig", target=1, **opts)
+    with pytest.raises(CnnvisError, match="noise level must be a finite number"):
+        cnnvis.attribute(ref, x, "smoothgrad", target=1, noise=float("nan"))
     with pytest.raises(CnnvisError, match="cannot make an objective from '0:zz'"):
         cnnvis.render(ref, "0:zz", steps=2, size=32)
     lazy = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.LazyLinear(3))

@@ -169,6 +169,7 @@ def _flag_names(msg: str, flags: dict[str, str]) -> str:
     """Compute errors name parameters ('field steps'); the CLI names its flags (--steps)."""
     def sub(m):
         name = m.group(2)
+        name = name[len("options."):] if name.startswith("options.") else name  # a method's option is its own flag
         return flags.get(name, "--" + name.replace("_", "-"))
 
     if "unknown field" not in msg:  # the list of a spec's fields helps only with an unknown one

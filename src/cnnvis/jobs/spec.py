@@ -88,14 +88,23 @@ def register(cls: type[Spec]) -> type[Spec]:
     return cls
 
 
+_UNION_BRANCHES = {"float", "int", "str", "bool", "none", "list[int]", "list[str]"}
+
+
 def _loc(err: dict) -> str:
     return ".".join(str(p) for p in err.get("loc", ())) or "(spec)"
 
 
 def validation_message(e: ValidationError, kind: str) -> str:
     """A pydantic error -> one line naming each bad field and what it should be."""
-    parts = []
+    parts, seen = [], set()
     for err in e.errors():
+        loc = list(err.get("loc", ()))
+        if len(loc) > 1 and loc[-1] in _UNION_BRANCHES:  # a union's branches fail one by one: the value's error
+            err = {**err, "loc": tuple(loc[:-1])}
+            if _loc(err) in seen:
+                continue
+        seen.add(_loc(err))
         if err.get("type") == "extra_forbidden":
             parts.append(f"unknown field {_loc(err)!r}")
         else:
