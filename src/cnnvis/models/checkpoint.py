@@ -61,7 +61,9 @@ def _paths(path: str | os.PathLike) -> tuple[Path, Path]:
                 meta = jsons[0]
             elif not jsons and ((p / ".training.lock").exists() or (p / "training-state.pt").exists()):
                 raise CnnvisError(f"{str(p)!r} is a `cnnvis train` run that has not finished (no {META_NAME!r} yet); "
-                                  f"run the same cnnvis train command again to resume it")
+                                  f"run the same cnnvis train command again to resume it"
+                                  + (f" (the finished run it replaces is kept in {str(p / '.overwritten')!r} until "
+                                     f"then)" if (p / ".overwritten").is_dir() else ""))
             elif not jsons:
                 raise CnnvisError(f"checkpoint folder {str(p)!r} has no metadata {META_NAME!r}; write it beside the "
                                   f"weights with cnnvis.models.save_checkpoint (architecture, classes, input shape)")
