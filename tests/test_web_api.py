@@ -389,11 +389,16 @@ def test_data_belongs_to_a_model(app, tmp_path, mnist_run):
 
 
 def test_failed_job_keeps_its_error(client, mid):
-    # a spec valid on its face that fails while running: a layer the net does not have
+    # a layer or a class the net does not have: refused when asked (was a job that failed later)
+    for field, value in (("layer", "no_such_layer"), ("target", "no_such_class")):
+        r = client.post("/api/jobs", json={"kind": "attribution", "model": mid, "image": "sample:chelsea",
+                                           field: value})
+        assert r.status_code == 400 and value in one_line_detail(r)
+    # a spec valid on its face that fails while running: the feature maps of a layer without spatial maps
     job = client.post("/api/jobs", json={"kind": "feature_maps", "model": mid, "image": "sample:chelsea",
-                                         "layer": "no_such_layer"}).json()
+                                         "layer": "classifier.4"}).json()
     last = wait(client, job["id"])[-1]
-    assert last["status"] == "failed" and "no_such_layer" in last["error"] and "\n" not in last["error"]
+    assert last["status"] == "failed" and "no spatial extent" in last["error"] and "\n" not in last["error"]
     assert client.get(f"/api/jobs/{job['id']}").json()["error"] == last["error"]
 
 

@@ -102,7 +102,23 @@ def build_spec(ctx: WebContext, body: dict):
     for mname in spec.extra_models():  # a judge: a served model or one embedded in the package, never a
         if mname not in by_ref and not embedded(mname):  # path or a download
             raise CnnvisError(f"model {mname!r} is not served here; use one of {', '.join(served)} or 'none'")
+    _check_names(m.vm, spec)
     return spec
+
+
+def _check_names(vm, spec) -> None:
+    """Layers and a class the served model does not have: a 400 now, not a job that fails later (names only,
+    no forward pass)."""
+    from cnnvis.jobs.helpers import class_target
+    from cnnvis.layers import resolve_layer
+
+    for field in ("layer", "layers"):
+        v = getattr(spec, field, None)
+        for n in [v] if isinstance(v, str) else (v or []):
+            resolve_layer(vm, n)  # unknown: one line with close names
+    t = getattr(spec, "target", None)
+    if t is not None:
+        class_target(vm, t)
 
 
 def public_text(ctx: WebContext, text: str) -> str:
