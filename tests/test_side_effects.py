@@ -404,6 +404,11 @@ def test_models_in_other_dtypes_inputs_out_of_range_and_dict_outputs():
         cnnvis.attribute(ref, x, "smoothgrad", target=1, noise=float("nan"))
     with pytest.raises(CnnvisError, match="cannot make an objective from '0:zz'"):
         cnnvis.render(ref, "0:zz", steps=2, size=32)
+    tiny = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+    with pytest.raises(CnnvisError, match="the 1x1 image is too small for this model"):
+        cnnvis.render(tiny, cnnvis.class_logit(1), steps=2, size=1)
+    with pytest.raises(CnnvisError, match="the 2x2 input image is too small for this model"):
+        cnnvis.attribute(tiny, torch.rand(1, 3, 2, 2), "saliency", target=0)
     lazy = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.LazyLinear(3))
     with pytest.raises(CnnvisError, match="uninitialized parameters"):
         cnnvis.attribute(lazy, x, "saliency", target=0)

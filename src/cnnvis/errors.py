@@ -44,3 +44,17 @@ def whole_number(text: str, *, signed: bool = True, digits: int = 18) -> int | N
     if not body or len(body) > digits or not (body.isascii() and body.isdigit()):
         return None
     return int(t)
+
+
+_TOO_SMALL = ("Kernel size can't be greater than actual input size", "Output size is too small",
+              "smaller than kernel size", "Calculated padded input size per channel")
+
+
+def too_small(e: BaseException, what: str) -> CnnvisError | None:
+    """torch's error for an input smaller than a kernel or a pool of the model -> one line saying so (None
+    for any other error)."""
+    msg = str(e)
+    if isinstance(e, RuntimeError) and any(s in msg for s in _TOO_SMALL):
+        first = msg.strip().splitlines()[0][:160]
+        return CnnvisError(f"{what} is too small for this model (torch: {first}); give a larger image or size")
+    return None

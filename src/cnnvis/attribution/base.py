@@ -154,7 +154,15 @@ class Attribution:
         x = check_input(x, self.device, self.model)
         target = self.prepare_target(target, x.shape[0])
         with model_guard(self.module), torch.enable_grad():
-            out = fn(x, target)
+            try:
+                out = fn(x, target)
+            except RuntimeError as e:
+                from cnnvis.errors import too_small
+
+                small = too_small(e, f"the {x.shape[-2]}x{x.shape[-1]} input image")
+                if small is None:
+                    raise
+                raise small from None
         return tuple(o.detach() for o in out) if isinstance(out, tuple) else out.detach()
 
     def map(self, x: Tensor, target=None) -> Tensor:

@@ -171,17 +171,26 @@ def render(
     run = _Run(vm, objective, cfg, start, tf, roll, regs, targets, judge, watch, watch_every, watch_steps)
     with model_guard(vm.model), capture(vm.model, list(start.resolved.values()), stop=not run.needs_out) as cap:
         run.attach(cap)
-        for i in progress_iter(range(cfg.steps), total=cfg.steps, desc=desc, progress=progress):
-            if i >= run.bounds[run.octave]:
-                run.next_octave()
-            if not run.step(i):
-                break  # a tiled image went non-finite
-            if run.tiled:
-                continue
-            if run.n_run % cfg.check_every == 0 or run.n_run == cfg.steps:
-                run.check()
-                if bool(run.done.all()):
-                    break
+        try:
+            for i in progress_iter(range(cfg.steps), total=cfg.steps, desc=desc, progress=progress):
+                if i >= run.bounds[run.octave]:
+                    run.next_octave()
+                if not run.step(i):
+                    break  # a tiled image went non-finite
+                if run.tiled:
+                    continue
+                if run.n_run % cfg.check_every == 0 or run.n_run == cfg.steps:
+                    run.check()
+                    if bool(run.done.all()):
+                        break
+        except RuntimeError as e:
+            from cnnvis.errors import too_small
+
+            size = getattr(cfg, "size", None)
+            small = too_small(e, f"the {size}x{size} image" if isinstance(size, int) else "the image")
+            if small is None:
+                raise
+            raise small from None
     res = _finish(run)
     if targets is not None and vm.task == "classification":
         _score(res, vm, run.fit, judge, targets)
