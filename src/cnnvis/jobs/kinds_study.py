@@ -302,9 +302,14 @@ class TopExamplesSpec(Spec):
         return render_top(ds, top, header, grids=self.grids)
 
 
-def render_top(ds, top, header: dict, grids: bool = True) -> tuple[dict, dict, str]:
+def render_top(ds, top, header: dict, grids: bool = True, expect: dict | None = None) -> tuple[dict, dict, str]:
     """TopK + its header -> (index document, files {index.json, channel_XXX.png}, main file);
-    grids=False: the index alone (a shard that is only merged)."""
+    grids=False: the index alone (a shard that is only merged). Each entry records a digest of its image;
+    `expect` {image index: digest} (what the shards saw): an image that differs now is a CnnvisError."""
+    import hashlib
+
+    import torch
+
     from cnnvis.study.dataref import class_name
     from cnnvis.study.maps import tile_scale
     from cnnvis.study.receptive import RF
@@ -328,9 +333,13 @@ def render_top(ds, top, header: dict, grids: bool = True) -> tuple[dict, dict, s
                     cache.clear()
                 cache[i] = ds[i]
             img, label = cache[i]
+            digest = hashlib.sha256((img.clamp(0, 1) * 255).round().to(torch.uint8).numpy().tobytes()).hexdigest()[:16]
+            if expect and expect.get(i, digest) != digest:
+                raise CnnvisError(f"image {i} of {header['data']!r} is not the one the shards saw (it changed since "
+                                  f"they ran, as did the activations they recorded); run the shards again")
             box = list(rf.box(y, x, hw)) if rf else [0, 0, hw[0] - 1, hw[1] - 1]
             entries.append({"index": i, "label": int(label), "class": class_name(None, ds, int(label)),
-                            "value": v, "y": y, "x": x, "box": box})
+                            "value": v, "y": y, "x": x, "box": box, "digest": digest})
             if not grids:
                 continue
             pil = to_pil(upscale(img, f_img)).convert("RGB")
@@ -443,5 +452,6 @@ class TopExamplesMergeSpec(Spec):
         if len(ds) != header["images"]:
             raise CnnvisError(f"dataset {header['data']!r} now has {len(ds)} images, the shards saw "
                               f"{header['images']}: it changed; run the shards again")
-        doc, files, main = render_top(ds, top, header)
+        expect = {e["index"]: e["digest"] for d in docs for es in d["top"].values() for e in es if "digest" in e}
+        doc, files, main = render_top(ds, top, header, expect=expect)
         return doc, files, main
