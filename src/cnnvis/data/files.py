@@ -135,7 +135,8 @@ def resolve_layout(rels: list[str], where: str, split: str | None):
         if split not in (None, "all"):
             raise CnnvisError(
                 f"{where} has no split folders (it is class/xxx.jpg), so split={split!r} does not apply: "
-                "leave split out and make a held-out set with train_test_split(ds, 0.2)")
+                "leave --split out (a run holds out a stratified part itself, e.g. train --held-out 0.2; in "
+                "Python: train_test_split(ds, 0.2))")
         canon, note = _fold_classes(Counter(p[0] for p in parts), where, {c: [pre + c] for c in {p[0] for p in parts}})
         classes = sorted(set(canon.values()))
         cidx = {c: k for k, c in enumerate(classes)}
