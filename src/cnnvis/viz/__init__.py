@@ -102,6 +102,17 @@ def font(size: int = 12) -> ImageFont.ImageFont:
         return ImageFont.load_default()
 
 
+def _wrap(text: str, f, width: int) -> list[str]:
+    """Words of `text` in lines at most `width` px wide in font `f` (a single longer word keeps its own line)."""
+    lines: list[str] = []
+    for word in str(text).split(" "):
+        if lines and _text_w(f, lines[-1] + " " + word) <= width:
+            lines[-1] += " " + word
+        else:
+            lines.append(word)
+    return lines or [""]
+
+
 def grid(
     images: Sequence[Sequence[Image.Image | Tensor | None]],
     *,
@@ -124,13 +135,14 @@ def grid(
     f = font(max(10, min(14, min(cw, ch) // 6)))
     lw = label_width if label_width is not None else (max((_text_w(f, s) for s in row_labels), default=0) + 8 if row_labels else 0)
     th = 16 if col_labels else 0
-    tt = 20 if title else 0
     W = lw + n_cols * (cw + pad) + pad
+    lines = _wrap(title, font(14), W - 2 * pad) if title else []  # a long title is wrapped, not cut at the edge
+    tt = 18 * len(lines) + (2 if lines else 0)
     H = tt + th + len(rows) * (ch + pad) + pad
     canvas = Image.new("RGB", (W, H), "white")
     d = ImageDraw.Draw(canvas)
-    if title:
-        d.text((pad, 3), title, fill="black", font=font(14))
+    for k, line in enumerate(lines):
+        d.text((pad, 3 + 18 * k), line, fill="black", font=font(14))
     if col_labels:
         for j, s in enumerate(col_labels):
             d.text((lw + pad + j * (cw + pad), tt + 2), str(s), fill="black", font=f)

@@ -146,6 +146,6 @@ def assign(served: dict, data, own) -> None:
             m.data = d
             m.data_note = (m.data_note + "; " if m.data_note else "") + "its own training data"
         elif not m.data_note:
-            m.data_note = "no dataset is served for it: start cnnvis serve with --data MODEL=DATA"
+            m.data_note = "none given"  # the pages and errors say how to give one
     for m in served.values():
         m.evaluate_note = evaluable(m.data, m.vm) if m.data else None

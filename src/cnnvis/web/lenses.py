@@ -287,8 +287,9 @@ def form_fields(ctx, m, kind: str, q: dict) -> list[dict]:
     def sel(name, label, options, value):
         return {"name": name, "label": label, "type": "select", "options": options, "value": value}
 
-    def txt(name, label, placeholder, typ="text"):
-        return {"name": name, "label": label, "type": typ, "value": q.get(name) or "", "placeholder": placeholder}
+    def txt(name, label, placeholder, typ="text", lo=0, hi=None):
+        return {"name": name, "label": label, "type": typ, "value": q.get(name) or "", "placeholder": placeholder,
+                "min": lo, "max": hi}  # a number field's bounds: the browser's check, the server's range
 
     maps = [(r["alias"] or r["name"], f"{r['alias'] or r['name']} {'×'.join(map(str, r['shape']))}") for r in m.layers
             if isinstance(r.get("shape"), list) and len(r["shape"]) == 3]
@@ -300,8 +301,8 @@ def form_fields(ctx, m, kind: str, q: dict) -> list[dict]:
         side = int(min(m.vm.input_shape[1:]))
         return [sel("photo", "photo", photos, ph or photos[0][0]),
                 txt("target", "class", "the photo's top-1 class") if m.vm.task == "classification" else None,
-                txt("window", "window px", f"{max(1, round(side / 5))} (a fifth of {side})", "number"),
-                txt("stride", "stride px", "a quarter of the window", "number"),
+                txt("window", "window px", f"{max(1, round(side / 5))} (a fifth of {side})", "number", 1, side),
+                txt("stride", "stride px", "a quarter of the window", "number", 1, side),
                 sel("layer", "feature map of", [("", "the deepest classic layer")] + maps, q.get("layer") or "")]
     if kind == "inversion":
         rows = [(r["alias"] or r["name"], f"{r['alias'] or r['name']} {'×'.join(map(str, r['shape']))}")

@@ -294,6 +294,7 @@
   function findTarget(ls, text) {
     const m = text.trim().match(/^(.*?)(?:\s*[#:/\s]\s*(\d+))?$/);
     const name = (m[1] || "").trim().toLowerCase();
+    if (!name) return [null, null];  // an empty search matched the first layer without an alias
     const row = ls.find((l) => l.name.toLowerCase() === name) || ls.find((l) => (l.alias || "").toLowerCase() === name);
     return [row, m[2] !== undefined ? Number(m[2]) : null];
   }
@@ -310,6 +311,10 @@
       ev.preventDefault();
       clearError(box);
       const text = $("#search-q").value;
+      if (!text.trim()) {
+        showError(box, "type a layer name or alias, and a channel as 'conv1 #5'");
+        return;
+      }
       const [row, c] = findTarget(ls, text);
       if (!row) {
         const near = ls.filter((l) => (l.name + " " + (l.alias || "")).toLowerCase()
@@ -593,6 +598,15 @@
       show(s).catch((e) => showError(errBox($("#neuron-job")), e.message));
     });
     show(readState()).catch((e) => showError(errBox($("#neuron-job")), e.message));
+    window.addEventListener("popstate", () => {  // Back/Forward: the map and the neuron follow the URL
+      const s = readState();
+      if (!s.photo) {
+        map = null;
+        out.replaceChildren();
+        return;
+      }
+      show(s).catch((e) => showError(errBox($("#neuron-job")), e.message));
+    });
   }
 
   async function photoPage() {
@@ -924,7 +938,7 @@
   }
 
   async function studyPage() {
-    models().then((ms) => {
+    const ready = models().then((ms) => {
       const me = ms.find((m) => m.id === MID);
       if (me && !me.data) {
         for (const id of ["#eval-btn", "#embed-btn"]) $(id).disabled = true;
@@ -943,6 +957,8 @@
     async function evaluate() {
       const out = $("#eval-out");
       out.replaceChildren();
+      await ready;
+      if ($("#eval-btn").disabled) return;  // no data to score (the note says why): no job to fail
       let st, spec;
       try {
         const t = BOOT.training;
@@ -969,6 +985,8 @@
     async function embed(limit) {
       const out = $("#embed-out");
       out.replaceChildren();
+      await ready;
+      if ($("#embed-btn").disabled) return;  // no data served (the note says why): no job to fail
       $("#embed-limit").value = limit;
       let st;
       try {
