@@ -35,8 +35,9 @@ class Capture:
 
     def __init__(self, model: nn.Module, names: list[str], normalize=None, stop: bool = True):
         self.model, self.names, self.normalize, self.stop = model, names, normalize, stop
-        # a model kept in float64 / bfloat16 gets its images in its own dtype (the images are float32)
-        self.dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+        from cnnvis.utils import module_dtype
+
+        self.dtype = module_dtype(model)  # a model kept in float64 / bfloat16 gets its images in its own dtype
         self.outputs: dict[str, Tensor] = {}
         self.finished = False  # True when the forward ran to the end (not stopped early)
 
@@ -50,7 +51,7 @@ class Capture:
         self.finished = False
         if self.normalize is not None:
             x = self.normalize(x)
-        if x.dtype != self.dtype and x.is_floating_point():
+        if self.dtype is not None and x.dtype != self.dtype and x.is_floating_point():
             x = x.to(self.dtype)
         try:
             out = self.model(x)

@@ -21,6 +21,12 @@ from cnnvis.errors import CnnvisError
 MAX_PIXELS = 100_000_000  # refuse larger declared sizes (decompression bombs); 12 MP photos are fine
 MAX_ASPECT = 20  # refuse images more elongated than 20:1: scaling the shorter side to a model's input would
 # blow the longer one up (a 50000x1 PNG of 225 bytes -> 12,800,000 x 256 pixels)
+# the one list of image files read as input (photos, image folders, datasets), by suffix
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm")
+# the image files written (--out, save_png): suffix -> PIL format
+OUTPUT_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP", ".tif": "TIFF",
+                  ".tiff": "TIFF"}
+OUTPUT_SUFFIXES = tuple(OUTPUT_FORMATS)
 
 
 def aspect_problem(w: int, h: int) -> str | None:
@@ -29,12 +35,6 @@ def aspect_problem(w: int, h: int) -> str | None:
         return (f"is {w}x{h}, {max(w, h) / min(w, h):.0f} times longer one way than the other (the limit is "
                 f"{MAX_ASPECT}:1); crop it to the part to look at")
     return None
-# the one list of image files read as input (photos, image folders, datasets), by suffix
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm")
-# the image files written (--out, save_png): suffix -> PIL format
-OUTPUT_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP", ".tif": "TIFF",
-                  ".tiff": "TIFF"}
-OUTPUT_SUFFIXES = tuple(OUTPUT_FORMATS)
 
 
 def load_image(path: str | os.PathLike, *, max_pixels: int = MAX_PIXELS) -> Image.Image:
@@ -66,8 +66,8 @@ def load_image(path: str | os.PathLike, *, max_pixels: int = MAX_PIXELS) -> Imag
                 )
             if w == 0 or h == 0:
                 raise CnnvisError(f"image {name!r} has zero size")
-            if aspect_problem(w, h):
-                raise CnnvisError(f"image {name!r} {aspect_problem(w, h)}")
+            if why := aspect_problem(w, h):
+                raise CnnvisError(f"image {name!r} {why}")
             img.load()
     except CnnvisError:
         raise
@@ -80,13 +80,16 @@ def load_image(path: str | os.PathLike, *, max_pixels: int = MAX_PIXELS) -> Imag
     return to_rgb(img)
 
 
-def check_pixels(x: Tensor, what: str = "the image") -> None:
-    """CnnvisError unless x is a float tensor of finite pixels in about [0, 1] (a uint8 or 0-255 image
-    was clamped to white, a NaN one failed later with another cause named)."""
+def check_pixels(x: Tensor, what: str = "the image", *, in_range: bool = True) -> None:
+    """CnnvisError unless x is a float tensor of finite pixels, in about [0, 1] with `in_range` (a uint8 or 0-255
+    image was clamped to white, a NaN one failed later with another cause named). Without it (attribution, whose
+    input to a bare module may be normalized already) only the dtype and finiteness are checked."""
     if not x.is_floating_point():
         raise CnnvisError(f"{what} is a {x.dtype} tensor; give float pixels in [0, 1] (x.float() / 255)")
     if not bool(torch.isfinite(x).all()):
         raise CnnvisError(f"{what} holds NaN or infinite values; give finite pixels in [0, 1]")
+    if not in_range:
+        return
     lo, hi = (float(v) for v in torch.aminmax(x.detach()))
     if lo < -0.5 or hi > 1.5:
         raise CnnvisError(f"{what} has pixels from {lo:.3g} to {hi:.3g}; give pixels in [0, 1]"

@@ -37,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -679,8 +680,6 @@ def _earlier_run(out: Path, overwrite: bool, config: dict) -> dict | None:
     state = None
     state_file = _state_path(out)
     if overwrite:
-        import shutil
-
         aside = out / OVERWRITTEN_DIR
         if not aside.exists() and (out / META_NAME).exists():  # a finished run: kept until the new one is saved
             aside.mkdir()
@@ -690,8 +689,6 @@ def _earlier_run(out: Path, overwrite: bool, config: dict) -> dict | None:
         for name in (META_NAME, WEIGHTS_NAME, STATE_NAME):  # else: what a killed --overwrite run left
             if (out / name).exists():
                 (out / name).unlink()
-        if (out / SNAPSHOTS_DIR).is_dir() and not (out / SNAPSHOTS_DIR).is_symlink():
-            shutil.rmtree(out / SNAPSHOTS_DIR)
         _clear_snapshots(out, keep_done=False)
     elif state_file.exists():
         state = _read_state(state_file)
@@ -892,8 +889,6 @@ def _save(fit: _Fit, snapshot: _Snapshots, out: Path, data, d: TrainData, seed: 
     state_file = _state_path(out)
     if state_file.exists():
         state_file.unlink()
-    import shutil
-
     shutil.rmtree(out / OVERWRITTEN_DIR, ignore_errors=True)  # the run --overwrite replaced: this one is saved
     if log is not None:
         log(f"held-out accuracy {final:.4f} ({len(fit.yte)} images, {_fmt_held(d.how)}); checkpoint {str(mpath)!r}")

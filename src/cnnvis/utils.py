@@ -26,6 +26,12 @@ def module_device(module: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def module_dtype(module: nn.Module) -> torch.dtype | None:
+    """The floating dtype of a module's first floating parameter (None without one): the dtype its input is
+    cast to, so a model kept in float64 or bfloat16 takes the float32 images every part of cnnvis makes."""
+    return next((p.dtype for p in module.parameters() if p.is_floating_point()), None)
+
+
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
     """'cpu', 'cuda', 'cuda:1', 'auto' or None (= auto) -> torch.device; clear error if CUDA is missing."""
     if isinstance(device, torch.device):

@@ -91,16 +91,14 @@ def check_input(x: Tensor, device: torch.device, model=None) -> Tensor:
         from cnnvis.models.registry import check_channels
 
         check_channels(model, x, "the input image x")
-    if not x.is_floating_point():
-        raise CnnvisError(f"expected a float image tensor in [0, 1], got dtype {x.dtype}")
-    if not torch.isfinite(x).all():
-        raise CnnvisError("the input image holds NaN or infinite values")
+    from cnnvis.images import check_pixels
+
+    check_pixels(x, "the input image", in_range=False)
     if model is not None:  # a model kept in float64 / bfloat16 gets the image in its dtype (prepare gives float32)
         from cnnvis.layers import _parts
+        from cnnvis.utils import module_dtype
 
-        module = _parts(model)[0]
-        dtype = next((p.dtype for p in module.parameters() if p.is_floating_point()), x.dtype)
-        return x.detach().to(device, dtype).clone()
+        return x.detach().to(device, module_dtype(_parts(model)[0]) or x.dtype).clone()
     return x.detach().to(device).clone()
 
 

@@ -8,7 +8,7 @@ from typing import Annotated
 from pydantic import AfterValidator, Field, ValidationInfo
 from pydantic_core import PydanticCustomError
 
-from cnnvis.errors import CnnvisError, whole_number
+from cnnvis.errors import CnnvisError
 from cnnvis.jobs.spec import Spec
 
 # Pixels a side of any image a job puts through the network (photo inputs, renders, dream tiles).
@@ -103,10 +103,7 @@ def class_target(vm, target):
         return None
     if vm.task != "classification":
         raise CnnvisError(f"model {vm.name!r} is not a classifier ({vm.task}); give no target")
-    t = target.strip() if isinstance(target, str) else target
-    if isinstance(t, str) and whole_number(t) is not None:
-        t = whole_number(t)
-    return vm.class_index(t)
+    return vm.class_index(target)  # an index, its digits ('144') or a name
 
 
 class PhotoSpec(Spec):

@@ -328,15 +328,16 @@ def render_top(ds, top, header: dict, grids: bool = True, expect: dict | None = 
     for r, c in enumerate(header["channels"]):
         entries, ims, pats, labs, plabs = [], [], [], [], []
         for v, i, y, x in top.entries(r):
-            if i not in cache:
+            if i not in cache:  # an image in the top of several channels: read, digested and checked once
                 if len(cache) > 4096:
                     cache.clear()
-                cache[i] = ds[i]
-            img, label = cache[i]
-            digest = hashlib.sha256((img.clamp(0, 1) * 255).round().to(torch.uint8).numpy().tobytes()).hexdigest()[:16]
-            if expect and expect.get(i, digest) != digest:
-                raise CnnvisError(f"image {i} of {header['data']!r} is not the one the shards saw (it changed since "
-                                  f"they ran, as did the activations they recorded); run the shards again")
+                img, label = ds[i]
+                digest = hashlib.sha256((img.clamp(0, 1) * 255).round().to(torch.uint8).numpy().tobytes()).hexdigest()[:16]
+                if expect and expect.get(i, digest) != digest:
+                    raise CnnvisError(f"image {i} of {header['data']!r} is not the one the shards saw (it changed "
+                                      f"since they ran, as did the activations they recorded); run the shards again")
+                cache[i] = img, label, digest
+            img, label, digest = cache[i]
             box = list(rf.box(y, x, hw)) if rf else [0, 0, hw[0] - 1, hw[1] - 1]
             entries.append({"index": i, "label": int(label), "class": class_name(None, ds, int(label)),
                             "value": v, "y": y, "x": x, "box": box, "digest": digest})

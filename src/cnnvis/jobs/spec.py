@@ -160,7 +160,8 @@ def parse_spec(obj: "Spec | dict | str | bytes") -> Spec:
     """A spec, a dict with a 'kind' key, or its JSON text -> a validated spec (CnnvisError if not)."""
     if isinstance(obj, Spec):
         return obj
-    if isinstance(obj, (str, bytes)):
+    text = isinstance(obj, (str, bytes))
+    if text:
         try:
             obj = json.loads(obj)
         except json.JSONDecodeError as e:
@@ -174,4 +175,7 @@ def parse_spec(obj: "Spec | dict | str | bytes") -> Spec:
     kind = obj.pop("kind", None)
     if not isinstance(kind, str):
         raise CnnvisError(f"the job spec has no 'kind'; one of: {', '.join(sorted(KINDS))}")
-    return make_spec(kind, **obj)
+    spec = make_spec(kind, **obj)
+    if text:  # JSON from a user: `true` is not a seed, "224" not a size (pydantic's lax mode would take both)
+        check_json_types(type(spec), obj)
+    return spec

@@ -145,10 +145,7 @@ class Store:
         now = self._index_id()
         if held is not None and now is not None and held[1] == now:
             return held[0]
-        if held is not None:
-            self._local.con = None
-            with contextlib.suppress(sqlite3.Error):
-                held[0].close()
+        self._drop_con()
         if now is None:
             with self._index_lock:  # one thread rebuilds; the others find the new index in place
                 if self._index_id() is None:
@@ -158,26 +155,33 @@ class Store:
         except sqlite3.DatabaseError as e:
             if _unwritable(e):
                 raise _sqlite_error(e, self.root) from None
-            with self._index_lock:
-                self._set_aside_index()
-                self.rebuild()
+            self._replace_index(None)
             con = self._connect()
         self._local.con = (con, self._index_id())
         return con
 
-    def _recover(self) -> None:
-        """The index was found corrupt while in use: set it aside and rebuild it (every thread reconnects),
-        unless another thread has done so since this thread connected."""
+    def _drop_con(self) -> tuple | None:
+        """Close this thread's connection; returns what it held ((connection, index id) or None)."""
         held = getattr(self._local, "con", None)
         self._local.con = None
         if held is not None:
             with contextlib.suppress(sqlite3.Error):
                 held[0].close()
+        return held
+
+    def _replace_index(self, seen: tuple[int, int] | None) -> None:
+        """Set a corrupt index aside and rebuild it from the folders, once: not when the index in place is no
+        longer the one `seen` (another thread or process replaced it since)."""
         with self._index_lock:
-            if held is not None and self._index_id() != held[1]:
+            if seen is not None and self._index_id() != seen:
                 return
             self._set_aside_index()
             self.rebuild()
+
+    def _recover(self) -> None:
+        """The index was found corrupt while in use: replace it (every thread reconnects to the new one)."""
+        held = self._drop_con()
+        self._replace_index(held[1] if held is not None else None)
 
     def _folder(self, key: str) -> Path:
         return self.root / "objects" / key[:2] / key

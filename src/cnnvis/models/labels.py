@@ -24,8 +24,8 @@ def _norm(name: str) -> str:
 def class_index(target: str | int, labels: Sequence[str] | None, num_classes: int | None = None) -> int:
     """Resolve a class given as an index (144, '144') or a name ('pelican', 'golden_retriever')."""
     n = num_classes if num_classes is not None else (len(labels) if labels else None)
-    if isinstance(target, int) or (isinstance(target, str) and whole_number(target) is not None):
-        idx = target if isinstance(target, int) else whole_number(target)
+    idx = target if isinstance(target, int) else whole_number(str(target))
+    if idx is not None:
         if n is not None and not 0 <= idx < n:
             raise CnnvisError(f"class index {idx} is out of range; this model has classes 0..{n - 1}")
         return idx

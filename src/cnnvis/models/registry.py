@@ -71,11 +71,11 @@ class VisModel:
         self.input_shape = shape
 
     def __call__(self, x: Tensor) -> Tensor:
+        from cnnvis.utils import module_dtype
+
         x = self.preprocess.normalize(x)
-        p = next(self.model.parameters(), None)
-        if p is not None and p.is_floating_point() and x.is_floating_point() and x.dtype != p.dtype:
-            x = x.to(p.dtype)  # a model kept in float64 / bfloat16: images are float32
-        return self.model(x)
+        dtype = module_dtype(self.model)  # a model kept in float64 / bfloat16: images are float32
+        return self.model(x.to(dtype) if dtype is not None and x.is_floating_point() else x)
 
     @property
     def channels(self) -> int:

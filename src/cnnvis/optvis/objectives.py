@@ -330,6 +330,7 @@ def as_objective(spec) -> Objective:
         from cnnvis.errors import whole_number
 
         layer, n = spec.rsplit(":", 1)
-        if layer.strip() and whole_number(n, signed=False) is not None:
-            return channel(layer.strip(), whole_number(n))
+        c = whole_number(n, signed=False)
+        if layer.strip() and c is not None:
+            return channel(layer.strip(), c)
     raise CnnvisError(f"cannot make an objective from {spec!r}; use e.g. channel('conv3_1', 5) or 'conv3_1:5'")

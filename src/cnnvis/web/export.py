@@ -150,17 +150,16 @@ def export_site(store, out: str | os.PathLike, models: list[str] | None = None, 
     if not refs:
         raise CnnvisError(f"the cache {str(cache_root)!r} holds no rendered pages or class images; fill it with "
                           "cnnvis serve or cnnvis render-all first")
+    summary = Summary()
     if models:  # a model named that the cache holds nothing of: said (an empty atlas was written without a word)
         have = set(_models_in(store))
-        absent = [(m, r) for m, r in zip(models, refs) if r not in have]
+        absent = [m for m, r in zip(models, refs) if r not in have]
         if len(absent) == len(refs):
-            raise CnnvisError(f"the cache {str(cache_root)!r} holds nothing of {', '.join(m for m, _ in absent)}; "
-                              f"fill it first: cnnvis render-all --model {absent[0][0]} --cache {store.root}")
+            raise CnnvisError(f"the cache {str(cache_root)!r} holds nothing of {', '.join(absent)}; "
+                              f"fill it first: cnnvis render-all --model {absent[0]} --cache {store.root}")
         refs = [r for r in refs if r in have]
-    summary = Summary()
-    if models:
         summary.skipped += [f"{m}: the cache holds nothing of it (cnnvis render-all --model {m} fills it)"
-                            for m, _ in absent]
+                            for m in absent]
     tmp = _prepare_out(out)
     files: set[tuple[str, str]] = set()
     try:

@@ -110,7 +110,8 @@ def _target(m, raw: str):
     if m.vm.task != "classification":
         raise CnnvisError(f"model {m.mid!r} is not a classifier ({m.vm.task}): leave the class empty")
     m.vm.class_index(t)  # CnnvisError with close names
-    return whole_number(t) if whole_number(t) is not None else t
+    n = whole_number(t)
+    return n if n is not None else t
 
 
 # ---------------------------------------------------------------------- the specs of the pages

@@ -131,13 +131,9 @@ def public_text(ctx: WebContext, text: str) -> str:
 
 def public(ctx: WebContext, v):
     """Result data as the client named things: an uploaded photo's cache path -> 'upload:<sha>'."""
-    import os
-
-    upload_dir = str(ctx.uploads) + os.sep
-
     def pub(v):
-        if isinstance(v, str) and v.startswith(upload_dir) and v.endswith(".png"):
-            return "upload:" + v[len(upload_dir):-4]
+        if isinstance(v, str):
+            return public_text(ctx, v)
         if isinstance(v, list):
             return [pub(x) for x in v]
         if isinstance(v, dict):

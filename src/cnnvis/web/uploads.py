@@ -44,8 +44,8 @@ def decode_upload(blob: bytes, filename: str, max_pixels: int = UPLOAD_PIXELS):
                                   f"{max_pixels / 1e6:.0f}; refused as a possible decompression bomb (shrink it first)")
             if w == 0 or h == 0:
                 raise CnnvisError(f"{name!r} has zero size")
-            if aspect_problem(w, h):
-                raise CnnvisError(f"{name!r} {aspect_problem(w, h)}")
+            if why := aspect_problem(w, h):
+                raise CnnvisError(f"{name!r} {why}")
             img.load()
             img = ImageOps.exif_transpose(img)
     except CnnvisError:
