@@ -153,12 +153,21 @@ def blur(t: torch.Tensor, sigma: float = 4.0) -> torch.Tensor:
     return F.conv2d(F.pad(t, (0, 0, r, r), mode="reflect"), k.view(1, 1, -1, 1))[0, 0]
 
 
+def grey_padded(x: torch.Tensor) -> torch.Tensor:
+    """(3, H, W) photo in [0, 1] -> (1, 1, H + 2, W + 2) its grey image (0.299 R + 0.587 G + 0.114 B), a pixel of
+    replicated border around it (for 3x3 kernels)."""
+    return F.pad((0.299 * x[0] + 0.587 * x[1] + 0.114 * x[2])[None, None], (1, 1, 1, 1), mode="replicate")
+
+
+def sobel(gp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`grey_padded` -> its Sobel derivatives along x and y, each (1, 1, H, W)."""
+    sx = torch.tensor([[-1.0, 0, 1], [-2, 0, 2], [-1, 0, 1]])
+    return F.conv2d(gp, sx.view(1, 1, 3, 3)), F.conv2d(gp, sx.t().reshape(1, 1, 3, 3))
+
+
 def edge_map(x: torch.Tensor) -> torch.Tensor:
     """(3, H, W) photo in [0, 1] -> (H, W) blurred Sobel magnitude of its grey image."""
-    g = (0.299 * x[0] + 0.587 * x[1] + 0.114 * x[2])[None, None]
-    sx = torch.tensor([[-1.0, 0, 1], [-2, 0, 2], [-1, 0, 1]])
-    gp = F.pad(g, (1, 1, 1, 1), mode="replicate")
-    gx, gy = F.conv2d(gp, sx.view(1, 1, 3, 3)), F.conv2d(gp, sx.t().reshape(1, 1, 3, 3))
+    gx, gy = sobel(grey_padded(x))
     return blur((gx ** 2 + gy ** 2).sqrt()[0, 0])
 
 
@@ -434,15 +443,14 @@ def photo_reference(photos: dict[str, list[str]]) -> None:
     from cnnvis.models import load
 
     vm = load("efficientnet_lite0")
-    sx = torch.tensor([[-1.0, 0, 1], [-2, 0, 2], [-1, 0, 1]])
     lap = torch.tensor([[0.0, 1, 0], [1, -4, 1], [0, 1, 0]])
     print("\nthe photos themselves (lite0's 224 px input): median lattice share (top-1% bins) [min-max]")
     for set_name, names in photos.items():
         st: dict[str, list[float]] = {}
         for name in names:
             x = vm.preprocess.prepare(load_image(str(photo(name))))[0]
-            g = F.pad((0.299 * x[0] + 0.587 * x[1] + 0.114 * x[2])[None, None], (1, 1, 1, 1), mode="replicate")
-            gx, gy = F.conv2d(g, sx.view(1, 1, 3, 3))[0], F.conv2d(g, sx.t().reshape(1, 1, 3, 3))[0]
+            g = grey_padded(x)
+            gx, gy = (d[0] for d in sobel(g))
             pics = {"grey photo": g[0, :, 1:-1, 1:-1], "d/dx": gx, "d/dx + d/dy": gx + gy,
                     "Sobel magnitude": (gx ** 2 + gy ** 2).sqrt(), "Laplacian": F.conv2d(g, lap.view(1, 1, 3, 3))[0]}
             for k, v in pics.items():
